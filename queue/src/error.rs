@@ -1,0 +1,86 @@
+//! Errors of the queue layer. Messages say what failed and how to fix it; they never carry
+//! connection strings or payload contents.
+
+use crate::job::{JobId, JobState, PipelineId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(
+        "cannot reach the {backend} queue backend: {message}. Check that the server is running and that the URL is right"
+    )]
+    Unavailable { backend: &'static str, message: String },
+
+    #[error("the {backend} queue backend failed: {message}")]
+    Backend { backend: &'static str, message: String },
+
+    #[error("invalid job: `{field}` {problem}")]
+    InvalidJob { field: String, problem: String },
+
+    #[error("invalid pipeline: {0}")]
+    InvalidPipeline(String),
+
+    #[error("the payload of a `{kind}` job does not serialize: {source}")]
+    Payload {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("job {0} does not exist (it may have been pruned)")]
+    JobNotFound(JobId),
+
+    #[error("pipeline {0} does not exist")]
+    PipelineNotFound(PipelineId),
+
+    #[error("job {id} is {state}; only dead or cancelled jobs can be retried")]
+    NotRetryable { id: JobId, state: JobState },
+
+    #[error("unsupported queue URL scheme `{0}`: use postgres://, sqlite:// or redis://")]
+    UnsupportedUrl(String),
+
+    #[error("stored queue data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl QueueError {
+    pub(crate) fn sql(backend: &'static str, err: sqlx::Error) -> Self {
+        // sqlx's Display for connection errors does not include the URL or password.
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => QueueError::Unavailable {
+                backend,
+                message: err.to_string(),
+            },
+            other => QueueError::Backend {
+                backend,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// True when the backend could not be reached (worth retrying later), as opposed to a bad request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Unavailable { .. })
+    }
+}
+
+impl From<redis::RedisError> for QueueError {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error() || err.is_connection_refusal() || err.is_timeout() || err.is_connection_dropped() {
+            QueueError::Unavailable {
+                backend: "redis",
+                message: err.to_string(),
+            }
+        } else {
+            QueueError::Backend {
+                backend: "redis",
+                message: err.to_string(),
+            }
+        }
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
