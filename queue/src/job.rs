@@ -241,14 +241,6 @@ impl NewJob {
         }
         Ok(())
     }
-
-    /// The state a freshly inserted job starts in.
-    pub(crate) fn initial_state(&self, now: DateTime<Utc>) -> JobState {
-        match self.run_at {
-            Some(at) if at > now => JobState::Scheduled,
-            _ => JobState::Available,
-        }
-    }
 }
 
 /// The result of enqueueing one job.
@@ -308,6 +300,9 @@ pub enum Outcome {
     Cancelled {
         reason: String,
     },
+    /// Handed back unfinished (graceful shutdown ran out of time): available again at once, and
+    /// the attempt does not count.
+    Released,
 }
 
 impl Outcome {
@@ -317,12 +312,13 @@ impl Outcome {
             Outcome::Retry { .. } => JobState::Scheduled,
             Outcome::Dead { .. } => JobState::Dead,
             Outcome::Cancelled { .. } => JobState::Cancelled,
+            Outcome::Released => JobState::Available,
         }
     }
 
     pub fn error(&self) -> Option<&str> {
         match self {
-            Outcome::Completed => None,
+            Outcome::Completed | Outcome::Released => None,
             Outcome::Retry { error, .. } | Outcome::Dead { error } => Some(error),
             Outcome::Cancelled { reason } => Some(reason),
         }

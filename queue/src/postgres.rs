@@ -374,6 +374,7 @@ async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -
     let rows = sqlx::query(
         "UPDATE roundhouse_jobs j SET
              state = a.state,
+             attempt = CASE WHEN a.state = 'available' THEN j.attempt - 1 ELSE j.attempt END,
              run_at = coalesce(a.run_at, j.run_at),
              last_error = coalesce(a.error, j.last_error),
              finished_at = CASE WHEN a.state IN ('completed', 'dead', 'cancelled') THEN now() END,

@@ -37,7 +37,7 @@ impl Progress {
         let mut progress = Progress::default();
         for row in rows {
             let Some(pipeline) = row.pipeline else {
-                progress.wake |= row.state == JobState::Scheduled;
+                progress.wake |= matches!(row.state, JobState::Scheduled | JobState::Available);
                 continue;
             };
             let step = row.step.as_deref().unwrap_or_default();

@@ -1,1 +1,872 @@
-//! placeholder
+//! SQLite backend: the embedded single-node default (no external service).
+//!
+//! Every state change runs in a `BEGIN IMMEDIATE` transaction, so SQLite's single writer lock
+//! serialises claims across every process sharing the file: caps and fairness are exact. The
+//! database runs in WAL mode with `synchronous = NORMAL` (durable across process crashes; a power
+//! loss may drop the last few commits). Workers in the same process are woken through an in-memory
+//! notification; other processes poll.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::Notify;
+
+use crate::backend::{
+    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
+    QueueStats, RescueReport, fair_quotas, refill_tokens, room,
+};
+use crate::error::{QueueError, Result};
+use crate::job::{
+    Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
+};
+use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
+use crate::progress::{AckedRow, Progress};
+
+const NAME: &str = "sqlite";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+fn err(e: sqlx::Error) -> QueueError {
+    QueueError::sql(NAME, e)
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| QueueError::Corrupt(format!("bad JSON list {text:?}: {e}")))
+}
+
+pub struct SqliteQueue {
+    pool: SqlitePool,
+    notify: Arc<Notify>,
+    rotation: AtomicUsize,
+}
+
+impl SqliteQueue {
+    /// Opens (creating if missing) `sqlite://PATH` or `sqlite::memory:` and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| QueueError::Unavailable {
+                backend: NAME,
+                message: format!("invalid SQLite URL: {e}"),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // An in-memory database exists per connection: keep exactly one.
+        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        MIGRATOR.run(&pool).await.map_err(|e| QueueError::Backend {
+            backend: NAME,
+            message: format!("migration failed: {e}"),
+        })?;
+        Ok(Self {
+            pool,
+            notify: Arc::new(Notify::new()),
+            rotation: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)
+    }
+
+    fn wake(&self) {
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Enqueues inside the caller's transaction (which must be `BEGIN IMMEDIATE` to avoid
+    /// lock upgrades failing under concurrency). Workers in this process are woken on success.
+    pub async fn enqueue_in(&self, conn: &mut SqliteConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        for job in &jobs {
+            job.validate()?;
+        }
+        let now = ms(Utc::now());
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            out.push(insert_job(conn, job, now, None).await?);
+        }
+        self.wake();
+        Ok(out)
+    }
+
+    /// Enqueues a pipeline inside the caller's transaction.
+    pub async fn enqueue_pipeline_in(
+        &self,
+        conn: &mut SqliteConnection,
+        pipeline: NewPipeline,
+    ) -> Result<PipelineEnqueued> {
+        let plan = pipeline.plan()?;
+        if let Some(key) = &pipeline.unique_key {
+            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM roundhouse_pipelines WHERE unique_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(err)?;
+            if let Some(id) = existing {
+                return Ok(PipelineEnqueued {
+                    id,
+                    duplicate: true,
+                    superseded: vec![],
+                });
+            }
+        }
+        let now = ms(Utc::now());
+        let mut superseded = Vec::new();
+        if let Some(key) = &pipeline.supersede_key {
+            superseded = sqlx::query_scalar(
+                "UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = ?
+                 WHERE supersede_key = ? AND state = 'running' RETURNING id",
+            )
+            .bind(now)
+            .bind(key)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err)?;
+            for id in &superseded {
+                stop_pipeline_jobs(conn, *id, "superseded by a newer pipeline", now).await?;
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO roundhouse_pipelines (project, name, supersede_key, unique_key, created_at)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&pipeline.project)
+        .bind(&pipeline.name)
+        .bind(&pipeline.supersede_key)
+        .bind(&pipeline.unique_key)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+        for planned in plan {
+            let step = StepColumns {
+                pipeline: id,
+                name: &planned.step.name,
+                needs: &planned.step.needs,
+                dependents: &planned.dependents,
+            };
+            insert_job(conn, &planned.step.job, now, Some(step)).await?;
+        }
+        self.wake();
+        Ok(PipelineEnqueued {
+            id,
+            duplicate: false,
+            superseded,
+        })
+    }
+}
+
+struct StepColumns<'a> {
+    pipeline: i64,
+    name: &'a str,
+    needs: &'a [String],
+    dependents: &'a [String],
+}
+
+async fn insert_job(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    now: i64,
+    step: Option<StepColumns<'_>>,
+) -> Result<Enqueued> {
+    let run_at = job.run_at.map(ms).unwrap_or(now);
+    let deps = step.as_ref().map_or(0, |s| s.needs.len() as i64);
+    let state = if deps > 0 {
+        JobState::Pending
+    } else if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    };
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
+             backoff_base_ms, backoff_max_ms, run_at, created_at, unique_key, pipeline_id, step, needs, dependents,
+             deps_remaining)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id",
+    )
+    .bind(&job.kind)
+    .bind(&job.project)
+    .bind(job.payload.to_string())
+    .bind(state.as_str())
+    .bind(job.policy.priority as i64)
+    .bind(job.policy.max_attempts as i64)
+    .bind(job.policy.timeout_ms())
+    .bind(job.policy.backoff.base.as_millis() as i64)
+    .bind(job.policy.backoff.max.as_millis() as i64)
+    .bind(run_at)
+    .bind(now)
+    .bind(&job.unique_key)
+    .bind(step.as_ref().map(|s| s.pipeline))
+    .bind(step.as_ref().map(|s| s.name))
+    .bind(step.as_ref().map_or_else(|| "[]".to_string(), |s| json_list(s.needs)))
+    .bind(
+        step.as_ref()
+            .map_or_else(|| "[]".to_string(), |s| json_list(s.dependents)),
+    )
+    .bind(deps)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?;
+    match inserted {
+        Some(id) => Ok(Enqueued { id, duplicate: false }),
+        None => {
+            let id: i64 = sqlx::query_scalar("SELECT id FROM roundhouse_jobs WHERE unique_key = ?")
+                .bind(&job.unique_key)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            Ok(Enqueued { id, duplicate: true })
+        }
+    }
+}
+
+async fn stop_pipeline_jobs(conn: &mut SqliteConnection, pipeline: i64, reason: &str, now: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE roundhouse_jobs SET state = 'cancelled', finished_at = ?, last_error = ?
+         WHERE pipeline_id = ? AND state IN ('pending', 'scheduled', 'available')",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(pipeline)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = 1 WHERE pipeline_id = ? AND state = 'running'")
+        .bind(pipeline)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Applies finished attempts and moves their pipelines on; returns whether work became available.
+async fn apply_acks(conn: &mut SqliteConnection, acks: &[Ack], expired_only: bool) -> Result<bool> {
+    let now = ms(Utc::now());
+    let mut rows = Vec::new();
+    for ack in acks {
+        let state = ack.outcome.state();
+        let row = sqlx::query(
+            "UPDATE roundhouse_jobs SET
+                 state = ?1,
+                 attempt = CASE WHEN ?1 = 'available' THEN attempt - 1 ELSE attempt END,
+                 run_at = coalesce(?2, run_at),
+                 last_error = coalesce(?3, last_error),
+                 finished_at = CASE WHEN ?1 IN ('completed', 'dead', 'cancelled') THEN ?4 END,
+                 lease_expires_at = NULL, worker_id = NULL, cancel_requested = 0
+             WHERE id = ?5 AND attempt = ?6 AND state = 'running' AND (NOT ?7 OR lease_expires_at < ?4)
+             RETURNING pipeline_id, state, step, dependents",
+        )
+        .bind(state.as_str())
+        .bind(ack.outcome.run_at().map(ms))
+        .bind(ack.outcome.error())
+        .bind(now)
+        .bind(ack.lease.job)
+        .bind(ack.lease.attempt as i64)
+        .bind(expired_only)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
+        if let Some(row) = row {
+            rows.push(AckedRow {
+                pipeline: row.try_get("pipeline_id").map_err(err)?,
+                state: row.try_get::<String, _>("state").map_err(err)?.parse()?,
+                step: row.try_get("step").map_err(err)?,
+                dependents: parse_list(&row.try_get::<String, _>("dependents").map_err(err)?)?,
+            });
+        }
+    }
+    let progress = Progress::of(&rows);
+    let mut wake = progress.wake;
+    for (pipeline, step) in &progress.released {
+        let released = sqlx::query(
+            "UPDATE roundhouse_jobs SET deps_remaining = deps_remaining - 1,
+                 state = CASE WHEN deps_remaining = 1 THEN 'available' ELSE state END
+             WHERE pipeline_id = ? AND step = ? AND state = 'pending'",
+        )
+        .bind(pipeline)
+        .bind(step)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+        wake |= released.rows_affected() > 0;
+    }
+    for stopped in &progress.stopped {
+        let changed = sqlx::query(
+            "UPDATE roundhouse_pipelines SET state = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(stopped.state.as_str())
+        .bind(now)
+        .bind(stopped.pipeline)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+        if changed.rows_affected() > 0 {
+            stop_pipeline_jobs(conn, stopped.pipeline, &stopped.reason, now).await?;
+        }
+    }
+    for pipeline in &progress.maybe_succeeded {
+        sqlx::query(
+            "UPDATE roundhouse_pipelines SET state = 'succeeded', finished_at = ?
+             WHERE id = ? AND state = 'running'
+               AND NOT EXISTS (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = ? AND j.state <> 'completed')",
+        )
+        .bind(now)
+        .bind(pipeline)
+        .bind(pipeline)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    }
+    Ok(wake)
+}
+
+fn policy(row: &SqliteRow) -> Result<JobPolicy> {
+    Ok(JobPolicy::from_stored(
+        row.try_get("priority").map_err(err)?,
+        row.try_get("max_attempts").map_err(err)?,
+        row.try_get("timeout_ms").map_err(err)?,
+        row.try_get("backoff_base_ms").map_err(err)?,
+        row.try_get("backoff_max_ms").map_err(err)?,
+    ))
+}
+
+fn payload(row: &SqliteRow) -> Result<serde_json::Value> {
+    let text: String = row.try_get("payload").map_err(err)?;
+    serde_json::from_str(&text).map_err(|e| QueueError::Corrupt(format!("stored payload is not JSON: {e}")))
+}
+
+fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>> {
+    Ok(row.try_get::<Option<i64>, _>(column).map_err(err)?.map(time))
+}
+
+fn claimed(row: &SqliteRow) -> Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        id: row.try_get("id").map_err(err)?,
+        kind: row.try_get("kind").map_err(err)?,
+        project: row.try_get("project").map_err(err)?,
+        payload: payload(row)?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(err)? as u32,
+        policy: policy(row)?,
+        created_at: time(row.try_get("created_at").map_err(err)?),
+        run_at: time(row.try_get("run_at").map_err(err)?),
+        pipeline: row.try_get("pipeline_id").map_err(err)?,
+        step: row.try_get("step").map_err(err)?,
+    })
+}
+
+fn record(row: &SqliteRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.try_get("id").map_err(err)?,
+        kind: row.try_get("kind").map_err(err)?,
+        project: row.try_get("project").map_err(err)?,
+        payload: payload(row)?,
+        state: row.try_get::<String, _>("state").map_err(err)?.parse()?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(err)? as u32,
+        policy: policy(row)?,
+        run_at: time(row.try_get("run_at").map_err(err)?),
+        created_at: time(row.try_get("created_at").map_err(err)?),
+        attempted_at: opt_time(row, "attempted_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        worker: row.try_get("worker_id").map_err(err)?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested").map_err(err)? != 0,
+        unique_key: row.try_get("unique_key").map_err(err)?,
+        pipeline: row.try_get("pipeline_id").map_err(err)?,
+        step: row.try_get("step").map_err(err)?,
+        last_error: row.try_get("last_error").map_err(err)?,
+    })
+}
+
+#[async_trait]
+impl Backend for SqliteQueue {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let mut tx = self.begin().await?;
+        let out = self.enqueue_in(&mut tx, jobs).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    async fn enqueue_pipeline(&self, pipeline: NewPipeline) -> Result<PipelineEnqueued> {
+        let mut tx = self.begin().await?;
+        let out = self.enqueue_pipeline_in(&mut tx, pipeline).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        if request.limit == 0 || request.kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let now_at = Utc::now();
+        let now = ms(now_at);
+        sqlx::query(
+            "UPDATE roundhouse_jobs SET state = 'available' WHERE id IN (
+                 SELECT id FROM roundhouse_jobs WHERE state = 'scheduled' AND run_at <= ? ORDER BY run_at LIMIT 5000)",
+        )
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+        let projects: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE p(project) AS (
+                 SELECT (SELECT project FROM roundhouse_jobs WHERE state = 'available' ORDER BY project LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT j.project FROM roundhouse_jobs j WHERE j.state = 'available' AND j.project > p.project
+                         ORDER BY j.project LIMIT 1)
+                 FROM p WHERE p.project IS NOT NULL)
+             SELECT project FROM p WHERE project IS NOT NULL LIMIT ?",
+        )
+        .bind(MAX_PROJECTS_PER_CLAIM as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+        if projects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let project_list = json_list(&projects);
+        let mut limited = std::collections::HashMap::new();
+        for row in sqlx::query(
+            "SELECT l.project, l.max_running, l.jobs_per_minute, l.tokens, l.refilled_at,
+                    (SELECT count(*) FROM roundhouse_jobs r WHERE r.state = 'running' AND r.project = l.project) AS running
+             FROM roundhouse_project_limits l WHERE l.project IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&project_list)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?
+        {
+            let limits = ProjectLimits {
+                max_running: row.try_get::<Option<i64>, _>("max_running").map_err(err)?.map(|v| v as u32),
+                jobs_per_minute: row.try_get::<Option<i64>, _>("jobs_per_minute").map_err(err)?.map(|v| v as u32),
+            };
+            let tokens = match limits.jobs_per_minute {
+                Some(rate) => refill_tokens(
+                    row.try_get("tokens").map_err(err)?,
+                    time(row.try_get("refilled_at").map_err(err)?),
+                    now_at,
+                    rate,
+                ),
+                None => 0.0,
+            };
+            let running = row.try_get::<i64, _>("running").map_err(err)? as u64;
+            limited.insert(row.try_get::<String, _>("project").map_err(err)?, (limits, tokens, running));
+        }
+        let candidates: Vec<Candidate> = projects
+            .iter()
+            .map(|project| Candidate {
+                project: project.clone(),
+                room: limited
+                    .get(project)
+                    .and_then(|(limits, tokens, running)| room(limits, *running, *tokens)),
+            })
+            .collect();
+        let quotas = fair_quotas(
+            &candidates,
+            request.limit,
+            self.rotation.fetch_add(1, Ordering::Relaxed),
+        );
+        let kinds = json_list(&request.kinds);
+        let lease_until = now + request.lease.as_millis() as i64;
+        let mut jobs = Vec::new();
+        for (project, n) in &quotas {
+            let rows = sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'running', attempt = attempt + 1, worker_id = ?, attempted_at = ?,
+                     lease_expires_at = ?
+                 WHERE id IN (SELECT id FROM roundhouse_jobs
+                              WHERE state = 'available' AND project = ? AND kind IN (SELECT value FROM json_each(?))
+                              ORDER BY priority, id LIMIT ?)
+                 RETURNING *",
+            )
+            .bind(&request.worker)
+            .bind(now)
+            .bind(lease_until)
+            .bind(project)
+            .bind(&kinds)
+            .bind(*n as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err)?;
+            for row in &rows {
+                jobs.push(claimed(row)?);
+            }
+            if let Some((limits, tokens, _)) = limited.get(project)
+                && limits.jobs_per_minute.is_some()
+            {
+                sqlx::query("UPDATE roundhouse_project_limits SET tokens = ?, refilled_at = ? WHERE project = ?")
+                    .bind(tokens - rows.len() as f64)
+                    .bind(now)
+                    .bind(project)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        // RETURNING order is unspecified: keep priority order within the batch.
+        jobs.sort_by_key(|j| (j.policy.priority, j.id));
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<HeartbeatReply> {
+        if leases.is_empty() {
+            return Ok(HeartbeatReply::default());
+        }
+        let until = ms(Utc::now()) + lease.as_millis() as i64;
+        let mut tx = self.begin().await?;
+        let mut reply = HeartbeatReply::default();
+        for l in leases {
+            let cancel: Option<i64> = sqlx::query_scalar(
+                "UPDATE roundhouse_jobs SET lease_expires_at = ?
+                 WHERE id = ? AND attempt = ? AND state = 'running' AND worker_id = ? RETURNING cancel_requested",
+            )
+            .bind(until)
+            .bind(l.job)
+            .bind(l.attempt as i64)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+            match cancel {
+                None => reply.lost.push(l.job),
+                Some(flag) if flag != 0 => reply.cancel.push(l.job),
+                Some(_) => {}
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(reply)
+    }
+
+    async fn acknowledge(&self, acks: Vec<Ack>) -> Result<()> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let wake = apply_acks(&mut tx, &acks, false).await?;
+        tx.commit().await.map_err(err)?;
+        if wake {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?
+            .ok_or(QueueError::JobNotFound(id))?;
+        let state: JobState = row.try_get::<String, _>("state").map_err(err)?.parse()?;
+        let pipeline: Option<i64> = row.try_get("pipeline_id").map_err(err)?;
+        let now = ms(Utc::now());
+        let outcome = match state {
+            JobState::Running => {
+                sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                CancelOutcome::Requested
+            }
+            s if s.is_terminal() => CancelOutcome::AlreadyFinished(s),
+            _ => {
+                sqlx::query(
+                    "UPDATE roundhouse_jobs SET state = 'cancelled', finished_at = ?, last_error = 'cancelled by request'
+                     WHERE id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                if let Some(p) = pipeline {
+                    sqlx::query(
+                        "UPDATE roundhouse_pipelines SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'running'",
+                    )
+                    .bind(now)
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    stop_pipeline_jobs(&mut tx, p, "pipeline cancelled", now).await?;
+                }
+                CancelOutcome::Cancelled
+            }
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(outcome)
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?
+            .ok_or(QueueError::JobNotFound(id))?;
+        let state: JobState = row.try_get::<String, _>("state").map_err(err)?.parse()?;
+        if !matches!(state, JobState::Dead | JobState::Cancelled) {
+            return Err(QueueError::NotRetryable { id, state });
+        }
+        let now = ms(Utc::now());
+        if let Some(p) = row.try_get::<Option<i64>, _>("pipeline_id").map_err(err)? {
+            sqlx::query("UPDATE roundhouse_pipelines SET state = 'running', finished_at = NULL WHERE id = ?")
+                .bind(p)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'pending', attempt = 0, finished_at = NULL, cancel_requested = 0,
+                     deps_remaining = (SELECT count(*) FROM roundhouse_jobs n
+                                       WHERE n.pipeline_id = roundhouse_jobs.pipeline_id
+                                         AND n.step IN (SELECT value FROM json_each(roundhouse_jobs.needs))
+                                         AND n.state <> 'completed')
+                 WHERE pipeline_id = ? AND state IN ('cancelled', 'dead') AND id <> ?",
+            )
+            .bind(p)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'available' WHERE pipeline_id = ? AND state = 'pending' AND deps_remaining = 0",
+            )
+            .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        sqlx::query(
+            "UPDATE roundhouse_jobs SET state = 'available', attempt = 0, run_at = ?, finished_at = NULL,
+                 cancel_requested = 0 WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn rescue_expired(&self) -> Result<RescueReport> {
+        let now_at = Utc::now();
+        let rows = sqlx::query(
+            "SELECT * FROM roundhouse_jobs WHERE state = 'running' AND lease_expires_at < ?
+             ORDER BY lease_expires_at LIMIT 1000",
+        )
+        .bind(ms(now_at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        if rows.is_empty() {
+            return Ok(RescueReport::default());
+        }
+        let mut report = RescueReport::default();
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = record(row)?;
+            let error = format!(
+                "lease expired: worker {} stopped heartbeating (crashed, killed or cut off)",
+                job.worker.as_deref().unwrap_or("?")
+            );
+            let outcome = Outcome::failure(job.attempt, &job.policy, error, now_at);
+            match outcome {
+                Outcome::Dead { .. } => report.dead.push(job.id),
+                _ => report.retried.push(job.id),
+            }
+            acks.push(Ack {
+                lease: Lease {
+                    job: job.id,
+                    attempt: job.attempt,
+                },
+                pipeline: job.pipeline,
+                outcome,
+            });
+        }
+        let mut tx = self.begin().await?;
+        apply_acks(&mut tx, &acks, true).await?;
+        tx.commit().await.map_err(err)?;
+        self.wake();
+        Ok(report)
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM roundhouse_jobs WHERE finished_at < ? AND state IN ('completed', 'dead', 'cancelled')
+               AND (pipeline_id IS NULL OR EXISTS (
+                   SELECT 1 FROM roundhouse_pipelines p WHERE p.id = roundhouse_jobs.pipeline_id AND p.state <> 'running'))",
+        )
+        .bind(ms(before))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM roundhouse_pipelines WHERE state <> 'running' AND finished_at < ?
+               AND NOT EXISTS (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = roundhouse_pipelines.id)",
+        )
+        .bind(ms(before))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(deleted)
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
+        sqlx::query("SELECT * FROM roundhouse_jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?
+            .as_ref()
+            .map(record)
+            .transpose()
+    }
+
+    async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>> {
+        let Some(row) = sqlx::query("SELECT * FROM roundhouse_pipelines WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query("SELECT * FROM roundhouse_jobs WHERE pipeline_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|s| {
+                let job = record(s)?;
+                Ok(StepRecord {
+                    name: job.step.unwrap_or_default(),
+                    job: job.id,
+                    kind: job.kind,
+                    state: job.state,
+                    attempt: job.attempt,
+                    needs: parse_list(&s.try_get::<String, _>("needs").map_err(err)?)?,
+                    last_error: job.last_error,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(PipelineRecord {
+            id,
+            project: row.try_get("project").map_err(err)?,
+            name: row.try_get("name").map_err(err)?,
+            state: row.try_get::<String, _>("state").map_err(err)?.parse()?,
+            supersede_key: row.try_get("supersede_key").map_err(err)?,
+            created_at: time(row.try_get("created_at").map_err(err)?),
+            finished_at: opt_time(&row, "finished_at")?,
+            steps,
+        }))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let depth = sqlx::query(
+            "SELECT kind, project, state, count(*) AS n FROM roundhouse_jobs
+             WHERE state IN ('pending', 'scheduled', 'available', 'running', 'dead') GROUP BY kind, project, state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            Ok(DepthRow {
+                kind: r.try_get("kind").map_err(err)?,
+                project: r.try_get("project").map_err(err)?,
+                state: r.try_get::<String, _>("state").map_err(err)?.parse()?,
+                count: r.try_get::<i64, _>("n").map_err(err)? as u64,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let now = ms(Utc::now());
+        let oldest_available_seconds = sqlx::query(
+            "SELECT kind, min(run_at) AS oldest FROM roundhouse_jobs WHERE state = 'available' GROUP BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let oldest: i64 = r.try_get("oldest").map_err(err)?;
+            Ok((r.try_get("kind").map_err(err)?, ((now - oldest).max(0)) as f64 / 1000.0))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(QueueStats {
+            depth,
+            oldest_available_seconds,
+        })
+    }
+
+    async fn set_project_limits(&self, project: &str, limits: ProjectLimits) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO roundhouse_project_limits (project, max_running, jobs_per_minute, tokens, refilled_at)
+             VALUES (?1, ?2, ?3, coalesce(?3, 0), ?4)
+             ON CONFLICT (project) DO UPDATE SET max_running = ?2, jobs_per_minute = ?3,
+                 tokens = min(tokens, coalesce(?3, 0))",
+        )
+        .bind(project)
+        .bind(limits.max_running.map(|v| v as i64))
+        .bind(limits.jobs_per_minute.map(|v| v as i64))
+        .bind(ms(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+}

@@ -1,0 +1,557 @@
+//! One behaviour suite, run against every backend: PostgreSQL, SQLite and Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use enclii_queue::{
+    Ack, Backend, CancelOutcome, ClaimRequest, ClaimedJob, JobPolicy, JobState, NewJob, NewPipeline, Outcome,
+    PipelineState, PipelineStep, ProjectLimits, QueueError,
+};
+use serde_json::json;
+
+fn job(kind: &str, project: &str) -> NewJob {
+    NewJob::new(kind, project, json!({"n": 1}))
+}
+
+fn request(worker: &str, limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        worker: worker.into(),
+        kinds: ["noop", "a", "b", "c", "d", "e"].map(String::from).to_vec(),
+        limit,
+        lease: Duration::from_secs(30),
+    }
+}
+
+async fn claim(q: &Arc<dyn Backend>, limit: usize) -> Vec<ClaimedJob> {
+    q.claim(&request("w1", limit)).await.unwrap()
+}
+
+async fn ack(q: &Arc<dyn Backend>, job: &ClaimedJob, outcome: Outcome) {
+    q.acknowledge(vec![Ack::new(job, outcome)]).await.unwrap();
+}
+
+async fn state(q: &Arc<dyn Backend>, id: i64) -> JobState {
+    q.job(id).await.unwrap().expect("job exists").state
+}
+
+/// Claims until `want` jobs are in hand or `patience` runs out (promotion of due jobs is not instant).
+async fn claim_eventually(q: &Arc<dyn Backend>, want: usize, patience: Duration) -> Vec<ClaimedJob> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut got = Vec::new();
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        got.extend(claim(q, want - got.len()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got
+}
+
+async fn enqueue_claim_ack_roundtrip(q: Arc<dyn Backend>) {
+    let ids = q.enqueue(vec![job("noop", "p1"), job("noop", "p1")]).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0].id != ids[1].id && !ids[0].duplicate);
+    let claimed = claim(&q, 10).await;
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|j| j.attempt == 1 && j.payload == json!({"n": 1})));
+    let rec = q.job(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(rec.worker.as_deref(), Some("w1"));
+    assert!(claim(&q, 10).await.is_empty(), "running jobs must not be claimed again");
+    q.acknowledge(claimed.iter().map(|j| Ack::new(j, Outcome::Completed)).collect())
+        .await
+        .unwrap();
+    for j in &claimed {
+        let rec = q.job(j.id).await.unwrap().unwrap();
+        assert_eq!(rec.state, JobState::Completed);
+        assert!(rec.finished_at.is_some());
+    }
+}
+
+async fn claims_only_kinds_the_worker_handles(q: Arc<dyn Backend>) {
+    q.enqueue(vec![job("unknown-kind", "p"), job("noop", "p")])
+        .await
+        .unwrap();
+    let claimed = claim(&q, 10).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].kind, "noop");
+}
+
+async fn unique_keys_give_one_job(q: Arc<dyn Backend>) {
+    let first = q
+        .enqueue(vec![job("noop", "p").unique_key("delivery-1")])
+        .await
+        .unwrap();
+    let again = q
+        .enqueue(vec![
+            job("noop", "p").unique_key("delivery-1"),
+            job("noop", "p").unique_key("delivery-2"),
+        ])
+        .await
+        .unwrap();
+    assert!(!first[0].duplicate);
+    assert_eq!(again[0].id, first[0].id);
+    assert!(again[0].duplicate);
+    assert!(!again[1].duplicate);
+    assert_eq!(claim(&q, 10).await.len(), 2);
+}
+
+async fn higher_priority_runs_first(q: Arc<dyn Backend>) {
+    q.enqueue(vec![job("noop", "p").with_priority(9)]).await.unwrap();
+    let urgent = q.enqueue(vec![job("noop", "p").with_priority(0)]).await.unwrap();
+    let claimed = claim(&q, 1).await;
+    assert_eq!(claimed[0].id, urgent[0].id);
+}
+
+async fn delayed_jobs_wait_for_run_at(q: Arc<dyn Backend>) {
+    let at = Utc::now() + chrono::Duration::milliseconds(800);
+    let ids = q.enqueue(vec![job("noop", "p").run_at(at)]).await.unwrap();
+    assert_eq!(state(&q, ids[0].id).await, JobState::Scheduled);
+    assert!(claim(&q, 10).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    let claimed = claim_eventually(&q, 1, Duration::from_secs(3)).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(Utc::now() >= at);
+}
+
+async fn retries_back_off_then_die_and_can_be_retried(q: Arc<dyn Backend>) {
+    let policy = JobPolicy {
+        max_attempts: 2,
+        ..JobPolicy::default()
+    };
+    let id = q.enqueue(vec![job("noop", "p").with_policy(policy)]).await.unwrap()[0].id;
+    let first = claim(&q, 1).await.remove(0);
+    let retry_at = Utc::now() + chrono::Duration::milliseconds(500);
+    ack(
+        &q,
+        &first,
+        Outcome::Retry {
+            at: retry_at,
+            error: "boom".into(),
+        },
+    )
+    .await;
+    let rec = q.job(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Scheduled);
+    assert_eq!(rec.last_error.as_deref(), Some("boom"));
+    assert!(
+        (rec.run_at - retry_at).num_milliseconds().abs() < 5,
+        "the retry time is stored"
+    );
+    assert!(claim(&q, 1).await.is_empty(), "not before the backoff passes");
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let second = claim_eventually(&q, 1, Duration::from_secs(3)).await.remove(0);
+    assert_eq!(second.attempt, 2);
+    let outcome = Outcome::failure(second.attempt, &second.policy, "boom again".into(), Utc::now());
+    assert!(matches!(outcome, Outcome::Dead { .. }));
+    ack(&q, &second, outcome).await;
+    assert_eq!(state(&q, id).await, JobState::Dead);
+    assert!(claim(&q, 1).await.is_empty());
+    q.retry(id).await.unwrap();
+    let third = claim(&q, 1).await.remove(0);
+    assert_eq!(
+        (third.id, third.attempt),
+        (id, 1),
+        "an operator retry starts a fresh set of attempts"
+    );
+    assert!(matches!(q.retry(id).await, Err(QueueError::NotRetryable { .. })));
+    assert!(matches!(q.retry(999_999).await, Err(QueueError::JobNotFound(_))));
+}
+
+async fn expired_leases_are_rescued_and_stale_acks_ignored(q: Arc<dyn Backend>) {
+    let policy = JobPolicy {
+        backoff: enclii_queue::Backoff::new(Duration::from_millis(1), Duration::from_millis(1)),
+        ..JobPolicy::default()
+    };
+    let id = q.enqueue(vec![job("noop", "p").with_policy(policy)]).await.unwrap()[0].id;
+    let mut req = request("dying-worker", 1);
+    req.lease = Duration::from_millis(200);
+    let stale = q.claim(&req).await.unwrap().remove(0);
+    assert!(
+        q.rescue_expired().await.unwrap().retried.is_empty(),
+        "a live lease is not rescued"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = q.rescue_expired().await.unwrap();
+    assert_eq!(report.retried, vec![id]);
+    let rec = q.job(id).await.unwrap().unwrap();
+    assert!(rec.last_error.unwrap().contains("lease expired"));
+    let fresh = claim_eventually(&q, 1, Duration::from_secs(3)).await.remove(0);
+    assert_eq!(fresh.attempt, 2);
+    // The dead worker's late ack and heartbeat change nothing.
+    ack(&q, &stale, Outcome::Completed).await;
+    assert_eq!(state(&q, id).await, JobState::Running);
+    let hb = q
+        .heartbeat("dying-worker", &[stale.lease()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hb.lost, vec![id]);
+    ack(&q, &fresh, Outcome::Completed).await;
+    assert_eq!(state(&q, id).await, JobState::Completed);
+}
+
+async fn heartbeats_keep_a_long_job_leased(q: Arc<dyn Backend>) {
+    q.enqueue(vec![job("noop", "p")]).await.unwrap();
+    let mut req = request("w-long", 1);
+    req.lease = Duration::from_millis(400);
+    let j = q.claim(&req).await.unwrap().remove(0);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let hb = q.heartbeat("w-long", &[j.lease()], req.lease).await.unwrap();
+        assert!(hb.lost.is_empty());
+        let report = q.rescue_expired().await.unwrap();
+        assert!(
+            report.retried.is_empty() && report.dead.is_empty(),
+            "a heartbeating job is never rescued"
+        );
+    }
+    let other = q.heartbeat("someone-else", &[j.lease()], req.lease).await.unwrap();
+    assert_eq!(other.lost, vec![j.id], "only the lease holder can renew");
+}
+
+async fn cancel_queued_and_running_jobs(q: Arc<dyn Backend>) {
+    let ids = q.enqueue(vec![job("noop", "p"), job("noop", "p")]).await.unwrap();
+    assert_eq!(q.cancel(ids[0].id).await.unwrap(), CancelOutcome::Cancelled);
+    let running = claim(&q, 10).await;
+    assert_eq!(running.len(), 1, "a cancelled job is never claimed");
+    assert_eq!(running[0].id, ids[1].id);
+    assert_eq!(q.cancel(ids[1].id).await.unwrap(), CancelOutcome::Requested);
+    let hb = q
+        .heartbeat("w1", &[running[0].lease()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hb.cancel, vec![ids[1].id]);
+    ack(
+        &q,
+        &running[0],
+        Outcome::Cancelled {
+            reason: "stopped".into(),
+        },
+    )
+    .await;
+    assert_eq!(state(&q, ids[1].id).await, JobState::Cancelled);
+    assert_eq!(
+        q.cancel(ids[1].id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(JobState::Cancelled)
+    );
+    assert!(matches!(q.cancel(424_242).await, Err(QueueError::JobNotFound(_))));
+}
+
+async fn released_jobs_are_available_without_spending_an_attempt(q: Arc<dyn Backend>) {
+    let id = q.enqueue(vec![job("noop", "p")]).await.unwrap()[0].id;
+    let j = claim(&q, 1).await.remove(0);
+    ack(&q, &j, Outcome::Released).await;
+    let rec = q.job(id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt), (JobState::Available, 0));
+    assert_eq!(claim(&q, 1).await[0].attempt, 1);
+}
+
+async fn concurrency_cap_holds_across_workers(q: Arc<dyn Backend>) {
+    q.set_project_limits(
+        "capped",
+        ProjectLimits {
+            max_running: Some(3),
+            jobs_per_minute: None,
+        },
+    )
+    .await
+    .unwrap();
+    q.enqueue((0..10).map(|_| job("noop", "capped")).collect())
+        .await
+        .unwrap();
+    let (ra, rb) = (request("wa", 10), request("wb", 10));
+    let (a, b) = tokio::join!(q.claim(&ra), q.claim(&rb));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 3, "never more than the cap running");
+    assert!(claim(&q, 10).await.is_empty());
+    let done = a.first().or(b.first()).unwrap();
+    ack(&q, done, Outcome::Completed).await;
+    assert_eq!(claim(&q, 10).await.len(), 1, "a finished job frees one slot");
+}
+
+async fn rate_limit_holds_back_a_project(q: Arc<dyn Backend>) {
+    q.set_project_limits(
+        "limited",
+        ProjectLimits {
+            max_running: None,
+            jobs_per_minute: Some(5),
+        },
+    )
+    .await
+    .unwrap();
+    q.enqueue((0..10).map(|_| job("noop", "limited")).collect())
+        .await
+        .unwrap();
+    q.enqueue((0..3).map(|_| job("noop", "free")).collect()).await.unwrap();
+    let claimed = claim(&q, 20).await;
+    let limited = claimed.iter().filter(|j| j.project == "limited").count();
+    assert_eq!(limited, 5, "one minute's burst");
+    assert_eq!(claimed.len() - limited, 3, "other projects are not held back");
+    assert!(claim(&q, 20).await.is_empty());
+}
+
+async fn claims_share_fairly_between_projects(q: Arc<dyn Backend>) {
+    q.enqueue((0..300).map(|_| job("noop", "big")).collect()).await.unwrap();
+    q.enqueue((0..10).map(|_| job("noop", "small")).collect())
+        .await
+        .unwrap();
+    let claimed = claim(&q, 20).await;
+    let small = claimed.iter().filter(|j| j.project == "small").count();
+    assert_eq!(claimed.len(), 20);
+    assert_eq!(small, 10, "the small project gets its fair half despite arriving last");
+}
+
+fn step(name: &str, needs: &[&str]) -> PipelineStep {
+    PipelineStep {
+        name: name.into(),
+        job: job(name, "proj"),
+        needs: needs.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn diamond(supersede: Option<&str>) -> NewPipeline {
+    // a → (b ∥ c) → d → e: fan-out, then fan-in.
+    NewPipeline {
+        project: "proj".into(),
+        name: "build-and-deploy".into(),
+        supersede_key: supersede.map(String::from),
+        unique_key: None,
+        steps: vec![
+            step("a", &[]),
+            step("b", &["a"]),
+            step("c", &["a"]),
+            step("d", &["b", "c"]),
+            step("e", &["d"]),
+        ],
+    }
+}
+
+async fn pipelines_fan_out_and_fan_in(q: Arc<dyn Backend>) {
+    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
+    let steps = |names: &[ClaimedJob]| {
+        let mut v: Vec<String> = names.iter().map(|j| j.step.clone().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let a = claim(&q, 10).await;
+    assert_eq!(steps(&a), ["a"]);
+    ack(&q, &a[0], Outcome::Completed).await;
+    let bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
+    assert_eq!(steps(&bc), ["b", "c"], "fan-out: both run in parallel");
+    ack(&q, &bc[0], Outcome::Completed).await;
+    assert!(claim(&q, 10).await.is_empty(), "fan-in: d waits for both b and c");
+    ack(&q, &bc[1], Outcome::Completed).await;
+    let d = claim_eventually(&q, 1, Duration::from_secs(2)).await;
+    assert_eq!(steps(&d), ["d"]);
+    ack(&q, &d[0], Outcome::Completed).await;
+    let e = claim_eventually(&q, 1, Duration::from_secs(2)).await;
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Running);
+    assert_eq!(record.steps.len(), 5);
+    ack(&q, &e[0], Outcome::Completed).await;
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Succeeded);
+    assert!(record.steps.iter().all(|s| s.state == JobState::Completed));
+    assert!(record.finished_at.is_some());
+}
+
+async fn a_failed_step_fails_the_run_and_retry_resumes_it(q: Arc<dyn Backend>) {
+    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
+    let a = claim(&q, 10).await;
+    ack(&q, &a[0], Outcome::Completed).await;
+    let bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
+    let (b, c) = if bc[0].step.as_deref() == Some("b") {
+        (&bc[0], &bc[1])
+    } else {
+        (&bc[1], &bc[0])
+    };
+    ack(
+        &q,
+        b,
+        Outcome::Dead {
+            error: "build failed at Dockerfile:7".into(),
+        },
+    )
+    .await;
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Failed);
+    let by_name = |name: &str| record.steps.iter().find(|s| s.name == name).unwrap().clone();
+    assert_eq!(by_name("d").state, JobState::Cancelled);
+    assert_eq!(by_name("e").state, JobState::Cancelled);
+    let hb = q.heartbeat("w1", &[c.lease()], Duration::from_secs(30)).await.unwrap();
+    assert_eq!(hb.cancel, vec![c.id], "the sibling still running is asked to stop");
+    ack(&q, c, Outcome::Completed).await;
+    // An operator retries the dead step: the run reopens and the rest waits again.
+    q.retry(b.id).await.unwrap();
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Running);
+    assert_eq!(
+        record.steps.iter().find(|s| s.name == "d").unwrap().state,
+        JobState::Pending
+    );
+    let b2 = claim(&q, 10).await;
+    assert_eq!(b2.len(), 1);
+    ack(&q, &b2[0], Outcome::Completed).await;
+    let d = claim_eventually(&q, 1, Duration::from_secs(2)).await;
+    assert_eq!(d[0].step.as_deref(), Some("d"));
+}
+
+async fn a_newer_pipeline_supersedes_the_older(q: Arc<dyn Backend>) {
+    let old = q.enqueue_pipeline(diamond(Some("svc:api:branch:main"))).await.unwrap();
+    let a = claim(&q, 10).await;
+    let new = q.enqueue_pipeline(diamond(Some("svc:api:branch:main"))).await.unwrap();
+    assert_eq!(new.superseded, vec![old.id]);
+    let record = q.pipeline(old.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Superseded);
+    assert!(
+        record
+            .steps
+            .iter()
+            .filter(|s| s.name != "a")
+            .all(|s| s.state == JobState::Cancelled)
+    );
+    let hb = q
+        .heartbeat("w1", &[a[0].lease()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hb.cancel, vec![a[0].id], "the old run's running step is cancelled");
+    let claimed = claim(&q, 10).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].pipeline, Some(new.id));
+    let other = q.enqueue_pipeline(diamond(Some("svc:api:branch:dev"))).await.unwrap();
+    assert!(other.superseded.is_empty(), "another branch is not superseded");
+}
+
+async fn pipeline_unique_key_gives_one_run(q: Arc<dyn Backend>) {
+    let mut p = diamond(None);
+    p.unique_key = Some("gh-delivery-42".into());
+    let first = q.enqueue_pipeline(p.clone()).await.unwrap();
+    let second = q.enqueue_pipeline(p).await.unwrap();
+    assert_eq!(first.id, second.id);
+    assert!(second.duplicate && !first.duplicate);
+    assert_eq!(claim(&q, 10).await.len(), 1);
+}
+
+async fn invalid_input_is_rejected_with_the_field(q: Arc<dyn Backend>) {
+    let err = q.enqueue(vec![job("", "p")]).await.unwrap_err();
+    assert!(err.to_string().contains("`kind`"), "{err}");
+    let mut cyclic = diamond(None);
+    cyclic.steps[0].needs = vec!["e".into()];
+    let err = q.enqueue_pipeline(cyclic).await.unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+    assert!(claim(&q, 10).await.is_empty(), "nothing half-enqueued");
+}
+
+async fn finished_jobs_are_pruned_after_retention(q: Arc<dyn Backend>) {
+    let ids = q.enqueue(vec![job("noop", "p"), job("noop", "p")]).await.unwrap();
+    let claimed = claim(&q, 2).await;
+    ack(&q, &claimed[0], Outcome::Completed).await;
+    assert_eq!(
+        q.prune(Utc::now() - chrono::Duration::hours(1)).await.unwrap(),
+        0,
+        "within retention"
+    );
+    let pruned = q.prune(Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(pruned, 1);
+    assert!(q.job(claimed[0].id).await.unwrap().is_none());
+    assert!(q.job(claimed[1].id).await.unwrap().is_some(), "running jobs are kept");
+    assert_eq!(ids.len(), 2);
+}
+
+async fn stats_count_depth_by_kind_project_and_state(q: Arc<dyn Backend>) {
+    q.enqueue(vec![job("a", "p1"), job("a", "p1"), job("b", "p2")])
+        .await
+        .unwrap();
+    let claimed = claim(&q, 1).await;
+    assert_eq!(claimed.len(), 1);
+    let stats = q.stats().await.unwrap();
+    let count = |kind: &str, project: &str, state: JobState| {
+        stats
+            .depth
+            .iter()
+            .find(|r| r.kind == kind && r.project == project && r.state == state)
+            .map_or(0, |r| r.count)
+    };
+    let total_available = count("a", "p1", JobState::Available) + count("b", "p2", JobState::Available);
+    assert_eq!(total_available, 2);
+    assert_eq!(
+        count("a", "p1", JobState::Running) + count("b", "p2", JobState::Running),
+        1
+    );
+    assert!(!stats.oldest_available_seconds.is_empty());
+}
+
+async fn leases_are_exclusive_under_concurrent_claims(q: Arc<dyn Backend>) {
+    q.enqueue((0..400).map(|i| job("noop", &format!("p{}", i % 4))).collect())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = q.claim(&request(&format!("w{w}"), 16)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.iter().map(|j| j.id));
+                q.acknowledge(got.iter().map(|j| Ack::new(j, Outcome::Completed)).collect())
+                    .await
+                    .unwrap();
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let total = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(total, 400, "no job claimed twice");
+    assert_eq!(all.len(), 400, "no job lost");
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::common::postgres().await).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::common::sqlite().await).await })*
+        }
+        #[cfg(any())] mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::common::redis().await).await })*
+        }
+    };
+}
+
+on_every_backend!(
+    enqueue_claim_ack_roundtrip,
+    claims_only_kinds_the_worker_handles,
+    unique_keys_give_one_job,
+    higher_priority_runs_first,
+    delayed_jobs_wait_for_run_at,
+    retries_back_off_then_die_and_can_be_retried,
+    expired_leases_are_rescued_and_stale_acks_ignored,
+    heartbeats_keep_a_long_job_leased,
+    cancel_queued_and_running_jobs,
+    released_jobs_are_available_without_spending_an_attempt,
+    concurrency_cap_holds_across_workers,
+    rate_limit_holds_back_a_project,
+    claims_share_fairly_between_projects,
+    pipelines_fan_out_and_fan_in,
+    a_failed_step_fails_the_run_and_retry_resumes_it,
+    a_newer_pipeline_supersedes_the_older,
+    pipeline_unique_key_gives_one_run,
+    invalid_input_is_rejected_with_the_field,
+    finished_jobs_are_pruned_after_retention,
+    stats_count_depth_by_kind_project_and_state,
+    leases_are_exclusive_under_concurrent_claims,
+);

@@ -1,0 +1,485 @@
+//! The worker pool runtime: one claim loop, one heartbeat loop, one ack flusher, one lease reaper,
+//! and a task per job.
+//!
+//! Life of a job in this process: claimed in a batch (up to `concurrency + prefetch` outstanding)
+//! → waits for an execution slot → runs under its kind's timeout → its outcome is queued for the
+//! ack flusher, which acknowledges everything finished since its last flush in one call. The
+//! job's lease is renewed by the heartbeat loop from claim until its ack commits, so a finished
+//! but not yet acknowledged job is never rescued and run twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use enclii_queue::{Ack, Backend, ClaimRequest, ClaimedJob, JobId, Lease, Outcome};
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::handler::{JobContext, JobError, Registry};
+
+/// Tuning of one worker process. Defaults suit build and deploy work; the load test raises
+/// `concurrency`.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Jobs claimed ahead of free execution slots, to hide claim latency.
+    pub prefetch: usize,
+    /// How long a claimed job stays leased without a heartbeat. A crashed worker's jobs run
+    /// again after at most this long (plus one `rescue_every`).
+    pub lease: Duration,
+    pub heartbeat_every: Duration,
+    /// Fallback poll when no notification arrives (notifications can be lost, e.g. behind PgBouncer).
+    pub poll_every: Duration,
+    /// How often this process looks for expired leases of crashed workers.
+    pub rescue_every: Duration,
+    /// On shutdown, how long in-flight jobs may run on before they are stopped and handed back.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            prefetch: 16,
+            lease: Duration::from_secs(8),
+            heartbeat_every: Duration::from_secs(2),
+            poll_every: Duration::from_secs(1),
+            rescue_every: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the worker has no handlers registered, so it could never claim a job")]
+    NoHandlers,
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+}
+
+/// Why a running job was told to stop. The first reason wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    LeaseLost,
+    Shutdown,
+}
+
+struct Entry {
+    lease: Lease,
+    stop: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl Entry {
+    fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    registry: Registry,
+    config: WorkerConfig,
+    id: String,
+    /// Jobs claimed by this process and not yet acknowledged.
+    running: Mutex<HashMap<JobId, Entry>>,
+    exec: Arc<Semaphore>,
+    acks: mpsc::UnboundedSender<Ack>,
+}
+
+impl Shared {
+    fn stop_job(&self, id: JobId, reason: StopReason) {
+        if let Some(entry) = self.running.lock().expect("running map").get(&id) {
+            entry.stop(reason);
+        }
+    }
+
+    fn stop_all(&self, reason: StopReason) {
+        for entry in self.running.lock().expect("running map").values() {
+            entry.stop(reason);
+        }
+    }
+}
+
+/// A worker process's pool. `run` returns after a graceful shutdown.
+pub struct Worker {
+    backend: Arc<dyn Backend>,
+    registry: Registry,
+    config: WorkerConfig,
+    id: String,
+}
+
+impl Worker {
+    pub fn new(backend: Arc<dyn Backend>, registry: Registry, config: WorkerConfig) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        let id = format!("{host}-{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
+        Self {
+            backend,
+            registry,
+            config,
+            id,
+        }
+    }
+
+    /// The unique name this worker stores on the jobs it claims.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, lets in-flight jobs finish within
+    /// `shutdown_grace`, hands back the rest, and flushes acknowledgements.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let kinds = self.registry.kinds();
+        if kinds.is_empty() {
+            return Err(WorkerError::NoHandlers);
+        }
+        if self.config.concurrency == 0 || self.config.heartbeat_every >= self.config.lease {
+            return Err(WorkerError::Config(
+                "concurrency must be at least 1 and heartbeat_every shorter than lease".into(),
+            ));
+        }
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            exec: Arc::new(Semaphore::new(self.config.concurrency)),
+            backend: self.backend,
+            registry: self.registry,
+            config: self.config,
+            id: self.id,
+            running: Mutex::new(HashMap::new()),
+            acks: ack_tx,
+        });
+        info!(worker = %shared.id, backend = shared.backend.name(), ?kinds, "worker started");
+        let jobs = TaskTracker::new();
+        let background = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+        let reaper = tokio::spawn(rescue_loop(shared.clone(), shutdown.clone()));
+        let flusher = tokio::spawn(ack_loop(shared.clone(), ack_rx, background.clone()));
+
+        claim_loop(&shared, &kinds, &jobs, &shutdown).await;
+
+        info!(worker = %shared.id, in_flight = jobs.len(), "shutting down: no more claims");
+        jobs.close();
+        if tokio::time::timeout(shared.config.shutdown_grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            warn!(worker = %shared.id, handed_back = jobs.len(), "shutdown grace ran out; handing unfinished jobs back");
+            shared.stop_all(StopReason::Shutdown);
+            jobs.wait().await;
+        }
+        background.cancel();
+        let _ = flusher.await;
+        let _ = heartbeats.await;
+        let _ = reaper.await;
+        info!(worker = %shared.id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, shutdown: &CancellationToken) {
+    let capacity = shared.config.concurrency + shared.config.prefetch;
+    let slots = Arc::new(Semaphore::new(capacity));
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("slots never close"),
+            _ = shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let want = permits.len();
+        let request = ClaimRequest {
+            worker: shared.id.clone(),
+            kinds: kinds.to_vec(),
+            limit: want,
+            lease: shared.config.lease,
+        };
+        let started = Instant::now();
+        match shared.backend.claim(&request).await {
+            Ok(claimed) => {
+                failures = 0;
+                metrics::histogram!("enclii_queue_claim_query_seconds").record(started.elapsed().as_secs_f64());
+                let got = claimed.len();
+                for (job, slot) in claimed.into_iter().zip(permits.drain(..)) {
+                    let entry = Entry {
+                        lease: job.lease(),
+                        stop: CancellationToken::new(),
+                        reason: Arc::new(OnceLock::new()),
+                    };
+                    let (stop, reason) = (entry.stop.clone(), entry.reason.clone());
+                    shared.running.lock().expect("running map").insert(job.id, entry);
+                    let span =
+                        info_span!("job", id = job.id, kind = %job.kind, project = %job.project, attempt = job.attempt);
+                    let shared = shared.clone();
+                    jobs.spawn(
+                        async move {
+                            execute(&shared, job, stop, reason).await;
+                            drop(slot);
+                        }
+                        .instrument(span),
+                    );
+                }
+                drop(permits);
+                if got < want {
+                    tokio::select! {
+                        _ = shared.backend.wait_for_work(shared.config.poll_every) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                failures += 1;
+                let pause = backoff_pause(failures);
+                warn!(error = %e, retry_in = ?pause, "claim failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Pause after `failures` consecutive backend errors: 100 ms doubling to 5 s, with jitter.
+fn backoff_pause(failures: u32) -> Duration {
+    let ceiling = Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(6))
+        .min(Duration::from_secs(5));
+    ceiling / 2 + Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64 / 2))
+}
+
+enum Ended {
+    Finished(Result<Result<(), JobError>, tokio::task::JoinError>),
+    TimedOut,
+    Stopped,
+}
+
+async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reason: Arc<OnceLock<StopReason>>) {
+    let kind = job.kind.clone();
+    let lease = job.lease();
+    let pipeline = job.pipeline;
+    let exec = tokio::select! {
+        permit = shared.exec.clone().acquire_owned() => Some(permit.expect("exec never closes")),
+        _ = stop.cancelled() => None,
+    };
+    let waited = Utc::now() - job.run_at;
+    metrics::counter!("enclii_queue_jobs_claimed_total", "kind" => kind.clone()).increment(1);
+    metrics::histogram!("enclii_queue_start_latency_seconds", "kind" => kind.clone())
+        .record(waited.num_microseconds().unwrap_or(0) as f64 / 1e6);
+    let started = Instant::now();
+    let attempt = job.attempt;
+    let policy = job.policy;
+    let ended = match (exec.is_some(), shared.registry.get(&job.kind)) {
+        (false, _) => Ended::Stopped,
+        (true, None) => Ended::Finished(Ok(Err(JobError::Abort(format!(
+            "no handler for kind `{kind}` in this worker"
+        ))))),
+        (true, Some(handler)) => {
+            let cancel = stop.child_token();
+            let ctx = JobContext {
+                job,
+                cancel: cancel.clone(),
+            };
+            // A task of its own, so that a panicking handler fails its job, not the worker.
+            let mut run = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
+            let ended = tokio::select! {
+                result = &mut run => Ended::Finished(result),
+                _ = tokio::time::sleep(policy.timeout) => Ended::TimedOut,
+                _ = stop.cancelled() => Ended::Stopped,
+            };
+            if !matches!(ended, Ended::Finished(_)) {
+                cancel.cancel();
+                run.abort();
+            }
+            ended
+        }
+    };
+    drop(exec);
+    let now = Utc::now();
+    let outcome = match ended {
+        Ended::Finished(Ok(Ok(()))) => Some(Outcome::Completed),
+        Ended::Finished(Ok(Err(JobError::Retry(message)))) => Some(Outcome::failure(attempt, &policy, message, now)),
+        Ended::Finished(Ok(Err(JobError::RetryAfter { after, message }))) => Some(if attempt >= policy.max_attempts {
+            Outcome::Dead { error: message }
+        } else {
+            Outcome::Retry {
+                at: now + chrono::Duration::from_std(after).unwrap_or_default(),
+                error: message,
+            }
+        }),
+        Ended::Finished(Ok(Err(JobError::Abort(message)))) => Some(Outcome::Dead { error: message }),
+        Ended::Finished(Err(join)) => Some(Outcome::failure(
+            attempt,
+            &policy,
+            format!("handler panicked: {join}"),
+            now,
+        )),
+        Ended::TimedOut => Some(Outcome::failure(
+            attempt,
+            &policy,
+            format!("timed out after {:?}", policy.timeout),
+            now,
+        )),
+        Ended::Stopped => match reason.get().copied().unwrap_or(StopReason::Shutdown) {
+            StopReason::Cancelled => Some(Outcome::Cancelled {
+                reason: "cancelled while running".into(),
+            }),
+            StopReason::Shutdown => Some(Outcome::Released),
+            StopReason::LeaseLost => None,
+        },
+    };
+    let Some(outcome) = outcome else {
+        warn!("lease lost (rescued elsewhere or heartbeats failed); stopped without acknowledging");
+        shared.running.lock().expect("running map").remove(&lease.job);
+        return;
+    };
+    record_outcome(&kind, &outcome, started.elapsed());
+    if let Some(error) = outcome.error() {
+        debug!(%error, state = %outcome.state(), "attempt failed");
+    }
+    let _ = shared.acks.send(Ack {
+        lease,
+        pipeline,
+        outcome,
+    });
+}
+
+fn record_outcome(kind: &str, outcome: &Outcome, ran: Duration) {
+    metrics::histogram!("enclii_queue_job_duration_seconds", "kind" => kind.to_string()).record(ran.as_secs_f64());
+    let counter = match outcome {
+        Outcome::Completed => "enclii_queue_jobs_completed_total",
+        Outcome::Retry { .. } => "enclii_queue_jobs_retried_total",
+        Outcome::Dead { .. } => "enclii_queue_jobs_dead_total",
+        Outcome::Cancelled { .. } => "enclii_queue_jobs_cancelled_total",
+        Outcome::Released => "enclii_queue_jobs_released_total",
+    };
+    metrics::counter!(counter, "kind" => kind.to_string()).increment(1);
+    if matches!(outcome, Outcome::Retry { .. } | Outcome::Dead { .. }) {
+        metrics::counter!("enclii_queue_jobs_failed_total", "kind" => kind.to_string()).increment(1);
+    }
+}
+
+/// Acknowledges finished jobs in batches: everything that finished while the previous batch was
+/// being written goes in the next one.
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>, done: CancellationToken) {
+    let mut batch = Vec::with_capacity(1024);
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 4096) => if n == 0 { return },
+                _ = done.cancelled() => {
+                    while let Ok(ack) = rx.try_recv() {
+                        batch.push(ack);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+        match shared.backend.acknowledge(batch.clone()).await {
+            Ok(()) => {
+                failures = 0;
+                let mut running = shared.running.lock().expect("running map");
+                for ack in batch.drain(..) {
+                    running.remove(&ack.lease.job);
+                }
+            }
+            Err(e) => {
+                // Keep the batch (its leases stay renewed) and try again.
+                failures += 1;
+                let pause = backoff_pause(failures);
+                warn!(error = %e, jobs = batch.len(), retry_in = ?pause, "acknowledgement failed");
+                tokio::time::sleep(pause).await;
+            }
+        }
+        // Take whatever finished meanwhile into the next batch.
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
+    let mut last_renewal = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.heartbeat_every) => {}
+            _ = done.cancelled() => return,
+        }
+        let leases: Vec<Lease> = shared
+            .running
+            .lock()
+            .expect("running map")
+            .values()
+            .map(|e| e.lease)
+            .collect();
+        if leases.is_empty() {
+            last_renewal = Instant::now();
+            continue;
+        }
+        match shared.backend.heartbeat(&shared.id, &leases, shared.config.lease).await {
+            Ok(reply) => {
+                last_renewal = Instant::now();
+                for id in reply.lost {
+                    shared.stop_job(id, StopReason::LeaseLost);
+                }
+                for id in reply.cancel {
+                    shared.stop_job(id, StopReason::Cancelled);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed");
+                // Past the lease another worker may already have the jobs: stop ours so that a
+                // job never runs twice at once.
+                if last_renewal.elapsed() >= shared.config.lease {
+                    warn!("leases expired without renewal; stopping all running jobs");
+                    shared.stop_all(StopReason::LeaseLost);
+                }
+            }
+        }
+    }
+}
+
+async fn rescue_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let jitter =
+            Duration::from_millis(rand::rng().random_range(0..=shared.config.rescue_every.as_millis() as u64 / 4));
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.rescue_every + jitter) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match shared.backend.rescue_expired().await {
+            Ok(report) if !report.retried.is_empty() || !report.dead.is_empty() => {
+                metrics::counter!("enclii_queue_jobs_rescued_total", "outcome" => "retried")
+                    .increment(report.retried.len() as u64);
+                metrics::counter!("enclii_queue_jobs_rescued_total", "outcome" => "dead")
+                    .increment(report.dead.len() as u64);
+                info!(
+                    retried = report.retried.len(),
+                    dead = report.dead.len(),
+                    "rescued jobs of dead workers"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "lease rescue failed"),
+        }
+    }
+}
