@@ -1,0 +1,225 @@
+//! The job kinds, each a serde payload with its own policy (priority, attempts, timeout, backoff).
+//! Unknown fields are rejected so that a producer's typo fails loudly instead of being dropped.
+
+use std::time::Duration;
+
+use enclii_queue::{Backoff, JobKind, JobPolicy};
+use serde::{Deserialize, Serialize};
+
+const fn policy(priority: i16, max_attempts: u32, timeout_secs: u64, backoff_base_secs: u64) -> JobPolicy {
+    JobPolicy {
+        priority,
+        max_attempts,
+        timeout: Duration::from_secs(timeout_secs),
+        backoff: Backoff::new(Duration::from_secs(backoff_base_secs), Duration::from_secs(600)),
+    }
+}
+
+macro_rules! job_kind {
+    ($ty:ident, $kind:literal, $policy:expr) => {
+        impl JobKind for $ty {
+            const KIND: &'static str = $kind;
+            fn policy() -> JobPolicy {
+                $policy
+            }
+        }
+    };
+}
+
+/// Fetch the exact commit into a per-job workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clone {
+    pub service: String,
+    pub repository: String,
+    pub commit: String,
+    pub branch: Option<String>,
+}
+job_kind!(Clone, "clone", policy(2, 3, 300, 5));
+
+/// Build the image from the cloned workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    pub service: String,
+    pub commit: String,
+    pub dockerfile: String,
+    pub context: String,
+}
+job_kind!(Build, "build", policy(3, 2, 1800, 10));
+
+/// Push the built image to the registry; its digest goes on the Release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    pub service: String,
+    pub commit: String,
+    pub image: String,
+}
+job_kind!(Push, "push", policy(3, 3, 600, 5));
+
+/// Inventory the image and lockfiles as CycloneDX.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sbom {
+    pub service: String,
+    pub commit: String,
+    pub image: String,
+}
+job_kind!(Sbom, "sbom", policy(4, 3, 600, 5));
+
+/// Sign the image digest (cosign format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sign {
+    pub service: String,
+    pub commit: String,
+    pub image: String,
+}
+job_kind!(Sign, "sign", policy(3, 3, 300, 5));
+
+/// Roll a ready release out to an environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    pub service: String,
+    pub environment: String,
+    pub commit: String,
+}
+job_kind!(Deploy, "deploy", policy(1, 3, 900, 10));
+
+/// Judge a canary step by error rate and P95 latency; promote or roll back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryAnalyze {
+    pub service: String,
+    pub environment: String,
+    pub commit: String,
+    /// Traffic percentages, e.g. `[10, 100]`.
+    pub steps: Vec<u8>,
+    pub max_error_rate: f64,
+    pub window_secs: u64,
+}
+job_kind!(CanaryAnalyze, "canary-analyze", policy(1, 5, 600, 5));
+
+/// Remove everything a pull request's preview environment created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewTeardown {
+    pub repository: String,
+    pub pull_request: u64,
+    pub environment: String,
+}
+job_kind!(PreviewTeardown, "preview-teardown", policy(2, 5, 600, 10));
+
+/// Sample a service's resource usage for cost showback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostSample {
+    pub service: String,
+    pub environment: String,
+}
+job_kind!(CostSample, "cost-sample", policy(8, 2, 60, 5));
+
+/// A diagnostic job that does nothing but succeed: enqueue one to check that workers are
+/// claiming, running and acknowledging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ping {
+    #[serde(default)]
+    pub message: String,
+}
+job_kind!(Ping, "ping", policy(5, 1, 10, 1));
+
+/// Every kind the platform knows, with its policy.
+pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
+    vec![
+        (Clone::KIND, Clone::policy()),
+        (Build::KIND, Build::policy()),
+        (Push::KIND, Push::policy()),
+        (Sbom::KIND, Sbom::policy()),
+        (Sign::KIND, Sign::policy()),
+        (Deploy::KIND, Deploy::policy()),
+        (CanaryAnalyze::KIND, CanaryAnalyze::policy()),
+        (PreviewTeardown::KIND, PreviewTeardown::policy()),
+        (CostSample::KIND, CostSample::policy()),
+        (Ping::KIND, Ping::policy()),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("unknown job kind `{kind}`; known kinds: {known}")]
+    UnknownKind { kind: String, known: String },
+    #[error("invalid payload for a `{kind}` job: {message}")]
+    Invalid { kind: String, message: String },
+}
+
+/// Checks that `payload` is a valid payload for `kind`; returns the kind's policy.
+pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+    fn check<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+        J::deserialize(payload)
+            .map(|_| J::policy())
+            .map_err(|e| PayloadError::Invalid {
+                kind: J::KIND.to_string(),
+                message: e.to_string(),
+            })
+    }
+    match kind {
+        Clone::KIND => check::<Clone>(payload),
+        Build::KIND => check::<Build>(payload),
+        Push::KIND => check::<Push>(payload),
+        Sbom::KIND => check::<Sbom>(payload),
+        Sign::KIND => check::<Sign>(payload),
+        Deploy::KIND => check::<Deploy>(payload),
+        CanaryAnalyze::KIND => check::<CanaryAnalyze>(payload),
+        PreviewTeardown::KIND => check::<PreviewTeardown>(payload),
+        CostSample::KIND => check::<CostSample>(payload),
+        Ping::KIND => check::<Ping>(payload),
+        other => Err(PayloadError::UnknownKind {
+            kind: other.to_string(),
+            known: kinds().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_kind_has_a_distinct_name_and_sane_policy() {
+        let all = kinds();
+        let mut names: Vec<_> = all.iter().map(|(k, _)| *k).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        for (kind, p) in all {
+            assert!(p.max_attempts >= 1 && !p.timeout.is_zero(), "{kind}");
+        }
+        assert!(
+            Deploy::policy().priority < CostSample::policy().priority,
+            "deploys outrank cost samples"
+        );
+    }
+
+    #[test]
+    fn validation_names_unknown_kinds_and_bad_fields() {
+        let err = validate("bulid", &json!({})).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown job kind `bulid`") && err.contains("build"),
+            "{err}"
+        );
+        let err = validate(
+            "deploy",
+            &json!({"service": "api", "environment": "prod", "commit": "abc", "extra": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `extra`"), "{err}");
+        let err = validate("deploy", &json!({"service": "api"})).unwrap_err().to_string();
+        assert!(err.contains("missing field"), "{err}");
+        assert!(validate("ping", &json!({})).is_ok());
+    }
+}
