@@ -1,1 +1,166 @@
-fn main() {}
+//! Roundhouse load test: `loadtest <drain|steady|crash|fairness> --backend postgres|sqlite|redis`.
+//!
+//! Each run gets a fresh queue store (a new PostgreSQL database, a temp SQLite file, or a new Redis
+//! key prefix), removes it at the end, and prints exactly one JSON line on stdout. Logs go to
+//! stderr (`RUST_LOG`, default `warn`).
+
+mod env;
+mod meter;
+mod store;
+mod workloads;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use enclii_worker::WorkerConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Roundhouse load tests", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enqueue N (20,000) no-op jobs in bulk, then one worker (concurrency 32) drains them.
+    Drain(RunArgs),
+    /// Enqueue one job per call at --rate (500/s) for N/rate (20 s) while one worker runs them.
+    Steady(RunArgs),
+    /// N (64) jobs sleeping 2 s; a worker child process is SIGKILLed mid-flight and a second one
+    /// recovers them; counts lost and duplicated jobs.
+    Crash(RunArgs),
+    /// Project A enqueues N (10,000) 1 ms jobs, then project B --b-jobs (100); reports when each
+    /// project finished.
+    Fairness(RunArgs),
+    /// A worker process for `crash` (records completions durably); runs until killed.
+    #[command(hide = true)]
+    Worker(ChildArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Postgres,
+    Sqlite,
+    Redis,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum)]
+    pub backend: BackendKind,
+    /// Jobs in the run (default per workload: drain 20000, steady 10000, crash 64, fairness 10000
+    /// for project A).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Handlers running at once in the worker (default 32; crash 64). Prefetch equals it.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// PostgreSQL: the server to create the run's database on (default
+    /// postgres://postgres@127.0.0.1:5432/postgres). SQLite: the database to use (default: a temp
+    /// file). Redis: the server (default redis://127.0.0.1:6379); keys get a fresh prefix.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Connection pool size of the queue backend (PostgreSQL).
+    #[arg(long, default_value_t = 16)]
+    pub max_conns: u32,
+    /// Jobs per bulk `enqueue` call (drain, fairness).
+    #[arg(long, default_value_t = 5_000)]
+    pub chunk: usize,
+    /// Jobs per second (steady).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// How long each job sleeps (default: crash 2000, fairness 1, otherwise no-op jobs).
+    #[arg(long)]
+    pub sleep_ms: Option<u64>,
+    /// Jobs of project B (fairness).
+    #[arg(long, default_value_t = 100)]
+    pub b_jobs: usize,
+    /// Crash: kill the first worker this long after its first jobs started.
+    #[arg(long, default_value_t = 1_000)]
+    pub kill_after_ms: u64,
+    /// Jobs not completed this long after the last enqueue (crash: after the kill) count as lost
+    /// (default: crash 60, otherwise 120).
+    #[arg(long)]
+    pub deadline_s: Option<u64>,
+    /// Worker lease (default 8000 ms); heartbeats run at a quarter of it when it is shorter.
+    #[arg(long, hide = true)]
+    pub lease_ms: Option<u64>,
+    /// How often workers look for expired leases (default 1000 ms).
+    #[arg(long, hide = true)]
+    pub rescue_ms: Option<u64>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ChildArgs {
+    #[arg(long, value_enum)]
+    pub backend: BackendKind,
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 16)]
+    pub max_conns: u32,
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    #[arg(long)]
+    pub rescue_ms: Option<u64>,
+}
+
+/// The load test's worker tuning: the defaults, with `concurrency` (and equal prefetch) and
+/// optionally a shorter lease and rescue period.
+pub fn worker_config(concurrency: usize, lease_ms: Option<u64>, rescue_ms: Option<u64>) -> WorkerConfig {
+    let mut config = WorkerConfig {
+        concurrency,
+        prefetch: concurrency,
+        ..WorkerConfig::default()
+    };
+    if let Some(ms) = lease_ms {
+        config.lease = Duration::from_millis(ms.max(4));
+        config.heartbeat_every = config.heartbeat_every.min(config.lease / 4);
+    }
+    if let Some(ms) = rescue_ms {
+        config.rescue_every = Duration::from_millis(ms.max(1));
+    }
+    config
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Worker(args) => workloads::child_worker(args).await.map(|()| None),
+        Command::Drain(args) => workloads::run(workloads::Workload::Drain, args).await.map(Some),
+        Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
+        Command::Crash(args) => workloads::run(workloads::Workload::Crash, args).await.map(Some),
+        Command::Fairness(args) => workloads::run(workloads::Workload::Fairness, args).await.map(Some),
+    };
+    match result {
+        Ok(Some(line)) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

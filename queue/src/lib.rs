@@ -14,7 +14,7 @@ pub mod job;
 pub mod pipeline;
 pub mod postgres;
 mod progress;
-// pub mod redis;
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Backend>> {
     let scheme = url.split(':').next().unwrap_or_default();
     Ok(match scheme {
         "postgres" | "postgresql" => Arc::new(postgres::PostgresQueue::connect(url, max_connections).await?),
+        "redis" | "rediss" => Arc::new(redis::RedisQueue::connect(url).await?),
         "sqlite" => Arc::new(sqlite::SqliteQueue::connect(url).await?),
 
         other => return Err(QueueError::UnsupportedUrl(other.to_string())),

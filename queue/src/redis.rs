@@ -1,1 +1,1707 @@
-//! placeholder
+//! Redis backend: every state change is one atomic Lua script, so caps, leases and pipeline
+//! progression are exact across worker processes, and every script does O(batch) work.
+//!
+//! Data model (all keys under `{prefix}:`, default prefix `roundhouse`):
+//! - `job:{id}` hash: kind, project, payload (JSON text), state, priority, attempt, max_attempts,
+//!   timeout_ms, backoff_base_ms, backoff_max_ms, run_at_ms, created_at_ms, attempted_at_ms,
+//!   finished_at_ms, lease_expires_at_ms, worker, cancel_requested, unique_key, pipeline, step,
+//!   needs / dependents (JSON arrays), deps_remaining, last_error. Ids come from `INCRBY seq`.
+//! - `avail:{len(kind)}:{kind}:{project}` zset of available jobs, scored `priority * 2^36 + id`
+//!   (lower priority first, then oldest); `projects:{kind}` set of projects with available jobs of
+//!   that kind; `avail_at:{kind}` zset of available jobs by `run_at` (oldest-available stats).
+//! - `scheduled` zset by run_at (delayed jobs and retries), promoted inside the claim script;
+//!   `running` zset by lease expiry; `nrunning` hash project → running count; `finished` zset by
+//!   finished_at (prune); `unique` hash unique key → job id; `kinds` set of kinds ever enqueued;
+//!   `depth` hash `{state}:{len(kind)}:{kind}{project}` → count (stats in O(kinds × projects)).
+//! - `pipeline:{id}` hash (project, name, state, supersede_key, unique_key, created_at_ms,
+//!   finished_at_ms) and `pipeline:{id}:steps` hash step → job id; ids from `pseq`;
+//!   `supersede:{key}` set of running pipelines with that key; `punique` hash unique key →
+//!   pipeline id; `pfinished` zset of finished pipelines by finished_at (prune).
+//! - `limits:{project}` hash: max_running, jobs_per_minute, tokens, refilled_at_ms.
+//! - channel `wake`: one message per enqueue call (and when acks make work available).
+//!
+//! Timestamps inside scripts come from the Redis server clock (`TIME`), so processes agree.
+//! The key layout is built inside the scripts, so this backend targets a single Redis server
+//! (or a primary with replicas), not Redis Cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Script, ScriptInvocation, Value};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use crate::backend::{
+    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits, QueueStats,
+    RescueReport,
+};
+use crate::error::{QueueError, Result};
+use crate::job::{
+    Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
+};
+use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
+use crate::progress::{AckedRow, Progress};
+
+const NAME: &str = "redis";
+/// Key prefix used by [`RedisQueue::connect`].
+pub const DEFAULT_PREFIX: &str = "roundhouse";
+/// Jobs per enqueue script call.
+const ENQUEUE_CHUNK: usize = 1_000;
+/// Acks per acknowledge script call.
+const ACK_CHUNK: usize = 1_000;
+/// Expired leases handled per `rescue_expired` call (as in the PostgreSQL backend).
+const RESCUE_BATCH: usize = 1_000;
+/// Finished jobs (or pipelines) examined per prune script call.
+const PRUNE_BATCH: usize = 1_000;
+/// Most jobs one claim may return.
+const MAX_CLAIM: usize = 10_000;
+
+/// Helpers shared by every script. `ARGV[1]` is always the key prefix.
+const LUA_PRELUDE: &str = r#"
+local P = ARGV[1]
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+local SHIFT = 68719476736
+local DEPTH = P .. ':depth'
+local TRACKED = {pending = true, scheduled = true, available = true, running = true, dead = true}
+local TERMINAL = {completed = true, dead = true, cancelled = true}
+local delta = {}
+
+local function jkey(id) return P .. ':job:' .. id end
+local function akey(kind, project) return P .. ':avail:' .. #kind .. ':' .. kind .. ':' .. project end
+
+local function dchange(kind, project, state, n)
+  if TRACKED[state] and kind and project then
+    local f = state .. ':' .. #kind .. ':' .. kind .. project
+    delta[f] = (delta[f] or 0) + n
+  end
+end
+
+local function dflush()
+  for f, n in pairs(delta) do
+    if n ~= 0 then
+      if redis.call('HINCRBY', DEPTH, f, n) <= 0 then redis.call('HDEL', DEPTH, f) end
+    end
+  end
+  delta = {}
+end
+
+local function batch(cmd, key, items)
+  local n = #items
+  local i = 1
+  while i <= n do
+    local j = i + 999
+    if j > n then j = n end
+    redis.call(cmd, key, unpack(items, i, j))
+    i = j + 1
+  end
+end
+
+local function push(b, key, a, c)
+  local l = b[key]
+  if not l then l = {}; b[key] = l end
+  l[#l + 1] = a
+  if c ~= nil then l[#l + 1] = c end
+end
+
+local function flush(b, cmd)
+  for key, items in pairs(b) do batch(cmd, key, items) end
+end
+
+local function avail_add(id, kind, project, priority, run_at)
+  redis.call('ZADD', akey(kind, project), (tonumber(priority) or 0) * SHIFT + tonumber(id), id)
+  redis.call('ZADD', P .. ':avail_at:' .. kind, tonumber(run_at) or NOW, id)
+  redis.call('SADD', P .. ':projects:' .. kind, project)
+end
+
+local function unindex(id, state, kind, project)
+  if state == 'available' then
+    if kind and project then
+      local k = akey(kind, project)
+      redis.call('ZREM', k, id)
+      if redis.call('ZCARD', k) == 0 then redis.call('SREM', P .. ':projects:' .. kind, project) end
+      redis.call('ZREM', P .. ':avail_at:' .. kind, id)
+    end
+  elseif state == 'scheduled' then
+    redis.call('ZREM', P .. ':scheduled', id)
+  elseif TERMINAL[state] then
+    redis.call('ZREM', P .. ':finished', id)
+  end
+end
+
+local function finish_pipeline(pid, state)
+  local pk = P .. ':pipeline:' .. pid
+  local f = redis.call('HMGET', pk, 'state', 'supersede_key')
+  if f[1] ~= 'running' then return false end
+  redis.call('HSET', pk, 'state', state, 'finished_at_ms', NOW)
+  if f[2] then redis.call('SREM', P .. ':supersede:' .. f[2], pid) end
+  redis.call('ZADD', P .. ':pfinished', NOW, pid)
+  return true
+end
+
+local function stop_jobs(pid, reason)
+  local ids = redis.call('HVALS', P .. ':pipeline:' .. pid .. ':steps')
+  for _, id in ipairs(ids) do
+    local k = jkey(id)
+    local f = redis.call('HMGET', k, 'state', 'kind', 'project')
+    local st = f[1]
+    if st == 'pending' or st == 'scheduled' or st == 'available' then
+      unindex(id, st, f[2], f[3])
+      redis.call('HSET', k, 'state', 'cancelled', 'finished_at_ms', NOW, 'last_error', reason)
+      redis.call('ZADD', P .. ':finished', NOW, id)
+      dchange(f[2], f[3], st, -1)
+    elseif st == 'running' then
+      redis.call('HSET', k, 'cancel_requested', '1')
+    end
+  end
+end
+
+local function maybe_succeed(pid)
+  local pk = P .. ':pipeline:' .. pid
+  if redis.call('HGET', pk, 'state') ~= 'running' then return end
+  local ids = redis.call('HVALS', pk .. ':steps')
+  for _, id in ipairs(ids) do
+    local st = redis.call('HGET', jkey(id), 'state')
+    if st and st ~= 'completed' then return end
+  end
+  finish_pipeline(pid, 'succeeded')
+end
+"#;
+
+/// ARGV: prefix, publish, then per job: kind, project, payload, priority, max_attempts,
+/// timeout_ms, backoff_base_ms, backoff_max_ms, run_at_ms ('' = now), unique_key ('' = none).
+/// Returns id, duplicate (0/1) pairs.
+const LUA_ENQUEUE: &str = r#"
+local N = 10
+local count = math.floor((#ARGV - 2) / N)
+local out = {}
+if count == 0 then return out end
+local first = redis.call('INCRBY', P .. ':seq', count) - count + 1
+local zadd, sadd, seen, kinds = {}, {}, {}, {}
+for j = 0, count - 1 do
+  local b = 3 + j * N
+  local kind, project, ukey = ARGV[b], ARGV[b + 1], ARGV[b + 9]
+  local id = first + j
+  local existing = false
+  if ukey ~= '' then
+    existing = redis.call('HGET', P .. ':unique', ukey)
+    if not existing then redis.call('HSET', P .. ':unique', ukey, id) end
+  end
+  if existing then
+    out[#out + 1] = tonumber(existing)
+    out[#out + 1] = 1
+  else
+    local ra = NOW
+    if ARGV[b + 8] ~= '' then ra = tonumber(ARGV[b + 8]) or NOW end
+    local state = 'available'
+    if ra > NOW then state = 'scheduled' end
+    local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
+      'priority', ARGV[b + 3], 'attempt', 0, 'max_attempts', ARGV[b + 4], 'timeout_ms', ARGV[b + 5],
+      'backoff_base_ms', ARGV[b + 6], 'backoff_max_ms', ARGV[b + 7], 'run_at_ms', ra, 'created_at_ms', NOW}
+    if ukey ~= '' then h[#h + 1] = 'unique_key'; h[#h + 1] = ukey end
+    redis.call('HSET', jkey(id), unpack(h))
+    if state == 'available' then
+      push(zadd, akey(kind, project), (tonumber(ARGV[b + 3]) or 0) * SHIFT + id, id)
+      push(zadd, P .. ':avail_at:' .. kind, ra, id)
+      local sk = P .. ':projects:' .. kind
+      seen[sk] = seen[sk] or {}
+      if not seen[sk][project] then seen[sk][project] = true; push(sadd, sk, project) end
+    else
+      push(zadd, P .. ':scheduled', ra, id)
+    end
+    if not kinds[kind] then kinds[kind] = true; redis.call('SADD', P .. ':kinds', kind) end
+    dchange(kind, project, state, 1)
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+end
+flush(zadd, 'ZADD')
+flush(sadd, 'SADD')
+dflush()
+if ARGV[2] == '1' then redis.call('PUBLISH', P .. ':wake', '') end
+return out
+"#;
+
+/// ARGV: prefix, project, name, has_supersede, supersede_key, has_unique, unique_key, then per
+/// step (topological order): name, kind, payload, priority, max_attempts, timeout_ms,
+/// backoff_base_ms, backoff_max_ms, run_at_ms, unique_key, needs JSON, dependents JSON, #needs.
+const LUA_ENQUEUE_PIPELINE: &str = r#"
+local project, name = ARGV[2], ARGV[3]
+local has_sup, sup = ARGV[4] == '1', ARGV[5]
+local has_uniq, uniq = ARGV[6] == '1', ARGV[7]
+local N = 13
+if has_uniq then
+  local existing = redis.call('HGET', P .. ':punique', uniq)
+  if existing then return {'dup', tonumber(existing)} end
+end
+local seenk = {}
+for b = 8, #ARGV, N do
+  local ukey = ARGV[b + 9]
+  if ukey ~= '' then
+    if seenk[ukey] or redis.call('HEXISTS', P .. ':unique', ukey) == 1 then return {'conflict', ARGV[b]} end
+    seenk[ukey] = true
+  end
+end
+local out = {'ok', 0}
+if has_sup then
+  local sk = P .. ':supersede:' .. sup
+  local olds = redis.call('SMEMBERS', sk)
+  local superseded = {}
+  for _, old in ipairs(olds) do
+    if finish_pipeline(old, 'superseded') then superseded[#superseded + 1] = old end
+  end
+  for _, old in ipairs(superseded) do
+    stop_jobs(old, 'superseded by a newer pipeline')
+    out[#out + 1] = tonumber(old)
+  end
+  redis.call('DEL', sk)
+end
+local pid = redis.call('INCR', P .. ':pseq')
+out[2] = pid
+local pk = P .. ':pipeline:' .. pid
+local ph = {'project', project, 'name', name, 'state', 'running', 'created_at_ms', NOW}
+if has_sup then
+  ph[#ph + 1] = 'supersede_key'; ph[#ph + 1] = sup
+  redis.call('SADD', P .. ':supersede:' .. sup, pid)
+end
+if has_uniq then
+  ph[#ph + 1] = 'unique_key'; ph[#ph + 1] = uniq
+  redis.call('HSET', P .. ':punique', uniq, pid)
+end
+redis.call('HSET', pk, unpack(ph))
+local nsteps = math.floor((#ARGV - 7) / N)
+local first = redis.call('INCRBY', P .. ':seq', nsteps) - nsteps + 1
+local steps = {}
+local j = 0
+for b = 8, #ARGV, N do
+  local id = first + j
+  j = j + 1
+  local kind, ukey, nneeds = ARGV[b + 1], ARGV[b + 9], tonumber(ARGV[b + 12]) or 0
+  local ra = NOW
+  if ARGV[b + 8] ~= '' then ra = tonumber(ARGV[b + 8]) or NOW end
+  local state = 'available'
+  if nneeds > 0 then state = 'pending' elseif ra > NOW then state = 'scheduled' end
+  local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
+    'priority', ARGV[b + 3], 'attempt', 0, 'max_attempts', ARGV[b + 4], 'timeout_ms', ARGV[b + 5],
+    'backoff_base_ms', ARGV[b + 6], 'backoff_max_ms', ARGV[b + 7], 'run_at_ms', ra, 'created_at_ms', NOW,
+    'pipeline', pid, 'step', ARGV[b], 'needs', ARGV[b + 10], 'dependents', ARGV[b + 11], 'deps_remaining', nneeds}
+  if ukey ~= '' then
+    h[#h + 1] = 'unique_key'; h[#h + 1] = ukey
+    redis.call('HSET', P .. ':unique', ukey, id)
+  end
+  redis.call('HSET', jkey(id), unpack(h))
+  steps[#steps + 1] = ARGV[b]
+  steps[#steps + 1] = id
+  if state == 'available' then
+    avail_add(id, kind, project, ARGV[b + 3], ra)
+  elseif state == 'scheduled' then
+    redis.call('ZADD', P .. ':scheduled', ra, id)
+  end
+  redis.call('SADD', P .. ':kinds', kind)
+  dchange(kind, project, state, 1)
+end
+batch('HSET', pk .. ':steps', steps)
+dflush()
+redis.call('PUBLISH', P .. ':wake', '')
+return out
+"#;
+
+/// ARGV: prefix, worker, lease_ms, limit, rotation, max_projects, kinds...
+/// Returns one array per claimed job: id, kind, project, payload, attempt, priority,
+/// max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, created_at_ms, run_at_ms, pipeline, step.
+const LUA_CLAIM: &str = r#"
+local worker = ARGV[2]
+local lease_ms = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local rotation = tonumber(ARGV[5])
+local max_projects = tonumber(ARGV[6])
+local kinds = {}
+for i = 7, #ARGV do kinds[#kinds + 1] = ARGV[i] end
+
+-- Promote due scheduled jobs (bounded per call).
+local due = redis.call('ZRANGEBYSCORE', P .. ':scheduled', '-inf', NOW, 'LIMIT', 0, 1000)
+if #due > 0 then
+  local zadd, sadd, seen = {}, {}, {}
+  for _, id in ipairs(due) do
+    local k = jkey(id)
+    local f = redis.call('HMGET', k, 'state', 'kind', 'project', 'priority', 'run_at_ms')
+    if f[1] == 'scheduled' and f[2] and f[3] then
+      redis.call('HSET', k, 'state', 'available')
+      push(zadd, akey(f[2], f[3]), (tonumber(f[4]) or 0) * SHIFT + tonumber(id), id)
+      push(zadd, P .. ':avail_at:' .. f[2], tonumber(f[5]) or NOW, id)
+      local sk = P .. ':projects:' .. f[2]
+      seen[sk] = seen[sk] or {}
+      if not seen[sk][f[3]] then seen[sk][f[3]] = true; push(sadd, sk, f[3]) end
+      dchange(f[2], f[3], 'scheduled', -1)
+      dchange(f[2], f[3], 'available', 1)
+    end
+  end
+  batch('ZREM', P .. ':scheduled', due)
+  flush(zadd, 'ZADD')
+  flush(sadd, 'SADD')
+  dflush()
+end
+
+-- Candidate projects: those with available work of the worker's kinds, bounded.
+local seenp, projects = {}, {}
+for _, kind in ipairs(kinds) do
+  if #projects >= max_projects then break end
+  local sk = P .. ':projects:' .. kind
+  local members
+  if redis.call('SCARD', sk) <= max_projects then
+    members = redis.call('SMEMBERS', sk)
+  else
+    members = redis.call('SRANDMEMBER', sk, max_projects)
+  end
+  for _, p in ipairs(members) do
+    if not seenp[p] and #projects < max_projects then
+      seenp[p] = true
+      projects[#projects + 1] = p
+    end
+  end
+end
+if #projects == 0 then return {} end
+table.sort(projects)
+
+-- Room of each project under its limits (-1: unlimited).
+local open, tokens_of = {}, {}
+for _, p in ipairs(projects) do
+  local l = redis.call('HMGET', P .. ':limits:' .. p, 'max_running', 'jobs_per_minute', 'tokens', 'refilled_at_ms')
+  local room = -1
+  local maxr, jpm = tonumber(l[1]), tonumber(l[2])
+  if maxr then
+    local running = tonumber(redis.call('HGET', P .. ':nrunning', p)) or 0
+    room = maxr - running
+    if room < 0 then room = 0 end
+  end
+  if jpm then
+    local at = tonumber(l[4]) or NOW
+    local elapsed = NOW - at
+    if elapsed < 0 then elapsed = 0 end
+    local tokens = (tonumber(l[3]) or 0) + (elapsed / 1000) * jpm / 60
+    if tokens > jpm then tokens = jpm end
+    tokens_of[p] = tokens
+    local r = tokens
+    if r < 0 then r = 0 end
+    r = math.floor(r)
+    if room < 0 or r < room then room = r end
+  end
+  if room ~= 0 then open[#open + 1] = {p, room} end
+end
+if #open == 0 or limit == 0 then return {} end
+
+-- Water-filling split of the claim, as backend::fair_quotas.
+local start = rotation % #open
+local n = #open
+if n > limit then n = limit end
+local cand, quotas = {}, {}
+for j = 1, n do
+  cand[j] = open[((j - 1 + start) % #open) + 1]
+  quotas[j] = 0
+end
+local budget = limit
+while true do
+  local hungry = {}
+  for j = 1, n do
+    if cand[j][2] < 0 or quotas[j] < cand[j][2] then hungry[#hungry + 1] = j end
+  end
+  if #hungry == 0 or budget == 0 then break end
+  local share = math.floor(budget / #hungry)
+  if share < 1 then share = 1 end
+  for _, j in ipairs(hungry) do
+    if budget == 0 then break end
+    local grant = share
+    if cand[j][2] >= 0 and cand[j][2] - quotas[j] < grant then grant = cand[j][2] - quotas[j] end
+    if budget < grant then grant = budget end
+    quotas[j] = quotas[j] + grant
+    budget = budget - grant
+  end
+end
+
+-- Pop each project's quota in priority order across the worker's kinds.
+local out, zrun, zrem_at, nrun, used = {}, {}, {}, {}, {}
+local lease_at = NOW + lease_ms
+for j = 1, n do
+  local q = quotas[j]
+  if q > 0 then
+    local p = cand[j][1]
+    local picked = {}
+    if #kinds == 1 then
+      local k = akey(kinds[1], p)
+      local popped = redis.call('ZPOPMIN', k, q)
+      for x = 1, #popped, 2 do picked[#picked + 1] = {popped[x], kinds[1]} end
+      if #popped < 2 * q or redis.call('ZCARD', k) == 0 then redis.call('SREM', P .. ':projects:' .. kinds[1], p) end
+    else
+      local heads = {}
+      for _, kind in ipairs(kinds) do
+        local r = redis.call('ZRANGE', akey(kind, p), 0, q - 1, 'WITHSCORES')
+        if #r == 0 then redis.call('SREM', P .. ':projects:' .. kind, p) end
+        for x = 1, #r, 2 do heads[#heads + 1] = {tonumber(r[x + 1]), kind} end
+      end
+      table.sort(heads, function(a, b) return a[1] < b[1] end)
+      local take = {}
+      for x = 1, math.min(q, #heads) do take[heads[x][2]] = (take[heads[x][2]] or 0) + 1 end
+      for _, kind in ipairs(kinds) do
+        local c = take[kind]
+        if c then
+          local k = akey(kind, p)
+          local popped = redis.call('ZPOPMIN', k, c)
+          for x = 1, #popped, 2 do picked[#picked + 1] = {popped[x], kind} end
+          if redis.call('ZCARD', k) == 0 then redis.call('SREM', P .. ':projects:' .. kind, p) end
+        end
+      end
+    end
+    for _, pk in ipairs(picked) do
+      local id, kind = pk[1], pk[2]
+      local k = jkey(id)
+      local f = redis.call('HMGET', k, 'state', 'payload', 'attempt', 'priority', 'max_attempts', 'timeout_ms',
+        'backoff_base_ms', 'backoff_max_ms', 'created_at_ms', 'run_at_ms', 'pipeline', 'step')
+      push(zrem_at, P .. ':avail_at:' .. kind, id)
+      if f[1] == 'available' then
+        local attempt = (tonumber(f[3]) or 0) + 1
+        redis.call('HSET', k, 'state', 'running', 'attempt', attempt, 'worker', worker,
+          'attempted_at_ms', NOW, 'lease_expires_at_ms', lease_at)
+        zrun[#zrun + 1] = lease_at
+        zrun[#zrun + 1] = id
+        nrun[p] = (nrun[p] or 0) + 1
+        used[p] = (used[p] or 0) + 1
+        dchange(kind, p, 'available', -1)
+        dchange(kind, p, 'running', 1)
+        out[#out + 1] = {tonumber(id), kind, p, f[2], attempt, f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]}
+      end
+    end
+  end
+end
+batch('ZADD', P .. ':running', zrun)
+flush(zrem_at, 'ZREM')
+for p, c in pairs(nrun) do redis.call('HINCRBY', P .. ':nrunning', p, c) end
+for p, tokens in pairs(tokens_of) do
+  redis.call('HSET', P .. ':limits:' .. p, 'tokens', tokens - (used[p] or 0), 'refilled_at_ms', NOW)
+end
+dflush()
+return out
+"#;
+
+/// ARGV: prefix, worker, lease_ms, then id, attempt pairs. Returns per lease: 0 lost, 1 held,
+/// 2 held and cancel requested.
+const LUA_HEARTBEAT: &str = r#"
+local worker = ARGV[2]
+local lease_at = NOW + tonumber(ARGV[3])
+local out, z = {}, {}
+for i = 4, #ARGV - 1, 2 do
+  local id = ARGV[i]
+  local k = jkey(id)
+  local f = redis.call('HMGET', k, 'state', 'attempt', 'worker', 'cancel_requested')
+  local r = 0
+  if f[1] == 'running' and tonumber(f[2]) == tonumber(ARGV[i + 1]) and f[3] == worker then
+    redis.call('HSET', k, 'lease_expires_at_ms', lease_at)
+    z[#z + 1] = lease_at
+    z[#z + 1] = id
+    r = 1
+    if f[4] == '1' then r = 2 end
+  end
+  out[#out + 1] = r
+end
+batch('ZADD', P .. ':running', z)
+return out
+"#;
+
+/// ARGV: prefix, expired_only, then per ack: id, attempt, state, run_at_ms, has_error, error,
+/// meta ('1': the effects below were computed from the job's pipeline data), wake, succeeded
+/// check, stop state, stop reason, #released, released step names...
+/// Returns the ids deferred because their pipeline data was not supplied.
+const LUA_ACK: &str = r#"
+local expired_only = ARGV[2] == '1'
+local i = 3
+local zsched, zfin, zrun = {}, {}, {}
+local nrun = {}
+local released, stopped, succ, succ_seen, deferred = {}, {}, {}, {}, {}
+local wake = false
+while i + 11 <= #ARGV do
+  local id, attempt, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local meta, w = ARGV[i + 6], ARGV[i + 7]
+  local nrel = tonumber(ARGV[i + 11]) or 0
+  local rel_start = i + 12
+  local k = jkey(id)
+  local f = redis.call('HMGET', k, 'state', 'attempt', 'kind', 'project', 'pipeline', 'lease_expires_at_ms')
+  if f[1] == 'running' and tonumber(f[2]) == tonumber(attempt)
+     and ((not expired_only) or (tonumber(f[6]) or 0) < NOW) then
+    local pid = f[5]
+    if pid == '' then pid = false end
+    if pid and meta ~= '1' then
+      deferred[#deferred + 1] = tonumber(id)
+    else
+      local kind, project = f[3] or '', f[4] or ''
+      local h = {'state', state, 'worker', '', 'lease_expires_at_ms', '', 'cancel_requested', '0'}
+      if ARGV[i + 4] == '1' then h[#h + 1] = 'last_error'; h[#h + 1] = ARGV[i + 5] end
+      if state == 'scheduled' then
+        local ra = tonumber(ARGV[i + 3]) or NOW
+        h[#h + 1] = 'run_at_ms'; h[#h + 1] = ra
+        zsched[#zsched + 1] = ra
+        zsched[#zsched + 1] = id
+      else
+        h[#h + 1] = 'finished_at_ms'; h[#h + 1] = NOW
+        zfin[#zfin + 1] = NOW
+        zfin[#zfin + 1] = id
+      end
+      redis.call('HSET', k, unpack(h))
+      zrun[#zrun + 1] = id
+      nrun[project] = (nrun[project] or 0) - 1
+      dchange(kind, project, 'running', -1)
+      dchange(kind, project, state, 1)
+      if w == '1' then wake = true end
+      if pid then
+        for r = rel_start, rel_start + nrel - 1 do released[#released + 1] = {pid, ARGV[r]} end
+        if ARGV[i + 8] == '1' and not succ_seen[pid] then
+          succ_seen[pid] = true
+          succ[#succ + 1] = pid
+        end
+        if ARGV[i + 9] ~= '' then stopped[#stopped + 1] = {pid, ARGV[i + 9], ARGV[i + 10]} end
+      end
+    end
+  end
+  i = rel_start + nrel
+end
+batch('ZREM', P .. ':running', zrun)
+batch('ZADD', P .. ':scheduled', zsched)
+batch('ZADD', P .. ':finished', zfin)
+for p, c in pairs(nrun) do
+  if redis.call('HINCRBY', P .. ':nrunning', p, c) <= 0 then redis.call('HDEL', P .. ':nrunning', p) end
+end
+-- Fan-in: each released (pipeline, step) loses one pending dependency.
+for _, r in ipairs(released) do
+  local sid = redis.call('HGET', P .. ':pipeline:' .. r[1] .. ':steps', r[2])
+  if sid then
+    local k = jkey(sid)
+    local f = redis.call('HMGET', k, 'state', 'deps_remaining', 'kind', 'project', 'priority', 'run_at_ms')
+    if f[1] == 'pending' then
+      local d = (tonumber(f[2]) or 1) - 1
+      wake = true
+      if d <= 0 and f[3] and f[4] then
+        redis.call('HSET', k, 'state', 'available', 'deps_remaining', 0)
+        avail_add(sid, f[3], f[4], f[5], f[6])
+        dchange(f[3], f[4], 'pending', -1)
+        dchange(f[3], f[4], 'available', 1)
+      else
+        redis.call('HSET', k, 'deps_remaining', d)
+      end
+    end
+  end
+end
+for _, s in ipairs(stopped) do
+  if finish_pipeline(s[1], s[2]) then stop_jobs(s[1], s[3]) end
+end
+for _, pid in ipairs(succ) do maybe_succeed(pid) end
+dflush()
+if wake then redis.call('PUBLISH', P .. ':wake', '') end
+return deferred
+"#;
+
+/// ARGV: prefix, id. Returns {'missing'} | {'requested'} | {'finished', state} | {'cancelled'}.
+const LUA_CANCEL: &str = r#"
+local id = ARGV[2]
+local k = jkey(id)
+local f = redis.call('HMGET', k, 'state', 'kind', 'project', 'pipeline')
+local st = f[1]
+if not st then return {'missing'} end
+if st == 'running' then
+  redis.call('HSET', k, 'cancel_requested', '1')
+  return {'requested'}
+end
+if TERMINAL[st] then return {'finished', st} end
+if st ~= 'pending' and st ~= 'scheduled' and st ~= 'available' then return {'corrupt', st} end
+unindex(id, st, f[2], f[3])
+redis.call('HSET', k, 'state', 'cancelled', 'finished_at_ms', NOW, 'last_error', 'cancelled by request')
+redis.call('ZADD', P .. ':finished', NOW, id)
+dchange(f[2], f[3], st, -1)
+if f[4] and f[4] ~= '' then
+  finish_pipeline(f[4], 'cancelled')
+  stop_jobs(f[4], 'pipeline cancelled')
+end
+dflush()
+return {'cancelled'}
+"#;
+
+/// ARGV: prefix, id. Returns {'missing'} | {'state', state} | {'ok'}.
+const LUA_RETRY: &str = r#"
+local id = ARGV[2]
+local k = jkey(id)
+local f = redis.call('HMGET', k, 'state', 'kind', 'project', 'pipeline', 'priority')
+local st = f[1]
+if not st then return {'missing'} end
+if st ~= 'dead' and st ~= 'cancelled' then return {'state', st} end
+local pid = f[4]
+if pid and pid ~= '' then
+  -- Reopen the run: steps stopped with it wait again for what they need.
+  local pk = P .. ':pipeline:' .. pid
+  local sup = redis.call('HGET', pk, 'supersede_key')
+  redis.call('HSET', pk, 'state', 'running')
+  redis.call('HDEL', pk, 'finished_at_ms')
+  redis.call('ZREM', P .. ':pfinished', pid)
+  if sup then redis.call('SADD', P .. ':supersede:' .. sup, pid) end
+  local steps = redis.call('HGETALL', pk .. ':steps')
+  local state_of, rows = {}, {}
+  for x = 1, #steps, 2 do
+    local sk = jkey(steps[x + 1])
+    local r = redis.call('HMGET', sk, 'state', 'kind', 'project', 'needs', 'deps_remaining', 'priority', 'run_at_ms')
+    if r[1] then
+      state_of[steps[x]] = r[1]
+      rows[#rows + 1] = {steps[x + 1], sk, r}
+    end
+  end
+  for _, row in ipairs(rows) do
+    local r = row[3]
+    if row[1] ~= id and (r[1] == 'cancelled' or r[1] == 'dead') then
+      local ok, needs = pcall(cjson.decode, r[4] or '[]')
+      if not ok or type(needs) ~= 'table' then needs = {} end
+      local remaining = 0
+      for _, need in ipairs(needs) do
+        local ns = state_of[need]
+        if ns and ns ~= 'completed' then remaining = remaining + 1 end
+      end
+      unindex(row[1], r[1], r[2], r[3])
+      redis.call('HSET', row[2], 'state', 'pending', 'attempt', 0, 'cancel_requested', '0', 'deps_remaining', remaining)
+      redis.call('HDEL', row[2], 'finished_at_ms')
+      dchange(r[2], r[3], r[1], -1)
+      dchange(r[2], r[3], 'pending', 1)
+      r[1] = 'pending'
+      r[5] = remaining
+    end
+  end
+  for _, row in ipairs(rows) do
+    local r = row[3]
+    if r[1] == 'pending' and (tonumber(r[5]) or 0) == 0 and r[2] and r[3] then
+      redis.call('HSET', row[2], 'state', 'available')
+      avail_add(row[1], r[2], r[3], r[6], r[7])
+      dchange(r[2], r[3], 'pending', -1)
+      dchange(r[2], r[3], 'available', 1)
+    end
+  end
+end
+unindex(id, st, f[2], f[3])
+redis.call('HSET', k, 'state', 'available', 'attempt', 0, 'run_at_ms', NOW, 'cancel_requested', '0')
+redis.call('HDEL', k, 'finished_at_ms')
+if f[2] and f[3] then
+  avail_add(id, f[2], f[3], f[5], NOW)
+  dchange(f[2], f[3], st, -1)
+  dchange(f[2], f[3], 'available', 1)
+end
+dflush()
+redis.call('PUBLISH', P .. ':wake', '')
+return {'ok'}
+"#;
+
+/// ARGV: prefix, limit. Returns now_ms, then per expired running job: id, attempt, priority,
+/// max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, pipeline, worker.
+const LUA_RESCUE_SCAN: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', string.format('(%.0f', NOW), 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {NOW}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', jkey(id), 'state', 'attempt', 'priority', 'max_attempts', 'timeout_ms',
+    'backoff_base_ms', 'backoff_max_ms', 'pipeline', 'worker')
+  if f[1] == 'running' then
+    out[#out + 1] = {tonumber(id), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+  else
+    redis.call('ZREM', P .. ':running', id)
+  end
+end
+return out
+"#;
+
+/// ARGV: prefix, before_ms, offset, limit. Returns deleted, skipped, scanned.
+const LUA_PRUNE_JOBS: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', P .. ':finished', '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
+local deleted, skipped = 0, 0
+for _, id in ipairs(ids) do
+  local k = jkey(id)
+  local f = redis.call('HMGET', k, 'state', 'pipeline', 'unique_key', 'step', 'kind', 'project')
+  if not TERMINAL[f[1]] then
+    redis.call('ZREM', P .. ':finished', id)
+  else
+    local pid = f[2]
+    if pid == '' then pid = false end
+    if pid and redis.call('HGET', P .. ':pipeline:' .. pid, 'state') == 'running' then
+      skipped = skipped + 1
+    else
+      dchange(f[5], f[6], f[1], -1)
+      redis.call('DEL', k)
+      redis.call('ZREM', P .. ':finished', id)
+      if f[3] and redis.call('HGET', P .. ':unique', f[3]) == id then redis.call('HDEL', P .. ':unique', f[3]) end
+      if pid and f[4] then
+        local sk = P .. ':pipeline:' .. pid .. ':steps'
+        if redis.call('HGET', sk, f[4]) == id then redis.call('HDEL', sk, f[4]) end
+      end
+      deleted = deleted + 1
+    end
+  end
+end
+dflush()
+return {deleted, skipped, #ids}
+"#;
+
+/// ARGV: prefix, before_ms, offset, limit. Deletes finished pipelines left without jobs.
+/// Returns deleted, skipped, scanned.
+const LUA_PRUNE_PIPELINES: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', P .. ':pfinished', '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
+local deleted, skipped = 0, 0
+for _, pid in ipairs(ids) do
+  local pk = P .. ':pipeline:' .. pid
+  local f = redis.call('HMGET', pk, 'state', 'unique_key')
+  if not f[1] or f[1] == 'running' then
+    redis.call('ZREM', P .. ':pfinished', pid)
+  elseif redis.call('HLEN', pk .. ':steps') == 0 then
+    redis.call('DEL', pk, pk .. ':steps')
+    redis.call('ZREM', P .. ':pfinished', pid)
+    if f[2] and redis.call('HGET', P .. ':punique', f[2]) == pid then redis.call('HDEL', P .. ':punique', f[2]) end
+    deleted = deleted + 1
+  else
+    skipped = skipped + 1
+  end
+end
+return {deleted, skipped, #ids}
+"#;
+
+/// ARGV: prefix, pipeline id. Returns nil, or {pipeline fields, {per step: id, step, kind, state,
+/// attempt, needs, last_error}}.
+const LUA_PIPELINE_READ: &str = r#"
+local pk = P .. ':pipeline:' .. ARGV[2]
+local f = redis.call('HMGET', pk, 'project', 'name', 'state', 'supersede_key', 'created_at_ms', 'finished_at_ms')
+if not f[3] then return false end
+local steps = redis.call('HGETALL', pk .. ':steps')
+local rows = {}
+for x = 1, #steps, 2 do
+  local id = steps[x + 1]
+  local j = redis.call('HMGET', jkey(id), 'step', 'kind', 'state', 'attempt', 'needs', 'last_error')
+  if j[3] then rows[#rows + 1] = {tonumber(id), j[1], j[2], j[3], j[4], j[5], j[6]} end
+end
+return {f, rows}
+"#;
+
+/// ARGV: prefix. Returns now_ms, depth hash (flat), {kind, oldest available run_at_ms}...
+const LUA_STATS: &str = r#"
+local depth = redis.call('HGETALL', DEPTH)
+local oldest = {}
+for _, kind in ipairs(redis.call('SMEMBERS', P .. ':kinds')) do
+  local r = redis.call('ZRANGE', P .. ':avail_at:' .. kind, 0, 0, 'WITHSCORES')
+  if #r > 0 then
+    oldest[#oldest + 1] = kind
+    oldest[#oldest + 1] = r[2]
+  end
+end
+return {NOW, depth, oldest}
+"#;
+
+/// ARGV: prefix, project, max_running ('' = none), jobs_per_minute ('' = none).
+const LUA_SET_LIMITS: &str = r#"
+local k = P .. ':limits:' .. ARGV[2]
+local jpm = tonumber(ARGV[4]) or 0
+if redis.call('EXISTS', k) == 1 then
+  local tokens = tonumber(redis.call('HGET', k, 'tokens')) or 0
+  if jpm < tokens then tokens = jpm end
+  redis.call('HSET', k, 'tokens', tokens)
+else
+  redis.call('HSET', k, 'tokens', jpm, 'refilled_at_ms', NOW)
+end
+if ARGV[3] == '' then redis.call('HDEL', k, 'max_running') else redis.call('HSET', k, 'max_running', ARGV[3]) end
+if ARGV[4] == '' then redis.call('HDEL', k, 'jobs_per_minute') else redis.call('HSET', k, 'jobs_per_minute', ARGV[4]) end
+return 1
+"#;
+
+struct Scripts {
+    enqueue: Script,
+    enqueue_pipeline: Script,
+    claim: Script,
+    heartbeat: Script,
+    ack: Script,
+    cancel: Script,
+    retry: Script,
+    rescue_scan: Script,
+    prune_jobs: Script,
+    prune_pipelines: Script,
+    pipeline_read: Script,
+    stats: Script,
+    set_limits: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| Script::new(&[LUA_PRELUDE, body].concat());
+        Self {
+            enqueue: s(LUA_ENQUEUE),
+            enqueue_pipeline: s(LUA_ENQUEUE_PIPELINE),
+            claim: s(LUA_CLAIM),
+            heartbeat: s(LUA_HEARTBEAT),
+            ack: s(LUA_ACK),
+            cancel: s(LUA_CANCEL),
+            retry: s(LUA_RETRY),
+            rescue_scan: s(LUA_RESCUE_SCAN),
+            prune_jobs: s(LUA_PRUNE_JOBS),
+            prune_pipelines: s(LUA_PRUNE_PIPELINES),
+            pipeline_read: s(LUA_PIPELINE_READ),
+            stats: s(LUA_STATS),
+            set_limits: s(LUA_SET_LIMITS),
+        }
+    }
+
+    fn all(&self) -> [&Script; 13] {
+        [
+            &self.enqueue,
+            &self.enqueue_pipeline,
+            &self.claim,
+            &self.heartbeat,
+            &self.ack,
+            &self.cancel,
+            &self.retry,
+            &self.rescue_scan,
+            &self.prune_jobs,
+            &self.prune_pipelines,
+            &self.pipeline_read,
+            &self.stats,
+            &self.set_limits,
+        ]
+    }
+}
+
+/// The Redis queue backend. Cheap to share; all methods take `&self`.
+pub struct RedisQueue {
+    con: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    notify: Arc<Notify>,
+    rotation: AtomicUsize,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The pipeline data of an acknowledged job, fetched before its ack is applied.
+struct AckMeta {
+    pipeline: Option<PipelineId>,
+    step: Option<String>,
+    dependents: Vec<String>,
+}
+
+impl RedisQueue {
+    /// Connects with the default key prefix (`roundhouse`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Connects with all keys under `{prefix}:` (tests use one prefix each).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self> {
+        let client = ::redis::Client::open(url).map_err(|e| unavailable(url, &e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(2);
+        let mut con = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| unavailable(url, &e))?;
+        let scripts = Scripts::new();
+        for script in scripts.all() {
+            script.load_async(&mut con).await.map_err(|e| unavailable(url, &e))?;
+        }
+        let notify = Arc::new(Notify::new());
+        let channel = format!("{prefix}:wake");
+        let listener = tokio::spawn(listen(client, channel, notify.clone()));
+        Ok(Self {
+            con,
+            prefix: prefix.to_string(),
+            scripts,
+            notify,
+            rotation: AtomicUsize::new(0),
+            listener,
+        })
+    }
+
+    /// The key prefix in use.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn con(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    fn job_key(&self, id: JobId) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    async fn fetch_meta(&self, ids: &[JobId]) -> Result<HashMap<JobId, AckMeta>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.job_key(*id))
+                .arg("pipeline")
+                .arg("step")
+                .arg("dependents");
+        }
+        let rows: Vec<Value> = pipe.query_async(&mut self.con()).await?;
+        for (id, row) in ids.iter().zip(rows) {
+            let mut f = strings(row, "job pipeline data")?.into_iter();
+            let pipeline = opt_int(&f.next().flatten(), "pipeline")?;
+            let step = f.next().flatten();
+            let dependents = match f.next().flatten() {
+                Some(json) if pipeline.is_some() => serde_json::from_str(&json)
+                    .map_err(|_| QueueError::Corrupt(format!("job {id} has unreadable dependents")))?,
+                _ => Vec::new(),
+            };
+            out.insert(
+                *id,
+                AckMeta {
+                    pipeline,
+                    step,
+                    dependents,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Applies finished attempts and moves their pipelines on, in one script per chunk. With
+    /// `expired_only`, only jobs whose lease has run out are touched (the reaper's path).
+    async fn apply_acks(&self, acks: &[Ack], expired_only: bool) -> Result<()> {
+        for chunk in acks.chunks(ACK_CHUNK) {
+            let hinted: Vec<JobId> = chunk
+                .iter()
+                .filter(|a| a.pipeline.is_some())
+                .map(|a| a.lease.job)
+                .collect();
+            let mut meta = self.fetch_meta(&hinted).await?;
+            let deferred = self.run_ack_script(chunk, &meta, expired_only).await?;
+            if deferred.is_empty() {
+                continue;
+            }
+            // Acks that did not say their job belongs to a pipeline, but it does.
+            meta.extend(self.fetch_meta(&deferred).await?);
+            let again: Vec<Ack> = chunk
+                .iter()
+                .filter(|a| deferred.contains(&a.lease.job))
+                .cloned()
+                .collect();
+            let left = self.run_ack_script(&again, &meta, expired_only).await?;
+            if !left.is_empty() {
+                return Err(QueueError::Corrupt(format!(
+                    "jobs {left:?} changed pipeline while being acknowledged"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_ack_script(
+        &self,
+        acks: &[Ack],
+        meta: &HashMap<JobId, AckMeta>,
+        expired_only: bool,
+    ) -> Result<Vec<JobId>> {
+        if acks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.ack.prepare_invoke();
+        inv.arg(&self.prefix).arg(if expired_only { "1" } else { "0" });
+        for ack in acks {
+            push_ack(&mut inv, ack, meta.get(&ack.lease.job));
+        }
+        let deferred: Value = inv.invoke_async(&mut self.con()).await?;
+        array(deferred, "ack reply")?
+            .into_iter()
+            .map(|v| int(&opt_string(v)?, "deferred id"))
+            .collect()
+    }
+}
+
+/// Adds one ack's arguments; its pipeline effects come from [`Progress::of`] on the row the ack
+/// will leave, and the script applies them only if the ack applies.
+fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
+    let state = ack.outcome.state();
+    let row = AckedRow {
+        pipeline: meta.and_then(|m| m.pipeline),
+        state,
+        step: meta.and_then(|m| m.step.clone()),
+        dependents: meta.map(|m| m.dependents.clone()).unwrap_or_default(),
+    };
+    let progress = Progress::of(std::slice::from_ref(&row));
+    let stop = progress.stopped.first();
+    inv.arg(ack.lease.job)
+        .arg(ack.lease.attempt)
+        .arg(state.as_str())
+        .arg(
+            ack.outcome
+                .run_at()
+                .map(|t| t.timestamp_millis().to_string())
+                .unwrap_or_default(),
+        )
+        .arg(if ack.outcome.error().is_some() { "1" } else { "0" })
+        .arg(ack.outcome.error().unwrap_or_default())
+        .arg(if meta.is_some() { "1" } else { "0" })
+        .arg(if progress.wake { "1" } else { "0" })
+        .arg(if progress.maybe_succeeded.is_empty() { "0" } else { "1" })
+        .arg(stop.map(|s| s.state.as_str()).unwrap_or_default())
+        .arg(stop.map(|s| s.reason.as_str()).unwrap_or_default())
+        .arg(progress.released.len());
+    for (_, step) in &progress.released {
+        inv.arg(step);
+    }
+}
+
+async fn listen(client: ::redis::Client, channel: String, notify: Arc<Notify>) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    // Wake pollers after a (re)connect: messages may have been missed.
+                    notify.notify_waiters();
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        notify.notify_waiters();
+                        notify.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SUBSCRIBE failed; workers fall back to polling"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot open the Redis pub/sub connection; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A connection failure, with the URL and any credentials it carries removed from the message.
+fn unavailable(url: &str, e: &::redis::RedisError) -> QueueError {
+    let mut message = e.to_string();
+    if !url.is_empty() {
+        message = message.replace(url, "<redis url>");
+    }
+    if let Some((_, rest)) = url.split_once("://")
+        && let Some((userinfo, _)) = rest.rsplit_once('@')
+    {
+        let mut secrets: Vec<&str> = vec![userinfo];
+        secrets.extend(userinfo.split(':'));
+        for secret in secrets.into_iter().filter(|s| s.len() >= 3) {
+            message = message.replace(secret, "***");
+        }
+    }
+    QueueError::Unavailable { backend: NAME, message }
+}
+
+fn corrupt(message: impl Into<String>) -> QueueError {
+    QueueError::Corrupt(message.into())
+}
+
+fn array(v: Value, what: &str) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err(corrupt(format!("{what}: expected an array from Redis"))),
+    }
+}
+
+fn opt_string(v: Value) -> Result<Option<String>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|_| corrupt("a stored string is not UTF-8")),
+        Value::SimpleString(s) => Ok(Some(s)),
+        Value::Int(i) => Ok(Some(i.to_string())),
+        Value::Double(d) => Ok(Some(d.to_string())),
+        Value::Okay => Ok(Some("OK".into())),
+        Value::Boolean(b) => Ok(Some(if b { "1" } else { "0" }.into())),
+        _ => Err(corrupt("unexpected nested value from Redis")),
+    }
+}
+
+fn strings(v: Value, what: &str) -> Result<Vec<Option<String>>> {
+    array(v, what)?.into_iter().map(opt_string).collect()
+}
+
+/// A stored integer; empty means absent.
+fn opt_int(v: &Option<String>, what: &str) -> Result<Option<i64>> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| Some(f as i64))
+                .ok_or_else(|| corrupt(format!("{what} is not a number"))),
+        },
+    }
+}
+
+fn int(v: &Option<String>, what: &str) -> Result<i64> {
+    opt_int(v, what)?.ok_or_else(|| corrupt(format!("{what} is missing")))
+}
+
+fn req(v: Option<String>, what: &str) -> Result<String> {
+    v.ok_or_else(|| corrupt(format!("{what} is missing")))
+}
+
+fn ms_time(ms: i64, what: &str) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("{what} is out of range")))
+}
+
+fn opt_time(v: &Option<String>, what: &str) -> Result<Option<DateTime<Utc>>> {
+    opt_int(v, what)?.map(|ms| ms_time(ms, what)).transpose()
+}
+
+fn payload(v: Option<String>, id: JobId) -> Result<serde_json::Value> {
+    let text = req(v, "payload")?;
+    serde_json::from_str(&text).map_err(|_| corrupt(format!("job {id} has an unreadable payload")))
+}
+
+fn policy_of(
+    priority: &Option<String>,
+    max_attempts: &Option<String>,
+    timeout_ms: &Option<String>,
+    base_ms: &Option<String>,
+    max_ms: &Option<String>,
+) -> Result<JobPolicy> {
+    Ok(JobPolicy::from_stored(
+        int(priority, "priority")?,
+        int(max_attempts, "max_attempts")?,
+        int(timeout_ms, "timeout_ms")?,
+        int(base_ms, "backoff_base_ms")?,
+        int(max_ms, "backoff_max_ms")?,
+    ))
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+fn claimed(v: Value) -> Result<ClaimedJob> {
+    let mut f = strings(v, "claimed job")?;
+    if f.len() != 14 {
+        return Err(corrupt("claim reply has the wrong shape"));
+    }
+    let id = int(&f[0], "job id")?;
+    Ok(ClaimedJob {
+        id,
+        kind: req(f[1].take(), "kind")?,
+        project: req(f[2].take(), "project")?,
+        payload: payload(f[3].take(), id)?,
+        attempt: int(&f[4], "attempt")?.max(0) as u32,
+        policy: policy_of(&f[5], &f[6], &f[7], &f[8], &f[9])?,
+        created_at: ms_time(int(&f[10], "created_at")?, "created_at")?,
+        run_at: ms_time(int(&f[11], "run_at")?, "run_at")?,
+        pipeline: opt_int(&f[12], "pipeline")?,
+        step: non_empty(f[13].take()),
+    })
+}
+
+const JOB_FIELDS: [&str; 21] = [
+    "kind",
+    "project",
+    "payload",
+    "state",
+    "priority",
+    "attempt",
+    "max_attempts",
+    "timeout_ms",
+    "backoff_base_ms",
+    "backoff_max_ms",
+    "run_at_ms",
+    "created_at_ms",
+    "attempted_at_ms",
+    "finished_at_ms",
+    "lease_expires_at_ms",
+    "worker",
+    "cancel_requested",
+    "unique_key",
+    "pipeline",
+    "step",
+    "last_error",
+];
+
+fn record(id: JobId, mut f: Vec<Option<String>>) -> Result<JobRecord> {
+    if f.len() != JOB_FIELDS.len() {
+        return Err(corrupt("job reply has the wrong shape"));
+    }
+    Ok(JobRecord {
+        id,
+        kind: req(f[0].take(), "kind")?,
+        project: req(f[1].take(), "project")?,
+        payload: payload(f[2].take(), id)?,
+        state: req(f[3].take(), "state")?.parse()?,
+        attempt: int(&f[5], "attempt")?.max(0) as u32,
+        policy: policy_of(&f[4], &f[6], &f[7], &f[8], &f[9])?,
+        run_at: ms_time(int(&f[10], "run_at")?, "run_at")?,
+        created_at: ms_time(int(&f[11], "created_at")?, "created_at")?,
+        attempted_at: opt_time(&f[12], "attempted_at")?,
+        finished_at: opt_time(&f[13], "finished_at")?,
+        lease_expires_at: opt_time(&f[14], "lease_expires_at")?,
+        worker: non_empty(f[15].take()),
+        cancel_requested: f[16].as_deref() == Some("1"),
+        unique_key: f[17].take(),
+        pipeline: opt_int(&f[18], "pipeline")?,
+        step: non_empty(f[19].take()),
+        last_error: f[20].take(),
+    })
+}
+
+/// Parses a depth field: `{state}:{len(kind)}:{kind}{project}`.
+fn depth_field(field: &str) -> Result<(JobState, String, String)> {
+    let bad = || corrupt("unreadable depth counter");
+    let (state, rest) = field.split_once(':').ok_or_else(bad)?;
+    let (len, rest) = rest.split_once(':').ok_or_else(bad)?;
+    let len: usize = len.parse().map_err(|_| bad())?;
+    if !rest.is_char_boundary(len.min(rest.len())) || len > rest.len() {
+        return Err(bad());
+    }
+    let (kind, project) = rest.split_at(len);
+    Ok((state.parse()?, kind.to_string(), project.to_string()))
+}
+
+fn tag(v: &[Option<String>]) -> &str {
+    v.first().and_then(|s| s.as_deref()).unwrap_or_default()
+}
+
+#[async_trait]
+impl Backend for RedisQueue {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = ::redis::cmd("PING").query_async(&mut self.con()).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        for job in &jobs {
+            job.validate()?;
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut payloads = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            payloads.push(
+                serde_json::to_string(&job.payload).map_err(|source| QueueError::Payload {
+                    kind: job.kind.clone(),
+                    source,
+                })?,
+            );
+        }
+        let chunks = jobs.len().div_ceil(ENQUEUE_CHUNK);
+        // One script call per chunk, all sent at once on the multiplexed connection (pipelined);
+        // the last one publishes the wake-up.
+        let calls = jobs
+            .chunks(ENQUEUE_CHUNK)
+            .zip(payloads.chunks(ENQUEUE_CHUNK))
+            .enumerate()
+            .map(|(n, (chunk, payloads))| {
+                let mut inv = self.scripts.enqueue.prepare_invoke();
+                inv.arg(&self.prefix).arg(if n + 1 == chunks { "1" } else { "0" });
+                for (job, payload) in chunk.iter().zip(payloads) {
+                    inv.arg(&job.kind)
+                        .arg(&job.project)
+                        .arg(payload)
+                        .arg(job.policy.priority)
+                        .arg(job.policy.max_attempts)
+                        .arg(job.policy.timeout_ms())
+                        .arg(job.policy.backoff.base.as_millis() as i64)
+                        .arg(job.policy.backoff.max.as_millis() as i64)
+                        .arg(job.run_at.map(|t| t.timestamp_millis().to_string()).unwrap_or_default())
+                        .arg(job.unique_key.as_deref().unwrap_or_default());
+                }
+                let mut con = self.con();
+                async move { inv.invoke_async::<Value>(&mut con).await }
+            });
+        let replies = futures::future::try_join_all(calls).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for reply in replies {
+            let f = strings(reply, "enqueue reply")?;
+            for pair in f.chunks(2) {
+                out.push(Enqueued {
+                    id: int(&pair[0], "job id")?,
+                    duplicate: pair.get(1).is_some_and(|d| d.as_deref() == Some("1")),
+                });
+            }
+        }
+        if out.len() != jobs.len() {
+            return Err(corrupt("enqueue returned the wrong number of jobs"));
+        }
+        Ok(out)
+    }
+
+    async fn enqueue_pipeline(&self, pipeline: NewPipeline) -> Result<PipelineEnqueued> {
+        let plan = pipeline.plan()?;
+        let mut inv = self.scripts.enqueue_pipeline.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&pipeline.project)
+            .arg(&pipeline.name)
+            .arg(if pipeline.supersede_key.is_some() { "1" } else { "0" })
+            .arg(pipeline.supersede_key.as_deref().unwrap_or_default())
+            .arg(if pipeline.unique_key.is_some() { "1" } else { "0" })
+            .arg(pipeline.unique_key.as_deref().unwrap_or_default());
+        for planned in &plan {
+            let step = planned.step;
+            let job = &step.job;
+            let payload = serde_json::to_string(&job.payload).map_err(|source| QueueError::Payload {
+                kind: job.kind.clone(),
+                source,
+            })?;
+            let needs = serde_json::to_string(&step.needs).map_err(|source| QueueError::Payload {
+                kind: job.kind.clone(),
+                source,
+            })?;
+            let dependents = serde_json::to_string(&planned.dependents).map_err(|source| QueueError::Payload {
+                kind: job.kind.clone(),
+                source,
+            })?;
+            inv.arg(&step.name)
+                .arg(&job.kind)
+                .arg(payload)
+                .arg(job.policy.priority)
+                .arg(job.policy.max_attempts)
+                .arg(job.policy.timeout_ms())
+                .arg(job.policy.backoff.base.as_millis() as i64)
+                .arg(job.policy.backoff.max.as_millis() as i64)
+                .arg(job.run_at.map(|t| t.timestamp_millis().to_string()).unwrap_or_default())
+                .arg(job.unique_key.as_deref().unwrap_or_default())
+                .arg(needs)
+                .arg(dependents)
+                .arg(step.needs.len());
+        }
+        let reply: Value = inv.invoke_async(&mut self.con()).await?;
+        let f = strings(reply, "enqueue_pipeline reply")?;
+        match tag(&f) {
+            "dup" => Ok(PipelineEnqueued {
+                id: int(f.get(1).unwrap_or(&None), "pipeline id")?,
+                duplicate: true,
+                superseded: vec![],
+            }),
+            "conflict" => Err(QueueError::InvalidPipeline(format!(
+                "step `{}` has a unique key that another job already holds",
+                f.get(1).cloned().flatten().unwrap_or_default()
+            ))),
+            "ok" => {
+                let id = int(f.get(1).unwrap_or(&None), "pipeline id")?;
+                let mut superseded = f[2..]
+                    .iter()
+                    .map(|v| int(v, "pipeline id"))
+                    .collect::<Result<Vec<_>>>()?;
+                superseded.sort_unstable();
+                Ok(PipelineEnqueued {
+                    id,
+                    duplicate: false,
+                    superseded,
+                })
+            }
+            _ => Err(corrupt("enqueue_pipeline reply has the wrong shape")),
+        }
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        if request.limit == 0 || request.kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut kinds: Vec<&str> = request.kinds.iter().map(String::as_str).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed) % (1 << 30);
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&request.worker)
+            .arg(request.lease.as_millis() as u64)
+            .arg(request.limit.min(MAX_CLAIM))
+            .arg(rotation)
+            .arg(MAX_PROJECTS_PER_CLAIM);
+        for kind in kinds {
+            inv.arg(kind);
+        }
+        let reply: Value = inv.invoke_async(&mut self.con()).await?;
+        array(reply, "claim reply")?.into_iter().map(claimed).collect()
+    }
+
+    async fn heartbeat(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<HeartbeatReply> {
+        if leases.is_empty() {
+            return Ok(HeartbeatReply::default());
+        }
+        let mut reply = HeartbeatReply::default();
+        for chunk in leases.chunks(ACK_CHUNK) {
+            let mut inv = self.scripts.heartbeat.prepare_invoke();
+            inv.arg(&self.prefix).arg(worker).arg(lease.as_millis() as u64);
+            for l in chunk {
+                inv.arg(l.job).arg(l.attempt);
+            }
+            let v: Value = inv.invoke_async(&mut self.con()).await?;
+            let held = strings(v, "heartbeat reply")?;
+            if held.len() != chunk.len() {
+                return Err(corrupt("heartbeat reply has the wrong shape"));
+            }
+            for (l, h) in chunk.iter().zip(held) {
+                match h.as_deref() {
+                    Some("1") => {}
+                    Some("2") => reply.cancel.push(l.job),
+                    _ => reply.lost.push(l.job),
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn acknowledge(&self, acks: Vec<Ack>) -> Result<()> {
+        self.apply_acks(&acks, false).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        let v: Value = self
+            .scripts
+            .cancel
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(id)
+            .invoke_async(&mut self.con())
+            .await?;
+        let f = strings(v, "cancel reply")?;
+        match tag(&f) {
+            "missing" => Err(QueueError::JobNotFound(id)),
+            "requested" => Ok(CancelOutcome::Requested),
+            "cancelled" => Ok(CancelOutcome::Cancelled),
+            "finished" => Ok(CancelOutcome::AlreadyFinished(
+                req(f.get(1).cloned().flatten(), "state")?.parse()?,
+            )),
+            _ => Err(corrupt(format!("job {id} is in an unknown state"))),
+        }
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let v: Value = self
+            .scripts
+            .retry
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(id)
+            .invoke_async(&mut self.con())
+            .await?;
+        let f = strings(v, "retry reply")?;
+        match tag(&f) {
+            "ok" => Ok(()),
+            "missing" => Err(QueueError::JobNotFound(id)),
+            "state" => Err(QueueError::NotRetryable {
+                id,
+                state: req(f.get(1).cloned().flatten(), "state")?.parse()?,
+            }),
+            _ => Err(corrupt("retry reply has the wrong shape")),
+        }
+    }
+
+    async fn rescue_expired(&self) -> Result<RescueReport> {
+        let v: Value = self
+            .scripts
+            .rescue_scan
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(RESCUE_BATCH)
+            .invoke_async(&mut self.con())
+            .await?;
+        let mut rows = array(v, "rescue reply")?.into_iter();
+        let now_ms = int(&opt_string(rows.next().unwrap_or(Value::Nil))?, "server time")?;
+        let now = ms_time(now_ms, "server time")?;
+        let mut report = RescueReport::default();
+        let mut acks = Vec::new();
+        for row in rows {
+            let f = strings(row, "expired job")?;
+            if f.len() != 9 {
+                return Err(corrupt("rescue reply has the wrong shape"));
+            }
+            let id = int(&f[0], "job id")?;
+            let attempt = int(&f[1], "attempt")?.max(0) as u32;
+            let policy = policy_of(&f[2], &f[3], &f[4], &f[5], &f[6])?;
+            let pipeline = opt_int(&f[7], "pipeline")?;
+            let worker = f[8].as_deref().filter(|w| !w.is_empty()).unwrap_or("?");
+            let error = format!("lease expired: worker {worker} stopped heartbeating (crashed, killed or cut off)");
+            let outcome = Outcome::failure(attempt, &policy, error, now);
+            match outcome {
+                Outcome::Dead { .. } => report.dead.push(id),
+                _ => report.retried.push(id),
+            }
+            acks.push(Ack {
+                lease: Lease { job: id, attempt },
+                pipeline,
+                outcome,
+            });
+        }
+        self.apply_acks(&acks, true).await?;
+        Ok(report)
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before_ms = before.timestamp_millis();
+        let mut total = 0u64;
+        for script in [&self.scripts.prune_jobs, &self.scripts.prune_pipelines] {
+            let mut offset = 0i64;
+            loop {
+                let v: Value = script
+                    .prepare_invoke()
+                    .arg(&self.prefix)
+                    .arg(before_ms)
+                    .arg(offset)
+                    .arg(PRUNE_BATCH)
+                    .invoke_async(&mut self.con())
+                    .await?;
+                let f = strings(v, "prune reply")?;
+                if f.len() != 3 {
+                    return Err(corrupt("prune reply has the wrong shape"));
+                }
+                let (deleted, skipped, scanned) =
+                    (int(&f[0], "deleted")?, int(&f[1], "skipped")?, int(&f[2], "scanned")?);
+                if std::ptr::eq(script, &self.scripts.prune_jobs) {
+                    total += deleted.max(0) as u64;
+                }
+                // Skipped entries stay at the front of what is left; step over them.
+                offset += skipped;
+                if scanned < PRUNE_BATCH as i64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
+        let v: Value = ::redis::cmd("HMGET")
+            .arg(self.job_key(id))
+            .arg(&JOB_FIELDS[..])
+            .query_async(&mut self.con())
+            .await?;
+        let f = strings(v, "job")?;
+        if f.get(3).is_none_or(|s| s.is_none()) {
+            return Ok(None);
+        }
+        record(id, f).map(Some)
+    }
+
+    async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>> {
+        let v: Value = self
+            .scripts
+            .pipeline_read
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(id)
+            .invoke_async(&mut self.con())
+            .await?;
+        if v == Value::Nil {
+            return Ok(None);
+        }
+        let mut parts = array(v, "pipeline reply")?.into_iter();
+        let head = strings(parts.next().unwrap_or(Value::Nil), "pipeline")?;
+        if head.len() != 6 {
+            return Err(corrupt(format!("pipeline {id} reply has the wrong shape")));
+        }
+        let mut steps = Vec::new();
+        for row in array(parts.next().unwrap_or(Value::Nil), "pipeline steps")? {
+            let s = strings(row, "pipeline step")?;
+            if s.len() != 7 {
+                return Err(corrupt(format!("pipeline {id} step has the wrong shape")));
+            }
+            let job = int(&s[0], "job id")?;
+            let needs: Vec<String> = match s[5].as_deref() {
+                None | Some("") => Vec::new(),
+                Some(json) => {
+                    serde_json::from_str(json).map_err(|_| corrupt(format!("job {job} has unreadable needs")))?
+                }
+            };
+            let mut s = s;
+            steps.push(StepRecord {
+                name: s[1].take().unwrap_or_default(),
+                job,
+                kind: req(s[2].take(), "kind")?,
+                state: req(s[3].take(), "state")?.parse()?,
+                attempt: int(&s[4], "attempt")?.max(0) as u32,
+                needs,
+                last_error: s[6].take(),
+            });
+        }
+        steps.sort_by_key(|s| s.job);
+        let mut head = head;
+        Ok(Some(PipelineRecord {
+            id,
+            project: req(head[0].take(), "project")?,
+            name: req(head[1].take(), "name")?,
+            state: req(head[2].take(), "state")?.parse()?,
+            supersede_key: head[3].take(),
+            created_at: ms_time(int(&head[4], "created_at")?, "created_at")?,
+            finished_at: opt_time(&head[5], "finished_at")?,
+            steps,
+        }))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let v: Value = self
+            .scripts
+            .stats
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .invoke_async(&mut self.con())
+            .await?;
+        let mut parts = array(v, "stats reply")?.into_iter();
+        let now_ms = int(&opt_string(parts.next().unwrap_or(Value::Nil))?, "server time")?;
+        let depth_raw = strings(parts.next().unwrap_or(Value::Nil), "depth")?;
+        let oldest_raw = strings(parts.next().unwrap_or(Value::Nil), "oldest")?;
+        let mut depth = Vec::with_capacity(depth_raw.len() / 2);
+        for pair in depth_raw.chunks(2) {
+            let field = pair[0].as_deref().ok_or_else(|| corrupt("empty depth counter"))?;
+            let count = int(pair.get(1).unwrap_or(&None), "depth count")?;
+            if count <= 0 {
+                continue;
+            }
+            let (state, kind, project) = depth_field(field)?;
+            depth.push(DepthRow {
+                kind,
+                project,
+                state,
+                count: count as u64,
+            });
+        }
+        depth.sort_by(|a, b| (&a.kind, &a.project, a.state).cmp(&(&b.kind, &b.project, b.state)));
+        let mut oldest_available_seconds = Vec::with_capacity(oldest_raw.len() / 2);
+        for pair in oldest_raw.chunks(2) {
+            let kind = pair[0].clone().ok_or_else(|| corrupt("empty kind"))?;
+            let at = int(pair.get(1).unwrap_or(&None), "oldest run_at")?;
+            oldest_available_seconds.push((kind, ((now_ms - at) as f64 / 1000.0).max(0.0)));
+        }
+        oldest_available_seconds.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(QueueStats {
+            depth,
+            oldest_available_seconds,
+        })
+    }
+
+    async fn set_project_limits(&self, project: &str, limits: ProjectLimits) -> Result<()> {
+        let _: Value = self
+            .scripts
+            .set_limits
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(project)
+            .arg(limits.max_running.map(|v| v.to_string()).unwrap_or_default())
+            .arg(limits.jobs_per_minute.map(|v| v.to_string()).unwrap_or_default())
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+}
