@@ -31,6 +31,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the queue backend is unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -71,6 +73,13 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { code, detail, hint } => (StatusCode::BAD_REQUEST, code, "Bad request", detail, hint),
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", "Not found", detail, None),
             ApiError::Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", detail, None),
+            ApiError::TooLarge(detail) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                detail,
+                Some("keep payloads small: store large data elsewhere and pass a reference".into()),
+            ),
             ApiError::Unavailable(internal) => {
                 tracing::warn!(error = %internal, "queue backend unavailable");
                 (

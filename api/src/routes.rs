@@ -81,6 +81,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
                 JsonRejection::JsonSyntaxError(e) => {
                     ApiError::bad_request("malformed_json", e.body_text(), "the body is not valid JSON")
                 }
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::TooLarge(format!("the request body is larger than {BODY_LIMIT} bytes"))
+                }
                 other => ApiError::bad_request(
                     "invalid_body",
                     other.body_text(),

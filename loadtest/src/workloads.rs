@@ -56,7 +56,39 @@ pub async fn run(workload: Workload, args: RunArgs) -> Result<String> {
     line.append(&mut fields);
     line.insert("cpu_s".into(), json!(cpu_s));
     line.insert("rss_peak_mib".into(), json!(rss));
-    Ok(Value::Object(line).to_string())
+    Ok(ordered_line(line))
+}
+
+/// The headline keys first, in this order; the rest sorted.
+const LEAD: [&str; 15] = [
+    "system",
+    "workload",
+    "n",
+    "concurrency",
+    "enqueue_jobs_per_s",
+    "drain_jobs_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "lost",
+    "duplicated",
+    "recovery_s",
+    "project_done_s",
+    "b_done_after_enqueue_s",
+];
+
+fn ordered_line(mut line: Fields) -> String {
+    let mut parts = Vec::with_capacity(line.len());
+    for key in LEAD {
+        if let Some(value) = line.remove(key) {
+            parts.push(format!("{}:{value}", Value::from(key)));
+        }
+    }
+    for (key, value) in line {
+        parts.push(format!("{}:{value}", Value::from(key)));
+    }
+    format!("{{{}}}", parts.join(","))
 }
 
 type Fields = serde_json::Map<String, Value>;
@@ -293,7 +325,8 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     }
     let _all = outstanding.acquire_many(256).await.expect("never closed");
     let produced = produce_start.elapsed();
-    if let Some(e) = failure.lock().expect("failure").take() {
+    let failed = failure.lock().expect("failure").take();
+    if let Some(e) = failed {
         worker.stop().await?;
         bail!("enqueue failed during the steady run: {e}");
     }

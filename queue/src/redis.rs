@@ -1705,3 +1705,640 @@ impl Backend for RedisQueue {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Candidate, fair_quotas};
+    use crate::pipeline::{PipelineState, PipelineStep};
+    use serde_json::json;
+
+    fn url() -> String {
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    fn random_prefix() -> String {
+        format!("rhtest:{:016x}", rand::random::<u64>())
+    }
+
+    async fn queue() -> RedisQueue {
+        RedisQueue::connect_with_prefix(&url(), &random_prefix())
+            .await
+            .expect("Redis at REDIS_URL (default redis://127.0.0.1:6379)")
+    }
+
+    async fn cleanup(q: &RedisQueue) {
+        let mut con = q.con();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", q.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: i64 = ::redis::cmd("DEL").arg(&keys).query_async(&mut con).await.unwrap();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+
+    fn request(kinds: &[&str], limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            worker: "w1".into(),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            limit,
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    fn step(name: &str, needs: &[&str]) -> PipelineStep {
+        PipelineStep {
+            name: name.into(),
+            job: NewJob::new(name, "p", json!({ "step": name })),
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    async fn complete(q: &RedisQueue, jobs: &[ClaimedJob]) {
+        q.acknowledge(jobs.iter().map(|j| Ack::new(j, Outcome::Completed)).collect())
+            .await
+            .unwrap();
+    }
+
+    fn count(stats: &QueueStats, kind: &str, project: &str, state: JobState) -> u64 {
+        stats
+            .depth
+            .iter()
+            .find(|d| d.kind == kind && d.project == project && d.state == state)
+            .map_or(0, |d| d.count)
+    }
+
+    #[tokio::test]
+    async fn enqueue_claim_ack() {
+        let q = queue().await;
+        q.ping().await.unwrap();
+        let out = q
+            .enqueue(vec![NewJob::new("email", "acme", json!({"to": "a@b.c", "n": 1}))])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].duplicate);
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "email", "acme", JobState::Available), 1);
+        assert_eq!(stats.oldest_available_seconds.len(), 1);
+
+        let claimed = q.claim(&request(&["email"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let job = &claimed[0];
+        assert_eq!(job.id, out[0].id);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.kind, "email");
+        assert_eq!(job.project, "acme");
+        assert_eq!(job.payload, json!({"to": "a@b.c", "n": 1}));
+        assert_eq!(job.policy, JobPolicy::default());
+        assert!(q.claim(&request(&["email"], 10)).await.unwrap().is_empty());
+
+        let record = q.job(job.id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Running);
+        assert_eq!(record.worker.as_deref(), Some("w1"));
+        assert!(record.lease_expires_at.is_some());
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "email", "acme", JobState::Running), 1);
+        assert_eq!(count(&stats, "email", "acme", JobState::Available), 0);
+        assert!(stats.oldest_available_seconds.is_empty());
+
+        complete(&q, &claimed).await;
+        // A second (stale) ack is ignored.
+        q.acknowledge(vec![Ack::new(job, Outcome::Dead { error: "late".into() })])
+            .await
+            .unwrap();
+        let record = q.job(job.id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Completed);
+        assert!(record.finished_at.is_some());
+        assert_eq!(record.worker, None);
+        assert_eq!(record.lease_expires_at, None);
+        assert!(q.stats().await.unwrap().depth.is_empty());
+
+        // Retry with backoff, then a dead attempt.
+        let id = q
+            .enqueue(vec![NewJob::new("email", "acme", json!(null))])
+            .await
+            .unwrap()[0]
+            .id;
+        let claimed = q.claim(&request(&["email"], 10)).await.unwrap();
+        q.acknowledge(vec![Ack::new(
+            &claimed[0],
+            Outcome::Retry {
+                at: Utc::now() - chrono::Duration::seconds(1),
+                error: "boom".into(),
+            },
+        )])
+        .await
+        .unwrap();
+        let record = q.job(id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Scheduled);
+        assert_eq!(record.last_error.as_deref(), Some("boom"));
+        let claimed = q.claim(&request(&["email"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempt, 2);
+        q.acknowledge(vec![Ack::new(&claimed[0], Outcome::Dead { error: "x".into() })])
+            .await
+            .unwrap();
+        assert_eq!(count(&q.stats().await.unwrap(), "email", "acme", JobState::Dead), 1);
+        q.retry(id).await.unwrap();
+        let record = q.job(id).await.unwrap().unwrap();
+        assert_eq!((record.state, record.attempt), (JobState::Available, 0));
+        assert!(matches!(q.retry(id).await, Err(QueueError::NotRetryable { .. })));
+        assert!(matches!(q.retry(999_999).await, Err(QueueError::JobNotFound(_))));
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn unique_keys_deduplicate() {
+        let q = queue().await;
+        let a = q
+            .enqueue(vec![
+                NewJob::new("k", "p", json!(1)).unique_key("u1"),
+                NewJob::new("k", "p", json!(2)).unique_key("u1"),
+                NewJob::new("k", "p", json!(3)),
+            ])
+            .await
+            .unwrap();
+        assert!(!a[0].duplicate);
+        assert_eq!(
+            a[1],
+            Enqueued {
+                id: a[0].id,
+                duplicate: true
+            }
+        );
+        assert!(!a[2].duplicate);
+        let b = q
+            .enqueue(vec![NewJob::new("k", "p", json!(4)).unique_key("u1")])
+            .await
+            .unwrap();
+        assert_eq!(
+            b[0],
+            Enqueued {
+                id: a[0].id,
+                duplicate: true
+            }
+        );
+        assert_eq!(count(&q.stats().await.unwrap(), "k", "p", JobState::Available), 2);
+        // The key holds until the job is pruned.
+        complete(&q, &q.claim(&request(&["k"], 10)).await.unwrap()).await;
+        let c = q
+            .enqueue(vec![NewJob::new("k", "p", json!(5)).unique_key("u1")])
+            .await
+            .unwrap();
+        assert!(c[0].duplicate);
+        assert_eq!(q.prune(Utc::now() + chrono::Duration::seconds(5)).await.unwrap(), 2);
+        assert!(q.job(a[0].id).await.unwrap().is_none());
+        let d = q
+            .enqueue(vec![NewJob::new("k", "p", json!(6)).unique_key("u1")])
+            .await
+            .unwrap();
+        assert!(!d[0].duplicate);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn priority_then_age_order_and_unhandled_kinds_stay() {
+        let q = queue().await;
+        let ids: Vec<JobId> = q
+            .enqueue(vec![
+                NewJob::new("a", "p", json!(0)).with_priority(5),
+                NewJob::new("a", "p", json!(1)).with_priority(1),
+                NewJob::new("b", "p", json!(2)).with_priority(3),
+                NewJob::new("a", "p", json!(3)).with_priority(1),
+                NewJob::new("c", "p", json!(4)).with_priority(0),
+                NewJob::new("a", "p", json!(5)).with_priority(-2),
+            ])
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let mut order = Vec::new();
+        loop {
+            let got = q.claim(&request(&["a", "b"], 1)).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            order.push(got[0].id);
+        }
+        assert_eq!(order, vec![ids[5], ids[1], ids[3], ids[2], ids[0]]);
+        assert_eq!(q.job(ids[4]).await.unwrap().unwrap().state, JobState::Available);
+        let got = q.claim(&request(&["c"], 5)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn pipeline_fan_out_fan_in() {
+        let q = queue().await;
+        let new = || NewPipeline {
+            project: "p".into(),
+            name: "diamond".into(),
+            supersede_key: None,
+            unique_key: Some("delivery-1".into()),
+            steps: vec![
+                step("d", &["b", "c"]),
+                step("b", &["a"]),
+                step("c", &["a"]),
+                step("a", &[]),
+            ],
+        };
+        let run = q.enqueue_pipeline(new()).await.unwrap();
+        assert!(!run.duplicate);
+        assert_eq!(q.enqueue_pipeline(new()).await.unwrap().id, run.id);
+        let all = ["a", "b", "c", "d"];
+
+        let first = q.claim(&request(&all, 10)).await.unwrap();
+        assert_eq!(first.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(first[0].pipeline, Some(run.id));
+        assert_eq!(first[0].step.as_deref(), Some("a"));
+        complete(&q, &first).await;
+
+        let mut second = q.claim(&request(&all, 10)).await.unwrap();
+        second.sort_by(|x, y| x.kind.cmp(&y.kind));
+        assert_eq!(second.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        complete(&q, &second[..1]).await;
+        assert!(q.claim(&request(&all, 10)).await.unwrap().is_empty(), "d waits for c");
+        // An ack that does not name the pipeline still moves it on.
+        q.acknowledge(vec![Ack {
+            pipeline: None,
+            ..Ack::new(&second[1], Outcome::Completed)
+        }])
+        .await
+        .unwrap();
+
+        let third = q.claim(&request(&all, 10)).await.unwrap();
+        assert_eq!(third.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>(), ["d"]);
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Running);
+        complete(&q, &third).await;
+
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Succeeded);
+        assert!(record.finished_at.is_some());
+        assert_eq!(record.steps.len(), 4);
+        assert!(record.steps.iter().all(|s| s.state == JobState::Completed));
+        assert_eq!(record.steps[0].name, "a");
+        let d = record.steps.iter().find(|s| s.name == "d").unwrap();
+        assert_eq!(d.needs, vec!["b", "c"]);
+        assert!(q.stats().await.unwrap().depth.is_empty());
+        assert_eq!(q.prune(Utc::now() + chrono::Duration::seconds(5)).await.unwrap(), 4);
+        assert!(q.pipeline(run.id).await.unwrap().is_none());
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn failed_step_stops_the_run_and_retry_reopens_it() {
+        let q = queue().await;
+        let run = q
+            .enqueue_pipeline(NewPipeline {
+                project: "p".into(),
+                name: "t".into(),
+                supersede_key: Some("svc:main".into()),
+                unique_key: None,
+                steps: vec![step("a", &[]), step("b", &[]), step("c", &["a", "b"])],
+            })
+            .await
+            .unwrap();
+        let got = q.claim(&request(&["a", "b", "c"], 10)).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let a = got.iter().find(|j| j.kind == "a").unwrap();
+        let b = got.iter().find(|j| j.kind == "b").unwrap();
+        q.acknowledge(vec![Ack::new(a, Outcome::Dead { error: "bad".into() })])
+            .await
+            .unwrap();
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Failed);
+        let c = record.steps.iter().find(|s| s.name == "c").unwrap();
+        assert_eq!(c.state, JobState::Cancelled);
+        // b is running: its worker is asked to stop.
+        let hb = q.heartbeat("w1", &[b.lease()], Duration::from_secs(30)).await.unwrap();
+        assert_eq!(hb.cancel, vec![b.id]);
+        q.acknowledge(vec![Ack::new(b, Outcome::Cancelled { reason: "stop".into() })])
+            .await
+            .unwrap();
+
+        q.retry(a.id).await.unwrap();
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Running);
+        let states: Vec<_> = record.steps.iter().map(|s| (s.name.as_str(), s.state)).collect();
+        assert_eq!(
+            states,
+            vec![
+                ("a", JobState::Available),
+                ("b", JobState::Available),
+                ("c", JobState::Pending)
+            ]
+        );
+        // A newer run with the same supersede key cancels this one.
+        let newer = q
+            .enqueue_pipeline(NewPipeline {
+                project: "p".into(),
+                name: "t".into(),
+                supersede_key: Some("svc:main".into()),
+                unique_key: None,
+                steps: vec![step("a", &[])],
+            })
+            .await
+            .unwrap();
+        assert_eq!(newer.superseded, vec![run.id]);
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Superseded);
+        assert!(record.steps.iter().all(|s| s.state == JobState::Cancelled));
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "a", "p", JobState::Available), 1);
+        assert_eq!(count(&stats, "c", "p", JobState::Pending), 0);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn max_running_caps_across_claims_and_processes() {
+        let q1 = queue().await;
+        let q2 = RedisQueue::connect_with_prefix(&url(), q1.prefix()).await.unwrap();
+        q1.set_project_limits(
+            "capped",
+            ProjectLimits {
+                max_running: Some(2),
+                jobs_per_minute: None,
+            },
+        )
+        .await
+        .unwrap();
+        q1.enqueue((0..5).map(|i| NewJob::new("k", "capped", json!(i))).collect())
+            .await
+            .unwrap();
+        let first = q1.claim(&request(&["k"], 10)).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(q2.claim(&request(&["k"], 10)).await.unwrap().is_empty());
+        complete(&q2, &first[..1]).await;
+        let again = q2.claim(&request(&["k"], 10)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(q1.claim(&request(&["k"], 10)).await.unwrap().is_empty());
+        cleanup(&q1).await;
+    }
+
+    #[tokio::test]
+    async fn claims_split_fairly_like_fair_quotas() {
+        let q = queue().await;
+        for (project, limits) in [
+            (
+                "a",
+                ProjectLimits {
+                    max_running: Some(2),
+                    jobs_per_minute: None,
+                },
+            ),
+            (
+                "c",
+                ProjectLimits {
+                    max_running: Some(0),
+                    jobs_per_minute: None,
+                },
+            ),
+            (
+                "d",
+                ProjectLimits {
+                    max_running: None,
+                    jobs_per_minute: Some(3),
+                },
+            ),
+        ] {
+            q.set_project_limits(project, limits).await.unwrap();
+        }
+        for project in ["a", "b", "c", "d"] {
+            q.enqueue((0..20).map(|i| NewJob::new("k", project, json!(i))).collect())
+                .await
+                .unwrap();
+        }
+        let candidates = vec![
+            Candidate {
+                project: "a".into(),
+                room: Some(2),
+            },
+            Candidate {
+                project: "b".into(),
+                room: None,
+            },
+            Candidate {
+                project: "c".into(),
+                room: Some(0),
+            },
+            Candidate {
+                project: "d".into(),
+                room: Some(3),
+            },
+        ];
+        let expected = fair_quotas(&candidates, 12, 0);
+        let got = q.claim(&request(&["k"], 12)).await.unwrap();
+        let mut per: HashMap<String, u32> = HashMap::new();
+        for job in &got {
+            *per.entry(job.project.clone()).or_default() += 1;
+        }
+        let mut per: Vec<(String, u32)> = per.into_iter().collect();
+        per.sort();
+        assert_eq!(per, expected);
+        // The rate limit's tokens are spent: d gets nothing more for now.
+        let more = q.claim(&request(&["k"], 50)).await.unwrap();
+        assert!(more.iter().all(|j| j.project == "b"), "{more:?}");
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn heartbeat_reports_lost_after_rescue() {
+        let q = queue().await;
+        let id = q
+            .enqueue(vec![NewJob::new("k", "p", json!({})).with_policy(JobPolicy {
+                max_attempts: 2,
+                ..JobPolicy::default()
+            })])
+            .await
+            .unwrap()[0]
+            .id;
+        let mut req = request(&["k"], 1);
+        req.lease = Duration::from_millis(50);
+        let job = q.claim(&req).await.unwrap().remove(0);
+        let hb = q
+            .heartbeat("w1", &[job.lease()], Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(hb, HeartbeatReply::default());
+        let other = q
+            .heartbeat("w2", &[job.lease()], Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(other.lost, vec![id]);
+        assert!(q.rescue_expired().await.unwrap().retried.is_empty(), "lease still live");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let report = q.rescue_expired().await.unwrap();
+        assert_eq!(report.retried, vec![id]);
+        let hb = q
+            .heartbeat("w1", &[job.lease()], Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(hb.lost, vec![id]);
+        // The stale lease cannot finish the job.
+        complete(&q, std::slice::from_ref(&job)).await;
+        let record = q.job(id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Scheduled);
+        assert!(record.last_error.unwrap().contains("lease expired"));
+        assert_eq!(q.stats().await.unwrap().depth.len(), 1);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn cancel_scheduled_and_running() {
+        let q = queue().await;
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let ids: Vec<JobId> = q
+            .enqueue(vec![
+                NewJob::new("k", "p", json!(1)).run_at(later),
+                NewJob::new("k", "p", json!(2)),
+            ])
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(q.job(ids[0]).await.unwrap().unwrap().state, JobState::Scheduled);
+        let running = q.claim(&request(&["k"], 10)).await.unwrap();
+        assert_eq!(running.len(), 1, "the delayed job is not due");
+        assert_eq!(q.cancel(ids[0]).await.unwrap(), CancelOutcome::Cancelled);
+        assert_eq!(q.cancel(ids[1]).await.unwrap(), CancelOutcome::Requested);
+        assert_eq!(
+            q.cancel(ids[0]).await.unwrap(),
+            CancelOutcome::AlreadyFinished(JobState::Cancelled)
+        );
+        assert!(matches!(q.cancel(123_456_789).await, Err(QueueError::JobNotFound(_))));
+        assert!(q.job(ids[1]).await.unwrap().unwrap().cancel_requested);
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "k", "p", JobState::Scheduled), 0);
+        assert_eq!(count(&stats, "k", "p", JobState::Running), 1);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn enqueue_wakes_waiters_and_bulk_enqueue_is_chunked() {
+        let q = Arc::new(queue().await);
+        // Let the subscription settle.
+        q.wait_for_work(Duration::from_millis(200)).await;
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                q.wait_for_work(Duration::from_secs(5)).await;
+                start.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let jobs: Vec<NewJob> = (0..2_500)
+            .map(|i| NewJob::new("bulk", "p", json!({ "i": i })))
+            .collect();
+        let out = q.enqueue(jobs).await.unwrap();
+        assert_eq!(out.len(), 2_500);
+        assert!(out.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(waiter.await.unwrap() < Duration::from_secs(2));
+        assert_eq!(
+            count(&q.stats().await.unwrap(), "bulk", "p", JobState::Available),
+            2_500
+        );
+        let got = q.claim(&request(&["bulk"], 2_000)).await.unwrap();
+        assert_eq!(got.len(), 2_000);
+        assert_eq!(got[0].payload, json!({ "i": 0 }));
+        complete(&q, &got).await;
+        assert_eq!(count(&q.stats().await.unwrap(), "bulk", "p", JobState::Available), 500);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn connection_errors_hide_the_url() {
+        let err = RedisQueue::connect("redis://user:s3cretpw@127.0.0.1:1/")
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(err.is_transient(), "{err}");
+        let message = err.to_string();
+        assert!(!message.contains("s3cretpw"), "{message}");
+    }
+
+    /// Drain throughput with 32 concurrent claimers (run with `--ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn bench_drain() {
+        let q = Arc::new(queue().await);
+        let n = 20_000;
+        let start = std::time::Instant::now();
+        q.enqueue(
+            (0..n)
+                .map(|i| NewJob::new("noop", format!("p{}", i % 4), json!({ "i": i })))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        eprintln!("enqueue {n}: {:?}", start.elapsed());
+        let _: Value = ::redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut q.con())
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..32 {
+            let q = q.clone();
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut req = request(
+                    &["noop"],
+                    std::env::var("BENCH_BATCH")
+                        .ok()
+                        .and_then(|b| b.parse().ok())
+                        .unwrap_or(8),
+                );
+                req.worker = format!("w{w}");
+                loop {
+                    let got = q.claim(&req).await.unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                    complete(&q, &got).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        eprintln!(
+            "drained {} in {elapsed:?}: {:.0} jobs/s",
+            done.load(Ordering::Relaxed),
+            n as f64 / elapsed.as_secs_f64()
+        );
+        let info: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut q.con())
+            .await
+            .unwrap();
+        for line in info
+            .lines()
+            .filter(|l| l.contains("evalsha") || l.contains("cmdstat_eval"))
+        {
+            eprintln!("{line}");
+        }
+        cleanup(&q).await;
+    }
+}

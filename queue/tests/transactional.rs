@@ -1,0 +1,91 @@
+//! Transactional enqueue: a job commits with the rows it belongs to, or neither does.
+
+mod common;
+
+use enclii_queue::NewJob;
+use enclii_queue::postgres::PostgresQueue;
+use enclii_queue::sqlite::SqliteQueue;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_jobs_commit_and_roll_back_with_the_callers_rows() {
+    let q = PostgresQueue::connect(&common::fresh_postgres_url().await, 4)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE releases (id SERIAL PRIMARY KEY, sha TEXT NOT NULL)")
+        .execute(q.pool())
+        .await
+        .unwrap();
+    for commit in [false, true] {
+        let mut tx = q.pool().begin().await.unwrap();
+        sqlx::query("INSERT INTO releases (sha) VALUES ('abc')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let ids = q
+            .enqueue_in(&mut tx, vec![NewJob::new("build", "p", json!({}))])
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let job = enclii_queue::Backend::job(&q, ids[0].id).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM releases")
+            .fetch_one(q.pool())
+            .await
+            .unwrap();
+        assert_eq!(job.is_some(), commit);
+        assert_eq!(rows, commit as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_jobs_commit_and_roll_back_with_the_callers_rows() {
+    let q = SqliteQueue::connect(&common::fresh_sqlite_url()).await.unwrap();
+    sqlx::query("CREATE TABLE releases (id INTEGER PRIMARY KEY, sha TEXT NOT NULL)")
+        .execute(q.pool())
+        .await
+        .unwrap();
+    for commit in [false, true] {
+        let mut tx = q.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO releases (sha) VALUES ('abc')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let ids = q
+            .enqueue_in(&mut tx, vec![NewJob::new("build", "p", json!({}))])
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let job = enclii_queue::Backend::job(&q, ids[0].id).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM releases")
+            .fetch_one(q.pool())
+            .await
+            .unwrap();
+        assert_eq!(job.is_some(), commit);
+        assert_eq!(rows, commit as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let err = match PostgresQueue::connect("postgres://enclii:s3cret-pw@127.0.0.1:1/db", 2).await {
+        Ok(_) => panic!("port 1 has no PostgreSQL"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(text.contains("cannot reach the postgres queue backend"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert!(err.is_transient());
+    let err = match enclii_queue::open("mysql://x", 1).await {
+        Ok(_) => panic!("mysql is not a backend"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("use postgres://, sqlite:// or redis://"));
+}
