@@ -17,7 +17,7 @@ pub struct Env {
     pub kind: BackendKind,
     /// The queue URL workers and producers open.
     pub url: String,
-    /// Redis key prefix of this run (empty for the SQL backends).
+    /// Redis key prefix of this run, without the `:` (empty for the SQL backends).
     pub prefix: String,
     cleanup: Cleanup,
 }
@@ -36,7 +36,7 @@ fn run_id() -> String {
 impl Env {
     /// PostgreSQL: `url` names the server (any database on it, default the `postgres` one); a
     /// database `loadtest_<random>` is created there. SQLite: `url` is used as is when given (and
-    /// kept), else a temp file. Redis: `url` names the server; keys go under `loadtest:<random>:`.
+    /// kept), else a temp file. Redis: `url` names the server; keys go under `loadtest_<random>:`.
     pub async fn create(kind: BackendKind, url: Option<&str>) -> Result<Env> {
         let id = run_id();
         match kind {
@@ -78,7 +78,7 @@ impl Env {
             BackendKind::Redis => Ok(Env {
                 kind,
                 url: url.unwrap_or(DEFAULT_REDIS_URL).to_string(),
-                prefix: format!("loadtest:{id}:"),
+                prefix: format!("loadtest_{id}"),
                 cleanup: Cleanup::DeletePrefix,
             }),
         }
@@ -112,7 +112,7 @@ impl Env {
                 Cleanup::DeletePrefix => {
                     let client = redis::Client::open(self.url.as_str())?;
                     let mut conn = client.get_multiplexed_async_connection().await?;
-                    let pattern = format!("{}*", self.prefix);
+                    let pattern = format!("{}:*", self.prefix);
                     let mut cursor: u64 = 0;
                     loop {
                         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -167,16 +167,9 @@ pub async fn open_backend(kind: BackendKind, url: &str, prefix: &str, max_conns:
     }
 }
 
-/// REDIS-PREFIX SWITCH. While `pub mod redis` is commented out in queue/src/lib.rs this goes
-/// through `enclii_queue::open` (so it fails with UnsupportedUrl) and ignores `prefix`. Once the
-/// Redis backend exists, replace the body with:
-///
-/// ```ignore
-/// Ok(Arc::new(enclii_queue::redis::RedisQueue::connect_with_prefix(url, prefix).await?))
-/// ```
+/// Opens the Redis queue with all its keys under `{prefix}:`.
 async fn open_redis(url: &str, prefix: &str) -> Result<Arc<dyn Backend>> {
-    let _ = prefix;
-    Ok(enclii_queue::open(url, 4).await?)
+    Ok(Arc::new(enclii_queue::redis::RedisQueue::connect_with_prefix(url, prefix).await?))
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl Store {
                 let client = redis::Client::open(url)?;
                 Store::Redis {
                     conn: client.get_connection_manager().await?,
-                    key: format!("{prefix}loadtest:completions"),
+                    key: format!("{prefix}:loadtest:completions"),
                 }
             }
         })

@@ -2341,4 +2341,38 @@ mod tests {
         }
         cleanup(&q).await;
     }
+
+    /// Server time of claims and acks measured apart (run with `--ignored --nocapture`).
+    #[tokio::test]
+    #[ignore]
+    async fn bench_split() {
+        let q = queue().await;
+        let n = 20_000;
+        q.enqueue((0..n).map(|i| NewJob::new("noop", "p", json!({ "i": i }))).collect())
+            .await
+            .unwrap();
+        let stat = |q: &RedisQueue| {
+            let mut con = q.con();
+            async move {
+                let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+                let _: Value = ::redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut con).await.unwrap();
+                info.lines().filter(|l| l.contains("evalsha")).map(String::from).collect::<Vec<_>>()
+            }
+        };
+        stat(&q).await;
+        let mut all = Vec::new();
+        loop {
+            let got = q.claim(&request(&["noop"], 32)).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            all.extend(got);
+        }
+        eprintln!("claim: {:?}", stat(&q).await);
+        for chunk in all.chunks(32) {
+            complete(&q, chunk).await;
+        }
+        eprintln!("ack: {:?}", stat(&q).await);
+        cleanup(&q).await;
+    }
 }
