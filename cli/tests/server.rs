@@ -1,0 +1,138 @@
+//! The `enclii server` binary as users run it: embedded default, HTTP, graceful SIGTERM, bad config.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn data_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!("enclii_cli_test_{}_{nanos}", std::process::id()))
+}
+
+/// Starts the server on a free port and returns it with its address.
+fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_enclii"))
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("ENCLII_DATABASE_URL")
+        .env_remove("ENCLII_REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("enclii listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// A minimal HTTP/1.1 client: returns (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_exit(child: &mut Child, patience: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn the_embedded_default_runs_a_job_and_stops_gracefully_on_sigterm() {
+    let dir = data_dir();
+    let (mut child, addr) = start(&["--data-dir", dir.to_str().unwrap()]);
+    let (status, body) = http(&addr, "GET", "/health/ready", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sqlite"));
+    let (status, body) = http(&addr, "POST", "/v1/jobs", r#"{"kind":"ping","project":"demo"}"#);
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    let id = created["id"].as_i64().expect("an id");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, job) = http(&addr, "GET", &format!("/v1/jobs/{id}"), "");
+        if job.contains(r#""state":"completed""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ping job never completed: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dir.join("enclii.db").exists(),
+        "the embedded database lives in the data dir"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("shutting down gracefully"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_database_fails_fast_with_a_clear_message_and_no_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_enclii"))
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env(
+            "ENCLII_DATABASE_URL",
+            "postgres://enclii:hunter2-secret@127.0.0.1:1/enclii",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot open the job queue (postgres)"), "{stderr}");
+    assert!(stderr.contains("Check that the server is running"), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+}
+
+#[test]
+fn an_unwritable_data_dir_says_how_to_fix_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_enclii"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/proc/enclii-cannot-write-here",
+        ])
+        .env_remove("ENCLII_DATABASE_URL")
+        .env_remove("ENCLII_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("set --data-dir or ENCLII_DATA_DIR"), "{stderr}");
+}
