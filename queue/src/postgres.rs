@@ -22,11 +22,9 @@ use crate::backend::{
     QueueStats, RescueReport, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{
-    Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
-};
+use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
-use crate::progress::{AckedRow, Progress};
+use crate::progress::{AckedRow, Progress, expired_lease_ack};
 
 const NAME: &str = "postgres";
 const CHANNEL: &str = "roundhouse_jobs";
@@ -825,23 +823,20 @@ impl Backend for PostgresQueue {
         let mut report = RescueReport::default();
         let mut acks = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = row.try_get("id").map_err(err)?;
-            let attempt = row.try_get::<i32, _>("attempt").map_err(err)? as u32;
+            let lease = Lease {
+                job: row.try_get("id").map_err(err)?,
+                attempt: row.try_get::<i32, _>("attempt").map_err(err)? as u32,
+            };
             let worker: Option<String> = row.try_get("worker_id").map_err(err)?;
-            let error = format!(
-                "lease expired: worker {} stopped heartbeating (crashed, killed or cut off)",
-                worker.as_deref().unwrap_or("?")
-            );
-            let outcome = Outcome::failure(attempt, &policy(row)?, error, now);
-            match outcome {
-                Outcome::Dead { .. } => report.dead.push(id),
-                _ => report.retried.push(id),
-            }
-            acks.push(Ack {
-                lease: Lease { job: id, attempt },
-                pipeline: row.try_get("pipeline_id").map_err(err)?,
-                outcome,
-            });
+            let pipeline = row.try_get("pipeline_id").map_err(err)?;
+            acks.push(expired_lease_ack(
+                lease,
+                pipeline,
+                &policy(row)?,
+                worker.as_deref(),
+                now,
+                &mut report,
+            ));
         }
         let mut tx = self.pool.begin().await.map_err(err)?;
         apply_acks(&mut tx, &acks, true).await?;

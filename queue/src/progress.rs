@@ -1,8 +1,38 @@
 //! What acknowledged attempts mean for their pipelines, decided once for every backend: which
 //! dependent steps lose a dependency, which runs may have succeeded, which runs failed.
 
-use crate::job::{JobState, PipelineId};
+use chrono::{DateTime, Utc};
+
+use crate::backend::RescueReport;
+use crate::job::{Ack, JobPolicy, JobState, Lease, Outcome, PipelineId};
 use crate::pipeline::PipelineState;
+
+/// The ack the reaper writes for a running job whose lease expired: its worker crashed, was
+/// killed or was cut off, so the attempt failed — retried with backoff, or dead when attempts
+/// are spent. Records the decision in `report`.
+pub(crate) fn expired_lease_ack(
+    lease: Lease,
+    pipeline: Option<PipelineId>,
+    policy: &JobPolicy,
+    worker: Option<&str>,
+    now: DateTime<Utc>,
+    report: &mut RescueReport,
+) -> Ack {
+    let error = format!(
+        "lease expired: worker {} stopped heartbeating (crashed, killed or cut off)",
+        worker.unwrap_or("?")
+    );
+    let outcome = Outcome::failure(lease.attempt, policy, error, now);
+    match outcome {
+        Outcome::Dead { .. } => report.dead.push(lease.job),
+        _ => report.retried.push(lease.job),
+    }
+    Ack {
+        lease,
+        pipeline,
+        outcome,
+    }
+}
 
 /// A job row as an acknowledgement left it.
 #[derive(Clone, Debug)]

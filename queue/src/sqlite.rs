@@ -22,11 +22,9 @@ use crate::backend::{
     QueueStats, RescueReport, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{
-    Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
-};
+use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
-use crate::progress::{AckedRow, Progress};
+use crate::progress::{AckedRow, Progress, expired_lease_ack};
 
 const NAME: &str = "sqlite";
 
@@ -712,23 +710,18 @@ impl Backend for SqliteQueue {
         let mut acks = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = record(row)?;
-            let error = format!(
-                "lease expired: worker {} stopped heartbeating (crashed, killed or cut off)",
-                job.worker.as_deref().unwrap_or("?")
-            );
-            let outcome = Outcome::failure(job.attempt, &job.policy, error, now_at);
-            match outcome {
-                Outcome::Dead { .. } => report.dead.push(job.id),
-                _ => report.retried.push(job.id),
-            }
-            acks.push(Ack {
-                lease: Lease {
-                    job: job.id,
-                    attempt: job.attempt,
-                },
-                pipeline: job.pipeline,
-                outcome,
-            });
+            let lease = Lease {
+                job: job.id,
+                attempt: job.attempt,
+            };
+            acks.push(expired_lease_ack(
+                lease,
+                job.pipeline,
+                &job.policy,
+                job.worker.as_deref(),
+                now_at,
+                &mut report,
+            ));
         }
         let mut tx = self.begin().await?;
         apply_acks(&mut tx, &acks, true).await?;
