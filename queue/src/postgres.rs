@@ -37,6 +37,12 @@ fn err(e: sqlx::Error) -> QueueError {
     QueueError::sql(NAME, e)
 }
 
+pub(crate) fn step_key_taken(step: &str) -> QueueError {
+    QueueError::InvalidPipeline(format!(
+        "step `{step}` has a unique key that another job already holds; drop the step's key or use the pipeline's"
+    ))
+}
+
 pub struct PostgresQueue {
     pool: PgPool,
     notify: Arc<Notify>,
@@ -173,7 +179,10 @@ impl PostgresQueue {
             .bind(&planned.dependents)
             .execute(&mut *conn)
             .await
-            .map_err(err)?;
+            .map_err(|e| match e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                true => step_key_taken(&planned.step.name),
+                false => err(e),
+            })?;
         }
         notify_workers(conn).await?;
         Ok(PipelineEnqueued {
@@ -315,8 +324,12 @@ async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enq
                     .ok_or_else(|| QueueError::Corrupt("INSERT returned too few rows".into()))?,
                 duplicate: false,
             },
+            // The first job with a newly inserted key owns it; later ones in the batch are duplicates.
             Some(key) => match keyed.remove(key) {
-                Some(id) => Enqueued { id, duplicate: false },
+                Some(id) => {
+                    existing.insert(key.clone(), id);
+                    Enqueued { id, duplicate: false }
+                }
                 None => Enqueued {
                     id: *existing
                         .get(key)

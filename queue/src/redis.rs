@@ -2,10 +2,12 @@
 //! progression are exact across worker processes, and every script does O(batch) work.
 //!
 //! Data model (all keys under `{prefix}:`, default prefix `roundhouse`):
-//! - `job:{id}` hash: kind, project, payload (JSON text), state, priority, attempt, max_attempts,
-//!   timeout_ms, backoff_base_ms, backoff_max_ms, run_at_ms, created_at_ms, attempted_at_ms,
-//!   finished_at_ms, lease_expires_at_ms, worker, cancel_requested, unique_key, pipeline, step,
-//!   needs / dependents (JSON arrays), deps_remaining, last_error. Ids come from `INCRBY seq`.
+//! - `job:{id}` hash: kind, project, payload (JSON text), state, priority, policy
+//!   (`priority:max_attempts:timeout_ms:backoff_base_ms:backoff_max_ms`, one field so that a claim
+//!   reads few fields), attempt, run_at_ms, created_at_ms, attempted_at_ms, finished_at_ms,
+//!   lease_expires_at_ms and worker (meaningful only while running), cancel_requested,
+//!   unique_key, pipeline, step, needs / dependents (JSON arrays), deps_remaining, last_error.
+//!   Ids come from `INCRBY seq`.
 //! - `avail:{len(kind)}:{kind}:{project}` zset of available jobs, scored `priority * 2^36 + id`
 //!   (lower priority first, then oldest); `projects:{kind}` set of projects with available jobs of
 //!   that kind; `avail_at:{kind}` zset of available jobs by `run_at` (oldest-available stats).
@@ -20,6 +22,12 @@
 //! - `limits:{project}` hash: max_running, jobs_per_minute, tokens, refilled_at_ms.
 //! - channel `wake`: one message per enqueue call (and when acks make work available).
 //!
+//! Acknowledgements: a job's pipeline, step and dependents never change, so they are read first
+//! (only for acks of pipeline steps); [`Progress::of`] on the row each ack would leave decides its
+//! pipeline effects, and one script per batch applies every ack that still holds its lease together
+//! with those effects, atomically (a crash cannot separate a step's completion from its fan-in).
+//!
+//! Ordering within a priority assumes ids below 2^36 (the score must stay exact in a double).
 //! Timestamps inside scripts come from the Redis server clock (`TIME`), so processes agree.
 //! The key layout is built inside the scripts, so this backend targets a single Redis server
 //! (or a primary with replicas), not Redis Cluster.
@@ -173,11 +181,11 @@ local function maybe_succeed(pid)
 end
 "#;
 
-/// ARGV: prefix, publish, then per job: kind, project, payload, priority, max_attempts,
-/// timeout_ms, backoff_base_ms, backoff_max_ms, run_at_ms ('' = now), unique_key ('' = none).
+/// ARGV: prefix, publish, then per job: kind, project, payload, priority, policy, run_at_ms
+/// ('' = now), unique_key ('' = none).
 /// Returns id, duplicate (0/1) pairs.
 const LUA_ENQUEUE: &str = r#"
-local N = 10
+local N = 7
 local count = math.floor((#ARGV - 2) / N)
 local out = {}
 if count == 0 then return out end
@@ -185,7 +193,7 @@ local first = redis.call('INCRBY', P .. ':seq', count) - count + 1
 local zadd, sadd, seen, kinds = {}, {}, {}, {}
 for j = 0, count - 1 do
   local b = 3 + j * N
-  local kind, project, ukey = ARGV[b], ARGV[b + 1], ARGV[b + 9]
+  local kind, project, ukey = ARGV[b], ARGV[b + 1], ARGV[b + 6]
   local id = first + j
   local existing = false
   if ukey ~= '' then
@@ -197,12 +205,11 @@ for j = 0, count - 1 do
     out[#out + 1] = 1
   else
     local ra = NOW
-    if ARGV[b + 8] ~= '' then ra = tonumber(ARGV[b + 8]) or NOW end
+    if ARGV[b + 5] ~= '' then ra = tonumber(ARGV[b + 5]) or NOW end
     local state = 'available'
     if ra > NOW then state = 'scheduled' end
     local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
-      'priority', ARGV[b + 3], 'attempt', 0, 'max_attempts', ARGV[b + 4], 'timeout_ms', ARGV[b + 5],
-      'backoff_base_ms', ARGV[b + 6], 'backoff_max_ms', ARGV[b + 7], 'run_at_ms', ra, 'created_at_ms', NOW}
+      'priority', ARGV[b + 3], 'attempt', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra, 'created_at_ms', NOW}
     if ukey ~= '' then h[#h + 1] = 'unique_key'; h[#h + 1] = ukey end
     redis.call('HSET', jkey(id), unpack(h))
     if state == 'available' then
@@ -228,20 +235,20 @@ return out
 "#;
 
 /// ARGV: prefix, project, name, has_supersede, supersede_key, has_unique, unique_key, then per
-/// step (topological order): name, kind, payload, priority, max_attempts, timeout_ms,
-/// backoff_base_ms, backoff_max_ms, run_at_ms, unique_key, needs JSON, dependents JSON, #needs.
+/// step (topological order): name, kind, payload, priority, policy, run_at_ms, unique_key,
+/// needs JSON, dependents JSON, #needs.
 const LUA_ENQUEUE_PIPELINE: &str = r#"
 local project, name = ARGV[2], ARGV[3]
 local has_sup, sup = ARGV[4] == '1', ARGV[5]
 local has_uniq, uniq = ARGV[6] == '1', ARGV[7]
-local N = 13
+local N = 10
 if has_uniq then
   local existing = redis.call('HGET', P .. ':punique', uniq)
   if existing then return {'dup', tonumber(existing)} end
 end
 local seenk = {}
 for b = 8, #ARGV, N do
-  local ukey = ARGV[b + 9]
+  local ukey = ARGV[b + 6]
   if ukey ~= '' then
     if seenk[ukey] or redis.call('HEXISTS', P .. ':unique', ukey) == 1 then return {'conflict', ARGV[b]} end
     seenk[ukey] = true
@@ -281,15 +288,14 @@ local j = 0
 for b = 8, #ARGV, N do
   local id = first + j
   j = j + 1
-  local kind, ukey, nneeds = ARGV[b + 1], ARGV[b + 9], tonumber(ARGV[b + 12]) or 0
+  local kind, ukey, nneeds = ARGV[b + 1], ARGV[b + 6], tonumber(ARGV[b + 9]) or 0
   local ra = NOW
-  if ARGV[b + 8] ~= '' then ra = tonumber(ARGV[b + 8]) or NOW end
+  if ARGV[b + 5] ~= '' then ra = tonumber(ARGV[b + 5]) or NOW end
   local state = 'available'
   if nneeds > 0 then state = 'pending' elseif ra > NOW then state = 'scheduled' end
   local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
-    'priority', ARGV[b + 3], 'attempt', 0, 'max_attempts', ARGV[b + 4], 'timeout_ms', ARGV[b + 5],
-    'backoff_base_ms', ARGV[b + 6], 'backoff_max_ms', ARGV[b + 7], 'run_at_ms', ra, 'created_at_ms', NOW,
-    'pipeline', pid, 'step', ARGV[b], 'needs', ARGV[b + 10], 'dependents', ARGV[b + 11], 'deps_remaining', nneeds}
+    'priority', ARGV[b + 3], 'attempt', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra, 'created_at_ms', NOW,
+    'pipeline', pid, 'step', ARGV[b], 'needs', ARGV[b + 7], 'dependents', ARGV[b + 8], 'deps_remaining', nneeds}
   if ukey ~= '' then
     h[#h + 1] = 'unique_key'; h[#h + 1] = ukey
     redis.call('HSET', P .. ':unique', ukey, id)
@@ -312,8 +318,8 @@ return out
 "#;
 
 /// ARGV: prefix, worker, lease_ms, limit, rotation, max_projects, kinds...
-/// Returns one array per claimed job: id, kind, project, payload, attempt, priority,
-/// max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, created_at_ms, run_at_ms, pipeline, step.
+/// Returns one array per claimed job: id, kind, project, payload, attempt, policy, created_at_ms,
+/// run_at_ms, pipeline, step.
 const LUA_CLAIM: &str = r#"
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
@@ -351,13 +357,8 @@ end
 local seenp, projects = {}, {}
 for _, kind in ipairs(kinds) do
   if #projects >= max_projects then break end
-  local sk = P .. ':projects:' .. kind
-  local members
-  if redis.call('SCARD', sk) <= max_projects then
-    members = redis.call('SMEMBERS', sk)
-  else
-    members = redis.call('SRANDMEMBER', sk, max_projects)
-  end
+  -- The whole set when it is small enough, else a random sample.
+  local members = redis.call('SRANDMEMBER', P .. ':projects:' .. kind, max_projects)
   for _, p in ipairs(members) do
     if not seenp[p] and #projects < max_projects then
       seenp[p] = true
@@ -459,8 +460,8 @@ for j = 1, n do
     for _, pk in ipairs(picked) do
       local id, kind = pk[1], pk[2]
       local k = jkey(id)
-      local f = redis.call('HMGET', k, 'state', 'payload', 'attempt', 'priority', 'max_attempts', 'timeout_ms',
-        'backoff_base_ms', 'backoff_max_ms', 'created_at_ms', 'run_at_ms', 'pipeline', 'step')
+      local f = redis.call('HMGET', k, 'state', 'payload', 'attempt', 'policy', 'created_at_ms', 'run_at_ms',
+        'pipeline', 'step')
       push(zrem_at, P .. ':avail_at:' .. kind, id)
       if f[1] == 'available' then
         local attempt = (tonumber(f[3]) or 0) + 1
@@ -472,7 +473,7 @@ for j = 1, n do
         used[p] = (used[p] or 0) + 1
         dchange(kind, p, 'available', -1)
         dchange(kind, p, 'running', 1)
-        out[#out + 1] = {tonumber(id), kind, p, f[2], attempt, f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]}
+        out[#out + 1] = {tonumber(id), kind, p, f[2], attempt, f[4], f[5], f[6], f[7], f[8]}
       end
     end
   end
@@ -511,9 +512,11 @@ batch('ZADD', P .. ':running', z)
 return out
 "#;
 
-/// ARGV: prefix, expired_only, then per ack: id, attempt, state, run_at_ms, has_error, error,
-/// meta ('1': the effects below were computed from the job's pipeline data), wake, succeeded
-/// check, stop state, stop reason, #released, released step names...
+/// States: completed, scheduled (retry), dead, cancelled, available (released).
+/// ARGV: prefix, expired_only, then per ack: id, attempt, and either `c` (completed, not known
+/// to be a pipeline step) or `x`, state, run_at_ms, has_error, error, meta ('1': the effects
+/// that follow were computed from the job's pipeline data), wake, succeeded check, stop state,
+/// stop reason, #released, released step names...
 /// Returns the ids deferred because their pipeline data was not supplied.
 const LUA_ACK: &str = r#"
 local expired_only = ARGV[2] == '1'
@@ -522,13 +525,22 @@ local zsched, zfin, zrun = {}, {}, {}
 local nrun = {}
 local released, stopped, succ, succ_seen, deferred = {}, {}, {}, {}, {}
 local wake = false
-while i + 11 <= #ARGV do
-  local id, attempt, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local meta, w = ARGV[i + 6], ARGV[i + 7]
-  local nrel = tonumber(ARGV[i + 11]) or 0
-  local rel_start = i + 12
+while i + 2 <= #ARGV do
+  local id, attempt = ARGV[i], ARGV[i + 1]
+  local state, run_at, has_err, err, meta, w, sflag, sstate, sreason = 'completed', '', '0', '', '0', '0', '0', '', ''
+  local nrel, rel_start = 0, 0
+  if ARGV[i + 2] == 'c' then
+    i = i + 3
+  else
+    state, run_at, has_err, err, meta = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+    w, sflag, sstate, sreason = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
+    nrel = tonumber(ARGV[i + 12]) or 0
+    rel_start = i + 13
+    i = rel_start + nrel
+  end
   local k = jkey(id)
-  local f = redis.call('HMGET', k, 'state', 'attempt', 'kind', 'project', 'pipeline', 'lease_expires_at_ms')
+  local f = redis.call('HMGET', k, 'state', 'attempt', 'kind', 'project', 'pipeline', 'lease_expires_at_ms',
+    'cancel_requested')
   if f[1] == 'running' and tonumber(f[2]) == tonumber(attempt)
      and ((not expired_only) or (tonumber(f[6]) or 0) < NOW) then
     local pid = f[5]
@@ -537,13 +549,20 @@ while i + 11 <= #ARGV do
       deferred[#deferred + 1] = tonumber(id)
     else
       local kind, project = f[3] or '', f[4] or ''
-      local h = {'state', state, 'worker', '', 'lease_expires_at_ms', '', 'cancel_requested', '0'}
-      if ARGV[i + 4] == '1' then h[#h + 1] = 'last_error'; h[#h + 1] = ARGV[i + 5] end
+      -- worker and lease_expires_at_ms only mean something while running; they are left as is.
+      local h = {'state', state}
+      if f[7] == '1' then h[3] = 'cancel_requested'; h[4] = '0' end
+      if has_err == '1' then h[#h + 1] = 'last_error'; h[#h + 1] = err end
       if state == 'scheduled' then
-        local ra = tonumber(ARGV[i + 3]) or NOW
+        local ra = tonumber(run_at) or NOW
         h[#h + 1] = 'run_at_ms'; h[#h + 1] = ra
         zsched[#zsched + 1] = ra
         zsched[#zsched + 1] = id
+      elseif state == 'available' then
+        -- Released unfinished: available again at once, and the attempt does not count.
+        local r = redis.call('HMGET', k, 'priority', 'run_at_ms')
+        h[#h + 1] = 'attempt'; h[#h + 1] = math.max((tonumber(f[2]) or 1) - 1, 0)
+        avail_add(id, kind, project, r[1], r[2])
       else
         h[#h + 1] = 'finished_at_ms'; h[#h + 1] = NOW
         zfin[#zfin + 1] = NOW
@@ -557,15 +576,14 @@ while i + 11 <= #ARGV do
       if w == '1' then wake = true end
       if pid then
         for r = rel_start, rel_start + nrel - 1 do released[#released + 1] = {pid, ARGV[r]} end
-        if ARGV[i + 8] == '1' and not succ_seen[pid] then
+        if sflag == '1' and not succ_seen[pid] then
           succ_seen[pid] = true
           succ[#succ + 1] = pid
         end
-        if ARGV[i + 9] ~= '' then stopped[#stopped + 1] = {pid, ARGV[i + 9], ARGV[i + 10]} end
+        if sstate ~= '' then stopped[#stopped + 1] = {pid, sstate, sreason} end
       end
     end
   end
-  i = rel_start + nrel
 end
 batch('ZREM', P .. ':running', zrun)
 batch('ZADD', P .. ':scheduled', zsched)
@@ -696,16 +714,15 @@ redis.call('PUBLISH', P .. ':wake', '')
 return {'ok'}
 "#;
 
-/// ARGV: prefix, limit. Returns now_ms, then per expired running job: id, attempt, priority,
-/// max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, pipeline, worker.
+/// ARGV: prefix, limit. Returns now_ms, then per expired running job: id, attempt, policy,
+/// pipeline, worker.
 const LUA_RESCUE_SCAN: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', string.format('(%.0f', NOW), 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {NOW}
 for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', jkey(id), 'state', 'attempt', 'priority', 'max_attempts', 'timeout_ms',
-    'backoff_base_ms', 'backoff_max_ms', 'pipeline', 'worker')
+  local f = redis.call('HMGET', jkey(id), 'state', 'attempt', 'policy', 'pipeline', 'worker')
   if f[1] == 'running' then
-    out[#out + 1] = {tonumber(id), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+    out[#out + 1] = {tonumber(id), f[2], f[3], f[4], f[5]}
   else
     redis.call('ZREM', P .. ':running', id)
   end
@@ -1028,6 +1045,11 @@ impl RedisQueue {
 /// Adds one ack's arguments; its pipeline effects come from [`Progress::of`] on the row the ack
 /// will leave, and the script applies them only if the ack applies.
 fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
+    inv.arg(ack.lease.job).arg(ack.lease.attempt);
+    if meta.is_none() && ack.outcome == Outcome::Completed {
+        inv.arg("c");
+        return;
+    }
     let state = ack.outcome.state();
     let row = AckedRow {
         pipeline: meta.and_then(|m| m.pipeline),
@@ -1037,8 +1059,7 @@ fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
     };
     let progress = Progress::of(std::slice::from_ref(&row));
     let stop = progress.stopped.first();
-    inv.arg(ack.lease.job)
-        .arg(ack.lease.attempt)
+    inv.arg("x")
         .arg(state.as_str())
         .arg(
             ack.outcome
@@ -1120,7 +1141,9 @@ fn opt_string(v: Value) -> Result<Option<String>> {
         Value::Int(i) => Ok(Some(i.to_string())),
         Value::Double(d) => Ok(Some(d.to_string())),
         Value::Okay => Ok(Some("OK".into())),
-        Value::Boolean(b) => Ok(Some(if b { "1" } else { "0" }.into())),
+        // Scripts return Lua `false` for absent fields: RESP2 nil, RESP3 boolean false.
+        Value::Boolean(false) => Ok(None),
+        Value::Boolean(true) => Ok(Some("1".into())),
         _ => Err(corrupt("unexpected nested value from Redis")),
     }
 }
@@ -1166,20 +1189,26 @@ fn payload(v: Option<String>, id: JobId) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|_| corrupt(format!("job {id} has an unreadable payload")))
 }
 
-fn policy_of(
-    priority: &Option<String>,
-    max_attempts: &Option<String>,
-    timeout_ms: &Option<String>,
-    base_ms: &Option<String>,
-    max_ms: &Option<String>,
-) -> Result<JobPolicy> {
-    Ok(JobPolicy::from_stored(
-        int(priority, "priority")?,
-        int(max_attempts, "max_attempts")?,
-        int(timeout_ms, "timeout_ms")?,
-        int(base_ms, "backoff_base_ms")?,
-        int(max_ms, "backoff_max_ms")?,
-    ))
+/// A job's policy as stored: `priority:max_attempts:timeout_ms:backoff_base_ms:backoff_max_ms`.
+fn policy_text(policy: &JobPolicy) -> String {
+    format!(
+        "{}:{}:{}:{}:{}",
+        policy.priority,
+        policy.max_attempts,
+        policy.timeout_ms(),
+        policy.backoff.base.as_millis(),
+        policy.backoff.max.as_millis()
+    )
+}
+
+fn policy_of(v: &Option<String>) -> Result<JobPolicy> {
+    let text = v.as_deref().ok_or_else(|| corrupt("policy is missing"))?;
+    let mut parts = text.split(':').map(|p| p.parse::<i64>());
+    let mut next = || match parts.next() {
+        Some(Ok(n)) => Ok(n),
+        _ => Err(corrupt("policy is unreadable")),
+    };
+    Ok(JobPolicy::from_stored(next()?, next()?, next()?, next()?, next()?))
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -1188,7 +1217,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
 
 fn claimed(v: Value) -> Result<ClaimedJob> {
     let mut f = strings(v, "claimed job")?;
-    if f.len() != 14 {
+    if f.len() != 10 {
         return Err(corrupt("claim reply has the wrong shape"));
     }
     let id = int(&f[0], "job id")?;
@@ -1198,25 +1227,21 @@ fn claimed(v: Value) -> Result<ClaimedJob> {
         project: req(f[2].take(), "project")?,
         payload: payload(f[3].take(), id)?,
         attempt: int(&f[4], "attempt")?.max(0) as u32,
-        policy: policy_of(&f[5], &f[6], &f[7], &f[8], &f[9])?,
-        created_at: ms_time(int(&f[10], "created_at")?, "created_at")?,
-        run_at: ms_time(int(&f[11], "run_at")?, "run_at")?,
-        pipeline: opt_int(&f[12], "pipeline")?,
-        step: non_empty(f[13].take()),
+        policy: policy_of(&f[5])?,
+        created_at: ms_time(int(&f[6], "created_at")?, "created_at")?,
+        run_at: ms_time(int(&f[7], "run_at")?, "run_at")?,
+        pipeline: opt_int(&f[8], "pipeline")?,
+        step: non_empty(f[9].take()),
     })
 }
 
-const JOB_FIELDS: [&str; 21] = [
+const JOB_FIELDS: [&str; 17] = [
     "kind",
     "project",
     "payload",
     "state",
-    "priority",
+    "policy",
     "attempt",
-    "max_attempts",
-    "timeout_ms",
-    "backoff_base_ms",
-    "backoff_max_ms",
     "run_at_ms",
     "created_at_ms",
     "attempted_at_ms",
@@ -1234,25 +1259,32 @@ fn record(id: JobId, mut f: Vec<Option<String>>) -> Result<JobRecord> {
     if f.len() != JOB_FIELDS.len() {
         return Err(corrupt("job reply has the wrong shape"));
     }
+    let state: JobState = req(f[3].take(), "state")?.parse()?;
+    // The worker and lease of a job are kept after it stops running; they only count while it runs.
+    let running = state == JobState::Running;
     Ok(JobRecord {
         id,
         kind: req(f[0].take(), "kind")?,
         project: req(f[1].take(), "project")?,
         payload: payload(f[2].take(), id)?,
-        state: req(f[3].take(), "state")?.parse()?,
+        state,
         attempt: int(&f[5], "attempt")?.max(0) as u32,
-        policy: policy_of(&f[4], &f[6], &f[7], &f[8], &f[9])?,
-        run_at: ms_time(int(&f[10], "run_at")?, "run_at")?,
-        created_at: ms_time(int(&f[11], "created_at")?, "created_at")?,
-        attempted_at: opt_time(&f[12], "attempted_at")?,
-        finished_at: opt_time(&f[13], "finished_at")?,
-        lease_expires_at: opt_time(&f[14], "lease_expires_at")?,
-        worker: non_empty(f[15].take()),
-        cancel_requested: f[16].as_deref() == Some("1"),
-        unique_key: f[17].take(),
-        pipeline: opt_int(&f[18], "pipeline")?,
-        step: non_empty(f[19].take()),
-        last_error: f[20].take(),
+        policy: policy_of(&f[4])?,
+        run_at: ms_time(int(&f[6], "run_at")?, "run_at")?,
+        created_at: ms_time(int(&f[7], "created_at")?, "created_at")?,
+        attempted_at: opt_time(&f[8], "attempted_at")?,
+        finished_at: opt_time(&f[9], "finished_at")?,
+        lease_expires_at: if running {
+            opt_time(&f[10], "lease_expires_at")?
+        } else {
+            None
+        },
+        worker: if running { non_empty(f[11].take()) } else { None },
+        cancel_requested: f[12].as_deref() == Some("1"),
+        unique_key: f[13].take(),
+        pipeline: opt_int(&f[14], "pipeline")?,
+        step: non_empty(f[15].take()),
+        last_error: f[16].take(),
     })
 }
 
@@ -1315,10 +1347,7 @@ impl Backend for RedisQueue {
                         .arg(&job.project)
                         .arg(payload)
                         .arg(job.policy.priority)
-                        .arg(job.policy.max_attempts)
-                        .arg(job.policy.timeout_ms())
-                        .arg(job.policy.backoff.base.as_millis() as i64)
-                        .arg(job.policy.backoff.max.as_millis() as i64)
+                        .arg(policy_text(&job.policy))
                         .arg(job.run_at.map(|t| t.timestamp_millis().to_string()).unwrap_or_default())
                         .arg(job.unique_key.as_deref().unwrap_or_default());
                 }
@@ -1371,10 +1400,7 @@ impl Backend for RedisQueue {
                 .arg(&job.kind)
                 .arg(payload)
                 .arg(job.policy.priority)
-                .arg(job.policy.max_attempts)
-                .arg(job.policy.timeout_ms())
-                .arg(job.policy.backoff.base.as_millis() as i64)
-                .arg(job.policy.backoff.max.as_millis() as i64)
+                .arg(policy_text(&job.policy))
                 .arg(job.run_at.map(|t| t.timestamp_millis().to_string()).unwrap_or_default())
                 .arg(job.unique_key.as_deref().unwrap_or_default())
                 .arg(needs)
@@ -1521,14 +1547,14 @@ impl Backend for RedisQueue {
         let mut acks = Vec::new();
         for row in rows {
             let f = strings(row, "expired job")?;
-            if f.len() != 9 {
+            if f.len() != 5 {
                 return Err(corrupt("rescue reply has the wrong shape"));
             }
             let id = int(&f[0], "job id")?;
             let attempt = int(&f[1], "attempt")?.max(0) as u32;
-            let policy = policy_of(&f[2], &f[3], &f[4], &f[5], &f[6])?;
-            let pipeline = opt_int(&f[7], "pipeline")?;
-            let worker = f[8].as_deref().filter(|w| !w.is_empty()).unwrap_or("?");
+            let policy = policy_of(&f[2])?;
+            let pipeline = opt_int(&f[3], "pipeline")?;
+            let worker = f[4].as_deref().filter(|w| !w.is_empty()).unwrap_or("?");
             let error = format!("lease expired: worker {worker} stopped heartbeating (crashed, killed or cut off)");
             let outcome = Outcome::failure(attempt, &policy, error, now);
             match outcome {
@@ -1600,7 +1626,7 @@ impl Backend for RedisQueue {
             .arg(id)
             .invoke_async(&mut self.con())
             .await?;
-        if v == Value::Nil {
+        if matches!(v, Value::Nil | Value::Boolean(false)) {
             return Ok(None);
         }
         let mut parts = array(v, "pipeline reply")?.into_iter();
@@ -2274,105 +2300,64 @@ mod tests {
         assert!(!message.contains("s3cretpw"), "{message}");
     }
 
-    /// Drain throughput with 32 concurrent claimers (run with `--ignored --nocapture`).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn bench_drain() {
-        let q = Arc::new(queue().await);
-        let n = 20_000;
-        let start = std::time::Instant::now();
-        q.enqueue(
-            (0..n)
-                .map(|i| NewJob::new("noop", format!("p{}", i % 4), json!({ "i": i })))
-                .collect(),
-        )
-        .await
-        .unwrap();
-        eprintln!("enqueue {n}: {:?}", start.elapsed());
-        let _: Value = ::redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(&mut q.con())
+    #[tokio::test]
+    async fn delayed_jobs_become_due_and_prune_spares_running_pipelines() {
+        let q = queue().await;
+        assert!(q.job(42).await.unwrap().is_none());
+        assert!(q.pipeline(42).await.unwrap().is_none());
+        let soon = Utc::now() + chrono::Duration::milliseconds(300);
+        let id = q
+            .enqueue(vec![NewJob::new("k", "p", json!(1)).run_at(soon)])
+            .await
+            .unwrap()[0]
+            .id;
+        assert!(q.claim(&request(&["k"], 10)).await.unwrap().is_empty());
+        assert_eq!(count(&q.stats().await.unwrap(), "k", "p", JobState::Scheduled), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let got = q.claim(&request(&["k"], 10)).await.unwrap();
+        assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(got[0].run_at.timestamp_millis(), soon.timestamp_millis());
+        complete(&q, &got).await;
+
+        let run = q
+            .enqueue_pipeline(NewPipeline {
+                project: "p".into(),
+                name: "t".into(),
+                supersede_key: None,
+                unique_key: None,
+                steps: vec![step("a", &[]), step("b", &["a"])],
+            })
             .await
             .unwrap();
-        let start = std::time::Instant::now();
-        let done = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for w in 0..32 {
-            let q = q.clone();
-            let done = done.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut req = request(
-                    &["noop"],
-                    std::env::var("BENCH_BATCH")
-                        .ok()
-                        .and_then(|b| b.parse().ok())
-                        .unwrap_or(8),
-                );
-                req.worker = format!("w{w}");
-                loop {
-                    let got = q.claim(&req).await.unwrap();
-                    if got.is_empty() {
-                        break;
-                    }
-                    done.fetch_add(got.len(), Ordering::Relaxed);
-                    complete(&q, &got).await;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = start.elapsed();
-        eprintln!(
-            "drained {} in {elapsed:?}: {:.0} jobs/s",
-            done.load(Ordering::Relaxed),
-            n as f64 / elapsed.as_secs_f64()
+        complete(&q, &q.claim(&request(&["a"], 10)).await.unwrap()).await;
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        // The plain job goes; step `a` stays while its run is still going.
+        assert_eq!(q.prune(later).await.unwrap(), 1);
+        assert!(q.job(id).await.unwrap().is_none());
+        assert_eq!(q.pipeline(run.id).await.unwrap().unwrap().steps.len(), 2);
+        complete(&q, &q.claim(&request(&["b"], 10)).await.unwrap()).await;
+        assert_eq!(
+            q.pipeline(run.id).await.unwrap().unwrap().state,
+            PipelineState::Succeeded
         );
-        let info: String = ::redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut q.con())
-            .await
-            .unwrap();
-        for line in info
-            .lines()
-            .filter(|l| l.contains("evalsha") || l.contains("cmdstat_eval"))
-        {
-            eprintln!("{line}");
-        }
+        assert_eq!(q.prune(later).await.unwrap(), 2);
+        assert!(q.pipeline(run.id).await.unwrap().is_none());
+        assert_eq!(q.prune(later).await.unwrap(), 0);
         cleanup(&q).await;
     }
 
-    /// Server time of claims and acks measured apart (run with `--ignored --nocapture`).
     #[tokio::test]
-    #[ignore]
-    async fn bench_split() {
+    async fn released_jobs_return_without_spending_an_attempt() {
         let q = queue().await;
-        let n = 20_000;
-        q.enqueue((0..n).map(|i| NewJob::new("noop", "p", json!({ "i": i }))).collect())
-            .await
-            .unwrap();
-        let stat = |q: &RedisQueue| {
-            let mut con = q.con();
-            async move {
-                let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
-                let _: Value = ::redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut con).await.unwrap();
-                info.lines().filter(|l| l.contains("evalsha")).map(String::from).collect::<Vec<_>>()
-            }
-        };
-        stat(&q).await;
-        let mut all = Vec::new();
-        loop {
-            let got = q.claim(&request(&["noop"], 32)).await.unwrap();
-            if got.is_empty() {
-                break;
-            }
-            all.extend(got);
-        }
-        eprintln!("claim: {:?}", stat(&q).await);
-        for chunk in all.chunks(32) {
-            complete(&q, chunk).await;
-        }
-        eprintln!("ack: {:?}", stat(&q).await);
+        let id = q.enqueue(vec![NewJob::new("k", "p", json!(1))]).await.unwrap()[0].id;
+        let job = q.claim(&request(&["k"], 1)).await.unwrap().remove(0);
+        q.acknowledge(vec![Ack::new(&job, Outcome::Released)]).await.unwrap();
+        let record = q.job(id).await.unwrap().unwrap();
+        assert_eq!((record.state, record.attempt), (JobState::Available, 0));
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "k", "p", JobState::Available), 1);
+        assert_eq!(count(&stats, "k", "p", JobState::Running), 0);
+        assert_eq!(q.claim(&request(&["k"], 1)).await.unwrap()[0].attempt, 1);
         cleanup(&q).await;
     }
 }

@@ -174,7 +174,9 @@ impl SqliteQueue {
                 needs: &planned.step.needs,
                 dependents: &planned.dependents,
             };
-            insert_job(conn, &planned.step.job, now, Some(step)).await?;
+            if insert_job(conn, &planned.step.job, now, Some(step)).await?.duplicate {
+                return Err(crate::postgres::step_key_taken(&planned.step.name));
+            }
         }
         self.wake();
         Ok(PipelineEnqueued {

@@ -97,6 +97,36 @@ async fn unique_keys_give_one_job(q: Arc<dyn Backend>) {
     assert_eq!(claim(&q, 10).await.len(), 2);
 }
 
+async fn a_key_repeated_within_one_batch_gives_one_job(q: Arc<dyn Backend>) {
+    let out = q
+        .enqueue(vec![
+            job("noop", "p").unique_key("k"),
+            job("noop", "p"),
+            job("noop", "p").unique_key("k"),
+        ])
+        .await
+        .unwrap();
+    assert!(!out[0].duplicate && !out[1].duplicate);
+    assert_eq!((out[2].id, out[2].duplicate), (out[0].id, true));
+    assert_eq!(claim(&q, 10).await.len(), 2);
+}
+
+async fn a_step_whose_unique_key_is_taken_rejects_the_whole_pipeline(q: Arc<dyn Backend>) {
+    q.enqueue(vec![job("a", "proj").unique_key("taken")]).await.unwrap();
+    let mut p = diamond(None);
+    p.steps[2].job = p.steps[2].job.clone().unique_key("taken");
+    let err = q.enqueue_pipeline(p).await.unwrap_err();
+    assert!(matches!(err, QueueError::InvalidPipeline(_)), "{err}");
+    assert!(err.to_string().contains("step `c`"), "{err}");
+    let claimed = claim(&q, 10).await;
+    assert_eq!(
+        claimed.len(),
+        1,
+        "only the first job exists; nothing of the pipeline was written"
+    );
+    assert_eq!(claimed[0].pipeline, None);
+}
+
 async fn higher_priority_runs_first(q: Arc<dyn Backend>) {
     q.enqueue(vec![job("noop", "p").with_priority(9)]).await.unwrap();
     let urgent = q.enqueue(vec![job("noop", "p").with_priority(0)]).await.unwrap();
@@ -525,7 +555,7 @@ macro_rules! on_every_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::common::sqlite().await).await })*
         }
-        #[cfg(any())] mod redis {
+        mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::common::redis().await).await })*
         }
@@ -536,6 +566,8 @@ on_every_backend!(
     enqueue_claim_ack_roundtrip,
     claims_only_kinds_the_worker_handles,
     unique_keys_give_one_job,
+    a_key_repeated_within_one_batch_gives_one_job,
+    a_step_whose_unique_key_is_taken_rejects_the_whole_pipeline,
     higher_priority_runs_first,
     delayed_jobs_wait_for_run_at,
     retries_back_off_then_die_and_can_be_retried,

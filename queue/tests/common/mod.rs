@@ -58,7 +58,6 @@ pub async fn sqlite() -> Arc<dyn Backend> {
     )
 }
 
-#[cfg(any())]
 pub async fn redis() -> Arc<dyn Backend> {
     Arc::new(
         enclii_queue::redis::RedisQueue::connect_with_prefix(&redis_url(), &unique("rh_test"))
