@@ -169,7 +169,9 @@ pub async fn open_backend(kind: BackendKind, url: &str, prefix: &str, max_conns:
 
 /// Opens the Redis queue with all its keys under `{prefix}:`.
 async fn open_redis(url: &str, prefix: &str) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(enclii_queue::redis::RedisQueue::connect_with_prefix(url, prefix).await?))
+    Ok(Arc::new(
+        enclii_queue::redis::RedisQueue::connect_with_prefix(url, prefix).await?,
+    ))
 }
 
 #[cfg(test)]

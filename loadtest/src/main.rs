@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// file). Redis: the server (default redis://127.0.0.1:6379); keys get a fresh prefix.
     #[arg(long)]
     pub url: Option<String>,
+    /// Jobs claimed ahead of free handler slots (default: equal to --concurrency).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Connection pool size of the queue backend (PostgreSQL).
     #[arg(long, default_value_t = 16)]
     pub max_conns: u32,
@@ -112,6 +115,8 @@ pub struct ChildArgs {
     pub prefix: String,
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     #[arg(long, default_value_t = 16)]
     pub max_conns: u32,
     #[arg(long)]
@@ -120,12 +125,17 @@ pub struct ChildArgs {
     pub rescue_ms: Option<u64>,
 }
 
-/// The load test's worker tuning: the defaults, with `concurrency` (and equal prefetch) and
-/// optionally a shorter lease and rescue period.
-pub fn worker_config(concurrency: usize, lease_ms: Option<u64>, rescue_ms: Option<u64>) -> WorkerConfig {
+/// The load test's worker tuning: the defaults, with `concurrency` (and by default equal prefetch)
+/// and optionally a shorter lease and rescue period.
+pub fn worker_config(
+    concurrency: usize,
+    prefetch: Option<usize>,
+    lease_ms: Option<u64>,
+    rescue_ms: Option<u64>,
+) -> WorkerConfig {
     let mut config = WorkerConfig {
         concurrency,
-        prefetch: concurrency,
+        prefetch: prefetch.unwrap_or(concurrency),
         ..WorkerConfig::default()
     };
     if let Some(ms) = lease_ms {
@@ -142,7 +152,7 @@ pub fn worker_config(concurrency: usize, lease_ms: Option<u64>, rescue_ms: Optio
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error")))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

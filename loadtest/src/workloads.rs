@@ -167,7 +167,10 @@ async fn poll_until(deadline: Instant, every: Duration, mut cond: impl FnMut() -
 /// Polls `stats()` until nothing is unfinished; returns what is left.
 async fn settle(backend: &dyn Backend, deadline: Instant) -> Result<u64> {
     loop {
-        let left = count_in(backend, &UNFINISHED).await?;
+        let left = retrying("reading queue stats", || async {
+            Ok(count_in(backend, &UNFINISHED).await?)
+        })
+        .await?;
         if left == 0 || Instant::now() >= deadline {
             return Ok(left);
         }
@@ -230,7 +233,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let worker = InProcess::start(
         metered,
         state.clone(),
-        worker_config(concurrency, args.lease_ms, args.rescue_ms),
+        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
     );
     let deadline = Instant::now() + Duration::from_secs(deadline_s);
     state.wait_all(deadline).await;
@@ -245,6 +248,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
+        "prefetch": args.prefetch.unwrap_or(concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": per_s(n, drain),
         "enqueue_s": round3(enqueue_busy.as_secs_f64()),
@@ -282,7 +286,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let worker = InProcess::start(
         metered,
         state.clone(),
-        worker_config(concurrency, args.lease_ms, args.rescue_ms),
+        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
     );
     // Let the worker issue its first (empty) claim and start waiting for work.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -345,6 +349,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
+        "prefetch": args.prefetch.unwrap_or(concurrency),
         "target_rate": rate,
         "enqueue_jobs_per_s": per_s(n, produced),
         "drain_jobs_per_s": per_s(n, drain),
@@ -385,7 +390,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     let worker = InProcess::start(
         metered,
         state.clone(),
-        worker_config(concurrency, args.lease_ms, args.rescue_ms),
+        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
     );
     let (a_busy, _) = enqueue_chunks(&*backend, a_chunks).await?;
     let b_enqueued_at = base.elapsed();
@@ -406,6 +411,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
+        "prefetch": args.prefetch.unwrap_or(concurrency),
         "enqueue_jobs_per_s": per_s(n, a_busy + b_busy),
         "drain_jobs_per_s": per_s(n, drain),
     }));
@@ -426,6 +432,40 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     Ok(out)
 }
 
+/// The path of this program. When it was rebuilt while running (cargo replaces the file), the
+/// link names a deleted file: use the new one at the same path.
+fn this_binary() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(path) => Ok(path.into()),
+        None => Ok(exe),
+    }
+}
+
+/// Retries a read used for polling through transient errors (e.g. SQLite's busy lock) for up to
+/// 5 s before giving up.
+async fn retrying<T, F, Fut>(what: &str, mut read: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        match read().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < give_up => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.context(what.to_string())),
+        }
+    }
+}
+
 /// A worker child process of `crash`.
 struct Child {
     process: tokio::process::Child,
@@ -433,7 +473,7 @@ struct Child {
 
 impl Child {
     fn spawn(args: &RunArgs, env: &Env, concurrency: usize) -> Result<Child> {
-        let exe = std::env::current_exe().context("locating this binary")?;
+        let exe = this_binary()?;
         let mut command = tokio::process::Command::new(exe);
         command
             .arg("worker")
@@ -441,6 +481,9 @@ impl Child {
             .args(["--prefix", &env.prefix])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--max-conns", &args.max_conns.to_string()]);
+        if let Some(n) = args.prefetch {
+            command.args(["--prefetch", &n.to_string()]);
+        }
         if let Some(ms) = args.lease_ms {
             command.args(["--lease-ms", &ms.to_string()]);
         }
@@ -464,6 +507,13 @@ impl Child {
     }
 }
 
+async fn running(backend: &dyn Backend) -> Result<u64> {
+    retrying("reading queue stats", || async {
+        Ok(count_in(backend, &[JobState::Running]).await?)
+    })
+    .await
+}
+
 async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
     let n = args.jobs.unwrap_or(64);
     let concurrency = args.concurrency.unwrap_or(64);
@@ -480,7 +530,7 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
     let first = Child::spawn(args, env, concurrency)?;
     let wait_start = Instant::now() + Duration::from_secs(30);
     loop {
-        if count_in(&*backend, &[JobState::Running]).await? > 0 {
+        if running(&*backend).await? > 0 {
             break;
         }
         if Instant::now() >= wait_start {
@@ -490,17 +540,21 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(args.kill_after_ms)).await;
-    let running_at_kill = count_in(&*backend, &[JobState::Running]).await?;
+    let running_at_kill = running(&*backend).await?;
     first.kill().await?;
     let killed = Instant::now();
     let killed_us = now_us();
-    let completed_before_kill = store.all().await?.len();
+    let completed_before_kill = retrying("reading completions", || store.all()).await?.len();
 
     let second = Child::spawn(args, env, concurrency)?;
     let deadline = killed + Duration::from_secs(deadline_s);
     let wanted: std::collections::HashSet<i64> = ids.iter().copied().collect();
     loop {
-        let done: std::collections::HashSet<i64> = store.all().await?.iter().map(|c| c.job).collect();
+        let done: std::collections::HashSet<i64> = retrying("reading completions", || store.all())
+            .await?
+            .iter()
+            .map(|c| c.job)
+            .collect();
         if wanted.is_subset(&done) || Instant::now() >= deadline {
             break;
         }
@@ -510,7 +564,7 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
     let unfinished = settle(&*backend, Instant::now() + Duration::from_secs(10)).await?;
     second.kill().await?;
 
-    let completions = store.all().await?;
+    let completions = retrying("reading completions", || store.all()).await?;
     store.close().await;
     let mut runs: HashMap<i64, u32> = HashMap::new();
     for c in &completions {
@@ -533,10 +587,11 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
             .map_or("missing".to_string(), |j| j.state.to_string());
         *states.entry(state).or_default() += 1;
     }
-    let config = worker_config(concurrency, args.lease_ms, args.rescue_ms);
+    let config = worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms);
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
+        "prefetch": args.prefetch.unwrap_or(concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": last_done_us.and_then(|t| {
             let s = (t - enqueued_us) as f64 / 1e6;
@@ -569,7 +624,7 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
 pub async fn child_worker(args: ChildArgs) -> Result<()> {
     let backend = open_backend(args.backend, &args.url, &args.prefix, args.max_conns).await?;
     let store = Store::connect(args.backend, &args.url, &args.prefix).await?;
-    let config = worker_config(args.concurrency, args.lease_ms, args.rescue_ms);
+    let config = worker_config(args.concurrency, args.prefetch, args.lease_ms, args.rescue_ms);
     let worker = Worker::new(backend, registry(None, Some(store)), config);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -1,8 +1,9 @@
 //! Runs the built `loadtest crash` against SQLite and PostgreSQL with a short lease and checks that
 //! a worker killed with SIGKILL mid-flight loses no job and runs none twice to completion.
 //!
-//! The PostgreSQL case needs a server at postgres://postgres@127.0.0.1:5432 (or `LOADTEST_PG_URL`);
-//! it is skipped, with a message, when none answers.
+//! The PostgreSQL case needs a server at postgres://postgres@127.0.0.1:5432 (or `LOADTEST_PG_URL`),
+//! the Redis case one at redis://127.0.0.1:6379 (or `LOADTEST_REDIS_URL`); each is skipped, with a
+//! message, when its server does not answer.
 
 use std::process::Command;
 
@@ -55,27 +56,35 @@ fn crash_recovery_on_sqlite_loses_and_duplicates_nothing() {
 #[test]
 fn crash_recovery_on_postgres_loses_and_duplicates_nothing() {
     let url = std::env::var("LOADTEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let reachable = std::net::TcpStream::connect_timeout(
-        &pg_addr(&url).parse().expect("host:port"),
-        std::time::Duration::from_secs(1),
-    )
-    .is_ok();
-    if !reachable {
-        eprintln!("skipping: no PostgreSQL at {}", pg_addr(&url));
-        return;
+    if reachable(&url, 5432) {
+        check(&crash("postgres", Some(&url)), "postgres");
     }
-    check(&crash("postgres", Some(&url)), "postgres");
 }
 
-/// `postgres://user@host:port/db` → `host:port` (port 5432 when absent).
-fn pg_addr(url: &str) -> String {
+#[test]
+fn crash_recovery_on_redis_loses_and_duplicates_nothing() {
+    let url = std::env::var("LOADTEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if reachable(&url, 6379) {
+        check(&crash("redis", Some(&url)), "redis");
+    }
+}
+
+/// Whether the server of `scheme://[user@]host[:port]/…` accepts a TCP connection.
+fn reachable(url: &str, default_port: u16) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host_port = host_port.replace("localhost", "127.0.0.1");
-    if host_port.contains(':') {
-        host_port
+    let addr = if host_port.contains(':') {
+        host_port.to_string()
     } else {
-        format!("{host_port}:5432")
+        format!("{host_port}:{default_port}")
+    };
+    let ok = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
+    if !ok {
+        eprintln!("skipping: nothing answers at {addr}");
     }
+    ok
 }
