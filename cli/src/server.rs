@@ -155,12 +155,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     if args.runs(Role::Worker) {
         let config = WorkerConfig {
-            concurrency: args.concurrency.max(1),
-            prefetch: args.concurrency.max(1),
             lease: Duration::from_secs(args.lease_seconds.max(2)),
             heartbeat_every: Duration::from_secs(args.lease_seconds.max(2)) / 4,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-            ..WorkerConfig::default()
+            ..WorkerConfig::with_concurrency(args.concurrency)
         };
         let worker = Worker::new(backend.clone(), registry(), config);
         let token = shutdown.clone();

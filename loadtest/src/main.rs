@@ -125,19 +125,18 @@ pub struct ChildArgs {
     pub rescue_ms: Option<u64>,
 }
 
-/// The load test's worker tuning: the defaults, with `concurrency` (and by default equal prefetch)
-/// and optionally a shorter lease and rescue period.
+/// The load test's worker tuning: the defaults for `concurrency` (adaptive prefetch of at most
+/// twice that, unless `--prefetch` caps it), optionally a shorter lease and rescue period.
 pub fn worker_config(
     concurrency: usize,
     prefetch: Option<usize>,
     lease_ms: Option<u64>,
     rescue_ms: Option<u64>,
 ) -> WorkerConfig {
-    let mut config = WorkerConfig {
-        concurrency,
-        prefetch: prefetch.unwrap_or(concurrency),
-        ..WorkerConfig::default()
-    };
+    let mut config = WorkerConfig::with_concurrency(concurrency);
+    if let Some(prefetch) = prefetch {
+        config.prefetch = prefetch;
+    }
     if let Some(ms) = lease_ms {
         config.lease = Duration::from_millis(ms.max(4));
         config.heartbeat_every = config.heartbeat_every.min(config.lease / 4);

@@ -248,7 +248,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "prefetch": args.prefetch.unwrap_or(concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": per_s(n, drain),
         "enqueue_s": round3(enqueue_busy.as_secs_f64()),
@@ -349,7 +349,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "prefetch": args.prefetch.unwrap_or(concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
         "target_rate": rate,
         "enqueue_jobs_per_s": per_s(n, produced),
         "drain_jobs_per_s": per_s(n, drain),
@@ -411,7 +411,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "prefetch": args.prefetch.unwrap_or(concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
         "enqueue_jobs_per_s": per_s(n, a_busy + b_busy),
         "drain_jobs_per_s": per_s(n, drain),
     }));
@@ -591,7 +591,7 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "prefetch": args.prefetch.unwrap_or(concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": last_done_us.and_then(|t| {
             let s = (t - enqueued_us) as f64 / 1e6;

@@ -130,6 +130,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn wait_for_work(&self, timeout: Duration);
 }
 
+/// Wakes a waiting claim loop when work may have arrived.
+///
+/// One notification wakes one waiter, or — if none is waiting because the loop is busy claiming —
+/// is kept for its next wait, so nothing is missed and nothing is claimed for twice.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeup(tokio::sync::Notify);
+
+impl Wakeup {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    pub async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.notified()).await;
+    }
+}
+
 /// Most projects considered in one claim; more are served in rotation over later claims.
 pub(crate) const MAX_PROJECTS_PER_CLAIM: usize = 256;
 

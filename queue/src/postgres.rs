@@ -15,11 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::Notify;
 
 use crate::backend::{
     Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
-    QueueStats, RescueReport, fair_quotas, refill_tokens, room,
+    QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
@@ -45,7 +44,7 @@ pub(crate) fn step_key_taken(step: &str) -> QueueError {
 
 pub struct PostgresQueue {
     pool: PgPool,
-    notify: Arc<Notify>,
+    notify: Arc<Wakeup>,
     rotation: AtomicUsize,
     last_promotion_ms: AtomicI64,
     listener: tokio::task::JoinHandle<()>,
@@ -79,7 +78,7 @@ impl PostgresQueue {
             backend: NAME,
             message: format!("migration failed: {e}"),
         })?;
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Wakeup::default());
         let listener = tokio::spawn(listen(pool.clone(), notify.clone()));
         Ok(Self {
             pool,
@@ -216,7 +215,7 @@ impl PostgresQueue {
     }
 }
 
-async fn listen(pool: PgPool, notify: Arc<Notify>) {
+async fn listen(pool: PgPool, notify: Arc<Wakeup>) {
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -224,10 +223,9 @@ async fn listen(pool: PgPool, notify: Arc<Notify>) {
                     tracing::warn!(error = %e, "LISTEN failed; workers fall back to polling");
                 } else {
                     // Wake pollers after a (re)connect: notifications may have been missed.
-                    notify.notify_waiters();
+                    notify.wake();
                     while listener.recv().await.is_ok() {
-                        notify.notify_waiters();
-                        notify.notify_one();
+                        notify.wake();
                     }
                 }
             }
@@ -468,6 +466,39 @@ async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -
     Ok(())
 }
 
+/// Leases up to each project's quota of available jobs, by priority then age, in one statement.
+async fn take<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    quotas: &[(String, u32)],
+    request: &ClaimRequest,
+) -> Result<Vec<ClaimedJob>> {
+    if quotas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH quota AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(project, n)),
+              picked AS (
+                  SELECT c.id FROM quota q CROSS JOIN LATERAL (
+                      SELECT id FROM roundhouse_jobs
+                      WHERE state = 'available' AND project = q.project AND kind = ANY($3)
+                      ORDER BY priority, id LIMIT q.n FOR UPDATE SKIP LOCKED) c)
+         UPDATE roundhouse_jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $4,
+             attempted_at = now(), lease_expires_at = now() + $5 * interval '1 millisecond'
+         FROM picked WHERE j.id = picked.id
+         RETURNING {CLAIMED_COLUMNS}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(quotas.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
+        .bind(quotas.iter().map(|(_, n)| *n as i32).collect::<Vec<_>>())
+        .bind(&request.kinds)
+        .bind(&request.worker)
+        .bind(request.lease.as_millis() as i64)
+        .fetch_all(conn)
+        .await
+        .map_err(err)?;
+    rows.iter().map(claimed).collect()
+}
+
 fn claimed(row: &PgRow) -> Result<ClaimedJob> {
     Ok(ClaimedJob {
         id: row.try_get("id").map_err(err)?,
@@ -549,25 +580,39 @@ impl Backend for PostgresQueue {
             return Ok(Vec::new());
         }
         self.promote_due().await?;
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let conn: &mut PgConnection = &mut tx;
-        // Distinct projects with available work: a loose index scan, one probe per project.
-        let projects: Vec<String> = sqlx::query_scalar(
+        // Distinct projects with available work (a loose index scan, one probe per project), and
+        // whether any of them has limits.
+        let rows = sqlx::query(
             "WITH RECURSIVE p(project) AS (
                  (SELECT project FROM roundhouse_jobs WHERE state = 'available' ORDER BY project LIMIT 1)
                  UNION ALL
                  SELECT (SELECT j.project FROM roundhouse_jobs j WHERE j.state = 'available' AND j.project > p.project
                          ORDER BY j.project LIMIT 1)
                  FROM p WHERE p.project IS NOT NULL)
-             SELECT project FROM p WHERE project IS NOT NULL LIMIT $1",
+             SELECT p.project, EXISTS (SELECT 1 FROM roundhouse_project_limits l WHERE l.project = p.project) AS limited
+             FROM p WHERE p.project IS NOT NULL LIMIT $1",
         )
         .bind(MAX_PROJECTS_PER_CLAIM as i64)
-        .fetch_all(&mut *conn)
+        .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        if projects.is_empty() {
-            return Ok(Vec::new());
+        let mut projects = Vec::with_capacity(rows.len());
+        let mut any_limited = false;
+        for row in &rows {
+            projects.push(row.try_get::<String, _>("project").map_err(err)?);
+            any_limited |= row.try_get::<bool, _>("limited").map_err(err)?;
         }
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        if !any_limited {
+            // The common case: one autocommit statement; SKIP LOCKED keeps concurrent claims apart.
+            let candidates: Vec<Candidate> = projects
+                .into_iter()
+                .map(|project| Candidate { project, room: None })
+                .collect();
+            return take(&self.pool, &fair_quotas(&candidates, request.limit, rotation), request).await;
+        }
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let conn: &mut PgConnection = &mut tx;
         // Lock the limits of these projects first, then count their running jobs in a later
         // statement, whose snapshot sees every claim committed before the lock was granted.
         let limit_rows = sqlx::query(
@@ -617,7 +662,10 @@ impl Backend for PostgresQueue {
             .await
             .map_err(err)?
             {
-                running.insert(row.try_get::<String, _>("project").map_err(err)?, row.try_get::<i64, _>("n").map_err(err)? as u64);
+                running.insert(
+                    row.try_get::<String, _>("project").map_err(err)?,
+                    row.try_get::<i64, _>("n").map_err(err)? as u64,
+                );
             }
         }
         let candidates: Vec<Candidate> = projects
@@ -629,33 +677,7 @@ impl Backend for PostgresQueue {
                     .and_then(|(limits, tokens, _)| room(limits, running.get(project).copied().unwrap_or(0), *tokens)),
             })
             .collect();
-        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let quotas = fair_quotas(&candidates, request.limit, rotation);
-        if quotas.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "WITH quota AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(project, n)),
-                  picked AS (
-                      SELECT c.id FROM quota q CROSS JOIN LATERAL (
-                          SELECT id FROM roundhouse_jobs
-                          WHERE state = 'available' AND project = q.project AND kind = ANY($3)
-                          ORDER BY priority, id LIMIT q.n FOR UPDATE SKIP LOCKED) c)
-             UPDATE roundhouse_jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $4,
-                 attempted_at = now(), lease_expires_at = now() + $5 * interval '1 millisecond'
-             FROM picked WHERE j.id = picked.id
-             RETURNING {CLAIMED_COLUMNS}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(quotas.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
-            .bind(quotas.iter().map(|(_, n)| *n as i32).collect::<Vec<_>>())
-            .bind(&request.kinds)
-            .bind(&request.worker)
-            .bind(request.lease.as_millis() as i64)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
-        let jobs = rows.iter().map(claimed).collect::<Result<Vec<_>>>()?;
+        let jobs = take(&mut *conn, &fair_quotas(&candidates, request.limit, rotation), request).await?;
         // Spend rate-limit tokens for what was claimed.
         let spent: Vec<(String, f64, DateTime<Utc>)> = limited
             .iter()
@@ -997,6 +1019,6 @@ impl Backend for PostgresQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+        self.notify.wait(timeout).await;
     }
 }

@@ -42,11 +42,10 @@ use ::redis::{Script, ScriptInvocation, Value};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 use crate::backend::{
     Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits, QueueStats,
-    RescueReport,
+    RescueReport, Wakeup,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{
@@ -889,7 +888,7 @@ pub struct RedisQueue {
     con: ConnectionManager,
     prefix: String,
     scripts: Scripts,
-    notify: Arc<Notify>,
+    notify: Arc<Wakeup>,
     rotation: AtomicUsize,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -928,7 +927,7 @@ impl RedisQueue {
         for script in scripts.all() {
             script.load_async(&mut con).await.map_err(|e| unavailable(url, &e))?;
         }
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Wakeup::default());
         let channel = format!("{prefix}:wake");
         let listener = tokio::spawn(listen(client, channel, notify.clone()));
         Ok(Self {
@@ -1080,17 +1079,16 @@ fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
     }
 }
 
-async fn listen(client: ::redis::Client, channel: String, notify: Arc<Notify>) {
+async fn listen(client: ::redis::Client, channel: String, notify: Arc<Wakeup>) {
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     // Wake pollers after a (re)connect: messages may have been missed.
-                    notify.notify_waiters();
+                    notify.wake();
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
-                        notify.notify_waiters();
-                        notify.notify_one();
+                        notify.wake();
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "SUBSCRIBE failed; workers fall back to polling"),
@@ -1728,7 +1726,7 @@ impl Backend for RedisQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+        self.notify.wait(timeout).await;
     }
 }
 

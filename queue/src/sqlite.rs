@@ -15,11 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use tokio::sync::Notify;
 
 use crate::backend::{
     Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
-    QueueStats, RescueReport, fair_quotas, refill_tokens, room,
+    QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
@@ -52,7 +51,7 @@ fn parse_list(text: &str) -> Result<Vec<String>> {
 
 pub struct SqliteQueue {
     pool: SqlitePool,
-    notify: Arc<Notify>,
+    notify: Arc<Wakeup>,
     rotation: AtomicUsize,
 }
 
@@ -85,7 +84,7 @@ impl SqliteQueue {
         })?;
         Ok(Self {
             pool,
-            notify: Arc::new(Notify::new()),
+            notify: Arc::new(Wakeup::default()),
             rotation: AtomicUsize::new(0),
         })
     }
@@ -99,8 +98,7 @@ impl SqliteQueue {
     }
 
     fn wake(&self) {
-        self.notify.notify_waiters();
-        self.notify.notify_one();
+        self.notify.wake();
     }
 
     /// Enqueues inside the caller's transaction (which must be `BEGIN IMMEDIATE` to avoid
@@ -862,6 +860,6 @@ impl Backend for SqliteQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+        self.notify.wait(timeout).await;
     }
 }

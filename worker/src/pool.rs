@@ -8,13 +8,14 @@
 //! but not yet acknowledged job is never rescued and run twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use enclii_queue::{Ack, Backend, ClaimRequest, ClaimedJob, JobId, Lease, Outcome};
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -27,7 +28,9 @@ use crate::handler::{JobContext, JobError, Registry};
 pub struct WorkerConfig {
     /// Handlers running at once.
     pub concurrency: usize,
-    /// Jobs claimed ahead of free execution slots, to hide claim latency.
+    /// At most this many jobs claimed ahead of free execution slots. The pool prefetches only as
+    /// many as finish during one claim round trip (measured), so long jobs are never hoarded by
+    /// one worker while others idle; short jobs get deep batches.
     pub prefetch: usize,
     /// How long a claimed job stays leased without a heartbeat. A crashed worker's jobs run
     /// again after at most this long (plus one `rescue_every`).
@@ -45,12 +48,24 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            prefetch: 16,
+            prefetch: 32,
             lease: Duration::from_secs(8),
             heartbeat_every: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
             rescue_every: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The defaults for `concurrency` handlers, prefetching at most twice that many.
+    pub fn with_concurrency(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            concurrency,
+            prefetch: 2 * concurrency,
+            ..Self::default()
         }
     }
 }
@@ -84,6 +99,33 @@ impl Entry {
     }
 }
 
+/// Moving averages of job run time and claim round trip, which size the prefetch.
+#[derive(Default)]
+struct Pace {
+    job_micros: AtomicU64,
+    claim_micros: AtomicU64,
+}
+
+impl Pace {
+    fn record(average: &AtomicU64, sample: Duration) {
+        let sample = (sample.as_micros() as u64).max(1);
+        let old = average.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
+        average.store(new, Ordering::Relaxed);
+    }
+
+    /// Jobs worth claiming ahead: those that would finish during one claim round trip.
+    /// Nothing until a job has finished (an unknown job may be a long build).
+    fn prefetch(&self, concurrency: usize, max: usize) -> usize {
+        let job = self.job_micros.load(Ordering::Relaxed);
+        if job == 0 {
+            return 0;
+        }
+        let claim = self.claim_micros.load(Ordering::Relaxed).max(1);
+        ((concurrency as u64 * claim).div_ceil(job) as usize).min(max)
+    }
+}
+
 struct Shared {
     backend: Arc<dyn Backend>,
     registry: Registry,
@@ -93,6 +135,9 @@ struct Shared {
     running: Mutex<HashMap<JobId, Entry>>,
     exec: Arc<Semaphore>,
     acks: mpsc::UnboundedSender<Ack>,
+    pace: Pace,
+    /// Signalled whenever a job gives back its claim slot.
+    slot_freed: Notify,
 }
 
 impl Shared {
@@ -157,6 +202,8 @@ impl Worker {
             id: self.id,
             running: Mutex::new(HashMap::new()),
             acks: ack_tx,
+            pace: Pace::default(),
+            slot_freed: Notify::new(),
         });
         info!(worker = %shared.id, backend = shared.backend.name(), ?kinds, "worker started");
         let jobs = TaskTracker::new();
@@ -191,13 +238,25 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
     let slots = Arc::new(Semaphore::new(capacity));
     let mut failures = 0u32;
     loop {
-        let first = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("slots never close"),
-            _ = shutdown.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
+        // Jobs claimed and not yet finished may not exceed concurrency + the current prefetch.
+        let mut permits = Vec::new();
+        loop {
+            let allowed =
+                shared.config.concurrency + shared.pace.prefetch(shared.config.concurrency, shared.config.prefetch);
+            let outstanding = capacity - slots.available_permits();
+            if outstanding < allowed {
+                while permits.len() < allowed - outstanding {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => permits.push(permit),
+                        Err(_) => break,
+                    }
+                }
+                break;
+            }
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
         let want = permits.len();
         let request = ClaimRequest {
@@ -210,6 +269,7 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
         match shared.backend.claim(&request).await {
             Ok(claimed) => {
                 failures = 0;
+                Pace::record(&shared.pace.claim_micros, started.elapsed());
                 metrics::histogram!("enclii_queue_claim_query_seconds").record(started.elapsed().as_secs_f64());
                 let got = claimed.len();
                 for (job, slot) in claimed.into_iter().zip(permits.drain(..)) {
@@ -227,11 +287,15 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
                         async move {
                             execute(&shared, job, stop, reason).await;
                             drop(slot);
+                            shared.slot_freed.notify_one();
                         }
                         .instrument(span),
                     );
                 }
                 drop(permits);
+                // Let the jobs just spawned start (and short ones finish) before claiming again,
+                // so that the next claim sees the slots they free and batches stay large.
+                tokio::task::yield_now().await;
                 if got < want {
                     tokio::select! {
                         _ = shared.backend.wait_for_work(shared.config.poll_every) => {}
@@ -308,6 +372,9 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
         }
     };
     drop(exec);
+    if matches!(ended, Ended::Finished(_)) {
+        Pace::record(&shared.pace.job_micros, started.elapsed());
+    }
     let now = Utc::now();
     let outcome = match ended {
         Ended::Finished(Ok(Ok(()))) => Some(Outcome::Completed),
