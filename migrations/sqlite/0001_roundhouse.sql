@@ -22,6 +22,8 @@ CREATE TABLE roundhouse_jobs (
                      CHECK (state IN ('pending', 'scheduled', 'available', 'running', 'completed', 'dead', 'cancelled')),
     priority         INTEGER NOT NULL,
     attempt          INTEGER NOT NULL DEFAULT 0,
+    -- Claims so far; identifies a lease (never decremented, unlike attempt).
+    claims           INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL CHECK (max_attempts > 0),
     timeout_ms       INTEGER NOT NULL CHECK (timeout_ms > 0),
     backoff_base_ms  INTEGER NOT NULL,

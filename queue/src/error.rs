@@ -35,6 +35,11 @@ pub enum QueueError {
     #[error("job {id} is {state}; only dead or cancelled jobs can be retried")]
     NotRetryable { id: JobId, state: JobState },
 
+    #[error(
+        "job {id} belongs to pipeline {pipeline}, which a newer run superseded; retry or trigger the newer run instead"
+    )]
+    SupersededPipeline { id: JobId, pipeline: PipelineId },
+
     #[error("unsupported queue URL scheme `{0}`: use postgres://, sqlite:// or redis://")]
     UnsupportedUrl(String),
 

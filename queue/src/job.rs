@@ -251,11 +251,14 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
-/// A running attempt of a job: only the holder of the current lease may finish it.
+/// A claim of a job: only the holder of the current lease may renew or finish it.
+///
+/// `token` counts the job's claims and only ever grows — unlike `attempt`, which a hand-back
+/// gives back and an operator's retry resets — so an old lease can never match a newer claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lease {
     pub job: JobId,
-    pub attempt: u32,
+    pub token: u32,
 }
 
 /// A job handed to a worker, with the lease it holds.
@@ -265,7 +268,10 @@ pub struct ClaimedJob {
     pub kind: String,
     pub project: String,
     pub payload: serde_json::Value,
+    /// Which attempt this is (1-based), counted against `policy.max_attempts`.
     pub attempt: u32,
+    /// Identifies this claim; see [`Lease`].
+    pub lease_token: u32,
     pub policy: JobPolicy,
     pub created_at: DateTime<Utc>,
     /// When the job became due; enqueue→start latency is measured from here.
@@ -278,7 +284,7 @@ impl ClaimedJob {
     pub fn lease(&self) -> Lease {
         Lease {
             job: self.id,
-            attempt: self.attempt,
+            token: self.lease_token,
         }
     }
 }
@@ -336,11 +342,16 @@ impl Outcome {
         if attempt >= policy.max_attempts {
             Outcome::Dead { error }
         } else {
-            let delay = policy.backoff.delay(attempt);
-            Outcome::Retry {
-                at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
-                error,
-            }
+            Outcome::retry_after(now, policy.backoff.delay(attempt), error)
+        }
+    }
+
+    /// A retry `after` from `now`; absurd delays are capped at 30 days instead of overflowing.
+    pub fn retry_after(now: DateTime<Utc>, after: Duration, error: String) -> Self {
+        let after = chrono::Duration::from_std(after.min(Duration::from_secs(30 * 86_400))).unwrap_or_default();
+        Outcome::Retry {
+            at: now.checked_add_signed(after).unwrap_or(now),
+            error,
         }
     }
 }

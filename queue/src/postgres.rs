@@ -22,7 +22,7 @@ use crate::backend::{
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
-use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
+use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, PipelineState, StepRecord};
 use crate::progress::{AckedRow, Progress, expired_lease_ack};
 
 const NAME: &str = "postgres";
@@ -113,6 +113,15 @@ impl PostgresQueue {
         pipeline: NewPipeline,
     ) -> Result<PipelineEnqueued> {
         let plan = pipeline.plan()?;
+        // Serialise enqueues that share a key, so that two concurrent runs cannot both miss each
+        // other (both surviving a supersede, or both passing the unique check).
+        for key in [&pipeline.supersede_key, &pipeline.unique_key].into_iter().flatten() {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+        }
         if let Some(key) = &pipeline.unique_key {
             let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM roundhouse_pipelines WHERE unique_key = $1")
                 .bind(key)
@@ -380,31 +389,37 @@ async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -
             .await
             .map_err(err)?;
     }
-    let rows = sqlx::query(
+    let mut acks = acks.to_vec();
+    acks.sort_unstable_by_key(|a| a.lease.job);
+    // A job whose cancellation was requested while it ran is cancelled, not run again, even
+    // when its attempt failed, was handed back, or its worker died.
+    let sql = format!(
         "UPDATE roundhouse_jobs j SET
-             state = a.state,
-             attempt = CASE WHEN a.state = 'available' THEN j.attempt - 1 ELSE j.attempt END,
+             state = {EFFECTIVE},
+             attempt = CASE WHEN {EFFECTIVE} = 'available' THEN j.attempt - 1 ELSE j.attempt END,
              run_at = coalesce(a.run_at, j.run_at),
-             last_error = coalesce(a.error, j.last_error),
-             finished_at = CASE WHEN a.state IN ('completed', 'dead', 'cancelled') THEN now() END,
+             last_error = CASE WHEN {EFFECTIVE} <> a.state THEN 'cancelled while running'
+                               ELSE coalesce(a.error, j.last_error) END,
+             finished_at = CASE WHEN {EFFECTIVE} IN ('completed', 'dead', 'cancelled') THEN now() END,
              lease_expires_at = NULL,
              worker_id = NULL,
              cancel_requested = false
          FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[])
-              AS a(id, attempt, state, run_at, error)
-         WHERE j.id = a.id AND j.attempt = a.attempt AND j.state = 'running'
+              AS a(id, token, state, run_at, error)
+         WHERE j.id = a.id AND j.claims = a.token AND j.state = 'running'
            AND (NOT $6 OR j.lease_expires_at < now())
-         RETURNING j.pipeline_id, j.state, j.dependents, j.step",
-    )
-    .bind(acks.iter().map(|a| a.lease.job).collect::<Vec<_>>())
-    .bind(acks.iter().map(|a| a.lease.attempt as i32).collect::<Vec<_>>())
-    .bind(acks.iter().map(|a| a.outcome.state().as_str()).collect::<Vec<_>>())
-    .bind(acks.iter().map(|a| a.outcome.run_at()).collect::<Vec<_>>())
-    .bind(acks.iter().map(|a| a.outcome.error()).collect::<Vec<_>>())
-    .bind(expired_only)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
+         RETURNING j.pipeline_id, j.state, j.dependents, j.step"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(acks.iter().map(|a| a.lease.job).collect::<Vec<_>>())
+        .bind(acks.iter().map(|a| a.lease.token as i32).collect::<Vec<_>>())
+        .bind(acks.iter().map(|a| a.outcome.state().as_str()).collect::<Vec<_>>())
+        .bind(acks.iter().map(|a| a.outcome.run_at()).collect::<Vec<_>>())
+        .bind(acks.iter().map(|a| a.outcome.error()).collect::<Vec<_>>())
+        .bind(expired_only)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
 
     let rows = rows
         .iter()
@@ -482,7 +497,7 @@ async fn take<'c>(
                       SELECT id FROM roundhouse_jobs
                       WHERE state = 'available' AND project = q.project AND kind = ANY($3)
                       ORDER BY priority, id LIMIT q.n FOR UPDATE SKIP LOCKED) c)
-         UPDATE roundhouse_jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $4,
+         UPDATE roundhouse_jobs j SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1, worker_id = $4,
              attempted_at = now(), lease_expires_at = now() + $5 * interval '1 millisecond'
          FROM picked WHERE j.id = picked.id
          RETURNING {CLAIMED_COLUMNS}"
@@ -506,6 +521,7 @@ fn claimed(row: &PgRow) -> Result<ClaimedJob> {
         project: row.try_get("project").map_err(err)?,
         payload: row.try_get("payload").map_err(err)?,
         attempt: row.try_get::<i32, _>("attempt").map_err(err)? as u32,
+        lease_token: row.try_get::<i32, _>("claims").map_err(err)? as u32,
         policy: policy(row)?,
         created_at: row.try_get("created_at").map_err(err)?,
         run_at: row.try_get("run_at").map_err(err)?,
@@ -547,7 +563,12 @@ fn record(row: &PgRow) -> Result<JobRecord> {
     })
 }
 
-const CLAIMED_COLUMNS: &str = "j.id, j.kind, j.project, j.payload, j.attempt, j.priority, j.max_attempts, j.timeout_ms,
+/// The state an acked job ends in: a requested cancellation overrides a retry or a hand-back.
+const EFFECTIVE: &str =
+    "(CASE WHEN j.cancel_requested AND a.state IN ('scheduled', 'available') THEN 'cancelled' ELSE a.state END)";
+
+const CLAIMED_COLUMNS: &str =
+    "j.id, j.kind, j.project, j.payload, j.attempt, j.claims, j.priority, j.max_attempts, j.timeout_ms,
     j.backoff_base_ms, j.backoff_max_ms, j.created_at, j.run_at, j.pipeline_id, j.step";
 
 #[async_trait]
@@ -635,14 +656,12 @@ impl Backend for PostgresQueue {
                     .map_err(err)?
                     .map(|v| v as u32),
             };
-            let now: DateTime<Utc> = row.try_get("now").map_err(err)?;
+            let refilled_at: DateTime<Utc> = row.try_get("refilled_at").map_err(err)?;
+            // now() is the transaction's start, which may precede the last refill by a claim
+            // that held the lock meanwhile: never move the bucket's clock backwards.
+            let now = row.try_get::<DateTime<Utc>, _>("now").map_err(err)?.max(refilled_at);
             let tokens = match limits.jobs_per_minute {
-                Some(rate) => refill_tokens(
-                    row.try_get("tokens").map_err(err)?,
-                    row.try_get("refilled_at").map_err(err)?,
-                    now,
-                    rate,
-                ),
+                Some(rate) => refill_tokens(row.try_get("tokens").map_err(err)?, refilled_at, now, rate),
                 None => 0.0,
             };
             limited.insert(row.try_get::<String, _>("project").map_err(err)?, (limits, tokens, now));
@@ -708,14 +727,17 @@ impl Backend for PostgresQueue {
         if leases.is_empty() {
             return Ok(HeartbeatReply::default());
         }
+        // Rows are locked in id order everywhere, so concurrent batches cannot deadlock.
+        let mut sorted = leases.to_vec();
+        sorted.sort_unstable_by_key(|l| l.job);
         let rows = sqlx::query(
             "UPDATE roundhouse_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::bigint[], $2::int4[]) AS l(id, attempt)
-             WHERE j.id = l.id AND j.attempt = l.attempt AND j.state = 'running' AND j.worker_id = $4
+             FROM unnest($1::bigint[], $2::int4[]) AS l(id, token)
+             WHERE j.id = l.id AND j.claims = l.token AND j.state = 'running' AND j.worker_id = $4
              RETURNING j.id, j.cancel_requested",
         )
-        .bind(leases.iter().map(|l| l.job).collect::<Vec<_>>())
-        .bind(leases.iter().map(|l| l.attempt as i32).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|l| l.job).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|l| l.token as i32).collect::<Vec<_>>())
         .bind(lease.as_millis() as i64)
         .bind(worker)
         .fetch_all(&self.pool)
@@ -797,49 +819,68 @@ impl Backend for PostgresQueue {
 
     async fn retry(&self, id: JobId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = $1 FOR UPDATE")
+        // Lock order everywhere: pipeline row, then job rows.
+        let pipeline: Option<i64> = sqlx::query_scalar("SELECT pipeline_id FROM roundhouse_jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(err)?
             .ok_or(QueueError::JobNotFound(id))?;
-        let state: JobState = row.try_get::<String, _>("state").map_err(err)?.parse()?;
+        if let Some(p) = pipeline {
+            let run: String = sqlx::query_scalar("SELECT state FROM roundhouse_pipelines WHERE id = $1 FOR UPDATE")
+                .bind(p)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+            if run == PipelineState::Superseded.as_str() {
+                return Err(QueueError::SupersededPipeline { id, pipeline: p });
+            }
+        }
+        let state: String = sqlx::query_scalar("SELECT state FROM roundhouse_jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        let state: JobState = state.parse()?;
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
             return Err(QueueError::NotRetryable { id, state });
         }
-        let pipeline: Option<i64> = row.try_get("pipeline_id").map_err(err)?;
         if let Some(p) = pipeline {
-            // Reopen the run: steps stopped with it wait again for what they need.
+            // Reopen the run: the retried step and the steps stopped with it wait again for what
+            // they need, and start when it has completed.
             sqlx::query("UPDATE roundhouse_pipelines SET state = 'running', finished_at = NULL WHERE id = $1")
                 .bind(p)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
             sqlx::query(
-                "UPDATE roundhouse_jobs j SET state = 'pending', attempt = 0, finished_at = NULL, cancel_requested = false,
+                "UPDATE roundhouse_jobs j SET state = 'pending', attempt = 0, run_at = now(), finished_at = NULL,
+                     cancel_requested = false,
                      deps_remaining = (SELECT count(*) FROM roundhouse_jobs n
                                        WHERE n.pipeline_id = j.pipeline_id AND n.step = ANY(j.needs) AND n.state <> 'completed')
-                 WHERE j.pipeline_id = $1 AND j.state IN ('cancelled', 'dead') AND j.id <> $2",
+                 WHERE j.pipeline_id = $1 AND j.state IN ('cancelled', 'dead')",
             )
             .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'available' WHERE pipeline_id = $1 AND state = 'pending' AND deps_remaining = 0",
+            )
+            .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        } else {
+            sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL,
+                     cancel_requested = false WHERE id = $1",
+            )
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-            sqlx::query("UPDATE roundhouse_jobs SET state = 'available' WHERE pipeline_id = $1 AND state = 'pending' AND deps_remaining = 0")
-                .bind(p)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
         }
-        sqlx::query(
-            "UPDATE roundhouse_jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL,
-                 cancel_requested = false WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
         notify_workers(&mut tx).await?;
         tx.commit().await.map_err(err)?;
         Ok(())
@@ -847,7 +888,8 @@ impl Backend for PostgresQueue {
 
     async fn rescue_expired(&self) -> Result<RescueReport> {
         let rows = sqlx::query(
-            "SELECT id, attempt, priority, max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, pipeline_id, worker_id
+            "SELECT id, attempt, claims, priority, max_attempts, timeout_ms, backoff_base_ms, backoff_max_ms, pipeline_id,
+                    worker_id
              FROM roundhouse_jobs WHERE state = 'running' AND lease_expires_at < now()
              ORDER BY lease_expires_at LIMIT 1000",
         )
@@ -860,12 +902,14 @@ impl Backend for PostgresQueue {
         for row in &rows {
             let lease = Lease {
                 job: row.try_get("id").map_err(err)?,
-                attempt: row.try_get::<i32, _>("attempt").map_err(err)? as u32,
+                token: row.try_get::<i32, _>("claims").map_err(err)? as u32,
             };
+            let attempt = row.try_get::<i32, _>("attempt").map_err(err)? as u32;
             let worker: Option<String> = row.try_get("worker_id").map_err(err)?;
             let pipeline = row.try_get("pipeline_id").map_err(err)?;
             acks.push(expired_lease_ack(
                 lease,
+                attempt,
                 pipeline,
                 &policy(row)?,
                 worker.as_deref(),

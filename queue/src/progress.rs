@@ -12,6 +12,7 @@ use crate::pipeline::PipelineState;
 /// are spent. Records the decision in `report`.
 pub(crate) fn expired_lease_ack(
     lease: Lease,
+    attempt: u32,
     pipeline: Option<PipelineId>,
     policy: &JobPolicy,
     worker: Option<&str>,
@@ -22,7 +23,7 @@ pub(crate) fn expired_lease_ack(
         "lease expired: worker {} stopped heartbeating (crashed, killed or cut off)",
         worker.unwrap_or("?")
     );
-    let outcome = Outcome::failure(lease.attempt, policy, error, now);
+    let outcome = Outcome::failure(attempt, policy, error, now);
     match outcome {
         Outcome::Dead { .. } => report.dead.push(lease.job),
         _ => report.retried.push(lease.job),

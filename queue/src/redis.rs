@@ -4,7 +4,8 @@
 //! Data model (all keys under `{prefix}:`, default prefix `roundhouse`):
 //! - `job:{id}` hash: kind, project, payload (JSON text), state, priority, policy
 //!   (`priority:max_attempts:timeout_ms:backoff_base_ms:backoff_max_ms`, one field so that a claim
-//!   reads few fields), attempt, run_at_ms, created_at_ms, attempted_at_ms, finished_at_ms,
+//!   reads few fields), attempt, claims (claims so far: the lease token; never decremented or
+//!   reset, unlike attempt), run_at_ms, created_at_ms, attempted_at_ms, finished_at_ms,
 //!   lease_expires_at_ms and worker (meaningful only while running), cancel_requested,
 //!   unique_key, pipeline, step, needs / dependents (JSON arrays), deps_remaining, last_error.
 //!   Ids come from `INCRBY seq`.
@@ -52,7 +53,7 @@ use crate::job::{
     Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
 };
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
-use crate::progress::{AckedRow, Progress};
+use crate::progress::{AckedRow, Progress, expired_lease_ack};
 
 const NAME: &str = "redis";
 /// Key prefix used by [`RedisQueue::connect`].
@@ -208,7 +209,8 @@ for j = 0, count - 1 do
     local state = 'available'
     if ra > NOW then state = 'scheduled' end
     local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
-      'priority', ARGV[b + 3], 'attempt', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra, 'created_at_ms', NOW}
+      'priority', ARGV[b + 3], 'attempt', 0, 'claims', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra,
+      'created_at_ms', NOW}
     if ukey ~= '' then h[#h + 1] = 'unique_key'; h[#h + 1] = ukey end
     redis.call('HSET', jkey(id), unpack(h))
     if state == 'available' then
@@ -293,8 +295,9 @@ for b = 8, #ARGV, N do
   local state = 'available'
   if nneeds > 0 then state = 'pending' elseif ra > NOW then state = 'scheduled' end
   local h = {'kind', kind, 'project', project, 'payload', ARGV[b + 2], 'state', state,
-    'priority', ARGV[b + 3], 'attempt', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra, 'created_at_ms', NOW,
-    'pipeline', pid, 'step', ARGV[b], 'needs', ARGV[b + 7], 'dependents', ARGV[b + 8], 'deps_remaining', nneeds}
+    'priority', ARGV[b + 3], 'attempt', 0, 'claims', 0, 'policy', ARGV[b + 4], 'run_at_ms', ra,
+    'created_at_ms', NOW, 'pipeline', pid, 'step', ARGV[b], 'needs', ARGV[b + 7], 'dependents', ARGV[b + 8],
+    'deps_remaining', nneeds}
   if ukey ~= '' then
     h[#h + 1] = 'unique_key'; h[#h + 1] = ukey
     redis.call('HSET', P .. ':unique', ukey, id)
@@ -317,8 +320,8 @@ return out
 "#;
 
 /// ARGV: prefix, worker, lease_ms, limit, rotation, max_projects, kinds...
-/// Returns one array per claimed job: id, kind, project, payload, attempt, policy, created_at_ms,
-/// run_at_ms, pipeline, step.
+/// Returns one array per claimed job: id, kind, project, payload, attempt, claims (the lease
+/// token), policy, created_at_ms, run_at_ms, pipeline, step.
 const LUA_CLAIM: &str = r#"
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
@@ -460,11 +463,12 @@ for j = 1, n do
       local id, kind = pk[1], pk[2]
       local k = jkey(id)
       local f = redis.call('HMGET', k, 'state', 'payload', 'attempt', 'policy', 'created_at_ms', 'run_at_ms',
-        'pipeline', 'step')
+        'pipeline', 'step', 'claims')
       push(zrem_at, P .. ':avail_at:' .. kind, id)
       if f[1] == 'available' then
         local attempt = (tonumber(f[3]) or 0) + 1
-        redis.call('HSET', k, 'state', 'running', 'attempt', attempt, 'worker', worker,
+        local claims = (tonumber(f[9]) or 0) + 1
+        redis.call('HSET', k, 'state', 'running', 'attempt', attempt, 'claims', claims, 'worker', worker,
           'attempted_at_ms', NOW, 'lease_expires_at_ms', lease_at)
         zrun[#zrun + 1] = lease_at
         zrun[#zrun + 1] = id
@@ -472,7 +476,7 @@ for j = 1, n do
         used[p] = (used[p] or 0) + 1
         dchange(kind, p, 'available', -1)
         dchange(kind, p, 'running', 1)
-        out[#out + 1] = {tonumber(id), kind, p, f[2], attempt, f[4], f[5], f[6], f[7], f[8]}
+        out[#out + 1] = {tonumber(id), kind, p, f[2], attempt, claims, f[4], f[5], f[6], f[7], f[8]}
       end
     end
   end
@@ -487,7 +491,7 @@ dflush()
 return out
 "#;
 
-/// ARGV: prefix, worker, lease_ms, then id, attempt pairs. Returns per lease: 0 lost, 1 held,
+/// ARGV: prefix, worker, lease_ms, then id, token pairs. Returns per lease: 0 lost, 1 held,
 /// 2 held and cancel requested.
 const LUA_HEARTBEAT: &str = r#"
 local worker = ARGV[2]
@@ -496,7 +500,7 @@ local out, z = {}, {}
 for i = 4, #ARGV - 1, 2 do
   local id = ARGV[i]
   local k = jkey(id)
-  local f = redis.call('HMGET', k, 'state', 'attempt', 'worker', 'cancel_requested')
+  local f = redis.call('HMGET', k, 'state', 'claims', 'worker', 'cancel_requested')
   local r = 0
   if f[1] == 'running' and tonumber(f[2]) == tonumber(ARGV[i + 1]) and f[3] == worker then
     redis.call('HSET', k, 'lease_expires_at_ms', lease_at)
@@ -512,35 +516,45 @@ return out
 "#;
 
 /// States: completed, scheduled (retry), dead, cancelled, available (released).
-/// ARGV: prefix, expired_only, then per ack: id, attempt, and either `c` (completed, not known
+/// ARGV: prefix, expired_only, then per ack: id, token, and either `c` (completed, not known
 /// to be a pipeline step) or `x`, state, run_at_ms, has_error, error, meta ('1': the effects
-/// that follow were computed from the job's pipeline data), wake, succeeded check, stop state,
-/// stop reason, #released, released step names...
+/// that follow were computed from the job's pipeline data), effects, has_alt, [alt effects].
+/// Effects: wake, succeeded check, stop state, stop reason, #released, released step names...
+/// The alt effects (sent for scheduled and available) are those of the job ending cancelled
+/// instead, which it does when its cancellation was requested while it ran.
 /// Returns the ids deferred because their pipeline data was not supplied.
 const LUA_ACK: &str = r#"
 local expired_only = ARGV[2] == '1'
+local NOEFF = {w = '0', sflag = '0', sstate = '', sreason = '', nrel = 0, rel_start = 0}
+local function effects(pos)
+  local e = {w = ARGV[pos], sflag = ARGV[pos + 1], sstate = ARGV[pos + 2], sreason = ARGV[pos + 3],
+    nrel = tonumber(ARGV[pos + 4]) or 0, rel_start = pos + 5}
+  return e, e.rel_start + e.nrel
+end
 local i = 3
 local zsched, zfin, zrun = {}, {}, {}
 local nrun = {}
 local released, stopped, succ, succ_seen, deferred = {}, {}, {}, {}, {}
 local wake = false
 while i + 2 <= #ARGV do
-  local id, attempt = ARGV[i], ARGV[i + 1]
-  local state, run_at, has_err, err, meta, w, sflag, sstate, sreason = 'completed', '', '0', '', '0', '0', '0', '', ''
-  local nrel, rel_start = 0, 0
+  local id, token = ARGV[i], ARGV[i + 1]
+  local state, run_at, has_err, err, meta = 'completed', '', '0', '', '0'
+  local eff, alt = NOEFF, nil
   if ARGV[i + 2] == 'c' then
     i = i + 3
   else
     state, run_at, has_err, err, meta = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-    w, sflag, sstate, sreason = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
-    nrel = tonumber(ARGV[i + 12]) or 0
-    rel_start = i + 13
-    i = rel_start + nrel
+    eff, i = effects(i + 8)
+    if ARGV[i] == '1' then
+      alt, i = effects(i + 1)
+    else
+      i = i + 1
+    end
   end
   local k = jkey(id)
-  local f = redis.call('HMGET', k, 'state', 'attempt', 'kind', 'project', 'pipeline', 'lease_expires_at_ms',
-    'cancel_requested')
-  if f[1] == 'running' and tonumber(f[2]) == tonumber(attempt)
+  local f = redis.call('HMGET', k, 'state', 'claims', 'kind', 'project', 'pipeline', 'lease_expires_at_ms',
+    'cancel_requested', 'attempt')
+  if f[1] == 'running' and tonumber(f[2]) == tonumber(token)
      and ((not expired_only) or (tonumber(f[6]) or 0) < NOW) then
     local pid = f[5]
     if pid == '' then pid = false end
@@ -548,19 +562,23 @@ while i + 2 <= #ARGV do
       deferred[#deferred + 1] = tonumber(id)
     else
       local kind, project = f[3] or '', f[4] or ''
+      -- A requested cancellation is never lost: not retried, not handed back.
+      if f[7] == '1' and (state == 'scheduled' or state == 'available') then
+        state, has_err, err = 'cancelled', '1', 'cancelled while running'
+        eff = alt or NOEFF
+      end
       -- worker and lease_expires_at_ms only mean something while running; they are left as is.
       local h = {'state', state}
       if f[7] == '1' then h[3] = 'cancel_requested'; h[4] = '0' end
       if has_err == '1' then h[#h + 1] = 'last_error'; h[#h + 1] = err end
+      if run_at ~= '' then h[#h + 1] = 'run_at_ms'; h[#h + 1] = tonumber(run_at) or NOW end
       if state == 'scheduled' then
-        local ra = tonumber(run_at) or NOW
-        h[#h + 1] = 'run_at_ms'; h[#h + 1] = ra
-        zsched[#zsched + 1] = ra
+        zsched[#zsched + 1] = tonumber(run_at) or NOW
         zsched[#zsched + 1] = id
       elseif state == 'available' then
         -- Released unfinished: available again at once, and the attempt does not count.
         local r = redis.call('HMGET', k, 'priority', 'run_at_ms')
-        h[#h + 1] = 'attempt'; h[#h + 1] = math.max((tonumber(f[2]) or 1) - 1, 0)
+        h[#h + 1] = 'attempt'; h[#h + 1] = math.max((tonumber(f[8]) or 1) - 1, 0)
         avail_add(id, kind, project, r[1], r[2])
       else
         h[#h + 1] = 'finished_at_ms'; h[#h + 1] = NOW
@@ -572,14 +590,14 @@ while i + 2 <= #ARGV do
       nrun[project] = (nrun[project] or 0) - 1
       dchange(kind, project, 'running', -1)
       dchange(kind, project, state, 1)
-      if w == '1' then wake = true end
+      if eff.w == '1' then wake = true end
       if pid then
-        for r = rel_start, rel_start + nrel - 1 do released[#released + 1] = {pid, ARGV[r]} end
-        if sflag == '1' and not succ_seen[pid] then
+        for r = eff.rel_start, eff.rel_start + eff.nrel - 1 do released[#released + 1] = {pid, ARGV[r]} end
+        if eff.sflag == '1' and not succ_seen[pid] then
           succ_seen[pid] = true
           succ[#succ + 1] = pid
         end
-        if sstate ~= '' then stopped[#stopped + 1] = {pid, sstate, sreason} end
+        if eff.sstate ~= '' then stopped[#stopped + 1] = {pid, eff.sstate, eff.sreason} end
       end
     end
   end
@@ -644,18 +662,21 @@ dflush()
 return {'cancelled'}
 "#;
 
-/// ARGV: prefix, id. Returns {'missing'} | {'state', state} | {'ok'}.
+/// ARGV: prefix, id. Returns {'missing'} | {'superseded', pipeline} | {'state', state} | {'ok'}.
 const LUA_RETRY: &str = r#"
 local id = ARGV[2]
 local k = jkey(id)
 local f = redis.call('HMGET', k, 'state', 'kind', 'project', 'pipeline', 'priority')
 local st = f[1]
 if not st then return {'missing'} end
-if st ~= 'dead' and st ~= 'cancelled' then return {'state', st} end
 local pid = f[4]
-if pid and pid ~= '' then
-  -- Reopen the run: steps stopped with it wait again for what they need.
-  local pk = P .. ':pipeline:' .. pid
+if pid == '' then pid = false end
+local pk = pid and (P .. ':pipeline:' .. pid)
+if pid and redis.call('HGET', pk, 'state') == 'superseded' then return {'superseded', pid} end
+if st ~= 'dead' and st ~= 'cancelled' then return {'state', st} end
+if pid then
+  -- Reopen the run: the retried step and the steps stopped with it wait again for what they
+  -- need, and start when it has completed.
   local sup = redis.call('HGET', pk, 'supersede_key')
   redis.call('HSET', pk, 'state', 'running')
   redis.call('HDEL', pk, 'finished_at_ms')
@@ -673,7 +694,7 @@ if pid and pid ~= '' then
   end
   for _, row in ipairs(rows) do
     local r = row[3]
-    if row[1] ~= id and (r[1] == 'cancelled' or r[1] == 'dead') then
+    if r[1] == 'cancelled' or r[1] == 'dead' then
       local ok, needs = pcall(cjson.decode, r[4] or '[]')
       if not ok or type(needs) ~= 'table' then needs = {} end
       local remaining = 0
@@ -682,12 +703,14 @@ if pid and pid ~= '' then
         if ns and ns ~= 'completed' then remaining = remaining + 1 end
       end
       unindex(row[1], r[1], r[2], r[3])
-      redis.call('HSET', row[2], 'state', 'pending', 'attempt', 0, 'cancel_requested', '0', 'deps_remaining', remaining)
+      redis.call('HSET', row[2], 'state', 'pending', 'attempt', 0, 'run_at_ms', NOW, 'cancel_requested', '0',
+        'deps_remaining', remaining)
       redis.call('HDEL', row[2], 'finished_at_ms')
       dchange(r[2], r[3], r[1], -1)
       dchange(r[2], r[3], 'pending', 1)
       r[1] = 'pending'
       r[5] = remaining
+      r[7] = NOW
     end
   end
   for _, row in ipairs(rows) do
@@ -699,29 +722,30 @@ if pid and pid ~= '' then
       dchange(r[2], r[3], 'available', 1)
     end
   end
-end
-unindex(id, st, f[2], f[3])
-redis.call('HSET', k, 'state', 'available', 'attempt', 0, 'run_at_ms', NOW, 'cancel_requested', '0')
-redis.call('HDEL', k, 'finished_at_ms')
-if f[2] and f[3] then
-  avail_add(id, f[2], f[3], f[5], NOW)
-  dchange(f[2], f[3], st, -1)
-  dchange(f[2], f[3], 'available', 1)
+else
+  unindex(id, st, f[2], f[3])
+  redis.call('HSET', k, 'state', 'available', 'attempt', 0, 'run_at_ms', NOW, 'cancel_requested', '0')
+  redis.call('HDEL', k, 'finished_at_ms')
+  if f[2] and f[3] then
+    avail_add(id, f[2], f[3], f[5], NOW)
+    dchange(f[2], f[3], st, -1)
+    dchange(f[2], f[3], 'available', 1)
+  end
 end
 dflush()
 redis.call('PUBLISH', P .. ':wake', '')
 return {'ok'}
 "#;
 
-/// ARGV: prefix, limit. Returns now_ms, then per expired running job: id, attempt, policy,
+/// ARGV: prefix, limit. Returns now_ms, then per expired running job: id, attempt, claims, policy,
 /// pipeline, worker.
 const LUA_RESCUE_SCAN: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', string.format('(%.0f', NOW), 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {NOW}
 for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', jkey(id), 'state', 'attempt', 'policy', 'pipeline', 'worker')
+  local f = redis.call('HMGET', jkey(id), 'state', 'attempt', 'claims', 'policy', 'pipeline', 'worker')
   if f[1] == 'running' then
-    out[#out + 1] = {tonumber(id), f[2], f[3], f[4], f[5]}
+    out[#out + 1] = {tonumber(id), f[2], f[3], f[4], f[5], f[6]}
   else
     redis.call('ZREM', P .. ':running', id)
   end
@@ -1042,22 +1066,22 @@ impl RedisQueue {
 }
 
 /// Adds one ack's arguments; its pipeline effects come from [`Progress::of`] on the row the ack
-/// will leave, and the script applies them only if the ack applies.
+/// will leave, and the script applies them only if the ack applies. A retry or a hand-back also
+/// carries the effects of the job ending cancelled, which the script applies instead when the
+/// job's cancellation was requested while it ran.
 fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
-    inv.arg(ack.lease.job).arg(ack.lease.attempt);
+    inv.arg(ack.lease.job).arg(ack.lease.token);
     if meta.is_none() && ack.outcome == Outcome::Completed {
         inv.arg("c");
         return;
     }
     let state = ack.outcome.state();
-    let row = AckedRow {
+    let row = |state: JobState| AckedRow {
         pipeline: meta.and_then(|m| m.pipeline),
         state,
         step: meta.and_then(|m| m.step.clone()),
         dependents: meta.map(|m| m.dependents.clone()).unwrap_or_default(),
     };
-    let progress = Progress::of(std::slice::from_ref(&row));
-    let stop = progress.stopped.first();
     inv.arg("x")
         .arg(state.as_str())
         .arg(
@@ -1068,8 +1092,20 @@ fn push_ack(inv: &mut ScriptInvocation<'_>, ack: &Ack, meta: Option<&AckMeta>) {
         )
         .arg(if ack.outcome.error().is_some() { "1" } else { "0" })
         .arg(ack.outcome.error().unwrap_or_default())
-        .arg(if meta.is_some() { "1" } else { "0" })
-        .arg(if progress.wake { "1" } else { "0" })
+        .arg(if meta.is_some() { "1" } else { "0" });
+    push_effects(inv, &Progress::of(&[row(state)]));
+    if matches!(state, JobState::Scheduled | JobState::Available) {
+        inv.arg("1");
+        push_effects(inv, &Progress::of(&[row(JobState::Cancelled)]));
+    } else {
+        inv.arg("0");
+    }
+}
+
+/// Adds the effects of one acked row: wake, succeeded check, stop state and reason, released steps.
+fn push_effects(inv: &mut ScriptInvocation<'_>, progress: &Progress) {
+    let stop = progress.stopped.first();
+    inv.arg(if progress.wake { "1" } else { "0" })
         .arg(if progress.maybe_succeeded.is_empty() { "0" } else { "1" })
         .arg(stop.map(|s| s.state.as_str()).unwrap_or_default())
         .arg(stop.map(|s| s.reason.as_str()).unwrap_or_default())
@@ -1215,7 +1251,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
 
 fn claimed(v: Value) -> Result<ClaimedJob> {
     let mut f = strings(v, "claimed job")?;
-    if f.len() != 10 {
+    if f.len() != 11 {
         return Err(corrupt("claim reply has the wrong shape"));
     }
     let id = int(&f[0], "job id")?;
@@ -1225,11 +1261,12 @@ fn claimed(v: Value) -> Result<ClaimedJob> {
         project: req(f[2].take(), "project")?,
         payload: payload(f[3].take(), id)?,
         attempt: int(&f[4], "attempt")?.max(0) as u32,
-        policy: policy_of(&f[5])?,
-        created_at: ms_time(int(&f[6], "created_at")?, "created_at")?,
-        run_at: ms_time(int(&f[7], "run_at")?, "run_at")?,
-        pipeline: opt_int(&f[8], "pipeline")?,
-        step: non_empty(f[9].take()),
+        lease_token: int(&f[5], "claims")?.max(0) as u32,
+        policy: policy_of(&f[6])?,
+        created_at: ms_time(int(&f[7], "created_at")?, "created_at")?,
+        run_at: ms_time(int(&f[8], "run_at")?, "run_at")?,
+        pipeline: opt_int(&f[9], "pipeline")?,
+        step: non_empty(f[10].take()),
     })
 }
 
@@ -1465,7 +1502,7 @@ impl Backend for RedisQueue {
             let mut inv = self.scripts.heartbeat.prepare_invoke();
             inv.arg(&self.prefix).arg(worker).arg(lease.as_millis() as u64);
             for l in chunk {
-                inv.arg(l.job).arg(l.attempt);
+                inv.arg(l.job).arg(l.token);
             }
             let v: Value = inv.invoke_async(&mut self.con()).await?;
             let held = strings(v, "heartbeat reply")?;
@@ -1521,6 +1558,10 @@ impl Backend for RedisQueue {
         match tag(&f) {
             "ok" => Ok(()),
             "missing" => Err(QueueError::JobNotFound(id)),
+            "superseded" => Err(QueueError::SupersededPipeline {
+                id,
+                pipeline: int(f.get(1).unwrap_or(&None), "pipeline id")?,
+            }),
             "state" => Err(QueueError::NotRetryable {
                 id,
                 state: req(f.get(1).cloned().flatten(), "state")?.parse()?,
@@ -1545,25 +1586,26 @@ impl Backend for RedisQueue {
         let mut acks = Vec::new();
         for row in rows {
             let f = strings(row, "expired job")?;
-            if f.len() != 5 {
+            if f.len() != 6 {
                 return Err(corrupt("rescue reply has the wrong shape"));
             }
-            let id = int(&f[0], "job id")?;
+            let lease = Lease {
+                job: int(&f[0], "job id")?,
+                token: int(&f[2], "claims")?.max(0) as u32,
+            };
             let attempt = int(&f[1], "attempt")?.max(0) as u32;
-            let policy = policy_of(&f[2])?;
-            let pipeline = opt_int(&f[3], "pipeline")?;
-            let worker = f[4].as_deref().filter(|w| !w.is_empty()).unwrap_or("?");
-            let error = format!("lease expired: worker {worker} stopped heartbeating (crashed, killed or cut off)");
-            let outcome = Outcome::failure(attempt, &policy, error, now);
-            match outcome {
-                Outcome::Dead { .. } => report.dead.push(id),
-                _ => report.retried.push(id),
-            }
-            acks.push(Ack {
-                lease: Lease { job: id, attempt },
+            let policy = policy_of(&f[3])?;
+            let pipeline = opt_int(&f[4], "pipeline")?;
+            let worker = f[5].as_deref().filter(|w| !w.is_empty());
+            acks.push(expired_lease_ack(
+                lease,
+                attempt,
                 pipeline,
-                outcome,
-            });
+                &policy,
+                worker,
+                now,
+                &mut report,
+            ));
         }
         self.apply_acks(&acks, true).await?;
         Ok(report)
@@ -2356,6 +2398,219 @@ mod tests {
         assert_eq!(count(&stats, "k", "p", JobState::Available), 1);
         assert_eq!(count(&stats, "k", "p", JobState::Running), 0);
         assert_eq!(q.claim(&request(&["k"], 1)).await.unwrap()[0].attempt, 1);
+        cleanup(&q).await;
+    }
+
+    fn pipeline(steps: Vec<PipelineStep>, supersede_key: Option<&str>) -> NewPipeline {
+        NewPipeline {
+            project: "p".into(),
+            name: "t".into(),
+            supersede_key: supersede_key.map(Into::into),
+            unique_key: None,
+            steps,
+        }
+    }
+
+    fn state_of(record: &PipelineRecord, name: &str) -> JobState {
+        record.steps.iter().find(|s| s.name == name).unwrap().state
+    }
+
+    #[tokio::test]
+    async fn stale_tokens_cannot_ack_or_heartbeat_after_release_or_retry() {
+        let q = queue().await;
+        let id = q.enqueue(vec![NewJob::new("k", "p", json!(1))]).await.unwrap()[0].id;
+        let first = q.claim(&request(&["k"], 1)).await.unwrap().remove(0);
+        assert_eq!((first.attempt, first.lease_token), (1, 1));
+        q.acknowledge(vec![Ack::new(&first, Outcome::Released)]).await.unwrap();
+        // Same attempt number again, but a new token.
+        let second = q.claim(&request(&["k"], 1)).await.unwrap().remove(0);
+        assert_eq!((second.attempt, second.lease_token), (1, 2));
+        let hb = q
+            .heartbeat("w1", &[first.lease()], Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(hb.lost, vec![id]);
+        q.acknowledge(vec![Ack::new(&first, Outcome::Dead { error: "stale".into() })])
+            .await
+            .unwrap();
+        assert_eq!(q.job(id).await.unwrap().unwrap().state, JobState::Running);
+        let hb = q
+            .heartbeat("w1", &[second.lease()], Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(hb, HeartbeatReply::default());
+        q.acknowledge(vec![Ack::new(&second, Outcome::Dead { error: "bad".into() })])
+            .await
+            .unwrap();
+
+        // An operator's retry resets the attempt, never the token.
+        q.retry(id).await.unwrap();
+        let third = q.claim(&request(&["k"], 1)).await.unwrap().remove(0);
+        assert_eq!((third.attempt, third.lease_token), (1, 3));
+        for stale in [&first, &second] {
+            let hb = q
+                .heartbeat("w1", &[stale.lease()], Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(hb.lost, vec![id]);
+            complete(&q, std::slice::from_ref(stale)).await;
+            assert_eq!(q.job(id).await.unwrap().unwrap().state, JobState::Running);
+        }
+        complete(&q, std::slice::from_ref(&third)).await;
+        assert_eq!(q.job(id).await.unwrap().unwrap().state, JobState::Completed);
+        assert!(q.stats().await.unwrap().depth.is_empty());
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn requested_cancellation_wins_over_retry_and_release() {
+        let q = queue().await;
+        let run = q
+            .enqueue_pipeline(pipeline(vec![step("a", &[]), step("b", &["a"]), step("c", &[])], None))
+            .await
+            .unwrap();
+        let got = q.claim(&request(&["a", "c"], 10)).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let a = got.iter().find(|j| j.kind == "a").unwrap();
+        let c = got.iter().find(|j| j.kind == "c").unwrap();
+        assert_eq!(q.cancel(a.id).await.unwrap(), CancelOutcome::Requested);
+        // The worker's attempt failed (or it ignored the request): retried, it would run again.
+        q.acknowledge(vec![Ack::new(
+            a,
+            Outcome::Retry {
+                at: Utc::now(),
+                error: "boom".into(),
+            },
+        )])
+        .await
+        .unwrap();
+        let record = q.job(a.id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Cancelled);
+        assert_eq!(record.last_error.as_deref(), Some("cancelled while running"));
+        assert!(record.finished_at.is_some());
+        assert!(!record.cancel_requested);
+        let run_record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(run_record.state, PipelineState::Cancelled);
+        assert_eq!(state_of(&run_record, "b"), JobState::Cancelled);
+        // c is still running: asked to stop; its hand-back ends it cancelled too.
+        let hb = q.heartbeat("w1", &[c.lease()], Duration::from_secs(30)).await.unwrap();
+        assert_eq!(hb.cancel, vec![c.id]);
+        q.acknowledge(vec![Ack::new(c, Outcome::Released)]).await.unwrap();
+        let record = q.job(c.id).await.unwrap().unwrap();
+        assert_eq!((record.state, record.attempt), (JobState::Cancelled, 1));
+        assert!(q.claim(&request(&["a", "b", "c"], 10)).await.unwrap().is_empty());
+        assert!(q.stats().await.unwrap().depth.is_empty());
+
+        // A plain job handed back (ack not naming a pipeline either way) is cancelled as well.
+        let id = q.enqueue(vec![NewJob::new("k", "p", json!(1))]).await.unwrap()[0].id;
+        let job = q.claim(&request(&["k"], 1)).await.unwrap().remove(0);
+        assert_eq!(q.cancel(id).await.unwrap(), CancelOutcome::Requested);
+        q.acknowledge(vec![Ack::new(&job, Outcome::Released)]).await.unwrap();
+        assert_eq!(q.job(id).await.unwrap().unwrap().state, JobState::Cancelled);
+        assert!(q.claim(&request(&["k"], 1)).await.unwrap().is_empty());
+        assert!(q.stats().await.unwrap().depth.is_empty());
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn requested_cancellation_wins_over_the_reaper() {
+        let q = queue().await;
+        let run = q
+            .enqueue_pipeline(pipeline(vec![step("a", &[]), step("b", &["a"])], None))
+            .await
+            .unwrap();
+        let mut req = request(&["a"], 1);
+        req.lease = Duration::from_millis(50);
+        let a = q.claim(&req).await.unwrap().remove(0);
+        assert_eq!(q.cancel(a.id).await.unwrap(), CancelOutcome::Requested);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        q.rescue_expired().await.unwrap();
+        let record = q.job(a.id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Cancelled);
+        assert_eq!(record.last_error.as_deref(), Some("cancelled while running"));
+        let run_record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(run_record.state, PipelineState::Cancelled);
+        assert_eq!(state_of(&run_record, "b"), JobState::Cancelled);
+        assert!(q.claim(&request(&["a", "b"], 10)).await.unwrap().is_empty());
+        assert!(q.stats().await.unwrap().depth.is_empty());
+        // The late worker cannot bring it back.
+        complete(&q, std::slice::from_ref(&a)).await;
+        assert_eq!(q.job(a.id).await.unwrap().unwrap().state, JobState::Cancelled);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn retry_of_a_superseded_runs_step_is_refused() {
+        let q = queue().await;
+        let old = q
+            .enqueue_pipeline(pipeline(vec![step("a", &[])], Some("svc")))
+            .await
+            .unwrap();
+        let newer = q
+            .enqueue_pipeline(pipeline(vec![step("a", &[])], Some("svc")))
+            .await
+            .unwrap();
+        assert_eq!(newer.superseded, vec![old.id]);
+        let before = q.pipeline(old.id).await.unwrap().unwrap();
+        let job = before.steps[0].job;
+        assert_eq!(before.steps[0].state, JobState::Cancelled);
+        match q.retry(job).await {
+            Err(QueueError::SupersededPipeline { id, pipeline }) => assert_eq!((id, pipeline), (job, old.id)),
+            other => panic!("expected SupersededPipeline, got {other:?}"),
+        }
+        assert_eq!(q.pipeline(old.id).await.unwrap().unwrap(), before);
+        assert_eq!(count(&q.stats().await.unwrap(), "a", "p", JobState::Available), 1);
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn retried_step_waits_for_its_needs() {
+        let q = queue().await;
+        let run = q
+            .enqueue_pipeline(pipeline(vec![step("build", &[]), step("deploy", &["build"])], None))
+            .await
+            .unwrap();
+        let build = q.claim(&request(&["build"], 1)).await.unwrap().remove(0);
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        let deploy = record.steps.iter().find(|s| s.name == "deploy").unwrap().job;
+        // The operator cancels the pending deploy; the run stops and build is asked to stop.
+        assert_eq!(q.cancel(deploy).await.unwrap(), CancelOutcome::Cancelled);
+        q.acknowledge(vec![Ack::new(&build, Outcome::Cancelled { reason: "stop".into() })])
+            .await
+            .unwrap();
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Cancelled);
+
+        let before = Utc::now() - chrono::Duration::seconds(1);
+        q.retry(deploy).await.unwrap();
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Running);
+        assert_eq!(state_of(&record, "build"), JobState::Available);
+        assert_eq!(
+            state_of(&record, "deploy"),
+            JobState::Pending,
+            "build has not completed"
+        );
+        let d = q.job(deploy).await.unwrap().unwrap();
+        assert_eq!((d.attempt, d.finished_at, d.cancel_requested), (0, None, false));
+        assert!(d.run_at > before);
+        let stats = q.stats().await.unwrap();
+        assert_eq!(count(&stats, "deploy", "p", JobState::Pending), 1);
+        assert_eq!(count(&stats, "deploy", "p", JobState::Available), 0);
+        assert_eq!(count(&stats, "build", "p", JobState::Available), 1);
+        assert!(q.claim(&request(&["deploy"], 1)).await.unwrap().is_empty());
+
+        let build = q.claim(&request(&["build"], 1)).await.unwrap().remove(0);
+        assert_eq!((build.attempt, build.lease_token), (1, 2));
+        complete(&q, &[build]).await;
+        let deploy_job = q.claim(&request(&["deploy"], 1)).await.unwrap().remove(0);
+        assert_eq!(deploy_job.id, deploy);
+        complete(&q, &[deploy_job]).await;
+        assert_eq!(
+            q.pipeline(run.id).await.unwrap().unwrap().state,
+            PipelineState::Succeeded
+        );
+        assert!(q.stats().await.unwrap().depth.is_empty());
         cleanup(&q).await;
     }
 }

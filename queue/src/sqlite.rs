@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{
     Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
@@ -53,6 +54,7 @@ pub struct SqliteQueue {
     pool: SqlitePool,
     notify: Arc<Wakeup>,
     rotation: AtomicUsize,
+    writer: Mutex<()>,
 }
 
 impl SqliteQueue {
@@ -86,6 +88,7 @@ impl SqliteQueue {
             pool,
             notify: Arc::new(Wakeup::default()),
             rotation: AtomicUsize::new(0),
+            writer: Mutex::new(()),
         })
     }
 
@@ -93,8 +96,13 @@ impl SqliteQueue {
         &self.pool
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)
+    /// A write transaction. Writers of this process queue on an async lock first, so they never
+    /// meet in SQLite's busy handler (whose sleeps of up to 100 ms made tail latency); other
+    /// processes still wait there.
+    async fn begin(&self) -> Result<(MutexGuard<'_, ()>, sqlx::Transaction<'static, sqlx::Sqlite>)> {
+        let guard = self.writer.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        Ok((guard, tx))
     }
 
     fn wake(&self) {
@@ -272,39 +280,56 @@ async fn stop_pipeline_jobs(conn: &mut SqliteConnection, pipeline: i64, reason: 
 /// Applies finished attempts and moves their pipelines on; returns whether work became available.
 async fn apply_acks(conn: &mut SqliteConnection, acks: &[Ack], expired_only: bool) -> Result<bool> {
     let now = ms(Utc::now());
-    let mut rows = Vec::new();
-    for ack in acks {
-        let state = ack.outcome.state();
-        let row = sqlx::query(
-            "UPDATE roundhouse_jobs SET
-                 state = ?1,
-                 attempt = CASE WHEN ?1 = 'available' THEN attempt - 1 ELSE attempt END,
-                 run_at = coalesce(?2, run_at),
-                 last_error = coalesce(?3, last_error),
-                 finished_at = CASE WHEN ?1 IN ('completed', 'dead', 'cancelled') THEN ?4 END,
-                 lease_expires_at = NULL, worker_id = NULL, cancel_requested = 0
-             WHERE id = ?5 AND attempt = ?6 AND state = 'running' AND (NOT ?7 OR lease_expires_at < ?4)
-             RETURNING pipeline_id, state, step, dependents",
-        )
-        .bind(state.as_str())
-        .bind(ack.outcome.run_at().map(ms))
-        .bind(ack.outcome.error())
+    let batch: Vec<serde_json::Value> = acks
+        .iter()
+        .map(|ack| {
+            serde_json::json!([
+                ack.lease.job,
+                ack.lease.token,
+                ack.outcome.state().as_str(),
+                ack.outcome.run_at().map(ms),
+                ack.outcome.error()
+            ])
+        })
+        .collect();
+    // A job whose cancellation was requested while it ran is cancelled, not run again, even
+    // when its attempt failed, was handed back, or its worker died.
+    const E: &str = "(CASE WHEN roundhouse_jobs.cancel_requested AND a.state IN ('scheduled', 'available') \
+                     THEN 'cancelled' ELSE a.state END)";
+    let sql = format!(
+        "UPDATE roundhouse_jobs SET
+             state = {E},
+             attempt = CASE WHEN {E} = 'available' THEN roundhouse_jobs.attempt - 1 ELSE roundhouse_jobs.attempt END,
+             run_at = coalesce(a.run_at, roundhouse_jobs.run_at),
+             last_error = CASE WHEN {E} <> a.state THEN 'cancelled while running'
+                               ELSE coalesce(a.error, roundhouse_jobs.last_error) END,
+             finished_at = CASE WHEN {E} IN ('completed', 'dead', 'cancelled') THEN ?2 END,
+             lease_expires_at = NULL, worker_id = NULL, cancel_requested = 0
+         FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token,
+                      json_extract(value, '$[2]') AS state, json_extract(value, '$[3]') AS run_at,
+                      json_extract(value, '$[4]') AS error
+               FROM json_each(?1)) AS a
+         WHERE roundhouse_jobs.id = a.id AND roundhouse_jobs.claims = a.token AND roundhouse_jobs.state = 'running'
+           AND (NOT ?3 OR roundhouse_jobs.lease_expires_at < ?2)
+         RETURNING pipeline_id, state, step, dependents"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::Value::Array(batch).to_string())
         .bind(now)
-        .bind(ack.lease.job)
-        .bind(ack.lease.attempt as i64)
         .bind(expired_only)
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(err)?;
-        if let Some(row) = row {
-            rows.push(AckedRow {
+        .map_err(err)?
+        .iter()
+        .map(|row| {
+            Ok(AckedRow {
                 pipeline: row.try_get("pipeline_id").map_err(err)?,
                 state: row.try_get::<String, _>("state").map_err(err)?.parse()?,
                 step: row.try_get("step").map_err(err)?,
                 dependents: parse_list(&row.try_get::<String, _>("dependents").map_err(err)?)?,
-            });
-        }
-    }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let progress = Progress::of(&rows);
     let mut wake = progress.wake;
     for (pipeline, step) in &progress.released {
@@ -376,6 +401,7 @@ fn claimed(row: &SqliteRow) -> Result<ClaimedJob> {
         project: row.try_get("project").map_err(err)?,
         payload: payload(row)?,
         attempt: row.try_get::<i64, _>("attempt").map_err(err)? as u32,
+        lease_token: row.try_get::<i64, _>("claims").map_err(err)? as u32,
         policy: policy(row)?,
         created_at: time(row.try_get("created_at").map_err(err)?),
         run_at: time(row.try_get("run_at").map_err(err)?),
@@ -419,14 +445,14 @@ impl Backend for SqliteQueue {
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let out = self.enqueue_in(&mut tx, jobs).await?;
         tx.commit().await.map_err(err)?;
         Ok(out)
     }
 
     async fn enqueue_pipeline(&self, pipeline: NewPipeline) -> Result<PipelineEnqueued> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let out = self.enqueue_pipeline_in(&mut tx, pipeline).await?;
         tx.commit().await.map_err(err)?;
         Ok(out)
@@ -436,7 +462,7 @@ impl Backend for SqliteQueue {
         if request.limit == 0 || request.kinds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let conn: &mut SqliteConnection = &mut tx;
         let now_at = Utc::now();
         let now = ms(now_at);
@@ -511,7 +537,8 @@ impl Backend for SqliteQueue {
         let mut jobs = Vec::new();
         for (project, n) in &quotas {
             let rows = sqlx::query(
-                "UPDATE roundhouse_jobs SET state = 'running', attempt = attempt + 1, worker_id = ?, attempted_at = ?,
+                "UPDATE roundhouse_jobs SET state = 'running', attempt = attempt + 1, claims = claims + 1, worker_id = ?,
+                     attempted_at = ?,
                      lease_expires_at = ?
                  WHERE id IN (SELECT id FROM roundhouse_jobs
                               WHERE state = 'available' AND project = ? AND kind IN (SELECT value FROM json_each(?))
@@ -553,27 +580,32 @@ impl Backend for SqliteQueue {
             return Ok(HeartbeatReply::default());
         }
         let until = ms(Utc::now()) + lease.as_millis() as i64;
-        let mut tx = self.begin().await?;
+        let batch: Vec<serde_json::Value> = leases.iter().map(|l| serde_json::json!([l.job, l.token])).collect();
+        let (_writer, mut tx) = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE roundhouse_jobs SET lease_expires_at = ?2
+             FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token FROM json_each(?1)) AS l
+             WHERE roundhouse_jobs.id = l.id AND roundhouse_jobs.claims = l.token
+               AND roundhouse_jobs.state = 'running' AND roundhouse_jobs.worker_id = ?3
+             RETURNING id, cancel_requested",
+        )
+        .bind(serde_json::Value::Array(batch).to_string())
+        .bind(until)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        let mut held = std::collections::HashSet::new();
         let mut reply = HeartbeatReply::default();
-        for l in leases {
-            let cancel: Option<i64> = sqlx::query_scalar(
-                "UPDATE roundhouse_jobs SET lease_expires_at = ?
-                 WHERE id = ? AND attempt = ? AND state = 'running' AND worker_id = ? RETURNING cancel_requested",
-            )
-            .bind(until)
-            .bind(l.job)
-            .bind(l.attempt as i64)
-            .bind(worker)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?;
-            match cancel {
-                None => reply.lost.push(l.job),
-                Some(flag) if flag != 0 => reply.cancel.push(l.job),
-                Some(_) => {}
+        for row in &rows {
+            let id: i64 = row.try_get("id").map_err(err)?;
+            held.insert(id);
+            if row.try_get::<i64, _>("cancel_requested").map_err(err)? != 0 {
+                reply.cancel.push(id);
             }
         }
-        tx.commit().await.map_err(err)?;
+        reply.lost = leases.iter().map(|l| l.job).filter(|id| !held.contains(id)).collect();
         Ok(reply)
     }
 
@@ -581,7 +613,7 @@ impl Backend for SqliteQueue {
         if acks.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let wake = apply_acks(&mut tx, &acks, false).await?;
         tx.commit().await.map_err(err)?;
         if wake {
@@ -591,7 +623,7 @@ impl Backend for SqliteQueue {
     }
 
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -640,34 +672,46 @@ impl Backend for SqliteQueue {
     }
 
     async fn retry(&self, id: JobId) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?
-            .ok_or(QueueError::JobNotFound(id))?;
+        let (_writer, mut tx) = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT j.state, j.pipeline_id, p.state AS run FROM roundhouse_jobs j
+             LEFT JOIN roundhouse_pipelines p ON p.id = j.pipeline_id WHERE j.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?
+        .ok_or(QueueError::JobNotFound(id))?;
         let state: JobState = row.try_get::<String, _>("state").map_err(err)?.parse()?;
+        let pipeline: Option<i64> = row.try_get("pipeline_id").map_err(err)?;
+        if let Some(p) = pipeline
+            && row.try_get::<Option<String>, _>("run").map_err(err)?.as_deref() == Some("superseded")
+        {
+            return Err(QueueError::SupersededPipeline { id, pipeline: p });
+        }
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
             return Err(QueueError::NotRetryable { id, state });
         }
         let now = ms(Utc::now());
-        if let Some(p) = row.try_get::<Option<i64>, _>("pipeline_id").map_err(err)? {
+        if let Some(p) = pipeline {
+            // Reopen the run: the retried step and the steps stopped with it wait again for what
+            // they need, and start when it has completed.
             sqlx::query("UPDATE roundhouse_pipelines SET state = 'running', finished_at = NULL WHERE id = ?")
                 .bind(p)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
             sqlx::query(
-                "UPDATE roundhouse_jobs SET state = 'pending', attempt = 0, finished_at = NULL, cancel_requested = 0,
+                "UPDATE roundhouse_jobs SET state = 'pending', attempt = 0, run_at = ?, finished_at = NULL,
+                     cancel_requested = 0,
                      deps_remaining = (SELECT count(*) FROM roundhouse_jobs n
                                        WHERE n.pipeline_id = roundhouse_jobs.pipeline_id
                                          AND n.step IN (SELECT value FROM json_each(roundhouse_jobs.needs))
                                          AND n.state <> 'completed')
-                 WHERE pipeline_id = ? AND state IN ('cancelled', 'dead') AND id <> ?",
+                 WHERE pipeline_id = ? AND state IN ('cancelled', 'dead')",
             )
+            .bind(now)
             .bind(p)
-            .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -678,16 +722,17 @@ impl Backend for SqliteQueue {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
+        } else {
+            sqlx::query(
+                "UPDATE roundhouse_jobs SET state = 'available', attempt = 0, run_at = ?, finished_at = NULL,
+                     cancel_requested = 0 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         }
-        sqlx::query(
-            "UPDATE roundhouse_jobs SET state = 'available', attempt = 0, run_at = ?, finished_at = NULL,
-                 cancel_requested = 0 WHERE id = ?",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
         tx.commit().await.map_err(err)?;
         self.wake();
         Ok(())
@@ -710,12 +755,11 @@ impl Backend for SqliteQueue {
         let mut acks = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = record(row)?;
-            let lease = Lease {
-                job: job.id,
-                attempt: job.attempt,
-            };
+            let token = row.try_get::<i64, _>("claims").map_err(err)? as u32;
+            let lease = Lease { job: job.id, token };
             acks.push(expired_lease_ack(
                 lease,
+                job.attempt,
                 job.pipeline,
                 &job.policy,
                 job.worker.as_deref(),
@@ -723,7 +767,7 @@ impl Backend for SqliteQueue {
                 &mut report,
             ));
         }
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         apply_acks(&mut tx, &acks, true).await?;
         tx.commit().await.map_err(err)?;
         self.wake();
@@ -731,17 +775,31 @@ impl Backend for SqliteQueue {
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
-        let mut tx = self.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM roundhouse_jobs WHERE finished_at < ? AND state IN ('completed', 'dead', 'cancelled')
-               AND (pipeline_id IS NULL OR EXISTS (
-                   SELECT 1 FROM roundhouse_pipelines p WHERE p.id = roundhouse_jobs.pipeline_id AND p.state <> 'running'))",
-        )
-        .bind(ms(before))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected();
+        // Small batches, each its own transaction, so heartbeats and acks are never kept
+        // waiting on the writer lock for long.
+        let mut total = 0;
+        loop {
+            let (_writer, mut tx) = self.begin().await?;
+            let deleted = sqlx::query(
+                "DELETE FROM roundhouse_jobs WHERE id IN (
+                     SELECT j.id FROM roundhouse_jobs j
+                     WHERE j.finished_at < ? AND j.state IN ('completed', 'dead', 'cancelled')
+                       AND (j.pipeline_id IS NULL OR EXISTS (
+                           SELECT 1 FROM roundhouse_pipelines p WHERE p.id = j.pipeline_id AND p.state <> 'running'))
+                     LIMIT 1000)",
+            )
+            .bind(ms(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+            tx.commit().await.map_err(err)?;
+            total += deleted;
+            if deleted < 1000 {
+                break;
+            }
+        }
+        let (_writer, mut tx) = self.begin().await?;
         sqlx::query(
             "DELETE FROM roundhouse_pipelines WHERE state <> 'running' AND finished_at < ?
                AND NOT EXISTS (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = roundhouse_pipelines.id)",
@@ -751,7 +809,7 @@ impl Backend for SqliteQueue {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        Ok(deleted)
+        Ok(total)
     }
 
     async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {

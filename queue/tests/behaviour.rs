@@ -545,6 +545,116 @@ async fn leases_are_exclusive_under_concurrent_claims(q: Arc<dyn Backend>) {
     assert_eq!(all.len(), 400, "no job lost");
 }
 
+async fn an_old_lease_cannot_touch_a_newer_claim(q: Arc<dyn Backend>) {
+    // Handed back, then claimed again: same attempt number, different claim.
+    let id = q.enqueue(vec![job("noop", "p")]).await.unwrap()[0].id;
+    let first = claim(&q, 1).await.remove(0);
+    ack(&q, &first, Outcome::Released).await;
+    let second = claim(&q, 1).await.remove(0);
+    assert_eq!(first.attempt, second.attempt);
+    assert_ne!(first.lease(), second.lease());
+    ack(&q, &first, Outcome::Completed).await;
+    assert_eq!(state(&q, id).await, JobState::Running, "the old claim's ack is ignored");
+    let hb = q
+        .heartbeat("w1", &[first.lease()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hb.lost, vec![id]);
+    // Dead, retried by an operator, claimed again: attempt restarts, the old claim stays dead.
+    let policy = JobPolicy {
+        max_attempts: 1,
+        ..JobPolicy::default()
+    };
+    let id = q.enqueue(vec![job("noop", "p").with_policy(policy)]).await.unwrap()[0].id;
+    let before = claim(&q, 1).await.remove(0);
+    ack(&q, &before, Outcome::Dead { error: "x".into() }).await;
+    q.retry(id).await.unwrap();
+    let after = claim(&q, 1).await.remove(0);
+    assert_eq!(before.attempt, after.attempt);
+    ack(&q, &before, Outcome::Completed).await;
+    assert_eq!(state(&q, id).await, JobState::Running);
+    ack(&q, &after, Outcome::Completed).await;
+    assert_eq!(state(&q, id).await, JobState::Completed);
+}
+
+async fn a_requested_cancel_survives_failure_hand_back_and_crash(q: Arc<dyn Backend>) {
+    let policy = JobPolicy {
+        backoff: enclii_queue::Backoff::new(Duration::from_millis(1), Duration::from_millis(1)),
+        ..JobPolicy::default()
+    };
+    let ids = q
+        .enqueue(vec![
+            job("noop", "p").with_policy(policy),
+            job("noop", "p").with_policy(policy),
+            job("noop", "p").with_policy(policy),
+        ])
+        .await
+        .unwrap();
+    let mut req = request("w-cancel", 3);
+    req.lease = Duration::from_millis(300);
+    let running = q.claim(&req).await.unwrap();
+    for e in &ids {
+        assert_eq!(q.cancel(e.id).await.unwrap(), CancelOutcome::Requested);
+    }
+    let by_id = |id: i64| running.iter().find(|j| j.id == id).unwrap();
+    ack(
+        &q,
+        by_id(ids[0].id),
+        Outcome::failure(1, &policy, "flaky".into(), Utc::now()),
+    )
+    .await;
+    ack(&q, by_id(ids[1].id), Outcome::Released).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    q.rescue_expired().await.unwrap();
+    for e in &ids {
+        assert_eq!(
+            state(&q, e.id).await,
+            JobState::Cancelled,
+            "job {} ran again after a cancel",
+            e.id
+        );
+    }
+    assert!(claim_eventually(&q, 1, Duration::from_millis(300)).await.is_empty());
+}
+
+async fn retry_respects_needs_and_refuses_superseded_runs(q: Arc<dyn Backend>) {
+    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
+    let a = claim(&q, 10).await.remove(0);
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    let id_of = |name: &str| record.steps.iter().find(|s| s.name == name).unwrap().job;
+    // Cancelling a waiting step cancels the run while `a` still runs.
+    assert_eq!(q.cancel(id_of("b")).await.unwrap(), CancelOutcome::Cancelled);
+    ack(
+        &q,
+        &a,
+        Outcome::Cancelled {
+            reason: "stopped".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        q.pipeline(run.id).await.unwrap().unwrap().state,
+        PipelineState::Cancelled
+    );
+    // Retrying `d` reopens the run, but `d` still waits for `b` and `c`, which wait for `a`.
+    q.retry(id_of("d")).await.unwrap();
+    let record = q.pipeline(run.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Running);
+    assert_eq!(
+        record.steps.iter().find(|s| s.name == "d").unwrap().state,
+        JobState::Pending
+    );
+    let next = claim(&q, 10).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].step.as_deref(), Some("a"));
+    // A superseded run stays superseded.
+    let old = q.enqueue_pipeline(diamond(Some("svc:web:branch:main"))).await.unwrap();
+    q.enqueue_pipeline(diamond(Some("svc:web:branch:main"))).await.unwrap();
+    let old_a = q.pipeline(old.id).await.unwrap().unwrap().steps[0].job;
+    let err = q.retry(old_a).await.unwrap_err();
+    assert!(matches!(err, QueueError::SupersededPipeline { .. }), "{err}");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -586,4 +696,7 @@ on_every_backend!(
     finished_jobs_are_pruned_after_retention,
     stats_count_depth_by_kind_project_and_state,
     leases_are_exclusive_under_concurrent_claims,
+    an_old_lease_cannot_touch_a_newer_claim,
+    a_requested_cancel_survives_failure_hand_back_and_crash,
+    retry_respects_needs_and_refuses_superseded_runs,
 );

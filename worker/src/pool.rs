@@ -8,7 +8,7 @@
 //! but not yet acknowledged job is never rescued and run twice.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -86,17 +86,26 @@ enum StopReason {
     Shutdown,
 }
 
-struct Entry {
-    lease: Lease,
+/// How the pool steers one claimed job's task.
+#[derive(Default)]
+struct Control {
     stop: CancellationToken,
-    reason: Arc<OnceLock<StopReason>>,
+    /// Why it was stopped; the first reason wins.
+    reason: OnceLock<StopReason>,
+    /// Whether its handler has started (it may be waiting for an execution slot).
+    started: AtomicBool,
 }
 
-impl Entry {
+impl Control {
     fn stop(&self, reason: StopReason) {
         let _ = self.reason.set(reason);
         self.stop.cancel();
     }
+}
+
+struct Entry {
+    lease: Lease,
+    control: Arc<Control>,
 }
 
 /// Moving averages of job run time and claim round trip, which size the prefetch.
@@ -143,13 +152,44 @@ struct Shared {
 impl Shared {
     fn stop_job(&self, id: JobId, reason: StopReason) {
         if let Some(entry) = self.running.lock().expect("running map").get(&id) {
-            entry.stop(reason);
+            entry.control.stop(reason);
         }
     }
 
     fn stop_all(&self, reason: StopReason) {
         for entry in self.running.lock().expect("running map").values() {
-            entry.stop(reason);
+            entry.control.stop(reason);
+        }
+    }
+
+    /// Stops the jobs still waiting for an execution slot (prefetched ones).
+    fn stop_unstarted(&self, reason: StopReason) {
+        for entry in self.running.lock().expect("running map").values() {
+            if !entry.control.started.load(Ordering::SeqCst) {
+                entry.control.stop(reason);
+            }
+        }
+    }
+
+    /// Tracks a new claim. A previous claim of the same job still tracked here lost its lease
+    /// (it was rescued and claimed again): stop it.
+    fn track(&self, lease: Lease) -> Arc<Control> {
+        let control = Arc::new(Control::default());
+        let entry = Entry {
+            lease,
+            control: control.clone(),
+        };
+        if let Some(old) = self.running.lock().expect("running map").insert(lease.job, entry) {
+            old.control.stop(StopReason::LeaseLost);
+        }
+        control
+    }
+
+    /// Stops tracking a claim — only that claim, never a newer one of the same job.
+    fn untrack(&self, lease: Lease) {
+        let mut running = self.running.lock().expect("running map");
+        if running.get(&lease.job).is_some_and(|e| e.lease == lease) {
+            running.remove(&lease.job);
         }
     }
 }
@@ -207,14 +247,17 @@ impl Worker {
         });
         info!(worker = %shared.id, backend = shared.backend.name(), ?kinds, "worker started");
         let jobs = TaskTracker::new();
-        let background = CancellationToken::new();
-        let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+        let flushed = CancellationToken::new();
+        let heartbeats_done = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), heartbeats_done.clone()));
         let reaper = tokio::spawn(rescue_loop(shared.clone(), shutdown.clone()));
-        let flusher = tokio::spawn(ack_loop(shared.clone(), ack_rx, background.clone()));
+        let mut flusher = tokio::spawn(ack_loop(shared.clone(), ack_rx, flushed.clone()));
 
         claim_loop(&shared, &kinds, &jobs, &shutdown).await;
 
         info!(worker = %shared.id, in_flight = jobs.len(), "shutting down: no more claims");
+        // Prefetched jobs that have not started go back at once; running ones get the grace.
+        shared.stop_unstarted(StopReason::Shutdown);
         jobs.close();
         if tokio::time::timeout(shared.config.shutdown_grace, jobs.wait())
             .await
@@ -224,8 +267,16 @@ impl Worker {
             shared.stop_all(StopReason::Shutdown);
             jobs.wait().await;
         }
-        background.cancel();
-        let _ = flusher.await;
+        // Heartbeats go on until the last acknowledgement is written (or cannot be, in time).
+        flushed.cancel();
+        if tokio::time::timeout(shared.config.lease, &mut flusher).await.is_err() {
+            flusher.abort();
+            warn!(
+                worker = %shared.id,
+                "could not acknowledge finished jobs before exiting; they run again when their leases expire"
+            );
+        }
+        heartbeats_done.cancel();
         let _ = heartbeats.await;
         let _ = reaper.await;
         info!(worker = %shared.id, "worker stopped");
@@ -273,19 +324,13 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
                 metrics::histogram!("enclii_queue_claim_query_seconds").record(started.elapsed().as_secs_f64());
                 let got = claimed.len();
                 for (job, slot) in claimed.into_iter().zip(permits.drain(..)) {
-                    let entry = Entry {
-                        lease: job.lease(),
-                        stop: CancellationToken::new(),
-                        reason: Arc::new(OnceLock::new()),
-                    };
-                    let (stop, reason) = (entry.stop.clone(), entry.reason.clone());
-                    shared.running.lock().expect("running map").insert(job.id, entry);
+                    let control = shared.track(job.lease());
                     let span =
                         info_span!("job", id = job.id, kind = %job.kind, project = %job.project, attempt = job.attempt);
                     let shared = shared.clone();
                     jobs.spawn(
                         async move {
-                            execute(&shared, job, stop, reason).await;
+                            execute(&shared, job, control).await;
                             drop(slot);
                             shared.slot_freed.notify_one();
                         }
@@ -296,7 +341,8 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
                 // Let the jobs just spawned start (and short ones finish) before claiming again,
                 // so that the next claim sees the slots they free and batches stay large.
                 tokio::task::yield_now().await;
-                if got < want {
+                // A partial batch may only mean fair-share quotas; wait only when nothing came.
+                if got == 0 {
                     tokio::select! {
                         _ = shared.backend.wait_for_work(shared.config.poll_every) => {}
                         _ = shutdown.cancelled() => return,
@@ -331,7 +377,8 @@ enum Ended {
     Stopped,
 }
 
-async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reason: Arc<OnceLock<StopReason>>) {
+async fn execute(shared: &Shared, job: ClaimedJob, control: Arc<Control>) {
+    let stop = &control.stop;
     let kind = job.kind.clone();
     let lease = job.lease();
     let pipeline = job.pipeline;
@@ -339,6 +386,7 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
         permit = shared.exec.clone().acquire_owned() => Some(permit.expect("exec never closes")),
         _ = stop.cancelled() => None,
     };
+    control.started.store(exec.is_some(), Ordering::SeqCst);
     let waited = Utc::now() - job.run_at;
     metrics::counter!("enclii_queue_jobs_claimed_total", "kind" => kind.clone()).increment(1);
     metrics::histogram!("enclii_queue_start_latency_seconds", "kind" => kind.clone())
@@ -382,10 +430,7 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
         Ended::Finished(Ok(Err(JobError::RetryAfter { after, message }))) => Some(if attempt >= policy.max_attempts {
             Outcome::Dead { error: message }
         } else {
-            Outcome::Retry {
-                at: now + chrono::Duration::from_std(after).unwrap_or_default(),
-                error: message,
-            }
+            Outcome::retry_after(now, after, message)
         }),
         Ended::Finished(Ok(Err(JobError::Abort(message)))) => Some(Outcome::Dead { error: message }),
         Ended::Finished(Err(join)) => Some(Outcome::failure(
@@ -400,7 +445,7 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
             format!("timed out after {:?}", policy.timeout),
             now,
         )),
-        Ended::Stopped => match reason.get().copied().unwrap_or(StopReason::Shutdown) {
+        Ended::Stopped => match control.reason.get().copied().unwrap_or(StopReason::Shutdown) {
             StopReason::Cancelled => Some(Outcome::Cancelled {
                 reason: "cancelled while running".into(),
             }),
@@ -410,9 +455,10 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
     };
     let Some(outcome) = outcome else {
         warn!("lease lost (rescued elsewhere or heartbeats failed); stopped without acknowledging");
-        shared.running.lock().expect("running map").remove(&lease.job);
+        shared.untrack(lease);
         return;
     };
+    let outcome = clean(outcome);
     record_outcome(&kind, &outcome, started.elapsed());
     if let Some(error) = outcome.error() {
         debug!(%error, state = %outcome.state(), "attempt failed");
@@ -422,6 +468,28 @@ async fn execute(shared: &Shared, job: ClaimedJob, stop: CancellationToken, reas
         pipeline,
         outcome,
     });
+}
+
+/// Error text as stored: no NUL bytes (PostgreSQL rejects them in text) and at most 8 KiB.
+fn clean(outcome: Outcome) -> Outcome {
+    fn text(message: String) -> String {
+        let mut message = message.replace('\0', "");
+        if message.len() > 8192 {
+            let mut end = 8192;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        message
+    }
+    match outcome {
+        Outcome::Retry { at, error } => Outcome::Retry { at, error: text(error) },
+        Outcome::Dead { error } => Outcome::Dead { error: text(error) },
+        Outcome::Cancelled { reason } => Outcome::Cancelled { reason: text(reason) },
+        other => other,
+    }
 }
 
 fn record_outcome(kind: &str, outcome: &Outcome, ran: Duration) {
@@ -461,10 +529,27 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>, don
         match shared.backend.acknowledge(batch.clone()).await {
             Ok(()) => {
                 failures = 0;
-                let mut running = shared.running.lock().expect("running map");
                 for ack in batch.drain(..) {
-                    running.remove(&ack.lease.job);
+                    shared.untrack(ack.lease);
                 }
+            }
+            Err(e) if !e.is_transient() && failures >= 2 => {
+                // The backend keeps rejecting this batch: acknowledge one by one, so that one
+                // bad ack cannot hold back the others. A rejected one is dropped; its job runs
+                // again when its lease expires (at-least-once).
+                failures = 0;
+                let mut kept = Vec::new();
+                for ack in batch.drain(..) {
+                    match shared.backend.acknowledge(vec![ack.clone()]).await {
+                        Ok(()) => shared.untrack(ack.lease),
+                        Err(e) if e.is_transient() => kept.push(ack),
+                        Err(e) => {
+                            tracing::error!(job = ack.lease.job, error = %e, "acknowledgement rejected; dropping it");
+                            shared.untrack(ack.lease);
+                        }
+                    }
+                }
+                batch = kept;
             }
             Err(e) => {
                 // Keep the batch (its leases stay renewed) and try again.
@@ -485,10 +570,12 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>, don
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
-    let mut last_renewal = Instant::now();
+    let (lease, every) = (shared.config.lease, shared.config.heartbeat_every);
+    // This process's leases are good until the last successful renewal was *sent* plus a lease.
+    let mut valid_until = Instant::now() + lease;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.heartbeat_every) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = done.cancelled() => return,
         }
         let leases: Vec<Lease> = shared
@@ -499,12 +586,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
             .map(|e| e.lease)
             .collect();
         if leases.is_empty() {
-            last_renewal = Instant::now();
+            valid_until = Instant::now() + lease;
             continue;
         }
-        match shared.backend.heartbeat(&shared.id, &leases, shared.config.lease).await {
-            Ok(reply) => {
-                last_renewal = Instant::now();
+        let sent = Instant::now();
+        match tokio::time::timeout(every, shared.backend.heartbeat(&shared.id, &leases, lease)).await {
+            Ok(Ok(reply)) => {
+                valid_until = sent + lease;
                 for id in reply.lost {
                     shared.stop_job(id, StopReason::LeaseLost);
                 }
@@ -512,15 +600,14 @@ async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
                     shared.stop_job(id, StopReason::Cancelled);
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "heartbeat failed");
-                // Past the lease another worker may already have the jobs: stop ours so that a
-                // job never runs twice at once.
-                if last_renewal.elapsed() >= shared.config.lease {
-                    warn!("leases expired without renewal; stopping all running jobs");
-                    shared.stop_all(StopReason::LeaseLost);
-                }
-            }
+            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Err(_) => warn!(timeout = ?every, "heartbeat timed out"),
+        }
+        // The next chance to renew is a period away: if the leases could lapse before then,
+        // another worker may soon run these jobs, so stop ours now — never run a job twice.
+        if Instant::now() + every >= valid_until {
+            warn!("leases could not be renewed in time; stopping all running jobs");
+            shared.stop_all(StopReason::LeaseLost);
         }
     }
 }

@@ -369,3 +369,140 @@ async fn a_small_project_is_not_starved_by_a_big_backlog() {
         "the small project's 20 jobs finished within the first 100 completions, not after the backlog (at {last_small})"
     );
 }
+
+/// Test double: a real backend whose heartbeats can be made to hang, as over a black-holed
+/// connection. Everything else is delegated untouched.
+struct HangingHeartbeats {
+    inner: Arc<dyn Backend>,
+    hang: AtomicBool,
+}
+
+#[async_trait]
+impl Backend for HangingHeartbeats {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn ping(&self) -> enclii_queue::Result<()> {
+        self.inner.ping().await
+    }
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> enclii_queue::Result<Vec<enclii_queue::Enqueued>> {
+        self.inner.enqueue(jobs).await
+    }
+    async fn enqueue_pipeline(
+        &self,
+        pipeline: enclii_queue::NewPipeline,
+    ) -> enclii_queue::Result<enclii_queue::PipelineEnqueued> {
+        self.inner.enqueue_pipeline(pipeline).await
+    }
+    async fn claim(&self, request: &enclii_queue::ClaimRequest) -> enclii_queue::Result<Vec<enclii_queue::ClaimedJob>> {
+        self.inner.claim(request).await
+    }
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        leases: &[enclii_queue::Lease],
+        lease: Duration,
+    ) -> enclii_queue::Result<enclii_queue::HeartbeatReply> {
+        if self.hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        self.inner.heartbeat(worker, leases, lease).await
+    }
+    async fn acknowledge(&self, acks: Vec<enclii_queue::Ack>) -> enclii_queue::Result<()> {
+        self.inner.acknowledge(acks).await
+    }
+    async fn cancel(&self, id: i64) -> enclii_queue::Result<enclii_queue::CancelOutcome> {
+        self.inner.cancel(id).await
+    }
+    async fn retry(&self, id: i64) -> enclii_queue::Result<()> {
+        self.inner.retry(id).await
+    }
+    async fn rescue_expired(&self) -> enclii_queue::Result<enclii_queue::RescueReport> {
+        self.inner.rescue_expired().await
+    }
+    async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> enclii_queue::Result<u64> {
+        self.inner.prune(before).await
+    }
+    async fn job(&self, id: i64) -> enclii_queue::Result<Option<enclii_queue::JobRecord>> {
+        self.inner.job(id).await
+    }
+    async fn pipeline(&self, id: i64) -> enclii_queue::Result<Option<enclii_queue::PipelineRecord>> {
+        self.inner.pipeline(id).await
+    }
+    async fn stats(&self) -> enclii_queue::Result<enclii_queue::QueueStats> {
+        self.inner.stats().await
+    }
+    async fn set_project_limits(&self, project: &str, limits: ProjectLimits) -> enclii_queue::Result<()> {
+        self.inner.set_project_limits(project, limits).await
+    }
+    async fn wait_for_work(&self, timeout: Duration) {
+        self.inner.wait_for_work(timeout).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_renew_its_leases_stops_its_jobs_before_they_lapse() {
+    let flaky = Arc::new(HangingHeartbeats {
+        inner: sqlite().await,
+        hang: AtomicBool::new(false),
+    });
+    let q: Arc<dyn Backend> = flaky.clone();
+    let (handler, started, finished, saw_cancel) = sleeper();
+    let mut registry = Registry::new();
+    registry.register("sleep", handler);
+    q.enqueue(vec![sleep_job(30_000, JobPolicy::default())]).await.unwrap();
+    let config = WorkerConfig {
+        lease: Duration::from_millis(1200),
+        heartbeat_every: Duration::from_millis(200),
+        rescue_every: Duration::from_secs(3600),
+        ..fast_config(2)
+    };
+    let lease = config.lease;
+    let worker = start(&q, registry, config);
+    while started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    flaky.hang.store(true, Ordering::SeqCst);
+    let hung_at = std::time::Instant::now();
+    while !saw_cancel.load(Ordering::SeqCst) && hung_at.elapsed() < 3 * lease {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_cancel.load(Ordering::SeqCst), "the job was stopped");
+    assert!(
+        hung_at.elapsed() < lease,
+        "stopped before its lease could lapse and another worker take it ({:?})",
+        hung_at.elapsed()
+    );
+    assert!(!finished.load(Ordering::SeqCst));
+    flaky.hang.store(false, Ordering::SeqCst);
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_text_the_database_would_reject_is_cleaned_not_stuck() {
+    let q = postgres().await;
+    let mut registry = Registry::new();
+    registry.register("nul", NulError);
+    let id = q.enqueue(vec![NewJob::new("nul", "p", json!({}))]).await.unwrap()[0].id;
+    let worker = start(&q, registry, fast_config(2));
+    assert_eq!(
+        wait_for_state(&q, id, JobState::Dead, Duration::from_secs(10)).await,
+        JobState::Dead
+    );
+    let error = q.job(id).await.unwrap().unwrap().last_error.unwrap();
+    assert!(
+        error.starts_with("bad byte") && !error.contains('\0') && error.len() < 9000,
+        "{error:?}"
+    );
+    worker.shutdown().await;
+}
+
+struct NulError;
+
+#[async_trait]
+impl Handler for NulError {
+    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
+        Err(JobError::abort(format!("bad byte \0 here {}", "x".repeat(20_000))))
+    }
+}
