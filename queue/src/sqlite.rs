@@ -22,7 +22,9 @@ use crate::backend::{
     QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};
+use crate::job::{
+    Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, Outcome, PipelineId,
+};
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, StepRecord};
 use crate::progress::{AckedRow, Progress, expired_lease_ack};
 
@@ -410,12 +412,33 @@ fn claimed(row: &SqliteRow) -> Result<ClaimedJob> {
     })
 }
 
+/// A claimed row that cannot be read (e.g. a payload that is not JSON, written around the
+/// queue) is dead-lettered with the reason, instead of failing every claim after it.
+fn dead_letter(row: &SqliteRow, problem: QueueError) -> Result<Ack> {
+    let id: i64 = row.try_get("id").map_err(err)?;
+    tracing::error!(job = id, error = %problem, "dead-lettering a job whose stored row cannot be read");
+    Ok(Ack {
+        lease: Lease {
+            job: id,
+            token: row.try_get::<i64, _>("claims").map_err(err)? as u32,
+        },
+        pipeline: row.try_get("pipeline_id").map_err(err)?,
+        outcome: Outcome::Dead {
+            error: format!("{problem}; fix or re-enqueue the job"),
+        },
+    })
+}
+
 fn record(row: &SqliteRow) -> Result<JobRecord> {
+    // Operators must be able to inspect a dead-lettered job whose payload is not JSON.
+    let payload = payload(row).or_else(|_| {
+        Ok::<_, QueueError>(serde_json::json!({ "corrupt_payload": row.try_get::<String, _>("payload").map_err(err)? }))
+    })?;
     Ok(JobRecord {
         id: row.try_get("id").map_err(err)?,
         kind: row.try_get("kind").map_err(err)?,
         project: row.try_get("project").map_err(err)?,
-        payload: payload(row)?,
+        payload,
         state: row.try_get::<String, _>("state").map_err(err)?.parse()?,
         attempt: row.try_get::<i64, _>("attempt").map_err(err)? as u32,
         policy: policy(row)?,
@@ -535,6 +558,7 @@ impl Backend for SqliteQueue {
         let kinds = json_list(&request.kinds);
         let lease_until = now + request.lease.as_millis() as i64;
         let mut jobs = Vec::new();
+        let mut corrupt = Vec::new();
         for (project, n) in &quotas {
             let rows = sqlx::query(
                 "UPDATE roundhouse_jobs SET state = 'running', attempt = attempt + 1, claims = claims + 1, worker_id = ?,
@@ -555,7 +579,10 @@ impl Backend for SqliteQueue {
             .await
             .map_err(err)?;
             for row in &rows {
-                jobs.push(claimed(row)?);
+                match claimed(row) {
+                    Ok(job) => jobs.push(job),
+                    Err(e) => corrupt.push(dead_letter(row, e)?),
+                }
             }
             if let Some((limits, tokens, _)) = limited.get(project)
                 && limits.jobs_per_minute.is_some()
@@ -568,6 +595,9 @@ impl Backend for SqliteQueue {
                     .await
                     .map_err(err)?;
             }
+        }
+        if !corrupt.is_empty() {
+            apply_acks(&mut tx, &corrupt, false).await?;
         }
         tx.commit().await.map_err(err)?;
         // RETURNING order is unspecified: keep priority order within the batch.

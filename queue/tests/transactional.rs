@@ -89,3 +89,34 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     };
     assert!(err.to_string().contains("use postgres://, sqlite:// or redis://"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_sqlite_row_is_dead_lettered_not_blocking_the_queue() {
+    use enclii_queue::{Backend, ClaimRequest, JobState};
+    let q = SqliteQueue::connect(&common::fresh_sqlite_url()).await.unwrap();
+    let ids = q
+        .enqueue(vec![
+            NewJob::new("noop", "p", json!({})),
+            NewJob::new("noop", "p", json!({})),
+        ])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE roundhouse_jobs SET payload = '{not json' WHERE id = ?")
+        .bind(ids[0].id)
+        .execute(q.pool())
+        .await
+        .unwrap();
+    let request = ClaimRequest {
+        worker: "w".into(),
+        kinds: vec!["noop".into()],
+        limit: 10,
+        lease: std::time::Duration::from_secs(30),
+    };
+    let claimed = q.claim(&request).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the good job is still served");
+    assert_eq!(claimed[0].id, ids[1].id);
+    let bad = q.job(ids[0].id).await.unwrap().unwrap();
+    assert_eq!(bad.state, JobState::Dead);
+    assert!(bad.last_error.unwrap().contains("not JSON"));
+    assert_eq!(bad.payload["corrupt_payload"], "{not json");
+}
