@@ -211,6 +211,27 @@ async fn finish(backend: &dyn Backend, meter: &Meter, n: usize, deadline: Instan
     settle(backend, deadline).await
 }
 
+/// Starts the in-process worker on a metered view of `backend`.
+fn start_metered(
+    backend: &Arc<dyn Backend>,
+    state: &Arc<RunState>,
+    base: Instant,
+    concurrency: usize,
+    args: &RunArgs,
+) -> (Arc<Meter>, InProcess) {
+    let meter = Meter::new(base);
+    let metered: Arc<dyn Backend> = Arc::new(Metered {
+        inner: backend.clone(),
+        meter: meter.clone(),
+    });
+    let worker = InProcess::start(
+        metered,
+        state.clone(),
+        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
+    );
+    (meter, worker)
+}
+
 async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let n = args.jobs.unwrap_or(20_000);
     let concurrency = args.concurrency.unwrap_or(32);
@@ -225,16 +246,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let chunks = build_chunks(kind, "loadtest", 0..n, args.chunk, ms);
     let (enqueue_busy, _) = enqueue_chunks(&*backend, chunks).await?;
 
-    let meter = Meter::new(base);
-    let metered: Arc<dyn Backend> = Arc::new(Metered {
-        inner: backend.clone(),
-        meter: meter.clone(),
-    });
-    let worker = InProcess::start(
-        metered,
-        state.clone(),
-        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
-    );
+    let (meter, worker) = start_metered(&backend, &state, base, concurrency, args);
     let deadline = Instant::now() + Duration::from_secs(deadline_s);
     state.wait_all(deadline).await;
     let unfinished = finish(&*backend, &meter, n, deadline).await?;
@@ -278,16 +290,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let backend = env.open(args.max_conns).await?;
     let base = Instant::now();
     let state = RunState::new(n, base);
-    let meter = Meter::new(base);
-    let metered: Arc<dyn Backend> = Arc::new(Metered {
-        inner: backend.clone(),
-        meter: meter.clone(),
-    });
-    let worker = InProcess::start(
-        metered,
-        state.clone(),
-        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
-    );
+    let (meter, worker) = start_metered(&backend, &state, base, concurrency, args);
     // Let the worker issue its first (empty) claim and start waiting for work.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -382,16 +385,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
 
     let base = Instant::now();
     let state = RunState::new(n, base);
-    let meter = Meter::new(base);
-    let metered: Arc<dyn Backend> = Arc::new(Metered {
-        inner: backend.clone(),
-        meter: meter.clone(),
-    });
-    let worker = InProcess::start(
-        metered,
-        state.clone(),
-        worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms),
-    );
+    let (meter, worker) = start_metered(&backend, &state, base, concurrency, args);
     let (a_busy, _) = enqueue_chunks(&*backend, a_chunks).await?;
     let b_enqueued_at = base.elapsed();
     let (b_busy, _) = enqueue_chunks(&*backend, b_chunks).await?;

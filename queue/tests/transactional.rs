@@ -7,70 +7,53 @@ use enclii_queue::postgres::PostgresQueue;
 use enclii_queue::sqlite::SqliteQueue;
 use serde_json::json;
 
+/// Creates a table of the caller's, then for a rolled-back and a committed transaction inserts a
+/// row and enqueues a job in it: both exist afterwards, or neither.
+macro_rules! commits_with_the_callers_rows {
+    ($q:ident, $begin:expr) => {{
+        let q = &$q;
+        sqlx::query("CREATE TABLE releases (id INTEGER PRIMARY KEY, sha TEXT NOT NULL)")
+            .execute(q.pool())
+            .await
+            .unwrap();
+        for commit in [false, true] {
+            let mut tx = $begin.await.unwrap();
+            sqlx::query("INSERT INTO releases (id, sha) VALUES (1, 'abc')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let ids = q
+                .enqueue_in(&mut tx, vec![NewJob::new("build", "p", json!({}))])
+                .await
+                .unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            let job = enclii_queue::Backend::job(q, ids[0].id).await.unwrap();
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM releases")
+                .fetch_one(q.pool())
+                .await
+                .unwrap();
+            assert_eq!(job.is_some(), commit);
+            assert_eq!(rows, commit as i64);
+        }
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_jobs_commit_and_roll_back_with_the_callers_rows() {
     let q = PostgresQueue::connect(&common::fresh_postgres_url().await, 4)
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE releases (id SERIAL PRIMARY KEY, sha TEXT NOT NULL)")
-        .execute(q.pool())
-        .await
-        .unwrap();
-    for commit in [false, true] {
-        let mut tx = q.pool().begin().await.unwrap();
-        sqlx::query("INSERT INTO releases (sha) VALUES ('abc')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        let ids = q
-            .enqueue_in(&mut tx, vec![NewJob::new("build", "p", json!({}))])
-            .await
-            .unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
-        let job = enclii_queue::Backend::job(&q, ids[0].id).await.unwrap();
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM releases")
-            .fetch_one(q.pool())
-            .await
-            .unwrap();
-        assert_eq!(job.is_some(), commit);
-        assert_eq!(rows, commit as i64);
-    }
+    commits_with_the_callers_rows!(q, q.pool().begin());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_jobs_commit_and_roll_back_with_the_callers_rows() {
     let q = SqliteQueue::connect(&common::fresh_sqlite_url()).await.unwrap();
-    sqlx::query("CREATE TABLE releases (id INTEGER PRIMARY KEY, sha TEXT NOT NULL)")
-        .execute(q.pool())
-        .await
-        .unwrap();
-    for commit in [false, true] {
-        let mut tx = q.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        sqlx::query("INSERT INTO releases (sha) VALUES ('abc')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        let ids = q
-            .enqueue_in(&mut tx, vec![NewJob::new("build", "p", json!({}))])
-            .await
-            .unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
-        let job = enclii_queue::Backend::job(&q, ids[0].id).await.unwrap();
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM releases")
-            .fetch_one(q.pool())
-            .await
-            .unwrap();
-        assert_eq!(job.is_some(), commit);
-        assert_eq!(rows, commit as i64);
-    }
+    commits_with_the_callers_rows!(q, q.pool().begin_with("BEGIN IMMEDIATE"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
