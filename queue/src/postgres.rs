@@ -100,7 +100,7 @@ impl PostgresQueue {
         }
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            out.extend(insert_jobs(conn, chunk).await?);
+            out.extend(insert_jobs(conn, chunk, false).await?);
         }
         notify_workers(conn).await?;
         Ok(out)
@@ -253,11 +253,9 @@ async fn notify_workers(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Inserts one chunk of jobs with a single statement; resolves unique-key conflicts to the
-/// existing job.
-async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
-    let rows = sqlx::query(
-        "INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
+/// The bulk INSERT of one chunk of jobs, from arrays (one row per job).
+const INSERT_JOBS: &str =
+    "INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
              backoff_base_ms, backoff_max_ms, run_at, unique_key)
          SELECT kind, project, payload, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
              priority, max_attempts, timeout_ms, base_ms, max_ms, coalesce(run_at, now()), unique_key
@@ -265,29 +263,41 @@ async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enq
                      $9::timestamptz[], $10::text[])
               AS t(kind, project, payload, priority, max_attempts, timeout_ms, base_ms, max_ms, run_at, unique_key)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-         RETURNING id, unique_key",
-    )
-    .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.project.as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.policy.priority).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.policy.max_attempts as i32).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.policy.timeout_ms()).collect::<Vec<_>>())
-    .bind(
-        jobs.iter()
-            .map(|j| j.policy.backoff.base.as_millis() as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.policy.backoff.max.as_millis() as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.unique_key.as_deref()).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
+         RETURNING id, unique_key";
+
+/// Inserts one chunk of jobs with a single statement; resolves unique-key conflicts to the
+/// existing job. With `notify`, the same statement wakes workers (one round trip in autocommit).
+async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob], notify: bool) -> Result<Vec<Enqueued>> {
+    let sql = if notify {
+        format!(
+            "WITH ins AS ({INSERT_JOBS})
+             SELECT ins.id, ins.unique_key FROM ins LEFT JOIN (SELECT pg_notify('{CHANNEL}', '')) n ON true"
+        )
+    } else {
+        INSERT_JOBS.to_string()
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.project.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.policy.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.policy.max_attempts as i32).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.policy.timeout_ms()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.policy.backoff.base.as_millis() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.policy.backoff.max.as_millis() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.unique_key.as_deref()).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
 
     // Ids come from one sequence in insertion order, which follows the input order.
     let mut unkeyed: Vec<i64> = Vec::new();
@@ -583,6 +593,14 @@ impl Backend for PostgresQueue {
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.len() <= INSERT_CHUNK {
+            // One autocommit statement inserts the jobs and wakes the workers.
+            for job in &jobs {
+                job.validate()?;
+            }
+            let mut conn = self.pool.acquire().await.map_err(err)?;
+            return insert_jobs(&mut conn, &jobs, true).await;
+        }
         let mut tx = self.pool.begin().await.map_err(err)?;
         let out = self.enqueue_in(&mut tx, jobs).await?;
         tx.commit().await.map_err(err)?;
