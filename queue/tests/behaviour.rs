@@ -135,12 +135,12 @@ async fn higher_priority_runs_first(q: Arc<dyn Backend>) {
 }
 
 async fn delayed_jobs_wait_for_run_at(q: Arc<dyn Backend>) {
-    let at = Utc::now() + chrono::Duration::milliseconds(800);
+    let at = Utc::now() + chrono::Duration::milliseconds(1500);
     let ids = q.enqueue(vec![job("noop", "p").run_at(at)]).await.unwrap();
     assert_eq!(state(&q, ids[0].id).await, JobState::Scheduled);
     assert!(claim(&q, 10).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(850)).await;
-    let claimed = claim_eventually(&q, 1, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(1550)).await;
+    let claimed = claim_eventually(&q, 1, Duration::from_secs(5)).await;
     assert_eq!(claimed.len(), 1);
     assert!(Utc::now() >= at);
 }
@@ -152,7 +152,7 @@ async fn retries_back_off_then_die_and_can_be_retried(q: Arc<dyn Backend>) {
     };
     let id = q.enqueue(vec![job("noop", "p").with_policy(policy)]).await.unwrap()[0].id;
     let first = claim(&q, 1).await.remove(0);
-    let retry_at = Utc::now() + chrono::Duration::milliseconds(500);
+    let retry_at = Utc::now() + chrono::Duration::milliseconds(1500);
     ack(
         &q,
         &first,
@@ -170,8 +170,8 @@ async fn retries_back_off_then_die_and_can_be_retried(q: Arc<dyn Backend>) {
         "the retry time is stored"
     );
     assert!(claim(&q, 1).await.is_empty(), "not before the backoff passes");
-    tokio::time::sleep(Duration::from_millis(550)).await;
-    let second = claim_eventually(&q, 1, Duration::from_secs(3)).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(1550)).await;
+    let second = claim_eventually(&q, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(second.attempt, 2);
     let outcome = Outcome::failure(second.attempt, &second.policy, "boom again".into(), Utc::now());
     assert!(matches!(outcome, Outcome::Dead { .. }));
@@ -224,10 +224,10 @@ async fn expired_leases_are_rescued_and_stale_acks_ignored(q: Arc<dyn Backend>) 
 async fn heartbeats_keep_a_long_job_leased(q: Arc<dyn Backend>) {
     q.enqueue(vec![job("noop", "p")]).await.unwrap();
     let mut req = request("w-long", 1);
-    req.lease = Duration::from_millis(400);
+    req.lease = Duration::from_millis(1500);
     let j = q.claim(&req).await.unwrap().remove(0);
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let hb = q.heartbeat("w-long", &[j.lease()], req.lease).await.unwrap();
         assert!(hb.lost.is_empty());
         let report = q.rescue_expired().await.unwrap();

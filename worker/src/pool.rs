@@ -573,9 +573,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
     let (lease, every) = (shared.config.lease, shared.config.heartbeat_every);
     // This process's leases are good until the last successful renewal was *sent* plus a lease.
     let mut valid_until = Instant::now() + lease;
+    // Fixed-rate ticks, each call bounded by half a period: checks are at most 1.5 periods apart.
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = ticks.tick() => {}
             _ = done.cancelled() => return,
         }
         let leases: Vec<Lease> = shared
@@ -590,7 +594,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
             continue;
         }
         let sent = Instant::now();
-        match tokio::time::timeout(every, shared.backend.heartbeat(&shared.id, &leases, lease)).await {
+        match tokio::time::timeout(every / 2, shared.backend.heartbeat(&shared.id, &leases, lease)).await {
             Ok(Ok(reply)) => {
                 valid_until = sent + lease;
                 for id in reply.lost {
@@ -601,11 +605,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, done: CancellationToken) {
                 }
             }
             Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
-            Err(_) => warn!(timeout = ?every, "heartbeat timed out"),
+            Err(_) => warn!(timeout = ?(every / 2), "heartbeat timed out"),
         }
-        // The next chance to renew is a period away: if the leases could lapse before then,
+        // The next check may be up to 1.5 periods away: if the leases could lapse before then,
         // another worker may soon run these jobs, so stop ours now — never run a job twice.
-        if Instant::now() + every >= valid_until {
+        if Instant::now() + 2 * every >= valid_until {
             warn!("leases could not be renewed in time; stopping all running jobs");
             shared.stop_all(StopReason::LeaseLost);
         }

@@ -452,8 +452,8 @@ async fn a_worker_that_cannot_renew_its_leases_stops_its_jobs_before_they_lapse(
     registry.register("sleep", handler);
     q.enqueue(vec![sleep_job(30_000, JobPolicy::default())]).await.unwrap();
     let config = WorkerConfig {
-        lease: Duration::from_millis(1200),
-        heartbeat_every: Duration::from_millis(200),
+        lease: Duration::from_millis(3000),
+        heartbeat_every: Duration::from_millis(300),
         rescue_every: Duration::from_secs(3600),
         ..fast_config(2)
     };
