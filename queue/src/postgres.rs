@@ -949,7 +949,10 @@ impl Backend for PostgresQueue {
                      SELECT j.id FROM roundhouse_jobs j
                      WHERE j.finished_at < $1 AND j.state IN ('completed', 'dead', 'cancelled')
                        AND (j.pipeline_id IS NULL OR EXISTS (
-                           SELECT 1 FROM roundhouse_pipelines p WHERE p.id = j.pipeline_id AND p.state <> 'running'))
+                           -- A run's steps go together, once the run is over and all of them are old.
+                           SELECT 1 FROM roundhouse_pipelines p WHERE p.id = j.pipeline_id AND p.state <> 'running'
+                             AND NOT EXISTS (SELECT 1 FROM roundhouse_jobs o WHERE o.pipeline_id = p.id
+                                             AND (o.finished_at IS NULL OR o.finished_at >= $1))))
                      LIMIT 10000)",
             )
             .bind(before)

@@ -655,6 +655,41 @@ async fn retry_respects_needs_and_refuses_superseded_runs(q: Arc<dyn Backend>) {
     assert!(matches!(err, QueueError::SupersededPipeline { .. }), "{err}");
 }
 
+async fn pruning_keeps_a_pipelines_steps_together(q: Arc<dyn Backend>) {
+    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
+    let a = claim(&q, 10).await;
+    ack(&q, &a[0], Outcome::Completed).await;
+    let bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
+    let (b, c) = if bc[0].step.as_deref() == Some("b") {
+        (&bc[0], &bc[1])
+    } else {
+        (&bc[1], &bc[0])
+    };
+    ack(&q, b, Outcome::Dead { error: "failed".into() }).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ack(
+        &q,
+        c,
+        Outcome::Cancelled {
+            reason: "stopped".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        q.prune(cutoff).await.unwrap(),
+        0,
+        "one step finished after the cutoff: keep the whole run"
+    );
+    assert_eq!(q.pipeline(run.id).await.unwrap().unwrap().steps.len(), 5);
+    assert_eq!(q.prune(Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 5);
+    assert!(
+        q.pipeline(run.id).await.unwrap().is_none(),
+        "then the run and all its steps go"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -699,4 +734,5 @@ on_every_backend!(
     an_old_lease_cannot_touch_a_newer_claim,
     a_requested_cancel_survives_failure_hand_back_and_crash,
     retry_respects_needs_and_refuses_superseded_runs,
+    pruning_keeps_a_pipelines_steps_together,
 );
