@@ -13,13 +13,15 @@
 //!   (lower priority first, then oldest); `projects:{kind}` set of projects with available jobs of
 //!   that kind; `avail_at:{kind}` zset of available jobs by `run_at` (oldest-available stats).
 //! - `scheduled` zset by run_at (delayed jobs and retries), promoted inside the claim script;
-//!   `running` zset by lease expiry; `nrunning` hash project → running count; `finished` zset by
-//!   finished_at (prune); `unique` hash unique key → job id; `kinds` set of kinds ever enqueued;
+//!   `running` zset by lease expiry; `nrunning` hash project → running count; `finished` zset of
+//!   finished jobs outside pipelines by finished_at (prune; a pipeline's steps are pruned with their
+//!   run); `unique` hash unique key → job id; `kinds` set of kinds ever enqueued;
 //!   `depth` hash `{state}:{len(kind)}:{kind}{project}` → count (stats in O(kinds × projects)).
 //! - `pipeline:{id}` hash (project, name, state, supersede_key, unique_key, created_at_ms,
 //!   finished_at_ms) and `pipeline:{id}:steps` hash step → job id; ids from `pseq`;
 //!   `supersede:{key}` set of running pipelines with that key; `punique` hash unique key →
-//!   pipeline id; `pfinished` zset of finished pipelines by finished_at (prune).
+//!   pipeline id; `pfinished` zset of runs that are over, by when they last changed: their end, or
+//!   a step ending after it (prune).
 //! - `limits:{project}` hash: max_running, jobs_per_minute, tokens, refilled_at_ms.
 //! - channel `wake`: one message per enqueue call (and when acks make work available).
 //!
@@ -64,7 +66,7 @@ const ENQUEUE_CHUNK: usize = 1_000;
 const ACK_CHUNK: usize = 1_000;
 /// Expired leases handled per `rescue_expired` call (as in the PostgreSQL backend).
 const RESCUE_BATCH: usize = 1_000;
-/// Finished jobs (or pipelines) examined per prune script call.
+/// Finished jobs (or pipelines and their steps) examined per prune script call.
 const PRUNE_BATCH: usize = 1_000;
 /// Most jobs one claim may return.
 const MAX_CLAIM: usize = 10_000;
@@ -152,6 +154,12 @@ local function finish_pipeline(pid, state)
   return true
 end
 
+-- A step of a run that is over ended: the run is due for pruning from now on.
+local function step_ended(pid)
+  local st = redis.call('HGET', P .. ':pipeline:' .. pid, 'state')
+  if st and st ~= 'running' then redis.call('ZADD', P .. ':pfinished', NOW, pid) end
+end
+
 local function stop_jobs(pid, reason)
   local ids = redis.call('HVALS', P .. ':pipeline:' .. pid .. ':steps')
   for _, id in ipairs(ids) do
@@ -161,7 +169,6 @@ local function stop_jobs(pid, reason)
     if st == 'pending' or st == 'scheduled' or st == 'available' then
       unindex(id, st, f[2], f[3])
       redis.call('HSET', k, 'state', 'cancelled', 'finished_at_ms', NOW, 'last_error', reason)
-      redis.call('ZADD', P .. ':finished', NOW, id)
       dchange(f[2], f[3], st, -1)
     elseif st == 'running' then
       redis.call('HSET', k, 'cancel_requested', '1')
@@ -355,32 +362,17 @@ if #due > 0 then
   dflush()
 end
 
--- Candidate projects: those with available work of the worker's kinds, bounded.
-local seenp, projects = {}, {}
-for _, kind in ipairs(kinds) do
-  if #projects >= max_projects then break end
-  -- The whole set when it is small enough, else a random sample.
-  local members = redis.call('SRANDMEMBER', P .. ':projects:' .. kind, max_projects)
-  for _, p in ipairs(members) do
-    if not seenp[p] and #projects < max_projects then
-      seenp[p] = true
-      projects[#projects + 1] = p
-    end
-  end
-end
-if #projects == 0 then return {} end
-table.sort(projects)
-
--- Room of each project under its limits (-1: unlimited).
-local open, tokens_of = {}, {}
-for _, p in ipairs(projects) do
+-- Room of a project under its limits (-1: unlimited), read once per claim.
+local room_of, tokens_of, refilled_of = {}, {}, {}
+local function room(p)
+  if room_of[p] then return room_of[p] end
   local l = redis.call('HMGET', P .. ':limits:' .. p, 'max_running', 'jobs_per_minute', 'tokens', 'refilled_at_ms')
-  local room = -1
+  local r = -1
   local maxr, jpm = tonumber(l[1]), tonumber(l[2])
   if maxr then
     local running = tonumber(redis.call('HGET', P .. ':nrunning', p)) or 0
-    room = maxr - running
-    if room < 0 then room = 0 end
+    r = maxr - running
+    if r < 0 then r = 0 end
   end
   if jpm then
     local at = tonumber(l[4]) or NOW
@@ -389,14 +381,81 @@ for _, p in ipairs(projects) do
     local tokens = (tonumber(l[3]) or 0) + (elapsed / 1000) * jpm / 60
     if tokens > jpm then tokens = jpm end
     tokens_of[p] = tokens
-    local r = tokens
-    if r < 0 then r = 0 end
-    r = math.floor(r)
-    if room < 0 or r < room then room = r end
+    -- Never move the bucket's clock backwards (a refill stamped by a server whose clock ran ahead).
+    refilled_of[p] = math.max(NOW, at)
+    local t = math.floor(math.max(tokens, 0))
+    if r < 0 or t < r then r = t end
   end
-  if room ~= 0 then open[#open + 1] = {p, room} end
+  room_of[p] = r
+  return r
+end
+
+-- Candidate projects: at most max_projects with available work of the worker's kinds and room to
+-- start some. Each kind gets a share ceil(max_projects / #kinds) of them, the rounding favouring
+-- kinds from `rotation` on; a kind with fewer projects leaves its unused share to the others. A
+-- kind's share is filled from a random sample of twice its size, keeping only projects with room,
+-- so projects at their limits take no one's place; a shortfall passes to the next kind, then to
+-- fresh samples of kinds not wholly sampled. Everything here is O(max_projects + #kinds^2).
+local nk = #kinds
+local order, card, alloc, whole = {}, {}, {}, {}
+for x = 0, nk - 1 do
+  local kind = kinds[((rotation + x) % nk) + 1]
+  order[#order + 1] = kind
+  card[kind] = redis.call('SCARD', P .. ':projects:' .. kind)
+  alloc[kind] = 0
+end
+local left = max_projects
+while left > 0 do
+  local hungry = {}
+  for _, kind in ipairs(order) do
+    if alloc[kind] < card[kind] then hungry[#hungry + 1] = kind end
+  end
+  if #hungry == 0 then break end
+  local share = math.ceil(left / #hungry)
+  for _, kind in ipairs(hungry) do
+    local g = math.min(share, card[kind] - alloc[kind], left)
+    alloc[kind] = alloc[kind] + g
+    left = left - g
+  end
+end
+local seenp, open = {}, {}
+-- Keeps up to `want` new projects with room from a sample of twice that; returns how many.
+local function sample(kind, want)
+  if want <= 0 or #open >= max_projects then return 0 end
+  local members = redis.call('SRANDMEMBER', P .. ':projects:' .. kind, 2 * want)
+  if #members >= card[kind] then whole[kind] = true end
+  local kept = 0
+  for _, p in ipairs(members) do
+    if kept >= want or #open >= max_projects then break end
+    if not seenp[p] then
+      seenp[p] = true
+      local r = room(p)
+      if r ~= 0 then
+        open[#open + 1] = {p, r}
+        kept = kept + 1
+      end
+    end
+  end
+  return kept
+end
+local carry = 0
+for _, kind in ipairs(order) do
+  if card[kind] > 0 then
+    local want = alloc[kind] + carry
+    carry = want - sample(kind, want)
+  end
+end
+if #open < max_projects then
+  local rest = {}
+  for _, kind in ipairs(order) do
+    if card[kind] > 0 and not whole[kind] then rest[#rest + 1] = kind end
+  end
+  for x, kind in ipairs(rest) do
+    sample(kind, math.ceil((max_projects - #open) / (#rest - x + 1)))
+  end
 end
 if #open == 0 or limit == 0 then return {} end
+table.sort(open, function(a, b) return a[1] < b[1] end)
 
 -- Water-filling split of the claim, as backend::fair_quotas.
 local start = rotation % #open
@@ -485,7 +544,7 @@ batch('ZADD', P .. ':running', zrun)
 flush(zrem_at, 'ZREM')
 for p, c in pairs(nrun) do redis.call('HINCRBY', P .. ':nrunning', p, c) end
 for p, tokens in pairs(tokens_of) do
-  redis.call('HSET', P .. ':limits:' .. p, 'tokens', tokens - (used[p] or 0), 'refilled_at_ms', NOW)
+  redis.call('HSET', P .. ':limits:' .. p, 'tokens', tokens - (used[p] or 0), 'refilled_at_ms', refilled_of[p])
 end
 dflush()
 return out
@@ -534,7 +593,7 @@ end
 local i = 3
 local zsched, zfin, zrun = {}, {}, {}
 local nrun = {}
-local released, stopped, succ, succ_seen, deferred = {}, {}, {}, {}, {}
+local released, stopped, succ, succ_seen, deferred, ended, ended_seen = {}, {}, {}, {}, {}, {}, {}
 local wake = false
 while i + 2 <= #ARGV do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -582,8 +641,15 @@ while i + 2 <= #ARGV do
         avail_add(id, kind, project, r[1], r[2])
       else
         h[#h + 1] = 'finished_at_ms'; h[#h + 1] = NOW
-        zfin[#zfin + 1] = NOW
-        zfin[#zfin + 1] = id
+        if pid then
+          if not ended_seen[pid] then
+            ended_seen[pid] = true
+            ended[#ended + 1] = pid
+          end
+        else
+          zfin[#zfin + 1] = NOW
+          zfin[#zfin + 1] = id
+        end
       end
       redis.call('HSET', k, unpack(h))
       zrun[#zrun + 1] = id
@@ -632,6 +698,7 @@ for _, s in ipairs(stopped) do
   if finish_pipeline(s[1], s[2]) then stop_jobs(s[1], s[3]) end
 end
 for _, pid in ipairs(succ) do maybe_succeed(pid) end
+for _, pid in ipairs(ended) do step_ended(pid) end
 dflush()
 if wake then redis.call('PUBLISH', P .. ':wake', '') end
 return deferred
@@ -652,11 +719,13 @@ if TERMINAL[st] then return {'finished', st} end
 if st ~= 'pending' and st ~= 'scheduled' and st ~= 'available' then return {'corrupt', st} end
 unindex(id, st, f[2], f[3])
 redis.call('HSET', k, 'state', 'cancelled', 'finished_at_ms', NOW, 'last_error', 'cancelled by request')
-redis.call('ZADD', P .. ':finished', NOW, id)
 dchange(f[2], f[3], st, -1)
 if f[4] and f[4] ~= '' then
   finish_pipeline(f[4], 'cancelled')
   stop_jobs(f[4], 'pipeline cancelled')
+  step_ended(f[4])
+else
+  redis.call('ZADD', P .. ':finished', NOW, id)
 end
 dflush()
 return {'cancelled'}
@@ -753,57 +822,99 @@ end
 return out
 "#;
 
-/// ARGV: prefix, before_ms, offset, limit. Returns deleted, skipped, scanned.
+/// Jobs outside pipelines that finished before the cutoff. Every entry read leaves `finished`
+/// (deleted, stale, or a pipeline's step indexed there by an older version: steps go with their
+/// run), so each call reads from the front of the index, in O(limit).
+/// ARGV: prefix, before_ms, limit. Returns deleted, scanned.
 const LUA_PRUNE_JOBS: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', P .. ':finished', '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
-local deleted, skipped = 0, 0
+local ids = redis.call('ZRANGEBYSCORE', P .. ':finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local deleted = 0
 for _, id in ipairs(ids) do
   local k = jkey(id)
-  local f = redis.call('HMGET', k, 'state', 'pipeline', 'unique_key', 'step', 'kind', 'project')
-  if not TERMINAL[f[1]] then
-    redis.call('ZREM', P .. ':finished', id)
-  else
-    local pid = f[2]
-    if pid == '' then pid = false end
-    if pid and redis.call('HGET', P .. ':pipeline:' .. pid, 'state') == 'running' then
-      skipped = skipped + 1
-    else
-      dchange(f[5], f[6], f[1], -1)
-      redis.call('DEL', k)
-      redis.call('ZREM', P .. ':finished', id)
-      if f[3] and redis.call('HGET', P .. ':unique', f[3]) == id then redis.call('HDEL', P .. ':unique', f[3]) end
-      if pid and f[4] then
-        local sk = P .. ':pipeline:' .. pid .. ':steps'
-        if redis.call('HGET', sk, f[4]) == id then redis.call('HDEL', sk, f[4]) end
-      end
-      deleted = deleted + 1
+  local f = redis.call('HMGET', k, 'state', 'pipeline', 'unique_key', 'kind', 'project')
+  if TERMINAL[f[1]] and (not f[2] or f[2] == '') then
+    dchange(f[4], f[5], f[1], -1)
+    redis.call('DEL', k)
+    if f[3] and redis.call('HGET', P .. ':unique', f[3]) == id then redis.call('HDEL', P .. ':unique', f[3]) end
+    deleted = deleted + 1
+  end
+end
+batch('ZREM', P .. ':finished', ids)
+dflush()
+return {deleted, #ids}
+"#;
+
+/// Runs that are over, with all their steps, once every step finished before the cutoff.
+/// `pfinished` scores a run by when it last changed (its end, or a step ending after it). Every
+/// run read leaves the range before the cutoff: deleted with its steps; moved to the time its
+/// last step finished, when that is not before the cutoff; or dropped from the index while a step
+/// still runs (that step's ack indexes the run again). So each call reads from the front, and
+/// stops once it has read `budget` steps and runs (it reads at least one run whole, as
+/// enqueue_pipeline, retry and cancel do).
+/// ARGV: prefix, before_ms, budget. Returns deleted jobs, more (0/1).
+const LUA_PRUNE_PIPELINES: &str = r#"
+local before = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local PF = P .. ':pfinished'
+local spent, deleted = 0, 0
+while true do
+  local pids = redis.call('ZRANGEBYSCORE', PF, '-inf', '(' .. ARGV[2], 'LIMIT', 0, math.max(budget - spent, 1))
+  if #pids == 0 then break end
+  for _, pid in ipairs(pids) do
+    local pk = P .. ':pipeline:' .. pid
+    local sk = pk .. ':steps'
+    local n = redis.call('HLEN', sk)
+    if spent > 0 and spent + 1 + n > budget then
+      dflush()
+      return {deleted, 1}
     end
+    spent = spent + 1 + n
+    local f = redis.call('HMGET', pk, 'state', 'unique_key', 'finished_at_ms')
+    if not f[1] or f[1] == 'running' then
+      -- Stale: a run that was reopened is indexed again when it is over.
+      redis.call('ZREM', PF, pid)
+    else
+      local steps = redis.call('HVALS', sk)
+      local rows = {}
+      local unfinished = false
+      local last = tonumber(f[3]) or 0
+      for _, id in ipairs(steps) do
+        local j = redis.call('HMGET', jkey(id), 'state', 'finished_at_ms', 'unique_key', 'kind', 'project')
+        if j[1] then
+          if not TERMINAL[j[1]] then
+            unfinished = true
+            break
+          end
+          last = math.max(last, tonumber(j[2]) or NOW)
+          rows[#rows + 1] = {id, j}
+        end
+      end
+      if unfinished then
+        redis.call('ZREM', PF, pid)
+      elseif last >= before then
+        redis.call('ZADD', PF, last, pid)
+      else
+        for _, row in ipairs(rows) do
+          local id, j = row[1], row[2]
+          dchange(j[4], j[5], j[1], -1)
+          redis.call('DEL', jkey(id))
+          if j[3] and redis.call('HGET', P .. ':unique', j[3]) == id then redis.call('HDEL', P .. ':unique', j[3]) end
+        end
+        batch('ZREM', P .. ':finished', steps)
+        redis.call('DEL', pk, sk)
+        redis.call('ZREM', PF, pid)
+        if f[2] and redis.call('HGET', P .. ':punique', f[2]) == pid then redis.call('HDEL', P .. ':punique', f[2]) end
+        deleted = deleted + #rows
+      end
+    end
+  end
+  if spent >= budget then
+    dflush()
+    return {deleted, 1}
   end
 end
 dflush()
-return {deleted, skipped, #ids}
-"#;
-
-/// ARGV: prefix, before_ms, offset, limit. Deletes finished pipelines left without jobs.
-/// Returns deleted, skipped, scanned.
-const LUA_PRUNE_PIPELINES: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', P .. ':pfinished', '-inf', '(' .. ARGV[2], 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
-local deleted, skipped = 0, 0
-for _, pid in ipairs(ids) do
-  local pk = P .. ':pipeline:' .. pid
-  local f = redis.call('HMGET', pk, 'state', 'unique_key')
-  if not f[1] or f[1] == 'running' then
-    redis.call('ZREM', P .. ':pfinished', pid)
-  elseif redis.call('HLEN', pk .. ':steps') == 0 then
-    redis.call('DEL', pk, pk .. ':steps')
-    redis.call('ZREM', P .. ':pfinished', pid)
-    if f[2] and redis.call('HGET', P .. ':punique', f[2]) == pid then redis.call('HDEL', P .. ':punique', f[2]) end
-    deleted = deleted + 1
-  else
-    skipped = skipped + 1
-  end
-end
-return {deleted, skipped, #ids}
+return {deleted, 0}
 "#;
 
 /// ARGV: prefix, pipeline id. Returns nil, or {pipeline fields, {per step: id, step, kind, state,
@@ -947,6 +1058,7 @@ impl RedisQueue {
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| unavailable(url, &e))?;
+        warn_if_evicting(maxmemory_policy(&mut con).await.as_deref());
         let scripts = Scripts::new();
         for script in scripts.all() {
             script.load_async(&mut con).await.map_err(|e| unavailable(url, &e))?;
@@ -1043,6 +1155,25 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// One prune script call; returns its two counts.
+    async fn prune_call(&self, script: &Script, before_ms: i64) -> Result<(u64, u64)> {
+        let v: Value = script
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(before_ms)
+            .arg(PRUNE_BATCH)
+            .invoke_async(&mut self.con())
+            .await?;
+        let f = strings(v, "prune reply")?;
+        if f.len() != 2 {
+            return Err(corrupt("prune reply has the wrong shape"));
+        }
+        Ok((
+            int(&f[0], "deleted")?.max(0) as u64,
+            int(&f[1], "prune count")?.max(0) as u64,
+        ))
+    }
+
     async fn run_ack_script(
         &self,
         acks: &[Ack],
@@ -1112,6 +1243,43 @@ fn push_effects(inv: &mut ScriptInvocation<'_>, progress: &Progress) {
         .arg(progress.released.len());
     for (_, step) in &progress.released {
         inv.arg(step);
+    }
+}
+
+/// The server's `maxmemory-policy`; `None` when it cannot be read (managed Redis services often
+/// disable CONFIG).
+async fn maxmemory_policy(con: &mut ConnectionManager) -> Option<String> {
+    let reply: Value = match ::redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(con)
+        .await
+    {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the Redis maxmemory-policy");
+            return None;
+        }
+    };
+    let value = match reply {
+        // RESP2: [name, value]; RESP3: {name: value}.
+        Value::Array(items) => items.into_iter().nth(1)?,
+        Value::Map(pairs) => pairs.into_iter().next()?.1,
+        _ => return None,
+    };
+    opt_string(value).ok().flatten()
+}
+
+/// The queue lives only in Redis: a key evicted under memory pressure loses jobs (or a pipeline,
+/// a lease, a count), and an evicted id sequence makes ids be handed out again. Not refused, as
+/// the server may never reach its memory limit, but said loudly.
+fn warn_if_evicting(policy: Option<&str>) {
+    if let Some(policy) = policy.filter(|p| !p.eq_ignore_ascii_case("noeviction")) {
+        tracing::warn!(
+            maxmemory_policy = policy,
+            "Redis may evict keys (maxmemory-policy is `{policy}`): evicted keys lose jobs and can make \
+             job ids be reused; the Redis used for the queue must run with `maxmemory-policy noeviction`"
+        );
     }
 }
 
@@ -1614,31 +1782,20 @@ impl Backend for RedisQueue {
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let before_ms = before.timestamp_millis();
         let mut total = 0u64;
-        for script in [&self.scripts.prune_jobs, &self.scripts.prune_pipelines] {
-            let mut offset = 0i64;
-            loop {
-                let v: Value = script
-                    .prepare_invoke()
-                    .arg(&self.prefix)
-                    .arg(before_ms)
-                    .arg(offset)
-                    .arg(PRUNE_BATCH)
-                    .invoke_async(&mut self.con())
-                    .await?;
-                let f = strings(v, "prune reply")?;
-                if f.len() != 3 {
-                    return Err(corrupt("prune reply has the wrong shape"));
-                }
-                let (deleted, skipped, scanned) =
-                    (int(&f[0], "deleted")?, int(&f[1], "skipped")?, int(&f[2], "scanned")?);
-                if std::ptr::eq(script, &self.scripts.prune_jobs) {
-                    total += deleted.max(0) as u64;
-                }
-                // Skipped entries stay at the front of what is left; step over them.
-                offset += skipped;
-                if scanned < PRUNE_BATCH as i64 {
-                    break;
-                }
+        // Every entry a call reads leaves the range it reads (see the scripts), so each call
+        // starts at the front of its index and does O(PRUNE_BATCH) work.
+        loop {
+            let (deleted, scanned) = self.prune_call(&self.scripts.prune_jobs, before_ms).await?;
+            total += deleted;
+            if scanned < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        loop {
+            let (deleted, more) = self.prune_call(&self.scripts.prune_pipelines, before_ms).await?;
+            total += deleted;
+            if more == 0 {
+                break;
             }
         }
         Ok(total)
@@ -2612,5 +2769,296 @@ mod tests {
         );
         assert!(q.stats().await.unwrap().depth.is_empty());
         cleanup(&q).await;
+    }
+
+    async fn zcount_before(q: &RedisQueue, key: &str, before: DateTime<Utc>) -> i64 {
+        ::redis::cmd("ZCOUNT")
+            .arg(format!("{}:{key}", q.prefix))
+            .arg("-inf")
+            .arg(format!("({}", before.timestamp_millis()))
+            .query_async(&mut q.con())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_a_claim_gets_a_share_of_the_candidates() {
+        let q = queue().await;
+        // More projects with work of the first kind than one claim considers...
+        let n = MAX_PROJECTS_PER_CLAIM + 44;
+        q.enqueue((0..n).map(|i| NewJob::new("a", format!("p{i:04}"), json!(i))).collect())
+            .await
+            .unwrap();
+        // ...must not hide the only project with work of the second.
+        let b = q.enqueue(vec![NewJob::new("b", "zz", json!(0))]).await.unwrap()[0].id;
+        let got = q.claim(&request(&["a", "b"], MAX_CLAIM)).await.unwrap();
+        assert!(got.iter().any(|j| j.id == b), "kind b starved: {} claimed", got.len());
+        assert_eq!(
+            got.len(),
+            MAX_PROJECTS_PER_CLAIM,
+            "one job from each of the most projects"
+        );
+        // Whichever kind the rotation starts at, the other still gets its share.
+        let c = q.enqueue(vec![NewJob::new("b", "zz", json!(1))]).await.unwrap()[0].id;
+        let got = q.claim(&request(&["a", "b"], MAX_CLAIM)).await.unwrap();
+        assert!(got.iter().any(|j| j.id == c), "kind b starved: {} claimed", got.len());
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn projects_without_room_take_no_candidate_slots() {
+        let q = queue().await;
+        let capped: Vec<String> = (0..400).map(|i| format!("capped{i:03}")).collect();
+        let open: Vec<String> = (0..100).map(|i| format!("open{i:03}")).collect();
+        for project in &capped {
+            q.set_project_limits(
+                project,
+                ProjectLimits {
+                    max_running: Some(0),
+                    jobs_per_minute: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        q.enqueue(
+            capped
+                .iter()
+                .chain(&open)
+                .map(|p| NewJob::new("k", p, json!(0)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        // 500 projects have work, but only 100 may start any: one claim serves all of those.
+        let got = q.claim(&request(&["k"], MAX_CLAIM)).await.unwrap();
+        assert_eq!(got.len(), open.len(), "capped projects crowded out open ones");
+        assert!(got.iter().all(|j| j.project.starts_with("open")));
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn the_token_buckets_clock_never_moves_back() {
+        let q = queue().await;
+        q.set_project_limits(
+            "r",
+            ProjectLimits {
+                max_running: None,
+                jobs_per_minute: Some(60),
+            },
+        )
+        .await
+        .unwrap();
+        q.enqueue((0..5).map(|i| NewJob::new("k", "r", json!(i))).collect())
+            .await
+            .unwrap();
+        // A refill stamped ahead of this server's clock (e.g. by a primary before a failover).
+        let ahead = Utc::now().timestamp_millis() + 60_000;
+        let key = format!("{}:limits:r", q.prefix);
+        let _: i64 = ::redis::cmd("HSET")
+            .arg(&key)
+            .arg("tokens")
+            .arg(2)
+            .arg("refilled_at_ms")
+            .arg(ahead)
+            .query_async(&mut q.con())
+            .await
+            .unwrap();
+        assert_eq!(q.claim(&request(&["k"], 10)).await.unwrap().len(), 2);
+        let at: i64 = ::redis::cmd("HGET")
+            .arg(&key)
+            .arg("refilled_at_ms")
+            .query_async(&mut q.con())
+            .await
+            .unwrap();
+        assert_eq!(at, ahead, "refilled_at moved backwards");
+        assert!(q.claim(&request(&["k"], 10)).await.unwrap().is_empty());
+        cleanup(&q).await;
+    }
+
+    async fn prune_pipelines_call(q: &RedisQueue, before_ms: i64, budget: usize) -> (u64, u64) {
+        let mut inv = q.scripts.prune_pipelines.prepare_invoke();
+        inv.arg(&q.prefix).arg(before_ms).arg(budget);
+        inv.invoke_async(&mut q.con()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn prune_leaves_nothing_before_the_cutoff_to_step_over() {
+        let q = queue().await;
+        let plain = q.enqueue(vec![NewJob::new("k", "p", json!(1))]).await.unwrap()[0].id;
+        complete(&q, &q.claim(&request(&["k"], 1)).await.unwrap()).await;
+        // A running pipeline with a finished step: the step is kept.
+        let running = q
+            .enqueue_pipeline(pipeline(vec![step("a", &[]), step("b", &["a"])], None))
+            .await
+            .unwrap();
+        complete(&q, &q.claim(&request(&["a"], 1)).await.unwrap()).await;
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(q.prune(later).await.unwrap(), 1);
+        assert!(q.job(plain).await.unwrap().is_none());
+        assert_eq!(q.pipeline(running.id).await.unwrap().unwrap().steps.len(), 2);
+        // What is kept is out of the range the next prune with this cutoff scans, so every
+        // prune script call starts at the front (no offset to step over) and does O(batch) work.
+        assert_eq!(zcount_before(&q, "finished", later).await, 0);
+        assert_eq!(zcount_before(&q, "pfinished", later).await, 0);
+
+        // A stopped run with a step that finished after the cutoff is kept, and out of range too.
+        let stopped = q
+            .enqueue_pipeline(pipeline(vec![step("c", &[]), step("d", &[])], None))
+            .await
+            .unwrap();
+        let cd = q.claim(&request(&["c", "d"], 2)).await.unwrap();
+        let c = cd.iter().find(|j| j.kind == "c").unwrap();
+        let d = cd.iter().find(|j| j.kind == "d").unwrap();
+        q.acknowledge(vec![Ack::new(c, Outcome::Dead { error: "x".into() })])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cutoff = Utc::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.acknowledge(vec![Ack::new(d, Outcome::Cancelled { reason: "stop".into() })])
+            .await
+            .unwrap();
+        assert_eq!(q.prune(cutoff).await.unwrap(), 0);
+        assert_eq!(zcount_before(&q, "finished", cutoff).await, 0);
+        assert_eq!(zcount_before(&q, "pfinished", cutoff).await, 0);
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(q.prune(later).await.unwrap(), 2, "the stopped run's steps");
+        assert!(q.pipeline(stopped.id).await.unwrap().is_none());
+        // The running pipeline's kept step comes back to prune once its run is over.
+        complete(&q, &q.claim(&request(&["b"], 1)).await.unwrap()).await;
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(q.prune(later).await.unwrap(), 2);
+        assert!(q.pipeline(running.id).await.unwrap().is_none());
+        assert_eq!(zcount_before(&q, "finished", later).await, 0);
+        assert_eq!(zcount_before(&q, "pfinished", later).await, 0);
+
+        // A call stops after its budget of runs and steps read (but reads at least one run).
+        for _ in 0..3 {
+            let run = q
+                .enqueue_pipeline(pipeline(vec![step("x", &[]), step("y", &[])], None))
+                .await
+                .unwrap();
+            let record = q.pipeline(run.id).await.unwrap().unwrap();
+            q.cancel(record.steps[0].job).await.unwrap();
+        }
+        let later = (Utc::now() + chrono::Duration::seconds(5)).timestamp_millis();
+        assert_eq!(
+            prune_pipelines_call(&q, later, 1).await,
+            (2, 1),
+            "one run of 2 steps, more to do"
+        );
+        assert_eq!(prune_pipelines_call(&q, later, 4).await, (2, 1));
+        assert_eq!(prune_pipelines_call(&q, later, 100).await, (2, 0));
+        assert_eq!(prune_pipelines_call(&q, later, 100).await, (0, 0));
+        cleanup(&q).await;
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_a_pipelines_steps_together() {
+        let q = queue().await;
+        let run = q
+            .enqueue_pipeline(pipeline(
+                vec![
+                    step("a", &[]),
+                    step("b", &["a"]),
+                    step("c", &["a"]),
+                    step("d", &["b", "c"]),
+                    step("e", &["d"]),
+                ],
+                None,
+            ))
+            .await
+            .unwrap();
+        complete(&q, &q.claim(&request(&["a"], 1)).await.unwrap()).await;
+        let bc = q.claim(&request(&["b", "c"], 2)).await.unwrap();
+        let b = bc.iter().find(|j| j.kind == "b").unwrap();
+        let c = bc.iter().find(|j| j.kind == "c").unwrap();
+        q.acknowledge(vec![Ack::new(b, Outcome::Dead { error: "failed".into() })])
+            .await
+            .unwrap();
+        let record = q.pipeline(run.id).await.unwrap().unwrap();
+        assert_eq!(record.state, PipelineState::Failed);
+        assert_eq!(state_of(&record, "d"), JobState::Cancelled);
+        assert!(q.job(c.id).await.unwrap().unwrap().cancel_requested);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cutoff = Utc::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.acknowledge(vec![Ack::new(
+            c,
+            Outcome::Cancelled {
+                reason: "stopped".into(),
+            },
+        )])
+        .await
+        .unwrap();
+        assert_eq!(
+            q.prune(cutoff).await.unwrap(),
+            0,
+            "c finished after the cutoff: keep the run"
+        );
+        assert_eq!(q.pipeline(run.id).await.unwrap().unwrap().steps.len(), 5);
+        assert_eq!(q.prune(cutoff).await.unwrap(), 0);
+        assert_eq!(q.prune(Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 5);
+        assert!(q.pipeline(run.id).await.unwrap().is_none());
+        assert!(q.job(c.id).await.unwrap().is_none());
+        assert!(q.stats().await.unwrap().depth.is_empty());
+        cleanup(&q).await;
+    }
+
+    /// Collects the messages of warnings logged while it is the current subscriber.
+    struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut text = String::new();
+                event.record(&mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                    text.push_str(&format!("{}={value:?} ", field.name()));
+                });
+                self.0.lock().unwrap().push(text);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    fn warnings_of(f: impl FnOnce()) -> Vec<String> {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        tracing::subscriber::with_default(Warnings(seen.clone()), f);
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn an_evicting_redis_is_warned_about() {
+        for policy in ["allkeys-lru", "volatile-ttl", "allkeys-random"] {
+            let warned = warnings_of(|| warn_if_evicting(Some(policy)));
+            assert_eq!(warned.len(), 1, "{policy}: {warned:?}");
+            assert!(warned[0].contains("maxmemory-policy noeviction"), "{warned:?}");
+            assert!(warned[0].contains("lose jobs"), "{warned:?}");
+            assert!(warned[0].contains(policy), "{warned:?}");
+        }
+        // Nothing to say with noeviction, or when CONFIG is not allowed.
+        assert!(warnings_of(|| warn_if_evicting(Some("noeviction"))).is_empty());
+        assert!(warnings_of(|| warn_if_evicting(None)).is_empty());
+        // connect reads the policy of the server.
+        let q = queue().await;
+        let mut con = q.con();
+        let expected: Vec<String> = ::redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(maxmemory_policy(&mut con).await, expected.get(1).cloned());
+        assert!(expected.get(1).is_some());
     }
 }
