@@ -1417,24 +1417,42 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 
-fn claimed(v: Value) -> Result<ClaimedJob> {
-    let mut f = strings(v, "claimed job")?;
+/// A claimed job that cannot be read, with its lease when even that much could be read.
+struct Unreadable {
+    lease: Option<Lease>,
+    problem: QueueError,
+}
+
+fn claimed(v: Value) -> std::result::Result<ClaimedJob, Unreadable> {
+    let unreadable = |problem| Unreadable { lease: None, problem };
+    let mut f = strings(v, "claimed job").map_err(unreadable)?;
     if f.len() != 11 {
-        return Err(corrupt("claim reply has the wrong shape"));
+        return Err(unreadable(corrupt("claim reply has the wrong shape")));
     }
-    let id = int(&f[0], "job id")?;
-    Ok(ClaimedJob {
-        id,
-        kind: req(f[1].take(), "kind")?,
-        project: req(f[2].take(), "project")?,
-        payload: payload(f[3].take(), id)?,
-        attempt: int(&f[4], "attempt")?.max(0) as u32,
-        lease_token: int(&f[5], "claims")?.max(0) as u32,
-        policy: policy_of(&f[6])?,
-        created_at: ms_time(int(&f[7], "created_at")?, "created_at")?,
-        run_at: ms_time(int(&f[8], "run_at")?, "run_at")?,
-        pipeline: opt_int(&f[9], "pipeline")?,
-        step: non_empty(f[10].take()),
+    let id = int(&f[0], "job id").map_err(unreadable)?;
+    let lease_token = int(&f[5], "claims").map_err(unreadable)?.max(0) as u32;
+    let lease = Lease {
+        job: id,
+        token: lease_token,
+    };
+    let mut read = || -> Result<ClaimedJob> {
+        Ok(ClaimedJob {
+            id,
+            kind: req(f[1].take(), "kind")?,
+            project: req(f[2].take(), "project")?,
+            payload: payload(f[3].take(), id)?,
+            attempt: int(&f[4], "attempt")?.max(0) as u32,
+            lease_token,
+            policy: policy_of(&f[6])?,
+            created_at: ms_time(int(&f[7], "created_at")?, "created_at")?,
+            run_at: ms_time(int(&f[8], "run_at")?, "run_at")?,
+            pipeline: opt_int(&f[9], "pipeline")?,
+            step: non_empty(f[10].take()),
+        })
+    };
+    read().map_err(|problem| Unreadable {
+        lease: Some(lease),
+        problem,
     })
 }
 
@@ -1469,7 +1487,11 @@ fn record(id: JobId, mut f: Vec<Option<String>>) -> Result<JobRecord> {
         id,
         kind: req(f[0].take(), "kind")?,
         project: req(f[1].take(), "project")?,
-        payload: payload(f[2].take(), id)?,
+        // Operators must be able to inspect a dead-lettered job whose payload is not JSON.
+        payload: {
+            let raw = f[2].take();
+            payload(raw.clone(), id).unwrap_or_else(|_| serde_json::json!({ "corrupt_payload": raw }))
+        },
         state,
         attempt: int(&f[5], "attempt")?.max(0) as u32,
         policy: policy_of(&f[4])?,
@@ -1658,7 +1680,32 @@ impl Backend for RedisQueue {
             inv.arg(kind);
         }
         let reply: Value = inv.invoke_async(&mut self.con()).await?;
-        array(reply, "claim reply")?.into_iter().map(claimed).collect()
+        let mut jobs = Vec::new();
+        let mut corrupt = Vec::new();
+        for entry in array(reply, "claim reply")? {
+            match claimed(entry) {
+                Ok(job) => jobs.push(job),
+                Err(Unreadable {
+                    lease: Some(lease),
+                    problem,
+                }) => {
+                    tracing::error!(job = lease.job, error = %problem, "dead-lettering a job whose stored data cannot be read");
+                    corrupt.push(Ack {
+                        lease,
+                        pipeline: None,
+                        outcome: Outcome::Dead {
+                            error: format!("{problem}; fix or re-enqueue the job"),
+                        },
+                    });
+                }
+                Err(Unreadable { lease: None, problem }) => return Err(problem),
+            }
+        }
+        // One unreadable job must not fail the claim of the others.
+        if !corrupt.is_empty() {
+            self.acknowledge(corrupt).await?;
+        }
+        Ok(jobs)
     }
 
     async fn heartbeat(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<HeartbeatReply> {
@@ -3060,5 +3107,28 @@ mod tests {
             .unwrap();
         assert_eq!(maxmemory_policy(&mut con).await, expected.get(1).cloned());
         assert!(expected.get(1).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_job_is_dead_lettered_and_the_rest_of_the_claim_served() {
+        let q = queue().await;
+        let ids = q
+            .enqueue(vec![NewJob::new("k", "p", json!({})), NewJob::new("k", "p", json!({}))])
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("HSET")
+            .arg(format!("{}:job:{}", q.prefix(), ids[0].id))
+            .arg("payload")
+            .arg("{not json")
+            .query_async(&mut q.con())
+            .await
+            .unwrap();
+        let claimed = q.claim(&request(&["k"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1, "the readable job is still served");
+        assert_eq!(claimed[0].id, ids[1].id);
+        let bad = q.job(ids[0].id).await.unwrap().unwrap();
+        assert_eq!(bad.state, JobState::Dead);
+        assert!(bad.last_error.unwrap().contains("fix or re-enqueue"));
+        cleanup(&q).await;
     }
 }
