@@ -694,7 +694,10 @@ macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::common::postgres().await).await })*
+            async fn $test() {
+                let (queue, _database) = super::common::postgres().await;
+                super::$test(queue).await
+            })*
         }
         mod sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,9 +44,8 @@ macro_rules! commits_with_the_callers_rows {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_jobs_commit_and_roll_back_with_the_callers_rows() {
-    let q = PostgresQueue::connect(&common::fresh_postgres_url().await, 4)
-        .await
-        .unwrap();
+    let db = common::test_database().await;
+    let q = PostgresQueue::connect(&db.url, 4).await.unwrap();
     commits_with_the_callers_rows!(q, q.pool().begin());
 }
 

@@ -8,29 +8,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use enclii_queue::{Backend, JobPolicy, JobState, NewJob, ProjectLimits};
 use enclii_worker::{Handler, JobContext, JobError, Registry, Worker, WorkerConfig};
-use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../queue/tests/common/mod.rs"]
+mod common;
+
 async fn sqlite() -> Arc<dyn Backend> {
-    let path = std::env::temp_dir().join(format!("worker_test_{:016x}.db", rand::rng().random::<u64>()));
-    enclii_queue::open(&format!("sqlite://{}", path.display()), 4)
-        .await
-        .unwrap()
+    common::sqlite().await
 }
 
-async fn postgres() -> Arc<dyn Backend> {
-    use sqlx::Connection;
-    let admin = std::env::var("ENCLII_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("worker_test_{:016x}", rand::rng().random::<u64>());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    enclii_queue::open(&format!("{base}/{name}"), 8).await.unwrap()
+/// A fresh PostgreSQL store; the database is dropped when the guard is.
+async fn postgres() -> (Arc<dyn Backend>, common::TestDatabase) {
+    common::postgres().await
 }
 
 fn fast_config(concurrency: usize) -> WorkerConfig {
@@ -147,7 +137,7 @@ async fn a_timeout_really_stops_the_work_and_counts_as_a_failed_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_stops_its_handler() {
-    let q = postgres().await;
+    let (q, _database) = postgres().await;
     let (handler, started, finished, saw_cancel) = sleeper();
     let mut registry = Registry::new();
     registry.register("sleep", handler);
@@ -234,7 +224,7 @@ async fn panics_retry_and_malformed_payloads_dead_letter_without_hurting_the_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_short_jobs_and_hands_back_long_ones() {
-    let q = postgres().await;
+    let (q, _database) = postgres().await;
     let (handler, started, ..) = sleeper();
     let mut registry = Registry::new();
     registry.register("sleep", handler);
@@ -290,7 +280,7 @@ impl Handler for Counting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_cap_holds_across_worker_pools() {
-    let q = postgres().await;
+    let (q, _database) = postgres().await;
     q.set_project_limits(
         "capped",
         ProjectLimits {
@@ -481,7 +471,7 @@ async fn a_worker_that_cannot_renew_its_leases_stops_its_jobs_before_they_lapse(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_text_the_database_would_reject_is_cleaned_not_stuck() {
-    let q = postgres().await;
+    let (q, _database) = postgres().await;
     let mut registry = Registry::new();
     registry.register("nul", NulError);
     let id = q.enqueue(vec![NewJob::new("nul", "p", json!({}))]).await.unwrap()[0].id;

@@ -21,7 +21,45 @@ pub fn redis_url() -> String {
     std::env::var("ENCLII_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Creates an empty database and returns its URL.
+/// A test's own database, dropped (with any connections still open) when the test ends,
+/// passing or failing: leftover databases would slow the shared server down for everyone.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Creates an empty database for one test.
+pub async fn test_database() -> TestDatabase {
+    let url = fresh_postgres_url().await;
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    TestDatabase { url, name }
+}
+
+/// Creates an empty database and returns its URL (prefer [`test_database`], which cleans up).
 pub async fn fresh_postgres_url() -> String {
     use sqlx::Connection;
     let admin = postgres_admin_url();
@@ -37,12 +75,12 @@ pub async fn fresh_postgres_url() -> String {
     format!("{base}/{name}")
 }
 
-pub async fn postgres() -> Arc<dyn Backend> {
-    Arc::new(
-        enclii_queue::postgres::PostgresQueue::connect(&fresh_postgres_url().await, 8)
-            .await
-            .expect("connect to PostgreSQL"),
-    )
+pub async fn postgres() -> (Arc<dyn Backend>, TestDatabase) {
+    let db = test_database().await;
+    let queue = enclii_queue::postgres::PostgresQueue::connect(&db.url, 8)
+        .await
+        .expect("connect to PostgreSQL");
+    (Arc::new(queue), db)
 }
 
 pub fn fresh_sqlite_url() -> String {
