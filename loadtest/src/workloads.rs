@@ -211,6 +211,14 @@ async fn finish(backend: &dyn Backend, meter: &Meter, n: usize, deadline: Instan
     settle(backend, deadline).await
 }
 
+/// The job kind and sleep the run uses: no-op jobs unless `--sleep-ms` asks for more.
+fn job_shape(args: &RunArgs) -> (&'static str, u64) {
+    match args.sleep_ms {
+        Some(ms) if ms > 0 => (SLEEP, ms),
+        _ => (NOOP, 0),
+    }
+}
+
 /// Starts the in-process worker on a metered view of `backend`.
 fn start_metered(
     backend: &Arc<dyn Backend>,
@@ -236,10 +244,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let n = args.jobs.unwrap_or(20_000);
     let concurrency = args.concurrency.unwrap_or(32);
     let deadline_s = args.deadline_s.unwrap_or(120);
-    let (kind, ms) = match args.sleep_ms {
-        Some(ms) if ms > 0 => (SLEEP, ms),
-        _ => (NOOP, 0),
-    };
+    let (kind, ms) = job_shape(args);
     let backend = env.open(args.max_conns).await?;
     let base = Instant::now();
     let state = RunState::new(n, base);
@@ -283,10 +288,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let n = args.jobs.unwrap_or(10_000);
     let concurrency = args.concurrency.unwrap_or(32);
     let deadline_s = args.deadline_s.unwrap_or(120);
-    let (kind, ms) = match args.sleep_ms {
-        Some(ms) if ms > 0 => (SLEEP, ms),
-        _ => (NOOP, 0),
-    };
+    let (kind, ms) = job_shape(args);
     let backend = env.open(args.max_conns).await?;
     let base = Instant::now();
     let state = RunState::new(n, base);

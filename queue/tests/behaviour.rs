@@ -357,6 +357,20 @@ fn diamond(supersede: Option<&str>) -> NewPipeline {
     }
 }
 
+/// Enqueues the diamond, completes `a`, and claims the parallel steps `b` and `c`.
+async fn diamond_with_b_and_c_running(
+    q: &Arc<dyn Backend>,
+) -> (enclii_queue::PipelineEnqueued, ClaimedJob, ClaimedJob) {
+    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
+    let a = claim(q, 10).await;
+    ack(q, &a[0], Outcome::Completed).await;
+    let mut bc = claim_eventually(q, 2, Duration::from_secs(2)).await;
+    bc.sort_by_key(|j| j.step.clone());
+    let c = bc.pop().unwrap();
+    let b = bc.pop().unwrap();
+    (run, b, c)
+}
+
 async fn pipelines_fan_out_and_fan_in(q: Arc<dyn Backend>) {
     let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
     let steps = |names: &[ClaimedJob]| {
@@ -387,15 +401,8 @@ async fn pipelines_fan_out_and_fan_in(q: Arc<dyn Backend>) {
 }
 
 async fn a_failed_step_fails_the_run_and_retry_resumes_it(q: Arc<dyn Backend>) {
-    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
-    let a = claim(&q, 10).await;
-    ack(&q, &a[0], Outcome::Completed).await;
-    let bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
-    let (b, c) = if bc[0].step.as_deref() == Some("b") {
-        (&bc[0], &bc[1])
-    } else {
-        (&bc[1], &bc[0])
-    };
+    let (run, b, c) = diamond_with_b_and_c_running(&q).await;
+    let (b, c) = (&b, &c);
     ack(
         &q,
         b,
@@ -656,15 +663,8 @@ async fn retry_respects_needs_and_refuses_superseded_runs(q: Arc<dyn Backend>) {
 }
 
 async fn pruning_keeps_a_pipelines_steps_together(q: Arc<dyn Backend>) {
-    let run = q.enqueue_pipeline(diamond(None)).await.unwrap();
-    let a = claim(&q, 10).await;
-    ack(&q, &a[0], Outcome::Completed).await;
-    let bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
-    let (b, c) = if bc[0].step.as_deref() == Some("b") {
-        (&bc[0], &bc[1])
-    } else {
-        (&bc[1], &bc[0])
-    };
+    let (run, b, c) = diamond_with_b_and_c_running(&q).await;
+    let (b, c) = (&b, &c);
     ack(&q, b, Outcome::Dead { error: "failed".into() }).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cutoff = Utc::now();
