@@ -27,9 +27,10 @@ pub struct ServerArgs {
     /// number of times against one database.
     #[arg(long, env = "ENCLII_ROLE", value_delimiter = ',', default_value = "all")]
     role: Vec<Role>,
-    /// Address for the HTTP API, health and metrics (`127.0.0.1:0` picks a free port).
-    #[arg(long, env = "ENCLII_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address for the HTTP API, health and metrics. Default: 127.0.0.1:8080 when the process
+    /// runs the api role, a free port otherwise (so several workers can share a host).
+    #[arg(long, env = "ENCLII_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Where the embedded SQLite database lives when no database URL is given.
     #[arg(long, env = "ENCLII_DATA_DIR", default_value = ".enclii")]
     data_dir: PathBuf,
@@ -59,6 +60,12 @@ pub struct ServerArgs {
 impl ServerArgs {
     fn runs(&self, role: Role) -> bool {
         self.role.contains(&Role::All) || self.role.contains(&role)
+    }
+
+    fn listen(&self) -> SocketAddr {
+        let default_port = if self.runs(Role::Api) { 8080 } else { 0 };
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
 
     /// The queue URL, and a description of it that is safe to log (no credentials).
@@ -131,12 +138,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (is another process using it? set --listen)",
-            args.listen
-        )
-    })?;
+    let listen = args.listen();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (is another process using it? set --listen)"))?;
     let addr = listener.local_addr()?;
     let app = enclii_api::router(enclii_api::AppState::new(
         backend.clone(),

@@ -15,8 +15,14 @@ fn data_dir() -> std::path::PathBuf {
 
 /// Starts the server on a free port and returns it with its address.
 fn start(args: &[&str]) -> (Child, String) {
+    let listen: &[&str] = if args.contains(&"--role") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_enclii"))
-        .args(["server", "--listen", "127.0.0.1:0"])
+        .arg("server")
+        .args(listen)
         .args(args)
         .env_remove("ENCLII_DATABASE_URL")
         .env_remove("ENCLII_REDIS_URL")
@@ -135,4 +141,49 @@ fn an_unwritable_data_dir_says_how_to_fix_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("set --data-dir or ENCLII_DATA_DIR"), "{stderr}");
+}
+
+#[test]
+fn worker_only_processes_share_one_database_any_number_of_times() {
+    let dir = data_dir();
+    let data = ["--data-dir", dir.to_str().unwrap()];
+    // The api role alone enqueues; two worker-only processes (on free ports by default) run jobs.
+    let (mut api, addr) = start(&[&["--role", "api", "--listen", "127.0.0.1:0"][..], &data].concat());
+    let (mut worker_a, addr_a) = start(&[&["--role", "worker"][..], &data].concat());
+    let (mut worker_b, addr_b) = start(&[&["--role", "worker"][..], &data].concat());
+    assert_ne!(addr_a, addr_b);
+    assert_eq!(http(&addr_a, "GET", "/health/ready", "").0, 200);
+    assert_eq!(
+        http(&addr_a, "GET", "/v1/queue/stats", "").0,
+        404,
+        "workers serve no API"
+    );
+    let ids: Vec<i64> = (0..20)
+        .map(|i| {
+            let body = format!(r#"{{"kind":"ping","project":"p{}"}}"#, i % 3);
+            let (status, body) = http(&addr, "POST", "/v1/jobs", &body);
+            assert_eq!(status, 201, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let (_, job) = http(&addr, "GET", &format!("/v1/jobs/{id}"), "");
+            if job.contains(r#""state":"completed""#) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} never completed: {job}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for child in [&mut api, &mut worker_a, &mut worker_b] {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(wait_exit(child, Duration::from_secs(15)).expect("exits").success());
+    }
 }
