@@ -126,7 +126,7 @@ pub struct ChildArgs {
 }
 
 /// The load test's worker tuning: the defaults for `concurrency` (adaptive prefetch of at most
-/// twice that, unless `--prefetch` caps it), optionally a shorter lease and rescue period.
+/// four times that, unless `--prefetch` caps it), optionally a shorter lease and rescue period.
 pub fn worker_config(
     concurrency: usize,
     prefetch: Option<usize>,

@@ -265,7 +265,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(4 * concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": per_s(n, drain),
         "enqueue_s": round3(enqueue_busy.as_secs_f64()),
@@ -354,7 +354,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(4 * concurrency),
         "target_rate": rate,
         "enqueue_jobs_per_s": per_s(n, produced),
         "drain_jobs_per_s": per_s(n, drain),
@@ -407,7 +407,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(4 * concurrency),
         "enqueue_jobs_per_s": per_s(n, a_busy + b_busy),
         "drain_jobs_per_s": per_s(n, drain),
     }));
@@ -587,7 +587,7 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
     let mut out = fields(json!({
         "n": n,
         "concurrency": concurrency,
-        "max_prefetch": args.prefetch.unwrap_or(2 * concurrency),
+        "max_prefetch": args.prefetch.unwrap_or(4 * concurrency),
         "enqueue_jobs_per_s": per_s(n, enqueue_busy),
         "drain_jobs_per_s": last_done_us.and_then(|t| {
             let s = (t - enqueued_us) as f64 / 1e6;

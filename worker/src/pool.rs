@@ -48,7 +48,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            prefetch: 32,
+            prefetch: 64,
             lease: Duration::from_secs(8),
             heartbeat_every: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
@@ -59,12 +59,13 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// The defaults for `concurrency` handlers, prefetching at most twice that many.
+    /// The defaults for `concurrency` handlers, prefetching at most four times that many (the
+    /// adaptive prefetch reaches that cap only for jobs much shorter than a claim round trip).
     pub fn with_concurrency(concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             concurrency,
-            prefetch: 2 * concurrency,
+            prefetch: 4 * concurrency,
             ..Self::default()
         }
     }
