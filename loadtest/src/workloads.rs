@@ -240,6 +240,27 @@ fn start_metered(
     (meter, worker)
 }
 
+/// Waits (up to `deadline_s`) for every job to be done and acknowledged, stops the worker, and
+/// returns the jobs left unfinished and the drain time (first claim → last acknowledgement).
+async fn wind_down(
+    backend: &dyn Backend,
+    meter: &Meter,
+    state: &RunState,
+    worker: InProcess,
+    n: usize,
+    deadline_s: u64,
+) -> Result<(u64, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(deadline_s);
+    state.wait_all(deadline).await;
+    let unfinished = finish(backend, meter, n, deadline).await?;
+    worker.stop().await?;
+    let drain = match (meter.first_claim(), meter.last_ack()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
+    Ok((unfinished, drain))
+}
+
 async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let n = args.jobs.unwrap_or(20_000);
     let concurrency = args.concurrency.unwrap_or(32);
@@ -252,15 +273,7 @@ async fn drain(args: &RunArgs, env: &Env) -> Result<Fields> {
     let (enqueue_busy, _) = enqueue_chunks(&*backend, chunks).await?;
 
     let (meter, worker) = start_metered(&backend, &state, base, concurrency, args);
-    let deadline = Instant::now() + Duration::from_secs(deadline_s);
-    state.wait_all(deadline).await;
-    let unfinished = finish(&*backend, &meter, n, deadline).await?;
-    worker.stop().await?;
-
-    let drain = match (meter.first_claim(), meter.last_ack()) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => Duration::ZERO,
-    };
+    let (unfinished, drain) = wind_down(&*backend, &meter, &state, worker, n, deadline_s).await?;
     let (lost, duplicated) = state.lost_duplicated();
     let mut out = fields(json!({
         "n": n,
@@ -340,15 +353,7 @@ async fn steady(args: &RunArgs, env: &Env) -> Result<Fields> {
         bail!("enqueue failed during the steady run: {e}");
     }
 
-    let deadline = Instant::now() + Duration::from_secs(deadline_s);
-    state.wait_all(deadline).await;
-    let unfinished = finish(&*backend, &meter, n, deadline).await?;
-    worker.stop().await?;
-
-    let drain = match (meter.first_claim(), meter.last_ack()) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => Duration::ZERO,
-    };
+    let (unfinished, drain) = wind_down(&*backend, &meter, &state, worker, n, deadline_s).await?;
     let (lost, duplicated) = state.lost_duplicated();
     let [c50, _, c99, cmax] = percentiles(std::mem::take(&mut *call_ms.lock().expect("call_ms")));
     let mut out = fields(json!({
@@ -391,15 +396,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
     let (a_busy, _) = enqueue_chunks(&*backend, a_chunks).await?;
     let b_enqueued_at = base.elapsed();
     let (b_busy, _) = enqueue_chunks(&*backend, b_chunks).await?;
-    let deadline = Instant::now() + Duration::from_secs(deadline_s);
-    state.wait_all(deadline).await;
-    let unfinished = finish(&*backend, &meter, n, deadline).await?;
-    worker.stop().await?;
-
-    let drain = match (meter.first_claim(), meter.last_ack()) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => Duration::ZERO,
-    };
+    let (unfinished, drain) = wind_down(&*backend, &meter, &state, worker, n, deadline_s).await?;
     let done = state.project_done_s();
     let a_done = done.get("project-a").copied();
     let b_done = done.get("project-b").copied();

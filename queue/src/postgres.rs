@@ -360,6 +360,16 @@ async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob], notify: bool) -> 
     Ok(out)
 }
 
+/// Locks a job's row for the rest of the transaction and returns its state.
+async fn lock_job_state(conn: &mut PgConnection, id: JobId) -> Result<JobState> {
+    let state: String = sqlx::query_scalar("SELECT state FROM roundhouse_jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .map_err(err)?;
+    state.parse()
+}
+
 /// Cancels the unstarted jobs of the given pipelines and asks workers to stop their running ones.
 async fn stop_pipeline_jobs(conn: &mut PgConnection, pipelines: &[i64], reason: &str) -> Result<()> {
     if pipelines.is_empty() {
@@ -796,12 +806,7 @@ impl Backend for PostgresQueue {
                 .await
                 .map_err(err)?;
         }
-        let state: String = sqlx::query_scalar("SELECT state FROM roundhouse_jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-        let state: JobState = state.parse()?;
+        let state = lock_job_state(&mut tx, id).await?;
         let outcome = match state {
             JobState::Running => {
                 sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = true WHERE id = $1")
@@ -854,12 +859,7 @@ impl Backend for PostgresQueue {
                 return Err(QueueError::SupersededPipeline { id, pipeline: p });
             }
         }
-        let state: String = sqlx::query_scalar("SELECT state FROM roundhouse_jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-        let state: JobState = state.parse()?;
+        let state = lock_job_state(&mut tx, id).await?;
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
             return Err(QueueError::NotRetryable { id, state });
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{
@@ -72,20 +72,31 @@ impl SqliteQueue {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let migration_failed = |e: sqlx::migrate::MigrateError| QueueError::Backend {
+            backend: NAME,
+            message: format!("migration failed: {e}"),
+        };
         // An in-memory database exists per connection: keep exactly one.
-        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let in_memory = url.contains(":memory:");
+        if !in_memory {
+            // Create the file, switch it to WAL and migrate on one connection before the pool
+            // opens more: a second connection's `journal_mode=WAL` can fail with "database is
+            // locked" (without waiting) while another connection is migrating a new file.
+            let mut first = SqliteConnection::connect_with(&options).await.map_err(err)?;
+            MIGRATOR.run(&mut first).await.map_err(migration_failed)?;
+            first.close().await.map_err(err)?;
+        }
         let pool = SqlitePoolOptions::new()
-            .max_connections(max)
+            .max_connections(if in_memory { 1 } else { 4 })
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
             .await
             .map_err(err)?;
-        MIGRATOR.run(&pool).await.map_err(|e| QueueError::Backend {
-            backend: NAME,
-            message: format!("migration failed: {e}"),
-        })?;
+        if in_memory {
+            MIGRATOR.run(&pool).await.map_err(migration_failed)?;
+        }
         Ok(Self {
             pool,
             notify: Arc::new(Wakeup::default()),
