@@ -1,0 +1,1 @@
+//! Placeholder; the OIDC helper fills this crate.
