@@ -5,9 +5,17 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use enclii_queue::QueueError;
+use enclii_store::StoreError;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+/// One field that failed validation, e.g. `spec.runtime.replicas.min: must be ≤ max (got 5 > 2)`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -17,6 +25,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Every field that failed validation (validation errors only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +37,26 @@ pub enum ApiError {
         code: &'static str,
         detail: String,
         hint: Option<String>,
+    },
+    /// The request is well-formed but names invalid values; every failing field is listed.
+    #[error("{detail}")]
+    Invalid {
+        detail: String,
+        hint: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("{detail}")]
+    Unauthorized {
+        code: &'static str,
+        detail: String,
+        hint: String,
+    },
+    #[error("{detail}")]
+    Forbidden { detail: String, hint: String },
+    #[error("{detail}")]
+    RateLimited {
+        retry_after: std::time::Duration,
+        detail: String,
     },
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +76,44 @@ impl ApiError {
             code,
             detail: detail.into(),
             hint: Some(hint.into()),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        ApiError::Unauthorized {
+            code,
+            detail: detail.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn forbidden(detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            detail: detail.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>, hint: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        ApiError::Invalid {
+            detail: detail.into(),
+            hint: hint.into(),
+            errors,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(detail) => ApiError::NotFound(detail),
+            StoreError::Conflict(detail) => ApiError::Conflict(detail),
+            StoreError::Invalid(detail) => ApiError::bad_request("invalid_request", detail, "fix the request and send it again"),
+            StoreError::Unavailable(internal) => ApiError::Unavailable(internal),
+            StoreError::Queue(q) => q.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -69,8 +138,33 @@ impl From<QueueError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut errors = Vec::new();
+        let mut retry_after = None;
         let (status, code, title, detail, hint) = match self {
             ApiError::BadRequest { code, detail, hint } => (StatusCode::BAD_REQUEST, code, "Bad request", detail, hint),
+            ApiError::Invalid {
+                detail,
+                hint,
+                errors: fields,
+            } => {
+                errors = fields;
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid", "Invalid", detail, Some(hint))
+            }
+            ApiError::Unauthorized { code, detail, hint } => {
+                (StatusCode::UNAUTHORIZED, code, "Unauthorized", detail, Some(hint))
+            }
+            ApiError::Forbidden { detail, hint } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, Some(hint)),
+            ApiError::RateLimited { retry_after: wait, detail } => {
+                let seconds = wait.as_secs_f64().ceil() as u64;
+                retry_after = Some(seconds);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests",
+                    detail,
+                    Some(format!("retry after {seconds} s (see the Retry-After header)")),
+                )
+            }
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", "Not found", detail, None),
             ApiError::Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", detail, None),
             ApiError::TooLarge(detail) => (
@@ -86,7 +180,7 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "backend_unavailable",
                     "Service unavailable",
-                    "the queue backend cannot be reached".to_string(),
+                    "the database or queue backend cannot be reached".to_string(),
                     Some("check the database or Redis server the platform is configured with; retry later".into()),
                 )
             }
@@ -108,12 +202,17 @@ impl IntoResponse for ApiError {
             code,
             detail,
             hint,
+            errors,
         };
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             Json(problem),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -1,13 +1,18 @@
-//! Switchyard, the HTTP API (axum). Handlers validate, call the queue, and answer; they never do
-//! the work inline and know nothing of SQL.
+//! Switchyard, the HTTP API (axum). Handlers authenticate, authorise, validate, make one store or
+//! queue call and answer; they never do the work inline and know nothing of SQL.
 //!
-//! Routes so far: health, Prometheus metrics, and the operator's queue controls (enqueue,
-//! inspect, cancel, retry, per-project limits). Authentication, projects, services and
-//! webhooks arrive with the API issue; until then the server binds to loopback by default.
+//! - [`auth`]: bearer tokens (personal access tokens, OIDC), roles, scopes, rate limits.
+//! - `control`: projects, environments, services, releases, deployments, secrets, routes,
+//!   members, tokens, audit.
+//! - `webhooks`: GitHub deliveries.
+//! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
 
+pub mod auth;
+mod control;
 mod error;
 pub mod metrics;
 mod routes;
+mod webhooks;
 
-pub use error::{ApiError, Problem};
-pub use routes::{AppState, router};
+pub use error::{ApiError, FieldError, Problem};
+pub use routes::{ApiConfig, AppState, openapi, router};

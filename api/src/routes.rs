@@ -4,38 +4,148 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use enclii_queue::{Backend, CancelOutcome, NewJob, ProjectLimits};
+use enclii_store::{Change, Store};
+use governor::DefaultKeyedRateLimiter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::{Authenticator, Permission, Principal, RateLimit};
 use crate::error::ApiError;
 use crate::metrics::DepthGauges;
+use crate::{control, webhooks};
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 1024 * 1024;
 
+/// What the API needs to answer requests.
 #[derive(Clone)]
 pub struct AppState {
+    pub(crate) store: Arc<Store>,
     backend: Arc<dyn Backend>,
     metrics: PrometheusHandle,
     gauges: Arc<DepthGauges>,
+    pub(crate) auth: Arc<Authenticator>,
+    /// The secret GitHub signs deliveries with; webhooks are refused without one.
+    pub(crate) webhook_secret: Option<Arc<str>>,
+    pub(crate) webhook_limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// Serve `/v1` routes (the api role); worker and scheduler roles expose health and metrics only.
     api: bool,
 }
 
-impl AppState {
-    pub fn new(backend: Arc<dyn Backend>, metrics: PrometheusHandle, api: bool) -> Self {
+/// API settings beyond the store.
+pub struct ApiConfig {
+    pub oidc: Option<enclii_auth::oidc::OidcVerifier>,
+    pub webhook_secret: Option<String>,
+    /// Requests per token.
+    pub rate_limit: RateLimit,
+    /// Webhook deliveries per project.
+    pub webhook_rate_limit: RateLimit,
+    pub serve_api: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
         Self {
-            backend,
-            metrics,
-            gauges: Arc::default(),
-            api,
+            oidc: None,
+            webhook_secret: None,
+            rate_limit: RateLimit::DEFAULT,
+            webhook_rate_limit: RateLimit {
+                per_minute: 600,
+                burst: 1200,
+            },
+            serve_api: true,
         }
     }
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, metrics: PrometheusHandle, config: ApiConfig) -> Self {
+        Self {
+            backend: store.queue(),
+            store,
+            metrics,
+            gauges: Arc::default(),
+            auth: Arc::new(Authenticator::new(config.oidc, config.rate_limit)),
+            webhook_secret: config.webhook_secret.map(Arc::from),
+            webhook_limiter: Arc::new(config.webhook_rate_limit.limiter()),
+            api: config.serve_api,
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Enclii Switchyard API", description = "The control plane of Enclii. Authenticate with \
+        `Authorization: Bearer <token>` (a personal access token or an OIDC token). Errors are \
+        `application/problem+json` with a stable `code`."),
+    components(schemas(crate::Problem, crate::error::FieldError)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The `/v1` routes and their OpenAPI document, from one list.
+fn v1() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(control::list_projects, control::create_project))
+        .routes(routes!(control::get_project, control::update_project, control::delete_project))
+        .routes(routes!(control::list_environments, control::create_environment))
+        .routes(routes!(control::update_environment))
+        .routes(routes!(control::list_services, control::create_service))
+        .routes(routes!(control::get_service, control::put_service, control::delete_service))
+        .routes(routes!(control::spec_versions))
+        .routes(routes!(control::list_project_releases))
+        .routes(routes!(control::list_releases, control::build_release))
+        .routes(routes!(control::get_release))
+        .routes(routes!(control::create_deployment))
+        .routes(routes!(control::list_deployments))
+        .routes(routes!(control::get_deployment))
+        .routes(routes!(control::rollback))
+        .routes(routes!(control::list_secrets))
+        .routes(routes!(control::set_secret, control::delete_secret))
+        .routes(routes!(control::list_routes, control::add_route))
+        .routes(routes!(control::delete_route))
+        .routes(routes!(control::list_members))
+        .routes(routes!(control::put_member, control::delete_member))
+        .routes(routes!(control::whoami))
+        .routes(routes!(control::list_tokens, control::create_token))
+        .routes(routes!(control::revoke_token))
+        .routes(routes!(control::list_audit))
+        .routes(routes!(webhooks::github))
+        .routes(routes!(enqueue))
+        .routes(routes!(job))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
+        .routes(routes!(pipeline))
+        .routes(routes!(cancel_pipeline))
+        .routes(routes!(stats))
+        .routes(routes!(set_limits))
+}
+
+/// The OpenAPI 3.1 document of the `/v1` API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    v1().split_for_parts().1
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,14 +155,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics));
     if state.api {
+        let (v1, doc) = v1().split_for_parts();
+        let doc = Arc::new(doc);
         router = router
-            .route("/v1/jobs", post(enqueue))
-            .route("/v1/jobs/{id}", get(job))
-            .route("/v1/jobs/{id}/cancel", post(cancel))
-            .route("/v1/jobs/{id}/retry", post(retry))
-            .route("/v1/pipelines/{id}", get(pipeline))
-            .route("/v1/queue/stats", get(stats))
-            .route("/v1/projects/{project}/limits", put(set_limits));
+            .merge(v1)
+            .route("/v1/openapi.json", get(move || std::future::ready(Json(doc.as_ref().clone()))));
     }
     router
         .fallback(not_found)
@@ -61,7 +168,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `Json<T>` whose rejections are problem+json with the reason and a hint.
-pub struct Body<T>(T);
+pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
@@ -103,8 +210,9 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ping().await?;
     state.backend.ping().await?;
-    Ok(Json(json!({"status": "ready", "queue": state.backend.name()})))
+    Ok(Json(json!({"status": "ready", "database": state.store.database_name(), "queue": state.backend.name()})))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -118,9 +226,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EnqueueRequest {
+pub struct EnqueueRequest {
     kind: String,
     project: String,
     #[serde(default)]
@@ -130,16 +238,35 @@ struct EnqueueRequest {
     priority: Option<i16>,
 }
 
-#[derive(Serialize)]
-struct EnqueueResponse {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EnqueueResponse {
     id: i64,
     duplicate: bool,
 }
 
+/// Audits an action on the queue (its effect lives in the queue, not in the store).
+async fn audit_queue(state: &AppState, principal: &Principal, action: &'static str, entity: String, project: &str) {
+    let change = Change {
+        action,
+        entity_type: "job",
+        entity,
+        project: Some(project),
+        diff: json!({}),
+    };
+    if let Err(e) = state.store.audit(&principal.subject, change).await {
+        tracing::error!(error = %e, action, "audit event could not be written");
+    }
+}
+
+/// Enqueues one job directly (an operator's tool; pipelines come from webhooks and builds).
+#[utoipa::path(post, path = "/v1/jobs", tag = "queue", request_body = EnqueueRequest,
+    responses((status = 201, body = EnqueueResponse), (status = 200, body = EnqueueResponse, description = "duplicate unique key")))]
 async fn enqueue(
     State(state): State<AppState>,
+    principal: Principal,
     Body(req): Body<EnqueueRequest>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
+    principal.require(Permission::Govern, Some(&req.project))?;
     let payload = if req.payload.is_null() { json!({}) } else { req.payload };
     let policy = enclii_domain::jobs::validate(&req.kind, &payload).map_err(|e| {
         ApiError::bad_request(
@@ -148,6 +275,7 @@ async fn enqueue(
             "see the job kinds and their payloads in ARCHITECTURE.md",
         )
     })?;
+    let project = req.project.clone();
     let mut job = NewJob::new(req.kind, req.project, payload).with_policy(policy);
     job.run_at = req.run_at;
     job.unique_key = req.unique_key;
@@ -155,6 +283,7 @@ async fn enqueue(
         job = job.with_priority(priority);
     }
     let enqueued = state.backend.enqueue(vec![job]).await?.remove(0);
+    audit_queue(&state, &principal, "job.enqueue", enqueued.id.to_string(), &project).await;
     let status = if enqueued.duplicate {
         StatusCode::OK
     } else {
@@ -169,50 +298,140 @@ async fn enqueue(
     ))
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<enclii_queue::JobRecord>, ApiError> {
+async fn find_job(state: &AppState, id: i64) -> Result<enclii_queue::JobRecord, ApiError> {
     state
         .backend
         .job(id)
         .await?
-        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("job {id} does not exist (it may have been pruned)")))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<enclii_queue::JobRecord>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require(Permission::Read, Some(&job.project))?;
+    Ok(Json(job))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require(Permission::Deploy, Some(&job.project))?;
     let outcome = match state.backend.cancel(id).await? {
         CancelOutcome::Cancelled => json!({"id": id, "result": "cancelled"}),
         CancelOutcome::Requested => json!({"id": id, "result": "cancel_requested"}),
         CancelOutcome::AlreadyFinished(s) => json!({"id": id, "result": "already_finished", "state": s}),
     };
+    audit_queue(&state, &principal, "job.cancel", id.to_string(), &job.project).await;
     Ok(Json(outcome))
 }
 
-async fn retry(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn retry(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require(Permission::Deploy, Some(&job.project))?;
     state.backend.retry(id).await?;
+    audit_queue(&state, &principal, "job.retry", id.to_string(), &job.project).await;
     Ok(Json(json!({"id": id, "result": "available"})))
 }
 
-async fn pipeline(
-    State(state): State<AppState>,
-    Path(id): Path<i64>,
-) -> Result<Json<enclii_queue::PipelineRecord>, ApiError> {
+async fn find_pipeline(state: &AppState, id: i64) -> Result<enclii_queue::PipelineRecord, ApiError> {
     state
         .backend
         .pipeline(id)
         .await?
-        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("pipeline {id} does not exist")))
 }
 
-async fn stats(State(state): State<AppState>) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
+/// A pipeline run with the state of each step.
+#[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn pipeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<enclii_queue::PipelineRecord>, ApiError> {
+    let pipeline = find_pipeline(&state, id).await?;
+    principal.require(Permission::Read, Some(&pipeline.project))?;
+    Ok(Json(pipeline))
+}
+
+/// Cancels every unfinished step of a pipeline (running steps are asked to stop).
+#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn cancel_pipeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pipeline = find_pipeline(&state, id).await?;
+    principal.require(Permission::Deploy, Some(&pipeline.project))?;
+    let mut cancelled = Vec::new();
+    for step in pipeline.steps.iter().filter(|s| !s.state.is_terminal()) {
+        if !matches!(state.backend.cancel(step.job).await?, CancelOutcome::AlreadyFinished(_)) {
+            cancelled.push(step.name.clone());
+        }
+    }
+    let change = Change {
+        action: "pipeline.cancel",
+        entity_type: "pipeline",
+        entity: id.to_string(),
+        project: Some(&pipeline.project),
+        diff: json!({"steps": cancelled}),
+    };
+    state.store.audit(&principal.subject, change).await?;
+    Ok(Json(json!({"id": id, "cancelled_steps": cancelled})))
+}
+
+/// Depth per kind, project and state: platform-wide, for operators.
+#[utoipa::path(get, path = "/v1/queue/stats", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+async fn stats(State(state): State<AppState>, principal: Principal) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
+    principal.require(Permission::Read, None)?;
     Ok(Json(state.backend.stats().await?))
 }
 
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// Jobs of the project running at once (build concurrency); `null`: unlimited.
+    max_running: Option<u32>,
+    /// Jobs started per minute; `null`: unlimited.
+    jobs_per_minute: Option<u32>,
+}
+
+/// Per-project limits the queue enforces at claim time.
+#[utoipa::path(put, path = "/v1/projects/{project}/limits", tag = "queue", request_body = LimitsBody,
+    responses((status = 200, body = LimitsBody)))]
 async fn set_limits(
     State(state): State<AppState>,
+    principal: Principal,
     Path(project): Path<String>,
-    Body(limits): Body<ProjectLimits>,
-) -> Result<Json<ProjectLimits>, ApiError> {
-    state.backend.set_project_limits(&project, limits).await?;
+    Body(limits): Body<LimitsBody>,
+) -> Result<Json<LimitsBody>, ApiError> {
+    principal.require(Permission::Govern, Some(&project))?;
+    state.store.project(&project).await?;
+    let queue_limits = ProjectLimits {
+        max_running: limits.max_running,
+        jobs_per_minute: limits.jobs_per_minute,
+    };
+    state.backend.set_project_limits(&project, queue_limits).await?;
+    let change = Change {
+        action: "project.limits",
+        entity_type: "project",
+        entity: project.clone(),
+        project: Some(&project),
+        diff: json!({"max_running": limits.max_running, "jobs_per_minute": limits.jobs_per_minute}),
+    };
+    state.store.audit(&principal.subject, change).await?;
     Ok(Json(limits))
 }

@@ -1,19 +1,22 @@
 //! `enclii server`: one process that runs any of the api, worker and scheduler roles.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use enclii_api::auth::{Permission, RateLimit, Role};
+use enclii_auth::oidc::{OidcConfig, OidcVerifier};
 use enclii_queue::Backend;
+use enclii_store::{MasterKey, Store, StoreConfig};
 use enclii_worker::{Registry, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Role {
+pub enum ServerRole {
     Api,
     Worker,
     Scheduler,
@@ -26,7 +29,7 @@ pub struct ServerArgs {
     /// Roles this process runs; repeat or comma-separate. Worker-only processes can be started any
     /// number of times against one database.
     #[arg(long, env = "ENCLII_ROLE", value_delimiter = ',', default_value = "all")]
-    role: Vec<Role>,
+    role: Vec<ServerRole>,
     /// Address for the HTTP API, health and metrics. Default: 127.0.0.1:8080 when the process
     /// runs the api role, a free port otherwise (so several workers can share a host).
     #[arg(long, env = "ENCLII_LISTEN")]
@@ -55,39 +58,142 @@ pub struct ServerArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ENCLII_LOG_JSON")]
     log_json: bool,
+    /// Master key sealing secrets at rest (base64 of 32 bytes; `openssl rand -base64 32`).
+    /// Without it, a key is generated once into `<data-dir>/master.key` (fine for one machine;
+    /// give every api process the same key when several share a database).
+    #[arg(long, env = "ENCLII_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// The secret GitHub signs webhook deliveries with; `/v1/webhooks/github` refuses all without it.
+    #[arg(long, env = "ENCLII_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    github_webhook_secret: Option<String>,
+    /// OIDC issuer (`iss`) whose bearer tokens are accepted; needs the audience and JWKS URL too.
+    #[arg(long, env = "ENCLII_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    oidc_issuer: Option<String>,
+    /// OIDC audience (`aud`) tokens must carry.
+    #[arg(long, env = "ENCLII_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+    /// The issuer's JWKS URL (its discovery document's `jwks_uri`).
+    #[arg(long, env = "ENCLII_OIDC_JWKS_URL")]
+    oidc_jwks_url: Option<String>,
+    /// API requests per minute per token (sustained).
+    #[arg(long, env = "ENCLII_RATE_LIMIT_PER_MINUTE", default_value_t = 60)]
+    rate_limit_per_minute: u32,
+    /// API request burst per token.
+    #[arg(long, env = "ENCLII_RATE_LIMIT_BURST", default_value_t = 120)]
+    rate_limit_burst: u32,
+    /// Webhook deliveries per minute per project (sustained; the burst is twice this).
+    #[arg(long, env = "ENCLII_WEBHOOK_RATE_PER_MINUTE", default_value_t = 600)]
+    webhook_rate_per_minute: u32,
+    /// Use this as the bootstrap admin token instead of a random one (automation and tests;
+    /// format `enclii_pat_<12 chars>_<43 chars>`). Only used while nobody holds a role.
+    #[arg(long, env = "ENCLII_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
 }
 
 impl ServerArgs {
-    fn runs(&self, role: Role) -> bool {
-        self.role.contains(&Role::All) || self.role.contains(&role)
+    fn runs(&self, role: ServerRole) -> bool {
+        self.role.contains(&ServerRole::All) || self.role.contains(&role)
     }
 
     fn listen(&self) -> SocketAddr {
-        let default_port = if self.runs(Role::Api) { 8080 } else { 0 };
+        let default_port = if self.runs(ServerRole::Api) { 8080 } else { 0 };
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
 
-    /// The queue URL, and a description of it that is safe to log (no credentials).
-    fn queue_url(&self) -> anyhow::Result<(String, String)> {
-        if let Some(url) = &self.redis_url {
-            return Ok((url.clone(), "redis".into()));
-        }
-        if let Some(url) = &self.database_url {
-            return Ok((url.clone(), "postgres".into()));
-        }
+    fn data_dir(&self) -> anyhow::Result<&Path> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {} (set --data-dir or ENCLII_DATA_DIR to a writable path)",
                 self.data_dir.display()
             )
         })?;
-        let path = self.data_dir.join("enclii.db");
+        Ok(&self.data_dir)
+    }
+
+    /// The database URL, and a description of it that is safe to log (no credentials).
+    fn database_url(&self) -> anyhow::Result<(String, String)> {
+        if let Some(url) = &self.database_url {
+            return Ok((url.clone(), "postgres".into()));
+        }
+        let path = self.data_dir()?.join("enclii.db");
         Ok((
             format!("sqlite://{}", path.display()),
             format!("sqlite at {}", path.display()),
         ))
     }
+
+    /// The configured master key, or the one kept in the data directory (created on first use).
+    fn master_key(&self) -> anyhow::Result<MasterKey> {
+        if let Some(text) = &self.master_key {
+            return MasterKey::from_base64(text)
+                .map_err(|e| anyhow::anyhow!("ENCLII_MASTER_KEY: {e}; generate one with `openssl rand -base64 32`"));
+        }
+        let path = self.data_dir()?.join("master.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => MasterKey::from_base64(&text).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_MASTER_KEY", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = MasterKey::generate();
+                write_private(&path, &key.to_base64())
+                    .with_context(|| format!("cannot write the master key to {}", path.display()))?;
+                tracing::warn!(path = %path.display(), "generated a master key for sealing secrets; back it up, or set ENCLII_MASTER_KEY");
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read the master key {}", path.display())),
+        }
+    }
+
+    fn oidc(&self) -> anyhow::Result<Option<OidcVerifier>> {
+        let (Some(issuer), Some(audience), Some(jwks)) = (&self.oidc_issuer, &self.oidc_audience, &self.oidc_jwks_url)
+        else {
+            return Ok(None);
+        };
+        let verifier = OidcVerifier::new(OidcConfig::new(issuer, audience, jwks))
+            .map_err(|e| anyhow::anyhow!("OIDC settings: {e}"))?;
+        Ok(Some(verifier))
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())
+}
+
+/// On a fresh installation (nobody holds a role), creates `user:admin` as Owner of every project
+/// with a token, and returns the token to show once.
+async fn bootstrap(store: &Store, given: Option<&str>) -> anyhow::Result<Option<String>> {
+    let (plaintext, id, secret_hash) = match given {
+        Some(token) => {
+            let (id, secret) = enclii_auth::token::parse(token)
+                .context("ENCLII_BOOTSTRAP_TOKEN is not a token of the form enclii_pat_<id>_<secret>")?;
+            (token.to_string(), id.to_string(), enclii_auth::token::hash(secret))
+        }
+        None => {
+            let token = enclii_auth::token::generate();
+            (token.plaintext, token.id, token.secret_hash)
+        }
+    };
+    let record = enclii_store::TokenRecord {
+        id,
+        secret_hash,
+        subject: "user:admin".into(),
+        name: "bootstrap".into(),
+        scopes: serde_json::to_string(&Permission::ALL.map(|p| p.scope()))?,
+        project: None,
+        created_at: chrono::Utc::now().timestamp_millis(),
+        expires_at: None,
+        revoked_at: None,
+    };
+    let created = store.bootstrap("user:admin", Role::Owner.as_str(), &record).await?;
+    Ok(created.then_some(plaintext))
 }
 
 fn init_logging(json: bool) {
@@ -128,11 +234,18 @@ impl enclii_worker::TypedHandler<enclii_domain::jobs::Ping> for PingHandler {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let metrics = enclii_api::metrics::install();
-    let (url, described) = args.queue_url()?;
-    let backend: Arc<dyn Backend> = enclii_queue::open(&url, 16)
-        .await
-        .with_context(|| format!("cannot open the job queue ({described})"))?;
-    info!(queue = %described, roles = ?args.role, "starting");
+    let (url, described) = args.database_url()?;
+    let store = Store::open(StoreConfig {
+        database_url: url,
+        queue_url: args.redis_url.clone(),
+        max_connections: 16,
+        master_key: args.master_key()?,
+    })
+    .await
+    .with_context(|| format!("cannot open the database ({described})"))?;
+    let store = Arc::new(store);
+    let backend: Arc<dyn Backend> = store.queue();
+    info!(database = %described, queue = backend.name(), roles = ?args.role, "starting");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -143,11 +256,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (is another process using it? set --listen)"))?;
     let addr = listener.local_addr()?;
-    let app = enclii_api::router(enclii_api::AppState::new(
-        backend.clone(),
-        metrics,
-        args.runs(Role::Api),
-    ));
+    let config = enclii_api::ApiConfig {
+        oidc: args.oidc()?,
+        webhook_secret: args.github_webhook_secret.clone(),
+        rate_limit: RateLimit {
+            per_minute: args.rate_limit_per_minute,
+            burst: args.rate_limit_burst,
+        },
+        webhook_rate_limit: RateLimit {
+            per_minute: args.webhook_rate_per_minute,
+            burst: args.webhook_rate_per_minute.saturating_mul(2),
+        },
+        serve_api: args.runs(ServerRole::Api),
+    };
+    let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(listener, app)
@@ -157,8 +279,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     info!(%addr, "listening");
     println!("enclii listening on http://{addr}");
+    if args.runs(ServerRole::Api)
+        && let Some(token) = bootstrap(&store, args.bootstrap_token.as_deref()).await?
+    {
+        // Shown once, on stdout only: it is never logged.
+        println!("bootstrap admin token (shown once; keep it safe): {token}");
+    }
 
-    if args.runs(Role::Worker) {
+    if args.runs(ServerRole::Worker) {
         let config = WorkerConfig {
             lease: Duration::from_secs(args.lease_seconds.max(2)),
             heartbeat_every: Duration::from_secs(args.lease_seconds.max(2)) / 4,
@@ -169,7 +297,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }
-    if args.runs(Role::Scheduler) {
+    if args.runs(ServerRole::Scheduler) {
         let config = enclii_scheduler::SchedulerConfig {
             retention: Duration::from_secs(args.job_retention_hours * 3600),
             ..Default::default()

@@ -106,6 +106,7 @@ job_kind!(CanaryAnalyze, "canary-analyze", policy(1, 5, 600, 5));
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewTeardown {
+    pub service: String,
     pub repository: String,
     pub pull_request: u64,
     pub environment: String,

@@ -1,6 +1,9 @@
-//! Enclii's shared domain types. For now: the typed job kinds Roundhouse runs, their policies,
-//! and the build-and-deploy pipeline that a push turns into. The Service Spec and the control
-//! plane's data model join this crate with the API issue.
+//! Enclii's shared domain types: the typed job kinds Roundhouse runs, their policies, the
+//! build-and-deploy pipeline that a push turns into, the Service Spec (parsing and strict
+//! validation) and the GitHub webhook payloads Enclii reacts to. The control plane's data model
+//! joins this crate with the API issue.
 
+pub mod github;
 pub mod jobs;
 pub mod pipeline;
+pub mod spec;

@@ -112,13 +112,64 @@ pub fn build_and_deploy(req: &BuildRequest) -> Result<NewPipeline, QueueError> {
             &["deploy"],
         )?);
     }
+    let target = req.deploy_to.as_deref().unwrap_or("build-only");
     Ok(NewPipeline {
         project: req.project.clone(),
         name: "build-and-deploy".into(),
-        supersede_key: Some(format!("service:{p}/{service}:branch:{}", req.branch)),
-        unique_key: Some(format!("commit:{p}/{service}:{commit}")),
+        supersede_key: Some(supersede_key(p, &service, &req.branch, req.deploy_to.as_deref())),
+        unique_key: Some(format!("commit:{p}/{service}:{target}:{commit}")),
         steps,
     })
+}
+
+/// Runs for the same service, branch and target environment supersede each other: a newer push
+/// cancels the older run, and closing a pull request cancels its preview's run.
+pub fn supersede_key(project: &str, service: &str, branch: &str, environment: Option<&str>) -> String {
+    match environment {
+        Some(env) => format!("service:{project}/{service}:branch:{branch}:env:{env}"),
+        None => format!("service:{project}/{service}:branch:{branch}"),
+    }
+}
+
+/// What a closed pull request becomes for one service: the teardown of its preview environment,
+/// superseding any build of that preview still in flight.
+pub fn preview_teardown(
+    project: &str,
+    service: &str,
+    repository: &str,
+    branch: &str,
+    pull_request: u64,
+) -> Result<NewPipeline, QueueError> {
+    let environment = format!("preview-{pull_request}");
+    let job = jobs::PreviewTeardown {
+        service: service.to_string(),
+        repository: repository.to_string(),
+        pull_request,
+        environment: environment.clone(),
+    };
+    Ok(NewPipeline {
+        project: project.to_string(),
+        name: "preview-teardown".into(),
+        supersede_key: Some(supersede_key(project, service, branch, Some(&environment))),
+        unique_key: None,
+        steps: vec![step("preview-teardown", project, &job, &[])?],
+    })
+}
+
+/// The key services and webhooks are matched on: host and path of a repository URL, lowercased,
+/// without scheme, credentials, `.git` or trailing slash. `https://github.com/Org/Repo.git`,
+/// `git@github.com:org/repo` and `ssh://git@github.com/org/repo` all give `github.com/org/repo`.
+pub fn repository_key(url: &str) -> String {
+    let url = url.trim();
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest.to_string(),
+        // scp-like `git@host:path`
+        None => url.replacen(':', "/", 1),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest.as_str(), |(_, host_path)| host_path);
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix(".git").unwrap_or(rest);
+    rest.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -147,8 +198,11 @@ mod tests {
         assert_eq!(needs("sign"), ["push"]);
         assert_eq!(needs("deploy"), ["sbom", "sign"]);
         assert_eq!(needs("canary-analyze"), ["deploy"]);
-        assert_eq!(p.supersede_key.as_deref(), Some("service:solarpunk/api:branch:main"));
-        assert_eq!(p.unique_key.as_deref(), Some("commit:solarpunk/api:0123abcd"));
+        assert_eq!(
+            p.supersede_key.as_deref(),
+            Some("service:solarpunk/api:branch:main:env:prod")
+        );
+        assert_eq!(p.unique_key.as_deref(), Some("commit:solarpunk/api:prod:0123abcd"));
         assert_eq!(p.steps.iter().find(|s| s.name == "build").unwrap().job.kind, "build");
     }
 
@@ -156,5 +210,28 @@ mod tests {
     fn without_auto_deploy_the_run_ends_at_a_ready_release() {
         let p = build_and_deploy(&request(None)).unwrap();
         assert_eq!(p.steps.len(), 5);
+    }
+
+    #[test]
+    fn repository_urls_normalise_to_one_key() {
+        for url in [
+            "https://github.com/Org/Repo.git",
+            "https://github.com/org/repo",
+            "https://token@github.com/org/repo/",
+            "git@github.com:org/repo.git",
+            "ssh://git@github.com/org/repo",
+        ] {
+            assert_eq!(repository_key(url), "github.com/org/repo", "{url}");
+        }
+    }
+
+    #[test]
+    fn a_preview_teardown_supersedes_the_previews_build() {
+        let mut req = request(Some("preview-7"));
+        req.branch = "feature".into();
+        let build = build_and_deploy(&req).unwrap();
+        let teardown = preview_teardown("solarpunk", "api", &req.repository, "feature", 7).unwrap();
+        assert_eq!(build.supersede_key, teardown.supersede_key);
+        assert_eq!(teardown.steps[0].job.kind, "preview-teardown");
     }
 }

@@ -109,10 +109,11 @@ impl SqliteQueue {
         &self.pool
     }
 
-    /// A write transaction. Writers of this process queue on an async lock first, so they never
-    /// meet in SQLite's busy handler (whose sleeps of up to 100 ms made tail latency); other
-    /// processes still wait there.
-    async fn begin(&self) -> Result<(MutexGuard<'_, ()>, sqlx::Transaction<'static, sqlx::Sqlite>)> {
+    /// A write transaction (`BEGIN IMMEDIATE`). Writers of this process queue on an async lock
+    /// first, so they never meet in SQLite's busy handler (whose sleeps of up to 100 ms made tail
+    /// latency); other processes still wait there. Other stores sharing this database (the control
+    /// plane) write through this too, so that their rows and their jobs commit together.
+    pub async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, sqlx::Transaction<'static, sqlx::Sqlite>)> {
         let guard = self.writer.lock().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         Ok((guard, tx))
@@ -479,14 +480,14 @@ impl Backend for SqliteQueue {
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let out = self.enqueue_in(&mut tx, jobs).await?;
         tx.commit().await.map_err(err)?;
         Ok(out)
     }
 
     async fn enqueue_pipeline(&self, pipeline: NewPipeline) -> Result<PipelineEnqueued> {
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let out = self.enqueue_pipeline_in(&mut tx, pipeline).await?;
         tx.commit().await.map_err(err)?;
         Ok(out)
@@ -496,7 +497,7 @@ impl Backend for SqliteQueue {
         if request.limit == 0 || request.kinds.is_empty() {
             return Ok(Vec::new());
         }
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let conn: &mut SqliteConnection = &mut tx;
         let now_at = Utc::now();
         let now = ms(now_at);
@@ -622,7 +623,7 @@ impl Backend for SqliteQueue {
         }
         let until = ms(Utc::now()) + lease.as_millis() as i64;
         let batch: Vec<serde_json::Value> = leases.iter().map(|l| serde_json::json!([l.job, l.token])).collect();
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let rows = sqlx::query(
             "UPDATE roundhouse_jobs SET lease_expires_at = ?2
              FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token FROM json_each(?1)) AS l
@@ -654,7 +655,7 @@ impl Backend for SqliteQueue {
         if acks.is_empty() {
             return Ok(());
         }
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let wake = apply_acks(&mut tx, &acks, false).await?;
         tx.commit().await.map_err(err)?;
         if wake {
@@ -664,7 +665,7 @@ impl Backend for SqliteQueue {
     }
 
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let row = sqlx::query("SELECT state, pipeline_id FROM roundhouse_jobs WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -713,7 +714,7 @@ impl Backend for SqliteQueue {
     }
 
     async fn retry(&self, id: JobId) -> Result<()> {
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT j.state, j.pipeline_id, p.state AS run FROM roundhouse_jobs j
              LEFT JOIN roundhouse_pipelines p ON p.id = j.pipeline_id WHERE j.id = ?",
@@ -808,7 +809,7 @@ impl Backend for SqliteQueue {
                 &mut report,
             ));
         }
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         apply_acks(&mut tx, &acks, true).await?;
         tx.commit().await.map_err(err)?;
         self.wake();
@@ -820,7 +821,7 @@ impl Backend for SqliteQueue {
         // waiting on the writer lock for long.
         let mut total = 0;
         loop {
-            let (_writer, mut tx) = self.begin().await?;
+            let (_writer, mut tx) = self.begin_write().await?;
             let deleted = sqlx::query(
                 "DELETE FROM roundhouse_jobs WHERE id IN (
                      SELECT j.id FROM roundhouse_jobs j
@@ -843,7 +844,7 @@ impl Backend for SqliteQueue {
                 break;
             }
         }
-        let (_writer, mut tx) = self.begin().await?;
+        let (_writer, mut tx) = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM roundhouse_pipelines WHERE state <> 'running' AND finished_at < ?
                AND NOT EXISTS (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = roundhouse_pipelines.id)",

@@ -1,0 +1,147 @@
+//! `POST /v1/webhooks/github`: verify the signature, parse, rate-limit per project, and hand the
+//! delivery to the store, which persists it and enqueues its pipelines in one transaction.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use enclii_domain::github::{GithubEvent, PullRequestAction, parse_event};
+use enclii_domain::pipeline::repository_key;
+use enclii_store::{WebhookDelivery, WebhookIntent, WebhookOutcome};
+
+use crate::auth::check_rate;
+use crate::error::ApiError;
+use crate::routes::AppState;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+/// What an event asks of Enclii.
+fn intent(event: GithubEvent) -> WebhookIntent {
+    match event {
+        GithubEvent::Ping { .. } => WebhookIntent::Ignore { outcome: "pong".into() },
+        GithubEvent::Other { event } => WebhookIntent::Ignore {
+            outcome: format!("ignored: Enclii does not act on `{event}` events"),
+        },
+        GithubEvent::Push(push) => match push.branch() {
+            _ if push.deleted || push.after == ZERO_SHA => WebhookIntent::Ignore {
+                outcome: "ignored: a branch or tag deletion".into(),
+            },
+            None => WebhookIntent::Ignore {
+                outcome: format!("ignored: `{}` is not a branch", push.git_ref),
+            },
+            Some(branch) => WebhookIntent::Push {
+                repository: repository_key(&push.repository.html_url),
+                branch: branch.to_string(),
+                sha: push.after.to_ascii_lowercase(),
+            },
+        },
+        GithubEvent::PullRequest(pr) => {
+            let repository = repository_key(&pr.repository.html_url);
+            match pr.action {
+                PullRequestAction::Opened | PullRequestAction::Reopened | PullRequestAction::Synchronize => {
+                    WebhookIntent::Preview {
+                        repository,
+                        number: pr.number,
+                        branch: pr.head.git_ref,
+                        sha: pr.head.sha.to_ascii_lowercase(),
+                    }
+                }
+                PullRequestAction::Closed => WebhookIntent::Teardown {
+                    repository,
+                    number: pr.number,
+                    branch: pr.head.git_ref,
+                },
+                other => WebhookIntent::Ignore {
+                    outcome: format!("ignored: pull_request action `{}`", other.as_str()),
+                },
+            }
+        }
+    }
+}
+
+/// Receives a GitHub delivery. `202` with what was enqueued; `200` for a delivery seen before.
+#[utoipa::path(post, path = "/v1/webhooks/github", tag = "webhooks",
+    request_body(content = String, description = "A GitHub webhook payload", content_type = "application/json"),
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "sha256=<HMAC of the body with the webhook secret>"),
+        ("X-GitHub-Event" = String, Header, description = "push, pull_request, ping, …"),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's unique id"),
+    ),
+    responses(
+        (status = 202, body = WebhookOutcome), (status = 200, body = WebhookOutcome, description = "a redelivery"),
+        (status = 401, body = crate::Problem, description = "missing or bad signature"),
+        (status = 429, body = crate::Problem)))]
+pub async fn github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<WebhookOutcome>), ApiError> {
+    let Some(secret) = state.webhook_secret.as_deref() else {
+        return Err(ApiError::unauthorized(
+            "webhooks_disabled",
+            "GitHub webhooks are not configured on this server",
+            "set ENCLII_GITHUB_WEBHOOK_SECRET to the secret configured on the GitHub webhook",
+        ));
+    };
+    let signature = header(&headers, "x-hub-signature-256").ok_or_else(|| {
+        ApiError::unauthorized(
+            "signature_missing",
+            "the X-Hub-Signature-256 header is missing",
+            "configure a secret on the GitHub webhook (GitHub signs deliveries only when it has one)",
+        )
+    })?;
+    if !enclii_auth::github_signature::verify_github_signature(secret.as_bytes(), &body, signature) {
+        return Err(ApiError::unauthorized(
+            "signature_invalid",
+            "the X-Hub-Signature-256 signature does not match the body",
+            "the webhook's secret on GitHub must equal ENCLII_GITHUB_WEBHOOK_SECRET",
+        ));
+    }
+    let missing = |name: &str| {
+        ApiError::bad_request(
+            "header_missing",
+            format!("the {name} header is missing"),
+            "GitHub sends it on every delivery; is this request from GitHub?",
+        )
+    };
+    let event = header(&headers, "x-github-event").ok_or_else(|| missing("X-GitHub-Event"))?;
+    let delivery_id = header(&headers, "x-github-delivery").ok_or_else(|| missing("X-GitHub-Delivery"))?;
+    if delivery_id.is_empty() || delivery_id.len() > 100 {
+        return Err(ApiError::bad_request(
+            "header_invalid",
+            "X-GitHub-Delivery must be 1–100 characters",
+            "GitHub sends a GUID",
+        ));
+    }
+    let parsed = parse_event(event, &body).map_err(|e| {
+        ApiError::bad_request("invalid_payload", e.to_string(), "send the payload GitHub produced, unchanged")
+    })?;
+    let action = match &parsed {
+        GithubEvent::PullRequest(pr) => Some(pr.action.as_str().to_string()),
+        _ => None,
+    };
+    let intent = intent(parsed);
+    if let WebhookIntent::Push { repository, .. }
+    | WebhookIntent::Preview { repository, .. }
+    | WebhookIntent::Teardown { repository, .. } = &intent
+    {
+        for project in state.store.projects_for_repository(repository).await? {
+            check_rate(&state.webhook_limiter, &project, &format!("project `{project}`'s webhooks"))?;
+        }
+    }
+    let delivery = WebhookDelivery {
+        delivery_id: delivery_id.to_string(),
+        event: event.to_string(),
+        action,
+        intent,
+    };
+    let outcome = state.store.accept_webhook(&delivery).await?;
+    tracing::info!(delivery = %outcome.delivery_id, event, outcome = %outcome.outcome,
+                   duplicate = outcome.duplicate, "GitHub delivery");
+    let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(outcome)))
+}

@@ -1,0 +1,341 @@
+//! Control-plane records as stored and as the API returns them. Times are Unix epoch
+//! milliseconds; spec documents are canonical JSON text.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Project {
+    pub slug: String,
+    pub name: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Environment {
+    pub project: String,
+    pub name: String,
+    pub region: Option<String>,
+    /// Monthly budget in cents; `None` means no budget.
+    pub budget_cents: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct EnvironmentChange {
+    pub region: Option<String>,
+    pub budget_cents: Option<i64>,
+}
+
+/// What the store needs of a validated Service Spec.
+#[derive(Clone, Debug)]
+pub struct ServiceDraft {
+    pub project: String,
+    pub name: String,
+    /// The environment a push to `branch` deploys to.
+    pub environment: String,
+    /// [`enclii_domain::pipeline::repository_key`] of the spec's repository.
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    /// The spec as canonical JSON.
+    pub spec: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Service {
+    pub project: String,
+    pub name: String,
+    pub environment: String,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    #[serde(skip)]
+    pub spec: String,
+    pub spec_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Service {
+    pub fn spec_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.spec).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SpecVersion {
+    pub version: i64,
+    #[serde(skip)]
+    pub spec: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Release {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub git_sha: String,
+    pub repository: String,
+    pub branch: String,
+    pub image: String,
+    pub digest: Option<String>,
+    pub sbom_uri: Option<String>,
+    pub signature: Option<String>,
+    /// `building`, `ready` or `failed`.
+    pub status: String,
+    pub failure: Option<String>,
+    pub pipeline_id: Option<i64>,
+    /// What started the build: `push`, `pull_request`, `api`.
+    pub trigger: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub mod release_status {
+    pub const BUILDING: &str = "building";
+    pub const READY: &str = "ready";
+    pub const FAILED: &str = "failed";
+}
+
+/// A build of one commit of a service, for one environment.
+#[derive(Clone, Debug)]
+pub struct BuildTrigger {
+    pub project: String,
+    pub service: String,
+    pub git_sha: String,
+    pub branch: String,
+    /// Deploy here once the release is ready (`None`: build only).
+    pub deploy_to: Option<String>,
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Deployment {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub release_id: i64,
+    /// `rolling` or `canary`.
+    pub strategy: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `rolled_back`.
+    pub status: String,
+    /// `deploy` or `rollback`.
+    pub reason: String,
+    pub job_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeploymentRequest {
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub release_id: i64,
+    pub strategy: String,
+    pub reason: String,
+}
+
+/// Where a secret applies: a whole project, one environment, or one service (in one environment
+/// or in all of them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretScope {
+    pub project: String,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+impl SecretScope {
+    pub(crate) fn environment_column(&self) -> &str {
+        self.environment.as_deref().unwrap_or("")
+    }
+    pub(crate) fn service_column(&self) -> &str {
+        self.service.as_deref().unwrap_or("")
+    }
+    /// Authenticated data binding a sealed value to its place, so a row copied elsewhere fails to open.
+    pub(crate) fn binding(&self, name: &str, version: i64) -> String {
+        format!(
+            "{}/{}/{}/{name}/{version}",
+            self.project,
+            self.environment_column(),
+            self.service_column()
+        )
+    }
+}
+
+/// A secret's metadata. Values are never part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SecretMeta {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub name: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Route {
+    pub id: i64,
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    pub path: String,
+    pub tls: bool,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewRoute {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    pub path: String,
+    pub tls: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct RoleBinding {
+    pub subject: String,
+    /// A project slug, or `*` for every project.
+    pub project: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+/// A personal access token as stored: the secret part only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct TokenRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub subject: String,
+    pub name: String,
+    /// JSON list of permission scopes.
+    #[serde(skip)]
+    pub scopes: String,
+    pub project: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRecord {
+    pub fn scope_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.scopes).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub repository: Option<String>,
+    pub project: Option<String>,
+    /// What became of it: `pipelines`, `teardown`, `ignored: …`, `pong`.
+    pub outcome: String,
+    /// JSON list of pipeline ids enqueued for it.
+    #[serde(skip)]
+    pub pipeline_ids: String,
+    pub received_at: i64,
+}
+
+impl Delivery {
+    pub fn pipelines(&self) -> Vec<i64> {
+        serde_json::from_str(&self.pipeline_ids).unwrap_or_default()
+    }
+}
+
+/// What a GitHub delivery asks of the control plane, once parsed and verified by the API.
+#[derive(Clone, Debug)]
+pub enum WebhookIntent {
+    /// A push to a branch: build (and deploy) every service that tracks this repository and branch.
+    Push { repository: String, branch: String, sha: String },
+    /// A pull request opened, reopened or synchronised: build and deploy its preview.
+    Preview { repository: String, number: u64, branch: String, sha: String },
+    /// A pull request closed: tear its preview down.
+    Teardown { repository: String, number: u64, branch: String },
+    /// Nothing to do (ping, other events, tags, branch deletions).
+    Ignore { outcome: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookDelivery {
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub intent: WebhookIntent,
+}
+
+/// The result of accepting a delivery.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookOutcome {
+    pub delivery_id: String,
+    /// The delivery id was seen before: nothing was done this time.
+    pub duplicate: bool,
+    pub outcome: String,
+    pub pipelines: Vec<i64>,
+    pub releases: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub entity_type: String,
+    pub entity: String,
+    pub project: Option<String>,
+    #[serde(skip)]
+    pub diff: String,
+}
+
+impl AuditEvent {
+    pub fn diff_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.diff).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AuditFilter {
+    pub project: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub entity_type: Option<String>,
+    /// Only events at or after this time (epoch ms).
+    pub since: Option<i64>,
+    /// Only events with a smaller id (paging backwards).
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// What an audited change records. `diff` never holds secret values.
+#[derive(Clone, Debug)]
+pub struct Change<'a> {
+    pub action: &'a str,
+    pub entity_type: &'a str,
+    pub entity: String,
+    pub project: Option<&'a str>,
+    pub diff: serde_json::Value,
+}
+
+/// How a release's pipeline ended, as its build workers report it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ReleaseOutcome {
+    pub digest: Option<String>,
+    pub sbom_uri: Option<String>,
+    pub signature: Option<String>,
+    /// `None` when the release is ready; otherwise the failing step and an actionable message.
+    pub failure: Option<String>,
+}

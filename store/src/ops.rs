@@ -1,0 +1,1103 @@
+// The control plane's operations, written once and compiled twice by `lib.rs`: in module `pg` with
+// `Conn = PgConnection` and `Queue = PostgresQueue`, in module `lite` for SQLite. The SQL is the
+// portable subset both understand (`$n` parameters, `ON CONFLICT`, `RETURNING`, epoch-ms BIGINTs,
+// JSON as text), so each query exists once. Every mutating operation runs inside the caller's
+// transaction and writes its audit event there too.
+
+use enclii_domain::pipeline::{BuildRequest, build_and_deploy, preview_teardown};
+use enclii_queue::{Backend, NewJob, NewPipeline, PipelineEnqueued};
+use serde_json::json;
+
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::now_ms;
+use crate::sealing::MasterKey;
+
+/// Where jobs go: into this transaction when the queue lives in the same database, otherwise to
+/// the queue backend (Redis) before the transaction commits.
+pub struct Jobs<'a> {
+    pub queue: &'a Queue,
+    pub same_database: bool,
+    pub backend: &'a dyn Backend,
+}
+
+impl Jobs<'_> {
+    async fn pipeline(&self, conn: &mut Conn, pipeline: NewPipeline) -> Result<PipelineEnqueued> {
+        Ok(if self.same_database {
+            self.queue.enqueue_pipeline_in(conn, pipeline).await?
+        } else {
+            self.backend.enqueue_pipeline(pipeline).await?
+        })
+    }
+
+    async fn job(&self, conn: &mut Conn, job: NewJob) -> Result<i64> {
+        let mut enqueued = if self.same_database {
+            self.queue.enqueue_in(conn, vec![job]).await?
+        } else {
+            self.backend.enqueue(vec![job]).await?
+        };
+        Ok(enqueued.remove(0).id)
+    }
+}
+
+pub async fn audit(conn: &mut Conn, actor: &str, change: Change<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, entity_type, entity, project, diff)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now_ms())
+    .bind(actor)
+    .bind(change.action)
+    .bind(change.entity_type)
+    .bind(&change.entity)
+    .bind(change.project)
+    .bind(change.diff.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn list_audit(conn: &mut Conn, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+    Ok(sqlx::query_as::<_, AuditEvent>(
+        "SELECT * FROM audit_events
+         WHERE ($1 IS NULL OR project = $1) AND ($2 IS NULL OR actor = $2) AND ($3 IS NULL OR action = $3)
+           AND ($4 IS NULL OR entity_type = $4) AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR id < $6)
+         ORDER BY id DESC LIMIT $7",
+    )
+    .bind(&filter.project)
+    .bind(&filter.actor)
+    .bind(&filter.action)
+    .bind(&filter.entity_type)
+    .bind(filter.since)
+    .bind(filter.before)
+    .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+// --- projects and environments ------------------------------------------------------------------
+
+pub const DEFAULT_ENVIRONMENTS: [&str; 3] = ["dev", "stage", "prod"];
+
+pub async fn create_project(conn: &mut Conn, actor: &str, slug: &str, name: &str) -> Result<Project> {
+    let now = now_ms();
+    let project = sqlx::query_as::<_, Project>(
+        "INSERT INTO projects (slug, name, created_at, created_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (slug) DO NOTHING RETURNING *",
+    )
+    .bind(slug)
+    .bind(name)
+    .bind(now)
+    .bind(actor)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::Conflict(format!("project `{slug}` already exists; choose another slug")))?;
+    for environment in DEFAULT_ENVIRONMENTS {
+        insert_environment(conn, slug, environment, None, None).await?;
+    }
+    let diff = json!({"name": name, "environments": DEFAULT_ENVIRONMENTS});
+    audit(conn, actor, change("project.create", "project", slug, Some(slug), diff)).await?;
+    Ok(project)
+}
+
+pub async fn list_projects(conn: &mut Conn) -> Result<Vec<Project>> {
+    Ok(sqlx::query_as::<_, Project>("SELECT * FROM projects ORDER BY slug")
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+pub async fn get_project(conn: &mut Conn, slug: &str) -> Result<Option<Project>> {
+    Ok(sqlx::query_as::<_, Project>("SELECT * FROM projects WHERE slug = $1")
+        .bind(slug)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+pub async fn require_project(conn: &mut Conn, slug: &str) -> Result<Project> {
+    get_project(conn, slug)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("project `{slug}` does not exist; create it with POST /v1/projects")))
+}
+
+pub async fn rename_project(conn: &mut Conn, actor: &str, slug: &str, name: &str) -> Result<Project> {
+    let before = require_project(conn, slug).await?;
+    let project = sqlx::query_as::<_, Project>("UPDATE projects SET name = $2 WHERE slug = $1 RETURNING *")
+        .bind(slug)
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    let diff = json!({"name": {"from": before.name, "to": name}});
+    audit(conn, actor, change("project.update", "project", slug, Some(slug), diff)).await?;
+    Ok(project)
+}
+
+pub async fn delete_project(conn: &mut Conn, actor: &str, slug: &str) -> Result<()> {
+    require_project(conn, slug).await?;
+    sqlx::query("DELETE FROM projects WHERE slug = $1")
+        .bind(slug)
+        .execute(&mut *conn)
+        .await?;
+    audit(conn, actor, change("project.delete", "project", slug, Some(slug), json!({}))).await
+}
+
+async fn insert_environment(
+    conn: &mut Conn,
+    project: &str,
+    name: &str,
+    region: Option<&str>,
+    budget_cents: Option<i64>,
+) -> Result<Option<Environment>> {
+    Ok(sqlx::query_as::<_, Environment>(
+        "INSERT INTO environments (project, name, region, budget_cents, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (project, name) DO NOTHING RETURNING *",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(region)
+    .bind(budget_cents)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+pub async fn create_environment(
+    conn: &mut Conn,
+    actor: &str,
+    project: &str,
+    name: &str,
+    settings: &EnvironmentChange,
+) -> Result<Environment> {
+    require_project(conn, project).await?;
+    let environment = insert_environment(conn, project, name, settings.region.as_deref(), settings.budget_cents)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("environment `{name}` already exists in project `{project}`")))?;
+    let diff = json!({"region": settings.region, "budget_cents": settings.budget_cents});
+    let entity = format!("{project}/{name}");
+    audit(conn, actor, change("environment.create", "environment", &entity, Some(project), diff)).await?;
+    Ok(environment)
+}
+
+pub async fn list_environments(conn: &mut Conn, project: &str) -> Result<Vec<Environment>> {
+    require_project(conn, project).await?;
+    Ok(
+        sqlx::query_as::<_, Environment>("SELECT * FROM environments WHERE project = $1 ORDER BY name")
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+pub async fn get_environment(conn: &mut Conn, project: &str, name: &str) -> Result<Environment> {
+    sqlx::query_as::<_, Environment>("SELECT * FROM environments WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "environment `{name}` does not exist in project `{project}`; create it with POST /v1/projects/{project}/environments"
+            ))
+        })
+}
+
+pub async fn update_environment(
+    conn: &mut Conn,
+    actor: &str,
+    project: &str,
+    name: &str,
+    settings: &EnvironmentChange,
+) -> Result<Environment> {
+    let before = get_environment(conn, project, name).await?;
+    let environment = sqlx::query_as::<_, Environment>(
+        "UPDATE environments SET region = $3, budget_cents = $4 WHERE project = $1 AND name = $2 RETURNING *",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(&settings.region)
+    .bind(settings.budget_cents)
+    .fetch_one(&mut *conn)
+    .await?;
+    let diff = json!({
+        "region": {"from": before.region, "to": settings.region},
+        "budget_cents": {"from": before.budget_cents, "to": settings.budget_cents},
+    });
+    let entity = format!("{project}/{name}");
+    audit(conn, actor, change("environment.update", "environment", &entity, Some(project), diff)).await?;
+    Ok(environment)
+}
+
+// --- services -----------------------------------------------------------------------------------
+
+/// Creates or updates a service from its spec; every apply is a new spec version. Routes in the
+/// spec are bound to the service, refusing any host and path another service holds.
+pub async fn apply_service(
+    conn: &mut Conn,
+    actor: &str,
+    draft: &ServiceDraft,
+    routes: &[(String, String)],
+) -> Result<(Service, bool)> {
+    let (project, name) = (draft.project.as_str(), draft.name.as_str());
+    require_project(conn, project).await?;
+    get_environment(conn, project, &draft.environment).await?;
+    let before = get_service(conn, project, name).await?;
+    let now = now_ms();
+    let version = before.as_ref().map_or(1, |s| s.spec_version + 1);
+    let service = sqlx::query_as::<_, Service>(
+        "INSERT INTO services (project, name, environment, repository, branch, spec, spec_version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+         ON CONFLICT (project, name) DO UPDATE SET environment = $3, repository = $4, branch = $5, spec = $6,
+             spec_version = $7, updated_at = $8
+         RETURNING *",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(&draft.environment)
+    .bind(&draft.repository)
+    .bind(&draft.branch)
+    .bind(&draft.spec)
+    .bind(version)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO service_spec_versions (project, service, version, spec, created_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(version)
+    .bind(&draft.spec)
+    .bind(now)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    for (index, (host, path)) in routes.iter().enumerate() {
+        match find_route(conn, host, path).await? {
+            Some(route) if route.project == project && route.service == name => {}
+            Some(route) => {
+                return Err(StoreError::Conflict(format!(
+                    "spec.routes[{index}]: {} is already routed to {} (route {}); remove that route or choose another host or path",
+                    route_label(host, path),
+                    route_owner(&route),
+                    route.id
+                )));
+            }
+            None => {
+                insert_route(conn, project, &draft.environment, name, host, path, true).await?;
+            }
+        }
+    }
+    let action = if before.is_some() { "service.update" } else { "service.create" };
+    let diff = json!({
+        "spec_version": {"from": before.as_ref().map(|s| s.spec_version), "to": version},
+        "spec": {"from": before.as_ref().map(Service::spec_json), "to": service.spec_json()},
+    });
+    let entity = format!("{project}/{name}");
+    audit(conn, actor, change(action, "service", &entity, Some(project), diff)).await?;
+    Ok((service, before.is_none()))
+}
+
+pub async fn get_service(conn: &mut Conn, project: &str, name: &str) -> Result<Option<Service>> {
+    Ok(sqlx::query_as::<_, Service>("SELECT * FROM services WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+pub async fn require_service(conn: &mut Conn, project: &str, name: &str) -> Result<Service> {
+    get_service(conn, project, name).await?.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "service `{name}` does not exist in project `{project}`; create it by sending its Service Spec to PUT /v1/projects/{project}/services/{name}"
+        ))
+    })
+}
+
+pub async fn list_services(conn: &mut Conn, project: &str) -> Result<Vec<Service>> {
+    require_project(conn, project).await?;
+    Ok(
+        sqlx::query_as::<_, Service>("SELECT * FROM services WHERE project = $1 ORDER BY name")
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+pub async fn spec_versions(conn: &mut Conn, project: &str, name: &str) -> Result<Vec<SpecVersion>> {
+    require_service(conn, project, name).await?;
+    Ok(sqlx::query_as::<_, SpecVersion>(
+        "SELECT version, spec, created_at, created_by FROM service_spec_versions
+         WHERE project = $1 AND service = $2 ORDER BY version DESC",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub async fn delete_service(conn: &mut Conn, actor: &str, project: &str, name: &str) -> Result<()> {
+    require_service(conn, project, name).await?;
+    sqlx::query("DELETE FROM services WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let entity = format!("{project}/{name}");
+    audit(conn, actor, change("service.delete", "service", &entity, Some(project), json!({}))).await
+}
+
+pub async fn services_for_repository(conn: &mut Conn, repository: &str) -> Result<Vec<Service>> {
+    Ok(
+        sqlx::query_as::<_, Service>("SELECT * FROM services WHERE repository = $1 ORDER BY project, name")
+            .bind(repository)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+// --- releases and builds ------------------------------------------------------------------------
+
+pub async fn get_release(conn: &mut Conn, id: i64) -> Result<Release> {
+    sqlx::query_as::<_, Release>("SELECT * FROM releases WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("release {id} does not exist")))
+}
+
+pub async fn list_releases(conn: &mut Conn, project: &str, service: &str, limit: i64) -> Result<Vec<Release>> {
+    require_service(conn, project, service).await?;
+    Ok(sqlx::query_as::<_, Release>(
+        "SELECT * FROM releases WHERE project = $1 AND service = $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(project)
+    .bind(service)
+    .bind(limit.clamp(1, 500))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub async fn list_project_releases(conn: &mut Conn, project: &str, limit: i64) -> Result<Vec<Release>> {
+    require_project(conn, project).await?;
+    Ok(
+        sqlx::query_as::<_, Release>("SELECT * FROM releases WHERE project = $1 ORDER BY id DESC LIMIT $2")
+            .bind(project)
+            .bind(limit.clamp(1, 500))
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+fn spec_text(spec: &serde_json::Value, pointer: &str) -> Option<String> {
+    spec.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// The release for one commit of a service in one environment, and the pipeline that builds it.
+/// A push or API build of a commit that already has a live release is a no-op (`duplicate`); a
+/// preview always rebuilds (its environment may have been torn down since).
+pub async fn trigger_build(
+    conn: &mut Conn,
+    jobs: &Jobs<'_>,
+    actor: &str,
+    trigger: &BuildTrigger,
+) -> Result<(Release, PipelineEnqueued)> {
+    let service = require_service(conn, &trigger.project, &trigger.service).await?;
+    let environment = trigger.deploy_to.clone().unwrap_or_else(|| service.environment.clone());
+    let existing = sqlx::query_as::<_, Release>(
+        "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
+    )
+    .bind(&trigger.project)
+    .bind(&trigger.service)
+    .bind(&environment)
+    .bind(&trigger.git_sha)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let rebuild = trigger.trigger == "pull_request";
+    if let Some(release) = &existing
+        && !rebuild
+        && matches!(release.status.as_str(), release_status::BUILDING | release_status::READY)
+    {
+        let pipeline = PipelineEnqueued {
+            id: release.pipeline_id.unwrap_or_default(),
+            duplicate: true,
+            superseded: vec![],
+        };
+        return Ok((release.clone(), pipeline));
+    }
+    let spec = service.spec_json();
+    let repository = spec_text(&spec, "/spec/source/git/repository")
+        .ok_or_else(|| StoreError::Invalid(format!("service `{}` has no spec.source.git.repository to build from", service.name)))?;
+    let image = spec_text(&spec, "/spec/runtime/image")
+        .map(|template| template.replace("{{ git.sha }}", &trigger.git_sha).replace("{{git.sha}}", &trigger.git_sha))
+        .unwrap_or_else(|| format!("{}/{}:{}", trigger.project, trigger.service, trigger.git_sha));
+    let request = BuildRequest {
+        project: trigger.project.clone(),
+        service: trigger.service.clone(),
+        repository: repository.clone(),
+        branch: trigger.branch.clone(),
+        commit: trigger.git_sha.clone(),
+        dockerfile: spec_text(&spec, "/spec/build/dockerfile").unwrap_or_else(|| "Dockerfile".into()),
+        context: spec_text(&spec, "/spec/build/context").unwrap_or_else(|| ".".into()),
+        image: image.clone(),
+        deploy_to: trigger.deploy_to.clone(),
+    };
+    let mut pipeline = build_and_deploy(&request)?;
+    if rebuild || existing.is_some() {
+        // Release-level dedup above decides; the per-commit key would refuse a deliberate rebuild.
+        pipeline.unique_key = None;
+    }
+    let enqueued = jobs.pipeline(conn, pipeline).await?;
+    let now = now_ms();
+    let release = sqlx::query_as::<_, Release>(
+        "INSERT INTO releases (project, service, environment, git_sha, repository, branch, image, status, pipeline_id,
+                               trigger, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+         ON CONFLICT (project, service, environment, git_sha) DO UPDATE SET
+             status = $8, failure = NULL, pipeline_id = $9, trigger = $10, image = $7, updated_at = $11
+         RETURNING *",
+    )
+    .bind(&trigger.project)
+    .bind(&trigger.service)
+    .bind(&environment)
+    .bind(&trigger.git_sha)
+    .bind(&repository)
+    .bind(&trigger.branch)
+    .bind(&image)
+    .bind(release_status::BUILDING)
+    .bind(enqueued.id)
+    .bind(&trigger.trigger)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    mark_superseded(conn, &enqueued.superseded, release.id).await?;
+    let entity = release.id.to_string();
+    let diff = json!({"service": trigger.service, "environment": environment, "git_sha": trigger.git_sha,
+                      "pipeline": enqueued.id, "trigger": trigger.trigger});
+    audit(conn, actor, change("release.build", "release", &entity, Some(&trigger.project), diff)).await?;
+    Ok((release, enqueued))
+}
+
+async fn mark_superseded(conn: &mut Conn, pipelines: &[i64], by_release: i64) -> Result<()> {
+    for pipeline in pipelines {
+        sqlx::query(
+            "UPDATE releases SET status = 'superseded', failure = $2, updated_at = $3
+             WHERE pipeline_id = $1 AND status = 'building' AND id <> $4",
+        )
+        .bind(pipeline)
+        .bind(format!("superseded by release {by_release}"))
+        .bind(now_ms())
+        .bind(by_release)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records the outcome of a release's pipeline (called by the build workers).
+pub async fn finish_release(conn: &mut Conn, id: i64, outcome: &ReleaseOutcome) -> Result<Release> {
+    let release = get_release(conn, id).await?;
+    if release.status != release_status::BUILDING {
+        return Err(StoreError::Conflict(format!(
+            "release {id} is {}, not building; a release is immutable once finished",
+            release.status
+        )));
+    }
+    let (status, failure) = match &outcome.failure {
+        None => (release_status::READY, None),
+        Some(message) => (release_status::FAILED, Some(message.as_str())),
+    };
+    Ok(sqlx::query_as::<_, Release>(
+        "UPDATE releases SET status = $2, failure = $3, digest = $4, sbom_uri = $5, signature = $6, updated_at = $7
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(failure)
+    .bind(&outcome.digest)
+    .bind(&outcome.sbom_uri)
+    .bind(&outcome.signature)
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+// --- deployments --------------------------------------------------------------------------------
+
+pub async fn create_deployment(
+    conn: &mut Conn,
+    jobs: &Jobs<'_>,
+    actor: &str,
+    request: &DeploymentRequest,
+) -> Result<Deployment> {
+    let (project, service) = (request.project.as_str(), request.service.as_str());
+    require_service(conn, project, service).await?;
+    get_environment(conn, project, &request.environment).await?;
+    let release = get_release(conn, request.release_id).await?;
+    if release.project != project || release.service != service {
+        return Err(StoreError::NotFound(format!(
+            "release {} belongs to {}/{}, not to {project}/{service}",
+            release.id, release.project, release.service
+        )));
+    }
+    if release.status != release_status::READY {
+        return Err(StoreError::Conflict(format!(
+            "release {} is {}, not ready; only ready releases can be deployed{}",
+            release.id,
+            release.status,
+            if release.status == release_status::BUILDING { " (wait for its pipeline to finish)" } else { "" }
+        )));
+    }
+    let now = now_ms();
+    let deployment = sqlx::query_as::<_, Deployment>(
+        "INSERT INTO deployments (project, service, environment, release_id, strategy, status, reason, created_at,
+                                  updated_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8) RETURNING *",
+    )
+    .bind(project)
+    .bind(service)
+    .bind(&request.environment)
+    .bind(release.id)
+    .bind(&request.strategy)
+    .bind(&request.reason)
+    .bind(now)
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    let job = NewJob::typed(
+        project,
+        &enclii_domain::jobs::Deploy {
+            service: service.to_string(),
+            environment: request.environment.clone(),
+            commit: release.git_sha.clone(),
+        },
+    )?;
+    let job_id = jobs.job(conn, job).await?;
+    let deployment = sqlx::query_as::<_, Deployment>("UPDATE deployments SET job_id = $2 WHERE id = $1 RETURNING *")
+        .bind(deployment.id)
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let diff = json!({"service": service, "environment": request.environment, "release": release.id,
+                      "strategy": request.strategy, "job": job_id});
+    let action = if request.reason == "rollback" { "deployment.rollback" } else { "deployment.create" };
+    let entity = deployment.id.to_string();
+    audit(conn, actor, change(action, "deployment", &entity, Some(project), diff)).await?;
+    Ok(deployment)
+}
+
+pub async fn get_deployment(conn: &mut Conn, id: i64) -> Result<Deployment> {
+    sqlx::query_as::<_, Deployment>("SELECT * FROM deployments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {id} does not exist")))
+}
+
+pub async fn list_deployments(
+    conn: &mut Conn,
+    project: &str,
+    service: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Deployment>> {
+    require_project(conn, project).await?;
+    Ok(sqlx::query_as::<_, Deployment>(
+        "SELECT * FROM deployments WHERE project = $1 AND ($2 IS NULL OR service = $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(project)
+    .bind(service)
+    .bind(limit.clamp(1, 500))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+// --- secrets ------------------------------------------------------------------------------------
+
+async fn check_scope(conn: &mut Conn, scope: &SecretScope) -> Result<()> {
+    require_project(conn, &scope.project).await?;
+    if let Some(environment) = &scope.environment {
+        get_environment(conn, &scope.project, environment).await?;
+    }
+    if let Some(service) = &scope.service {
+        require_service(conn, &scope.project, service).await?;
+    }
+    Ok(())
+}
+
+fn secret_entity(scope: &SecretScope, name: &str) -> String {
+    format!("{}/{}/{}/{name}", scope.project, scope.environment_column(), scope.service_column())
+}
+
+async fn latest_secret_version(conn: &mut Conn, scope: &SecretScope, name: &str) -> Result<Option<(i64, bool)>> {
+    Ok(sqlx::query_as::<_, (i64, bool)>(
+        "SELECT version, deleted FROM secrets WHERE project = $1 AND environment = $2 AND service = $3 AND name = $4
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment_column())
+    .bind(scope.service_column())
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Stores a new version of a secret, sealed. The audit diff names the version, never the value.
+pub async fn set_secret(
+    conn: &mut Conn,
+    key: &MasterKey,
+    actor: &str,
+    scope: &SecretScope,
+    name: &str,
+    value: &[u8],
+) -> Result<SecretMeta> {
+    check_scope(conn, scope).await?;
+    let version = latest_secret_version(conn, scope, name).await?.map_or(1, |(v, _)| v + 1);
+    let sealed = key.seal(value, &scope.binding(name, version))?;
+    let meta = insert_secret_version(conn, actor, scope, name, version, Some(&sealed)).await?;
+    let diff = json!({"version": version, "value": "<sealed>"});
+    let entity = secret_entity(scope, name);
+    audit(conn, actor, change("secret.set", "secret", &entity, Some(&scope.project), diff)).await?;
+    Ok(meta)
+}
+
+async fn insert_secret_version(
+    conn: &mut Conn,
+    actor: &str,
+    scope: &SecretScope,
+    name: &str,
+    version: i64,
+    sealed: Option<&str>,
+) -> Result<SecretMeta> {
+    sqlx::query_as::<_, SecretMeta>(
+        "INSERT INTO secrets (project, environment, service, name, version, sealed, deleted, created_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING project, environment, service, name, version, created_at, created_by",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment_column())
+    .bind(scope.service_column())
+    .bind(name)
+    .bind(version)
+    .bind(sealed)
+    .bind(sealed.is_none())
+    .bind(now_ms())
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(format!(
+            "secret `{name}` was changed concurrently; send the request again"
+        )),
+        other => other,
+    })
+}
+
+pub async fn delete_secret(conn: &mut Conn, actor: &str, scope: &SecretScope, name: &str) -> Result<()> {
+    let missing = || StoreError::NotFound(format!("secret `{name}` does not exist in {}", secret_entity(scope, "")));
+    let (version, deleted) = latest_secret_version(conn, scope, name).await?.ok_or_else(missing)?;
+    if deleted {
+        return Err(missing());
+    }
+    insert_secret_version(conn, actor, scope, name, version + 1, None).await?;
+    let entity = secret_entity(scope, name);
+    let diff = json!({"version": version + 1, "deleted": true});
+    audit(conn, actor, change("secret.delete", "secret", &entity, Some(&scope.project), diff)).await
+}
+
+/// The latest version of each live secret, narrowed by environment and service when given.
+pub async fn list_secrets(
+    conn: &mut Conn,
+    project: &str,
+    environment: Option<&str>,
+    service: Option<&str>,
+) -> Result<Vec<SecretMeta>> {
+    require_project(conn, project).await?;
+    Ok(sqlx::query_as::<_, SecretMeta>(
+        "SELECT s.project, s.environment, s.service, s.name, s.version, s.created_at, s.created_by FROM secrets s
+         WHERE s.project = $1 AND ($2 IS NULL OR s.environment = $2) AND ($3 IS NULL OR s.service = $3)
+           AND NOT s.deleted
+           AND s.version = (SELECT MAX(t.version) FROM secrets t WHERE t.project = s.project
+                            AND t.environment = s.environment AND t.service = s.service AND t.name = s.name)
+         ORDER BY s.environment, s.service, s.name",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// A secret's current value, for the workers that inject it (never returned by the API).
+pub async fn reveal_secret(conn: &mut Conn, key: &MasterKey, scope: &SecretScope, name: &str) -> Result<Option<Vec<u8>>> {
+    let row = sqlx::query_as::<_, (i64, Option<String>)>(
+        "SELECT version, sealed FROM secrets WHERE project = $1 AND environment = $2 AND service = $3 AND name = $4
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment_column())
+    .bind(scope.service_column())
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((version, Some(sealed))) => Ok(Some(key.open(&sealed, &scope.binding(name, version))?)),
+        _ => Ok(None),
+    }
+}
+
+// --- routes -------------------------------------------------------------------------------------
+
+fn route_label(host: &str, path: &str) -> String {
+    format!("host `{host}` path `{path}`")
+}
+
+fn route_owner(route: &Route) -> String {
+    format!("{}/{}/{}", route.project, route.environment, route.service)
+}
+
+async fn find_route(conn: &mut Conn, host: &str, path: &str) -> Result<Option<Route>> {
+    Ok(sqlx::query_as::<_, Route>("SELECT * FROM routes WHERE host = $1 AND path = $2")
+        .bind(host)
+        .bind(path)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+async fn insert_route(
+    conn: &mut Conn,
+    project: &str,
+    environment: &str,
+    service: &str,
+    host: &str,
+    path: &str,
+    tls: bool,
+) -> Result<Route> {
+    Ok(sqlx::query_as::<_, Route>(
+        "INSERT INTO routes (project, environment, service, host, path, tls, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .bind(host)
+    .bind(path)
+    .bind(tls)
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+pub async fn add_route(conn: &mut Conn, actor: &str, new: &NewRoute) -> Result<Route> {
+    require_service(conn, &new.project, &new.service).await?;
+    get_environment(conn, &new.project, &new.environment).await?;
+    if let Some(route) = find_route(conn, &new.host, &new.path).await? {
+        return Err(StoreError::Conflict(format!(
+            "{} is already routed to {} (route {}); remove that route first or choose another host or path",
+            route_label(&new.host, &new.path),
+            route_owner(&route),
+            route.id
+        )));
+    }
+    let route = insert_route(conn, &new.project, &new.environment, &new.service, &new.host, &new.path, new.tls).await?;
+    let diff = json!({"host": route.host, "path": route.path, "service": route.service,
+                      "environment": route.environment, "tls": route.tls});
+    let entity = route.id.to_string();
+    audit(conn, actor, change("route.create", "route", &entity, Some(&new.project), diff)).await?;
+    Ok(route)
+}
+
+pub async fn list_routes(conn: &mut Conn, project: &str) -> Result<Vec<Route>> {
+    require_project(conn, project).await?;
+    Ok(
+        sqlx::query_as::<_, Route>("SELECT * FROM routes WHERE project = $1 ORDER BY host, path")
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+pub async fn delete_route(conn: &mut Conn, actor: &str, project: &str, id: i64) -> Result<()> {
+    let route = sqlx::query_as::<_, Route>("DELETE FROM routes WHERE id = $1 AND project = $2 RETURNING *")
+        .bind(id)
+        .bind(project)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("route {id} does not exist in project `{project}`")))?;
+    let diff = json!({"host": route.host, "path": route.path, "service": route.service});
+    audit(conn, actor, change("route.delete", "route", &id.to_string(), Some(project), diff)).await
+}
+
+// --- identity: role bindings and tokens ---------------------------------------------------------
+
+pub async fn bind_role(conn: &mut Conn, actor: &str, subject: &str, project: &str, role: &str) -> Result<RoleBinding> {
+    if project != "*" {
+        require_project(conn, project).await?;
+    }
+    let before = sqlx::query_as::<_, (String,)>("SELECT role FROM role_bindings WHERE subject = $1 AND project = $2")
+        .bind(subject)
+        .bind(project)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let binding = sqlx::query_as::<_, RoleBinding>(
+        "INSERT INTO role_bindings (subject, project, role, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (subject, project) DO UPDATE SET role = $3 RETURNING *",
+    )
+    .bind(subject)
+    .bind(project)
+    .bind(role)
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?;
+    let diff = json!({"subject": subject, "role": {"from": before.map(|r| r.0), "to": role}});
+    let scope = (project != "*").then_some(project);
+    let entity = format!("{subject}@{project}");
+    audit(conn, actor, change("role.bind", "role_binding", &entity, scope, diff)).await?;
+    Ok(binding)
+}
+
+pub async fn unbind_role(conn: &mut Conn, actor: &str, subject: &str, project: &str) -> Result<()> {
+    let removed = sqlx::query("DELETE FROM role_bindings WHERE subject = $1 AND project = $2")
+        .bind(subject)
+        .bind(project)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        return Err(StoreError::NotFound(format!("`{subject}` has no role on `{project}`")));
+    }
+    let scope = (project != "*").then_some(project);
+    let entity = format!("{subject}@{project}");
+    audit(conn, actor, change("role.unbind", "role_binding", &entity, scope, json!({}))).await
+}
+
+pub async fn roles_of(conn: &mut Conn, subject: &str) -> Result<Vec<RoleBinding>> {
+    Ok(
+        sqlx::query_as::<_, RoleBinding>("SELECT * FROM role_bindings WHERE subject = $1 ORDER BY project")
+            .bind(subject)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+pub async fn role_bindings(conn: &mut Conn, project: &str) -> Result<Vec<RoleBinding>> {
+    Ok(sqlx::query_as::<_, RoleBinding>(
+        "SELECT * FROM role_bindings WHERE project = $1 OR project = '*' ORDER BY project, subject",
+    )
+    .bind(project)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub async fn count_role_bindings(conn: &mut Conn) -> Result<i64> {
+    Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM role_bindings")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+pub async fn insert_token(conn: &mut Conn, actor: &str, token: &TokenRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, secret_hash, subject, name, scopes, project, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&token.id)
+    .bind(&token.secret_hash)
+    .bind(&token.subject)
+    .bind(&token.name)
+    .bind(&token.scopes)
+    .bind(&token.project)
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    let diff = json!({"subject": token.subject, "name": token.name, "scopes": token.scope_list(),
+                      "project": token.project, "expires_at": token.expires_at});
+    audit(conn, actor, change("token.create", "token", &token.id, token.project.as_deref(), diff)).await
+}
+
+pub async fn find_token(conn: &mut Conn, id: &str) -> Result<Option<TokenRecord>> {
+    Ok(sqlx::query_as::<_, TokenRecord>("SELECT * FROM api_tokens WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+pub async fn list_tokens(conn: &mut Conn, subject: &str) -> Result<Vec<TokenRecord>> {
+    Ok(
+        sqlx::query_as::<_, TokenRecord>("SELECT * FROM api_tokens WHERE subject = $1 ORDER BY created_at DESC")
+            .bind(subject)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+pub async fn revoke_token(conn: &mut Conn, actor: &str, id: &str) -> Result<TokenRecord> {
+    let token = sqlx::query_as::<_, TokenRecord>(
+        "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING *",
+    )
+    .bind(id)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("token `{id}` does not exist or is already revoked")))?;
+    audit(conn, actor, change("token.revoke", "token", id, token.project.as_deref(), json!({"subject": token.subject})))
+        .await?;
+    Ok(token)
+}
+
+// --- webhooks -----------------------------------------------------------------------------------
+
+/// Persists a GitHub delivery and enqueues what it asks for, in one transaction. A delivery id
+/// seen before changes nothing and answers with the first outcome.
+pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &WebhookDelivery) -> Result<WebhookOutcome> {
+    let repository = match &delivery.intent {
+        WebhookIntent::Push { repository, .. }
+        | WebhookIntent::Preview { repository, .. }
+        | WebhookIntent::Teardown { repository, .. } => Some(repository.clone()),
+        WebhookIntent::Ignore { .. } => None,
+    };
+    let fresh = sqlx::query_scalar::<_, String>(
+        "INSERT INTO webhook_deliveries (delivery_id, event, action, repository, outcome, pipeline_ids, received_at)
+         VALUES ($1, $2, $3, $4, 'accepted', '[]', $5) ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+    )
+    .bind(&delivery.delivery_id)
+    .bind(&delivery.event)
+    .bind(&delivery.action)
+    .bind(&repository)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if fresh.is_none() {
+        let earlier = get_delivery(conn, &delivery.delivery_id).await?;
+        return Ok(WebhookOutcome {
+            delivery_id: earlier.delivery_id.clone(),
+            duplicate: true,
+            outcome: earlier.outcome.clone(),
+            pipelines: earlier.pipelines(),
+            releases: vec![],
+        });
+    }
+    let actor = "github";
+    let mut pipelines = Vec::new();
+    let mut releases = Vec::new();
+    let mut projects = Vec::new();
+    let outcome = match &delivery.intent {
+        WebhookIntent::Ignore { outcome } => outcome.clone(),
+        WebhookIntent::Push { repository, branch, sha } => {
+            for service in services_for_repository(conn, repository).await? {
+                if service.branch.as_deref() != Some(branch.as_str()) {
+                    continue;
+                }
+                let trigger = BuildTrigger {
+                    project: service.project.clone(),
+                    service: service.name.clone(),
+                    git_sha: sha.clone(),
+                    branch: branch.clone(),
+                    deploy_to: Some(service.environment.clone()),
+                    trigger: "push".into(),
+                };
+                let (release, pipeline) = trigger_build(conn, jobs, actor, &trigger).await?;
+                releases.push(release.id);
+                pipelines.push(pipeline.id);
+                projects.push(service.project);
+            }
+            describe(&pipelines, "no service deploys this repository and branch")
+        }
+        WebhookIntent::Preview { repository, number, branch, sha } => {
+            let environment = format!("preview-{number}");
+            for service in services_for_repository(conn, repository).await? {
+                insert_environment(conn, &service.project, &environment, None, None).await?;
+                let trigger = BuildTrigger {
+                    project: service.project.clone(),
+                    service: service.name.clone(),
+                    git_sha: sha.clone(),
+                    branch: branch.clone(),
+                    deploy_to: Some(environment.clone()),
+                    trigger: "pull_request".into(),
+                };
+                let (release, pipeline) = trigger_build(conn, jobs, actor, &trigger).await?;
+                releases.push(release.id);
+                pipelines.push(pipeline.id);
+                projects.push(service.project);
+            }
+            describe(&pipelines, "no service builds from this repository")
+        }
+        WebhookIntent::Teardown { repository, number, branch } => {
+            let environment = format!("preview-{number}");
+            for service in services_for_repository(conn, repository).await? {
+                if get_environment(conn, &service.project, &environment).await.is_err() {
+                    continue;
+                }
+                let teardown = preview_teardown(&service.project, &service.name, repository, branch, *number)?;
+                let enqueued = jobs.pipeline(conn, teardown).await?;
+                mark_superseded(conn, &enqueued.superseded, 0).await?;
+                pipelines.push(enqueued.id);
+                projects.push(service.project);
+            }
+            describe(&pipelines, "no preview exists for this pull request")
+        }
+    };
+    let project = projects.first().cloned();
+    sqlx::query("UPDATE webhook_deliveries SET outcome = $2, pipeline_ids = $3, project = $4 WHERE delivery_id = $1")
+        .bind(&delivery.delivery_id)
+        .bind(&outcome)
+        .bind(json!(pipelines).to_string())
+        .bind(&project)
+        .execute(&mut *conn)
+        .await?;
+    let diff = json!({"event": delivery.event, "action": delivery.action, "repository": repository,
+                      "outcome": outcome, "pipelines": pipelines});
+    audit(
+        conn,
+        actor,
+        change("webhook.receive", "delivery", &delivery.delivery_id, projects.first().map(String::as_str), diff),
+    )
+    .await?;
+    Ok(WebhookOutcome {
+        delivery_id: delivery.delivery_id.clone(),
+        duplicate: false,
+        outcome,
+        pipelines,
+        releases,
+    })
+}
+
+fn describe(pipelines: &[i64], nothing: &str) -> String {
+    if pipelines.is_empty() {
+        format!("ignored: {nothing}")
+    } else {
+        format!("enqueued {} pipeline(s)", pipelines.len())
+    }
+}
+
+pub async fn get_delivery(conn: &mut Conn, id: &str) -> Result<Delivery> {
+    sqlx::query_as::<_, Delivery>("SELECT * FROM webhook_deliveries WHERE delivery_id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("delivery `{id}` was never received")))
+}
+
+pub async fn list_deliveries(conn: &mut Conn, project: Option<&str>, limit: i64) -> Result<Vec<Delivery>> {
+    Ok(sqlx::query_as::<_, Delivery>(
+        "SELECT * FROM webhook_deliveries WHERE ($1 IS NULL OR project = $1) ORDER BY received_at DESC LIMIT $2",
+    )
+    .bind(project)
+    .bind(limit.clamp(1, 500))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+fn change<'a>(
+    action: &'a str,
+    entity_type: &'a str,
+    entity: &str,
+    project: Option<&'a str>,
+    diff: serde_json::Value,
+) -> Change<'a> {
+    Change {
+        action,
+        entity_type,
+        entity: entity.to_string(),
+        project,
+        diff,
+    }
+}
