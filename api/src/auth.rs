@@ -176,6 +176,14 @@ impl Principal {
         Ok(role)
     }
 
+    /// Whether the caller holds `permission` on at least one project (or platform-wide).
+    pub fn holds_anywhere(&self, permission: Permission) -> bool {
+        self.bindings.iter().any(|b| {
+            let project = (b.project != "*").then_some(b.project.as_str());
+            self.require(permission, project).is_ok()
+        })
+    }
+
     /// Whether the caller can see a project at all.
     pub fn sees(&self, project: &str) -> bool {
         self.require(Permission::Read, Some(project)).is_ok()

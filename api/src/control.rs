@@ -918,7 +918,11 @@ pub async fn create_token(
             )),
             // A token never carries more than its holder: each scope must be held somewhere.
             Some(p) => {
-                if principal.require(p, req.project.as_deref()).is_err() {
+                let held = match req.project.as_deref() {
+                    Some(project) => principal.require(p, Some(project)).is_ok(),
+                    None => principal.holds_anywhere(p),
+                };
+                if !held {
                     errors.push(field(&format!("scopes[{i}]"), format!("you do not hold `{scope}` yourself")));
                 }
             }

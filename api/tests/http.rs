@@ -1,60 +1,28 @@
-//! The HTTP API through the router, on the embedded SQLite store.
+//! The HTTP API's health, metrics and queue controls through the router, on the embedded SQLite store.
 
-use std::sync::Arc;
+mod support;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use enclii_queue::Backend;
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use support::{Db, TestApi, api};
 
-async fn app() -> (axum::Router, Arc<dyn Backend>) {
-    let path = std::env::temp_dir().join(format!("api_test_{}_{}.db", std::process::id(), rand_suffix()));
-    let backend = enclii_queue::open(&format!("sqlite://{}", path.display()), 2)
-        .await
-        .unwrap();
-    let state = enclii_api::AppState::new(backend.clone(), enclii_api::metrics::install(), true);
-    (enclii_api::router(state), backend)
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, String, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req.body(Body::from(body.unwrap_or_default().to_string())).unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, content_type, json)
+async fn call(t: &TestApi, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, String, Value) {
+    let r = t.admin(method, uri, body).await;
+    (r.status, r.content_type, r.body)
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let (app, _) = app().await;
+    let app = api(Db::Sqlite).await;
     assert_eq!(call(&app, "GET", "/health/live", None).await.0, StatusCode::OK);
     let (status, _, body) = call(&app, "GET", "/health/ready", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["queue"], "sqlite");
+    assert_eq!((body["queue"].as_str(), body["database"].as_str()), (Some("sqlite"), Some("sqlite")));
 }
 
 #[tokio::test]
 async fn enqueue_inspect_cancel_and_retry_a_job() {
-    let (app, _) = app().await;
+    let app = api(Db::Sqlite).await;
     let body = r#"{"kind":"ping","project":"demo","payload":{"message":"hi"},"unique_key":"k1"}"#;
     let (status, _, created) = call(&app, "POST", "/v1/jobs", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -78,7 +46,8 @@ async fn enqueue_inspect_cancel_and_retry_a_job() {
 
 #[tokio::test]
 async fn bad_input_gets_precise_problems_and_changes_nothing() {
-    let (app, backend) = app().await;
+    let app = api(Db::Sqlite).await;
+    let backend = app.store.queue();
     let cases = [
         (
             r#"{"kind":"bulid","project":"p"}"#,
@@ -130,7 +99,7 @@ async fn bad_input_gets_precise_problems_and_changes_nothing() {
 
 #[tokio::test]
 async fn metrics_export_queue_depth_for_autoscalers() {
-    let (app, _) = app().await;
+    let app = api(Db::Sqlite).await;
     call(
         &app,
         "POST",
@@ -154,7 +123,9 @@ async fn metrics_export_queue_depth_for_autoscalers() {
 
 #[tokio::test]
 async fn project_limits_are_set_through_the_api() {
-    let (app, _) = app().await;
+    let app = api(Db::Sqlite).await;
+    let (status, _, _) = call(&app, "POST", "/v1/projects", Some(r#"{"slug":"solarpunk"}"#)).await;
+    assert_eq!(status, StatusCode::CREATED);
     let (status, _, body) = call(
         &app,
         "PUT",

@@ -345,6 +345,27 @@ proptest! {
     }
 
     #[test]
+    fn field_validators_never_panic(
+        text in any::<String>(),
+        cron in prop::collection::vec("[0-9*,/LW#?a-zA-Z-]{0,6}", 5),
+        number in "[0-9.]{0,45}(m|k|Ki|Mi|Ei|E|s|h|ms)?",
+    ) {
+        let cron = cron.join(" ");
+        for s in [text.as_str(), cron.as_str(), number.as_str()] {
+            let _ = validate_cron(s);
+            let _ = parse_cpu_millis(s);
+            let _ = parse_memory_bytes(s);
+            let _ = parse_duration(s);
+            let _ = validate_git_url(s);
+            let _ = validate_git_ref(s);
+            let _ = validate_hostname(s);
+            let _ = validate_slug(s);
+            let _ = validate_environment_name(s);
+            let _ = validate_env_name(s);
+        }
+    }
+
+    #[test]
     fn webhook_parser_never_panics_on_json(value in json_value(), event in event_name()) {
         if let Err(e) = parse_event(&event, value.to_string().as_bytes()) {
             prop_assert!(!e.path.is_empty() && !e.message.is_empty(), "{e:?}");

@@ -188,15 +188,13 @@ fn push_key(out: &mut String, key: &str) {
 /// duplicate field is reported at the field's own path rather than its parent's.
 pub(crate) fn locate(path: &serde_path_to_error::Path, message: String) -> (String, String) {
     // A syntax error inside a map leaves an unknown key at the end of the path: drop it.
-    let segments: Vec<_> = path.iter().collect();
-    let known = segments
+    let prefixes = path_prefixes(path);
+    let known = path
         .iter()
-        .rposition(|s| !matches!(s, serde_path_to_error::Segment::Unknown))
-        .map_or(0, |i| i + 1);
-    let mut out = path_prefixes(path)
-        .get(known.wrapping_sub(1))
-        .cloned()
-        .unwrap_or_default();
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|s| !matches!(s, serde_path_to_error::Segment::Unknown));
+    let mut out = known.and_then(|i| prefixes.get(i)).cloned().unwrap_or_default();
     let field = ["missing field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))

@@ -432,14 +432,14 @@ pub fn validate_cron(s: &str) -> Result<(), String> {
             fields.len()
         ));
     }
-    for (i, field) in fields.iter().enumerate() {
+    for (i, (field, name)) in fields.iter().zip(FIELDS).enumerate() {
         if let Some(c) = field
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || "*,-/".contains(*c)))
         {
-            return Err(format!("invalid character {c:?} in the {} field of {s:?}", FIELDS[i]));
+            return Err(format!("invalid character {c:?} in the {name} field of {s:?}"));
         }
-        let names: &[&str] = match i {
+        let known: &[&str] = match i {
             3 => &MONTHS,
             4 => &DAYS,
             _ => &[],
@@ -448,8 +448,8 @@ pub fn validate_cron(s: &str) -> Result<(), String> {
             .split(|c: char| !c.is_ascii_alphabetic())
             .filter(|w| !w.is_empty())
         {
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(word)) {
-                return Err(format!("unexpected {word:?} in the {} field of {s:?}", FIELDS[i]));
+            if !known.iter().any(|n| n.eq_ignore_ascii_case(word)) {
+                return Err(format!("unexpected {word:?} in the {name} field of {s:?}"));
             }
         }
     }
