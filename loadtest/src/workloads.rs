@@ -48,29 +48,37 @@ pub async fn run(workload: Workload, args: RunArgs) -> Result<String> {
         Workload::Fairness => fairness(&args, &env).await,
     };
     env.destroy().await;
-    let mut fields = result?;
+    let system = format!("roundhouse-{}", args.backend.as_str());
+    Ok(json_line(&system, workload.as_str(), result?))
+}
+
+/// The run's JSON line: system and workload, the workload's fields, then this process's CPU time
+/// and peak memory.
+pub fn json_line(system: &str, workload: &str, mut fields: Fields) -> String {
     let (cpu_s, rss) = process_usage();
     let mut line = serde_json::Map::new();
-    line.insert("system".into(), json!(format!("roundhouse-{}", args.backend.as_str())));
-    line.insert("workload".into(), json!(workload.as_str()));
+    line.insert("system".into(), json!(system));
+    line.insert("workload".into(), json!(workload));
     line.append(&mut fields);
     line.insert("cpu_s".into(), json!(cpu_s));
     line.insert("rss_peak_mib".into(), json!(rss));
-    Ok(ordered_line(line))
+    ordered_line(line)
 }
 
 /// The headline keys first, in this order; the rest sorted.
-const LEAD: [&str; 15] = [
+const LEAD: [&str; 17] = [
     "system",
     "workload",
     "n",
     "concurrency",
+    "webhooks_per_s",
     "enqueue_jobs_per_s",
     "drain_jobs_per_s",
     "p50_ms",
     "p95_ms",
     "p99_ms",
     "max_ms",
+    "non_202",
     "lost",
     "duplicated",
     "recovery_s",
@@ -91,7 +99,7 @@ fn ordered_line(mut line: Fields) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-type Fields = serde_json::Map<String, Value>;
+pub type Fields = serde_json::Map<String, Value>;
 
 fn fields(value: Value) -> Fields {
     match value {
