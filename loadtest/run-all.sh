@@ -6,16 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 cargo build --release -p loadtest -p enclii >&2
+bin=${CARGO_TARGET_DIR:-target}/release
 for workload in drain steady fairness crash; do
   for backend in postgres sqlite redis; do
     for _ in $(seq 1 "$runs"); do
-      ./target/release/loadtest "$workload" --backend "$backend" 2>/dev/null
+      "$bin/loadtest" "$workload" --backend "$backend" 2>/dev/null
     done
+  done
+done
+# Signed GitHub pushes through the API (the control plane lives in PostgreSQL or SQLite).
+for backend in postgres sqlite; do
+  for _ in $(seq 1 "$runs"); do
+    "$bin/loadtest" webhooks --backend "$backend" 2>/dev/null
   done
 done
 # Idle CPU of a whole server (api + worker + scheduler) on the embedded default, over 30 s.
 dir=$(mktemp -d)
-./target/release/enclii server --listen 127.0.0.1:0 --data-dir "$dir" >/dev/null 2>&1 &
+"$bin/enclii" server --listen 127.0.0.1:0 --data-dir "$dir" >/dev/null 2>&1 &
 pid=$!
 sleep 3
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

@@ -288,7 +288,10 @@ impl Authenticator {
                 "create a new token (POST /v1/tokens) or ask an Admin",
             ));
         }
-        if record.expires_at.is_some_and(|at| at <= chrono::Utc::now().timestamp_millis()) {
+        if record
+            .expires_at
+            .is_some_and(|at| at <= chrono::Utc::now().timestamp_millis())
+        {
             return Err(ApiError::unauthorized(
                 "token_expired",
                 format!("token `{id}` has expired"),
@@ -329,7 +332,11 @@ impl Authenticator {
                     "the identity provider's key set cannot be fetched; retry later or use a personal access token",
                 )
             }
-            e => ApiError::unauthorized("invalid_token", format!("the OIDC token is not valid: {e}"), "sign in again"),
+            e => ApiError::unauthorized(
+                "invalid_token",
+                format!("the OIDC token is not valid: {e}"),
+                "sign in again",
+            ),
         })?;
         let subject = format!("oidc:{}", claims.subject);
         Ok(Principal {

@@ -97,7 +97,12 @@ pub async fn update_project(
     Body(req): Body<ProjectChange>,
 ) -> Answer<Project> {
     principal.require(Permission::ProjectWrite, Some(&project))?;
-    Ok(Json(state.store.rename_project(&principal.subject, &project, &req.name).await?))
+    Ok(Json(
+        state
+            .store
+            .rename_project(&principal.subject, &project, &req.name)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects", responses((status = 204)))]
@@ -270,7 +275,10 @@ async fn apply(
     let (spec, draft) = parse_spec(headers, body)?;
     if draft.project != project {
         return Err(ApiError::invalid(
-            format!("metadata.project: the spec is for project `{}`, but was sent to `{project}`", draft.project),
+            format!(
+                "metadata.project: the spec is for project `{}`, but was sent to `{project}`",
+                draft.project
+            ),
             "send it to the project it names, or change metadata.project",
             vec![field("metadata.project", format!("must be `{project}`"))],
         ));
@@ -279,7 +287,10 @@ async fn apply(
         && draft.name != name
     {
         return Err(ApiError::invalid(
-            format!("metadata.name: the spec is for service `{}`, but was sent to `{name}`", draft.name),
+            format!(
+                "metadata.name: the spec is for service `{}`, but was sent to `{name}`",
+                draft.name
+            ),
             "send it to the service it names, or change metadata.name",
             vec![field("metadata.name", format!("must be `{name}`"))],
         ));
@@ -287,7 +298,12 @@ async fn apply(
     if !spec.spec.routes.is_empty() {
         principal.require(Permission::Routes, Some(project))?;
     }
-    let routes: Vec<(String, String)> = spec.spec.routes.iter().map(|r| (r.host.clone(), r.path.clone())).collect();
+    let routes: Vec<(String, String)> = spec
+        .spec
+        .routes
+        .iter()
+        .map(|r| (r.host.clone(), r.path.clone()))
+        .collect();
     let (service, created) = state.store.apply_service(&principal.subject, &draft, &routes).await?;
     Ok((created, service.into()))
 }
@@ -399,7 +415,12 @@ pub async fn list_project_releases(
     Query(paging): Query<Paging>,
 ) -> Answer<Vec<Release>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(state.store.list_releases(&project, None, paging.limit.unwrap_or(50)).await?))
+    Ok(Json(
+        state
+            .store
+            .list_releases(&project, None, paging.limit.unwrap_or(50))
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases", params(Paging),
@@ -455,7 +476,11 @@ pub async fn build_release(
     let sha_ok = matches!(req.git_sha.len(), 40 | 64) && req.git_sha.bytes().all(|b| b.is_ascii_hexdigit());
     check(
         "git_sha",
-        if sha_ok { Ok(()) } else { Err("must be a full commit SHA (40 or 64 hex characters)".into()) },
+        if sha_ok {
+            Ok(())
+        } else {
+            Err("must be a full commit SHA (40 or 64 hex characters)".into())
+        },
     )?;
     let current = state.store.service(&project, &service).await?;
     let branch = req.branch.or(current.branch.clone()).unwrap_or_else(|| "main".into());
@@ -623,7 +648,11 @@ impl SecretPlace {
 
 /// Service-scoped secrets need `secrets.service`; project- and environment-wide ones `secrets.project`.
 fn secret_permission(scope: &SecretScope) -> Permission {
-    if scope.service.is_some() { Permission::ServiceSecrets } else { Permission::ProjectSecrets }
+    if scope.service.is_some() {
+        Permission::ServiceSecrets
+    } else {
+        Permission::ProjectSecrets
+    }
 }
 
 fn check_secret_name(name: &str) -> Result<(), ApiError> {
@@ -741,7 +770,11 @@ pub async fn add_route(
     check("host", validate_hostname(&req.host))?;
     check(
         "path",
-        if req.path.starts_with('/') { Ok(()) } else { Err(format!("must start with `/` (got `{}`)", req.path)) },
+        if req.path.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("must start with `/` (got `{}`)", req.path))
+        },
     )?;
     let environment = match req.environment {
         Some(env) => env,
@@ -755,7 +788,10 @@ pub async fn add_route(
         path: req.path,
         tls: req.tls,
     };
-    Ok((StatusCode::CREATED, Json(state.store.add_route(&principal.subject, &route).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.add_route(&principal.subject, &route).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/routes", tag = "routes", responses((status = 200, body = [Route])))]
@@ -905,7 +941,11 @@ pub async fn create_token(
     principal: Principal,
     Body(req): Body<NewTokenBody>,
 ) -> Created<CreatedToken> {
-    let scopes = if req.scopes.is_empty() { vec!["read".to_string()] } else { req.scopes };
+    let scopes = if req.scopes.is_empty() {
+        vec!["read".to_string()]
+    } else {
+        req.scopes
+    };
     let mut errors = Vec::new();
     for (i, scope) in scopes.iter().enumerate() {
         match Permission::from_scope(scope) {
@@ -923,7 +963,10 @@ pub async fn create_token(
                     None => principal.holds_anywhere(p),
                 };
                 if !held {
-                    errors.push(field(&format!("scopes[{i}]"), format!("you do not hold `{scope}` yourself")));
+                    errors.push(field(
+                        &format!("scopes[{i}]"),
+                        format!("you do not hold `{scope}` yourself"),
+                    ));
                 }
             }
         }
@@ -933,7 +976,11 @@ pub async fn create_token(
         errors.push(field("expires_in_days", format!("must be 1–365 (got {days})")));
     }
     if !errors.is_empty() {
-        let detail = errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; ");
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(ApiError::invalid(detail, "fix the named fields and send again", errors));
     }
     if let Some(only) = &principal.project

@@ -110,7 +110,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(detail) => ApiError::NotFound(detail),
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
-            StoreError::Invalid(detail) => ApiError::bad_request("invalid_request", detail, "fix the request and send it again"),
+            StoreError::Invalid(detail) => {
+                ApiError::bad_request("invalid_request", detail, "fix the request and send it again")
+            }
             StoreError::Unavailable(internal) => ApiError::Unavailable(internal),
             StoreError::Queue(q) => q.into(),
             other => ApiError::Internal(other.to_string()),
@@ -148,13 +150,24 @@ impl IntoResponse for ApiError {
                 errors: fields,
             } => {
                 errors = fields;
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid", "Invalid", detail, Some(hint))
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    "Invalid",
+                    detail,
+                    Some(hint),
+                )
             }
             ApiError::Unauthorized { code, detail, hint } => {
                 (StatusCode::UNAUTHORIZED, code, "Unauthorized", detail, Some(hint))
             }
-            ApiError::Forbidden { detail, hint } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, Some(hint)),
-            ApiError::RateLimited { retry_after: wait, detail } => {
+            ApiError::Forbidden { detail, hint } => {
+                (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, Some(hint))
+            }
+            ApiError::RateLimited {
+                retry_after: wait,
+                detail,
+            } => {
                 let seconds = wait.as_secs_f64().ceil() as u64;
                 retry_after = Some(seconds);
                 (

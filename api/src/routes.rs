@@ -109,11 +109,19 @@ impl utoipa::Modify for BearerAuth {
 fn v1() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(control::list_projects, control::create_project))
-        .routes(routes!(control::get_project, control::update_project, control::delete_project))
+        .routes(routes!(
+            control::get_project,
+            control::update_project,
+            control::delete_project
+        ))
         .routes(routes!(control::list_environments, control::create_environment))
         .routes(routes!(control::update_environment))
         .routes(routes!(control::list_services, control::create_service))
-        .routes(routes!(control::get_service, control::put_service, control::delete_service))
+        .routes(routes!(
+            control::get_service,
+            control::put_service,
+            control::delete_service
+        ))
         .routes(routes!(control::spec_versions))
         .routes(routes!(control::list_project_releases))
         .routes(routes!(control::list_releases, control::build_release))
@@ -157,9 +165,10 @@ pub fn router(state: AppState) -> Router {
     if state.api {
         let (v1, doc) = v1().split_for_parts();
         let doc = Arc::new(doc);
-        router = router
-            .merge(v1)
-            .route("/v1/openapi.json", get(move || std::future::ready(Json(doc.as_ref().clone()))));
+        router = router.merge(v1).route(
+            "/v1/openapi.json",
+            get(move || std::future::ready(Json(doc.as_ref().clone()))),
+        );
     }
     router
         .fallback(not_found)
@@ -212,7 +221,9 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.ping().await?;
     state.backend.ping().await?;
-    Ok(Json(json!({"status": "ready", "database": state.store.database_name(), "queue": state.backend.name()})))
+    Ok(Json(
+        json!({"status": "ready", "database": state.store.database_name(), "queue": state.backend.name()}),
+    ))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -395,7 +406,10 @@ async fn cancel_pipeline(
 
 /// Depth per kind, project and state: platform-wide, for operators.
 #[utoipa::path(get, path = "/v1/queue/stats", tag = "queue", responses((status = 200, body = serde_json::Value)))]
-async fn stats(State(state): State<AppState>, principal: Principal) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
+async fn stats(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
     principal.require(Permission::Read, None)?;
     Ok(Json(state.backend.stats().await?))
 }

@@ -118,7 +118,11 @@ pub async fn github(
         ));
     }
     let parsed = parse_event(event, &body).map_err(|e| {
-        ApiError::bad_request("invalid_payload", e.to_string(), "send the payload GitHub produced, unchanged")
+        ApiError::bad_request(
+            "invalid_payload",
+            e.to_string(),
+            "send the payload GitHub produced, unchanged",
+        )
     })?;
     let action = match &parsed {
         GithubEvent::PullRequest(pr) => Some(pr.action.as_str().to_string()),
@@ -130,7 +134,11 @@ pub async fn github(
     | WebhookIntent::Teardown { repository, .. } = &intent
     {
         for project in state.store.projects_for_repository(repository).await? {
-            check_rate(&state.webhook_limiter, &project, &format!("project `{project}`'s webhooks"))?;
+            check_rate(
+                &state.webhook_limiter,
+                &project,
+                &format!("project `{project}`'s webhooks"),
+            )?;
         }
     }
     let delivery = WebhookDelivery {
@@ -142,6 +150,10 @@ pub async fn github(
     let outcome = state.store.accept_webhook(&delivery).await?;
     tracing::info!(delivery = %outcome.delivery_id, event, outcome = %outcome.outcome,
                    duplicate = outcome.duplicate, "GitHub delivery");
-    let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if outcome.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((status, Json(outcome)))
 }

@@ -12,28 +12,47 @@ use support::{Db, api, api_with, service_yaml, sha};
 
 async fn projects_environments_and_services(db: Db) {
     let t = api(db).await;
-    let r = t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop","name":"The Shop"}"#)).await;
+    let r = t
+        .admin("POST", "/v1/projects", Some(r#"{"slug":"shop","name":"The Shop"}"#))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let r = t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop"}"#)).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
     assert!(r.body["detail"].as_str().unwrap().contains("already exists"));
     let r = t.admin("POST", "/v1/projects", Some(r#"{"slug":"Bad Slug"}"#)).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     assert_eq!(r.body["errors"][0]["path"], "slug");
 
     let envs = t.admin("GET", "/v1/projects/shop/environments", None).await;
-    let names: Vec<&str> = envs.body.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = envs
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["dev", "prod", "stage"]);
     let r = t
         .admin("POST", "/v1/projects/shop/environments", Some(r#"{"name":"qa"}"#))
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     let r = t
-        .admin("POST", "/v1/projects/shop/environments", Some(r#"{"name":"preview-12","budget_cents":5000}"#))
+        .admin(
+            "POST",
+            "/v1/projects/shop/environments",
+            Some(r#"{"name":"preview-12","budget_cents":5000}"#),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let r = t
-        .admin("PATCH", "/v1/projects/shop/environments/prod", Some(r#"{"budget_cents":100000,"region":"eu"}"#))
+        .admin(
+            "PATCH",
+            "/v1/projects/shop/environments/prod",
+            Some(r#"{"budget_cents":100000,"region":"eu"}"#),
+        )
         .await;
     assert_eq!((r.status, &r.body["budget_cents"]), (StatusCode::OK, &json!(100000)));
 
@@ -44,7 +63,12 @@ async fn projects_environments_and_services(db: Db) {
     let r = t.apply_yaml(&t.admin, "shop", &bad).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     assert_eq!(r.content_type, "application/problem+json");
-    let paths: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert!(paths.contains(&"spec.runtime.replicas.min"), "{paths:?}");
     assert!(paths.contains(&"spec.runtime.ports[0]"), "{paths:?}");
     assert!(r.body["detail"].as_str().unwrap().contains("must be ≤ max (got 5 > 2)"));
@@ -54,58 +78,104 @@ async fn projects_environments_and_services(db: Db) {
     assert!(r.body["detail"].as_str().unwrap().contains("spec.runtime"), "{r:?}");
     assert_eq!(t.admin("GET", "/v1/projects/shop/services", None).await.body, json!([]));
 
-    let r = t.apply_yaml(&t.admin, "shop", &service_yaml("other", "api", "org/shop")).await;
+    let r = t
+        .apply_yaml(&t.admin, "shop", &service_yaml("other", "api", "org/shop"))
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["errors"][0]["path"], "metadata.project");
 
-    let r = t.apply_yaml(&t.admin, "shop", &service_yaml("shop", "api", "org/shop")).await;
+    let r = t
+        .apply_yaml(&t.admin, "shop", &service_yaml("shop", "api", "org/shop"))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     assert_eq!(r.body["repository"], "github.com/org/shop");
     assert_eq!(r.body["spec"]["spec"]["runtime"]["replicas"]["max"], 3);
     // Applying again (as JSON this time) is an update: a new spec version.
-    let spec_json = serde_json::to_string(&r.body["spec"]).unwrap().replace("\"max\":3", "\"max\":8");
+    let spec_json = serde_json::to_string(&r.body["spec"])
+        .unwrap()
+        .replace("\"max\":3", "\"max\":8");
     let r = t.admin("PUT", "/v1/projects/shop/services/api", Some(&spec_json)).await;
-    assert_eq!((r.status, &r.body["spec_version"]), (StatusCode::OK, &json!(2)), "{r:?}");
+    assert_eq!(
+        (r.status, &r.body["spec_version"]),
+        (StatusCode::OK, &json!(2)),
+        "{r:?}"
+    );
     let versions = t.admin("GET", "/v1/projects/shop/services/api/specs", None).await;
     assert_eq!(versions.body.as_array().unwrap().len(), 2);
     assert_eq!(versions.body[0]["spec"]["spec"]["runtime"]["replicas"]["max"], 8);
     let r = t.admin("PUT", "/v1/projects/shop/services/web", Some(&spec_json)).await;
-    assert_eq!((r.status, &r.body["errors"][0]["path"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("metadata.name")));
+    assert_eq!(
+        (r.status, &r.body["errors"][0]["path"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("metadata.name"))
+    );
 
     let r = t.admin("GET", "/v1/projects/nope/services", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(r.body["detail"].as_str().unwrap().contains("project `nope` does not exist"));
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("project `nope` does not exist")
+    );
     let r = t.admin("DELETE", "/v1/projects/shop/services/api", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = t.admin("DELETE", "/v1/projects/shop", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(t.admin("GET", "/v1/projects/shop", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        t.admin("GET", "/v1/projects/shop", None).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn releases_deployments_and_rollback(db: Db) {
     let t = api(db).await;
     t.project_with_service("shop", "org/shop").await;
     let build = |n: u32| format!(r#"{{"git_sha":"{}"}}"#, sha(n));
-    let first = t.admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(1))).await;
+    let first = t
+        .admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(1)))
+        .await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
     assert_eq!(first.body["release"]["status"], "building");
-    assert_eq!(first.body["release"]["image"], format!("registry.example/shop/api:{}", sha(1)));
-    let again = t.admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(1))).await;
+    assert_eq!(
+        first.body["release"]["image"],
+        format!("registry.example/shop/api:{}", sha(1))
+    );
+    let again = t
+        .admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(1)))
+        .await;
     assert_eq!(again.body["duplicate"], true, "the same commit is not built twice");
     assert_eq!(again.body["release"]["id"], first.body["release"]["id"]);
-    let bad_sha = t.admin("POST", "/v1/projects/shop/services/api/releases", Some(r#"{"git_sha":"main"}"#)).await;
+    let bad_sha = t
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/releases",
+            Some(r#"{"git_sha":"main"}"#),
+        )
+        .await;
     assert_eq!(bad_sha.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // The pipeline is visible with its steps.
     let pipeline_id = first.body["pipeline"].as_i64().unwrap();
     let p = t.admin("GET", &format!("/v1/pipelines/{pipeline_id}"), None).await;
-    let steps: Vec<&str> = p.body["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["clone", "build", "push", "sbom", "sign", "deploy", "canary-analyze"]);
+    let steps: Vec<&str> = p.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["clone", "build", "push", "sbom", "sign", "deploy", "canary-analyze"]
+    );
 
     // A release that is still building cannot be deployed.
     let release = first.body["release"]["id"].as_i64().unwrap();
     let r = t
-        .admin("POST", "/v1/projects/shop/services/api/deployments", Some(&format!(r#"{{"release":{release}}}"#)))
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/deployments",
+            Some(&format!(r#"{{"release":{release}}}"#)),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
     assert!(r.body["detail"].as_str().unwrap().contains("is building, not ready"));
@@ -116,33 +186,63 @@ async fn releases_deployments_and_rollback(db: Db) {
         ..Default::default()
     };
     t.store.finish_release(release, &outcome).await.unwrap();
-    assert!(t.store.finish_release(release, &outcome).await.is_err(), "releases are immutable once finished");
+    assert!(
+        t.store.finish_release(release, &outcome).await.is_err(),
+        "releases are immutable once finished"
+    );
     let r = t
-        .admin("POST", "/v1/projects/shop/services/api/deployments", Some(&format!(r#"{{"release":{release}}}"#)))
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/deployments",
+            Some(&format!(r#"{{"release":{release}}}"#)),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
-    assert_eq!((r.body["strategy"].as_str(), r.body["environment"].as_str()), (Some("canary"), Some("prod")));
+    assert_eq!(
+        (r.body["strategy"].as_str(), r.body["environment"].as_str()),
+        (Some("canary"), Some("prod"))
+    );
     let job = r.body["job_id"].as_i64().unwrap();
     let job = t.admin("GET", &format!("/v1/jobs/{job}"), None).await;
-    assert_eq!((job.body["kind"].as_str(), job.body["payload"]["commit"].as_str()), (Some("deploy"), Some(sha(1).as_str())));
+    assert_eq!(
+        (job.body["kind"].as_str(), job.body["payload"]["commit"].as_str()),
+        (Some("deploy"), Some(sha(1).as_str()))
+    );
 
     // A second release, then a rollback to the first.
-    let second = t.admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(2))).await;
+    let second = t
+        .admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(2)))
+        .await;
     let second_id = second.body["release"]["id"].as_i64().unwrap();
     t.store.finish_release(second_id, &outcome).await.unwrap();
-    t.admin("POST", "/v1/projects/shop/services/api/deployments", Some(&format!(r#"{{"release":{second_id}}}"#)))
-        .await;
+    t.admin(
+        "POST",
+        "/v1/projects/shop/services/api/deployments",
+        Some(&format!(r#"{{"release":{second_id}}}"#)),
+    )
+    .await;
     let r = t
-        .admin("POST", "/v1/projects/shop/services/api/rollback", Some(&format!(r#"{{"to":{release}}}"#)))
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/rollback",
+            Some(&format!(r#"{{"to":{release}}}"#)),
+        )
         .await;
-    assert_eq!((r.status, &r.body["reason"], &r.body["release_id"]), (StatusCode::ACCEPTED, &json!("rollback"), &json!(release)));
+    assert_eq!(
+        (r.status, &r.body["reason"], &r.body["release_id"]),
+        (StatusCode::ACCEPTED, &json!("rollback"), &json!(release))
+    );
     let list = t.admin("GET", "/v1/projects/shop/deployments?service=api", None).await;
     assert_eq!(list.body.as_array().unwrap().len(), 3);
     let releases = t.admin("GET", "/v1/projects/shop/services/api/releases", None).await;
     assert_eq!(releases.body.as_array().unwrap().len(), 2);
-    let r = t.admin("POST", "/v1/projects/shop/services/api/rollback", Some(r#"{"to":999}"#)).await;
+    let r = t
+        .admin("POST", "/v1/projects/shop/services/api/rollback", Some(r#"{"to":999}"#))
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let audit = t.admin("GET", "/v1/audit?project=shop&action=deployment.rollback", None).await;
+    let audit = t
+        .admin("GET", "/v1/audit?project=shop&action=deployment.rollback", None)
+        .await;
     assert_eq!(audit.body.as_array().unwrap().len(), 1);
 }
 
@@ -151,16 +251,34 @@ async fn secrets_are_sealed_versioned_and_never_returned(db: Db) {
     t.project_with_service("shop", "org/shop").await;
     let value = "s3cr3t-value-do-not-leak";
     let r = t
-        .admin("PUT", "/v1/projects/shop/secrets/DATABASE_URL", Some(&format!(r#"{{"value":"{value}","service":"api","environment":"prod"}}"#)))
+        .admin(
+            "PUT",
+            "/v1/projects/shop/secrets/DATABASE_URL",
+            Some(&format!(
+                r#"{{"value":"{value}","service":"api","environment":"prod"}}"#
+            )),
+        )
         .await;
     assert_eq!((r.status, &r.body["version"]), (StatusCode::OK, &json!(1)), "{r:?}");
     let r = t
-        .admin("PUT", "/v1/projects/shop/secrets/DATABASE_URL", Some(r#"{"value":"rotated","service":"api","environment":"prod"}"#))
+        .admin(
+            "PUT",
+            "/v1/projects/shop/secrets/DATABASE_URL",
+            Some(r#"{"value":"rotated","service":"api","environment":"prod"}"#),
+        )
         .await;
     assert_eq!(r.body["version"], 2);
-    let r = t.admin("PUT", "/v1/projects/shop/secrets/bad-name", Some(r#"{"value":"x"}"#)).await;
+    let r = t
+        .admin("PUT", "/v1/projects/shop/secrets/bad-name", Some(r#"{"value":"x"}"#))
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let r = t.admin("PUT", "/v1/projects/shop/secrets/X", Some(r#"{"value":"x","service":"nope"}"#)).await;
+    let r = t
+        .admin(
+            "PUT",
+            "/v1/projects/shop/secrets/X",
+            Some(r#"{"value":"x","service":"nope"}"#),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let list = t.admin("GET", "/v1/projects/shop/secrets", None).await;
@@ -177,8 +295,17 @@ async fn secrets_are_sealed_versioned_and_never_returned(db: Db) {
         environment: Some("prod".into()),
         service: Some("api".into()),
     };
-    assert_eq!(t.store.reveal_secret(&scope, "DATABASE_URL").await.unwrap().unwrap(), b"rotated");
-    let r = t.admin("DELETE", "/v1/projects/shop/secrets/DATABASE_URL?service=api&environment=prod", None).await;
+    assert_eq!(
+        t.store.reveal_secret(&scope, "DATABASE_URL").await.unwrap().unwrap(),
+        b"rotated"
+    );
+    let r = t
+        .admin(
+            "DELETE",
+            "/v1/projects/shop/secrets/DATABASE_URL?service=api&environment=prod",
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(t.admin("GET", "/v1/projects/shop/secrets", None).await.body, json!([]));
     assert!(t.store.reveal_secret(&scope, "DATABASE_URL").await.unwrap().is_none());
@@ -189,19 +316,34 @@ async fn routes_refuse_conflicts(db: Db) {
     t.project_with_service("shop", "org/shop").await;
     t.project_with_service("blog", "org/blog").await;
     let r = t
-        .admin("POST", "/v1/projects/shop/routes", Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#))
+        .admin(
+            "POST",
+            "/v1/projects/shop/routes",
+            Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let r = t
-        .admin("POST", "/v1/projects/blog/routes", Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#))
+        .admin(
+            "POST",
+            "/v1/projects/blog/routes",
+            Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let detail = r.body["detail"].as_str().unwrap();
     assert!(detail.contains("already routed to shop/prod/api"), "{detail}");
     let r = t
-        .admin("POST", "/v1/projects/blog/routes", Some(r#"{"service":"api","host":"not a host","path":"/"}"#))
+        .admin(
+            "POST",
+            "/v1/projects/blog/routes",
+            Some(r#"{"service":"api","host":"not a host","path":"/"}"#),
+        )
         .await;
-    assert_eq!((r.status, &r.body["errors"][0]["path"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("host")));
+    assert_eq!(
+        (r.status, &r.body["errors"][0]["path"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("host"))
+    );
     // A spec claiming a taken route is refused as a whole.
     let yaml = service_yaml("blog", "api", "org/blog") + "  routes: [ { host: api.shop.dev, path: / } ]\n";
     let r = t.apply_yaml(&t.admin, "blog", &yaml).await;
@@ -211,7 +353,12 @@ async fn routes_refuse_conflicts(db: Db) {
     assert_eq!(spec.body["spec_version"], 1, "nothing half-applied");
     let routes = t.admin("GET", "/v1/projects/shop/routes", None).await;
     let id = routes.body[0]["id"].as_i64().unwrap();
-    assert_eq!(t.admin("DELETE", &format!("/v1/projects/shop/routes/{id}"), None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        t.admin("DELETE", &format!("/v1/projects/shop/routes/{id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(t.apply_yaml(&t.admin, "blog", &yaml).await.status, StatusCode::OK);
 }
 
@@ -220,56 +367,131 @@ async fn tokens_scopes_expiry_and_revocation(db: Db) {
     t.project_with_service("shop", "org/shop").await;
     let dev = t.user("user:dev", "Developer", "shop").await;
     let r = t.call("", "GET", "/v1/projects", None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
     let r = t.call("enclii_pat_nope", "GET", "/v1/projects", None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
 
     // A read-only token of the developer: it can read, not deploy.
-    let r = t.call(&dev, "POST", "/v1/tokens", Some(r#"{"name":"ci","scopes":["read"],"expires_in_days":1}"#)).await;
+    let r = t
+        .call(
+            &dev,
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"ci","scopes":["read"],"expires_in_days":1}"#),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let read_only = r.body["token"].as_str().unwrap().to_string();
     let id = r.body["id"].as_str().unwrap().to_string();
-    assert!(!t.call(&dev, "GET", "/v1/tokens", None).await.body.to_string().contains(&read_only));
-    assert_eq!(t.call(&read_only, "GET", "/v1/projects/shop", None).await.status, StatusCode::OK);
-    let r = t.call(&read_only, "POST", "/v1/projects/shop/services/api/releases", Some(&format!(r#"{{"git_sha":"{}"}}"#, sha(1)))).await;
+    assert!(
+        !t.call(&dev, "GET", "/v1/tokens", None)
+            .await
+            .body
+            .to_string()
+            .contains(&read_only)
+    );
+    assert_eq!(
+        t.call(&read_only, "GET", "/v1/projects/shop", None).await.status,
+        StatusCode::OK
+    );
+    let r = t
+        .call(
+            &read_only,
+            "POST",
+            "/v1/projects/shop/services/api/releases",
+            Some(&format!(r#"{{"git_sha":"{}"}}"#, sha(1))),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(r.body["detail"].as_str().unwrap().contains("lacks the `deploy` scope"), "{r:?}");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("lacks the `deploy` scope"),
+        "{r:?}"
+    );
     // Nobody mints a scope they do not hold.
-    let r = t.call(&dev, "POST", "/v1/tokens", Some(r#"{"name":"x","scopes":["govern"],"project":"shop"}"#)).await;
-    assert_eq!((r.status, &r.body["errors"][0]["path"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("scopes[0]")));
-    let r = t.call(&dev, "POST", "/v1/tokens", Some(r#"{"name":"x","scopes":["flyy"]}"#)).await;
+    let r = t
+        .call(
+            &dev,
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"x","scopes":["govern"],"project":"shop"}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["errors"][0]["path"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("scopes[0]"))
+    );
+    let r = t
+        .call(&dev, "POST", "/v1/tokens", Some(r#"{"name":"x","scopes":["flyy"]}"#))
+        .await;
     assert!(r.body["detail"].as_str().unwrap().contains("unknown scope `flyy`"));
 
     let r = t.call(&dev, "DELETE", &format!("/v1/tokens/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = t.call(&read_only, "GET", "/v1/projects/shop", None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("token_revoked")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
 
     let expired = enclii_auth::token::generate();
     let record = support::token_record(&expired, "user:dev", &support::all_scopes(), None, Some(1));
     t.store.insert_token("test", &record).await.unwrap();
     let r = t.call(&expired.plaintext, "GET", "/v1/projects", None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("token_expired")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_expired"))
+    );
 
     // A token restricted to one project cannot see another.
     t.admin("POST", "/v1/projects", Some(r#"{"slug":"blog"}"#)).await;
-    let r = t.admin("POST", "/v1/tokens", Some(r#"{"name":"shop-only","scopes":["read"],"project":"shop"}"#)).await;
+    let r = t
+        .admin(
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"shop-only","scopes":["read"],"project":"shop"}"#),
+        )
+        .await;
     let shop_only = r.body["token"].as_str().unwrap().to_string();
-    assert_eq!(t.call(&shop_only, "GET", "/v1/projects/shop", None).await.status, StatusCode::OK);
-    assert_eq!(t.call(&shop_only, "GET", "/v1/projects/blog", None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        t.call(&shop_only, "GET", "/v1/projects/shop", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.call(&shop_only, "GET", "/v1/projects/blog", None).await.status,
+        StatusCode::FORBIDDEN
+    );
     let visible = t.call(&shop_only, "GET", "/v1/projects", None).await;
     assert_eq!(visible.body.as_array().unwrap().len(), 1);
     let me = t.call(&dev, "GET", "/v1/whoami", None).await;
-    assert_eq!((me.body["subject"].as_str(), me.body["roles"][0]["role"].as_str()), (Some("user:dev"), Some("Developer")));
+    assert_eq!(
+        (me.body["subject"].as_str(), me.body["roles"][0]["role"].as_str()),
+        (Some("user:dev"), Some("Developer"))
+    );
 }
 
 async fn rate_limits_answer_429_with_retry_after(db: Db) {
-    let t = api_with(db, RateLimit { per_minute: 60, burst: 3 }).await;
+    let t = api_with(
+        db,
+        RateLimit {
+            per_minute: 60,
+            burst: 3,
+        },
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(t.admin("GET", "/v1/whoami", None).await.status, StatusCode::OK);
     }
     let r = t.admin("GET", "/v1/whoami", None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
     let wait: u64 = r.retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&wait), "{wait}");
     // Another token has its own budget.
@@ -281,18 +503,33 @@ async fn rate_limits_answer_429_with_retry_after(db: Db) {
 async fn audit_records_every_change_immutably(db: Db) {
     let t = api(db).await;
     t.project_with_service("shop", "org/shop").await;
-    t.admin("PATCH", "/v1/projects/shop", Some(r#"{"name":"Shop 2"}"#)).await;
+    t.admin("PATCH", "/v1/projects/shop", Some(r#"{"name":"Shop 2"}"#))
+        .await;
     let all = t.admin("GET", "/v1/audit?project=shop", None).await;
-    let actions: Vec<&str> = all.body.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["project.update", "service.create", "project.create"]);
     assert_eq!(all.body[0]["diff"]["name"], json!({"from": "shop", "to": "Shop 2"}));
     assert_eq!(all.body[0]["actor"], "user:admin");
     let newest = all.body[0]["id"].as_i64().unwrap();
-    let older = t.admin("GET", &format!("/v1/audit?project=shop&before={newest}&limit=1"), None).await;
+    let older = t
+        .admin("GET", &format!("/v1/audit?project=shop&before={newest}&limit=1"), None)
+        .await;
     assert_eq!(older.body[0]["action"], "service.create");
     let reader = t.user("user:reader", "ReadOnly", "shop").await;
-    assert_eq!(t.call(&reader, "GET", "/v1/audit?project=shop", None).await.status, StatusCode::OK);
-    assert_eq!(t.call(&reader, "GET", "/v1/audit", None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        t.call(&reader, "GET", "/v1/audit?project=shop", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.call(&reader, "GET", "/v1/audit", None).await.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 async fn openapi_document_describes_the_api(db: Db) {
@@ -301,7 +538,12 @@ async fn openapi_document_describes_the_api(db: Db) {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = r.body["paths"].as_object().unwrap();
-    for path in ["/v1/projects", "/v1/webhooks/github", "/v1/projects/{project}/services/{service}", "/v1/audit"] {
+    for path in [
+        "/v1/projects",
+        "/v1/webhooks/github",
+        "/v1/projects/{project}/services/{service}",
+        "/v1/audit",
+    ] {
         assert!(paths.contains_key(path), "{path}");
     }
     assert!(r.body["components"]["schemas"]["Problem"].is_object());

@@ -17,7 +17,10 @@ async fn health_and_readiness() {
     assert_eq!(call(&app, "GET", "/health/live", None).await.0, StatusCode::OK);
     let (status, _, body) = call(&app, "GET", "/health/ready", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((body["queue"].as_str(), body["database"].as_str()), (Some("sqlite"), Some("sqlite")));
+    assert_eq!(
+        (body["queue"].as_str(), body["database"].as_str()),
+        (Some("sqlite"), Some("sqlite"))
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use support::{Db, TestApi, api, pull_request_payload, push_payload, sha};
 
 async fn pipeline(t: &TestApi, id: &Value) -> Value {
-    t.admin("GET", &format!("/v1/pipelines/{}", id.as_i64().unwrap()), None).await.body
+    t.admin("GET", &format!("/v1/pipelines/{}", id.as_i64().unwrap()), None)
+        .await
+        .body
 }
 
 async fn deliveries(t: &TestApi) -> usize {
@@ -20,19 +22,34 @@ async fn signatures_are_verified(db: Db) {
     t.project_with_service("shop", "org/shop").await;
     let body = push_payload("org/shop", "main", &sha(1));
     let r = t.webhook_signed("push", "d-1", &body, None).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("signature_missing")));
-    let r = t.webhook_signed("push", "d-1", &body, Some(&format!("sha256={}", "0".repeat(64)))).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("signature_invalid")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("signature_missing"))
+    );
+    let r = t
+        .webhook_signed("push", "d-1", &body, Some(&format!("sha256={}", "0".repeat(64))))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("signature_invalid"))
+    );
     let r = t.webhook_signed("push", "d-1", &body, Some("sha1=abc")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // A body changed after signing fails too.
     let signature = enclii_auth::github_signature::hmac_sha256_hex(support::WEBHOOK_SECRET.as_bytes(), body.as_bytes());
     let tampered = body.replace(&sha(1), &sha(2));
-    let r = t.webhook_signed("push", "d-1", &tampered, Some(&format!("sha256={signature}"))).await;
+    let r = t
+        .webhook_signed("push", "d-1", &tampered, Some(&format!("sha256={signature}")))
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(deliveries(&t).await, 0, "nothing persisted");
-    let r = t.webhook("ping", "d-ping", r#"{"zen":"Keep it logically awesome.","hook_id":1}"#).await;
-    assert_eq!((r.status, r.body["outcome"].as_str()), (StatusCode::ACCEPTED, Some("pong")));
+    let r = t
+        .webhook("ping", "d-ping", r#"{"zen":"Keep it logically awesome.","hook_id":1}"#)
+        .await;
+    assert_eq!(
+        (r.status, r.body["outcome"].as_str()),
+        (StatusCode::ACCEPTED, Some("pong"))
+    );
 }
 
 async fn a_push_enqueues_one_pipeline_and_redelivery_changes_nothing(db: Db) {
@@ -44,11 +61,18 @@ async fn a_push_enqueues_one_pipeline_and_redelivery_changes_nothing(db: Db) {
     assert_eq!(first.body["pipelines"].as_array().unwrap().len(), 1);
     let run = pipeline(&t, &first.body["pipelines"][0]).await;
     assert_eq!(run["steps"][0]["kind"], "clone");
-    let clone = t.admin("GET", &format!("/v1/jobs/{}", run["steps"][0]["job"]), None).await;
+    let clone = t
+        .admin("GET", &format!("/v1/jobs/{}", run["steps"][0]["job"]), None)
+        .await;
     assert_eq!(clone.body["payload"]["repository"], "https://github.com/org/shop");
     assert_eq!(clone.body["payload"]["commit"], sha(1));
-    let release = t.admin("GET", &format!("/v1/releases/{}", first.body["releases"][0]), None).await;
-    assert_eq!((release.body["status"].as_str(), release.body["trigger"].as_str()), (Some("building"), Some("push")));
+    let release = t
+        .admin("GET", &format!("/v1/releases/{}", first.body["releases"][0]), None)
+        .await;
+    assert_eq!(
+        (release.body["status"].as_str(), release.body["trigger"].as_str()),
+        (Some("building"), Some("push"))
+    );
 
     let again = t.webhook("push", "delivery-1", &body).await;
     assert_eq!((again.status, &again.body["duplicate"]), (StatusCode::OK, &json!(true)));
@@ -61,9 +85,16 @@ async fn a_push_enqueues_one_pipeline_and_redelivery_changes_nothing(db: Db) {
     assert_eq!(deliveries(&t).await, 2);
 
     // Pushes that deploy nothing are persisted and answered, with the reason.
-    let r = t.webhook("push", "delivery-3", &push_payload("org/shop", "feature", &sha(3))).await;
-    assert_eq!(r.body["outcome"], "ignored: no service deploys this repository and branch");
-    let r = t.webhook("push", "delivery-4", &push_payload("org/unknown", "main", &sha(4))).await;
+    let r = t
+        .webhook("push", "delivery-3", &push_payload("org/shop", "feature", &sha(3)))
+        .await;
+    assert_eq!(
+        r.body["outcome"],
+        "ignored: no service deploys this repository and branch"
+    );
+    let r = t
+        .webhook("push", "delivery-4", &push_payload("org/unknown", "main", &sha(4)))
+        .await;
     assert_eq!((r.status, &r.body["pipelines"]), (StatusCode::ACCEPTED, &json!([])));
     let tag = push_payload("org/shop", "main", &sha(5)).replace("refs/heads/main", "refs/tags/v1");
     let r = t.webhook("push", "delivery-5", &tag).await;
@@ -77,41 +108,82 @@ async fn a_push_enqueues_one_pipeline_and_redelivery_changes_nothing(db: Db) {
 async fn a_newer_push_supersedes_the_running_pipeline(db: Db) {
     let t = api(db).await;
     t.project_with_service("shop", "org/shop").await;
-    let first = t.webhook("push", "p-1", &push_payload("org/shop", "main", &sha(1))).await;
-    let second = t.webhook("push", "p-2", &push_payload("org/shop", "main", &sha(2))).await;
+    let first = t
+        .webhook("push", "p-1", &push_payload("org/shop", "main", &sha(1)))
+        .await;
+    let second = t
+        .webhook("push", "p-2", &push_payload("org/shop", "main", &sha(2)))
+        .await;
     assert_ne!(first.body["pipelines"], second.body["pipelines"]);
     let old = pipeline(&t, &first.body["pipelines"][0]).await;
     assert_eq!(old["state"], "superseded");
-    assert!(old["steps"].as_array().unwrap().iter().all(|s| s["state"] == "cancelled"), "{old}");
+    assert!(
+        old["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "cancelled"),
+        "{old}"
+    );
     assert_eq!(pipeline(&t, &second.body["pipelines"][0]).await["state"], "running");
-    let old_release = t.admin("GET", &format!("/v1/releases/{}", first.body["releases"][0]), None).await;
+    let old_release = t
+        .admin("GET", &format!("/v1/releases/{}", first.body["releases"][0]), None)
+        .await;
     assert_eq!(old_release.body["status"], "superseded");
 }
 
 async fn pull_requests_get_previews_and_teardowns(db: Db) {
     let t = api(db).await;
     t.project_with_service("shop", "org/shop").await;
-    let opened = t.webhook("pull_request", "pr-1", &pull_request_payload("org/shop", "opened", 7, "feature", &sha(10))).await;
+    let opened = t
+        .webhook(
+            "pull_request",
+            "pr-1",
+            &pull_request_payload("org/shop", "opened", 7, "feature", &sha(10)),
+        )
+        .await;
     assert_eq!(opened.status, StatusCode::ACCEPTED, "{opened:?}");
     let envs = t.admin("GET", "/v1/projects/shop/environments", None).await;
     assert!(envs.body.as_array().unwrap().iter().any(|e| e["name"] == "preview-7"));
     let build = pipeline(&t, &opened.body["pipelines"][0]).await;
-    let deploy = build["steps"].as_array().unwrap().iter().find(|s| s["name"] == "deploy").unwrap().clone();
+    let deploy = build["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "deploy")
+        .unwrap()
+        .clone();
     let deploy = t.admin("GET", &format!("/v1/jobs/{}", deploy["job"]), None).await;
     assert_eq!(deploy.body["payload"]["environment"], "preview-7");
 
     // New commits on the pull request supersede its preview build, not prod's.
-    let prod = t.webhook("push", "main-1", &push_payload("org/shop", "main", &sha(20))).await;
-    let sync = t.webhook("pull_request", "pr-2", &pull_request_payload("org/shop", "synchronize", 7, "feature", &sha(11))).await;
+    let prod = t
+        .webhook("push", "main-1", &push_payload("org/shop", "main", &sha(20)))
+        .await;
+    let sync = t
+        .webhook(
+            "pull_request",
+            "pr-2",
+            &pull_request_payload("org/shop", "synchronize", 7, "feature", &sha(11)),
+        )
+        .await;
     assert_eq!(pipeline(&t, &opened.body["pipelines"][0]).await["state"], "superseded");
     assert_eq!(pipeline(&t, &prod.body["pipelines"][0]).await["state"], "running");
 
     // Closing tears the preview down, keyed on repository and number, and stops its build.
-    let closed = t.webhook("pull_request", "pr-3", &pull_request_payload("org/shop", "closed", 7, "feature", &sha(11))).await;
+    let closed = t
+        .webhook(
+            "pull_request",
+            "pr-3",
+            &pull_request_payload("org/shop", "closed", 7, "feature", &sha(11)),
+        )
+        .await;
     assert_eq!(closed.status, StatusCode::ACCEPTED, "{closed:?}");
     let teardown = pipeline(&t, &closed.body["pipelines"][0]).await;
     assert_eq!(teardown["name"], "preview-teardown");
-    let job = t.admin("GET", &format!("/v1/jobs/{}", teardown["steps"][0]["job"]), None).await;
+    let job = t
+        .admin("GET", &format!("/v1/jobs/{}", teardown["steps"][0]["job"]), None)
+        .await;
     assert_eq!(
         job.body["payload"],
         json!({"service": "api", "repository": "github.com/org/shop", "pull_request": 7, "environment": "preview-7"})
@@ -119,7 +191,13 @@ async fn pull_requests_get_previews_and_teardowns(db: Db) {
     assert_eq!(pipeline(&t, &sync.body["pipelines"][0]).await["state"], "superseded");
     assert_eq!(pipeline(&t, &prod.body["pipelines"][0]).await["state"], "running");
     // A pull request without a preview has nothing to tear down.
-    let none = t.webhook("pull_request", "pr-4", &pull_request_payload("org/shop", "closed", 8, "other", &sha(12))).await;
+    let none = t
+        .webhook(
+            "pull_request",
+            "pr-4",
+            &pull_request_payload("org/shop", "closed", 8, "other", &sha(12)),
+        )
+        .await;
     assert_eq!(none.body["outcome"], "ignored: no preview exists for this pull request");
 }
 
@@ -134,7 +212,11 @@ async fn bad_payloads_are_refused_and_change_nothing(db: Db) {
     ];
     for (i, (event, body)) in cases.iter().enumerate() {
         let r = t.webhook(event, &format!("bad-{i}"), body).await;
-        assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_payload")), "{body}");
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_payload")),
+            "{body}"
+        );
         assert_eq!(r.content_type, "application/problem+json");
     }
     let r = t
@@ -147,7 +229,10 @@ async fn bad_payloads_are_refused_and_change_nothing(db: Db) {
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(deliveries(&t).await, 0);
-    assert!(t.store.queue().stats().await.unwrap().depth.is_empty(), "nothing enqueued");
+    assert!(
+        t.store.queue().stats().await.unwrap().depth.is_empty(),
+        "nothing enqueued"
+    );
 }
 
 on_both_databases!(

@@ -131,9 +131,8 @@ impl ServerArgs {
         }
         let path = self.data_dir()?.join("master.key");
         match std::fs::read_to_string(&path) {
-            Ok(text) => MasterKey::from_base64(&text).map_err(|e| {
-                anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_MASTER_KEY", path.display())
-            }),
+            Ok(text) => MasterKey::from_base64(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_MASTER_KEY", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = MasterKey::generate();
                 write_private(&path, &key.to_base64())

@@ -1,4 +1,5 @@
-//! Roundhouse load test: `loadtest <drain|steady|crash|fairness> --backend postgres|sqlite|redis`.
+//! Roundhouse load test: `loadtest <drain|steady|crash|fairness> --backend postgres|sqlite|redis`,
+//! and the API's `loadtest webhooks [--backend postgres|sqlite]`.
 //!
 //! Each run gets a fresh queue store (a new PostgreSQL database, a temp SQLite file, or a new Redis
 //! key prefix), removes it at the end, and prints exactly one JSON line on stdout. Logs go to
@@ -7,6 +8,7 @@
 mod env;
 mod meter;
 mod store;
+mod webhooks;
 mod workloads;
 
 use std::time::Duration;
@@ -34,6 +36,9 @@ enum Command {
     /// Project A enqueues N (10,000) 1 ms jobs, then project B --b-jobs (100); reports when each
     /// project finished.
     Fairness(RunArgs),
+    /// Signed GitHub `push` webhooks over HTTP on loopback into the API (in this process), each
+    /// durably accepted with its release and pipeline: throughput and request latency.
+    Webhooks(WebhookArgs),
     /// A worker process for `crash` (records completions durably); runs until killed.
     #[command(hide = true)]
     Worker(ChildArgs),
@@ -106,6 +111,44 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Where the control plane (and its queue) lives; Redis cannot hold it.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: BackendKind,
+    /// Webhooks in the measured window.
+    #[arg(long, default_value_t = 20_000)]
+    pub webhooks: usize,
+    /// Webhooks sent before the measured window, left out of the numbers.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: usize,
+    /// Requests in flight at once, each client on its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Repositories (one project and service each) the deliveries go round-robin over.
+    #[arg(long, default_value_t = 16)]
+    pub repos: usize,
+    /// As for the other workloads: the PostgreSQL server to create the run's database on, or the
+    /// SQLite database to use (default: a temp file).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Connection pool size of the store (PostgreSQL; SQLite's pool is fixed).
+    #[arg(long, default_value_t = 32)]
+    pub max_conns: u32,
+    /// `http`: the real thing. For profiling: `store` calls the store as the handler does, without
+    /// HTTP, JSON or HMAC; `bad-signature` sends the same requests wrongly signed (answered 401
+    /// after the HMAC check, no database work).
+    #[arg(long, value_enum, default_value = "http")]
+    pub mode: WebhookMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WebhookMode {
+    Http,
+    Store,
+    BadSignature,
+}
+
+#[derive(Args, Clone, Debug)]
 pub struct ChildArgs {
     #[arg(long, value_enum)]
     pub backend: BackendKind,
@@ -160,6 +203,10 @@ async fn main() -> std::process::ExitCode {
         Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
         Command::Crash(args) => workloads::run(workloads::Workload::Crash, args).await.map(Some),
         Command::Fairness(args) => workloads::run(workloads::Workload::Fairness, args).await.map(Some),
+        Command::Webhooks(args) => webhooks::run(&args).await.map(|fields| {
+            let system = format!("enclii-{}", args.backend.as_str());
+            Some(workloads::json_line(&system, "webhooks", fields))
+        }),
     };
     match result {
         Ok(Some(line)) => {

@@ -145,7 +145,10 @@ impl Sender {
                 let response = client.request(request).await?;
                 let status = response.status().as_u16();
                 let body = response.into_body().collect().await?.to_bytes();
-                Ok((status, (status != 202).then(|| String::from_utf8_lossy(&body).into_owned())))
+                Ok((
+                    status,
+                    (status != 202).then(|| String::from_utf8_lossy(&body).into_owned()),
+                ))
             }
             Sender::Store(store) => {
                 let repository = enclii_domain::pipeline::repository_key(&html_url(d.repo));
@@ -163,7 +166,11 @@ impl Sender {
                         },
                     })
                     .await?;
-                Ok(if outcome.duplicate { (200, Some("duplicate".into())) } else { (202, None) })
+                Ok(if outcome.duplicate {
+                    (200, Some("duplicate".into()))
+                } else {
+                    (202, None)
+                })
             }
         }
     }

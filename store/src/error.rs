@@ -30,9 +30,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 StoreError::Unavailable(e.to_string())
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict("it already exists".into())
-            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("it already exists".into()),
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 StoreError::Invalid("it refers to something that does not exist".into())
             }

@@ -199,7 +199,8 @@ impl Store {
     // --- projects and environments ----------------------------------------------------------
 
     pub async fn create_project(&self, actor: &str, slug: &str, name: &str) -> Result<Project> {
-        write!(self, |conn, ops, _jobs| ops::create_project(conn, actor, slug, name).await)
+        write!(self, |conn, ops, _jobs| ops::create_project(conn, actor, slug, name)
+            .await)
     }
     pub async fn list_projects(&self) -> Result<Vec<Project>> {
         read!(self, |conn, ops| ops::list_projects(conn).await)
@@ -208,7 +209,8 @@ impl Store {
         read!(self, |conn, ops| ops::require_project(conn, slug).await)
     }
     pub async fn rename_project(&self, actor: &str, slug: &str, name: &str) -> Result<Project> {
-        write!(self, |conn, ops, _jobs| ops::rename_project(conn, actor, slug, name).await)
+        write!(self, |conn, ops, _jobs| ops::rename_project(conn, actor, slug, name)
+            .await)
     }
     pub async fn delete_project(&self, actor: &str, slug: &str) -> Result<()> {
         write!(self, |conn, ops, _jobs| ops::delete_project(conn, actor, slug).await)
@@ -220,7 +222,10 @@ impl Store {
         name: &str,
         settings: &EnvironmentChange,
     ) -> Result<Environment> {
-        write!(self, |conn, ops, _jobs| ops::create_environment(conn, actor, project, name, settings).await)
+        write!(self, |conn, ops, _jobs| ops::create_environment(
+            conn, actor, project, name, settings
+        )
+        .await)
     }
     pub async fn update_environment(
         &self,
@@ -229,7 +234,10 @@ impl Store {
         name: &str,
         settings: &EnvironmentChange,
     ) -> Result<Environment> {
-        write!(self, |conn, ops, _jobs| ops::update_environment(conn, actor, project, name, settings).await)
+        write!(self, |conn, ops, _jobs| ops::update_environment(
+            conn, actor, project, name, settings
+        )
+        .await)
     }
     pub async fn environment(&self, project: &str, name: &str) -> Result<Environment> {
         read!(self, |conn, ops| ops::get_environment(conn, project, name).await)
@@ -248,7 +256,8 @@ impl Store {
         draft: &ServiceDraft,
         routes: &[(String, String)],
     ) -> Result<(Service, bool)> {
-        write!(self, |conn, ops, _jobs| ops::apply_service(conn, actor, draft, routes).await)
+        write!(self, |conn, ops, _jobs| ops::apply_service(conn, actor, draft, routes)
+            .await)
     }
     pub async fn service(&self, project: &str, name: &str) -> Result<Service> {
         read!(self, |conn, ops| ops::require_service(conn, project, name).await)
@@ -260,7 +269,8 @@ impl Store {
         read!(self, |conn, ops| ops::spec_versions(conn, project, name).await)
     }
     pub async fn delete_service(&self, actor: &str, project: &str, name: &str) -> Result<()> {
-        write!(self, |conn, ops, _jobs| ops::delete_service(conn, actor, project, name).await)
+        write!(self, |conn, ops, _jobs| ops::delete_service(conn, actor, project, name)
+            .await)
     }
     /// The projects whose services build from a repository (by [`repository_key`](enclii_domain::pipeline::repository_key)).
     pub async fn projects_for_repository(&self, repository: &str) -> Result<Vec<String>> {
@@ -273,14 +283,16 @@ impl Store {
     // --- releases and deployments -----------------------------------------------------------
 
     pub async fn trigger_build(&self, actor: &str, trigger: &BuildTrigger) -> Result<(Release, PipelineEnqueued)> {
-        write!(self, |conn, ops, jobs| ops::trigger_build(conn, &jobs, actor, trigger).await)
+        write!(self, |conn, ops, jobs| ops::trigger_build(conn, &jobs, actor, trigger)
+            .await)
     }
     pub async fn release(&self, id: i64) -> Result<Release> {
         read!(self, |conn, ops| ops::get_release(conn, id).await)
     }
     pub async fn list_releases(&self, project: &str, service: Option<&str>, limit: i64) -> Result<Vec<Release>> {
         match service {
-            Some(service) => read!(self, |conn, ops| ops::list_releases(conn, project, service, limit).await),
+            Some(service) => read!(self, |conn, ops| ops::list_releases(conn, project, service, limit)
+                .await),
             None => read!(self, |conn, ops| ops::list_project_releases(conn, project, limit).await),
         }
     }
@@ -289,23 +301,31 @@ impl Store {
         write!(self, |conn, ops, _jobs| ops::finish_release(conn, id, outcome).await)
     }
     pub async fn create_deployment(&self, actor: &str, request: &DeploymentRequest) -> Result<Deployment> {
-        write!(self, |conn, ops, jobs| ops::create_deployment(conn, &jobs, actor, request).await)
+        write!(self, |conn, ops, jobs| ops::create_deployment(
+            conn, &jobs, actor, request
+        )
+        .await)
     }
     pub async fn deployment(&self, id: i64) -> Result<Deployment> {
         read!(self, |conn, ops| ops::get_deployment(conn, id).await)
     }
     pub async fn list_deployments(&self, project: &str, service: Option<&str>, limit: i64) -> Result<Vec<Deployment>> {
-        read!(self, |conn, ops| ops::list_deployments(conn, project, service, limit).await)
+        read!(self, |conn, ops| ops::list_deployments(conn, project, service, limit)
+            .await)
     }
 
     // --- secrets ----------------------------------------------------------------------------
 
     pub async fn set_secret(&self, actor: &str, scope: &SecretScope, name: &str, value: &[u8]) -> Result<SecretMeta> {
         let key = &self.key;
-        write!(self, |conn, ops, _jobs| ops::set_secret(conn, key, actor, scope, name, value).await)
+        write!(self, |conn, ops, _jobs| ops::set_secret(
+            conn, key, actor, scope, name, value
+        )
+        .await)
     }
     pub async fn delete_secret(&self, actor: &str, scope: &SecretScope, name: &str) -> Result<()> {
-        write!(self, |conn, ops, _jobs| ops::delete_secret(conn, actor, scope, name).await)
+        write!(self, |conn, ops, _jobs| ops::delete_secret(conn, actor, scope, name)
+            .await)
     }
     pub async fn list_secrets(
         &self,
@@ -313,7 +333,8 @@ impl Store {
         environment: Option<&str>,
         service: Option<&str>,
     ) -> Result<Vec<SecretMeta>> {
-        read!(self, |conn, ops| ops::list_secrets(conn, project, environment, service).await)
+        read!(self, |conn, ops| ops::list_secrets(conn, project, environment, service)
+            .await)
     }
     /// The current value of a secret, for the workers that inject it. The API never calls this.
     pub async fn reveal_secret(&self, scope: &SecretScope, name: &str) -> Result<Option<Vec<u8>>> {
@@ -330,16 +351,21 @@ impl Store {
         read!(self, |conn, ops| ops::list_routes(conn, project).await)
     }
     pub async fn delete_route(&self, actor: &str, project: &str, id: i64) -> Result<()> {
-        write!(self, |conn, ops, _jobs| ops::delete_route(conn, actor, project, id).await)
+        write!(self, |conn, ops, _jobs| ops::delete_route(conn, actor, project, id)
+            .await)
     }
 
     // --- identity ---------------------------------------------------------------------------
 
     pub async fn bind_role(&self, actor: &str, subject: &str, project: &str, role: &str) -> Result<RoleBinding> {
-        write!(self, |conn, ops, _jobs| ops::bind_role(conn, actor, subject, project, role).await)
+        write!(self, |conn, ops, _jobs| ops::bind_role(
+            conn, actor, subject, project, role
+        )
+        .await)
     }
     pub async fn unbind_role(&self, actor: &str, subject: &str, project: &str) -> Result<()> {
-        write!(self, |conn, ops, _jobs| ops::unbind_role(conn, actor, subject, project).await)
+        write!(self, |conn, ops, _jobs| ops::unbind_role(conn, actor, subject, project)
+            .await)
     }
     pub async fn roles_of(&self, subject: &str) -> Result<Vec<RoleBinding>> {
         read!(self, |conn, ops| ops::roles_of(conn, subject).await)

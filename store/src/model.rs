@@ -260,11 +260,24 @@ impl Delivery {
 #[derive(Clone, Debug)]
 pub enum WebhookIntent {
     /// A push to a branch: build (and deploy) every service that tracks this repository and branch.
-    Push { repository: String, branch: String, sha: String },
+    Push {
+        repository: String,
+        branch: String,
+        sha: String,
+    },
     /// A pull request opened, reopened or synchronised: build and deploy its preview.
-    Preview { repository: String, number: u64, branch: String, sha: String },
+    Preview {
+        repository: String,
+        number: u64,
+        branch: String,
+        sha: String,
+    },
     /// A pull request closed: tear its preview down.
-    Teardown { repository: String, number: u64, branch: String },
+    Teardown {
+        repository: String,
+        number: u64,
+        branch: String,
+    },
     /// Nothing to do (ping, other events, tags, branch deletions).
     Ignore { outcome: String },
 }

@@ -58,10 +58,22 @@ impl MasterKey {
         let (key_nonce, value_nonce) = (random_nonce(), random_nonce());
         let wrapped = self
             .cipher()
-            .encrypt(&Nonce::from(key_nonce), Payload { msg: &data_key, aad: binding.as_bytes() })
+            .encrypt(
+                &Nonce::from(key_nonce),
+                Payload {
+                    msg: &data_key,
+                    aad: binding.as_bytes(),
+                },
+            )
             .map_err(|_| StoreError::Sealing("wrapping the data key failed".into()))?;
         let ciphertext = Aes256Gcm::new(&Key::<Aes256Gcm>::from(data_key))
-            .encrypt(&Nonce::from(value_nonce), Payload { msg: value, aad: binding.as_bytes() })
+            .encrypt(
+                &Nonce::from(value_nonce),
+                Payload {
+                    msg: value,
+                    aad: binding.as_bytes(),
+                },
+            )
             .map_err(|_| StoreError::Sealing("encrypting the value failed".into()))?;
         Ok(format!(
             "{VERSION}:{}:{}:{}:{}",
@@ -80,17 +92,33 @@ impl MasterKey {
             return Err(bad("unknown sealing format"));
         };
         let decode = |part: &str| STANDARD.decode(part).map_err(|_| bad("corrupt sealed value"));
-        let (key_nonce, wrapped, value_nonce, ciphertext) =
-            (decode(key_nonce)?, decode(wrapped)?, decode(value_nonce)?, decode(ciphertext)?);
+        let (key_nonce, wrapped, value_nonce, ciphertext) = (
+            decode(key_nonce)?,
+            decode(wrapped)?,
+            decode(value_nonce)?,
+            decode(ciphertext)?,
+        );
         let nonce = |bytes: Vec<u8>| <[u8; NONCE]>::try_from(bytes).map_err(|_| bad("corrupt sealed value"));
         let (key_nonce, value_nonce) = (nonce(key_nonce)?, nonce(value_nonce)?);
         let data_key = self
             .cipher()
-            .decrypt(&Nonce::from(key_nonce), Payload { msg: &wrapped, aad: binding.as_bytes() })
+            .decrypt(
+                &Nonce::from(key_nonce),
+                Payload {
+                    msg: &wrapped,
+                    aad: binding.as_bytes(),
+                },
+            )
             .map_err(|_| bad("the master key does not open it (wrong key, or the row was moved or altered)"))?;
         let data_key = <[u8; 32]>::try_from(data_key).map_err(|_| bad("corrupt data key"))?;
         Aes256Gcm::new(&Key::<Aes256Gcm>::from(data_key))
-            .decrypt(&Nonce::from(value_nonce), Payload { msg: &ciphertext, aad: binding.as_bytes() })
+            .decrypt(
+                &Nonce::from(value_nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: binding.as_bytes(),
+                },
+            )
             .map_err(|_| bad("the value was altered"))
     }
 }
@@ -112,7 +140,10 @@ mod tests {
         assert!(!sealed.contains("hunter2"));
         assert_eq!(key.open(&sealed, "p/prod/api/DB/1").unwrap(), b"hunter2");
         assert!(key.open(&sealed, "p/prod/api/DB/2").is_err(), "moved row");
-        assert!(MasterKey::generate().open(&sealed, "p/prod/api/DB/1").is_err(), "other key");
+        assert!(
+            MasterKey::generate().open(&sealed, "p/prod/api/DB/1").is_err(),
+            "other key"
+        );
         let mut tampered = sealed.clone();
         tampered.pop();
         tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });

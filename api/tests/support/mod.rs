@@ -48,7 +48,14 @@ impl std::fmt::Debug for Response {
 }
 
 pub async fn api(db: Db) -> TestApi {
-    api_with(db, RateLimit { per_minute: 100_000, burst: 100_000 }).await
+    api_with(
+        db,
+        RateLimit {
+            per_minute: 100_000,
+            burst: 100_000,
+        },
+    )
+    .await
 }
 
 pub async fn api_with(db: Db, rate_limit: RateLimit) -> TestApi {
@@ -86,7 +93,10 @@ pub async fn api_with(db: Db, rate_limit: RateLimit) -> TestApi {
 }
 
 pub fn all_scopes() -> Vec<String> {
-    enclii_api::auth::Permission::ALL.iter().map(|p| p.scope().to_string()).collect()
+    enclii_api::auth::Permission::ALL
+        .iter()
+        .map(|p| p.scope().to_string())
+        .collect()
 }
 
 pub fn token_record(
@@ -112,7 +122,10 @@ pub fn token_record(
 impl TestApi {
     /// A token for `subject`, who holds `role` on `project`.
     pub async fn user(&self, subject: &str, role: &str, project: &str) -> String {
-        self.store.bind_role("user:admin", subject, project, role).await.unwrap();
+        self.store
+            .bind_role("user:admin", subject, project, role)
+            .await
+            .unwrap();
         let token = enclii_auth::token::generate();
         self.store
             .insert_token("user:admin", &token_record(&token, subject, &all_scopes(), None, None))
@@ -169,7 +182,8 @@ impl TestApi {
     /// A signed GitHub delivery.
     pub async fn webhook(&self, event: &str, delivery: &str, body: &str) -> Response {
         let signature = enclii_auth::github_signature::hmac_sha256_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-        self.webhook_signed(event, delivery, body, Some(&format!("sha256={signature}"))).await
+        self.webhook_signed(event, delivery, body, Some(&format!("sha256={signature}")))
+            .await
     }
 
     pub async fn webhook_signed(&self, event: &str, delivery: &str, body: &str, signature: Option<&str>) -> Response {
@@ -187,9 +201,13 @@ impl TestApi {
 
     /// Creates a project and a service `api` building from `repo` (`org/name` on GitHub).
     pub async fn project_with_service(&self, project: &str, repo: &str) {
-        let r = self.admin("POST", "/v1/projects", Some(&format!(r#"{{"slug":"{project}"}}"#))).await;
+        let r = self
+            .admin("POST", "/v1/projects", Some(&format!(r#"{{"slug":"{project}"}}"#)))
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-        let r = self.apply_yaml(&self.admin.clone(), project, &service_yaml(project, "api", repo)).await;
+        let r = self
+            .apply_yaml(&self.admin.clone(), project, &service_yaml(project, "api", repo))
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     }
 }
