@@ -246,6 +246,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let backend: Arc<dyn Backend> = store.queue();
     info!(database = %described, queue = backend.name(), roles = ?args.role, "starting");
 
+    let bootstrap_token = if args.runs(ServerRole::Api) {
+        bootstrap(&store, args.bootstrap_token.as_deref()).await?
+    } else {
+        None
+    };
+
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -277,12 +283,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .context("HTTP server failed")
     });
     info!(%addr, "listening");
-    println!("enclii listening on http://{addr}");
-    if args.runs(ServerRole::Api)
-        && let Some(token) = bootstrap(&store, args.bootstrap_token.as_deref()).await?
-    {
+    announce(&format!("enclii listening on http://{addr}"));
+    if let Some(token) = bootstrap_token {
         // Shown once, on stdout only: it is never logged.
-        println!("bootstrap admin token (shown once; keep it safe): {token}");
+        announce(&format!("bootstrap admin token (shown once; keep it safe): {token}"));
     }
 
     if args.runs(ServerRole::Worker) {
@@ -318,6 +322,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     result
+}
+
+/// Prints a line for the operator on stdout. A closed stdout (a supervisor that stopped reading)
+/// must not take the server down, so write errors are ignored.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 async fn signal_shutdown(token: CancellationToken) {

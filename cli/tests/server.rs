@@ -13,6 +13,9 @@ fn data_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("enclii_cli_test_{}_{nanos}", std::process::id()))
 }
 
+/// The bootstrap Owner token the test servers are started with.
+const TOKEN: &str = "enclii_pat_testtoken000_0123456789abcdefghijABCDEFGHIJ0123456789abc";
+
 /// Starts the server on a free port and returns it with its address.
 fn start(args: &[&str]) -> (Child, String) {
     let listen: &[&str] = if args.contains(&"--role") {
@@ -26,6 +29,8 @@ fn start(args: &[&str]) -> (Child, String) {
         .args(args)
         .env_remove("ENCLII_DATABASE_URL")
         .env_remove("ENCLII_REDIS_URL")
+        .env("ENCLII_BOOTSTRAP_TOKEN", TOKEN)
+        .env("ENCLII_RATE_LIMIT_BURST", "100000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,7 +52,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -119,7 +124,7 @@ fn an_unreachable_database_fails_fast_with_a_clear_message_and_no_password() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot open the job queue (postgres)"), "{stderr}");
+    assert!(stderr.contains("cannot open the database (postgres)"), "{stderr}");
     assert!(stderr.contains("Check that the server is running"), "{stderr}");
     assert!(!stderr.contains("hunter2-secret"), "{stderr}");
 }
@@ -186,4 +191,58 @@ fn worker_only_processes_share_one_database_any_number_of_times() {
             .unwrap();
         assert!(wait_exit(child, Duration::from_secs(15)).expect("exits").success());
     }
+}
+
+#[test]
+fn a_fresh_installation_prints_a_bootstrap_token_once_and_never_logs_it() {
+    let dir = data_dir();
+    let run = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enclii"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()])
+            .env_remove("ENCLII_DATABASE_URL")
+            .env_remove("ENCLII_REDIS_URL")
+            .env_remove("ENCLII_BOOTSTRAP_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let addr = first
+            .trim()
+            .strip_prefix("enclii listening on http://")
+            .unwrap()
+            .to_string();
+        // Readiness means bootstrap is done; then stop and collect everything printed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http(&addr, "GET", "/health/ready", "").0 != 200 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(wait_exit(&mut child, Duration::from_secs(15)).expect("exits").success());
+        let (mut rest, mut stderr) = (String::new(), String::new());
+        stdout.read_to_string(&mut rest).unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (addr, rest, stderr)
+    };
+    let (_, stdout, stderr) = run();
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bootstrap admin token (shown once; keep it safe): "))
+        .unwrap_or_else(|| panic!("no bootstrap token in {stdout:?}"))
+        .to_string();
+    assert!(token.starts_with("enclii_pat_"));
+    assert!(!stderr.contains(&token), "the token is never logged");
+    assert!(dir.join("master.key").exists(), "a master key was generated");
+    let (_, stdout, _) = run();
+    assert!(
+        !stdout.contains("bootstrap admin token"),
+        "only on the first start: {stdout:?}"
+    );
 }
