@@ -59,6 +59,18 @@ pub async fn api(db: Db) -> TestApi {
 }
 
 pub async fn api_with(db: Db, rate_limit: RateLimit) -> TestApi {
+    api_configured(
+        db,
+        enclii_api::ApiConfig {
+            rate_limit,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// An API with `config` (its webhook secret is always [`WEBHOOK_SECRET`]).
+pub async fn api_configured(db: Db, mut config: enclii_api::ApiConfig) -> TestApi {
     let (url, guard) = match db {
         Db::Postgres => {
             let guard = common::test_database().await;
@@ -78,11 +90,7 @@ pub async fn api_with(db: Db, rate_limit: RateLimit) -> TestApi {
     let admin = enclii_auth::token::generate();
     let record = token_record(&admin, "user:admin", &all_scopes(), None, None);
     assert!(store.bootstrap("user:admin", "Owner", &record).await.unwrap());
-    let config = enclii_api::ApiConfig {
-        webhook_secret: Some(WEBHOOK_SECRET.into()),
-        rate_limit,
-        ..Default::default()
-    };
+    config.webhook_secret = Some(WEBHOOK_SECRET.into());
     let state = enclii_api::AppState::new(store.clone(), enclii_api::metrics::install(), config);
     TestApi {
         app: enclii_api::router(state),
