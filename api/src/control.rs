@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat, validate_environment_name, validate_hostname, validate_slug};
 use enclii_store::{
-    AuditEvent, AuditFilter, BuildTrigger, Deployment, DeploymentRequest, Environment, EnvironmentChange, NewRoute,
-    Project, Release, RoleBinding, Route, SecretMeta, SecretScope, Service, ServiceDraft, SpecVersion, TokenRecord,
+    AuditEvent, AuditFilter, BuildTrigger, Delivery, Deployment, DeploymentRequest, Environment, EnvironmentChange,
+    NewRoute, Project, Release, RoleBinding, Route, SecretMeta, SecretScope, Service, ServiceDraft, SpecVersion,
+    TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -500,6 +501,58 @@ pub async fn build_release(
             pipeline: pipeline.id,
             duplicate: pipeline.duplicate,
         }),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PipelineSummary {
+    release: Release,
+    /// The run's state and steps from the queue; `null` once pruned.
+    pipeline: Option<serde_json::Value>,
+}
+
+/// Recent build-and-deploy runs of a project: each release with its pipeline's state and steps.
+#[utoipa::path(get, path = "/v1/projects/{project}/pipelines", tag = "releases", params(Paging),
+    responses((status = 200, body = [PipelineSummary])))]
+pub async fn list_pipelines(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Answer<Vec<PipelineSummary>> {
+    principal.require(Permission::Read, Some(&project))?;
+    let releases = state
+        .store
+        .list_releases(&project, None, paging.limit.unwrap_or(20).min(100))
+        .await?;
+    let queue = state.store.queue();
+    let mut runs = Vec::with_capacity(releases.len());
+    for release in releases {
+        let pipeline = match release.pipeline_id {
+            Some(id) => queue.pipeline(id).await?.map(|p| json!(p)),
+            None => None,
+        };
+        runs.push(PipelineSummary { release, pipeline });
+    }
+    Ok(Json(runs))
+}
+
+/// GitHub deliveries that reached a project, newest first, with what became of each.
+#[utoipa::path(get, path = "/v1/projects/{project}/deliveries", tag = "webhooks", params(Paging),
+    responses((status = 200, body = [Delivery])))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Answer<Vec<Delivery>> {
+    principal.require(Permission::Read, Some(&project))?;
+    state.store.project(&project).await?;
+    Ok(Json(
+        state
+            .store
+            .list_deliveries(Some(&project), paging.limit.unwrap_or(50))
+            .await?,
     ))
 }
 

@@ -126,6 +126,8 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(control::list_project_releases))
         .routes(routes!(control::list_releases, control::build_release))
         .routes(routes!(control::get_release))
+        .routes(routes!(control::list_pipelines))
+        .routes(routes!(control::list_deliveries))
         .routes(routes!(control::create_deployment))
         .routes(routes!(control::list_deployments))
         .routes(routes!(control::get_deployment))

@@ -158,6 +158,20 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/v1/projects/shop/pipelines",
+            "/v1/projects/{project}/pipelines",
+            None,
+            Project(Read),
+        ),
+        case(
+            "GET",
+            "/v1/projects/shop/deliveries",
+            "/v1/projects/{project}/deliveries",
+            None,
+            Project(Read),
+        ),
+        case(
+            "GET",
             "/v1/releases/{release}",
             "/v1/releases/{id}",
             None,
