@@ -242,3 +242,41 @@ on_both_databases!(
     pull_requests_get_previews_and_teardowns,
     bad_payloads_are_refused_and_change_nothing,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_rate_limited_per_project() {
+    let config = enclii_api::ApiConfig {
+        webhook_rate_limit: enclii_api::auth::RateLimit {
+            per_minute: 60,
+            burst: 2,
+        },
+        ..Default::default()
+    };
+    let t = support::api_configured(Db::Sqlite, config).await;
+    t.project_with_service("shop", "org/shop").await;
+    t.project_with_service("blog", "org/blog").await;
+    for n in 0..2 {
+        let r = t
+            .webhook("push", &format!("s-{n}"), &push_payload("org/shop", "main", &sha(n + 1)))
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    let r = t
+        .webhook("push", "s-2", &push_payload("org/shop", "main", &sha(2)))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    assert!(r.body["detail"].as_str().unwrap().contains("project `shop`"));
+    assert!(r.retry_after.is_some());
+    assert!(
+        t.store.delivery("s-2").await.is_err(),
+        "a refused delivery is not recorded, so GitHub's redelivery works"
+    );
+    // Another project's deliveries are unaffected.
+    let r = t
+        .webhook("push", "b-0", &push_payload("org/blog", "main", &sha(9)))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}
