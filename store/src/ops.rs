@@ -402,6 +402,24 @@ pub async fn trigger_build(
     trigger: &BuildTrigger,
 ) -> Result<(Release, PipelineEnqueued)> {
     let service = require_service(conn, &trigger.project, &trigger.service).await?;
+    let (release, pipeline) = build_service(conn, jobs, &service, trigger).await?;
+    if !pipeline.duplicate {
+        let diff = json!({"service": trigger.service, "environment": release.environment,
+                          "git_sha": trigger.git_sha, "pipeline": pipeline.id, "trigger": trigger.trigger});
+        let entity = release.id.to_string();
+        audit(conn, actor, change("release.build", "release", &entity, Some(&trigger.project), diff)).await?;
+    }
+    Ok((release, pipeline))
+}
+
+/// [`trigger_build`] for a service already loaded, without its audit event (a webhook writes one
+/// event for the whole delivery).
+async fn build_service(
+    conn: &mut Conn,
+    jobs: &Jobs<'_>,
+    service: &Service,
+    trigger: &BuildTrigger,
+) -> Result<(Release, PipelineEnqueued)> {
     let environment = trigger.deploy_to.clone().unwrap_or_else(|| service.environment.clone());
     let existing = sqlx::query_as::<_, Release>(
         "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
@@ -470,10 +488,6 @@ pub async fn trigger_build(
     .fetch_one(&mut *conn)
     .await?;
     mark_superseded(conn, &enqueued.superseded, release.id).await?;
-    let entity = release.id.to_string();
-    let diff = json!({"service": trigger.service, "environment": environment, "git_sha": trigger.git_sha,
-                      "pipeline": enqueued.id, "trigger": trigger.trigger});
-    audit(conn, actor, change("release.build", "release", &entity, Some(&trigger.project), diff)).await?;
     Ok((release, enqueued))
 }
 
@@ -994,7 +1008,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
                     deploy_to: Some(service.environment.clone()),
                     trigger: "push".into(),
                 };
-                let (release, pipeline) = trigger_build(conn, jobs, actor, &trigger).await?;
+                let (release, pipeline) = build_service(conn, jobs, &service, &trigger).await?;
                 releases.push(release.id);
                 pipelines.push(pipeline.id);
                 projects.push(service.project);
@@ -1013,7 +1027,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
                     deploy_to: Some(environment.clone()),
                     trigger: "pull_request".into(),
                 };
-                let (release, pipeline) = trigger_build(conn, jobs, actor, &trigger).await?;
+                let (release, pipeline) = build_service(conn, jobs, &service, &trigger).await?;
                 releases.push(release.id);
                 pipelines.push(pipeline.id);
                 projects.push(service.project);
@@ -1044,7 +1058,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
         .execute(&mut *conn)
         .await?;
     let diff = json!({"event": delivery.event, "action": delivery.action, "repository": repository,
-                      "outcome": outcome, "pipelines": pipelines});
+                      "outcome": outcome, "pipelines": pipelines, "releases": releases});
     audit(
         conn,
         actor,
