@@ -33,6 +33,31 @@ pub use rules::{
 };
 pub use types::*;
 
+/// The Service Spec example of the product brief, verbatim: a starting point for new services
+/// (`enclii init`) and a fixture for tests.
+pub const EXAMPLE: &str = r#"apiVersion: enclii.dev/v1
+kind: Service
+metadata: { project: solarpunk-saas, environment: prod, name: api }
+spec:
+  build:    { type: dockerfile, dockerfile: Dockerfile, context: . }   # or auto-detected
+  source:   { git: { repository: https://github.com/org/repo, branch: main } }
+  runtime:
+    image: registry.example/org/api:{{ git.sha }}
+    cmd: ["node", "server.js"]
+    ports: [3000]
+    cpu: 500m
+    memory: 512Mi
+    replicas: { min: 2, max: 5 }
+  health:   { readiness: { httpGet: /healthz, timeoutSeconds: 2 } }
+  routes:   [ { host: api.example.dev, path: / } ]
+  env:      [ { name: NODE_ENV, value: production } ]
+  envFrom:  [ { secretRef: api-prod } ]
+  volumes:  [ { name: uploads, mountPath: /data, size: 10Gi, class: standard } ]
+  jobs:     [ { name: nightly-report, schedule: "0 2 * * *", args: ["node", "scripts/nightly.js"] } ]
+  autoscaling: { hpa: { cpuTargetUtilization: 70 } }
+  deploy:   { strategy: canary, steps: [10, 100], analysis: { maxErrorRate: 0.02, window: 2m } }
+"#;
+
 /// The path used for errors about the document as a whole.
 pub const ROOT_PATH: &str = "(root)";
 
