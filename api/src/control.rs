@@ -4,7 +4,6 @@
 //! store call (one transaction, audited).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
@@ -20,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal, Role};
 use crate::error::{ApiError, FieldError};
-use crate::routes::{AppState, Body};
+use crate::routes::{AppState, Body, RawBody};
 
 type Answer<T> = Result<Json<T>, ApiError>;
 type Created<T> = Result<(StatusCode, Json<T>), ApiError>;
@@ -317,7 +316,7 @@ pub async fn create_service(
     principal: Principal,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let (created, view) = apply(&state, &principal, &project, None, &headers, &body).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
@@ -331,7 +330,7 @@ pub async fn put_service(
     principal: Principal,
     Path((project, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let (created, view) = apply(&state, &principal, &project, Some(&name), &headers, &body).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))

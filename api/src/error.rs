@@ -60,6 +60,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error("this route does not accept that HTTP method")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -179,6 +181,13 @@ impl IntoResponse for ApiError {
                 )
             }
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", "Not found", detail, None),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                "this route does not accept that HTTP method".into(),
+                Some("see /v1/openapi.json for the methods each route takes".into()),
+            ),
             ApiError::Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", detail, None),
             ApiError::TooLarge(detail) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,7 +2,6 @@
 //! delivery to the store, which persists it and enqueues its pipelines in one transaction.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use enclii_domain::github::{GithubEvent, PullRequestAction, parse_event};
@@ -11,7 +10,7 @@ use enclii_store::{WebhookDelivery, WebhookIntent, WebhookOutcome};
 
 use crate::auth::check_rate;
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, RawBody};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -78,7 +77,7 @@ fn intent(event: GithubEvent) -> WebhookIntent {
 pub async fn github(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<WebhookOutcome>), ApiError> {
     let Some(secret) = state.webhook_secret.as_deref() else {
         return Err(ApiError::unauthorized(

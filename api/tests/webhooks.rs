@@ -227,7 +227,21 @@ async fn bad_payloads_are_refused_and_change_nothing(db: Db) {
                 .unwrap(),
         )
         .await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        (r.status, r.content_type.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "application/problem+json")
+    );
+    let r = t
+        .send(
+            axum::http::Request::get("/v1/webhooks/github")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
     assert_eq!(deliveries(&t).await, 0);
     assert!(
         t.store.queue().stats().await.unwrap().depth.is_empty(),
@@ -257,7 +271,11 @@ async fn webhooks_are_rate_limited_per_project() {
     t.project_with_service("blog", "org/blog").await;
     for n in 0..2 {
         let r = t
-            .webhook("push", &format!("s-{n}"), &push_payload("org/shop", "main", &sha(n + 1)))
+            .webhook(
+                "push",
+                &format!("s-{n}"),
+                &push_payload("org/shop", "main", &sha(n + 1)),
+            )
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
     }
