@@ -114,13 +114,22 @@ impl PostgresQueue {
     ) -> Result<PipelineEnqueued> {
         let plan = pipeline.plan()?;
         // Serialise enqueues that share a key, so that two concurrent runs cannot both miss each
-        // other (both surviving a supersede, or both passing the unique check).
-        for key in [&pipeline.supersede_key, &pipeline.unique_key].into_iter().flatten() {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(key)
-                .execute(&mut *conn)
-                .await
-                .map_err(err)?;
+        // other (both surviving a supersede, or both passing the unique check). Keys are locked in
+        // one order everywhere, so two enqueues cannot deadlock.
+        let mut keys: Vec<&str> = [&pipeline.supersede_key, &pipeline.unique_key]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        if !keys.is_empty() {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM (SELECT unnest($1::text[]) AS k ORDER BY 1) s",
+            )
+            .bind(&keys)
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
         }
         if let Some(key) = &pipeline.unique_key {
             let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM roundhouse_pipelines WHERE unique_key = $1")
@@ -138,61 +147,78 @@ impl PostgresQueue {
         }
         let mut superseded = Vec::new();
         if let Some(key) = &pipeline.supersede_key {
-            superseded = sqlx::query_scalar(
-                "UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = now()
-                 WHERE supersede_key = $1 AND state = 'running' RETURNING id",
-            )
-            .bind(key)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
-            stop_pipeline_jobs(conn, &superseded, "superseded by a newer pipeline").await?;
+            superseded = supersede(conn, key).await?;
         }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO roundhouse_pipelines (project, name, supersede_key, unique_key)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (unique_key) DO NOTHING RETURNING id",
-        )
+        // The run and all its steps in one statement; the same statement wakes the workers.
+        let steps: Vec<&NewJob> = plan.iter().map(|p| &p.step.job).collect();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH p AS (
+                 INSERT INTO roundhouse_pipelines (project, name, supersede_key, unique_key) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (unique_key) DO NOTHING RETURNING id),
+             steps AS (
+                 INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
+                     backoff_base_ms, backoff_max_ms, run_at, unique_key, pipeline_id, step, needs, dependents,
+                     deps_remaining)
+                 SELECT t.kind, t.project, t.payload,
+                     CASE WHEN jsonb_array_length(t.needs) > 0 THEN 'pending' WHEN t.run_at > now() THEN 'scheduled'
+                          ELSE 'available' END,
+                     t.priority, t.max_attempts, t.timeout_ms, t.base_ms, t.max_ms, coalesce(t.run_at, now()),
+                     t.unique_key, p.id, t.step,
+                     ARRAY(SELECT jsonb_array_elements_text(t.needs)),
+                     ARRAY(SELECT jsonb_array_elements_text(t.dependents)), jsonb_array_length(t.needs)
+                 FROM p, unnest($5::text[], $6::text[], $7::jsonb[], $8::int2[], $9::int4[], $10::int8[], $11::int8[],
+                                $12::int8[], $13::timestamptz[], $14::text[], $15::text[], $16::jsonb[], $17::jsonb[])
+                      AS t(kind, project, payload, priority, max_attempts, timeout_ms, base_ms, max_ms, run_at,
+                           unique_key, step, needs, dependents)
+                 RETURNING 1)
+             SELECT p.id, (SELECT count(*) FROM steps) AS steps, pg_notify('{CHANNEL}', '') FROM p"
+        )))
         .bind(&pipeline.project)
         .bind(&pipeline.name)
         .bind(&pipeline.supersede_key)
         .bind(&pipeline.unique_key)
+        .bind(steps.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.project.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.policy.priority).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.policy.max_attempts as i32).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.policy.timeout_ms()).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|j| j.policy.backoff.base.as_millis() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|j| j.policy.backoff.max.as_millis() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|j| j.run_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|j| j.unique_key.as_deref()).collect::<Vec<_>>())
+        .bind(plan.iter().map(|p| p.step.name.as_str()).collect::<Vec<_>>())
+        .bind(plan.iter().map(|p| serde_json::json!(p.step.needs)).collect::<Vec<_>>())
+        .bind(plan.iter().map(|p| serde_json::json!(p.dependents)).collect::<Vec<_>>())
         .fetch_optional(&mut *conn)
         .await
-        .map_err(err)?
+        .map_err(
+            |e| match e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                true => step_key_taken(
+                    &plan
+                        .iter()
+                        .filter(|p| p.step.job.unique_key.is_some())
+                        .map(|p| p.step.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("`, `"),
+                ),
+                false => err(e),
+            },
+        )?
         .ok_or_else(|| {
             QueueError::InvalidPipeline("a pipeline with this unique key was enqueued concurrently".into())
         })?;
-        for planned in plan {
-            let job = &planned.step.job;
-            sqlx::query(
-                "INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
-                     backoff_base_ms, backoff_max_ms, run_at, unique_key, pipeline_id, step, needs, dependents, deps_remaining)
-                 VALUES ($1, $2, $3, CASE WHEN $4 > 0 THEN 'pending' WHEN $5 > now() THEN 'scheduled' ELSE 'available' END,
-                     $6, $7, $8, $9, $10, coalesce($5, now()), $11, $12, $13, $14, $15, $4)",
-            )
-            .bind(&job.kind)
-            .bind(&job.project)
-            .bind(&job.payload)
-            .bind(planned.step.needs.len() as i32)
-            .bind(job.run_at)
-            .bind(job.policy.priority)
-            .bind(job.policy.max_attempts as i32)
-            .bind(job.policy.timeout_ms())
-            .bind(job.policy.backoff.base.as_millis() as i64)
-            .bind(job.policy.backoff.max.as_millis() as i64)
-            .bind(&job.unique_key)
-            .bind(id)
-            .bind(&planned.step.name)
-            .bind(&planned.step.needs)
-            .bind(&planned.dependents)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| match e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
-                true => step_key_taken(&planned.step.name),
-                false => err(e),
-            })?;
-        }
-        notify_workers(conn).await?;
+        let id: i64 = row.try_get("id").map_err(err)?;
         Ok(PipelineEnqueued {
             id,
             duplicate: false,
@@ -371,21 +397,44 @@ async fn lock_job_state(conn: &mut PgConnection, id: JobId) -> Result<JobState> 
 }
 
 /// Cancels the unstarted jobs of the given pipelines and asks workers to stop their running ones.
-async fn stop_pipeline_jobs(conn: &mut PgConnection, pipelines: &[i64], reason: &str) -> Result<()> {
-    if pipelines.is_empty() {
-        return Ok(());
-    }
+/// Marks the running pipelines with `key` superseded and stops their jobs (queued ones are
+/// cancelled, running ones asked to stop), in one statement (data-modifying CTEs always run to
+/// completion); returns the superseded runs. Jobs are reached by a join on the pipeline, so the
+/// plan uses the `pipeline_id` index whatever the planner knows of the table.
+async fn supersede(conn: &mut PgConnection, key: &str) -> Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "WITH runs AS (
+             UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = now()
+             WHERE supersede_key = $1 AND state = 'running' RETURNING id),
+         queued AS (
+             UPDATE roundhouse_jobs j SET state = 'cancelled', finished_at = now(), last_error = $2
+             FROM runs WHERE j.pipeline_id = runs.id AND j.state IN ('pending', 'scheduled', 'available')
+             RETURNING j.id),
+         running AS (
+             UPDATE roundhouse_jobs j SET cancel_requested = true
+             FROM runs WHERE j.pipeline_id = runs.id AND j.state = 'running'
+             RETURNING j.id)
+         SELECT id FROM runs",
+    )
+    .bind(key)
+    .bind("superseded by a newer pipeline")
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)
+}
+
+async fn stop_pipeline_jobs(conn: &mut PgConnection, pipeline: i64, reason: &str) -> Result<()> {
     sqlx::query(
         "UPDATE roundhouse_jobs SET state = 'cancelled', finished_at = now(), last_error = $2
-         WHERE pipeline_id = ANY($1) AND state IN ('pending', 'scheduled', 'available')",
+         WHERE pipeline_id = $1 AND state IN ('pending', 'scheduled', 'available')",
     )
-    .bind(pipelines)
+    .bind(pipeline)
     .bind(reason)
     .execute(&mut *conn)
     .await
     .map_err(err)?;
-    sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = true WHERE pipeline_id = ANY($1) AND state = 'running'")
-        .bind(pipelines)
+    sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = true WHERE pipeline_id = $1 AND state = 'running'")
+        .bind(pipeline)
         .execute(&mut *conn)
         .await
         .map_err(err)?;
@@ -481,7 +530,7 @@ async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -
         .await
         .map_err(err)?;
         if changed.rows_affected() > 0 {
-            stop_pipeline_jobs(conn, &[stopped.pipeline], &stopped.reason).await?;
+            stop_pipeline_jobs(conn, stopped.pipeline, &stopped.reason).await?;
         }
     }
     if !progress.maybe_succeeded.is_empty() {
@@ -831,7 +880,7 @@ impl Backend for PostgresQueue {
                         .execute(&mut *tx)
                         .await
                         .map_err(err)?;
-                    stop_pipeline_jobs(&mut tx, &[p], "pipeline cancelled").await?;
+                    stop_pipeline_jobs(&mut tx, p, "pipeline cancelled").await?;
                 }
                 CancelOutcome::Cancelled
             }

@@ -65,6 +65,8 @@ CREATE TABLE releases (
     FOREIGN KEY (project, service) REFERENCES services (project, name) ON DELETE CASCADE
 );
 CREATE INDEX releases_by_service ON releases (project, service, id);
+-- A superseded run marks its release: find it without scanning every release.
+CREATE INDEX releases_building_by_pipeline ON releases (pipeline_id) WHERE status = 'building';
 
 CREATE TABLE deployments (
     id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
