@@ -5,39 +5,27 @@
 //! the Redis case one at redis://127.0.0.1:6379 (or `LOADTEST_REDIS_URL`); each is skipped, with a
 //! message, when its server does not answer.
 
-use std::process::Command;
+mod common;
 
+use common::{reachable, run};
 use serde_json::Value;
 
 fn crash(backend: &str, url: Option<&str>) -> Value {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_loadtest"));
-    command.args([
+    run(
         "crash",
-        "--backend",
         backend,
-        "--jobs",
-        "16",
-        "--lease-ms",
-        "2000",
-        "--rescue-ms",
-        "250",
-        "--deadline-s",
-        "20",
-    ]);
-    if let Some(url) = url {
-        command.args(["--url", url]);
-    }
-    let output = command.output().expect("run loadtest");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadtest crash --backend {backend} failed: {}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "expected exactly one JSON line, got: {stdout}");
-    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]))
+        url,
+        &[
+            "--jobs",
+            "16",
+            "--lease-ms",
+            "2000",
+            "--rescue-ms",
+            "250",
+            "--deadline-s",
+            "20",
+        ],
+    )
 }
 
 fn check(result: &Value, backend: &str) {
@@ -67,24 +55,4 @@ fn crash_recovery_on_redis_loses_and_duplicates_nothing() {
     if reachable(&url, 6379) {
         check(&crash("redis", Some(&url)), "redis");
     }
-}
-
-/// Whether the server of `scheme://[user@]host[:port]/…` accepts a TCP connection.
-fn reachable(url: &str, default_port: u16) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let addr = if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    let ok = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
-    if !ok {
-        eprintln!("skipping: nothing answers at {addr}");
-    }
-    ok
 }
