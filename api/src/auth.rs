@@ -119,6 +119,8 @@ pub struct Principal {
     pub scopes: Option<Vec<Permission>>,
     /// A token restricted to one project.
     pub project: Option<String>,
+    /// When the credential expires (epoch ms); tokens it creates expire no later.
+    pub expires_at: Option<i64>,
     pub bindings: Vec<RoleBinding>,
 }
 
@@ -143,7 +145,7 @@ impl Principal {
                 "use a token created for this project, or one without a project restriction",
             ));
         }
-        if self.project.is_some() && project.is_none() && permission != Permission::Read {
+        if self.project.is_some() && project.is_none() {
             return Err(ApiError::forbidden(
                 "this token is restricted to one project and cannot act platform-wide",
                 "use a token without a project restriction",
@@ -309,6 +311,7 @@ impl Authenticator {
             rate_key: format!("pat:{id}"),
             scopes: Some(scopes),
             project: record.project,
+            expires_at: record.expires_at,
         })
     }
 
@@ -340,6 +343,7 @@ impl Authenticator {
         })?;
         let subject = format!("oidc:{}", claims.subject);
         Ok(Principal {
+            expires_at: Some(claims.expires_at.saturating_mul(1000)),
             bindings: store.roles_of(&subject).await?,
             rate_key: subject.clone(),
             subject,

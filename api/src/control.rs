@@ -482,6 +482,9 @@ pub async fn build_release(
             Err("must be a full commit SHA (40 or 64 hex characters)".into())
         },
     )?;
+    if let Some(branch) = &req.branch {
+        check("branch", enclii_domain::spec::validate_git_ref(branch))?;
+    }
     let current = state.store.service(&project, &service).await?;
     let branch = req.branch.or(current.branch.clone()).unwrap_or_else(|| "main".into());
     let trigger = BuildTrigger {
@@ -904,6 +907,7 @@ pub async fn put_member(
             "ask an Owner to grant it",
         ));
     }
+    check_outranks(&state, own, &subject, &project).await?;
     Ok(Json(
         state
             .store
@@ -919,9 +923,32 @@ pub async fn delete_member(
     Path((project, subject)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let scope = (project != "*").then_some(project.as_str());
-    principal.require(Permission::Govern, scope)?;
+    let own = principal.require(Permission::Govern, scope)?;
+    check_outranks(&state, own, &subject, &project).await?;
     state.store.unbind_role(&principal.subject, &subject, &project).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Nobody changes or removes the binding of someone ranked above them (an Admin cannot demote an Owner).
+async fn check_outranks(state: &AppState, own: Role, subject: &str, project: &str) -> Result<(), ApiError> {
+    let current = state.store.roles_of(subject).await?;
+    if let Some(theirs) = current
+        .iter()
+        .filter(|b| b.project == project)
+        .filter_map(|b| Role::parse(&b.role))
+        .max()
+        && theirs > own
+    {
+        return Err(ApiError::forbidden(
+            format!(
+                "`{subject}` is {} on `{project}`; you are {}",
+                theirs.as_str(),
+                own.as_str()
+            ),
+            "ask an Owner to change it",
+        ));
+    }
+    Ok(())
 }
 
 // --- tokens and identity ------------------------------------------------------------------------
@@ -1045,6 +1072,11 @@ pub async fn create_token(
     }
     let token = enclii_auth::token::generate();
     let now = chrono::Utc::now().timestamp_millis();
+    // A token never outlives the token that created it.
+    let expires_at = match principal.expires_at {
+        Some(parent) => parent.min(now + i64::from(days) * 86_400_000),
+        None => now + i64::from(days) * 86_400_000,
+    };
     let record = TokenRecord {
         id: token.id.clone(),
         secret_hash: token.secret_hash.clone(),
@@ -1053,7 +1085,7 @@ pub async fn create_token(
         scopes: json!(scopes).to_string(),
         project: req.project,
         created_at: now,
-        expires_at: Some(now + i64::from(days) * 86_400_000),
+        expires_at: Some(expires_at),
         revoked_at: None,
     };
     state.store.insert_token(&principal.subject, &record).await?;

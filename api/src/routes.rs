@@ -316,7 +316,8 @@ async fn enqueue(
     let project = req.project.clone();
     let mut job = NewJob::new(req.kind, req.project, payload).with_policy(policy);
     job.run_at = req.run_at;
-    job.unique_key = req.unique_key;
+    // Unique keys are global in the queue: scope the caller's to their project.
+    job.unique_key = req.unique_key.map(|key| format!("api:{project}:{key}"));
     if let Some(priority) = req.priority {
         job = job.with_priority(priority);
     }

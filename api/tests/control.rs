@@ -332,7 +332,11 @@ async fn routes_refuse_conflicts(db: Db) {
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let detail = r.body["detail"].as_str().unwrap();
-    assert!(detail.contains("already routed to shop/prod/api"), "{detail}");
+    assert!(detail.contains("already routed to another project"), "{detail}");
+    assert!(
+        !detail.contains("shop/prod/api"),
+        "another tenant's names are not disclosed: {detail}"
+    );
     let r = t
         .admin(
             "POST",
@@ -468,6 +472,30 @@ async fn tokens_scopes_expiry_and_revocation(db: Db) {
     );
     let visible = t.call(&shop_only, "GET", "/v1/projects", None).await;
     assert_eq!(visible.body.as_array().unwrap().len(), 1);
+    // A token never outlives the token that created it.
+    let short = t
+        .admin(
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"short","scopes":["read"],"expires_in_days":1}"#),
+        )
+        .await;
+    let short_token = short.body["token"].as_str().unwrap().to_string();
+    let child = t
+        .call(
+            &short_token,
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"long","scopes":["read"],"expires_in_days":300}"#),
+        )
+        .await;
+    assert_eq!(child.status, StatusCode::CREATED, "{child:?}");
+    assert!(child.body["expires_at"].as_i64() <= short.body["expires_at"].as_i64());
+    // A project-restricted token cannot act platform-wide, not even to read.
+    assert_eq!(
+        t.call(&shop_only, "GET", "/v1/queue/stats", None).await.status,
+        StatusCode::FORBIDDEN
+    );
     let me = t.call(&dev, "GET", "/v1/whoami", None).await;
     assert_eq!(
         (me.body["subject"].as_str(), me.body["roles"][0]["role"].as_str()),
@@ -498,6 +526,81 @@ async fn rate_limits_answer_429_with_retry_after(db: Db) {
     t.admin("GET", "/v1/whoami", None).await;
     let other = t.user("user:other", "ReadOnly", "*").await;
     assert_eq!(t.call(&other, "GET", "/v1/whoami", None).await.status, StatusCode::OK);
+}
+
+async fn nobody_acts_above_their_rank_and_deleted_projects_leave_nothing_behind(db: Db) {
+    let t = api(db).await;
+    t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop"}"#)).await;
+    let owner = t.user("user:owner", "Owner", "shop").await;
+    let admin = t.user("user:admin2", "Admin", "shop").await;
+    let r = t
+        .call(
+            &admin,
+            "PUT",
+            "/v1/projects/shop/members/user:owner",
+            Some(r#"{"role":"ReadOnly"}"#),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "an Admin cannot demote an Owner: {r:?}"
+    );
+    let r = t
+        .call(&admin, "DELETE", "/v1/projects/shop/members/user:owner", None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "nor remove one");
+    let r = t
+        .call(
+            &admin,
+            "PUT",
+            "/v1/projects/shop/members/user:owner",
+            Some(r#"{"role":"Owner"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "nor grant Owner");
+    let r = t
+        .call(
+            &owner,
+            "PUT",
+            "/v1/projects/shop/members/user:new",
+            Some(r#"{"role":"Developer"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t
+        .call(
+            &admin,
+            "PUT",
+            "/v1/projects/shop/members/user:new",
+            Some(r#"{"role":"ReadOnly"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "an Admin manages those below: {r:?}");
+
+    // A token restricted to the project dies with it; the members do not carry over to a new one.
+    let scoped = t
+        .admin(
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"ci","scopes":["read"],"project":"shop"}"#),
+        )
+        .await;
+    let scoped = scoped.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        t.call(&owner, "DELETE", "/v1/projects/shop", None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop"}"#)).await;
+    let r = t.call(&scoped, "GET", "/v1/projects/shop", None).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_revoked"))
+    );
+    assert_eq!(
+        t.call(&owner, "GET", "/v1/projects/shop", None).await.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 async fn audit_records_every_change_immutably(db: Db) {
@@ -556,6 +659,7 @@ on_both_databases!(
     secrets_are_sealed_versioned_and_never_returned,
     routes_refuse_conflicts,
     tokens_scopes_expiry_and_revocation,
+    nobody_acts_above_their_rank_and_deleted_projects_leave_nothing_behind,
     rate_limits_answer_429_with_retry_after,
     audit_records_every_change_immutably,
     openapi_document_describes_the_api,

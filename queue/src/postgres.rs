@@ -398,29 +398,22 @@ async fn lock_job_state(conn: &mut PgConnection, id: JobId) -> Result<JobState> 
 
 /// Cancels the unstarted jobs of the given pipelines and asks workers to stop their running ones.
 /// Marks the running pipelines with `key` superseded and stops their jobs (queued ones are
-/// cancelled, running ones asked to stop), in one statement (data-modifying CTEs always run to
-/// completion); returns the superseded runs. Jobs are reached by a join on the pipeline, so the
-/// plan uses the `pipeline_id` index whatever the planner knows of the table.
+/// cancelled, running ones asked to stop); returns the superseded runs. The jobs are stopped in
+/// statements of their own (not CTEs of this one): a step claimed while this runs must be seen as
+/// `running` by the second statement's fresh snapshot, or it would run on with no cancel request.
 async fn supersede(conn: &mut PgConnection, key: &str) -> Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "WITH runs AS (
-             UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = now()
-             WHERE supersede_key = $1 AND state = 'running' RETURNING id),
-         queued AS (
-             UPDATE roundhouse_jobs j SET state = 'cancelled', finished_at = now(), last_error = $2
-             FROM runs WHERE j.pipeline_id = runs.id AND j.state IN ('pending', 'scheduled', 'available')
-             RETURNING j.id),
-         running AS (
-             UPDATE roundhouse_jobs j SET cancel_requested = true
-             FROM runs WHERE j.pipeline_id = runs.id AND j.state = 'running'
-             RETURNING j.id)
-         SELECT id FROM runs",
+    let runs: Vec<i64> = sqlx::query_scalar(
+        "UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = now()
+         WHERE supersede_key = $1 AND state = 'running' RETURNING id",
     )
     .bind(key)
-    .bind("superseded by a newer pipeline")
     .fetch_all(&mut *conn)
     .await
-    .map_err(err)
+    .map_err(err)?;
+    for run in &runs {
+        stop_pipeline_jobs(conn, *run, "superseded by a newer pipeline").await?;
+    }
+    Ok(runs)
 }
 
 async fn stop_pipeline_jobs(conn: &mut PgConnection, pipeline: i64, reason: &str) -> Result<()> {

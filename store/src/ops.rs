@@ -137,6 +137,16 @@ pub async fn delete_project(conn: &mut Conn, actor: &str, slug: &str) -> Result<
         .bind(slug)
         .execute(&mut *conn)
         .await?;
+    // Whoever creates the slug again must not inherit its members or its tokens.
+    sqlx::query("DELETE FROM role_bindings WHERE project = $1")
+        .bind(slug)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE project = $1 AND revoked_at IS NULL")
+        .bind(slug)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
     audit(conn, actor, change("project.delete", "project", slug, Some(slug), json!({}))).await
 }
 
@@ -241,12 +251,12 @@ pub async fn apply_service(
     get_environment(conn, project, &draft.environment).await?;
     let before = get_service(conn, project, name).await?;
     let now = now_ms();
-    let version = before.as_ref().map_or(1, |s| s.spec_version + 1);
+    // The version comes from the row itself, so concurrent applies get consecutive versions.
     let service = sqlx::query_as::<_, Service>(
         "INSERT INTO services (project, name, environment, repository, branch, spec, spec_version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
          ON CONFLICT (project, name) DO UPDATE SET environment = $3, repository = $4, branch = $5, spec = $6,
-             spec_version = $7, updated_at = $8
+             spec_version = services.spec_version + 1, updated_at = $7
          RETURNING *",
     )
     .bind(project)
@@ -255,10 +265,10 @@ pub async fn apply_service(
     .bind(&draft.repository)
     .bind(&draft.branch)
     .bind(&draft.spec)
-    .bind(version)
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
+    let version = service.spec_version;
     sqlx::query(
         "INSERT INTO service_spec_versions (project, service, version, spec, created_at, created_by)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -276,10 +286,9 @@ pub async fn apply_service(
             Some(route) if route.project == project && route.service == name => {}
             Some(route) => {
                 return Err(StoreError::Conflict(format!(
-                    "spec.routes[{index}]: {} is already routed to {} (route {}); remove that route or choose another host or path",
+                    "spec.routes[{index}]: {} is already routed to {}; remove that route or choose another host or path",
                     route_label(host, path),
-                    route_owner(&route),
-                    route.id
+                    route_owner(&route, project)
                 )));
             }
             None => {
@@ -338,6 +347,12 @@ pub async fn spec_versions(conn: &mut Conn, project: &str, name: &str) -> Result
 pub async fn delete_service(conn: &mut Conn, actor: &str, project: &str, name: &str) -> Result<()> {
     require_service(conn, project, name).await?;
     sqlx::query("DELETE FROM services WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    // A service created again under the name starts without the old one's secrets.
+    sqlx::query("DELETE FROM secrets WHERE project = $1 AND service = $2")
         .bind(project)
         .bind(name)
         .execute(&mut *conn)
@@ -460,6 +475,8 @@ async fn build_service(
         deploy_to: trigger.deploy_to.clone(),
     };
     let mut pipeline = build_and_deploy(&request)?;
+    // Per incarnation of the service: one deleted and created again builds its commits anew.
+    pipeline.unique_key = pipeline.unique_key.map(|key| format!("{key}@{}", service.created_at));
     if rebuild || existing.is_some() {
         // Release-level dedup above decides; the per-commit key would refuse a deliberate rebuild.
         pipeline.unique_key = None;
@@ -487,20 +504,26 @@ async fn build_service(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    mark_superseded(conn, &enqueued.superseded, release.id).await?;
+    mark_superseded(conn, &enqueued.superseded, Some(release.id)).await?;
     Ok((release, enqueued))
 }
 
-async fn mark_superseded(conn: &mut Conn, pipelines: &[i64], by_release: i64) -> Result<()> {
+/// Marks the releases of superseded runs; `by_release` is the release that took over (none for a
+/// preview teardown).
+async fn mark_superseded(conn: &mut Conn, pipelines: &[i64], by_release: Option<i64>) -> Result<()> {
+    let reason = match by_release {
+        Some(id) => format!("superseded by release {id}"),
+        None => "superseded: the preview was torn down".to_string(),
+    };
     for pipeline in pipelines {
         sqlx::query(
             "UPDATE releases SET status = 'superseded', failure = $2, updated_at = $3
              WHERE pipeline_id = $1 AND status = 'building' AND id <> $4",
         )
         .bind(pipeline)
-        .bind(format!("superseded by release {by_release}"))
+        .bind(&reason)
         .bind(now_ms())
-        .bind(by_release)
+        .bind(by_release.unwrap_or(0))
         .execute(&mut *conn)
         .await?;
     }
@@ -520,9 +543,9 @@ pub async fn finish_release(conn: &mut Conn, id: i64, outcome: &ReleaseOutcome) 
         None => (release_status::READY, None),
         Some(message) => (release_status::FAILED, Some(message.as_str())),
     };
-    Ok(sqlx::query_as::<_, Release>(
+    sqlx::query_as::<_, Release>(
         "UPDATE releases SET status = $2, failure = $3, digest = $4, sbom_uri = $5, signature = $6, updated_at = $7
-         WHERE id = $1 RETURNING *",
+         WHERE id = $1 AND status = 'building' RETURNING *",
     )
     .bind(id)
     .bind(status)
@@ -531,8 +554,9 @@ pub async fn finish_release(conn: &mut Conn, id: i64, outcome: &ReleaseOutcome) 
     .bind(&outcome.sbom_uri)
     .bind(&outcome.signature)
     .bind(now_ms())
-    .fetch_one(&mut *conn)
-    .await?)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::Conflict(format!("release {id} finished concurrently; a finished release is immutable")))
 }
 
 // --- deployments --------------------------------------------------------------------------------
@@ -764,8 +788,13 @@ fn route_label(host: &str, path: &str) -> String {
     format!("host `{host}` path `{path}`")
 }
 
-fn route_owner(route: &Route) -> String {
-    format!("{}/{}/{}", route.project, route.environment, route.service)
+/// Who holds a route, as far as a caller of `asking_project` may know.
+fn route_owner(route: &Route, asking_project: &str) -> String {
+    if route.project == asking_project {
+        format!("{}/{}/{} (route {})", route.project, route.environment, route.service, route.id)
+    } else {
+        "another project".into()
+    }
 }
 
 async fn find_route(conn: &mut Conn, host: &str, path: &str) -> Result<Option<Route>> {
@@ -805,10 +834,9 @@ pub async fn add_route(conn: &mut Conn, actor: &str, new: &NewRoute) -> Result<R
     get_environment(conn, &new.project, &new.environment).await?;
     if let Some(route) = find_route(conn, &new.host, &new.path).await? {
         return Err(StoreError::Conflict(format!(
-            "{} is already routed to {} (route {}); remove that route first or choose another host or path",
+            "{} is already routed to {}; remove that route first or choose another host or path",
             route_label(&new.host, &new.path),
-            route_owner(&route),
-            route.id
+            route_owner(&route, &new.project)
         )));
     }
     let route = insert_route(conn, &new.project, &new.environment, &new.service, &new.host, &new.path, new.tls).await?;
@@ -1037,12 +1065,14 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
         WebhookIntent::Teardown { repository, number, branch } => {
             let environment = format!("preview-{number}");
             for service in services_for_repository(conn, repository).await? {
-                if get_environment(conn, &service.project, &environment).await.is_err() {
-                    continue;
+                match get_environment(conn, &service.project, &environment).await {
+                    Ok(_) => {}
+                    Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
                 }
                 let teardown = preview_teardown(&service.project, &service.name, repository, branch, *number)?;
                 let enqueued = jobs.pipeline(conn, teardown).await?;
-                mark_superseded(conn, &enqueued.superseded, 0).await?;
+                mark_superseded(conn, &enqueued.superseded, None).await?;
                 pipelines.push(enqueued.id);
                 projects.push(service.project);
             }
