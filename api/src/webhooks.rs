@@ -128,16 +128,29 @@ pub async fn github(
         _ => None,
     };
     let intent = intent(parsed);
+    // Per-project webhook budgets: projects over theirs are skipped; only when every project the
+    // delivery concerns is over budget is it refused (429, not recorded, so GitHub can redeliver).
+    let mut rate_limited = Vec::new();
     if let WebhookIntent::Push { repository, .. }
     | WebhookIntent::Preview { repository, .. }
     | WebhookIntent::Teardown { repository, .. } = &intent
     {
-        for project in state.store.projects_for_repository(repository).await? {
-            check_rate(
+        let projects = state.store.projects_for_repository(repository).await?;
+        let mut refusal = None;
+        for project in &projects {
+            if let Err(e) = check_rate(
                 &state.webhook_limiter,
-                &project,
+                project,
                 &format!("project `{project}`'s webhooks"),
-            )?;
+            ) {
+                rate_limited.push(project.clone());
+                refusal = Some(e);
+            }
+        }
+        if let Some(refusal) = refusal
+            && rate_limited.len() == projects.len()
+        {
+            return Err(refusal);
         }
     }
     let delivery = WebhookDelivery {
@@ -145,6 +158,7 @@ pub async fn github(
         event: event.to_string(),
         action,
         intent,
+        rate_limited,
     };
     let outcome = state.store.accept_webhook(&delivery).await?;
     tracing::info!(delivery = %outcome.delivery_id, event, outcome = %outcome.outcome,

@@ -164,6 +164,7 @@ impl Sender {
                             branch: BRANCH.into(),
                             sha: d.sha.clone(),
                         },
+                        rate_limited: vec![],
                     })
                     .await?;
                 Ok(if outcome.duplicate {

@@ -1024,7 +1024,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
     let outcome = match &delivery.intent {
         WebhookIntent::Ignore { outcome } => outcome.clone(),
         WebhookIntent::Push { repository, branch, sha } => {
-            for service in services_for_repository(conn, repository).await? {
+            for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 if service.branch.as_deref() != Some(branch.as_str()) {
                     continue;
                 }
@@ -1041,11 +1041,11 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
                 pipelines.push(pipeline.id);
                 projects.push(service.project);
             }
-            describe(&pipelines, "no service deploys this repository and branch")
+            describe(&pipelines, "no service deploys this repository and branch", &delivery.rate_limited)
         }
         WebhookIntent::Preview { repository, number, branch, sha } => {
             let environment = format!("preview-{number}");
-            for service in services_for_repository(conn, repository).await? {
+            for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 insert_environment(conn, &service.project, &environment, None, None).await?;
                 let trigger = BuildTrigger {
                     project: service.project.clone(),
@@ -1060,11 +1060,11 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
                 pipelines.push(pipeline.id);
                 projects.push(service.project);
             }
-            describe(&pipelines, "no service builds from this repository")
+            describe(&pipelines, "no service builds from this repository", &delivery.rate_limited)
         }
         WebhookIntent::Teardown { repository, number, branch } => {
             let environment = format!("preview-{number}");
-            for service in services_for_repository(conn, repository).await? {
+            for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 match get_environment(conn, &service.project, &environment).await {
                     Ok(_) => {}
                     Err(StoreError::NotFound(_)) => continue,
@@ -1076,7 +1076,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
                 pipelines.push(enqueued.id);
                 projects.push(service.project);
             }
-            describe(&pipelines, "no preview exists for this pull request")
+            describe(&pipelines, "no preview exists for this pull request", &delivery.rate_limited)
         }
     };
     let project = projects.first().cloned();
@@ -1104,12 +1104,23 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
     })
 }
 
-fn describe(pipelines: &[i64], nothing: &str) -> String {
-    if pipelines.is_empty() {
+/// The services building from `repository`, without those of rate-limited projects.
+async fn admitted(conn: &mut Conn, repository: &str, rate_limited: &[String]) -> Result<Vec<Service>> {
+    let mut services = services_for_repository(conn, repository).await?;
+    services.retain(|s| !rate_limited.contains(&s.project));
+    Ok(services)
+}
+
+fn describe(pipelines: &[i64], nothing: &str, rate_limited: &[String]) -> String {
+    let mut outcome = if pipelines.is_empty() {
         format!("ignored: {nothing}")
     } else {
         format!("enqueued {} pipeline(s)", pipelines.len())
+    };
+    if !rate_limited.is_empty() {
+        outcome.push_str(&format!("; skipped rate-limited project(s): {}", rate_limited.join(", ")));
     }
+    outcome
 }
 
 pub async fn get_delivery(conn: &mut Conn, id: &str) -> Result<Delivery> {
