@@ -31,6 +31,14 @@ mod pg {
     type Conn = sqlx::PgConnection;
     type Queue = enclii_queue::postgres::PostgresQueue;
     include!("ops.rs");
+
+    /// Two api processes starting together must not both bootstrap an administrator.
+    pub async fn serialise_bootstrap(conn: &mut Conn) -> Result<()> {
+        sqlx::query("LOCK TABLE role_bindings IN EXCLUSIVE MODE")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
 }
 
 #[allow(clippy::duplicate_mod)]
@@ -38,6 +46,11 @@ mod lite {
     type Conn = sqlx::SqliteConnection;
     type Queue = enclii_queue::sqlite::SqliteQueue;
     include!("ops.rs");
+
+    /// `BEGIN IMMEDIATE` already serialises writers on SQLite.
+    pub async fn serialise_bootstrap(_conn: &mut Conn) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The control plane's own migrations, tracked apart from the queue's.
@@ -376,6 +389,7 @@ impl Store {
     /// Creates the first administrator if nobody holds any role yet; `false` when someone does.
     pub async fn bootstrap(&self, subject: &str, owner_role: &str, token: &TokenRecord) -> Result<bool> {
         write!(self, |conn, ops, _jobs| {
+            ops::serialise_bootstrap(conn).await?;
             if ops::count_role_bindings(conn).await? > 0 {
                 Ok(false)
             } else {
