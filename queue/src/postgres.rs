@@ -398,9 +398,8 @@ async fn lock_job_state(conn: &mut PgConnection, id: JobId) -> Result<JobState> 
 
 /// Cancels the unstarted jobs of the given pipelines and asks workers to stop their running ones.
 /// Marks the running pipelines with `key` superseded and stops their jobs (queued ones are
-/// cancelled, running ones asked to stop); returns the superseded runs. The jobs are stopped in
-/// statements of their own (not CTEs of this one): a step claimed while this runs must be seen as
-/// `running` by the second statement's fresh snapshot, or it would run on with no cancel request.
+/// cancelled, running ones asked to stop); returns the superseded runs. The jobs are stopped by a
+/// statement of its own (not a CTE of this one, whose snapshot a concurrent claim could slip past).
 async fn supersede(conn: &mut PgConnection, key: &str) -> Result<Vec<i64>> {
     let runs: Vec<i64> = sqlx::query_scalar(
         "UPDATE roundhouse_pipelines SET state = 'superseded', finished_at = now()
@@ -416,21 +415,23 @@ async fn supersede(conn: &mut PgConnection, key: &str) -> Result<Vec<i64>> {
     Ok(runs)
 }
 
+/// Stops a run's jobs in one statement: queued ones are cancelled, running ones asked to stop. A
+/// step being claimed meanwhile is waited for and re-checked on its new version (READ COMMITTED),
+/// so it gets the cancel request as `running`.
 async fn stop_pipeline_jobs(conn: &mut PgConnection, pipeline: i64, reason: &str) -> Result<()> {
     sqlx::query(
-        "UPDATE roundhouse_jobs SET state = 'cancelled', finished_at = now(), last_error = $2
-         WHERE pipeline_id = $1 AND state IN ('pending', 'scheduled', 'available')",
+        "UPDATE roundhouse_jobs SET
+             state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+             finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+             last_error = CASE WHEN state = 'running' THEN last_error ELSE $2 END,
+             cancel_requested = cancel_requested OR state = 'running'
+         WHERE pipeline_id = $1 AND state IN ('pending', 'scheduled', 'available', 'running')",
     )
     .bind(pipeline)
     .bind(reason)
     .execute(&mut *conn)
     .await
     .map_err(err)?;
-    sqlx::query("UPDATE roundhouse_jobs SET cancel_requested = true WHERE pipeline_id = $1 AND state = 'running'")
-        .bind(pipeline)
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
     Ok(())
 }
 
