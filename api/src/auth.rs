@@ -178,6 +178,15 @@ impl Principal {
         Ok(role)
     }
 
+    /// [`require`](Self::require) for an object found by id: a caller who cannot even read the
+    /// object's project gets `404` as for a missing id, so ids do not reveal other projects' objects.
+    pub fn require_on(&self, permission: Permission, project: &str, what: &str) -> Result<Role, ApiError> {
+        if !self.sees(project) {
+            return Err(ApiError::NotFound(format!("{what} does not exist")));
+        }
+        self.require(permission, Some(project))
+    }
+
     /// Whether the caller holds `permission` on at least one project (or platform-wide).
     pub fn holds_anywhere(&self, permission: Permission) -> bool {
         self.bindings.iter().any(|b| {

@@ -561,7 +561,7 @@ pub async fn list_deliveries(
 #[utoipa::path(get, path = "/v1/releases/{id}", tag = "releases", responses((status = 200, body = Release)))]
 pub async fn get_release(State(state): State<AppState>, principal: Principal, Path(id): Path<i64>) -> Answer<Release> {
     let release = state.store.release(id).await?;
-    principal.require(Permission::Read, Some(&release.project))?;
+    principal.require_on(Permission::Read, &release.project, &format!("release {id}"))?;
     Ok(Json(release))
 }
 
@@ -679,7 +679,7 @@ pub async fn get_deployment(
     Path(id): Path<i64>,
 ) -> Answer<Deployment> {
     let deployment = state.store.deployment(id).await?;
-    principal.require(Permission::Read, Some(&deployment.project))?;
+    principal.require_on(Permission::Read, &deployment.project, &format!("deployment {id}"))?;
     Ok(Json(deployment))
 }
 

@@ -352,7 +352,7 @@ async fn job(
     Path(id): Path<i64>,
 ) -> Result<Json<enclii_queue::JobRecord>, ApiError> {
     let job = find_job(&state, id).await?;
-    principal.require(Permission::Read, Some(&job.project))?;
+    principal.require_on(Permission::Read, &job.project, &format!("job {id}"))?;
     Ok(Json(job))
 }
 
@@ -363,7 +363,7 @@ async fn cancel(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let job = find_job(&state, id).await?;
-    principal.require(Permission::Deploy, Some(&job.project))?;
+    principal.require_on(Permission::Deploy, &job.project, &format!("job {id}"))?;
     let outcome = match state.backend.cancel(id).await? {
         CancelOutcome::Cancelled => json!({"id": id, "result": "cancelled"}),
         CancelOutcome::Requested => json!({"id": id, "result": "cancel_requested"}),
@@ -380,7 +380,7 @@ async fn retry(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let job = find_job(&state, id).await?;
-    principal.require(Permission::Deploy, Some(&job.project))?;
+    principal.require_on(Permission::Deploy, &job.project, &format!("job {id}"))?;
     state.backend.retry(id).await?;
     audit_queue(&state, &principal, "job.retry", id.to_string(), &job.project).await;
     Ok(Json(json!({"id": id, "result": "available"})))
@@ -402,7 +402,7 @@ async fn pipeline(
     Path(id): Path<i64>,
 ) -> Result<Json<enclii_queue::PipelineRecord>, ApiError> {
     let pipeline = find_pipeline(&state, id).await?;
-    principal.require(Permission::Read, Some(&pipeline.project))?;
+    principal.require_on(Permission::Read, &pipeline.project, &format!("pipeline {id}"))?;
     Ok(Json(pipeline))
 }
 
@@ -414,7 +414,7 @@ async fn cancel_pipeline(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let pipeline = find_pipeline(&state, id).await?;
-    principal.require(Permission::Deploy, Some(&pipeline.project))?;
+    principal.require_on(Permission::Deploy, &pipeline.project, &format!("pipeline {id}"))?;
     let mut cancelled = Vec::new();
     for step in pipeline.steps.iter().filter(|s| !s.state.is_terminal()) {
         if !matches!(state.backend.cancel(step.job).await?, CancelOutcome::AlreadyFinished(_)) {

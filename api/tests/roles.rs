@@ -20,6 +20,9 @@ enum Access {
     Project(Permission),
     /// `permission` platform-wide: only `*` bindings grant it.
     Platform(Permission),
+    /// `permission` on the project of an object found by id: callers who cannot read that project
+    /// get `404`, as for a missing id.
+    ById(Permission),
 }
 
 struct Case {
@@ -170,13 +173,7 @@ fn cases() -> Vec<Case> {
             None,
             Project(Read),
         ),
-        case(
-            "GET",
-            "/v1/releases/{release}",
-            "/v1/releases/{id}",
-            None,
-            Project(Read),
-        ),
+        case("GET", "/v1/releases/{release}", "/v1/releases/{id}", None, ById(Read)),
         case(
             "POST",
             "/v1/projects/shop/services/api/deployments",
@@ -196,7 +193,7 @@ fn cases() -> Vec<Case> {
             "/v1/deployments/{deployment}",
             "/v1/deployments/{id}",
             None,
-            Project(Read),
+            ById(Read),
         ),
         case(
             "POST",
@@ -315,34 +312,34 @@ fn cases() -> Vec<Case> {
             Some(r#"{"kind":"ping","project":"shop"}"#),
             Project(Govern),
         ),
-        case("GET", "/v1/jobs/{job}", "/v1/jobs/{id}", None, Project(Read)),
+        case("GET", "/v1/jobs/{job}", "/v1/jobs/{id}", None, ById(Read)),
         case(
             "POST",
             "/v1/jobs/{job}/cancel",
             "/v1/jobs/{id}/cancel",
             None,
-            Project(Deploy),
+            ById(Deploy),
         ),
         case(
             "POST",
             "/v1/jobs/{job}/retry",
             "/v1/jobs/{id}/retry",
             None,
-            Project(Deploy),
+            ById(Deploy),
         ),
         case(
             "GET",
             "/v1/pipelines/{pipeline}",
             "/v1/pipelines/{id}",
             None,
-            Project(Read),
+            ById(Read),
         ),
         case(
             "POST",
             "/v1/pipelines/{pipeline}/cancel",
             "/v1/pipelines/{id}/cancel",
             None,
-            Project(Deploy),
+            ById(Deploy),
         ),
         case("GET", "/v1/queue/stats", "/v1/queue/stats", None, Platform(Read)),
         case(
@@ -372,7 +369,7 @@ const UNAUTHENTICATED: [(&str, &str); 2] = [
 fn allowed(role: Option<Role>, bound_on: &str, access: Access) -> bool {
     match (role, access) {
         (_, Anyone) => true,
-        (Some(role), Project(permission)) => role.allows(permission),
+        (Some(role), Project(permission) | ById(permission)) => role.allows(permission),
         (Some(role), Platform(permission)) => bound_on == "*" && role.allows(permission),
         (None, _) => false,
     }
@@ -463,8 +460,11 @@ async fn run_matrix(role: Option<Role>, bound_on: &str) {
         let body = case.body.map(|b| fill(b, &f, &token_id));
         let r = t.call(&token, case.method, &uri, body.as_deref()).await;
         let expect = allowed(role, bound_on, case.access);
+        let hidden = matches!(case.access, ById(_)) && role.is_none();
         let ok = if expect {
             r.status != StatusCode::FORBIDDEN && r.status != StatusCode::UNAUTHORIZED
+        } else if hidden {
+            r.status == StatusCode::NOT_FOUND
         } else {
             r.status == StatusCode::FORBIDDEN
                 && r.content_type == "application/problem+json"
@@ -475,7 +475,13 @@ async fn run_matrix(role: Option<Role>, bound_on: &str) {
                 "{} {uri} ({:?}): expected {}, got {r:?}",
                 case.method,
                 case.access,
-                if expect { "allowed" } else { "403" }
+                if expect {
+                    "allowed"
+                } else if hidden {
+                    "404"
+                } else {
+                    "403"
+                }
             ));
         }
     }
