@@ -15,7 +15,6 @@
 //! | `project.delete`                 |   ✓   |       |           |          |
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -370,9 +369,6 @@ impl FromRequestParts<AppState> for Principal {
         state.auth.authenticate(&state.store, header).await
     }
 }
-
-/// Shared handle for the state.
-pub type SharedAuthenticator = Arc<Authenticator>;
 
 #[cfg(test)]
 mod tests {

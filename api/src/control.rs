@@ -391,7 +391,7 @@ pub async fn spec_versions(
         versions
             .into_iter()
             .map(|version| SpecVersionView {
-                spec: serde_json::from_str(&version.spec).unwrap_or_default(),
+                spec: version.spec_json(),
                 version,
             })
             .collect(),
@@ -527,11 +527,10 @@ pub async fn list_pipelines(
         .store
         .list_releases(&project, None, paging.limit.unwrap_or(20).min(100))
         .await?;
-    let queue = state.store.queue();
     let mut runs = Vec::with_capacity(releases.len());
     for release in releases {
         let pipeline = match release.pipeline_id {
-            Some(id) => queue.pipeline(id).await?.map(|p| json!(p)),
+            Some(id) => state.backend.pipeline(id).await?.map(|p| json!(p)),
             None => None,
         };
         runs.push(PipelineSummary { release, pipeline });

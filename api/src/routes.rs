@@ -29,7 +29,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) store: Arc<Store>,
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     metrics: PrometheusHandle,
     gauges: Arc<DepthGauges>,
     pub(crate) auth: Arc<Authenticator>,

@@ -55,9 +55,14 @@ pub struct Service {
     pub updated_at: i64,
 }
 
+/// A stored spec document as JSON (`null` if the row holds something unreadable).
+fn spec_document(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
 impl Service {
     pub fn spec_json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.spec).unwrap_or(serde_json::Value::Null)
+        spec_document(&self.spec)
     }
 }
 
@@ -68,6 +73,12 @@ pub struct SpecVersion {
     pub spec: String,
     pub created_at: i64,
     pub created_by: String,
+}
+
+impl SpecVersion {
+    pub fn spec_json(&self) -> serde_json::Value {
+        spec_document(&self.spec)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
