@@ -10,8 +10,8 @@ use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat, validate_environment_name, validate_hostname, validate_slug};
 use enclii_store::{
     AuditEvent, AuditFilter, BuildTrigger, Delivery, Deployment, DeploymentRequest, Environment, EnvironmentChange,
-    NewRoute, Project, Release, RoleBinding, Route, SecretMeta, SecretScope, Service, ServiceDraft, SpecVersion,
-    TokenRecord,
+    NewRoute, Project, Release, ReleaseStep, RoleBinding, Route, SecretMeta, SecretScope, Service, ServiceDraft,
+    SpecVersion, TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -557,11 +557,24 @@ pub async fn list_deliveries(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/releases/{id}", tag = "releases", responses((status = 200, body = Release)))]
-pub async fn get_release(State(state): State<AppState>, principal: Principal, Path(id): Path<i64>) -> Answer<Release> {
+/// A release with its provenance: the pipeline's steps, their timings, failures and archived logs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseDetail {
+    #[serde(flatten)]
+    release: Release,
+    steps: Vec<ReleaseStep>,
+}
+
+#[utoipa::path(get, path = "/v1/releases/{id}", tag = "releases", responses((status = 200, body = ReleaseDetail)))]
+pub async fn get_release(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Answer<ReleaseDetail> {
     let release = state.store.release(id).await?;
     principal.require_on(Permission::Read, &release.project, &format!("release {id}"))?;
-    Ok(Json(release))
+    let steps = state.store.release_steps(id).await?;
+    Ok(Json(ReleaseDetail { release, steps }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

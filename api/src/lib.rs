@@ -10,6 +10,7 @@
 pub mod auth;
 mod control;
 mod error;
+mod logs;
 pub mod metrics;
 mod routes;
 mod webhooks;

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::{Authenticator, Permission, Principal, RateLimit};
 use crate::error::ApiError;
 use crate::metrics::DepthGauges;
-use crate::{control, webhooks};
+use crate::{control, logs, webhooks};
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -145,6 +145,8 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::github))
         .routes(routes!(enqueue))
         .routes(routes!(job))
+        .routes(routes!(logs::job_log))
+        .routes(routes!(logs::job_log_stream))
         .routes(routes!(cancel))
         .routes(routes!(retry))
         .routes(routes!(pipeline))
@@ -429,6 +431,16 @@ async fn cancel_pipeline(
         diff: json!({"steps": cancelled}),
     };
     state.store.audit(&principal.subject, change).await?;
+    // The release the run was building ends here too (a finished release is left alone).
+    if let Ok(release) = state.store.release_for_pipeline(id).await
+        && release.status == enclii_store::release_status::BUILDING
+    {
+        let outcome = enclii_store::ReleaseOutcome {
+            failure: Some(format!("cancelled by {}", principal.subject)),
+            ..Default::default()
+        };
+        let _ = state.store.finish_release(release.id, &outcome).await;
+    }
     Ok(Json(json!({"id": id, "cancelled_steps": cancelled})))
 }
 

@@ -313,6 +313,14 @@ fn cases() -> Vec<Case> {
             Project(Govern),
         ),
         case("GET", "/v1/jobs/{job}", "/v1/jobs/{id}", None, ById(Read)),
+        case("GET", "/v1/jobs/{job}/logs", "/v1/jobs/{id}/logs", None, ById(Read)),
+        case(
+            "GET",
+            "/v1/jobs/{job}/logs/stream",
+            "/v1/jobs/{id}/logs/stream",
+            None,
+            ById(Read),
+        ),
         case(
             "POST",
             "/v1/jobs/{job}/cancel",

@@ -1,5 +1,6 @@
 //! `enclii`: runs the platform (`enclii server`) and, as later issues land, talks to it.
 
+mod build;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the platform: API, worker pool and scheduler (or some of them, with --role).
     Server(server::ServerArgs),
+    /// Check an image's cosign signature in its registry (exit 10 when unsigned or not verified).
+    Verify(build::VerifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,11 +31,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(args).await.map(|()| 0),
+            Command::Verify(args) => {
+                enclii_signing::install_crypto_provider();
+                build::verify(args).await
+            }
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

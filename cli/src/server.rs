@@ -88,6 +88,8 @@ pub struct ServerArgs {
     /// format `enclii_pat_<12 chars>_<43 chars>`). Only used while nobody holds a role.
     #[arg(long, env = "ENCLII_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
+    #[command(flatten)]
+    build: crate::build::BuildArgs,
 }
 
 impl ServerArgs {
@@ -156,7 +158,7 @@ impl ServerArgs {
 }
 
 /// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -208,12 +210,25 @@ fn init_logging(json: bool) {
     }
 }
 
-/// The job handlers compiled into this binary. Build, deploy and the other pipeline kinds land
-/// with their issues; until a worker has a handler for a kind, its jobs wait in the queue.
-fn registry() -> Registry {
+/// The job handlers this process runs: `ping` always; the build steps when a registry and an
+/// artefact bucket are configured. Deploy and the other kinds land with their issues; until a
+/// worker has a handler for a kind, its jobs wait in the queue.
+async fn registry(args: &ServerArgs, store: &Arc<Store>) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
     registry.register_typed::<enclii_domain::jobs::Ping, _>(PingHandler);
-    registry
+    match args.build.config(args.data_dir()?)? {
+        Some(config) => {
+            let steps = enclii_build::BuildSteps::new(store.clone(), config)
+                .await
+                .map_err(|e| anyhow::anyhow!("build steps: {e}"))?;
+            enclii_build::register(&mut registry, Arc::new(steps));
+            info!("build steps enabled (clone, build, push, sbom, sign)");
+        }
+        None => info!(
+            "build steps disabled: set ENCLII_REGISTRY and ENCLII_S3_BUCKET to run clone, build, push, sbom and sign jobs here"
+        ),
+    }
+    Ok(registry)
 }
 
 struct PingHandler;
@@ -232,6 +247,7 @@ impl enclii_worker::TypedHandler<enclii_domain::jobs::Ping> for PingHandler {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
+    enclii_signing::install_crypto_provider();
     let metrics = enclii_api::metrics::install();
     let (url, described) = args.database_url()?;
     let store = Store::open(StoreConfig {
@@ -296,7 +312,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
             ..WorkerConfig::with_concurrency(args.concurrency)
         };
-        let worker = Worker::new(backend.clone(), registry(), config);
+        let worker = Worker::new(backend.clone(), registry(&args, &store).await?, config);
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }

@@ -1,81 +1,11 @@
 //! The `enclii server` binary as users run it: embedded default, HTTP, graceful SIGTERM, bad config.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-fn data_dir() -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::env::temp_dir().join(format!("enclii_cli_test_{}_{nanos}", std::process::id()))
-}
+use std::process::Command;
+use std::time::Duration;
 
-/// The bootstrap Owner token the test servers are started with.
-const TOKEN: &str = "enclii_pat_testtoken000_0123456789abcdefghijABCDEFGHIJ0123456789abc";
-
-/// Starts the server on a free port and returns it with its address.
-fn start(args: &[&str]) -> (Child, String) {
-    let listen: &[&str] = if args.contains(&"--role") {
-        &[]
-    } else {
-        &["--listen", "127.0.0.1:0"]
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_enclii"))
-        .arg("server")
-        .args(listen)
-        .args(args)
-        .env_remove("ENCLII_DATABASE_URL")
-        .env_remove("ENCLII_REDIS_URL")
-        .env("ENCLII_BOOTSTRAP_TOKEN", TOKEN)
-        .env("ENCLII_RATE_LIMIT_BURST", "100000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("enclii listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, addr)
-}
-
-/// A minimal HTTP/1.1 client: returns (status, body).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn wait_exit(child: &mut Child, patience: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
+use support::*;
 
 #[test]
 fn the_embedded_default_runs_a_job_and_stops_gracefully_on_sigterm() {

@@ -313,6 +313,44 @@ impl Store {
     pub async fn finish_release(&self, id: i64, outcome: &ReleaseOutcome) -> Result<Release> {
         write!(self, |conn, ops, _jobs| ops::finish_release(conn, id, outcome).await)
     }
+    pub async fn release_for_pipeline(&self, pipeline_id: i64) -> Result<Release> {
+        read!(self, |conn, ops| ops::release_for_pipeline(conn, pipeline_id).await)
+    }
+    /// Records a build artefact; see [`Artefact`].
+    pub async fn record_artefact(&self, id: i64, artefact: &Artefact) -> Result<Release> {
+        write!(self, |conn, ops, _jobs| ops::record_artefact(conn, id, artefact).await)
+    }
+    pub async fn start_release_step(&self, release_id: i64, step: &str, job_id: i64, attempt: i32) -> Result<()> {
+        write!(self, |conn, ops, _jobs| ops::start_release_step(
+            conn, release_id, step, job_id, attempt
+        )
+        .await)
+    }
+    pub async fn finish_release_step(
+        &self,
+        release_id: i64,
+        step: &str,
+        status: &str,
+        detail: Option<&str>,
+        log_uri: Option<&str>,
+    ) -> Result<()> {
+        write!(self, |conn, ops, _jobs| ops::finish_release_step(
+            conn, release_id, step, status, detail, log_uri
+        )
+        .await)
+    }
+    pub async fn release_steps(&self, release_id: i64) -> Result<Vec<ReleaseStep>> {
+        read!(self, |conn, ops| ops::release_steps(conn, release_id).await)
+    }
+    pub async fn last_log_seq(&self, job_id: i64) -> Result<i64> {
+        read!(self, |conn, ops| ops::last_log_seq(conn, job_id).await)
+    }
+    pub async fn append_log(&self, lines: &[LogLine]) -> Result<()> {
+        write!(self, |conn, ops, _jobs| ops::append_log(conn, lines).await)
+    }
+    pub async fn read_log(&self, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
+        read!(self, |conn, ops| ops::read_log(conn, job_id, after_seq, limit).await)
+    }
     pub async fn create_deployment(&self, actor: &str, request: &DeploymentRequest) -> Result<Deployment> {
         write!(self, |conn, ops, jobs| ops::create_deployment(
             conn, &jobs, actor, request

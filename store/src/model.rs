@@ -100,6 +100,8 @@ pub struct Release {
     pub pipeline_id: Option<i64>,
     /// What started the build: `push`, `pull_request`, `api`.
     pub trigger: String,
+    /// What built the image (provenance), e.g. `docker-buildkit 20.10.24`.
+    pub builder: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -355,6 +357,57 @@ pub struct Change<'a> {
     pub entity: String,
     pub project: Option<&'a str>,
     pub diff: serde_json::Value,
+}
+
+/// One step of a release's pipeline (`clone`, `build`, `push`, `sbom`, `sign`): when it ran, how it
+/// ended and where its log is archived — the release's step timings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ReleaseStep {
+    pub release_id: i64,
+    pub step: String,
+    pub job_id: i64,
+    pub attempt: i32,
+    /// `running`, `succeeded`, `failed`.
+    pub status: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// The failure (or a short result, such as the digest) of the step.
+    pub detail: Option<String>,
+    /// Where the step's whole log was archived when it ended (`s3://bucket/key`).
+    pub log_uri: Option<String>,
+}
+
+pub mod step_status {
+    pub const RUNNING: &str = "running";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+}
+
+/// One line of a job's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct LogLine {
+    pub job_id: i64,
+    /// 1-based, increasing across the job's attempts.
+    pub seq: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub line: String,
+}
+
+/// A build artefact recorded on a release as its step finishes. The release becomes `ready` when
+/// the last of digest, SBOM and signature arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Artefact {
+    /// From `push`: the image digest (`sha256:…`), the pushed reference and the builder.
+    Image {
+        digest: String,
+        image: String,
+        builder: String,
+    },
+    /// From `sbom`: where the CycloneDX document is stored.
+    Sbom { uri: String },
+    /// From `sign`: the signature's reference in the registry.
+    Signature { reference: String },
 }
 
 /// How a release's pipeline ended, as its build workers report it.

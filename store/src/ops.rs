@@ -559,6 +559,161 @@ pub async fn finish_release(conn: &mut Conn, id: i64, outcome: &ReleaseOutcome) 
     .ok_or_else(|| StoreError::Conflict(format!("release {id} finished concurrently; a finished release is immutable")))
 }
 
+/// The release a pipeline run builds.
+pub async fn release_for_pipeline(conn: &mut Conn, pipeline_id: i64) -> Result<Release> {
+    sqlx::query_as::<_, Release>("SELECT * FROM releases WHERE pipeline_id = $1 ORDER BY id DESC LIMIT 1")
+        .bind(pipeline_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no release is built by pipeline {pipeline_id}")))
+}
+
+/// Records an artefact of a building release; the statement that brings the last of digest, SBOM
+/// and signature also makes the release `ready` (one statement, so two steps finishing together
+/// cannot both miss each other). A release that is no longer building is left alone.
+pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> Result<Release> {
+    let updated = match artefact {
+        Artefact::Image { digest, image, builder } => {
+            sqlx::query_as::<_, Release>(
+                "UPDATE releases SET digest = $2, image = $3, builder = $4, updated_at = $5,
+                     status = CASE WHEN sbom_uri IS NOT NULL AND signature IS NOT NULL THEN 'ready' ELSE status END
+                 WHERE id = $1 AND status = 'building' RETURNING *",
+            )
+            .bind(id)
+            .bind(digest)
+            .bind(image)
+            .bind(builder)
+            .bind(now_ms())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Artefact::Sbom { uri } => {
+            sqlx::query_as::<_, Release>(
+                "UPDATE releases SET sbom_uri = $2, updated_at = $3,
+                     status = CASE WHEN signature IS NOT NULL THEN 'ready' ELSE status END
+                 WHERE id = $1 AND status = 'building' AND digest IS NOT NULL RETURNING *",
+            )
+            .bind(id)
+            .bind(uri)
+            .bind(now_ms())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Artefact::Signature { reference } => {
+            sqlx::query_as::<_, Release>(
+                "UPDATE releases SET signature = $2, updated_at = $3,
+                     status = CASE WHEN sbom_uri IS NOT NULL THEN 'ready' ELSE status END
+                 WHERE id = $1 AND status = 'building' AND digest IS NOT NULL RETURNING *",
+            )
+            .bind(id)
+            .bind(reference)
+            .bind(now_ms())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    match updated {
+        Some(release) => Ok(release),
+        None => {
+            let release = get_release(conn, id).await?;
+            Err(StoreError::Conflict(format!(
+                "release {id} is {} (digest {}); artefacts are recorded only while it is building, after its image is pushed",
+                release.status,
+                release.digest.as_deref().unwrap_or("not yet known")
+            )))
+        }
+    }
+}
+
+/// Starts (or restarts, on a later attempt) a release's pipeline step.
+pub async fn start_release_step(conn: &mut Conn, release_id: i64, step: &str, job_id: i64, attempt: i32) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO release_steps (release_id, step, job_id, attempt, status, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (release_id, step) DO UPDATE SET job_id = $3, attempt = $4, status = $5, started_at = $6,
+             finished_at = NULL, detail = NULL, log_uri = NULL",
+    )
+    .bind(release_id)
+    .bind(step)
+    .bind(job_id)
+    .bind(attempt)
+    .bind(step_status::RUNNING)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends a release's pipeline step with its status, detail and archived log.
+pub async fn finish_release_step(
+    conn: &mut Conn,
+    release_id: i64,
+    step: &str,
+    status: &str,
+    detail: Option<&str>,
+    log_uri: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE release_steps SET status = $3, finished_at = $4, detail = $5, log_uri = $6
+         WHERE release_id = $1 AND step = $2",
+    )
+    .bind(release_id)
+    .bind(step)
+    .bind(status)
+    .bind(now_ms())
+    .bind(detail)
+    .bind(log_uri)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn release_steps(conn: &mut Conn, release_id: i64) -> Result<Vec<ReleaseStep>> {
+    Ok(
+        sqlx::query_as::<_, ReleaseStep>("SELECT * FROM release_steps WHERE release_id = $1 ORDER BY started_at, step")
+            .bind(release_id)
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+// --- job logs -------------------------------------------------------------------------------------
+
+/// The last sequence number of a job's log (0 when it has none).
+pub async fn last_log_seq(conn: &mut Conn, job_id: i64) -> Result<i64> {
+    let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM job_logs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Appends lines (numbered by the caller, who holds the job's lease) in one statement.
+pub async fn append_log(conn: &mut Conn, lines: &[LogLine]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut builder = sqlx::QueryBuilder::new("INSERT INTO job_logs (job_id, seq, at, line) ");
+    builder.push_values(lines, |mut row, line| {
+        row.push_bind(line.job_id).push_bind(line.seq).push_bind(line.at).push_bind(&line.line);
+    });
+    builder.push(" ON CONFLICT (job_id, seq) DO NOTHING");
+    builder.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Lines of a job's log after `after_seq`, oldest first.
+pub async fn read_log(conn: &mut Conn, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
+    Ok(sqlx::query_as::<_, LogLine>(
+        "SELECT * FROM job_logs WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(job_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 // --- deployments --------------------------------------------------------------------------------
 
 pub async fn create_deployment(

@@ -148,6 +148,15 @@ impl TestApi {
         let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let content_type = header("content-type").unwrap_or_default();
         let retry_after = header("retry-after");
+        if content_type.starts_with("text/event-stream") {
+            // A live stream may never end; callers that want its events read them themselves.
+            return Response {
+                status,
+                content_type,
+                retry_after,
+                body: Value::Null,
+            };
+        }
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         Response {

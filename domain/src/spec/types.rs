@@ -81,6 +81,13 @@ pub struct Build {
     pub dockerfile: String,
     #[serde(default = "default_context")]
     pub context: String,
+    /// Build arguments (`ARG`), visible in the image's history: never put secrets here.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub args: std::collections::BTreeMap<String, String>,
+    /// Lockbox secrets mounted for `RUN --mount=type=secret,id=NAME`; never stored in the image
+    /// or printed in the build log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 fn default_dockerfile() -> String {
@@ -97,6 +104,8 @@ impl Default for Build {
             build_type: BuildType::Dockerfile,
             dockerfile: default_dockerfile(),
             context: default_context(),
+            args: Default::default(),
+            secrets: Vec::new(),
         }
     }
 }

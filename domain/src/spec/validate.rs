@@ -123,6 +123,12 @@ fn spec(c: &mut Checker, s: &Spec) {
     c.field("build", |c| {
         c.check("dockerfile", rules::validate_repo_relative_path(&s.build.dockerfile));
         c.check("context", rules::validate_repo_relative_path(&s.build.context));
+        for name in s.build.args.keys() {
+            c.check(&format!("args.{name}"), rules::validate_env_name(name));
+        }
+        for (i, name) in s.build.secrets.iter().enumerate() {
+            c.check(&format!("secrets[{i}]"), rules::validate_env_name(name));
+        }
     });
     if let Some(source) = &s.source {
         c.field("source.git", |c| {

@@ -1,0 +1,578 @@
+//! The job handlers of the build steps, and what every step does around its work: find the
+//! release, record the step's start and end, keep its log, archive the log, and on the last failed
+//! attempt fail the release with the step's message.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use enclii_domain::jobs;
+use enclii_domain::spec::{BuildType, ServiceSpec};
+use enclii_signing::{Secret, SigningKey};
+use enclii_store::{Artefact, Release, ReleaseOutcome, SecretScope, Store, release_status, step_status};
+use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
+
+use crate::workspace::{Workspace, contained};
+use crate::{ArtefactStore, BuildConfig, JobLog, StepError, detect, docker, git, lockfiles, sbom};
+
+/// The build steps' shared state: one per worker process.
+pub struct BuildSteps {
+    store: Arc<Store>,
+    config: BuildConfig,
+    artefacts: ArtefactStore,
+    docker: Docker,
+}
+
+/// Registers the `clone`, `build`, `push`, `sbom` and `sign` handlers.
+pub fn register(registry: &mut Registry, steps: Arc<BuildSteps>) {
+    registry
+        .register_typed::<jobs::Clone, _>(Steps(steps.clone()))
+        .register_typed::<jobs::Build, _>(Steps(steps.clone()))
+        .register_typed::<jobs::Push, _>(Steps(steps.clone()))
+        .register_typed::<jobs::Sbom, _>(Steps(steps.clone()))
+        .register_typed::<jobs::Sign, _>(Steps(steps));
+}
+
+struct Steps(Arc<BuildSteps>);
+
+/// Sets the flag when dropped: a blocking git transfer stops when its job's future goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn source_key(release: &Release) -> String {
+    format!(
+        "sources/{}/{}/{}-{}.tar.gz",
+        release.project, release.service, release.id, release.git_sha
+    )
+}
+
+/// `host/repo:tag` pinned to `digest`: `host/repo@sha256:…`.
+fn pinned(reference: &str, digest: &str) -> String {
+    format!("{}@{digest}", docker::split_tag(reference).0)
+}
+
+impl BuildSteps {
+    /// Connects to the artefact store (creating its bucket) and the Docker engine.
+    pub async fn new(store: Arc<Store>, config: BuildConfig) -> Result<Self, StepError> {
+        let artefacts = ArtefactStore::connect(&config.s3).await?;
+        let docker = docker::connect(&config)?;
+        std::fs::create_dir_all(&config.workspace_root).map_err(|e| {
+            StepError::fatal(format!(
+                "cannot create the build workspace root {}: {e}",
+                config.workspace_root.display()
+            ))
+        })?;
+        Ok(BuildSteps {
+            store,
+            config,
+            artefacts,
+            docker,
+        })
+    }
+
+    pub fn artefacts(&self) -> &ArtefactStore {
+        &self.artefacts
+    }
+
+    /// Runs one step of a release's pipeline around `work`, which returns the step's detail.
+    async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, work: F) -> Result<(), JobError>
+    where
+        F: FnOnce(Release, JobLog) -> Fut,
+        Fut: Future<Output = Result<String, StepError>>,
+    {
+        let job = &ctx.job;
+        let Some(pipeline) = job.pipeline else {
+            return Err(JobError::abort(format!(
+                "a `{step}` job runs as a step of a release's pipeline; build a commit (POST /v1/projects/{{p}}/services/{{s}}/releases) instead of enqueueing it alone"
+            )));
+        };
+        let release = self
+            .store
+            .release_for_pipeline(pipeline)
+            .await
+            .map_err(|e| StepError::from(e).into_job_error())?;
+        if release.status != release_status::BUILDING {
+            tracing::info!(release = release.id, status = %release.status, step, "release no longer building; step skipped");
+            return Ok(());
+        }
+        let attempt = job.attempt as i32;
+        self.store
+            .start_release_step(release.id, step, job.id, attempt)
+            .await
+            .map_err(|e| StepError::from(e).into_job_error())?;
+        let writer = JobLog::open(self.store.clone(), job.id, Vec::new()).await;
+        let log = writer.log().clone();
+        log.line(format!(
+            "== {step} · release {} of {}/{} at {} · attempt {}/{}",
+            release.id, release.project, release.service, release.git_sha, job.attempt, job.policy.max_attempts
+        ));
+        let started = Instant::now();
+        let result = work(release.clone(), log.clone()).await;
+        match &result {
+            Ok(detail) => log.line(format!(
+                "== {step} done in {} ms: {detail}",
+                started.elapsed().as_millis()
+            )),
+            Err(e) => log.line(format!(
+                "== {step} failed after {} ms: {}",
+                started.elapsed().as_millis(),
+                e.message
+            )),
+        }
+        drop(log);
+        let text = writer.finish().await;
+        let key = format!(
+            "logs/{}/{}/{step}-job{}-attempt{}.log",
+            release.project, release.id, job.id, job.attempt
+        );
+        let log_uri = match self
+            .artefacts
+            .put(&key, text.into_bytes(), "text/plain; charset=utf-8")
+            .await
+        {
+            Ok(uri) => Some(uri),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not archive a step log (its lines stay in the database)");
+                None
+            }
+        };
+        let (status, detail) = match &result {
+            Ok(detail) => (step_status::SUCCEEDED, detail.as_str()),
+            Err(e) => (step_status::FAILED, e.message.as_str()),
+        };
+        self.store
+            .finish_release_step(release.id, step, status, Some(detail), log_uri.as_deref())
+            .await
+            .map_err(|e| StepError::from(e).into_job_error())?;
+        let Err(error) = result else { return Ok(()) };
+        if !error.retryable || job.attempt >= job.policy.max_attempts {
+            let outcome = ReleaseOutcome {
+                failure: Some(error.message.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = self.store.finish_release(release.id, &outcome).await {
+                tracing::warn!(release = release.id, error = %e, "could not mark the release failed");
+            }
+        }
+        Err(error.into_job_error())
+    }
+
+    /// A Lockbox secret for the release's service, from the narrowest scope that has it.
+    async fn secret(&self, release: &Release, name: &str) -> Result<Option<Secret>, StepError> {
+        let scope = |environment: Option<&str>, service: Option<&str>| SecretScope {
+            project: release.project.clone(),
+            environment: environment.map(str::to_string),
+            service: service.map(str::to_string),
+        };
+        let env = Some(release.environment.as_str());
+        let service = Some(release.service.as_str());
+        for scope in [
+            scope(env, service),
+            scope(None, service),
+            scope(env, None),
+            scope(None, None),
+        ] {
+            if let Some(value) = self.store.reveal_secret(&scope, name).await? {
+                let value = String::from_utf8(value)
+                    .map_err(|_| StepError::fatal(format!("secret {name} is not UTF-8 text; set it again as text")))?;
+                return Ok(Some(Secret::new(value)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn spec(&self, release: &Release) -> Result<ServiceSpec, StepError> {
+        let service = self.store.service(&release.project, &release.service).await?;
+        serde_json::from_value(service.spec_json()).map_err(|e| {
+            StepError::fatal(format!(
+                "the service's stored spec is unreadable ({e}); apply the Service Spec again"
+            ))
+        })
+    }
+
+    async fn unpack_source(&self, release: &Release, into: &Path) -> Result<PathBuf, StepError> {
+        let archive = self.artefacts.get(&source_key(release)).await?;
+        let dir = into.join("src");
+        std::fs::create_dir_all(&dir).map_err(|e| StepError::transient(format!("workspace: {e}")))?;
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || git::unpack(&archive, &target))
+            .await
+            .map_err(|e| StepError::transient(format!("unpacking the source: {e}")))??;
+        Ok(dir)
+    }
+
+    // --- the steps ---------------------------------------------------------------------------
+
+    async fn clone_commit(
+        &self,
+        job: &jobs::Clone,
+        ctx: &JobContext,
+        release: Release,
+        log: JobLog,
+    ) -> Result<String, StepError> {
+        let token = match self.secret(&release, "GIT_TOKEN").await? {
+            Some(token) => Some(token),
+            None => self.config.git_token.clone(),
+        };
+        if let Some(token) = &token {
+            log.mask(token.expose());
+        }
+        let workspace = Workspace::create(&self.config.workspace_root, ctx.job.id, ctx.job.attempt)?;
+        let dir = workspace.path().join("src");
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _stop_on_drop = CancelOnDrop(cancelled.clone());
+        let (repository, commit, branch) = (job.repository.clone(), job.commit.clone(), job.branch.clone());
+        let schemes = self.config.allowed_git_schemes.clone();
+        let (fetch_log, fetch_dir, flag) = (log.clone(), dir.clone(), cancelled.clone());
+        let mut fetch = tokio::task::spawn_blocking(move || {
+            let request = git::CloneRequest {
+                repository: &repository,
+                commit: &commit,
+                branch: branch.as_deref(),
+                token: token.as_ref().map(|t| t.expose()),
+                allowed_schemes: &schemes,
+            };
+            let sha = git::fetch_commit(&request, &fetch_dir, &fetch_log, flag)?;
+            let archive = git::archive_tree(&fetch_dir)?;
+            Ok::<_, StepError>((sha, archive))
+        });
+        let (sha, archive) = tokio::select! {
+            done = &mut fetch => done.map_err(|e| StepError::transient(format!("clone failed: {e}")))??,
+            _ = tokio::time::sleep(self.config.clone_timeout) => {
+                cancelled.store(true, Ordering::Relaxed);
+                let _ = fetch.await;
+                return Err(StepError::transient(format!(
+                    "clone failed: timed out after {}s fetching {}; is the repository very large or the server slow?",
+                    self.config.clone_timeout.as_secs(), git::redact_url(&job.repository)
+                )));
+            }
+        };
+        let size = archive.len();
+        let uri = self
+            .artefacts
+            .put(&source_key(&release), archive, "application/gzip")
+            .await?;
+        Ok(format!("{sha}: {size} bytes archived to {uri}"))
+    }
+
+    async fn build_image(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<String, StepError> {
+        let workspace = Workspace::create(&self.config.workspace_root, ctx.job.id, ctx.job.attempt)?;
+        let src = self.unpack_source(&release, workspace.path()).await?;
+        let spec = self.spec(&release).await?.spec.build;
+        let context = contained(&src, &spec.context, "build context")?;
+        let detected = match spec.build_type {
+            BuildType::Auto => true,
+            // The default name missing: try detection before failing.
+            BuildType::Dockerfile => spec.dockerfile == "Dockerfile" && !src.join("Dockerfile").exists(),
+        };
+        let (dockerfile, dockerfile_name) = if detected {
+            let (kind, text) = detect::detect_dockerfile(&context).ok_or_else(|| {
+                StepError::fatal(format!(
+                    "build failed: no Dockerfile at `{}` and nothing to detect a build from (Cargo.toml, go.mod or package.json in `{}`); add a Dockerfile or set spec.build.dockerfile",
+                    spec.dockerfile, spec.context
+                ))
+            })?;
+            log.line(format!(
+                "no Dockerfile: detected a {kind} project; building with a generated Dockerfile"
+            ));
+            let path = workspace.path().join("Dockerfile.detected");
+            std::fs::write(&path, &text).map_err(|e| StepError::transient(format!("workspace: {e}")))?;
+            (path, "Dockerfile (generated)".to_string())
+        } else {
+            (
+                contained(&src, &spec.dockerfile, "Dockerfile")?,
+                spec.dockerfile.clone(),
+            )
+        };
+        let dockerfile_text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
+        let secrets = self
+            .build_secrets(&release, &spec.secrets, workspace.path(), &log)
+            .await?;
+        let tag = docker::image_reference(&self.config.registry, &release.image);
+        let iidfile = workspace.path().join("image.id");
+        let cgroup = self.cgroup_parent(&release, &log);
+        let labels = vec![
+            ("org.opencontainers.image.revision".into(), release.git_sha.clone()),
+            (
+                "org.opencontainers.image.source".into(),
+                git::redact_url(&release.repository),
+            ),
+            ("dev.enclii.release".into(), release.id.to_string()),
+        ];
+        let request = docker::BuildRequest {
+            dockerfile: &dockerfile,
+            context: &context,
+            tag: &tag,
+            args: &spec.args,
+            secrets: &secrets,
+            labels,
+            iidfile: &iidfile,
+            dockerfile_name: &dockerfile_name,
+            dockerfile_text: &dockerfile_text,
+            cgroup_parent: cgroup.as_deref(),
+        };
+        log.line(format!("building {tag} with BuildKit on {}", self.config.docker_host));
+        let image_id = docker::build(&self.config, &request, &log, &ctx.cancel).await?;
+        Ok(format!("{tag} ({image_id})"))
+    }
+
+    /// Writes each build secret to a 0600 file in the workspace (removed with it) and masks it.
+    async fn build_secrets(
+        &self,
+        release: &Release,
+        names: &[String],
+        workspace: &Path,
+        log: &JobLog,
+    ) -> Result<Vec<(String, PathBuf)>, StepError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut files = Vec::new();
+        if names.is_empty() {
+            return Ok(files);
+        }
+        let dir = workspace.join("secrets");
+        std::fs::create_dir_all(&dir).map_err(|e| StepError::transient(format!("workspace: {e}")))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        for name in names {
+            let value = self.secret(release, name).await?.ok_or_else(|| {
+                StepError::fatal(format!(
+                    "build failed: build secret {name} is not set; set it with `enclii secrets set {name}=… --service {} --env {}`",
+                    release.service, release.environment
+                ))
+            })?;
+            log.mask(value.expose());
+            let path = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StepError::transient(format!("workspace: {e}")))?;
+            std::io::Write::write_all(&mut file, value.expose().as_bytes())
+                .map_err(|e| StepError::transient(format!("workspace: {e}")))?;
+            files.push((name.clone(), path));
+        }
+        Ok(files)
+    }
+
+    /// A cgroup (v2) limiting the build's `RUN` containers, when limits are configured and this
+    /// machine lets us create one; otherwise the build runs unlimited, which the log says.
+    fn cgroup_parent(&self, release: &Release, log: &JobLog) -> Option<String> {
+        if self.config.build_cpus.is_none() && self.config.build_memory_bytes.is_none() {
+            return None;
+        }
+        let name = format!("enclii-build-{}-{}", release.project, release.service);
+        let dir = Path::new("/sys/fs/cgroup").join(&name);
+        let created = std::fs::create_dir_all(&dir).and_then(|_| {
+            if let Some(cpus) = self.config.build_cpus {
+                std::fs::write(dir.join("cpu.max"), format!("{} 100000", (cpus * 100_000.0) as u64))?;
+            }
+            if let Some(bytes) = self.config.build_memory_bytes {
+                std::fs::write(dir.join("memory.max"), bytes.to_string())?;
+            }
+            Ok(())
+        });
+        match created {
+            Ok(()) => {
+                log.line(format!(
+                    "build limits: {} CPUs, {} MiB (cgroup {name})",
+                    self.config.build_cpus.map_or("unlimited".into(), |c| c.to_string()),
+                    self.config
+                        .build_memory_bytes
+                        .map_or("unlimited".into(), |b| (b >> 20).to_string())
+                ));
+                Some(format!("/{name}"))
+            }
+            Err(e) => {
+                log.line(format!(
+                    "warning: build limits not applied (cannot create cgroup {name}: {e})"
+                ));
+                None
+            }
+        }
+    }
+
+    async fn push_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
+        let reference = docker::image_reference(&self.config.registry, &release.image);
+        log.line(format!("pushing {reference}"));
+        let digest = docker::push(&self.docker, &self.config.registry, &reference, &log).await?;
+        let builder = docker::builder_name(&self.docker).await?;
+        self.store
+            .record_artefact(
+                release.id,
+                &Artefact::Image {
+                    digest: digest.clone(),
+                    image: reference.clone(),
+                    builder,
+                },
+            )
+            .await?;
+        Ok(pinned(&reference, &digest))
+    }
+
+    /// The pushed image pinned by digest, for the steps after `push`.
+    fn pushed(&self, release: &Release) -> Result<(String, String), StepError> {
+        let digest = release
+            .digest
+            .clone()
+            .ok_or_else(|| StepError::transient("the image's digest is not recorded yet (push has not finished)"))?;
+        Ok((pinned(&release.image, &digest), digest))
+    }
+
+    async fn inventory(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<String, StepError> {
+        let (image, digest) = self.pushed(&release)?;
+        let workspace = Workspace::create(&self.config.workspace_root, ctx.job.id, ctx.job.attempt)?;
+        let src = self.unpack_source(&release, workspace.path()).await?;
+        let mut packages = {
+            let src = src.clone();
+            tokio::task::spawn_blocking(move || lockfiles::scan_repository(&src))
+                .await
+                .map_err(|e| StepError::transient(format!("scanning lockfiles: {e}")))?
+        };
+        let lock_count = packages.len();
+        let files = docker::read_image_files(
+            &self.docker,
+            &image,
+            &["/etc/os-release", "/var/lib/dpkg/status", "/lib/apk/db/installed"],
+        )
+        .await?;
+        let distro = files
+            .get("/etc/os-release")
+            .and_then(|f| {
+                String::from_utf8_lossy(f)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ID=").map(|v| v.trim_matches('"').to_string()))
+            })
+            .unwrap_or_else(|| "debian".into());
+        if let Some(status) = files.get("/var/lib/dpkg/status") {
+            packages.extend(lockfiles::dpkg_status(&String::from_utf8_lossy(status), &distro));
+        }
+        if let Some(installed) = files.get("/lib/apk/db/installed") {
+            packages.extend(lockfiles::apk_installed(&String::from_utf8_lossy(installed)));
+        }
+        log.line(format!(
+            "{lock_count} locked dependencies, {} OS packages",
+            packages.len() - lock_count
+        ));
+        let json = sbom::cyclonedx_json(&sbom::Inventory {
+            image: &image,
+            digest: &digest,
+            repository: &git::redact_url(&release.repository),
+            git_sha: &release.git_sha,
+            packages,
+        })
+        .map_err(StepError::fatal)?;
+        let key = format!(
+            "sboms/{}/{}/{}.cdx.json",
+            release.project,
+            release.service,
+            digest.trim_start_matches("sha256:")
+        );
+        let uri = self
+            .artefacts
+            .put(&key, json.clone(), "application/vnd.cyclonedx+json")
+            .await?;
+        let attached = enclii_signing::attach_sbom(&self.config.registry.auth(), &image, &json)
+            .await
+            .map_err(|e| StepError::transient(format!("sbom: attaching to {image}: {e}")))?;
+        log.line(format!("stored {uri}; attached as {attached}"));
+        self.store
+            .record_artefact(release.id, &Artefact::Sbom { uri: uri.clone() })
+            .await?;
+        Ok(uri)
+    }
+
+    async fn sign_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
+        let (image, _) = self.pushed(&release)?;
+        let key = match self.secret(&release, "COSIGN_PRIVATE_KEY").await? {
+            Some(pem) => {
+                let password = self.secret(&release, "COSIGN_PASSWORD").await?;
+                log.line("signing with the project's key (secret COSIGN_PRIVATE_KEY)");
+                SigningKey::from_pem(pem.expose().as_bytes(), password.as_ref()).map_err(|e| {
+                    StepError::fatal(format!(
+                        "sign failed: the project secret COSIGN_PRIVATE_KEY is unusable: {e}"
+                    ))
+                })?
+            }
+            None => self.config.signing_key.clone(),
+        };
+        let annotations = BTreeMap::from([
+            ("dev.enclii.release".to_string(), release.id.to_string()),
+            ("dev.enclii.git-sha".to_string(), release.git_sha.clone()),
+            (
+                "dev.enclii.repository".to_string(),
+                git::redact_url(&release.repository),
+            ),
+        ]);
+        let signature = enclii_signing::sign(&self.config.registry.auth(), &image, &key, annotations)
+            .await
+            .map_err(|e| StepError::transient(format!("sign failed: {e}")))?;
+        log.line(format!("signed {image}; signature {}", signature.reference));
+        self.store
+            .record_artefact(
+                release.id,
+                &Artefact::Signature {
+                    reference: signature.reference.clone(),
+                },
+            )
+            .await?;
+        Ok(signature.reference)
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Clone> for Steps {
+    async fn handle(&self, job: jobs::Clone, ctx: &JobContext) -> Result<(), JobError> {
+        self.0
+            .step(ctx, "clone", |release, log| {
+                self.0.clone_commit(&job, ctx, release, log)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Build> for Steps {
+    async fn handle(&self, _job: jobs::Build, ctx: &JobContext) -> Result<(), JobError> {
+        self.0
+            .step(ctx, "build", |release, log| self.0.build_image(ctx, release, log))
+            .await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Push> for Steps {
+    async fn handle(&self, _job: jobs::Push, ctx: &JobContext) -> Result<(), JobError> {
+        self.0
+            .step(ctx, "push", |release, log| self.0.push_image(release, log))
+            .await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Sbom> for Steps {
+    async fn handle(&self, _job: jobs::Sbom, ctx: &JobContext) -> Result<(), JobError> {
+        self.0
+            .step(ctx, "sbom", |release, log| self.0.inventory(ctx, release, log))
+            .await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Sign> for Steps {
+    async fn handle(&self, _job: jobs::Sign, ctx: &JobContext) -> Result<(), JobError> {
+        self.0
+            .step(ctx, "sign", |release, log| self.0.sign_image(release, log))
+            .await
+    }
+}

@@ -1,0 +1,28 @@
+//! Roundhouse's build handlers: the steps that turn a commit into a signed, inventoried image.
+//!
+//! `clone` fetches the exact commit with git2 and archives its tree in the artefact store (S3), so
+//! that the steps after it can run on any worker; `build` unpacks the archive and builds it with
+//! BuildKit on the Docker engine; `push` sends the image to the registry and records its digest;
+//! `sbom` (CycloneDX 1.5: the image's OS packages and the repository's lockfiles) and `sign`
+//! (cosign format) run in parallel on the pushed digest. Each step records its timings, its log
+//! (live in the database, archived in S3) and, on its last failed attempt, the release's failure.
+
+mod artefacts;
+mod config;
+mod detect;
+mod docker;
+mod error;
+mod git;
+mod handlers;
+mod joblog;
+mod lockfiles;
+mod sbom;
+mod workspace;
+
+pub use artefacts::ArtefactStore;
+pub use config::{BuildConfig, RegistryConfig, S3Config};
+pub use docker::image_reference;
+pub use error::StepError;
+pub use handlers::{BuildSteps, register};
+pub use joblog::JobLog;
+pub use sbom::{Inventory, Package, cyclonedx_json};

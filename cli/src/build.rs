@@ -1,0 +1,234 @@
+//! The build workers' settings (`ENCLII_REGISTRY`, `ENCLII_S3_*`, …) and `enclii verify`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use enclii_build::{BuildConfig, RegistryConfig, S3Config};
+use enclii_signing::{RegistryAuth, Secret, SigningError, SigningKey, VerifyingKey};
+
+/// Settings of the build steps (`clone`, `build`, `push`, `sbom`, `sign`). A worker runs them
+/// when a registry and an S3 bucket are configured; without them their jobs wait for a worker that
+/// has them.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The OCI registry images are pushed to (`host[:port]`).
+    #[arg(long = "registry", env = "ENCLII_REGISTRY")]
+    registry: Option<String>,
+    /// Speak plain HTTP to the registry (a registry on loopback or a private network).
+    #[arg(long = "registry-insecure", env = "ENCLII_REGISTRY_INSECURE")]
+    registry_insecure: bool,
+    #[arg(long = "registry-username", env = "ENCLII_REGISTRY_USERNAME")]
+    registry_username: Option<String>,
+    #[arg(long = "registry-password", env = "ENCLII_REGISTRY_PASSWORD", hide_env_values = true)]
+    registry_password: Option<String>,
+    /// S3-compatible endpoint for source archives, logs and SBOMs (`http://127.0.0.1:8014`);
+    /// without it, AWS's endpoint for the region.
+    #[arg(long = "s3-endpoint", env = "ENCLII_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long = "s3-region", env = "ENCLII_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// The bucket (created when missing).
+    #[arg(long = "s3-bucket", env = "ENCLII_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    #[arg(long = "s3-access-key", env = "ENCLII_S3_ACCESS_KEY", default_value = "")]
+    s3_access_key: String,
+    #[arg(
+        long = "s3-secret-key",
+        env = "ENCLII_S3_SECRET_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    s3_secret_key: String,
+    /// URL schemes `clone` may fetch from, comma-separated.
+    #[arg(
+        long = "git-schemes",
+        env = "ENCLII_GIT_SCHEMES",
+        value_delimiter = ',',
+        default_value = "https"
+    )]
+    git_schemes: Vec<String>,
+    /// Token for private repositories (projects can set their own secret `GIT_TOKEN`).
+    #[arg(long = "git-token", env = "ENCLII_GIT_TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
+    #[arg(
+        long = "clone-timeout-seconds",
+        env = "ENCLII_CLONE_TIMEOUT_SECONDS",
+        default_value_t = 240
+    )]
+    clone_timeout_seconds: u64,
+    /// The Docker CLI driving BuildKit builds on the engine (needs BuildKit: a 20.10 CLI, or a
+    /// newer one with buildx). Default: `/usr/bin/docker` when present, else `docker`.
+    #[arg(long = "docker-cli", env = "ENCLII_DOCKER_CLI")]
+    docker_cli: Option<PathBuf>,
+    /// The Docker engine that builds and pushes.
+    #[arg(
+        long = "docker-host",
+        env = "ENCLII_DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker_host: String,
+    /// A build running longer is stopped on the builder and its release fails.
+    #[arg(
+        long = "build-timeout-seconds",
+        env = "ENCLII_BUILD_TIMEOUT_SECONDS",
+        default_value_t = 1200
+    )]
+    build_timeout_seconds: u64,
+    /// CPUs a build's `RUN` steps may use (cgroup v2), e.g. `1.5`.
+    #[arg(long = "build-cpus", env = "ENCLII_BUILD_CPUS")]
+    build_cpus: Option<f64>,
+    /// Memory a build's `RUN` steps may use, in MiB.
+    #[arg(long = "build-memory-mib", env = "ENCLII_BUILD_MEMORY_MIB")]
+    build_memory_mib: Option<u64>,
+    /// Where per-job workspaces are made. Default: `<data-dir>/workspaces`.
+    #[arg(long = "build-workspace", env = "ENCLII_BUILD_WORKSPACE")]
+    build_workspace: Option<PathBuf>,
+    /// PEM private key signing images (PKCS#8 ECDSA P-256, or a cosign key with
+    /// ENCLII_SIGNING_KEY_PASSWORD). Default: generated once into `<data-dir>/cosign.key`, with
+    /// the public key beside it in `cosign.pub`.
+    #[arg(long = "signing-key", env = "ENCLII_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    #[arg(
+        long = "signing-key-password",
+        env = "ENCLII_SIGNING_KEY_PASSWORD",
+        hide_env_values = true
+    )]
+    signing_key_password: Option<String>,
+}
+
+impl BuildArgs {
+    /// The build configuration, or `None` when no registry or bucket is configured.
+    pub fn config(&self, data_dir: &Path) -> anyhow::Result<Option<BuildConfig>> {
+        let (Some(registry), Some(bucket)) = (&self.registry, &self.s3_bucket) else {
+            return Ok(None);
+        };
+        let docker_cli = self.docker_cli.clone().unwrap_or_else(|| {
+            let debian = PathBuf::from("/usr/bin/docker");
+            if debian.exists() {
+                debian
+            } else {
+                PathBuf::from("docker")
+            }
+        });
+        Ok(Some(BuildConfig {
+            workspace_root: self
+                .build_workspace
+                .clone()
+                .unwrap_or_else(|| data_dir.join("workspaces")),
+            allowed_git_schemes: self.git_schemes.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+            git_token: self.git_token.clone().map(Secret::new),
+            clone_timeout: Duration::from_secs(self.clone_timeout_seconds),
+            docker_cli,
+            docker_host: self.docker_host.clone(),
+            build_timeout: Duration::from_secs(self.build_timeout_seconds),
+            build_cpus: self.build_cpus,
+            build_memory_bytes: self.build_memory_mib.map(|m| m << 20),
+            registry: RegistryConfig {
+                host: registry.clone(),
+                insecure: self.registry_insecure,
+                username: self.registry_username.clone(),
+                password: self.registry_password.clone().map(Secret::new),
+            },
+            s3: S3Config {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                bucket: bucket.clone(),
+                access_key: self.s3_access_key.clone(),
+                secret_key: Secret::new(self.s3_secret_key.clone()),
+            },
+            signing_key: self.signing_key(data_dir)?,
+        }))
+    }
+
+    /// The configured signing key, or the one kept in the data directory (created on first use).
+    fn signing_key(&self, data_dir: &Path) -> anyhow::Result<SigningKey> {
+        let password = self.signing_key_password.clone().map(Secret::new);
+        if let Some(path) = &self.signing_key {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the signing key {}", path.display()))?;
+            return SigningKey::from_pem(&pem, password.as_ref())
+                .map_err(|e| anyhow::anyhow!("ENCLII_SIGNING_KEY {}: {e}", path.display()));
+        }
+        let path = data_dir.join("cosign.key");
+        match std::fs::read(&path) {
+            Ok(pem) => SigningKey::from_pem(&pem, None)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_SIGNING_KEY", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate().map_err(|e| anyhow::anyhow!("generating a signing key: {e}"))?;
+                let private = key.private_pem().map_err(|e| anyhow::anyhow!("{e}"))?;
+                crate::server::write_private(&path, private.expose())
+                    .with_context(|| format!("cannot write the signing key to {}", path.display()))?;
+                std::fs::write(data_dir.join("cosign.pub"), key.public_pem())?;
+                tracing::warn!(path = %path.display(), "generated an image signing key; verify with cosign.pub beside it, or set ENCLII_SIGNING_KEY");
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read the signing key {}", path.display())),
+        }
+    }
+}
+
+/// `enclii verify <image> --key cosign.pub`: checks an image's cosign signature in its registry.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The image, by tag or digest (`registry/project/service:tag`).
+    image: String,
+    /// The public key (PEM) signatures must verify with.
+    #[arg(long, env = "ENCLII_VERIFY_KEY")]
+    key: PathBuf,
+    /// Speak plain HTTP to the registry.
+    #[arg(long, env = "ENCLII_REGISTRY_INSECURE")]
+    insecure: bool,
+    #[arg(long, env = "ENCLII_REGISTRY_USERNAME")]
+    username: Option<String>,
+    #[arg(long, env = "ENCLII_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    output: String,
+}
+
+/// Exit code of a signature that is missing or does not verify (the CLI's validation code).
+pub const NOT_VERIFIED: u8 = 10;
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let pem = std::fs::read(&args.key).with_context(|| format!("cannot read the public key {}", args.key.display()))?;
+    let key = VerifyingKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", args.key.display()))?;
+    let auth = RegistryAuth {
+        insecure: args.insecure,
+        username: args.username.clone(),
+        password: args.password.clone().map(Secret::new),
+    };
+    match enclii_signing::verify(&auth, &args.image, &key).await {
+        Ok(verified) => {
+            if args.output == "json" {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": true, "image": verified.image, "digest": verified.digest, "annotations": verified.annotations})
+                );
+            } else {
+                println!("Verified OK: {} is signed by {}", verified.image, args.key.display());
+                for (key, value) in &verified.annotations {
+                    println!("  {key}: {value}");
+                }
+            }
+            Ok(0)
+        }
+        Err(
+            e @ (SigningError::Unsigned { .. }
+            | SigningError::SignatureMismatch { .. }
+            | SigningError::PayloadMismatch { .. }),
+        ) => {
+            if args.output == "json" {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": false, "image": args.image, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("error: {e}");
+            }
+            Ok(NOT_VERIFIED)
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}

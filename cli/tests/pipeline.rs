@@ -1,0 +1,562 @@
+//! The build pipeline for real, through the `enclii` binary: a local git repository with a
+//! Dockerfile → clone (git2) → BuildKit build on the Docker engine → push to a local OCI registry →
+//! CycloneDX SBOM in a local S3 server and attached in the registry ∥ cosign signature → a ready
+//! release; then a pull, `enclii verify`, and the failure cases. Needs the Docker engine, the
+//! registry (ENCLII_TEST_REGISTRY, default 127.0.0.1:5000) and the S3 server (ENCLII_TEST_S3,
+//! default http://127.0.0.1:8014) that `.ci/run` starts.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+const DOCKER: &str = "/usr/bin/docker";
+const BASE_IMAGE: &str = "enclii-test/busybox:latest";
+
+fn registry() -> String {
+    std::env::var("ENCLII_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+fn s3() -> String {
+    std::env::var("ENCLII_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8014".into())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A 2 MB base image from Debian's static busybox (no image can be pulled on these machines).
+fn base_image() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if Command::new(DOCKER)
+            .args(["image", "inspect", BASE_IMAGE])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            return;
+        }
+        let dir = unique_dir("base");
+        std::fs::copy("/bin/busybox", dir.join("busybox")).expect("Debian's busybox-static at /bin/busybox");
+        std::fs::write(
+            dir.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+        )
+        .unwrap();
+        run(Command::new(DOCKER)
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "-t", BASE_IMAGE])
+            .arg(&dir));
+    });
+}
+
+fn unique_dir(what: &str) -> PathBuf {
+    let dir = data_dir().with_extension(what);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A git repository with one commit of `files`; returns its `file://` URL and the commit's SHA.
+fn repository(files: &[(&str, &str)]) -> (String, String) {
+    let dir = unique_dir("repo");
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&dir))
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "initial"]);
+    (format!("file://{}", dir.display()), git(&["rev-parse", "HEAD"]))
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn server(extra: &[(&str, &str)]) -> Server {
+    base_image();
+    let data = data_dir();
+    let bucket = format!(
+        "enclii-test-{}",
+        data.file_name().unwrap().to_string_lossy().replace('_', "-")
+    );
+    let registry = registry();
+    let s3 = s3();
+    let data_str = data.display().to_string();
+    let mut env = vec![
+        ("ENCLII_DATA_DIR", data_str.as_str()),
+        ("ENCLII_REGISTRY", registry.as_str()),
+        ("ENCLII_REGISTRY_INSECURE", "true"),
+        ("ENCLII_S3_ENDPOINT", s3.as_str()),
+        ("ENCLII_S3_BUCKET", bucket.as_str()),
+        ("ENCLII_S3_ACCESS_KEY", "enclii-test"),
+        ("ENCLII_S3_SECRET_KEY", "enclii-test-secret"),
+        ("ENCLII_GIT_SCHEMES", "file"),
+        ("ENCLII_DOCKER_CLI", DOCKER),
+        ("ENCLII_LOG", "info,enclii_build=debug"),
+    ];
+    env.extend_from_slice(extra);
+    std::fs::create_dir_all(&data).unwrap();
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let (child, addr) = launch(&[], &env, Stdio::from(log));
+    Server { child, addr, data }
+}
+
+fn call(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http(&server.addr, method, path, &body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Creates project `shop` and service `api` building `repository`, with `build` as spec.build.
+fn service(server: &Server, repository: &str, build: Value) {
+    let (status, body) = call(server, "POST", "/v1/projects", json!({"slug": "shop"}));
+    assert_eq!(status, 201, "{body}");
+    let spec = json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": "shop", "environment": "prod", "name": "api"},
+        "spec": {"source": {"git": {"repository": repository, "branch": "main"}},
+                 "build": build,
+                 "runtime": {"ports": [3000]}}
+    });
+    let (status, body) = call(server, "POST", "/v1/projects/shop/services", spec);
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Builds `sha`; returns the release.
+fn build(server: &Server, sha: &str) -> Value {
+    let (status, body) = call(
+        server,
+        "POST",
+        "/v1/projects/shop/services/api/releases",
+        json!({"git_sha": sha}),
+    );
+    assert!(status == 201 || status == 202, "{status} {body}");
+    body.get("release").cloned().unwrap_or(body)
+}
+
+fn release(server: &Server, id: i64) -> Value {
+    let (status, body) = call(server, "GET", &format!("/v1/releases/{id}"), Value::Null);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn wait_finished(server: &Server, id: i64, patience: Duration) -> Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let r = release(server, id);
+        if r["status"] != "building" {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "release {id} still building after {patience:?}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn step<'a>(release: &'a Value, name: &str) -> &'a Value {
+    release["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {release}"))
+}
+
+/// Reads a job's live log (SSE) until its `end` event; returns (line texts, final state).
+fn stream_log(server: &Server, job: i64, until: Option<&str>) -> (Vec<String>, Option<String>) {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        stream,
+        "GET /v1/jobs/{job}/logs/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let mut buf = [0u8; 8192];
+    let (mut lines, mut end) = (Vec::new(), None);
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+        lines.clear();
+        let mut event = "";
+        for l in raw.lines() {
+            if let Some(e) = l.strip_prefix("event: ") {
+                event = e;
+            } else if let Some(data) = l.strip_prefix("data: ") {
+                match event {
+                    "line" => lines.push(
+                        serde_json::from_str::<Value>(data)
+                            .map(|v| v["line"].as_str().unwrap_or("").to_string())
+                            .unwrap_or_default(),
+                    ),
+                    "end" => {
+                        end = serde_json::from_str::<Value>(data)
+                            .ok()
+                            .map(|v| v["state"].as_str().unwrap_or("").to_string())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if end.is_some() || until.is_some_and(|u| lines.iter().any(|l| l.contains(u))) {
+            break;
+        }
+    }
+    (lines, end)
+}
+
+fn processes_matching(pattern: &str) -> usize {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn wait_until(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const DPKG_STATUS: &str = "Package: libfake1\nStatus: install ok installed\nVersion: 1.2-3\n\nPackage: tzdata\nStatus: install ok installed\nVersion: 2024a-0+deb12u1\n";
+
+#[test]
+fn a_commit_becomes_a_signed_inventoried_image() {
+    let secret = format!("s3cr3t-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {BASE_IMAGE}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\n\
+         RUN --mount=type=secret,id=API_TOKEN echo \"token is $(cat /run/secrets/API_TOKEN)\"\n\
+         COPY status /var/lib/dpkg/status\nCOPY app.txt /app.txt\nCMD [\"cat\", \"/greeting\"]\n"
+    );
+    let (url, sha) = repository(&[
+        ("Dockerfile", &dockerfile),
+        ("app.txt", "hello\n"),
+        ("status", DPKG_STATUS),
+        (
+            "Cargo.lock",
+            "version = 3\n\n[[package]]\nname = \"serde\"\nversion = \"1.0.200\"\n",
+        ),
+        (
+            "web/package-lock.json",
+            r#"{"lockfileVersion":3,"packages":{"":{"version":"1.0.0"},"node_modules/express":{"version":"4.19.2"}}}"#,
+        ),
+        (
+            "go.sum",
+            "github.com/pkg/errors v0.9.1 h1:x=\ngithub.com/pkg/errors v0.9.1/go.mod h1:y=\n",
+        ),
+        ("requirements.txt", "Django==5.0.1\n"),
+    ]);
+    let server = server(&[]);
+    service(
+        &server,
+        &url,
+        json!({"args": {"GREETING": "hi from enclii"}, "secrets": ["API_TOKEN"]}),
+    );
+    let (status, body) = call(
+        &server,
+        "PUT",
+        "/v1/projects/shop/secrets/API_TOKEN",
+        json!({"value": secret, "service": "api"}),
+    );
+    assert!(status == 200 || status == 201, "{body}");
+
+    let created = build(&server, &sha);
+    let id = created["id"].as_i64().unwrap();
+    let r = wait_finished(&server, id, Duration::from_secs(180));
+    assert_eq!(r["status"], "ready", "{r:#}");
+    let digest = r["digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    let image = r["image"].as_str().unwrap().to_string();
+    assert_eq!(image, format!("{}/shop/api:{sha}", registry()));
+    assert!(r["builder"].as_str().unwrap().starts_with("docker-buildkit "), "{r}");
+    assert!(r["sbom_uri"].as_str().unwrap().starts_with("s3://enclii-test-"), "{r}");
+    let signature = r["signature"].as_str().unwrap();
+    assert_eq!(
+        signature,
+        format!("{}/shop/api:{}.sig", registry(), digest.replace(':', "-"))
+    );
+    for name in ["clone", "build", "push", "sbom", "sign"] {
+        let s = step(&r, name);
+        assert_eq!(s["status"], "succeeded", "{s}");
+        assert!(s["finished_at"].as_i64().unwrap() >= s["started_at"].as_i64().unwrap());
+        assert!(s["log_uri"].as_str().unwrap().starts_with("s3://"), "{s}");
+    }
+
+    // The build's log, through the API: every step line, the secret masked.
+    let (lines, end) = stream_log(&server, step(&r, "build")["job_id"].as_i64().unwrap(), None);
+    assert_eq!(end.as_deref(), Some("completed"));
+    let text = lines.join("\n");
+    assert!(
+        text.contains("token is ***"),
+        "the secret's use is logged, masked:\n{text}"
+    );
+    assert!(!text.contains(&secret), "the build secret leaked into the log");
+    assert!(text.contains("== build done"), "{text}");
+
+    // The image, pulled by digest, runs; the secret is nowhere in it.
+    let pinned = format!("{}/shop/api@{digest}", registry());
+    run(Command::new(DOCKER).args(["rmi", "-f", &image]));
+    run(Command::new(DOCKER).args(["pull", "-q", &pinned]));
+    assert_eq!(
+        run(Command::new(DOCKER).args(["run", "--rm", &pinned])),
+        "hi from enclii"
+    );
+    let saved = Command::new(DOCKER).args(["save", &pinned]).output().unwrap();
+    assert!(saved.status.success());
+    assert!(
+        !saved.stdout.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the build secret is in the image"
+    );
+
+    // `enclii verify` with the server's public key: verified; with another key: exit 10.
+    let public = server.data.join("cosign.pub");
+    let verify = |key: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_enclii"))
+            .args(["verify", &image, "--insecure", "--output", "json", "--key"])
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&public);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["digest"], digest);
+    assert_eq!(verified["annotations"]["dev.enclii.git-sha"], sha);
+    let other = server.data.with_extension("other.pem");
+    run(Command::new("openssl")
+        .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
+        .arg(&other));
+    let other_pub = server.data.with_extension("other.pub");
+    run(Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&other)
+        .arg("-out")
+        .arg(&other_pub));
+    let out = verify(&other_pub);
+    assert_eq!(out.status.code(), Some(10), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The SBOM: attached in the registry, the same document in S3, valid CycloneDX 1.5 (schema).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    enclii_signing::install_crypto_provider();
+    let auth = enclii_signing::RegistryAuth {
+        insecure: true,
+        ..Default::default()
+    };
+    let sbom = rt.block_on(enclii_signing::fetch_sbom(&auth, &pinned)).unwrap();
+    let path = server.data.with_extension("sbom.json");
+    std::fs::write(&path, &sbom).unwrap();
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg(SCHEMA_CHECK)
+        .arg(&path)
+        .arg(s3())
+        .arg(r["sbom_uri"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "SBOM check failed: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&sbom).unwrap();
+    let purls: Vec<&str> = doc["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["purl"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "pkg:cargo/serde@1.0.200",
+        "pkg:npm/express@4.19.2",
+        "pkg:golang/github.com/pkg/errors@v0.9.1",
+        "pkg:pypi/django@5.0.1",
+        "pkg:deb/debian/libfake1@1.2-3",
+    ] {
+        assert!(purls.contains(&expected), "{expected} missing from {purls:?}");
+    }
+    assert_eq!(doc["metadata"]["component"]["version"], digest);
+
+    // The release is immutable: a second build of the same commit is the same release.
+    let again = build(&server, &sha);
+    assert_eq!(again["id"].as_i64(), Some(id));
+}
+
+/// Validates the SBOM file (argv[1]) against the CycloneDX 1.5 JSON schema and checks that the
+/// object at the S3 URI (argv[3], server argv[2]) is the same document.
+const SCHEMA_CHECK: &str = r#"
+import sys, boto3
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+doc = open(sys.argv[1]).read()
+errors = JsonStrictValidator(SchemaVersion.V1_5).validate_str(doc)
+if errors:
+    sys.exit(f"schema errors: {errors}")
+bucket, key = sys.argv[3][len("s3://"):].split("/", 1)
+s3 = boto3.client("s3", endpoint_url=sys.argv[2], aws_access_key_id="enclii-test",
+                  aws_secret_access_key="enclii-test-secret", region_name="us-east-1")
+stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+if stored != doc:
+    sys.exit("the SBOM in S3 differs from the one attached in the registry")
+print("ok")
+"#;
+
+#[test]
+fn a_broken_dockerfile_fails_the_release_at_its_line() {
+    let (url, sha) = repository(&[(
+        "Dockerfile",
+        &format!("FROM {BASE_IMAGE}\n\nRUN echo building\nRUN exit 3\nCOPY . .\n"),
+    )]);
+    let server = server(&[]);
+    service(&server, &url, json!({}));
+    let id = build(&server, &sha)["id"].as_i64().unwrap();
+    let r = wait_finished(&server, id, Duration::from_secs(120));
+    assert_eq!(r["status"], "failed", "{r}");
+    let failure = r["failure"].as_str().unwrap();
+    assert!(
+        failure.starts_with("build failed at Dockerfile:4: `RUN exit 3`"),
+        "{failure}"
+    );
+    assert!(failure.contains("exit code: 3"), "{failure}");
+    assert_eq!(step(&r, "build")["status"], "failed");
+    assert!(
+        r["steps"].as_array().unwrap().iter().all(|s| s["step"] != "push"),
+        "nothing is pushed: {r}"
+    );
+    assert!(r["digest"].is_null());
+}
+
+#[test]
+fn an_unreachable_repository_fails_the_clone_with_a_clear_message() {
+    let server = server(&[]);
+    service(&server, "file:///nonexistent/enclii/repo", json!({}));
+    let id = build(&server, "4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e")["id"]
+        .as_i64()
+        .unwrap();
+    let r = wait_finished(&server, id, Duration::from_secs(60));
+    assert_eq!(r["status"], "failed", "{r}");
+    let failure = r["failure"].as_str().unwrap();
+    assert!(
+        failure.starts_with("clone failed: cannot fetch from file:///nonexistent/enclii/repo"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("spec.source.git.repository"),
+        "says what to fix: {failure}"
+    );
+}
+
+/// A build that would sleep for minutes; its `sleep` runs in a BuildKit container on the engine.
+fn sleeping_repository(marker: u32) -> (String, String) {
+    repository(&[(
+        "Dockerfile",
+        &format!("FROM {BASE_IMAGE}\nRUN echo started && sleep {marker}\n"),
+    )])
+}
+
+#[test]
+fn a_cancelled_build_stops_on_the_builder() {
+    let marker = 4000 + std::process::id() % 1000;
+    let (url, sha) = sleeping_repository(marker);
+    let server = server(&[]);
+    service(&server, &url, json!({}));
+    let created = build(&server, &sha);
+    let id = created["id"].as_i64().unwrap();
+    let pattern = format!("sleep {marker}");
+    wait_until(Duration::from_secs(120), "the build's RUN step", || {
+        processes_matching(&pattern) > 0
+    });
+    // The log is live: the running build's lines are readable before it ends.
+    let job = step(&release(&server, id), "build")["job_id"].as_i64().unwrap();
+    let (lines, end) = stream_log(&server, job, Some("started"));
+    assert!(
+        end.is_none() && lines.iter().any(|l| l.contains("started")),
+        "{lines:?}"
+    );
+
+    let pipeline = created["pipeline_id"].as_i64().unwrap();
+    let (status, body) = call(
+        &server,
+        "POST",
+        &format!("/v1/pipelines/{pipeline}/cancel"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until(Duration::from_secs(30), "the builder to stop the build", || {
+        processes_matching(&pattern) == 0
+    });
+    let r = release(&server, id);
+    assert_eq!(r["status"], "failed");
+    assert!(r["failure"].as_str().unwrap().starts_with("cancelled by"), "{r}");
+}
+
+#[test]
+fn a_timed_out_build_is_stopped_and_fails_the_release() {
+    let marker = 6000 + std::process::id() % 1000;
+    let (url, sha) = sleeping_repository(marker);
+    let server = server(&[("ENCLII_BUILD_TIMEOUT_SECONDS", "8")]);
+    service(&server, &url, json!({}));
+    let id = build(&server, &sha)["id"].as_i64().unwrap();
+    let r = wait_finished(&server, id, Duration::from_secs(120));
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["failure"].as_str().unwrap().starts_with("build timed out after 8s"),
+        "{r}"
+    );
+    wait_until(Duration::from_secs(30), "the builder to stop the build", || {
+        processes_matching(&format!("sleep {marker}")) == 0
+    });
+}
