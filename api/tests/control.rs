@@ -183,6 +183,7 @@ async fn releases_deployments_and_rollback(db: Db) {
     // The build workers report it ready (issue 4); then it deploys, with the spec's strategy.
     let outcome = ReleaseOutcome {
         digest: Some(format!("sha256:{}", "a".repeat(64))),
+        signature: Some(format!("registry.example/shop/api:sha256-{}.sig", "a".repeat(64))),
         ..Default::default()
     };
     t.store.finish_release(release, &outcome).await.unwrap();
@@ -208,6 +209,26 @@ async fn releases_deployments_and_rollback(db: Db) {
         (job.body["kind"].as_str(), job.body["payload"]["commit"].as_str()),
         (Some("deploy"), Some(sha(1).as_str()))
     );
+
+    // The deploy policy: a ready release without a signature is refused.
+    let unsigned = t
+        .admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(3)))
+        .await;
+    let unsigned = unsigned.body["release"]["id"].as_i64().unwrap();
+    let digest_only = ReleaseOutcome {
+        digest: outcome.digest.clone(),
+        ..Default::default()
+    };
+    t.store.finish_release(unsigned, &digest_only).await.unwrap();
+    let r = t
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/deployments",
+            Some(&format!(r#"{{"release":{unsigned}}}"#)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
+    assert!(r.body["detail"].as_str().unwrap().contains("is not signed"), "{r:?}");
 
     // A second release, then a rollback to the first.
     let second = t

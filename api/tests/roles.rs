@@ -405,10 +405,11 @@ async fn fixture(t: &TestApi) -> Fixture {
     let pipeline = build.body["pipeline"].as_i64().unwrap();
     let run = t.admin("GET", &format!("/v1/pipelines/{pipeline}"), None).await;
     let job = run.body["steps"][0]["job"].as_i64().unwrap();
-    t.store
-        .finish_release(release, &ReleaseOutcome::default())
-        .await
-        .unwrap();
+    let signed = ReleaseOutcome {
+        signature: Some("registry.example/shop/api:sha256-0.sig".into()),
+        ..Default::default()
+    };
+    t.store.finish_release(release, &signed).await.unwrap();
     let deployment = t
         .admin(
             "POST",

@@ -55,8 +55,8 @@ pub struct BuildConfig {
     pub docker_host: String,
     /// How long one build may run; on expiry it is stopped on the builder.
     pub build_timeout: Duration,
-    /// CPU and memory limits of a build's containers (`RUN` steps), enforced through a cgroup
-    /// parent when the machine allows it.
+    /// CPU and memory limits of the builds' `RUN` steps, set on the builder's BuildKit cgroup
+    /// (see `limits.rs`): they bound the builds running on one builder together.
     pub build_cpus: Option<f64>,
     pub build_memory_bytes: Option<u64>,
     pub registry: RegistryConfig,

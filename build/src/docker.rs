@@ -59,7 +59,6 @@ pub struct BuildRequest<'a> {
     /// For naming the failing line: the repository-relative Dockerfile path and its text.
     pub dockerfile_name: &'a str,
     pub dockerfile_text: &'a str,
-    pub cgroup_parent: Option<&'a str>,
 }
 
 /// Runs one BuildKit build, streaming its log line by line. The CLI is killed when the build is
@@ -92,9 +91,6 @@ pub async fn build(
     }
     for (key, value) in &req.labels {
         command.arg("--label").arg(format!("{key}={value}"));
-    }
-    if let Some(parent) = req.cgroup_parent {
-        command.arg("--cgroup-parent").arg(parent);
     }
     command
         .arg(req.context)

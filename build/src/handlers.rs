@@ -300,7 +300,9 @@ impl BuildSteps {
             .await?;
         let tag = docker::image_reference(&self.config.registry, &release.image);
         let iidfile = workspace.path().join("image.id");
-        let cgroup = self.cgroup_parent(&release, &log);
+        if let Some(applied) = crate::limits::apply(&self.config).map_err(StepError::fatal)? {
+            log.line(applied);
+        }
         let labels = vec![
             ("org.opencontainers.image.revision".into(), release.git_sha.clone()),
             (
@@ -319,7 +321,6 @@ impl BuildSteps {
             iidfile: &iidfile,
             dockerfile_name: &dockerfile_name,
             dockerfile_text: &dockerfile_text,
-            cgroup_parent: cgroup.as_deref(),
         };
         log.line(format!("building {tag} with BuildKit on {}", self.config.docker_host));
         let image_id = docker::build(&self.config, &request, &log, &ctx.cancel).await?;
@@ -363,43 +364,6 @@ impl BuildSteps {
             files.push((name.clone(), path));
         }
         Ok(files)
-    }
-
-    /// A cgroup (v2) limiting the build's `RUN` containers, when limits are configured and this
-    /// machine lets us create one; otherwise the build runs unlimited, which the log says.
-    fn cgroup_parent(&self, release: &Release, log: &JobLog) -> Option<String> {
-        if self.config.build_cpus.is_none() && self.config.build_memory_bytes.is_none() {
-            return None;
-        }
-        let name = format!("enclii-build-{}-{}", release.project, release.service);
-        let dir = Path::new("/sys/fs/cgroup").join(&name);
-        let created = std::fs::create_dir_all(&dir).and_then(|_| {
-            if let Some(cpus) = self.config.build_cpus {
-                std::fs::write(dir.join("cpu.max"), format!("{} 100000", (cpus * 100_000.0) as u64))?;
-            }
-            if let Some(bytes) = self.config.build_memory_bytes {
-                std::fs::write(dir.join("memory.max"), bytes.to_string())?;
-            }
-            Ok(())
-        });
-        match created {
-            Ok(()) => {
-                log.line(format!(
-                    "build limits: {} CPUs, {} MiB (cgroup {name})",
-                    self.config.build_cpus.map_or("unlimited".into(), |c| c.to_string()),
-                    self.config
-                        .build_memory_bytes
-                        .map_or("unlimited".into(), |b| (b >> 20).to_string())
-                ));
-                Some(format!("/{name}"))
-            }
-            Err(e) => {
-                log.line(format!(
-                    "warning: build limits not applied (cannot create cgroup {name}: {e})"
-                ));
-                None
-            }
-        }
     }
 
     async fn push_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
@@ -541,38 +505,24 @@ impl TypedHandler<jobs::Clone> for Steps {
     }
 }
 
-#[async_trait]
-impl TypedHandler<jobs::Build> for Steps {
-    async fn handle(&self, _job: jobs::Build, ctx: &JobContext) -> Result<(), JobError> {
-        self.0
-            .step(ctx, "build", |release, log| self.0.build_image(ctx, release, log))
-            .await
-    }
+/// The steps after `clone` need nothing from their payload: the release says it all.
+macro_rules! release_step {
+    ($kind:ty, $name:literal, |$steps:ident, $ctx:ident, $release:ident, $log:ident| $work:expr) => {
+        #[async_trait]
+        impl TypedHandler<$kind> for Steps {
+            async fn handle(&self, _job: $kind, $ctx: &JobContext) -> Result<(), JobError> {
+                let $steps = &self.0;
+                $steps.step($ctx, $name, |$release, $log| $work).await
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl TypedHandler<jobs::Push> for Steps {
-    async fn handle(&self, _job: jobs::Push, ctx: &JobContext) -> Result<(), JobError> {
-        self.0
-            .step(ctx, "push", |release, log| self.0.push_image(release, log))
-            .await
-    }
-}
-
-#[async_trait]
-impl TypedHandler<jobs::Sbom> for Steps {
-    async fn handle(&self, _job: jobs::Sbom, ctx: &JobContext) -> Result<(), JobError> {
-        self.0
-            .step(ctx, "sbom", |release, log| self.0.inventory(ctx, release, log))
-            .await
-    }
-}
-
-#[async_trait]
-impl TypedHandler<jobs::Sign> for Steps {
-    async fn handle(&self, _job: jobs::Sign, ctx: &JobContext) -> Result<(), JobError> {
-        self.0
-            .step(ctx, "sign", |release, log| self.0.sign_image(release, log))
-            .await
-    }
-}
+release_step!(jobs::Build, "build", |steps, ctx, release, log| steps
+    .build_image(ctx, release, log));
+release_step!(jobs::Push, "push", |steps, ctx, release, log| steps
+    .push_image(release, log));
+release_step!(jobs::Sbom, "sbom", |steps, ctx, release, log| steps
+    .inventory(ctx, release, log));
+release_step!(jobs::Sign, "sign", |steps, ctx, release, log| steps
+    .sign_image(release, log));

@@ -15,6 +15,7 @@ mod error;
 mod git;
 mod handlers;
 mod joblog;
+mod limits;
 mod lockfiles;
 mod sbom;
 mod workspace;

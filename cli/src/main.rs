@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: API, worker pool and scheduler (or some of them, with --role).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Check an image's cosign signature in its registry (exit 10 when unsigned or not verified).
     Verify(build::VerifyArgs),
 }
@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await.map(|()| 0),
+            Command::Server(args) => server::run(*args).await.map(|()| 0),
             Command::Verify(args) => {
                 enclii_signing::install_crypto_provider();
                 build::verify(args).await

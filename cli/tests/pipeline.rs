@@ -7,266 +7,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::*;
-
-const DOCKER: &str = "/usr/bin/docker";
-const BASE_IMAGE: &str = "enclii-test/busybox:latest";
-
-fn registry() -> String {
-    std::env::var("ENCLII_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
-
-fn s3() -> String {
-    std::env::var("ENCLII_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8014".into())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A 2 MB base image from Debian's static busybox (no image can be pulled on these machines).
-fn base_image() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        if Command::new(DOCKER)
-            .args(["image", "inspect", BASE_IMAGE])
-            .output()
-            .unwrap()
-            .status
-            .success()
-        {
-            return;
-        }
-        let dir = unique_dir("base");
-        std::fs::copy("/bin/busybox", dir.join("busybox")).expect("Debian's busybox-static at /bin/busybox");
-        std::fs::write(
-            dir.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
-        )
-        .unwrap();
-        run(Command::new(DOCKER)
-            .env("DOCKER_BUILDKIT", "1")
-            .args(["build", "-t", BASE_IMAGE])
-            .arg(&dir));
-    });
-}
-
-fn unique_dir(what: &str) -> PathBuf {
-    let dir = data_dir().with_extension(what);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A git repository with one commit of `files`; returns its `file://` URL and the commit's SHA.
-fn repository(files: &[(&str, &str)]) -> (String, String) {
-    let dir = unique_dir("repo");
-    for (path, text) in files {
-        let path = dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let git = |args: &[&str]| {
-        run(Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.com",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(&dir))
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "initial"]);
-    (format!("file://{}", dir.display()), git(&["rev-parse", "HEAD"]))
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-fn server(extra: &[(&str, &str)]) -> Server {
-    base_image();
-    let data = data_dir();
-    let bucket = format!(
-        "enclii-test-{}",
-        data.file_name().unwrap().to_string_lossy().replace('_', "-")
-    );
-    let registry = registry();
-    let s3 = s3();
-    let data_str = data.display().to_string();
-    let mut env = vec![
-        ("ENCLII_DATA_DIR", data_str.as_str()),
-        ("ENCLII_REGISTRY", registry.as_str()),
-        ("ENCLII_REGISTRY_INSECURE", "true"),
-        ("ENCLII_S3_ENDPOINT", s3.as_str()),
-        ("ENCLII_S3_BUCKET", bucket.as_str()),
-        ("ENCLII_S3_ACCESS_KEY", "enclii-test"),
-        ("ENCLII_S3_SECRET_KEY", "enclii-test-secret"),
-        ("ENCLII_GIT_SCHEMES", "file"),
-        ("ENCLII_DOCKER_CLI", DOCKER),
-        ("ENCLII_LOG", "info,enclii_build=debug"),
-    ];
-    env.extend_from_slice(extra);
-    std::fs::create_dir_all(&data).unwrap();
-    let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let (child, addr) = launch(&[], &env, Stdio::from(log));
-    Server { child, addr, data }
-}
-
-fn call(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let (status, text) = http(&server.addr, method, path, &body);
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-/// Creates project `shop` and service `api` building `repository`, with `build` as spec.build.
-fn service(server: &Server, repository: &str, build: Value) {
-    let (status, body) = call(server, "POST", "/v1/projects", json!({"slug": "shop"}));
-    assert_eq!(status, 201, "{body}");
-    let spec = json!({
-        "apiVersion": "enclii.dev/v1", "kind": "Service",
-        "metadata": {"project": "shop", "environment": "prod", "name": "api"},
-        "spec": {"source": {"git": {"repository": repository, "branch": "main"}},
-                 "build": build,
-                 "runtime": {"ports": [3000]}}
-    });
-    let (status, body) = call(server, "POST", "/v1/projects/shop/services", spec);
-    assert_eq!(status, 201, "{body}");
-}
-
-/// Builds `sha`; returns the release.
-fn build(server: &Server, sha: &str) -> Value {
-    let (status, body) = call(
-        server,
-        "POST",
-        "/v1/projects/shop/services/api/releases",
-        json!({"git_sha": sha}),
-    );
-    assert!(status == 201 || status == 202, "{status} {body}");
-    body.get("release").cloned().unwrap_or(body)
-}
-
-fn release(server: &Server, id: i64) -> Value {
-    let (status, body) = call(server, "GET", &format!("/v1/releases/{id}"), Value::Null);
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn wait_finished(server: &Server, id: i64, patience: Duration) -> Value {
-    let deadline = Instant::now() + patience;
-    loop {
-        let r = release(server, id);
-        if r["status"] != "building" {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "release {id} still building after {patience:?}: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn step<'a>(release: &'a Value, name: &str) -> &'a Value {
-    release["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {release}"))
-}
-
-/// Reads a job's live log (SSE) until its `end` event; returns (line texts, final state).
-fn stream_log(server: &Server, job: i64, until: Option<&str>) -> (Vec<String>, Option<String>) {
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        stream,
-        "GET /v1/jobs/{job}/logs/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let mut buf = [0u8; 8192];
-    let (mut lines, mut end) = (Vec::new(), None);
-    loop {
-        let n = stream.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
-        lines.clear();
-        let mut event = "";
-        for l in raw.lines() {
-            if let Some(e) = l.strip_prefix("event: ") {
-                event = e;
-            } else if let Some(data) = l.strip_prefix("data: ") {
-                match event {
-                    "line" => lines.push(
-                        serde_json::from_str::<Value>(data)
-                            .map(|v| v["line"].as_str().unwrap_or("").to_string())
-                            .unwrap_or_default(),
-                    ),
-                    "end" => {
-                        end = serde_json::from_str::<Value>(data)
-                            .ok()
-                            .map(|v| v["state"].as_str().unwrap_or("").to_string())
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if end.is_some() || until.is_some_and(|u| lines.iter().any(|l| l.contains(u))) {
-            break;
-        }
-    }
-    (lines, end)
-}
-
-fn processes_matching(pattern: &str) -> usize {
-    let out = Command::new("pgrep").args(["-f", pattern]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
-fn wait_until(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + patience;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::pipeline::*;
 
 const DPKG_STATUS: &str = "Package: libfake1\nStatus: install ok installed\nVersion: 1.2-3\n\nPackage: tzdata\nStatus: install ok installed\nVersion: 2024a-0+deb12u1\n";
 
@@ -462,8 +208,7 @@ fn a_broken_dockerfile_fails_the_release_at_its_line() {
     )]);
     let server = server(&[]);
     service(&server, &url, json!({}));
-    let id = build(&server, &sha)["id"].as_i64().unwrap();
-    let r = wait_finished(&server, id, Duration::from_secs(120));
+    let r = build_and_wait(&server, &sha, Duration::from_secs(120));
     assert_eq!(r["status"], "failed", "{r}");
     let failure = r["failure"].as_str().unwrap();
     assert!(
@@ -483,10 +228,11 @@ fn a_broken_dockerfile_fails_the_release_at_its_line() {
 fn an_unreachable_repository_fails_the_clone_with_a_clear_message() {
     let server = server(&[]);
     service(&server, "file:///nonexistent/enclii/repo", json!({}));
-    let id = build(&server, "4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e")["id"]
-        .as_i64()
-        .unwrap();
-    let r = wait_finished(&server, id, Duration::from_secs(60));
+    let r = build_and_wait(
+        &server,
+        "4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e",
+        Duration::from_secs(60),
+    );
     assert_eq!(r["status"], "failed", "{r}");
     let failure = r["failure"].as_str().unwrap();
     assert!(
@@ -549,8 +295,7 @@ fn a_timed_out_build_is_stopped_and_fails_the_release() {
     let (url, sha) = sleeping_repository(marker);
     let server = server(&[("ENCLII_BUILD_TIMEOUT_SECONDS", "8")]);
     service(&server, &url, json!({}));
-    let id = build(&server, &sha)["id"].as_i64().unwrap();
-    let r = wait_finished(&server, id, Duration::from_secs(120));
+    let r = build_and_wait(&server, &sha, Duration::from_secs(120));
     assert_eq!(r["status"], "failed", "{r}");
     assert!(
         r["failure"].as_str().unwrap().starts_with("build timed out after 8s"),

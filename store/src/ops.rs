@@ -572,46 +572,30 @@ pub async fn release_for_pipeline(conn: &mut Conn, pipeline_id: i64) -> Result<R
 /// and signature also makes the release `ready` (one statement, so two steps finishing together
 /// cannot both miss each other). A release that is no longer building is left alone.
 pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> Result<Release> {
-    let updated = match artefact {
-        Artefact::Image { digest, image, builder } => {
-            sqlx::query_as::<_, Release>(
-                "UPDATE releases SET digest = $2, image = $3, builder = $4, updated_at = $5,
-                     status = CASE WHEN sbom_uri IS NOT NULL AND signature IS NOT NULL THEN 'ready' ELSE status END
-                 WHERE id = $1 AND status = 'building' RETURNING *",
-            )
-            .bind(id)
-            .bind(digest)
-            .bind(image)
-            .bind(builder)
-            .bind(now_ms())
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        Artefact::Sbom { uri } => {
-            sqlx::query_as::<_, Release>(
-                "UPDATE releases SET sbom_uri = $2, updated_at = $3,
-                     status = CASE WHEN signature IS NOT NULL THEN 'ready' ELSE status END
-                 WHERE id = $1 AND status = 'building' AND digest IS NOT NULL RETURNING *",
-            )
-            .bind(id)
-            .bind(uri)
-            .bind(now_ms())
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        Artefact::Signature { reference } => {
-            sqlx::query_as::<_, Release>(
-                "UPDATE releases SET signature = $2, updated_at = $3,
-                     status = CASE WHEN sbom_uri IS NOT NULL THEN 'ready' ELSE status END
-                 WHERE id = $1 AND status = 'building' AND digest IS NOT NULL RETURNING *",
-            )
-            .bind(id)
-            .bind(reference)
-            .bind(now_ms())
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-    };
+    let (mut digest, mut image, mut builder, mut sbom, mut signature) = (None, None, None, None, None);
+    match artefact {
+        Artefact::Image { digest: d, image: i, builder: b } => (digest, image, builder) = (Some(d), Some(i), Some(b)),
+        Artefact::Sbom { uri } => sbom = Some(uri),
+        Artefact::Signature { reference } => signature = Some(reference),
+    }
+    // NULL parameters leave their column alone; SBOM and signature need the digest first.
+    let updated = sqlx::query_as::<_, Release>(
+        "UPDATE releases SET digest = COALESCE($2, digest), image = COALESCE($3, image),
+             builder = COALESCE($4, builder), sbom_uri = COALESCE($5, sbom_uri),
+             signature = COALESCE($6, signature), updated_at = $7,
+             status = CASE WHEN COALESCE($2, digest) IS NOT NULL AND COALESCE($5, sbom_uri) IS NOT NULL
+                            AND COALESCE($6, signature) IS NOT NULL THEN 'ready' ELSE status END
+         WHERE id = $1 AND status = 'building' AND COALESCE($2, digest) IS NOT NULL RETURNING *",
+    )
+    .bind(id)
+    .bind(digest)
+    .bind(image)
+    .bind(builder)
+    .bind(sbom)
+    .bind(signature)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
     match updated {
         Some(release) => Ok(release),
         None => {
@@ -738,6 +722,13 @@ pub async fn create_deployment(
             release.id,
             release.status,
             if release.status == release_status::BUILDING { " (wait for its pipeline to finish)" } else { "" }
+        )));
+    }
+    // Deploy policy: an image is deployed only with the cosign signature its pipeline made.
+    if release.signature.is_none() {
+        return Err(StoreError::Conflict(format!(
+            "release {} is not signed; the deploy policy refuses unsigned images (rebuild the commit so its sign step runs)",
+            release.id
         )));
     }
     let now = now_ms();

@@ -1,6 +1,8 @@
 //! Helpers shared by the binary's tests: start `enclii server`, talk HTTP to it, wait for it.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs (from Debian and PyPI) and starts what the build pipeline needs, idempotently:
+# the Docker engine (BuildKit), an OCI registry on 127.0.0.1:5000 and an S3 server on
+# 127.0.0.1:8014. Sourced by .ci/run and loadtest/pipeline-bench.sh; defines `log` if missing.
+declare -F log >/dev/null || log() { printf '\n== %s\n' "$*"; }
+
+# Debian packages: the engine and its 20.10 CLI (BuildKit builds), the registry, a static busybox
+# for the tests' base image (nothing can be pulled here), git2's TLS headers.
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! /usr/bin/docker info >/dev/null 2>&1; then
+  log "starting the Docker engine"
+  (dockerd >/tmp/enclii-dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+/usr/bin/docker info --format 'docker engine {{.ServerVersion}}'
+if ! curl -sf http://127.0.0.1:5000/v2/ >/dev/null; then
+  log "starting the OCI registry on 127.0.0.1:5000"
+  mkdir -p /var/tmp/enclii-registry
+  cat >/var/tmp/enclii-registry.yml <<'YAML'
+version: 0.1
+storage:
+  filesystem: { rootdirectory: /var/tmp/enclii-registry }
+  delete: { enabled: true }
+http:
+  addr: 127.0.0.1:5000
+YAML
+  (docker-registry serve /var/tmp/enclii-registry.yml >/tmp/enclii-registry.log 2>&1 &)
+  for _ in $(seq 1 30); do curl -sf http://127.0.0.1:5000/v2/ >/dev/null && break; sleep 1; done
+fi
+curl -sf http://127.0.0.1:5000/v2/ >/dev/null && echo "registry up"
+# S3 (moto's server) and the CycloneDX schema validator the SBOM test uses.
+if ! python3 -c 'import moto.server, cyclonedx.validation.json, boto3' 2>/dev/null; then
+  log "installing moto[server] and cyclonedx-python-lib"
+  pip install -q 'moto[server]' 'cyclonedx-python-lib[json-validation]' boto3
+fi
+if ! curl -sf http://127.0.0.1:8014/ >/dev/null; then
+  log "starting the S3 server on 127.0.0.1:8014"
+  (python3 -m moto.server -H 127.0.0.1 -p 8014 >/tmp/enclii-s3.log 2>&1 &)
+  for _ in $(seq 1 30); do curl -sf http://127.0.0.1:8014/ >/dev/null && break; sleep 1; done
+fi
+curl -sf http://127.0.0.1:8014/ >/dev/null && echo "S3 up"
+
