@@ -614,6 +614,16 @@ async fn deploy(
             Err(format!("must be `rolling` or `canary` (got `{strategy}`)"))
         },
     )?;
+    if let Some(policy) = &state.signatures {
+        let release = state.store.release(req.release).await?;
+        // Ready and signed are the store's checks; this one asks the registry.
+        if release.project == project && release.signature.is_some() {
+            policy
+                .check(&release)
+                .await
+                .map_err(|why| ApiError::Conflict(format!("release {} cannot deploy: {why}", release.id)))?;
+        }
+    }
     let request = DeploymentRequest {
         environment: req.environment.unwrap_or(current.environment),
         project,

@@ -16,4 +16,4 @@ mod routes;
 mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};
-pub use routes::{ApiConfig, AppState, openapi, router};
+pub use routes::{ApiConfig, AppState, SignaturePolicy, openapi, router};

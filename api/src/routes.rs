@@ -38,6 +38,7 @@ pub struct AppState {
     pub(crate) webhook_limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// Serve `/v1` routes (the api role); worker and scheduler roles expose health and metrics only.
     api: bool,
+    pub(crate) signatures: Option<Arc<dyn SignaturePolicy>>,
 }
 
 /// API settings beyond the store.
@@ -49,6 +50,17 @@ pub struct ApiConfig {
     /// Webhook deliveries per project.
     pub webhook_rate_limit: RateLimit,
     pub serve_api: bool,
+    /// Checks a release's image signature in its registry before it deploys (the deploy policy);
+    /// `None`: only the signature reference recorded by the pipeline is required.
+    pub signatures: Option<Arc<dyn SignaturePolicy>>,
+}
+
+/// The deploy policy's registry check: does the image, pinned by digest, carry a signature that
+/// verifies? The API knows nothing of registries; the binary provides this.
+#[async_trait::async_trait]
+pub trait SignaturePolicy: Send + Sync {
+    /// `Err` says why the image cannot be deployed, for the caller.
+    async fn check(&self, release: &enclii_store::Release) -> Result<(), String>;
 }
 
 impl Default for ApiConfig {
@@ -62,6 +74,7 @@ impl Default for ApiConfig {
                 burst: 1200,
             },
             serve_api: true,
+            signatures: None,
         }
     }
 }
@@ -77,6 +90,7 @@ impl AppState {
             webhook_secret: config.webhook_secret.map(Arc::from),
             webhook_limiter: Arc::new(config.webhook_rate_limit.limiter()),
             api: config.serve_api,
+            signatures: config.signatures,
         }
     }
 }

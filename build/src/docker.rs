@@ -247,6 +247,12 @@ pub async fn push(
         .ok_or_else(|| StepError::transient(format!("push of {reference} reported no digest; retrying")))
 }
 
+/// The repository of a reference, without tag or digest: `host:5000/a/b:tag` → `host:5000/a/b`.
+pub fn image_name(reference: &str) -> &str {
+    let reference = reference.split_once('@').map_or(reference, |(name, _)| name);
+    split_tag(reference).0
+}
+
 /// `host:5000/a/b:tag` → (`host:5000/a/b`, `tag`); no tag → `latest`.
 pub fn split_tag(reference: &str) -> (&str, &str) {
     match reference.rsplit_once(':') {

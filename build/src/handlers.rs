@@ -58,7 +58,7 @@ fn source_key(release: &Release) -> String {
 
 /// `host/repo:tag` pinned to `digest`: `host/repo@sha256:…`.
 fn pinned(reference: &str, digest: &str) -> String {
-    format!("{}@{digest}", docker::split_tag(reference).0)
+    format!("{}@{digest}", docker::image_name(reference))
 }
 
 impl BuildSteps {

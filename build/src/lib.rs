@@ -22,7 +22,7 @@ mod workspace;
 
 pub use artefacts::ArtefactStore;
 pub use config::{BuildConfig, RegistryConfig, S3Config};
-pub use docker::image_reference;
+pub use docker::{image_name, image_reference};
 pub use error::StepError;
 pub use handlers::{BuildSteps, register};
 pub use joblog::JobLog;

@@ -99,6 +99,11 @@ pub struct BuildArgs {
 }
 
 impl BuildArgs {
+    /// Whether a registry and a bucket are configured (the build steps run only then).
+    pub fn enabled(&self) -> bool {
+        self.registry.is_some() && self.s3_bucket.is_some()
+    }
+
     /// The build configuration, or `None` when no registry or bucket is configured.
     pub fn config(&self, data_dir: &Path) -> anyhow::Result<Option<BuildConfig>> {
         let (Some(registry), Some(bucket)) = (&self.registry, &self.s3_bucket) else {
@@ -165,6 +170,41 @@ impl BuildArgs {
             }
             Err(e) => Err(e).with_context(|| format!("cannot read the signing key {}", path.display())),
         }
+    }
+}
+
+/// The deploy policy's registry check: the release's image, pinned by digest, must carry a cosign
+/// signature by the platform's key or by the project's own (secret `COSIGN_PRIVATE_KEY`).
+pub struct RegistrySignatures {
+    pub store: std::sync::Arc<enclii_store::Store>,
+    pub auth: RegistryAuth,
+    pub key: VerifyingKey,
+}
+
+#[async_trait::async_trait]
+impl enclii_api::SignaturePolicy for RegistrySignatures {
+    async fn check(&self, release: &enclii_store::Release) -> Result<(), String> {
+        let digest = release.digest.as_deref().ok_or("its image has no digest")?;
+        let image = format!("{}@{digest}", enclii_build::image_name(&release.image));
+        let scope = enclii_store::SecretScope {
+            project: release.project.clone(),
+            environment: None,
+            service: None,
+        };
+        let project_key = match self.store.reveal_secret(&scope, "COSIGN_PRIVATE_KEY").await {
+            Ok(Some(pem)) => SigningKey::from_pem(&pem, None).ok().map(|k| k.verifying_key().clone()),
+            _ => None,
+        };
+        let mut last = String::new();
+        for key in std::iter::once(&self.key).chain(project_key.as_ref()) {
+            match enclii_signing::verify(&self.auth, &image, key).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!(
+            "the deploy policy refuses images whose signature does not verify: {last}"
+        ))
     }
 }
 

@@ -213,10 +213,10 @@ fn init_logging(json: bool) {
 /// The job handlers this process runs: `ping` always; the build steps when a registry and an
 /// artefact bucket are configured. Deploy and the other kinds land with their issues; until a
 /// worker has a handler for a kind, its jobs wait in the queue.
-async fn registry(args: &ServerArgs, store: &Arc<Store>) -> anyhow::Result<Registry> {
+async fn registry(build: Option<enclii_build::BuildConfig>, store: &Arc<Store>) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
     registry.register_typed::<enclii_domain::jobs::Ping, _>(PingHandler);
-    match args.build.config(args.data_dir()?)? {
+    match build {
         Some(config) => {
             let steps = enclii_build::BuildSteps::new(store.clone(), config)
                 .await
@@ -268,6 +268,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None
     };
 
+    let build = match args.build.enabled() {
+        true => args.build.config(args.data_dir()?)?,
+        false => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -289,6 +293,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             burst: args.webhook_rate_per_minute.saturating_mul(2),
         },
         serve_api: args.runs(ServerRole::Api),
+        signatures: build.as_ref().map(|config| {
+            Arc::new(crate::build::RegistrySignatures {
+                store: store.clone(),
+                auth: config.registry.auth(),
+                key: config.signing_key.verifying_key().clone(),
+            }) as Arc<dyn enclii_api::SignaturePolicy>
+        }),
     };
     let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
     let http_shutdown = shutdown.clone();
@@ -312,7 +323,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
             ..WorkerConfig::with_concurrency(args.concurrency)
         };
-        let worker = Worker::new(backend.clone(), registry(&args, &store).await?, config);
+        let worker = Worker::new(backend.clone(), registry(build.clone(), &store).await?, config);
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::data_dir;
 use support::pipeline::*;
 
 const DPKG_STATUS: &str = "Package: libfake1\nStatus: install ok installed\nVersion: 1.2-3\n\nPackage: tzdata\nStatus: install ok installed\nVersion: 2024a-0+deb12u1\n";
@@ -19,8 +20,11 @@ const DPKG_STATUS: &str = "Package: libfake1\nStatus: install ok installed\nVers
 #[test]
 fn a_commit_becomes_a_signed_inventoried_image() {
     let secret = format!("s3cr3t-{}", std::process::id());
+    // A fresh nonce: BuildKit would otherwise serve the secret-using step from an earlier run's
+    // cache, and the log would not show it.
+    let nonce = data_dir().file_name().unwrap().to_string_lossy().to_string();
     let dockerfile = format!(
-        "FROM {BASE_IMAGE}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\n\
+        "FROM {BASE_IMAGE}\nRUN echo {nonce} > /nonce\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\n\
          RUN --mount=type=secret,id=API_TOKEN echo \"token is $(cat /run/secrets/API_TOKEN)\"\n\
          COPY status /var/lib/dpkg/status\nCOPY app.txt /app.txt\nCMD [\"cat\", \"/greeting\"]\n"
     );
@@ -175,6 +179,46 @@ fn a_commit_becomes_a_signed_inventoried_image() {
         assert!(purls.contains(&expected), "{expected} missing from {purls:?}");
     }
     assert_eq!(doc["metadata"]["component"]["version"], digest);
+
+    // The deploy policy checks the registry: the signed release deploys; once its signature is
+    // gone from the registry, it is refused.
+    let deploy = || {
+        call(
+            &server,
+            "POST",
+            "/v1/projects/shop/services/api/deployments",
+            json!({"release": id}),
+        )
+    };
+    let (status, body) = deploy();
+    assert_eq!(status, 202, "{body}");
+    let manifest = format!(
+        "http://{}/v2/shop/api/manifests/{}.sig",
+        registry(),
+        digest.replace(':', "-")
+    );
+    let headers = run(Command::new("curl").args([
+        "-sfI",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    ]));
+    let sig_digest = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("docker-content-digest: ")
+                .map(|d| d.trim().to_string())
+        })
+        .unwrap();
+    let manifest_by_digest = format!("http://{}/v2/shop/api/manifests/{sig_digest}", registry());
+    run(Command::new("curl").args(["-sf", "-X", "DELETE", &manifest_by_digest]));
+    let (status, body) = deploy();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("signature does not verify"),
+        "{body}"
+    );
 
     // The release is immutable: a second build of the same commit is the same release.
     let again = build(&server, &sha);
