@@ -21,7 +21,8 @@ if ! /usr/bin/docker info >/dev/null 2>&1; then
   (dockerd >/tmp/enclii-dockerd.log 2>&1 &)
   for _ in $(seq 1 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
-/usr/bin/docker info --format 'docker engine {{.ServerVersion}}'
+/usr/bin/docker info --format 'docker engine {{.ServerVersion}}' ||
+  { echo "the Docker engine did not start; see /tmp/enclii-dockerd.log" >&2; return 1; }
 if ! curl -sf http://127.0.0.1:5000/v2/ >/dev/null; then
   log "starting the OCI registry on 127.0.0.1:5000"
   mkdir -p /var/tmp/enclii-registry
@@ -36,7 +37,8 @@ YAML
   (docker-registry serve /var/tmp/enclii-registry.yml >/tmp/enclii-registry.log 2>&1 &)
   for _ in $(seq 1 30); do curl -sf http://127.0.0.1:5000/v2/ >/dev/null && break; sleep 1; done
 fi
-curl -sf http://127.0.0.1:5000/v2/ >/dev/null && echo "registry up"
+curl -sf http://127.0.0.1:5000/v2/ >/dev/null ||
+  { echo "the registry did not start; see /tmp/enclii-registry.log" >&2; return 1; }
 # S3 (moto's server) and the CycloneDX schema validator the SBOM test uses.
 if ! python3 -c 'import moto.server, cyclonedx.validation.json, boto3' 2>/dev/null; then
   log "installing moto[server] and cyclonedx-python-lib"
@@ -47,5 +49,7 @@ if ! curl -sf http://127.0.0.1:8014/ >/dev/null; then
   (python3 -m moto.server -H 127.0.0.1 -p 8014 >/tmp/enclii-s3.log 2>&1 &)
   for _ in $(seq 1 30); do curl -sf http://127.0.0.1:8014/ >/dev/null && break; sleep 1; done
 fi
-curl -sf http://127.0.0.1:8014/ >/dev/null && echo "S3 up"
+curl -sf http://127.0.0.1:8014/ >/dev/null ||
+  { echo "the S3 server did not start; see /tmp/enclii-s3.log" >&2; return 1; }
+echo "Docker engine, registry (127.0.0.1:5000) and S3 server (127.0.0.1:8014) are up"
 

@@ -32,7 +32,7 @@ fn a_build_over_its_memory_limit_fails_and_one_within_it_passes() {
     let r = build_and_wait(&server, &greedy, Duration::from_secs(180));
     assert_eq!(r["status"], "failed", "a build over its memory limit must fail: {r}");
     let failure = r["failure"].as_str().unwrap();
-    assert!(failure.starts_with("build failed at Dockerfile:2"), "{failure}");
+    assert!(failure.starts_with("build failed at Dockerfile:3"), "{failure}");
 
     let log = step_log(&server, &r, "build");
     assert!(log.contains("build limits: 1 CPUs, 96 MiB"), "{log}");
@@ -49,8 +49,10 @@ fn a_build_over_its_memory_limit_fails_and_one_within_it_passes() {
 
 /// A repository whose build holds `bytes` bytes of memory in one `RUN` step.
 fn holding(bytes: u64) -> (String, String) {
+    // A fresh nonce first: the step must run under the limits, not come from the cache.
+    let nonce = support::data_dir().file_name().unwrap().to_string_lossy().to_string();
     let dockerfile = format!(
-        "FROM {BASE_IMAGE}\nRUN x=\"$(head -c {bytes} /dev/zero | tr '\\0' a)\" && echo \"held ${{#x}} bytes\"\n"
+        "FROM {BASE_IMAGE}\nRUN echo {nonce} > /nonce\nRUN x=\"$(head -c {bytes} /dev/zero | tr '\\0' a)\" && echo \"held ${{#x}} bytes\"\n"
     );
     repository(&[("Dockerfile", &dockerfile)])
 }
