@@ -203,7 +203,7 @@ mod tests {
         let npm = r#"{"lockfileVersion":3,"packages":{"":{"name":"app","version":"1.0.0"},"node_modules/express":{"version":"4.19.2"},"node_modules/@types/node":{"version":"20.1.0"}}}"#;
         assert_eq!(
             names(&parse_lockfile("package-lock.json", npm)),
-            ["express@4.19.2", "@types/node@20.1.0"]
+            ["@types/node@20.1.0", "express@4.19.2"]
         );
         let go = "github.com/pkg/errors v0.9.1 h1:abc=\ngithub.com/pkg/errors v0.9.1/go.mod h1:def=\n";
         assert_eq!(names(&parse_lockfile("go.sum", go)), ["github.com/pkg/errors@v0.9.1"]);
