@@ -27,9 +27,9 @@ repo="$work/repo"
 mkdir -p "$repo/www"
 cat >"$repo/Dockerfile" <<'DOCKERFILE'
 FROM enclii-test/busybox:latest
-RUN adduser -D -H web
+RUN mkdir -p /www && chmod 755 /www
 COPY www /www
-USER web
+USER 65534:65534
 EXPOSE 3000
 CMD ["httpd", "-f", "-p", "3000", "-h", "/www"]
 DOCKERFILE
@@ -77,13 +77,22 @@ print(r[0]['id'] if r else '')")
     fi
     sleep 0.1
   done
-  [ "$status" = ready ] || { echo "release $id ended $status" >&2; tail -20 "$work/server.log" >&2; exit 1; }
-  echo "$(date +%s.%N) - $started" | bc
+  if [ "$status" != ready ]; then
+    echo "release $id ended $status:" >&2
+    curl -s "${H[@]}" "$api/v1/releases/$id" >&2
+    exit 1
+  fi
+  elapsed=$(echo "$(date +%s.%N) - $started" | bc)
+  # Seconds, then each step's milliseconds from the release's provenance.
+  curl -sf "${H[@]}" "$api/v1/releases/$id" | python3 -c "import json,sys
+r=json.load(sys.stdin)
+print('$elapsed', json.dumps({s['step']: s['finished_at']-s['started_at'] for s in r['steps']}, separators=(',',':')))"
 }
 
 for run in $(seq 1 "$runs"); do
   /usr/bin/docker builder prune -af >/dev/null   # cold: BuildKit's cache dropped
-  cold=$(build "$(commit "cold-$run")")
-  warm=$(build "$(commit "warm-$run")")
-  printf '{"workload":"pipeline","run":%d,"cold_seconds":%.2f,"warm_seconds":%.2f}\n' "$run" "$cold" "$warm"
+  read -r cold cold_steps < <(build "$(commit "cold-$run")")
+  read -r warm warm_steps < <(build "$(commit "warm-$run")")
+  printf '{"workload":"pipeline","run":%d,"cold_seconds":%.2f,"warm_seconds":%.2f,"cold_step_ms":%s,"warm_step_ms":%s}\n' \
+    "$run" "$cold" "$warm" "$cold_steps" "$warm_steps"
 done
