@@ -49,6 +49,30 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Marks a started step as stopped when its future is dropped before it finished (the pool aborts
+/// a job's task on cancellation, on the kind's timeout and at the end of a shutdown's grace).
+struct StepGuard {
+    store: Arc<Store>,
+    release: i64,
+    step: &'static str,
+    finished: bool,
+}
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (store, release, step) = (self.store.clone(), self.release, self.step);
+        tokio::spawn(async move {
+            let detail = "stopped before it finished (cancelled, timed out, or its worker shut down)";
+            let _ = store
+                .finish_release_step(release, step, step_status::FAILED, Some(detail), None)
+                .await;
+        });
+    }
+}
+
 fn source_key(release: &Release) -> String {
     format!(
         "sources/{}/{}/{}-{}.tar.gz",
@@ -110,6 +134,12 @@ impl BuildSteps {
             .start_release_step(release.id, step, job.id, attempt)
             .await
             .map_err(|e| StepError::from(e).into_job_error())?;
+        let mut guard = StepGuard {
+            store: self.store.clone(),
+            release: release.id,
+            step,
+            finished: false,
+        };
         let writer = JobLog::open(self.store.clone(), job.id, Vec::new()).await;
         let log = writer.log().clone();
         log.line(format!(
@@ -146,6 +176,7 @@ impl BuildSteps {
                 None
             }
         };
+        guard.finished = true;
         let (status, detail) = match &result {
             Ok(detail) => (step_status::SUCCEEDED, detail.as_str()),
             Err(e) => (step_status::FAILED, e.message.as_str()),

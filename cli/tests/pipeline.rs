@@ -331,6 +331,11 @@ fn a_cancelled_build_stops_on_the_builder() {
     let r = release(&server, id);
     assert_eq!(r["status"], "failed");
     assert!(r["failure"].as_str().unwrap().starts_with("cancelled by"), "{r}");
+    wait_until(Duration::from_secs(10), "the build step to be marked stopped", || {
+        let r = release(&server, id);
+        step(&r, "build")["status"] == "failed"
+            && step(&r, "build")["detail"].as_str().is_some_and(|d| d.starts_with("stopped before it finished"))
+    });
 }
 
 #[test]
