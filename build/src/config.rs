@@ -18,7 +18,17 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
-    pub fn auth(&self) -> RegistryAuth {
+    /// Whether `image` lives in this registry (its host is ours).
+    pub fn serves(&self, image: &str) -> bool {
+        crate::docker::registry_host(image).eq_ignore_ascii_case(&self.host)
+    }
+
+    /// How to reach `image`'s registry: ours with its settings and credentials; any other host
+    /// (a spec may name one) over HTTPS without them, so our credentials never leave for it.
+    pub fn auth_for(&self, image: &str) -> RegistryAuth {
+        if !self.serves(image) {
+            return RegistryAuth::default();
+        }
         RegistryAuth {
             insecure: self.insecure,
             username: self.username.clone(),
@@ -45,8 +55,10 @@ pub struct BuildConfig {
     pub workspace_root: PathBuf,
     /// URL schemes `clone` may fetch from (`https`, `http`, `git`, `file`).
     pub allowed_git_schemes: Vec<String>,
-    /// Token for private repositories when the project has no `GIT_TOKEN` secret.
+    /// Token for private repositories when the project has no `GIT_TOKEN` secret; sent only to
+    /// the hosts in `git_token_hosts`.
     pub git_token: Option<Secret>,
+    pub git_token_hosts: Vec<String>,
     /// How long a clone may take.
     pub clone_timeout: Duration,
     /// The Docker CLI that drives BuildKit on the engine (a 20.10 CLI or one with buildx).
@@ -63,4 +75,28 @@ pub struct BuildConfig {
     pub s3: S3Config,
     /// Signs images unless the project has its own `COSIGN_PRIVATE_KEY` secret.
     pub signing_key: SigningKey,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_credentials_go_to_our_registry_only() {
+        let registry = RegistryConfig {
+            host: "registry.example:5000".into(),
+            insecure: true,
+            username: Some("ci".into()),
+            password: Some(Secret::new("hunter2")),
+        };
+        let ours = registry.auth_for("registry.example:5000/shop/api@sha256:00");
+        assert!(ours.insecure && ours.username.as_deref() == Some("ci") && ours.password.is_some());
+        for foreign in ["evil.example/shop/api:1", "shop/api:1", "docker.io/library/busybox"] {
+            let auth = registry.auth_for(foreign);
+            assert!(
+                auth.username.is_none() && auth.password.is_none() && !auth.insecure,
+                "{foreign}"
+            );
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -17,12 +18,24 @@ use crate::{BuildConfig, JobLog, RegistryConfig, StepError, detect};
 /// The registry reference an image is pushed as: the spec's image when it names a registry host,
 /// otherwise the configured registry in front of it (`shop/api:sha` → `127.0.0.1:5000/shop/api:sha`).
 pub fn image_reference(registry: &RegistryConfig, image: &str) -> String {
-    let first = image.split('/').next().unwrap_or("");
-    let names_a_host = image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if names_a_host {
+    if names_a_host(image) {
         image.to_string()
     } else {
         format!("{}/{image}", registry.host)
+    }
+}
+
+fn names_a_host(image: &str) -> bool {
+    let first = image.split('/').next().unwrap_or("");
+    image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost")
+}
+
+/// The registry host of a reference (`docker.io` when it names none).
+pub fn registry_host(reference: &str) -> &str {
+    if names_a_host(reference) {
+        reference.split('/').next().unwrap_or("")
+    } else {
+        "docker.io"
     }
 }
 
@@ -66,6 +79,7 @@ pub struct BuildRequest<'a> {
 /// the work stops on the builder too.
 pub async fn build(
     config: &BuildConfig,
+    timeout: std::time::Duration,
     req: &BuildRequest<'_>,
     log: &JobLog,
     cancel: &CancellationToken,
@@ -111,8 +125,13 @@ pub async fn build(
         let log = log.clone();
         let tail = tail.clone();
         async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Bytes, not `lines()`: output that is not UTF-8 must not stop the pump (a full pipe
+            // would then block the build).
+            let mut reader = BufReader::new(stream);
+            let mut raw = Vec::new();
+            while reader.read_until(b'\n', &mut raw).await.is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']).to_string();
+                raw.clear();
                 log.line(&line);
                 let mut tail = tail.lock().expect("log tail");
                 if tail.len() == 400 {
@@ -125,12 +144,12 @@ pub async fn build(
     let output = futures::future::join(pump(Box::new(stdout)), pump(Box::new(stderr)));
     let ended = tokio::select! {
         (_, _) = output => child.wait().await.map_err(|e| StepError::transient(format!("build: waiting for the Docker CLI: {e}")))?,
-        _ = tokio::time::sleep(config.build_timeout) => {
+        _ = tokio::time::sleep(timeout) => {
             let _ = child.kill().await;
-            log.line(format!("build timed out after {:?}; stopped on the builder", config.build_timeout));
+            log.line(format!("build timed out after {timeout:?}; stopped on the builder"));
             return Err(StepError::fatal(format!(
                 "build timed out after {}s; make the build faster (cache dependencies in an earlier layer) or ask the operator to raise ENCLII_BUILD_TIMEOUT_SECONDS",
-                config.build_timeout.as_secs()
+                timeout.as_secs()
             )));
         }
         _ = cancel.cancelled() => {
@@ -194,6 +213,20 @@ fn explain_failure(dockerfile_name: &str, dockerfile_text: &str, tail: &[String]
     format!("build failed: {error}")
 }
 
+/// Gives the image tagged `local` the tag `reference` (moving it from any other image).
+pub async fn retag(docker: &Docker, local: &str, reference: &str) -> Result<(), StepError> {
+    let (repo, tag) = split_tag(reference);
+    let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(repo)
+        .tag(tag)
+        .build();
+    docker.tag_image(local, Some(options)).await.map_err(|e| {
+        StepError::fatal(format!(
+            "push failed: the built image {local} is not on this builder ({e}); build and push must run on workers sharing one Docker engine — retry the pipeline"
+        ))
+    })
+}
+
 /// Pushes `reference` with the registry's credentials; returns its digest (`sha256:…`).
 pub async fn push(
     docker: &Docker,
@@ -202,12 +235,18 @@ pub async fn push(
     log: &JobLog,
 ) -> Result<String, StepError> {
     let (name, tag) = split_tag(reference);
-    let credentials = registry.username.as_ref().map(|username| DockerCredentials {
-        username: Some(username.clone()),
-        password: registry.password.as_ref().map(|p| p.expose().to_string()),
-        serveraddress: Some(registry.host.clone()),
-        ..Default::default()
-    });
+    // Our credentials go to our registry only, never to a host a spec named.
+    let ours = registry.serves(reference);
+    let credentials = registry
+        .username
+        .as_ref()
+        .filter(|_| ours)
+        .map(|username| DockerCredentials {
+            username: Some(username.clone()),
+            password: registry.password.as_ref().map(|p| p.expose().to_string()),
+            serveraddress: Some(registry.host.clone()),
+            ..Default::default()
+        });
     let options = bollard::query_parameters::PushImageOptionsBuilder::default()
         .tag(tag)
         .build();
@@ -291,9 +330,20 @@ pub async fn read_image_files(
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(_) => {
+                // Absent from this image: nothing to inventory there.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                     found = false;
                     break;
+                }
+                // Anything else would make a silently incomplete SBOM: fail (and retry) instead.
+                Err(e) => {
+                    let _ = docker
+                        .remove_container(
+                            &created.id,
+                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        )
+                        .await;
+                    return Err(StepError::transient(format!("sbom: reading {path} from {image}: {e}")));
                 }
             }
         }

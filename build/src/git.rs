@@ -134,6 +134,12 @@ fn classify(repository: &str, e: &git2::Error, cancel: &AtomicBool) -> StepError
     }
     let url = redact_url(repository);
     let message = e.message();
+    // libgit2's word for credentials the server refused (a wrong or expired token).
+    if message.contains("authentication replays") || message.contains("authentication required") {
+        return StepError::fatal(format!(
+            "clone failed: {url} refused the credentials: {message}; set a valid token in the project secret GIT_TOKEN"
+        ));
+    }
     match e.class() {
         git2::ErrorClass::Net | git2::ErrorClass::Ssl | git2::ErrorClass::Http
             if !message.contains("401") && !message.contains("403") && !message.contains("404") =>
@@ -146,14 +152,30 @@ fn classify(repository: &str, e: &git2::Error, cancel: &AtomicBool) -> StepError
     }
 }
 
+/// The host a repository URL points at (`github.com` for `https://github.com/o/r` and
+/// `git@github.com:o/r`), lowercased; empty for `file://`.
+pub fn host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', ':']).next().unwrap_or("");
+    let authority = if url.contains("://") {
+        rest.split('/').next().unwrap_or("")
+    } else {
+        authority
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.split(':').next().unwrap_or("").to_ascii_lowercase()
+}
+
 /// The URL without any credentials written into it.
 pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) if !rest.split('/').next().unwrap_or("").is_empty() && rest.find('@') < rest.find('/') => {
-                format!("{scheme}://***@{host}")
-            }
-            _ => url.to_string(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => match path {
+            Some(path) => format!("{scheme}://***@{host}/{path}"),
+            None => format!("{scheme}://***@{host}"),
         },
         None => url.to_string(),
     }
@@ -205,5 +227,9 @@ mod tests {
             "https://***@github.com/o/r"
         );
         assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
+        assert_eq!(redact_url("https://u:tok@host"), "https://***@host");
+        assert_eq!(host("https://x:t@GitHub.com:443/o/r"), "github.com");
+        assert_eq!(host("git@github.com:o/r.git"), "github.com");
+        assert_eq!(host("file:///srv/repo"), "");
     }
 }

@@ -14,7 +14,7 @@ use bollard::Docker;
 use enclii_domain::jobs;
 use enclii_domain::spec::{BuildType, ServiceSpec};
 use enclii_signing::{Secret, SigningKey};
-use enclii_store::{Artefact, Release, ReleaseOutcome, SecretScope, Store, release_status, step_status};
+use enclii_store::{Artefact, Release, ReleaseOutcome, SecretScope, Store, StoreError, release_status, step_status};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 
 use crate::workspace::{Workspace, contained};
@@ -55,6 +55,8 @@ struct StepGuard {
     store: Arc<Store>,
     release: i64,
     step: &'static str,
+    /// (job id, attempt): only this attempt's row is touched.
+    attempt: (i64, i32),
     finished: bool,
 }
 
@@ -63,14 +65,64 @@ impl Drop for StepGuard {
         if self.finished {
             return;
         }
-        let (store, release, step) = (self.store.clone(), self.release, self.step);
+        let (store, release, step, attempt) = (self.store.clone(), self.release, self.step, self.attempt);
         tokio::spawn(async move {
             let detail = "stopped before it finished (cancelled, timed out, or its worker shut down)";
             let _ = store
-                .finish_release_step(release, step, step_status::FAILED, Some(detail), None)
+                .finish_release_step(release, step, attempt, step_status::FAILED, Some(detail), None)
                 .await;
         });
     }
+}
+
+/// A Lockbox secret for the release's service, from the narrowest scope that has it: the service
+/// in the release's environment, the service, the environment, the project.
+pub async fn lockbox_secret(store: &Store, release: &Release, name: &str) -> Result<Option<Secret>, StepError> {
+    let scope = |environment: Option<&str>, service: Option<&str>| SecretScope {
+        project: release.project.clone(),
+        environment: environment.map(str::to_string),
+        service: service.map(str::to_string),
+    };
+    let env = Some(release.environment.as_str());
+    let service = Some(release.service.as_str());
+    for scope in [
+        scope(env, service),
+        scope(None, service),
+        scope(env, None),
+        scope(None, None),
+    ] {
+        if let Some(value) = store.reveal_secret(&scope, name).await? {
+            let value = String::from_utf8(value)
+                .map_err(|_| StepError::fatal(format!("secret {name} is not UTF-8 text; set it again as text")))?;
+            return Ok(Some(Secret::new(value)));
+        }
+    }
+    Ok(None)
+}
+
+/// The project's own signing key (secrets `COSIGN_PRIVATE_KEY`, `COSIGN_PASSWORD`), if it set one:
+/// `sign` signs with it and the deploy policy verifies with it.
+pub async fn project_signing_key(store: &Store, release: &Release) -> Result<Option<SigningKey>, StepError> {
+    let Some(pem) = lockbox_secret(store, release, "COSIGN_PRIVATE_KEY").await? else {
+        return Ok(None);
+    };
+    let password = lockbox_secret(store, release, "COSIGN_PASSWORD").await?;
+    SigningKey::from_pem(pem.expose().as_bytes(), password.as_ref())
+        .map(Some)
+        .map_err(|e| StepError::fatal(format!("the project secret COSIGN_PRIVATE_KEY is unusable: {e}")))
+}
+
+/// The run a release was loaded for (steps only see releases found by their run).
+fn run_of(release: &Release) -> i64 {
+    release.pipeline_id.unwrap_or_default()
+}
+
+/// The engine-local tag `build` gives a release's image.
+fn local_tag(release: &Release) -> String {
+    format!(
+        "enclii-build/{}/{}:release-{}",
+        release.project, release.service, release.id
+    )
 }
 
 fn source_key(release: &Release) -> String {
@@ -120,11 +172,15 @@ impl BuildSteps {
                 "a `{step}` job runs as a step of a release's pipeline; build a commit (POST /v1/projects/{{p}}/services/{{s}}/releases) instead of enqueueing it alone"
             )));
         };
-        let release = self
-            .store
-            .release_for_pipeline(pipeline)
-            .await
-            .map_err(|e| StepError::from(e).into_job_error())?;
+        let release = match self.store.release_for_pipeline(pipeline).await {
+            Ok(release) => release,
+            // A rebuild of the commit moved the release to a newer run: this one has nothing to do.
+            Err(StoreError::NotFound(why)) => {
+                tracing::info!(pipeline, step, %why, "no release for this run any more; step skipped");
+                return Ok(());
+            }
+            Err(e) => return Err(StepError::from(e).into_job_error()),
+        };
         if release.status != release_status::BUILDING {
             tracing::info!(release = release.id, status = %release.status, step, "release no longer building; step skipped");
             return Ok(());
@@ -138,16 +194,31 @@ impl BuildSteps {
             store: self.store.clone(),
             release: release.id,
             step,
+            attempt: (job.id, attempt),
             finished: false,
         };
-        let writer = JobLog::open(self.store.clone(), job.id, Vec::new()).await;
+        // The registry password is masked from the start; each step adds what it reveals.
+        let known = self
+            .config
+            .registry
+            .password
+            .iter()
+            .map(|p| p.expose().to_string())
+            .collect();
+        let writer = JobLog::open(self.store.clone(), job.id, known)
+            .await
+            .map_err(StepError::into_job_error)?;
         let log = writer.log().clone();
         log.line(format!(
             "== {step} · release {} of {}/{} at {} · attempt {}/{}",
             release.id, release.project, release.service, release.git_sha, job.attempt, job.policy.max_attempts
         ));
         let started = Instant::now();
-        let result = work(release.clone(), log.clone()).await;
+        // Failure messages are stored and shown like log lines: mask them the same way.
+        let result = work(release.clone(), log.clone()).await.map_err(|e| StepError {
+            message: log.redact(&e.message),
+            ..e
+        });
         match &result {
             Ok(detail) => log.line(format!(
                 "== {step} done in {} ms: {detail}",
@@ -182,7 +253,14 @@ impl BuildSteps {
             Err(e) => (step_status::FAILED, e.message.as_str()),
         };
         self.store
-            .finish_release_step(release.id, step, status, Some(detail), log_uri.as_deref())
+            .finish_release_step(
+                release.id,
+                step,
+                (job.id, attempt),
+                status,
+                Some(detail),
+                log_uri.as_deref(),
+            )
             .await
             .map_err(|e| StepError::from(e).into_job_error())?;
         let Err(error) = result else { return Ok(()) };
@@ -198,28 +276,8 @@ impl BuildSteps {
         Err(error.into_job_error())
     }
 
-    /// A Lockbox secret for the release's service, from the narrowest scope that has it.
     async fn secret(&self, release: &Release, name: &str) -> Result<Option<Secret>, StepError> {
-        let scope = |environment: Option<&str>, service: Option<&str>| SecretScope {
-            project: release.project.clone(),
-            environment: environment.map(str::to_string),
-            service: service.map(str::to_string),
-        };
-        let env = Some(release.environment.as_str());
-        let service = Some(release.service.as_str());
-        for scope in [
-            scope(env, service),
-            scope(None, service),
-            scope(env, None),
-            scope(None, None),
-        ] {
-            if let Some(value) = self.store.reveal_secret(&scope, name).await? {
-                let value = String::from_utf8(value)
-                    .map_err(|_| StepError::fatal(format!("secret {name} is not UTF-8 text; set it again as text")))?;
-                return Ok(Some(Secret::new(value)));
-            }
-        }
-        Ok(None)
+        lockbox_secret(&self.store, release, name).await
     }
 
     async fn spec(&self, release: &Release) -> Result<ServiceSpec, StepError> {
@@ -253,7 +311,14 @@ impl BuildSteps {
     ) -> Result<String, StepError> {
         let token = match self.secret(&release, "GIT_TOKEN").await? {
             Some(token) => Some(token),
-            None => self.config.git_token.clone(),
+            // The platform's token goes only to the hosts it is for, not to any URL a spec names.
+            None => self.config.git_token.clone().filter(|_| {
+                let host = git::host(&job.repository);
+                self.config
+                    .git_token_hosts
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(&host))
+            }),
         };
         if let Some(token) = &token {
             log.mask(token.expose());
@@ -281,7 +346,8 @@ impl BuildSteps {
             done = &mut fetch => done.map_err(|e| StepError::transient(format!("clone failed: {e}")))??,
             _ = tokio::time::sleep(self.config.clone_timeout) => {
                 cancelled.store(true, Ordering::Relaxed);
-                let _ = fetch.await;
+                // The transfer stops at its next progress callback; do not wait on a dead server.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), fetch).await;
                 return Err(StepError::transient(format!(
                     "clone failed: timed out after {}s fetching {}; is the repository very large or the server slow?",
                     self.config.clone_timeout.as_secs(), git::redact_url(&job.repository)
@@ -329,7 +395,9 @@ impl BuildSteps {
         let secrets = self
             .build_secrets(&release, &spec.secrets, workspace.path(), &log)
             .await?;
-        let tag = docker::image_reference(&self.config.registry, &release.image);
+        // A tag of this release's own: releases of one commit for two environments share the
+        // registry tag, and `push` gives it to exactly this build's image just before pushing.
+        let tag = local_tag(&release);
         let iidfile = workspace.path().join("image.id");
         if let Some(applied) = crate::limits::apply(&self.config).map_err(StepError::fatal)? {
             log.line(applied);
@@ -354,7 +422,14 @@ impl BuildSteps {
             dockerfile_text: &dockerfile_text,
         };
         log.line(format!("building {tag} with BuildKit on {}", self.config.docker_host));
-        let image_id = docker::build(&self.config, &request, &log, &ctx.cancel).await?;
+        // Our own deadline ends before the kind's, so a timed-out build is recorded, not just dropped.
+        let limit = ctx
+            .job
+            .policy
+            .timeout
+            .saturating_sub(std::time::Duration::from_secs(60));
+        let timeout = self.config.build_timeout.min(limit);
+        let image_id = docker::build(&self.config, timeout, &request, &log, &ctx.cancel).await?;
         Ok(format!("{tag} ({image_id})"))
     }
 
@@ -399,12 +474,14 @@ impl BuildSteps {
 
     async fn push_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
         let reference = docker::image_reference(&self.config.registry, &release.image);
+        docker::retag(&self.docker, &local_tag(&release), &reference).await?;
         log.line(format!("pushing {reference}"));
         let digest = docker::push(&self.docker, &self.config.registry, &reference, &log).await?;
         let builder = docker::builder_name(&self.docker).await?;
         self.store
             .record_artefact(
                 release.id,
+                run_of(&release),
                 &Artefact::Image {
                     digest: digest.clone(),
                     image: reference.clone(),
@@ -438,11 +515,18 @@ impl BuildSteps {
         let files = docker::read_image_files(
             &self.docker,
             &image,
-            &["/etc/os-release", "/var/lib/dpkg/status", "/lib/apk/db/installed"],
+            // `/etc/os-release` is a symlink on Debian and Ubuntu; its target is read too.
+            &[
+                "/etc/os-release",
+                "/usr/lib/os-release",
+                "/var/lib/dpkg/status",
+                "/lib/apk/db/installed",
+            ],
         )
         .await?;
         let distro = files
             .get("/etc/os-release")
+            .or_else(|| files.get("/usr/lib/os-release"))
             .and_then(|f| {
                 String::from_utf8_lossy(f)
                     .lines()
@@ -477,27 +561,22 @@ impl BuildSteps {
             .artefacts
             .put(&key, json.clone(), "application/vnd.cyclonedx+json")
             .await?;
-        let attached = enclii_signing::attach_sbom(&self.config.registry.auth(), &image, &json)
+        let attached = enclii_signing::attach_sbom(&self.config.registry.auth_for(&image), &image, &json)
             .await
             .map_err(|e| StepError::transient(format!("sbom: attaching to {image}: {e}")))?;
         log.line(format!("stored {uri}; attached as {attached}"));
         self.store
-            .record_artefact(release.id, &Artefact::Sbom { uri: uri.clone() })
+            .record_artefact(release.id, run_of(&release), &Artefact::Sbom { uri: uri.clone() })
             .await?;
         Ok(uri)
     }
 
     async fn sign_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
         let (image, _) = self.pushed(&release)?;
-        let key = match self.secret(&release, "COSIGN_PRIVATE_KEY").await? {
-            Some(pem) => {
-                let password = self.secret(&release, "COSIGN_PASSWORD").await?;
+        let key = match project_signing_key(&self.store, &release).await? {
+            Some(key) => {
                 log.line("signing with the project's key (secret COSIGN_PRIVATE_KEY)");
-                SigningKey::from_pem(pem.expose().as_bytes(), password.as_ref()).map_err(|e| {
-                    StepError::fatal(format!(
-                        "sign failed: the project secret COSIGN_PRIVATE_KEY is unusable: {e}"
-                    ))
-                })?
+                key
             }
             None => self.config.signing_key.clone(),
         };
@@ -509,13 +588,14 @@ impl BuildSteps {
                 git::redact_url(&release.repository),
             ),
         ]);
-        let signature = enclii_signing::sign(&self.config.registry.auth(), &image, &key, annotations)
+        let signature = enclii_signing::sign(&self.config.registry.auth_for(&image), &image, &key, annotations)
             .await
             .map_err(|e| StepError::transient(format!("sign failed: {e}")))?;
         log.line(format!("signed {image}; signature {}", signature.reference));
         self.store
             .record_artefact(
                 release.id,
+                run_of(&release),
                 &Artefact::Signature {
                     reference: signature.reference.clone(),
                 },

@@ -9,6 +9,8 @@ use enclii_store::{LogLine, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::StepError;
+
 /// Lines kept for the archive; a runaway build log is cut (the database has it all).
 const ARCHIVE_LIMIT_BYTES: usize = 16 << 20;
 const BATCH: usize = 256;
@@ -29,8 +31,9 @@ pub struct JobLogWriter {
 impl JobLog {
     /// Opens the log of `job_id`, continuing its numbering (a retry appends to earlier attempts).
     /// `secrets` are masked as `***` in every line.
-    pub async fn open(store: Arc<Store>, job_id: i64, secrets: Vec<String>) -> JobLogWriter {
-        let first_seq = store.last_log_seq(job_id).await.unwrap_or(0) + 1;
+    pub async fn open(store: Arc<Store>, job_id: i64, secrets: Vec<String>) -> Result<JobLogWriter, StepError> {
+        // Numbering on from the last line: a guessed start would collide with (and lose) lines.
+        let first_seq = store.last_log_seq(job_id).await? + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(write_lines(store, job_id, first_seq, rx));
         let log = JobLog {
@@ -40,7 +43,7 @@ impl JobLog {
         for secret in secrets {
             log.mask(&secret);
         }
-        JobLogWriter { log, task }
+        Ok(JobLogWriter { log, task })
     }
 
     /// Masks `secret` (and each of its lines) in every later line.
@@ -57,17 +60,22 @@ impl JobLog {
         redact.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 
+    /// `text` with every masked value replaced by `***` (and NULs, which no database stores, by
+    /// `\u{fffd}`).
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.replace('\0', "\u{fffd}");
+        for secret in self.redact.read().expect("mask list").iter() {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+
     /// Appends one line (split further on newlines).
     pub fn line(&self, text: impl AsRef<str>) {
-        let redact = self.redact.read().expect("mask list");
         for line in text.as_ref().lines() {
-            let mut line = line.trim_end_matches('\r').to_string();
-            for secret in redact.iter() {
-                if line.contains(secret.as_str()) {
-                    line = line.replace(secret.as_str(), "***");
-                }
-            }
-            let _ = self.tx.send(line);
+            let _ = self.tx.send(self.redact(line.trim_end_matches('\r')));
         }
     }
 }

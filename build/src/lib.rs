@@ -24,6 +24,6 @@ pub use artefacts::ArtefactStore;
 pub use config::{BuildConfig, RegistryConfig, S3Config};
 pub use docker::{image_name, image_reference};
 pub use error::StepError;
-pub use handlers::{BuildSteps, register};
+pub use handlers::{BuildSteps, lockbox_secret, project_signing_key, register};
 pub use joblog::JobLog;
 pub use sbom::{Inventory, Package, cyclonedx_json};

@@ -155,7 +155,7 @@ pub fn dpkg_status(text: &str, distro: &str) -> Vec<Package> {
                     .map(|v| v.trim().to_string())
             })
         };
-        let installed = field("Status").is_none_or(|s| s.ends_with("installed"));
+        let installed = field("Status").is_none_or(|s| s.ends_with(" installed"));
         if let (Some(name), Some(version), true) = (field("Package"), field("Version"), installed) {
             let mut package = Package::new("deb", &name, &version);
             package.namespace = Some(distro.to_string());
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn os_package_databases() {
-        let dpkg = "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n";
+        let dpkg = "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: never\nStatus: purge ok not-installed\nVersion: 2\n";
         let p = dpkg_status(dpkg, "debian");
         assert_eq!(names(&p), ["libc6@2.36-9"]);
         assert_eq!(p[0].purl(), "pkg:deb/debian/libc6@2.36-9");

@@ -52,6 +52,14 @@ pub struct BuildArgs {
     /// Token for private repositories (projects can set their own secret `GIT_TOKEN`).
     #[arg(long = "git-token", env = "ENCLII_GIT_TOKEN", hide_env_values = true)]
     git_token: Option<String>,
+    /// Hosts the platform's git token is sent to (never to others a spec names), comma-separated.
+    #[arg(
+        long = "git-token-hosts",
+        env = "ENCLII_GIT_TOKEN_HOSTS",
+        value_delimiter = ',',
+        default_value = "github.com"
+    )]
+    git_token_hosts: Vec<String>,
     #[arg(
         long = "clone-timeout-seconds",
         env = "ENCLII_CLONE_TIMEOUT_SECONDS",
@@ -124,6 +132,11 @@ impl BuildArgs {
                 .unwrap_or_else(|| data_dir.join("workspaces")),
             allowed_git_schemes: self.git_schemes.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
             git_token: self.git_token.clone().map(Secret::new),
+            git_token_hosts: self
+                .git_token_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
             clone_timeout: Duration::from_secs(self.clone_timeout_seconds),
             docker_cli,
             docker_host: self.docker_host.clone(),
@@ -177,7 +190,7 @@ impl BuildArgs {
 /// signature by the platform's key or by the project's own (secret `COSIGN_PRIVATE_KEY`).
 pub struct RegistrySignatures {
     pub store: std::sync::Arc<enclii_store::Store>,
-    pub auth: RegistryAuth,
+    pub registry: RegistryConfig,
     pub key: VerifyingKey,
 }
 
@@ -186,18 +199,14 @@ impl enclii_api::SignaturePolicy for RegistrySignatures {
     async fn check(&self, release: &enclii_store::Release) -> Result<(), String> {
         let digest = release.digest.as_deref().ok_or("its image has no digest")?;
         let image = format!("{}@{digest}", enclii_build::image_name(&release.image));
-        let scope = enclii_store::SecretScope {
-            project: release.project.clone(),
-            environment: None,
-            service: None,
-        };
-        let project_key = match self.store.reveal_secret(&scope, "COSIGN_PRIVATE_KEY").await {
-            Ok(Some(pem)) => SigningKey::from_pem(&pem, None).ok().map(|k| k.verifying_key().clone()),
-            _ => None,
-        };
+        let project_key = enclii_build::project_signing_key(&self.store, release)
+            .await
+            .map_err(|e| e.message)?
+            .map(|key| key.verifying_key().clone());
+        let auth = self.registry.auth_for(&image);
         let mut last = String::new();
-        for key in std::iter::once(&self.key).chain(project_key.as_ref()) {
-            match enclii_signing::verify(&self.auth, &image, key).await {
+        for key in project_key.iter().chain(std::iter::once(&self.key)) {
+            match enclii_signing::verify(&auth, &image, key).await {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }

@@ -296,7 +296,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         signatures: build.as_ref().map(|config| {
             Arc::new(crate::build::RegistrySignatures {
                 store: store.clone(),
-                auth: config.registry.auth(),
+                registry: config.registry.clone(),
                 key: config.signing_key.verifying_key().clone(),
             }) as Arc<dyn enclii_api::SignaturePolicy>
         }),

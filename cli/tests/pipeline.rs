@@ -334,7 +334,9 @@ fn a_cancelled_build_stops_on_the_builder() {
     wait_until(Duration::from_secs(10), "the build step to be marked stopped", || {
         let r = release(&server, id);
         step(&r, "build")["status"] == "failed"
-            && step(&r, "build")["detail"].as_str().is_some_and(|d| d.starts_with("stopped before it finished"))
+            && step(&r, "build")["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("stopped before it finished"))
     });
 }
 

@@ -488,7 +488,8 @@ async fn build_service(
                                trigger, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
          ON CONFLICT (project, service, environment, git_sha) DO UPDATE SET
-             status = $8, failure = NULL, pipeline_id = $9, trigger = $10, image = $7, updated_at = $11
+             status = $8, failure = NULL, pipeline_id = $9, trigger = $10, image = $7, updated_at = $11,
+             digest = NULL, sbom_uri = NULL, signature = NULL, builder = NULL
          RETURNING *",
     )
     .bind(&trigger.project)
@@ -504,6 +505,11 @@ async fn build_service(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
+    // A rebuild starts its provenance afresh: no step of the earlier run stays on the release.
+    sqlx::query("DELETE FROM release_steps WHERE release_id = $1")
+        .bind(release.id)
+        .execute(&mut *conn)
+        .await?;
     mark_superseded(conn, &enqueued.superseded, Some(release.id)).await?;
     Ok((release, enqueued))
 }
@@ -571,7 +577,7 @@ pub async fn release_for_pipeline(conn: &mut Conn, pipeline_id: i64) -> Result<R
 /// Records an artefact of a building release; the statement that brings the last of digest, SBOM
 /// and signature also makes the release `ready` (one statement, so two steps finishing together
 /// cannot both miss each other). A release that is no longer building is left alone.
-pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> Result<Release> {
+pub async fn record_artefact(conn: &mut Conn, id: i64, pipeline_id: i64, artefact: &Artefact) -> Result<Release> {
     let (mut digest, mut image, mut builder, mut sbom, mut signature) = (None, None, None, None, None);
     match artefact {
         Artefact::Image { digest: d, image: i, builder: b } => (digest, image, builder) = (Some(d), Some(i), Some(b)),
@@ -585,7 +591,8 @@ pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> R
              signature = COALESCE($6, signature), updated_at = $7,
              status = CASE WHEN COALESCE($2, digest) IS NOT NULL AND COALESCE($5, sbom_uri) IS NOT NULL
                             AND COALESCE($6, signature) IS NOT NULL THEN 'ready' ELSE status END
-         WHERE id = $1 AND status = 'building' AND COALESCE($2, digest) IS NOT NULL RETURNING *",
+         WHERE id = $1 AND status = 'building' AND COALESCE($2, digest) IS NOT NULL AND pipeline_id = $8
+         RETURNING *",
     )
     .bind(id)
     .bind(digest)
@@ -594,6 +601,7 @@ pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> R
     .bind(sbom)
     .bind(signature)
     .bind(now_ms())
+    .bind(pipeline_id)
     .fetch_optional(&mut *conn)
     .await?;
     match updated {
@@ -601,9 +609,10 @@ pub async fn record_artefact(conn: &mut Conn, id: i64, artefact: &Artefact) -> R
         None => {
             let release = get_release(conn, id).await?;
             Err(StoreError::Conflict(format!(
-                "release {id} is {} (digest {}); artefacts are recorded only while it is building, after its image is pushed",
+                "release {id} is {} (digest {}, run {:?}); artefacts are recorded only by its current run, while it is building, after its image is pushed",
                 release.status,
-                release.digest.as_deref().unwrap_or("not yet known")
+                release.digest.as_deref().unwrap_or("not yet known"),
+                release.pipeline_id
             )))
         }
     }
@@ -633,13 +642,14 @@ pub async fn finish_release_step(
     conn: &mut Conn,
     release_id: i64,
     step: &str,
+    attempt: (i64, i32),
     status: &str,
     detail: Option<&str>,
     log_uri: Option<&str>,
 ) -> Result<()> {
     sqlx::query(
         "UPDATE release_steps SET status = $3, finished_at = $4, detail = $5, log_uri = $6
-         WHERE release_id = $1 AND step = $2",
+         WHERE release_id = $1 AND step = $2 AND job_id = $7 AND attempt = $8",
     )
     .bind(release_id)
     .bind(step)
@@ -647,6 +657,8 @@ pub async fn finish_release_step(
     .bind(now_ms())
     .bind(detail)
     .bind(log_uri)
+    .bind(attempt.0)
+    .bind(attempt.1)
     .execute(&mut *conn)
     .await?;
     Ok(())
