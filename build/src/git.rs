@@ -71,15 +71,16 @@ pub fn fetch_commit(
                 "the repository needs credentials: set the project secret GIT_TOKEN",
             )),
         });
-        let cancel = cancel.clone();
-        callbacks.transfer_progress(move |_| !cancel.load(Ordering::Relaxed));
-        let progress_log = log.clone();
+        let transfer_cancel = cancel.clone();
+        callbacks.transfer_progress(move |_| !transfer_cancel.load(Ordering::Relaxed));
+        // The server's progress messages come before any object does: stop there too.
+        let (progress_log, sideband_cancel) = (log.clone(), cancel.clone());
         callbacks.sideband_progress(move |bytes| {
             let text = String::from_utf8_lossy(bytes);
             if let Some(line) = text.split(['\r', '\n']).rev().find(|l| !l.trim().is_empty()) {
                 progress_log.line(format!("remote: {}", line.trim()));
             }
-            true
+            !sideband_cancel.load(Ordering::Relaxed)
         });
         let mut options = FetchOptions::new();
         options.remote_callbacks(callbacks);

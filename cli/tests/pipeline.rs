@@ -356,3 +356,64 @@ fn a_timed_out_build_is_stopped_and_fails_the_release() {
         processes_matching(&format!("sleep {marker}")) == 0
     });
 }
+
+/// A local stand-in for `node:20-slim` (nothing can be pulled on these machines): busybox with an
+/// `npm` that reports what it was asked to do. Made only when the engine has no such image.
+fn node_stand_in() {
+    if Command::new(DOCKER)
+        .args(["image", "inspect", "node:20-slim"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        return;
+    }
+    let dir = unique_dir("node");
+    std::fs::write(dir.join("npm"), "#!/bin/sh\necho \"npm $*\"\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\nCOPY npm /usr/local/bin/npm\nRUN chmod +x /usr/local/bin/npm\n"),
+    )
+    .unwrap();
+    run(Command::new(DOCKER)
+        .env("DOCKER_BUILDKIT", "1")
+        .args(["build", "-q", "-t", "node:20-slim"])
+        .arg(&dir));
+}
+
+#[test]
+fn a_node_project_without_a_dockerfile_is_detected_and_built() {
+    base_image();
+    node_stand_in();
+    let nonce = data_dir().file_name().unwrap().to_string_lossy().to_string();
+    let (url, sha) = repository(&[
+        (
+            "package.json",
+            &format!(r#"{{"name":"web","version":"1.0.0","description":"{nonce}"}}"#),
+        ),
+        (
+            "package-lock.json",
+            r#"{"lockfileVersion":3,"packages":{"node_modules/express":{"version":"4.19.2"}}}"#,
+        ),
+        ("server.js", "console.log('hi')\n"),
+    ]);
+    let server = server(&[]);
+    service(&server, &url, json!({}));
+    let r = build_and_wait(&server, &sha, Duration::from_secs(180));
+    assert_eq!(r["status"], "ready", "{r}");
+    let log = step_log(&server, &r, "build");
+    assert!(
+        log.contains("no Dockerfile: detected a node (package.json) project"),
+        "{log}"
+    );
+    assert!(log.contains("npm ci --omit=dev"), "the generated Dockerfile ran: {log}");
+    let cmd = run(Command::new(DOCKER).args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Cmd}}",
+        r["image"].as_str().unwrap(),
+    ]));
+    assert_eq!(cmd, r#"["npm","start"]"#);
+}
