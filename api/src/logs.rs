@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, find_job};
 
 /// How often a live stream looks for new lines: the log tail's latency.
 const POLL: Duration = Duration::from_millis(250);
@@ -32,11 +32,7 @@ pub struct LogQuery {
 }
 
 async fn readable_job(state: &AppState, principal: &Principal, id: i64) -> Result<(), ApiError> {
-    let job = state
-        .backend
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} does not exist (it may have been pruned)")))?;
+    let job = find_job(state, id).await?;
     principal.require_on(Permission::Read, &job.project, &format!("job {id}"))?;
     Ok(())
 }

@@ -353,7 +353,7 @@ async fn enqueue(
     ))
 }
 
-async fn find_job(state: &AppState, id: i64) -> Result<enclii_queue::JobRecord, ApiError> {
+pub(crate) async fn find_job(state: &AppState, id: i64) -> Result<enclii_queue::JobRecord, ApiError> {
     state
         .backend
         .job(id)
