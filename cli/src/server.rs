@@ -338,6 +338,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             enclii_scheduler::run(backend, config, token).await;
             Ok(())
         });
+        // Job logs live in the control plane's database and go with the jobs' retention.
+        let (store, token) = (store.clone(), shutdown.clone());
+        let retention = Duration::from_secs(args.job_retention_hours * 3600);
+        tasks.spawn(async move {
+            loop {
+                match store.prune_logs(retention).await {
+                    Ok(0) => {}
+                    Ok(lines) => info!(lines, "pruned job log lines past retention"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune job logs"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                    _ = token.cancelled() => return Ok(()),
+                }
+            }
+        });
     }
     let mut result = Ok(());
     while let Some(done) = tasks.join_next().await {

@@ -356,6 +356,11 @@ impl Store {
     pub async fn append_log(&self, lines: &[LogLine]) -> Result<()> {
         write!(self, |conn, ops, _jobs| ops::append_log(conn, lines).await)
     }
+    /// Deletes job log lines older than `age` (the job retention); the archived copies stay in S3.
+    pub async fn prune_logs(&self, age: std::time::Duration) -> Result<u64> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        write!(self, |conn, ops, _jobs| ops::prune_logs(conn, cutoff).await)
+    }
     pub async fn read_log(&self, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
         read!(self, |conn, ops| ops::read_log(conn, job_id, after_seq, limit).await)
     }

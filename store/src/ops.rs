@@ -710,6 +710,15 @@ pub async fn read_log(conn: &mut Conn, job_id: i64, after_seq: i64, limit: i64) 
     .await?)
 }
 
+/// Deletes log lines written before `cutoff_ms` (their archive in S3 stays); returns how many.
+pub async fn prune_logs(conn: &mut Conn, cutoff_ms: i64) -> Result<u64> {
+    Ok(sqlx::query("DELETE FROM job_logs WHERE at < $1")
+        .bind(cutoff_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
+}
+
 // --- deployments --------------------------------------------------------------------------------
 
 pub async fn create_deployment(

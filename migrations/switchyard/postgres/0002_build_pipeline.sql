@@ -26,3 +26,5 @@ CREATE TABLE job_logs (
     line    TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+-- Pruned by age with the job retention.
+CREATE INDEX job_logs_by_age ON job_logs (at);
