@@ -84,14 +84,6 @@ impl ArtefactStore {
         Ok(bytes.into_bytes().to_vec())
     }
 
-    /// Reads an object by the URI [`put`](Self::put) returned.
-    pub async fn get_uri(&self, uri: &str) -> Result<Vec<u8>, StepError> {
-        let key = uri
-            .strip_prefix(&format!("s3://{}/", self.bucket))
-            .ok_or_else(|| StepError::fatal(format!("`{uri}` is not in bucket `{}`", self.bucket)))?;
-        self.get(key).await
-    }
-
     pub fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }

@@ -156,10 +156,6 @@ impl BuildSteps {
         })
     }
 
-    pub fn artefacts(&self) -> &ArtefactStore {
-        &self.artefacts
-    }
-
     /// Runs one step of a release's pipeline around `work`, which returns the step's detail.
     async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, work: F) -> Result<(), JobError>
     where
