@@ -14,7 +14,9 @@ use bollard::Docker;
 use enclii_domain::jobs;
 use enclii_domain::spec::{BuildType, ServiceSpec};
 use enclii_signing::{Secret, SigningKey};
-use enclii_store::{Artefact, Release, ReleaseOutcome, SecretScope, Store, StoreError, release_status, step_status};
+use enclii_store::{
+    Artefact, Release, ReleaseOutcome, SecretScope, StepEnd, Store, StoreError, release_status, step_status,
+};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 
 use crate::workspace::{Workspace, contained};
@@ -39,6 +41,18 @@ pub fn register(registry: &mut Registry, steps: Arc<BuildSteps>) {
 }
 
 struct Steps(Arc<BuildSteps>);
+
+/// What a step's work produced: a short result for the step's record and its artefact, if any.
+struct StepDone {
+    detail: String,
+    artefact: Option<Artefact>,
+}
+
+impl StepDone {
+    fn detail(detail: String) -> Self {
+        StepDone { detail, artefact: None }
+    }
+}
 
 /// Sets the flag when dropped: a blocking git transfer stops when its job's future goes away.
 struct CancelOnDrop(Arc<AtomicBool>);
@@ -68,9 +82,14 @@ impl Drop for StepGuard {
         let (store, release, step, attempt) = (self.store.clone(), self.release, self.step, self.attempt);
         tokio::spawn(async move {
             let detail = "stopped before it finished (cancelled, timed out, or its worker shut down)";
-            let _ = store
-                .finish_release_step(release, step, attempt, step_status::FAILED, Some(detail), None)
-                .await;
+            let end = StepEnd {
+                step,
+                status: step_status::FAILED,
+                detail: Some(detail),
+                log_uri: None,
+                artefact: None,
+            };
+            let _ = store.finish_release_step(release, attempt, &end).await;
         });
     }
 }
@@ -160,7 +179,7 @@ impl BuildSteps {
     async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, work: F) -> Result<(), JobError>
     where
         F: FnOnce(Release, JobLog) -> Fut,
-        Fut: Future<Output = Result<String, StepError>>,
+        Fut: Future<Output = Result<StepDone, StepError>>,
     {
         let job = &ctx.job;
         let Some(pipeline) = job.pipeline else {
@@ -216,9 +235,10 @@ impl BuildSteps {
             ..e
         });
         match &result {
-            Ok(detail) => log.line(format!(
-                "== {step} done in {} ms: {detail}",
-                started.elapsed().as_millis()
+            Ok(done) => log.line(format!(
+                "== {step} done in {} ms: {}",
+                started.elapsed().as_millis(),
+                done.detail
             )),
             Err(e) => log.line(format!(
                 "== {step} failed after {} ms: {}",
@@ -244,22 +264,36 @@ impl BuildSteps {
             }
         };
         guard.finished = true;
-        let (status, detail) = match &result {
-            Ok(detail) => (step_status::SUCCEEDED, detail.as_str()),
-            Err(e) => (step_status::FAILED, e.message.as_str()),
+        let attempt = (job.id, attempt);
+        // The step ends and its artefact is recorded in one transaction (the release may become
+        // ready there); if that is refused (a newer run took the release over), the step failed.
+        let error = match result {
+            Ok(done) => {
+                let end = StepEnd {
+                    step,
+                    status: step_status::SUCCEEDED,
+                    detail: Some(&done.detail),
+                    log_uri: log_uri.as_deref(),
+                    artefact: done.artefact.as_ref().map(|a| (run_of(&release), a)),
+                };
+                match self.store.finish_release_step(release.id, attempt, &end).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => StepError::from(e),
+                }
+            }
+            Err(e) => e,
+        };
+        let end = StepEnd {
+            step,
+            status: step_status::FAILED,
+            detail: Some(&error.message),
+            log_uri: log_uri.as_deref(),
+            artefact: None,
         };
         self.store
-            .finish_release_step(
-                release.id,
-                step,
-                (job.id, attempt),
-                status,
-                Some(detail),
-                log_uri.as_deref(),
-            )
+            .finish_release_step(release.id, attempt, &end)
             .await
             .map_err(|e| StepError::from(e).into_job_error())?;
-        let Err(error) = result else { return Ok(()) };
         if !error.retryable || job.attempt >= job.policy.max_attempts {
             let outcome = ReleaseOutcome {
                 failure: Some(error.message.clone()),
@@ -304,7 +338,7 @@ impl BuildSteps {
         ctx: &JobContext,
         release: Release,
         log: JobLog,
-    ) -> Result<String, StepError> {
+    ) -> Result<StepDone, StepError> {
         let token = match self.secret(&release, "GIT_TOKEN").await? {
             Some(token) => Some(token),
             // The platform's token goes only to the hosts it is for, not to any URL a spec names.
@@ -355,10 +389,10 @@ impl BuildSteps {
             .artefacts
             .put(&source_key(&release), archive, "application/gzip")
             .await?;
-        Ok(format!("{sha}: {size} bytes archived to {uri}"))
+        Ok(StepDone::detail(format!("{sha}: {size} bytes archived to {uri}")))
     }
 
-    async fn build_image(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<String, StepError> {
+    async fn build_image(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<StepDone, StepError> {
         let workspace = Workspace::create(&self.config.workspace_root, ctx.job.id, ctx.job.attempt)?;
         let src = self.unpack_source(&release, workspace.path()).await?;
         let spec = self.spec(&release).await?.spec.build;
@@ -426,7 +460,7 @@ impl BuildSteps {
             .saturating_sub(std::time::Duration::from_secs(60));
         let timeout = self.config.build_timeout.min(limit);
         let image_id = docker::build(&self.config, timeout, &request, &log, &ctx.cancel).await?;
-        Ok(format!("{tag} ({image_id})"))
+        Ok(StepDone::detail(format!("{tag} ({image_id})")))
     }
 
     /// Writes each build secret to a 0600 file in the workspace (removed with it) and masks it.
@@ -468,24 +502,20 @@ impl BuildSteps {
         Ok(files)
     }
 
-    async fn push_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
+    async fn push_image(&self, release: Release, log: JobLog) -> Result<StepDone, StepError> {
         let reference = docker::image_reference(&self.config.registry, &release.image);
         docker::retag(&self.docker, &local_tag(&release), &reference).await?;
         log.line(format!("pushing {reference}"));
         let digest = docker::push(&self.docker, &self.config.registry, &reference, &log).await?;
         let builder = docker::builder_name(&self.docker).await?;
-        self.store
-            .record_artefact(
-                release.id,
-                run_of(&release),
-                &Artefact::Image {
-                    digest: digest.clone(),
-                    image: reference.clone(),
-                    builder,
-                },
-            )
-            .await?;
-        Ok(pinned(&reference, &digest))
+        Ok(StepDone {
+            detail: pinned(&reference, &digest),
+            artefact: Some(Artefact::Image {
+                digest,
+                image: reference,
+                builder,
+            }),
+        })
     }
 
     /// The pushed image pinned by digest, for the steps after `push`.
@@ -497,7 +527,7 @@ impl BuildSteps {
         Ok((pinned(&release.image, &digest), digest))
     }
 
-    async fn inventory(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<String, StepError> {
+    async fn inventory(&self, ctx: &JobContext, release: Release, log: JobLog) -> Result<StepDone, StepError> {
         let (image, digest) = self.pushed(&release)?;
         let workspace = Workspace::create(&self.config.workspace_root, ctx.job.id, ctx.job.attempt)?;
         let src = self.unpack_source(&release, workspace.path()).await?;
@@ -561,13 +591,13 @@ impl BuildSteps {
             .await
             .map_err(|e| StepError::transient(format!("sbom: attaching to {image}: {e}")))?;
         log.line(format!("stored {uri}; attached as {attached}"));
-        self.store
-            .record_artefact(release.id, run_of(&release), &Artefact::Sbom { uri: uri.clone() })
-            .await?;
-        Ok(uri)
+        Ok(StepDone {
+            detail: uri.clone(),
+            artefact: Some(Artefact::Sbom { uri }),
+        })
     }
 
-    async fn sign_image(&self, release: Release, log: JobLog) -> Result<String, StepError> {
+    async fn sign_image(&self, release: Release, log: JobLog) -> Result<StepDone, StepError> {
         let (image, _) = self.pushed(&release)?;
         let key = match project_signing_key(&self.store, &release).await? {
             Some(key) => {
@@ -588,16 +618,12 @@ impl BuildSteps {
             .await
             .map_err(|e| StepError::transient(format!("sign failed: {e}")))?;
         log.line(format!("signed {image}; signature {}", signature.reference));
-        self.store
-            .record_artefact(
-                release.id,
-                run_of(&release),
-                &Artefact::Signature {
-                    reference: signature.reference.clone(),
-                },
-            )
-            .await?;
-        Ok(signature.reference)
+        Ok(StepDone {
+            detail: signature.reference.clone(),
+            artefact: Some(Artefact::Signature {
+                reference: signature.reference,
+            }),
+        })
     }
 }
 

@@ -316,34 +316,17 @@ impl Store {
     pub async fn release_for_pipeline(&self, pipeline_id: i64) -> Result<Release> {
         read!(self, |conn, ops| ops::release_for_pipeline(conn, pipeline_id).await)
     }
-    /// Records a build artefact for release `id` as built by run `pipeline_id`; see [`Artefact`].
-    pub async fn record_artefact(&self, id: i64, pipeline_id: i64, artefact: &Artefact) -> Result<Release> {
-        write!(self, |conn, ops, _jobs| ops::record_artefact(
-            conn,
-            id,
-            pipeline_id,
-            artefact
-        )
-        .await)
-    }
     pub async fn start_release_step(&self, release_id: i64, step: &str, job_id: i64, attempt: i32) -> Result<()> {
         write!(self, |conn, ops, _jobs| ops::start_release_step(
             conn, release_id, step, job_id, attempt
         )
         .await)
     }
-    /// Ends a step as started by `attempt` (job id, attempt number); a stale attempt changes nothing.
-    pub async fn finish_release_step(
-        &self,
-        release_id: i64,
-        step: &str,
-        attempt: (i64, i32),
-        status: &str,
-        detail: Option<&str>,
-        log_uri: Option<&str>,
-    ) -> Result<()> {
+    /// Ends a step as started by `attempt` (job id, attempt number), with its artefact; see
+    /// [`StepEnd`].
+    pub async fn finish_release_step(&self, release_id: i64, attempt: (i64, i32), end: &StepEnd<'_>) -> Result<()> {
         write!(self, |conn, ops, _jobs| ops::finish_release_step(
-            conn, release_id, step, attempt, status, detail, log_uri
+            conn, release_id, attempt, end
         )
         .await)
     }

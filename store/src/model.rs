@@ -410,6 +410,17 @@ pub enum Artefact {
     Signature { reference: String },
 }
 
+/// How a release's step ended: its status, detail and archived log, and the artefact it produced
+/// with the run that produced it (recorded only while that run is the release's current one).
+#[derive(Clone, Debug)]
+pub struct StepEnd<'a> {
+    pub step: &'a str,
+    pub status: &'a str,
+    pub detail: Option<&'a str>,
+    pub log_uri: Option<&'a str>,
+    pub artefact: Option<(i64, &'a Artefact)>,
+}
+
 /// How a release's pipeline ended, as its build workers report it.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ReleaseOutcome {

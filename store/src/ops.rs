@@ -577,7 +577,7 @@ pub async fn release_for_pipeline(conn: &mut Conn, pipeline_id: i64) -> Result<R
 /// Records an artefact of a building release; the statement that brings the last of digest, SBOM
 /// and signature also makes the release `ready` (one statement, so two steps finishing together
 /// cannot both miss each other). A release that is no longer building is left alone.
-pub async fn record_artefact(conn: &mut Conn, id: i64, pipeline_id: i64, artefact: &Artefact) -> Result<Release> {
+async fn record_artefact(conn: &mut Conn, id: i64, pipeline_id: i64, artefact: &Artefact) -> Result<Release> {
     let (mut digest, mut image, mut builder, mut sbom, mut signature) = (None, None, None, None, None);
     match artefact {
         Artefact::Image { digest: d, image: i, builder: b } => (digest, image, builder) = (Some(d), Some(i), Some(b)),
@@ -637,26 +637,23 @@ pub async fn start_release_step(conn: &mut Conn, release_id: i64, step: &str, jo
     Ok(())
 }
 
-/// Ends a release's pipeline step with its status, detail and archived log.
-pub async fn finish_release_step(
-    conn: &mut Conn,
-    release_id: i64,
-    step: &str,
-    attempt: (i64, i32),
-    status: &str,
-    detail: Option<&str>,
-    log_uri: Option<&str>,
-) -> Result<()> {
+/// Ends a release's pipeline step as started by `attempt` (job id, attempt number; a stale attempt
+/// changes nothing) and records the artefact it produced, in the caller's transaction: a release
+/// is never `ready` while the step that made it so still shows as running.
+pub async fn finish_release_step(conn: &mut Conn, release_id: i64, attempt: (i64, i32), end: &StepEnd<'_>) -> Result<()> {
+    if let Some((pipeline_id, artefact)) = end.artefact {
+        record_artefact(conn, release_id, pipeline_id, artefact).await?;
+    }
     sqlx::query(
         "UPDATE release_steps SET status = $3, finished_at = $4, detail = $5, log_uri = $6
          WHERE release_id = $1 AND step = $2 AND job_id = $7 AND attempt = $8",
     )
     .bind(release_id)
-    .bind(step)
-    .bind(status)
+    .bind(end.step)
+    .bind(end.status)
     .bind(now_ms())
-    .bind(detail)
-    .bind(log_uri)
+    .bind(end.detail)
+    .bind(end.log_uri)
     .bind(attempt.0)
     .bind(attempt.1)
     .execute(&mut *conn)
