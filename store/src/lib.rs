@@ -156,6 +156,10 @@ macro_rules! read {
     }};
 }
 
+// Timetable and Waybill (cron and one-off jobs, cost, budgets); uses the macros above.
+mod timetable;
+pub use timetable::*;
+
 impl Store {
     /// Opens (and migrates) the database, and the queue: in the same database unless
     /// `queue_url` names another.

@@ -19,6 +19,9 @@ pub struct Environment {
     /// Monthly budget in cents; `None` means no budget.
     pub budget_cents: Option<i64>,
     pub created_at: i64,
+    /// When the environment was paused (a budget at 100%, or by hand); `None` while it runs.
+    /// A paused environment runs no cron or one-off jobs and takes no cost samples.
+    pub paused_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
