@@ -126,6 +126,47 @@ pub struct NewEnvironment {
     region: Option<String>,
     /// Monthly budget in cents.
     budget_cents: Option<i64>,
+    quota: Option<QuotaBody>,
+}
+
+/// What an environment's services may ask for together (every replica at `replicas.max`, every
+/// volume); an omitted field is unlimited.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaBody {
+    /// CPU, a Kubernetes quantity: `4` or `500m`.
+    cpu: Option<String>,
+    /// Memory, e.g. `8Gi`.
+    memory: Option<String>,
+    /// Volume storage, e.g. `100Gi`.
+    storage: Option<String>,
+    /// Replicas.
+    pods: Option<i64>,
+}
+
+/// The quota as the store keeps it (millicores, MiB), or the field that does not parse.
+fn quota_settings(quota: &QuotaBody, settings: &mut EnvironmentChange) -> Result<(), ApiError> {
+    let parsed = |path: &str, value: &Option<String>, parse: fn(&str) -> Result<u64, String>, unit: u64| {
+        value
+            .as_deref()
+            .map(|v| parse(v).map(|n| (n / unit) as i64))
+            .transpose()
+            .map_err(|message| (path.to_string(), message))
+    };
+    let result = (|| {
+        settings.quota_cpu_millis = parsed("quota.cpu", &quota.cpu, enclii_domain::spec::parse_cpu_millis, 1)?;
+        settings.quota_memory_mib = parsed("quota.memory", &quota.memory, enclii_domain::spec::parse_memory_bytes, 1 << 20)?;
+        settings.quota_storage_mib =
+            parsed("quota.storage", &quota.storage, enclii_domain::spec::parse_memory_bytes, 1 << 20)?;
+        if let Some(pods) = quota.pods
+            && pods < 1
+        {
+            return Err(("quota.pods".to_string(), format!("must be ≥ 1 (got {pods})")));
+        }
+        settings.quota_pods = quota.pods;
+        Ok(())
+    })();
+    result.map_err(|(path, message)| check(&path, Err(message)).unwrap_err())
 }
 
 fn check_budget(budget: Option<i64>) -> Result<(), ApiError> {
@@ -147,15 +188,17 @@ pub async fn create_environment(
     Body(req): Body<NewEnvironment>,
 ) -> Created<Environment> {
     principal.require(Permission::ProjectWrite, Some(&project))?;
-    if req.budget_cents.is_some() {
+    if req.budget_cents.is_some() || req.quota.is_some() {
         principal.require(Permission::Govern, Some(&project))?;
     }
     check("name", validate_environment_name(&req.name))?;
     check_budget(req.budget_cents)?;
-    let settings = EnvironmentChange {
+    let mut settings = EnvironmentChange {
         region: req.region,
         budget_cents: req.budget_cents,
+        ..EnvironmentChange::default()
     };
+    quota_settings(&req.quota.unwrap_or_default(), &mut settings)?;
     let env = state
         .store
         .create_environment(&principal.subject, &project, &req.name, &settings)
@@ -179,6 +222,8 @@ pub async fn list_environments(
 pub struct EnvironmentUpdate {
     region: Option<String>,
     budget_cents: Option<i64>,
+    /// Replaces the quota when given; kept as it is when omitted.
+    quota: Option<QuotaBody>,
 }
 
 #[utoipa::path(patch, path = "/v1/projects/{project}/environments/{environment}", tag = "environments",
@@ -192,10 +237,21 @@ pub async fn update_environment(
     // Budgets are governance; the region is project configuration.
     principal.require(Permission::Govern, Some(&project))?;
     check_budget(req.budget_cents)?;
-    let settings = EnvironmentChange {
+    let mut settings = EnvironmentChange {
         region: req.region,
         budget_cents: req.budget_cents,
+        ..EnvironmentChange::default()
     };
+    match &req.quota {
+        Some(quota) => quota_settings(quota, &mut settings)?,
+        None => {
+            let current = state.store.environment(&project, &environment).await?;
+            settings.quota_cpu_millis = current.quota_cpu_millis;
+            settings.quota_memory_mib = current.quota_memory_mib;
+            settings.quota_storage_mib = current.quota_storage_mib;
+            settings.quota_pods = current.quota_pods;
+        }
+    }
     Ok(Json(
         state
             .store

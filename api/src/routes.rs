@@ -55,13 +55,7 @@ pub struct ApiConfig {
     pub signatures: Option<Arc<dyn SignaturePolicy>>,
 }
 
-/// The deploy policy's registry check: does the image, pinned by digest, carry a signature that
-/// verifies? The API knows nothing of registries; the binary provides this.
-#[async_trait::async_trait]
-pub trait SignaturePolicy: Send + Sync {
-    /// `Err` says why the image cannot be deployed, for the caller.
-    async fn check(&self, release: &enclii_store::Release) -> Result<(), String>;
-}
+pub use enclii_store::SignaturePolicy;
 
 impl Default for ApiConfig {
     fn default() -> Self {

@@ -165,7 +165,7 @@ async fn releases_deployments_and_rollback(db: Db) {
         .collect();
     assert_eq!(
         steps,
-        ["clone", "build", "push", "sbom", "sign", "deploy", "canary-analyze"]
+        ["clone", "build", "push", "sbom", "sign", "deploy"]
     );
 
     // A release that is still building cannot be deployed.

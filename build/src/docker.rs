@@ -286,19 +286,7 @@ pub async fn push(
         .ok_or_else(|| StepError::transient(format!("push of {reference} reported no digest; retrying")))
 }
 
-/// The repository of a reference, without tag or digest: `host:5000/a/b:tag` → `host:5000/a/b`.
-pub fn image_name(reference: &str) -> &str {
-    let reference = reference.split_once('@').map_or(reference, |(name, _)| name);
-    split_tag(reference).0
-}
-
-/// `host:5000/a/b:tag` → (`host:5000/a/b`, `tag`); no tag → `latest`.
-pub fn split_tag(reference: &str) -> (&str, &str) {
-    match reference.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name, tag),
-        _ => (reference, "latest"),
-    }
-}
+pub use enclii_domain::image::{image_name, split_tag};
 
 /// Reads files out of an image (without running it): `paths` that do not exist are skipped.
 pub async fn read_image_files(

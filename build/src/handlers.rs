@@ -151,10 +151,7 @@ fn source_key(release: &Release) -> String {
     )
 }
 
-/// `host/repo:tag` pinned to `digest`: `host/repo@sha256:…`.
-fn pinned(reference: &str, digest: &str) -> String {
-    format!("{}@{digest}", docker::image_name(reference))
-}
+use enclii_domain::image::pinned;
 
 impl BuildSteps {
     /// Connects to the artefact store (creating its bucket) and the Docker engine.
@@ -222,7 +219,7 @@ impl BuildSteps {
             .collect();
         let writer = JobLog::open(self.store.clone(), job.id, known)
             .await
-            .map_err(StepError::into_job_error)?;
+            .map_err(|e| StepError::from(e).into_job_error())?;
         let log = writer.log().clone();
         log.line(format!(
             "== {step} · release {} of {}/{} at {} · attempt {}/{}",

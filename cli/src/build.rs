@@ -108,6 +108,11 @@ pub struct BuildArgs {
 
 impl BuildArgs {
     /// Whether a registry and a bucket are configured (the build steps run only then).
+    /// The Docker engine builds (and the Docker deploy target) use.
+    pub fn docker_host(&self) -> &str {
+        &self.docker_host
+    }
+
     pub fn enabled(&self) -> bool {
         self.registry.is_some() && self.s3_bucket.is_some()
     }

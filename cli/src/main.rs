@@ -1,6 +1,7 @@
 //! `enclii`: runs the platform (`enclii server`) and, as later issues land, talks to it.
 
 mod build;
+mod deploy;
 mod server;
 
 use clap::{Parser, Subcommand};

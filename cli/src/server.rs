@@ -90,6 +90,8 @@ pub struct ServerArgs {
     bootstrap_token: Option<String>,
     #[command(flatten)]
     build: crate::build::BuildArgs,
+    #[command(flatten)]
+    deploy: crate::deploy::DeployArgs,
 }
 
 impl ServerArgs {
@@ -211,10 +213,21 @@ fn init_logging(json: bool) {
 }
 
 /// The job handlers this process runs: `ping` always; the build steps when a registry and an
-/// artefact bucket are configured. Deploy and the other kinds land with their issues; until a
+/// artefact bucket are configured; the deploy kinds when a deploy target is connected. Until a
 /// worker has a handler for a kind, its jobs wait in the queue.
-async fn registry(build: Option<enclii_build::BuildConfig>, store: &Arc<Store>) -> anyhow::Result<Registry> {
+async fn registry(
+    build: Option<enclii_build::BuildConfig>,
+    deployer: Option<Arc<enclii_deploy::Deployer>>,
+    store: &Arc<Store>,
+) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
+    match deployer {
+        Some(deployer) => {
+            info!(target = deployer.target().name(), "deploys enabled (deploy, canary-analyze, preview-teardown)");
+            enclii_deploy::register(&mut registry, deployer);
+        }
+        None => info!("deploys disabled: no deploy target in this process"),
+    }
     registry.register_typed::<enclii_domain::jobs::Ping, _>(PingHandler);
     match build {
         Some(config) => {
@@ -276,6 +289,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
 
+    let api_signatures = build.as_ref().map(|config| {
+        Arc::new(crate::build::RegistrySignatures {
+            store: store.clone(),
+            registry: config.registry.clone(),
+            key: config.signing_key.verifying_key().clone(),
+        }) as Arc<dyn enclii_api::SignaturePolicy>
+    });
     let listen = args.listen();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -293,13 +313,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             burst: args.webhook_rate_per_minute.saturating_mul(2),
         },
         serve_api: args.runs(ServerRole::Api),
-        signatures: build.as_ref().map(|config| {
-            Arc::new(crate::build::RegistrySignatures {
-                store: store.clone(),
-                registry: config.registry.clone(),
-                key: config.signing_key.verifying_key().clone(),
-            }) as Arc<dyn enclii_api::SignaturePolicy>
-        }),
+        signatures: api_signatures.clone(),
     };
     let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
     let http_shutdown = shutdown.clone();
@@ -317,13 +331,38 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     if args.runs(ServerRole::Worker) {
+        let target = args.deploy.connect(args.build.docker_host(), args.data_dir()?).await?;
+        let deployer = target.map(|connected| {
+            if let Some((listen, junctions)) = connected.router {
+                let token = shutdown.clone();
+                tasks.spawn(async move {
+                    let listener = tokio::net::TcpListener::bind(listen)
+                        .await
+                        .with_context(|| format!("router cannot listen on {listen} (set --router-listen)"))?;
+                    info!(%listen, "Junctions router listening");
+                    axum::serve(
+                        listener,
+                        junctions.app().into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                    .context("router failed")
+                });
+            }
+            Arc::new(enclii_deploy::Deployer::new(
+                store.clone(),
+                connected.target,
+                api_signatures.clone(),
+                args.deploy.deployer_config(),
+            ))
+        });
         let config = WorkerConfig {
             lease: Duration::from_secs(args.lease_seconds.max(2)),
             heartbeat_every: Duration::from_secs(args.lease_seconds.max(2)) / 4,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
             ..WorkerConfig::with_concurrency(args.concurrency)
         };
-        let worker = Worker::new(backend.clone(), registry(build.clone(), &store).await?, config);
+        let worker = Worker::new(backend.clone(), registry(build.clone(), deployer, &store).await?, config);
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }

@@ -78,29 +78,44 @@ pub struct Sign {
 }
 job_kind!(Sign, "sign", policy(3, 3, 300, 5));
 
-/// Roll a ready release out to an environment.
+/// Roll a ready release out to an environment. A pipeline's deploy names the commit (its release
+/// is found by service, environment and commit); an API deploy or rollback names the deployment
+/// row it created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
     pub service: String,
     pub environment: String,
     pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<i64>,
 }
 job_kind!(Deploy, "deploy", policy(1, 3, 900, 10));
 
-/// Judge a canary step by error rate and P95 latency; promote or roll back.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Judge one canary step of a deployment by error rate and P95 latency over the spec's window;
+/// advance to the next step, promote, or roll back. Enqueued by the deploy (and by each passing
+/// step) to run when the step's window has passed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryAnalyze {
-    pub service: String,
-    pub environment: String,
-    pub commit: String,
-    /// Traffic percentages, e.g. `[10, 100]`.
-    pub steps: Vec<u8>,
-    pub max_error_rate: f64,
-    pub window_secs: u64,
+    pub deployment: i64,
+    /// Index into the spec's `deploy.steps` of the step being judged.
+    pub step: u32,
 }
 job_kind!(CanaryAnalyze, "canary-analyze", policy(1, 5, 600, 5));
+
+/// Run one of a service's jobs (`spec.jobs`) once, on schedule or on demand, with the image of
+/// the release deployed in the environment. A failed run is retried by the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRun {
+    pub service: String,
+    pub environment: String,
+    pub job: String,
+    /// The `job_runs` row this execution reports to.
+    pub run: i64,
+}
+job_kind!(JobRun, "job-run", policy(4, 3, 3600, 5));
 
 /// Remove everything a pull request's preview environment created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +159,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (CanaryAnalyze::KIND, CanaryAnalyze::policy()),
         (PreviewTeardown::KIND, PreviewTeardown::policy()),
         (CostSample::KIND, CostSample::policy()),
+        (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
 }
@@ -176,6 +192,7 @@ pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, Pa
         CanaryAnalyze::KIND => check::<CanaryAnalyze>(payload),
         PreviewTeardown::KIND => check::<PreviewTeardown>(payload),
         CostSample::KIND => check::<CostSample>(payload),
+        JobRun::KIND => check::<JobRun>(payload),
         Ping::KIND => check::<Ping>(payload),
         other => Err(PayloadError::UnknownKind {
             kind: other.to_string(),

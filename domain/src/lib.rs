@@ -4,6 +4,7 @@
 //! joins this crate with the API issue.
 
 pub mod github;
+pub mod image;
 pub mod jobs;
 pub mod pipeline;
 pub mod spec;

@@ -1,5 +1,6 @@
 //! The pipeline a push to a deployed branch becomes:
-//! `clone → build → push → (sbom ∥ sign) → deploy → canary-analyze`.
+//! `clone → build → push → (sbom ∥ sign) → deploy`. A canary deploy schedules its own
+//! `canary-analyze` jobs, one per step, when each step's window has passed.
 
 use enclii_queue::{JobKind, NewJob, NewPipeline, PipelineStep, QueueError};
 
@@ -95,21 +96,9 @@ pub fn build_and_deploy(req: &BuildRequest) -> Result<NewPipeline, QueueError> {
                 service: service.clone(),
                 environment: environment.clone(),
                 commit: commit.clone(),
+                deployment: None,
             },
             &["sbom", "sign"],
-        )?);
-        steps.push(step(
-            "canary-analyze",
-            p,
-            &jobs::CanaryAnalyze {
-                service: service.clone(),
-                environment: environment.clone(),
-                commit: commit.clone(),
-                steps: vec![10, 100],
-                max_error_rate: 0.02,
-                window_secs: 120,
-            },
-            &["deploy"],
         )?);
     }
     let target = req.deploy_to.as_deref().unwrap_or("build-only");
@@ -197,7 +186,7 @@ mod tests {
         assert_eq!(needs("sbom"), ["push"]);
         assert_eq!(needs("sign"), ["push"]);
         assert_eq!(needs("deploy"), ["sbom", "sign"]);
-        assert_eq!(needs("canary-analyze"), ["deploy"]);
+        assert!(p.steps.iter().all(|s| s.name != "canary-analyze"), "a canary deploy schedules its own analysis");
         assert_eq!(
             p.supersede_key.as_deref(),
             Some("service:solarpunk/api:branch:main:env:prod")

@@ -12,6 +12,7 @@
 //! because sqlx connections are concrete types; the SQL is the portable subset of both.
 
 mod error;
+mod joblog;
 pub mod model;
 pub mod sealing;
 
@@ -23,6 +24,7 @@ use enclii_queue::{Backend, PipelineEnqueued};
 use sqlx::migrate::Migrator;
 
 pub use error::{Result, StoreError};
+pub use joblog::{JobLog, JobLogWriter};
 pub use model::*;
 pub use sealing::MasterKey;
 
@@ -79,6 +81,15 @@ pub struct StoreConfig {
     pub queue_url: Option<String>,
     pub max_connections: u32,
     pub master_key: MasterKey,
+}
+
+/// The deploy policy's registry check: does the release's image, pinned by digest, carry a
+/// signature that verifies? Asked by the API before it accepts a deploy and by the deployer
+/// before it runs one; neither knows registries — the binary provides this.
+#[async_trait::async_trait]
+pub trait SignaturePolicy: Send + Sync {
+    /// `Err` says why the image cannot be deployed, for the caller.
+    async fn check(&self, release: &Release) -> Result<(), String>;
 }
 
 pub struct Store {
@@ -363,6 +374,78 @@ impl Store {
     pub async fn list_deployments(&self, project: &str, service: Option<&str>, limit: i64) -> Result<Vec<Deployment>> {
         read!(self, |conn, ops| ops::list_deployments(conn, project, service, limit)
             .await)
+    }
+
+    /// The deployment a pipeline's deploy job works on (created by its first attempt).
+    pub async fn pipeline_deployment(
+        &self,
+        job_id: i64,
+        project: &str,
+        deploy: &enclii_domain::jobs::Deploy,
+        strategy: &str,
+    ) -> Result<Deployment> {
+        write!(self, |conn, ops, _jobs| ops::pipeline_deployment(
+            conn, job_id, project, deploy, strategy
+        )
+        .await)
+    }
+    /// Records a deployment's progress, and enqueues `then` (its next step) in the same
+    /// transaction; refused once the deployment has ended.
+    pub async fn update_deployment(
+        &self,
+        actor: &str,
+        id: i64,
+        update: &DeploymentUpdate<'_>,
+        then: Option<enclii_queue::NewJob>,
+    ) -> Result<Deployment> {
+        write!(self, |conn, ops, jobs| {
+            let deployment = ops::update_deployment(conn, actor, id, update).await?;
+            if let Some(job) = then {
+                jobs.job(conn, job).await?;
+            }
+            Ok(deployment)
+        })
+    }
+    /// Marks the service's other unfinished deployments in the environment superseded.
+    pub async fn supersede_deployments(&self, by: &Deployment) -> Result<Vec<i64>> {
+        write!(self, |conn, ops, _jobs| ops::supersede_deployments(conn, by).await)
+    }
+    /// The deployment serving the service in the environment now, if any.
+    pub async fn current_deployment(&self, project: &str, environment: &str, service: &str) -> Result<Option<Deployment>> {
+        read!(self, |conn, ops| ops::current_deployment(conn, project, environment, service)
+            .await)
+    }
+    pub async fn service_routes(&self, project: &str, environment: &str, service: &str) -> Result<Vec<Route>> {
+        read!(self, |conn, ops| ops::service_routes(conn, project, environment, service)
+            .await)
+    }
+    pub async fn bind_preview_route(&self, project: &str, environment: &str, service: &str, host: &str) -> Result<Route> {
+        write!(self, |conn, ops, _jobs| ops::bind_preview_route(
+            conn,
+            project,
+            environment,
+            service,
+            host
+        )
+        .await)
+    }
+    /// The secret values a service reads in an environment (narrowest scope wins), for the
+    /// deployer that injects them. The API never calls this.
+    pub async fn service_secrets(&self, project: &str, environment: &str, service: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let key = &self.key;
+        read!(self, |conn, ops| ops::service_secrets(conn, key, project, environment, service)
+            .await)
+    }
+    /// Forgets what a torn-down preview held for one service (and the environment once empty).
+    pub async fn forget_preview(&self, actor: &str, project: &str, environment: &str, service: &str) -> Result<()> {
+        write!(self, |conn, ops, _jobs| ops::forget_preview(
+            conn,
+            actor,
+            project,
+            environment,
+            service
+        )
+        .await)
     }
 
     // --- secrets ----------------------------------------------------------------------------

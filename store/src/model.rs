@@ -19,6 +19,12 @@ pub struct Environment {
     /// Monthly budget in cents; `None` means no budget.
     pub budget_cents: Option<i64>,
     pub created_at: i64,
+    /// Quota: the most CPU (millicores), memory and volume storage (MiB) and replicas the
+    /// environment's services may ask for together; `None` is unlimited.
+    pub quota_cpu_millis: Option<i64>,
+    pub quota_memory_mib: Option<i64>,
+    pub quota_storage_mib: Option<i64>,
+    pub quota_pods: Option<i64>,
     /// When the environment was paused (a budget at 100%, or by hand); `None` while it runs.
     /// A paused environment runs no cron or one-off jobs and takes no cost samples.
     pub paused_at: Option<i64>,
@@ -28,6 +34,14 @@ pub struct Environment {
 pub struct EnvironmentChange {
     pub region: Option<String>,
     pub budget_cents: Option<i64>,
+    #[serde(default)]
+    pub quota_cpu_millis: Option<i64>,
+    #[serde(default)]
+    pub quota_memory_mib: Option<i64>,
+    #[serde(default)]
+    pub quota_storage_mib: Option<i64>,
+    #[serde(default)]
+    pub quota_pods: Option<i64>,
 }
 
 /// What the store needs of a validated Service Spec.
@@ -136,7 +150,7 @@ pub struct Deployment {
     pub release_id: i64,
     /// `rolling` or `canary`.
     pub strategy: String,
-    /// `pending`, `running`, `succeeded`, `failed`, `rolled_back`.
+    /// See [`deployment_status`].
     pub status: String,
     /// `deploy` or `rollback`.
     pub reason: String,
@@ -144,6 +158,48 @@ pub struct Deployment {
     pub created_at: i64,
     pub updated_at: i64,
     pub created_by: String,
+    /// Why it ended as it did, or which canary step it is on.
+    pub detail: Option<String>,
+    /// The canary's share of the traffic while the deployment is a canary.
+    pub canary_percent: Option<i32>,
+    /// Where the service answers (the first route), e.g. a preview's URL.
+    pub url: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
+pub mod deployment_status {
+    /// Waiting for its deploy job.
+    pub const PENDING: &str = "pending";
+    /// The target is starting the release.
+    pub const RUNNING: &str = "running";
+    /// The release serves a share of the traffic beside the stable one, under analysis.
+    pub const CANARY: &str = "canary";
+    /// The release serves all traffic.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// The release never served (unhealthy, refused, …); the previous one still does.
+    pub const FAILED: &str = "failed";
+    /// The canary failed its analysis and was removed; the stable release serves all traffic.
+    pub const ROLLED_BACK: &str = "rolled_back";
+    /// A newer deployment of the same service took over before this one finished.
+    pub const SUPERSEDED: &str = "superseded";
+    /// Its preview environment was torn down.
+    pub const TORN_DOWN: &str = "torn_down";
+
+    /// Still in progress: a newer deployment supersedes it.
+    pub const ACTIVE: [&str; 3] = [PENDING, RUNNING, CANARY];
+
+    pub fn is_terminal(status: &str) -> bool {
+        !ACTIVE.contains(&status)
+    }
+}
+
+/// A change of a deployment's progress.
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentUpdate<'a> {
+    pub status: &'a str,
+    pub detail: Option<String>,
+    pub canary_percent: Option<i32>,
+    pub url: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -30,7 +30,7 @@ impl Jobs<'_> {
         })
     }
 
-    async fn job(&self, conn: &mut Conn, job: NewJob) -> Result<i64> {
+    pub(crate) async fn job(&self, conn: &mut Conn, job: NewJob) -> Result<i64> {
         let mut enqueued = if self.same_database {
             self.queue.enqueue_in(conn, vec![job]).await?
         } else {
@@ -93,7 +93,7 @@ pub async fn create_project(conn: &mut Conn, actor: &str, slug: &str, name: &str
     .await?
     .ok_or_else(|| StoreError::Conflict(format!("project `{slug}` already exists; choose another slug")))?;
     for environment in DEFAULT_ENVIRONMENTS {
-        insert_environment(conn, slug, environment, None, None).await?;
+        insert_environment(conn, slug, environment, &EnvironmentChange::default()).await?;
     }
     let diff = json!({"name": name, "environments": DEFAULT_ENVIRONMENTS});
     audit(conn, actor, change("project.create", "project", slug, Some(slug), diff)).await?;
@@ -154,18 +154,23 @@ async fn insert_environment(
     conn: &mut Conn,
     project: &str,
     name: &str,
-    region: Option<&str>,
-    budget_cents: Option<i64>,
+    settings: &EnvironmentChange,
 ) -> Result<Option<Environment>> {
     Ok(sqlx::query_as::<_, Environment>(
-        "INSERT INTO environments (project, name, region, budget_cents, created_at) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO environments (project, name, region, budget_cents, created_at, quota_cpu_millis,
+                                   quota_memory_mib, quota_storage_mib, quota_pods)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (project, name) DO NOTHING RETURNING *",
     )
     .bind(project)
     .bind(name)
-    .bind(region)
-    .bind(budget_cents)
+    .bind(&settings.region)
+    .bind(settings.budget_cents)
     .bind(now_ms())
+    .bind(settings.quota_cpu_millis)
+    .bind(settings.quota_memory_mib)
+    .bind(settings.quota_storage_mib)
+    .bind(settings.quota_pods)
     .fetch_optional(&mut *conn)
     .await?)
 }
@@ -178,10 +183,10 @@ pub async fn create_environment(
     settings: &EnvironmentChange,
 ) -> Result<Environment> {
     require_project(conn, project).await?;
-    let environment = insert_environment(conn, project, name, settings.region.as_deref(), settings.budget_cents)
+    let environment = insert_environment(conn, project, name, settings)
         .await?
         .ok_or_else(|| StoreError::Conflict(format!("environment `{name}` already exists in project `{project}`")))?;
-    let diff = json!({"region": settings.region, "budget_cents": settings.budget_cents});
+    let diff = json!({"region": settings.region, "budget_cents": settings.budget_cents, "quota": quota_json(settings)});
     let entity = format!("{project}/{name}");
     audit(conn, actor, change("environment.create", "environment", &entity, Some(project), diff)).await?;
     Ok(environment)
@@ -219,21 +224,35 @@ pub async fn update_environment(
 ) -> Result<Environment> {
     let before = get_environment(conn, project, name).await?;
     let environment = sqlx::query_as::<_, Environment>(
-        "UPDATE environments SET region = $3, budget_cents = $4 WHERE project = $1 AND name = $2 RETURNING *",
+        "UPDATE environments SET region = $3, budget_cents = $4, quota_cpu_millis = $5, quota_memory_mib = $6,
+                                 quota_storage_mib = $7, quota_pods = $8
+         WHERE project = $1 AND name = $2 RETURNING *",
     )
     .bind(project)
     .bind(name)
     .bind(&settings.region)
     .bind(settings.budget_cents)
+    .bind(settings.quota_cpu_millis)
+    .bind(settings.quota_memory_mib)
+    .bind(settings.quota_storage_mib)
+    .bind(settings.quota_pods)
     .fetch_one(&mut *conn)
     .await?;
+    let before_quota = json!({"cpu_millis": before.quota_cpu_millis, "memory_mib": before.quota_memory_mib,
+                              "storage_mib": before.quota_storage_mib, "pods": before.quota_pods});
     let diff = json!({
         "region": {"from": before.region, "to": settings.region},
         "budget_cents": {"from": before.budget_cents, "to": settings.budget_cents},
+        "quota": {"from": before_quota, "to": quota_json(settings)},
     });
     let entity = format!("{project}/{name}");
     audit(conn, actor, change("environment.update", "environment", &entity, Some(project), diff)).await?;
     Ok(environment)
+}
+
+fn quota_json(settings: &EnvironmentChange) -> serde_json::Value {
+    json!({"cpu_millis": settings.quota_cpu_millis, "memory_mib": settings.quota_memory_mib,
+           "storage_mib": settings.quota_storage_mib, "pods": settings.quota_pods})
 }
 
 // --- services -----------------------------------------------------------------------------------
@@ -734,21 +753,7 @@ pub async fn create_deployment(
             release.id, release.project, release.service
         )));
     }
-    if release.status != release_status::READY {
-        return Err(StoreError::Conflict(format!(
-            "release {} is {}, not ready; only ready releases can be deployed{}",
-            release.id,
-            release.status,
-            if release.status == release_status::BUILDING { " (wait for its pipeline to finish)" } else { "" }
-        )));
-    }
-    // Deploy policy: an image is deployed only with the cosign signature its pipeline made.
-    if release.signature.is_none() {
-        return Err(StoreError::Conflict(format!(
-            "release {} is not signed; the deploy policy refuses unsigned images (rebuild the commit so its sign step runs)",
-            release.id
-        )));
-    }
+    check_deployable(&release)?;
     let now = now_ms();
     let deployment = sqlx::query_as::<_, Deployment>(
         "INSERT INTO deployments (project, service, environment, release_id, strategy, status, reason, created_at,
@@ -771,6 +776,7 @@ pub async fn create_deployment(
             service: service.to_string(),
             environment: request.environment.clone(),
             commit: release.git_sha.clone(),
+            deployment: Some(deployment.id),
         },
     )?;
     let job_id = jobs.job(conn, job).await?;
@@ -785,6 +791,286 @@ pub async fn create_deployment(
     let entity = deployment.id.to_string();
     audit(conn, actor, change(action, "deployment", &entity, Some(project), diff)).await?;
     Ok(deployment)
+}
+
+/// Only a ready, signed release deploys (the deploy policy: an image runs only with the cosign
+/// signature its pipeline made).
+fn check_deployable(release: &Release) -> Result<()> {
+    if release.status != release_status::READY {
+        return Err(StoreError::Conflict(format!(
+            "release {} is {}, not ready; only ready releases can be deployed{}",
+            release.id,
+            release.status,
+            if release.status == release_status::BUILDING { " (wait for its pipeline to finish)" } else { "" }
+        )));
+    }
+    if release.signature.is_none() || release.digest.is_none() {
+        return Err(StoreError::Conflict(format!(
+            "release {} is not signed; the deploy policy refuses unsigned images (rebuild the commit so its sign step runs)",
+            release.id
+        )));
+    }
+    Ok(())
+}
+
+/// The deployment a pipeline's deploy job works on: created by its first attempt (keyed by the
+/// job, so a retry finds the same row), for the release the pipeline built.
+pub async fn pipeline_deployment(
+    conn: &mut Conn,
+    job_id: i64,
+    project: &str,
+    deploy: &enclii_domain::jobs::Deploy,
+    strategy: &str,
+) -> Result<Deployment> {
+    if let Some(existing) = sqlx::query_as::<_, Deployment>("SELECT * FROM deployments WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(existing);
+    }
+    let release = sqlx::query_as::<_, Release>(
+        "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
+    )
+    .bind(project)
+    .bind(&deploy.service)
+    .bind(&deploy.environment)
+    .bind(&deploy.commit)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "no release of {project}/{} for commit {} in environment `{}`",
+            deploy.service, deploy.commit, deploy.environment
+        ))
+    })?;
+    check_deployable(&release)?;
+    let now = now_ms();
+    let deployment = sqlx::query_as::<_, Deployment>(
+        "INSERT INTO deployments (project, service, environment, release_id, strategy, status, reason, job_id,
+                                  created_at, updated_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 'deploy', $6, $7, $7, 'system:pipeline') RETURNING *",
+    )
+    .bind(project)
+    .bind(&deploy.service)
+    .bind(&deploy.environment)
+    .bind(release.id)
+    .bind(strategy)
+    .bind(job_id)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let diff = json!({"service": deploy.service, "environment": deploy.environment, "release": release.id,
+                      "strategy": strategy, "job": job_id});
+    let entity = deployment.id.to_string();
+    audit(conn, "system:pipeline", change("deployment.create", "deployment", &entity, Some(project), diff)).await?;
+    Ok(deployment)
+}
+
+/// Records a deployment's progress (audited); a finished deployment never changes again, so a
+/// late or retried job cannot rewrite how it ended.
+pub async fn update_deployment(
+    conn: &mut Conn,
+    actor: &str,
+    id: i64,
+    update: &DeploymentUpdate<'_>,
+) -> Result<Deployment> {
+    let before = get_deployment(conn, id).await?;
+    if deployment_status::is_terminal(&before.status) {
+        return Err(StoreError::Conflict(format!(
+            "deployment {id} already ended as {}; start a new deployment instead",
+            before.status
+        )));
+    }
+    let now = now_ms();
+    let finished = deployment_status::is_terminal(update.status).then_some(now);
+    let deployment = sqlx::query_as::<_, Deployment>(
+        "UPDATE deployments SET status = $2, detail = COALESCE($3, detail), canary_percent = $4,
+                                url = COALESCE($5, url), updated_at = $6, finished_at = $7
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(update.status)
+    .bind(&update.detail)
+    .bind(update.canary_percent)
+    .bind(&update.url)
+    .bind(now)
+    .bind(finished)
+    .fetch_one(&mut *conn)
+    .await?;
+    if before.status != update.status || before.canary_percent != update.canary_percent {
+        let diff = json!({"status": {"from": before.status, "to": update.status},
+                          "canary_percent": update.canary_percent, "detail": update.detail});
+        let entity = id.to_string();
+        let action = format!("deployment.{}", update.status);
+        audit(conn, actor, change(&action, "deployment", &entity, Some(&deployment.project), diff)).await?;
+    }
+    Ok(deployment)
+}
+
+/// Marks the service's other unfinished deployments in the environment superseded by `by`.
+pub async fn supersede_deployments(conn: &mut Conn, by: &Deployment) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deployments SET status = 'superseded', detail = $5, updated_at = $6, finished_at = $6
+         WHERE project = $1 AND environment = $2 AND service = $3 AND id <> $4
+           AND status IN ('pending', 'running', 'canary')
+         RETURNING id",
+    )
+    .bind(&by.project)
+    .bind(&by.environment)
+    .bind(&by.service)
+    .bind(by.id)
+    .bind(format!("superseded by deployment {}", by.id))
+    .bind(now_ms())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids)
+}
+
+/// The deployment serving the service in the environment now: the latest that succeeded.
+pub async fn current_deployment(
+    conn: &mut Conn,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<Option<Deployment>> {
+    Ok(sqlx::query_as::<_, Deployment>(
+        "SELECT * FROM deployments WHERE project = $1 AND environment = $2 AND service = $3 AND status = 'succeeded'
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// The routes bound to the service in one environment.
+pub async fn service_routes(conn: &mut Conn, project: &str, environment: &str, service: &str) -> Result<Vec<Route>> {
+    Ok(sqlx::query_as::<_, Route>(
+        "SELECT * FROM routes WHERE project = $1 AND environment = $2 AND service = $3 ORDER BY id",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Binds a preview's host to the service (idempotent); refused if another service holds it.
+pub async fn bind_preview_route(
+    conn: &mut Conn,
+    project: &str,
+    environment: &str,
+    service: &str,
+    host: &str,
+) -> Result<Route> {
+    match find_route(conn, host, "/").await? {
+        Some(route) if route.project == project && route.service == service && route.environment == environment => {
+            Ok(route)
+        }
+        Some(route) => Err(StoreError::Conflict(format!(
+            "{} is already routed to {}; the preview domain must be reserved for previews",
+            route_label(host, "/"),
+            route_owner(&route, project)
+        ))),
+        None => insert_route(conn, project, environment, service, host, "/", false).await,
+    }
+}
+
+/// The secrets a service reads in an environment, by name: the narrowest scope wins (service in
+/// the environment, then the service everywhere, the environment, the project).
+pub async fn service_secrets(
+    conn: &mut Conn,
+    key: &MasterKey,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let rows = sqlx::query_as::<_, (String, String, String, i64, String)>(
+        "SELECT s.environment, s.service, s.name, s.version, s.sealed FROM secrets s
+         WHERE s.project = $1 AND s.environment IN ('', $2) AND s.service IN ('', $3) AND NOT s.deleted
+           AND s.version = (SELECT MAX(t.version) FROM secrets t WHERE t.project = s.project
+                            AND t.environment = s.environment AND t.service = s.service AND t.name = s.name)",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut chosen: std::collections::BTreeMap<String, (u8, Vec<u8>)> = Default::default();
+    for (env, svc, name, version, sealed) in rows {
+        let rank = u8::from(!svc.is_empty()) * 2 + u8::from(!env.is_empty());
+        if chosen.get(&name).is_some_and(|(r, _)| *r >= rank) {
+            continue;
+        }
+        let scope = SecretScope {
+            project: project.to_string(),
+            environment: (!env.is_empty()).then_some(env),
+            service: (!svc.is_empty()).then_some(svc),
+        };
+        let value = key.open(&sealed, &scope.binding(&name, version))?;
+        chosen.insert(name, (rank, value));
+    }
+    Ok(chosen.into_iter().map(|(name, (_, value))| (name, value)).collect())
+}
+
+/// Forgets what a torn-down preview held for one service: its routes, and its deployments end
+/// as torn down. When no other service runs there any more, the environment itself goes with
+/// its secrets. Releases stay (their provenance is history).
+pub async fn forget_preview(
+    conn: &mut Conn,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3")
+        .bind(project)
+        .bind(environment)
+        .bind(service)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE deployments SET status = 'torn_down', updated_at = $4, finished_at = COALESCE(finished_at, $4)
+         WHERE project = $1 AND environment = $2 AND service = $3 AND status IN ('pending', 'running', 'canary', 'succeeded')",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    let still_running: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deployments WHERE project = $1 AND environment = $2
+           AND status IN ('pending', 'running', 'canary', 'succeeded')",
+    )
+    .bind(project)
+    .bind(environment)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut diff = json!({"service": service});
+    if still_running == 0 {
+        for statement in [
+            "DELETE FROM routes WHERE project = $1 AND environment = $2",
+            "DELETE FROM secrets WHERE project = $1 AND environment = $2",
+        ] {
+            sqlx::query(statement)
+                .bind(project)
+                .bind(environment)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM environments WHERE project = $1 AND name = $2")
+            .bind(project)
+            .bind(environment)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        diff["environment_removed"] = json!(deleted > 0);
+    }
+    let entity = format!("{project}/{environment}");
+    audit(conn, actor, change("environment.teardown", "environment", &entity, Some(project), diff)).await
 }
 
 pub async fn get_deployment(conn: &mut Conn, id: i64) -> Result<Deployment> {
@@ -1210,7 +1496,7 @@ pub async fn accept_webhook(conn: &mut Conn, jobs: &Jobs<'_>, delivery: &Webhook
         WebhookIntent::Preview { repository, number, branch, sha } => {
             let environment = format!("preview-{number}");
             for service in admitted(conn, repository, &delivery.rate_limited).await? {
-                insert_environment(conn, &service.project, &environment, None, None).await?;
+                insert_environment(conn, &service.project, &environment, &EnvironmentChange::default()).await?;
                 let trigger = BuildTrigger {
                     project: service.project.clone(),
                     service: service.name.clone(),

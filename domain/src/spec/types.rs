@@ -317,6 +317,9 @@ pub struct Analysis {
     /// How long each step is observed, e.g. `2m`; see [`Analysis::window_duration`].
     #[serde(default = "default_window")]
     pub window: String,
+    /// The slowest P95 latency a step may show, e.g. `800ms`; unchecked when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p95_latency: Option<String>,
 }
 
 fn default_max_error_rate() -> f64 {
@@ -332,6 +335,7 @@ impl Default for Analysis {
         Analysis {
             max_error_rate: default_max_error_rate(),
             window: default_window(),
+            max_p95_latency: None,
         }
     }
 }
@@ -340,6 +344,11 @@ impl Analysis {
     /// The observation window; `None` if invalid (which validation rejects).
     pub fn window_duration(&self) -> Option<Duration> {
         rules::parse_duration(&self.window).ok()
+    }
+
+    /// The P95 latency ceiling; `None` when unset (or invalid, which validation rejects).
+    pub fn max_p95(&self) -> Option<Duration> {
+        self.max_p95_latency.as_deref().and_then(|d| rules::parse_duration(d).ok())
     }
 }
 

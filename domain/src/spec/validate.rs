@@ -338,5 +338,8 @@ fn deploy(c: &mut Checker, d: &Deploy) {
             });
         }
         c.check("window", rules::parse_duration(&d.analysis.window).map(drop));
+        if let Some(latency) = &d.analysis.max_p95_latency {
+            c.check("maxP95Latency", rules::parse_duration(latency).map(drop));
+        }
     });
 }

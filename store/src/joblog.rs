@@ -5,11 +5,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use enclii_store::{LogLine, Store};
+use crate::{LogLine, Result, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use crate::StepError;
 
 /// Lines kept for the archive; a runaway build log is cut (the database has it all).
 const ARCHIVE_LIMIT_BYTES: usize = 16 << 20;
@@ -31,7 +29,7 @@ pub struct JobLogWriter {
 impl JobLog {
     /// Opens the log of `job_id`, continuing its numbering (a retry appends to earlier attempts).
     /// `secrets` are masked as `***` in every line.
-    pub async fn open(store: Arc<Store>, job_id: i64, secrets: Vec<String>) -> Result<JobLogWriter, StepError> {
+    pub async fn open(store: Arc<Store>, job_id: i64, secrets: Vec<String>) -> Result<JobLogWriter> {
         // Numbering on from the last line: a guessed start would collide with (and lose) lines.
         let first_seq = store.last_log_seq(job_id).await? + 1;
         let (tx, rx) = mpsc::unbounded_channel();

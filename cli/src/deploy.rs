@@ -1,0 +1,83 @@
+//! `enclii server`'s deploy configuration: which target runs releases, and the Junctions router
+//! in front of the Docker target.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use enclii_deploy::{DockerTarget, DockerTargetConfig, Junctions, Target};
+use tracing::info;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// The Docker engine when one answers on the Docker host; else none.
+    Auto,
+    /// Containers on one Docker engine behind the Junctions router.
+    Docker,
+    /// A Kubernetes cluster (the in-cluster config or `~/.kube/config`).
+    Kubernetes,
+    /// No deploys here: deploy jobs wait for a worker that has a target.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Where releases run.
+    #[arg(long = "deploy-target", env = "ENCLII_DEPLOY_TARGET", value_enum, default_value = "auto")]
+    target: TargetKind,
+    /// Address of the Junctions router (Docker target): routes by host to the services.
+    #[arg(long = "router-listen", env = "ENCLII_ROUTER_LISTEN", default_value = "127.0.0.1:8081")]
+    router_listen: SocketAddr,
+    /// The port users reach the router on, for the URLs deploys report (default: its listen port;
+    /// set it when a proxy or port mapping sits in front).
+    #[arg(long = "router-public-port", env = "ENCLII_ROUTER_PUBLIC_PORT")]
+    router_public_port: Option<u16>,
+    /// Previews answer on `<service>-preview-<n>.<domain>`.
+    #[arg(long = "preview-domain", env = "ENCLII_PREVIEW_DOMAIN", default_value = "preview.localhost")]
+    preview_domain: String,
+    /// How long a new release may take to pass its readiness probe.
+    #[arg(long = "deploy-health-timeout-seconds", env = "ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
+    health_timeout_seconds: u64,
+}
+
+/// A running target, and the router to serve when it has one.
+pub struct DeployTarget {
+    pub target: Arc<dyn Target>,
+    pub router: Option<(SocketAddr, Arc<Junctions>)>,
+}
+
+impl DeployArgs {
+    pub fn deployer_config(&self) -> enclii_deploy::DeployerConfig {
+        enclii_deploy::DeployerConfig {
+            preview_domain: self.preview_domain.clone(),
+        }
+    }
+
+    /// Connects the configured target; `None` when deploys do not run in this process.
+    pub async fn connect(&self, docker_host: &str, data_dir: &Path) -> anyhow::Result<Option<DeployTarget>> {
+        match self.target {
+            TargetKind::None => Ok(None),
+            TargetKind::Kubernetes => anyhow::bail!(
+                "--deploy-target kubernetes is not wired into this build yet; use docker or none"
+            ),
+            TargetKind::Docker | TargetKind::Auto => {
+                let junctions = Junctions::new(self.router_public_port.unwrap_or(self.router_listen.port()));
+                let mut config = DockerTargetConfig::new(data_dir.join("junctions.json"));
+                config.health_timeout = Duration::from_secs(self.health_timeout_seconds.max(1));
+                match DockerTarget::connect(docker_host, junctions.clone(), config).await {
+                    Ok(target) => Ok(Some(DeployTarget {
+                        target: Arc::new(target),
+                        router: Some((self.router_listen, junctions)),
+                    })),
+                    Err(e) if self.target == TargetKind::Auto => {
+                        info!(error = %e, "deploys disabled: no Docker engine (set ENCLII_DEPLOY_TARGET to choose a target)");
+                        Ok(None)
+                    }
+                    Err(e) => Err(anyhow::anyhow!("deploy target: {e}")),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The queue handlers that drive a [`Target`]: `deploy`, `canary-analyze` and
+//! `preview-teardown`. They read and record state in the control plane (the store) and know the
+//! target only through the trait.
+//!
+//! A deployment moves `pending → running → (canary →)* succeeded | failed | rolled_back`; a newer
+//! deployment of the same service and environment supersedes an unfinished one. Every effect is
+//! idempotent so that a retried job (the queue runs at least once) reaches the same end state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use enclii_domain::jobs;
+use enclii_domain::spec::{DeployStrategy, ServiceSpec};
+use enclii_queue::{JobKind, NewJob};
+use enclii_store::{
+    Deployment, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError,
+    deployment_status,
+};
+use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
+use tracing::{info, warn};
+
+use crate::analysis::{Verdict, judge};
+use crate::error::DeployError;
+use crate::model::{Quota, RouteBinding, Rollout, SecretEnv, SecretValue, ServiceKey, Track, Workload};
+use crate::target::Target;
+
+/// Who the deployer is in the audit trail.
+const ACTOR: &str = "system:deployer";
+
+/// Names of Lockbox secrets that are for the platform, never for the running service.
+const PLATFORM_SECRETS: [&str; 2] = ["GIT_TOKEN", "SIGNING_KEY"];
+
+#[derive(Clone, Debug)]
+pub struct DeployerConfig {
+    /// Previews answer on `<service>-<environment>.<preview_domain>`.
+    pub preview_domain: String,
+}
+
+impl Default for DeployerConfig {
+    fn default() -> Self {
+        Self {
+            preview_domain: "preview.localhost".into(),
+        }
+    }
+}
+
+/// Drives one target for the queue.
+pub struct Deployer {
+    store: Arc<Store>,
+    target: Arc<dyn Target>,
+    signatures: Option<Arc<dyn SignaturePolicy>>,
+    config: DeployerConfig,
+}
+
+/// Registers the deploy handlers.
+pub fn register(registry: &mut Registry, deployer: Arc<Deployer>) {
+    registry
+        .register_typed::<jobs::Deploy, _>(Handle(deployer.clone()))
+        .register_typed::<jobs::CanaryAnalyze, _>(Handle(deployer.clone()))
+        .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer));
+}
+
+struct Handle(Arc<Deployer>);
+
+/// A failure of one attempt: permanent failures end the deployment now, others when the last
+/// attempt fails.
+fn job_error(e: DeployError) -> JobError {
+    if e.is_permanent() { JobError::Abort(e.to_string()) } else { JobError::Retry(e.to_string()) }
+}
+
+fn store_error(e: StoreError) -> JobError {
+    match e {
+        StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_) => JobError::Abort(e.to_string()),
+        other => JobError::Retry(other.to_string()),
+    }
+}
+
+fn is_last_attempt(ctx: &JobContext) -> bool {
+    ctx.job.attempt >= ctx.job.policy.max_attempts
+}
+
+impl Deployer {
+    pub fn new(
+        store: Arc<Store>,
+        target: Arc<dyn Target>,
+        signatures: Option<Arc<dyn SignaturePolicy>>,
+        config: DeployerConfig,
+    ) -> Self {
+        Self {
+            store,
+            target,
+            signatures,
+            config,
+        }
+    }
+
+    pub fn target(&self) -> &Arc<dyn Target> {
+        &self.target
+    }
+
+    /// The service's spec as applied now.
+    async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, JobError> {
+        let service = self.store.service(project, service).await.map_err(store_error)?;
+        serde_json::from_str(&service.spec)
+            .map_err(|e| JobError::Abort(format!("the stored spec of {project}/{} does not parse: {e}", service.name)))
+    }
+
+    /// The preview host of a service in a `preview-<n>` environment.
+    pub fn preview_host(&self, environment: &str, service: &str) -> Option<String> {
+        environment
+            .starts_with("preview-")
+            .then(|| format!("{service}-{environment}.{}", self.config.preview_domain))
+    }
+
+    /// Everything the target needs for `release` of the service in the deployment's environment.
+    pub async fn workload(&self, release: &Release, environment: &Environment, spec: ServiceSpec) -> Result<Workload, JobError> {
+        let key = ServiceKey::new(&release.project, &environment.name, &release.service);
+        let digest = release
+            .digest
+            .as_deref()
+            .ok_or_else(|| JobError::Abort(format!("release {} has no image digest; rebuild it", release.id)))?;
+        if let Some(host) = self.preview_host(&key.environment, &key.service) {
+            self.store
+                .bind_preview_route(&key.project, &key.environment, &key.service, &host)
+                .await
+                .map_err(store_error)?;
+        }
+        let routes = self
+            .store
+            .service_routes(&key.project, &key.environment, &key.service)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| RouteBinding {
+                host: r.host,
+                path: r.path,
+                tls: r.tls,
+            })
+            .collect();
+        let secrets = self.secrets(&key, &spec).await?;
+        let mib = |v: Option<i64>| v.map(|m| m.max(0) as u64 * 1024 * 1024);
+        Ok(Workload {
+            release: release.id,
+            image: enclii_domain::image::pinned(&release.image, digest),
+            git_sha: release.git_sha.clone(),
+            spec: spec.spec,
+            secrets,
+            routes,
+            quota: Quota {
+                cpu_millis: environment.quota_cpu_millis.map(|m| m.max(0) as u64),
+                memory_bytes: mib(environment.quota_memory_mib),
+                storage_bytes: mib(environment.quota_storage_mib),
+                pods: environment.quota_pods.map(|p| p.clamp(0, i64::from(u32::MAX)) as u32),
+            },
+            key,
+        })
+    }
+
+    /// The secrets the service reads: each `envFrom` secret (a Lockbox secret holding
+    /// `KEY=value` lines) and the service-scoped secrets as variables of their own name. Project-
+    /// and environment-wide secrets reach a service only through `envFrom`; platform secrets
+    /// (`GIT_TOKEN`, build secrets) never do.
+    async fn secrets(&self, key: &ServiceKey, spec: &ServiceSpec) -> Result<Vec<SecretEnv>, JobError> {
+        let all = self
+            .store
+            .service_secrets(&key.project, &key.environment, &key.service)
+            .await
+            .map_err(store_error)?;
+        let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let mut out = Vec::new();
+        for (index, from) in spec.spec.env_from.iter().enumerate() {
+            let (_, bytes) = all.iter().find(|(name, _)| *name == from.secret_ref).ok_or_else(|| {
+                JobError::Abort(format!(
+                    "spec.envFrom[{index}].secretRef: secret `{}` does not exist for {key}; set it with \
+                     `enclii secrets set {}=… --service {} --env {}`",
+                    from.secret_ref, from.secret_ref, key.service, key.environment
+                ))
+            })?;
+            out.push(SecretEnv {
+                name: from.secret_ref.clone(),
+                entries: dotenv(&value(bytes)),
+            });
+        }
+        let scoped = self
+            .store
+            .list_secrets(&key.project, None, Some(&key.service))
+            .await
+            .map_err(store_error)?;
+        let own: Vec<(String, SecretValue)> = all
+            .iter()
+            .filter(|(name, _)| scoped.iter().any(|m| m.name == *name))
+            .filter(|(name, _)| !PLATFORM_SECRETS.contains(&name.as_str()) && !spec.spec.build.secrets.contains(name))
+            .filter(|(name, _)| !spec.spec.env_from.iter().any(|f| f.secret_ref == *name))
+            .filter(|(name, _)| enclii_domain::spec::validate_env_name(name).is_ok())
+            .map(|(name, bytes)| (name.clone(), SecretValue::new(value(bytes))))
+            .collect();
+        if !own.is_empty() {
+            out.push(SecretEnv {
+                name: format!("{}-env", key.service),
+                entries: own,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn update(
+        &self,
+        deployment: &Deployment,
+        update: DeploymentUpdate<'_>,
+        then: Option<NewJob>,
+    ) -> Result<Deployment, JobError> {
+        self.store
+            .update_deployment(ACTOR, deployment.id, &update, then)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Ends the deployment as failed with `why` and hands the failure to the queue.
+    async fn fail(&self, deployment: &Deployment, why: String, error: JobError) -> JobError {
+        let update = DeploymentUpdate {
+            status: deployment_status::FAILED,
+            detail: Some(why),
+            ..DeploymentUpdate::default()
+        };
+        if let Err(e) = self.update(deployment, update, None).await {
+            warn!(deployment = deployment.id, error = %e, "could not record the failed deployment");
+        }
+        error
+    }
+
+    async fn deploy(&self, job: jobs::Deploy, ctx: &JobContext) -> Result<(), JobError> {
+        let project = ctx.job.project.clone();
+        let spec = self.spec(&project, &job.service).await?;
+        let strategy = match spec.spec.deploy.strategy {
+            DeployStrategy::Canary => "canary",
+            DeployStrategy::Rolling => "rolling",
+        };
+        let deployment = match job.deployment {
+            Some(id) => self.store.deployment(id).await,
+            None => self.store.pipeline_deployment(ctx.job.id, &project, &job, strategy).await,
+        }
+        .map_err(store_error)?;
+        if deployment_status::is_terminal(&deployment.status) {
+            info!(deployment = deployment.id, status = %deployment.status, "deployment already ended");
+            return Ok(());
+        }
+        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new())
+            .await
+            .map_err(store_error)?;
+        let log = writer.log().clone();
+        let result = self.run_deployment(&deployment, spec, &log, ctx).await;
+        if let Err(e) = &result {
+            log.line(format!("deploy failed: {e}"));
+        }
+        writer.finish().await;
+        result
+    }
+
+    async fn run_deployment(
+        &self,
+        deployment: &Deployment,
+        spec: ServiceSpec,
+        log: &JobLog,
+        ctx: &JobContext,
+    ) -> Result<(), JobError> {
+        let superseded = self.store.supersede_deployments(deployment).await.map_err(store_error)?;
+        if !superseded.is_empty() {
+            log.line(format!("superseding deployments {superseded:?}"));
+        }
+        let deployment = if deployment.status == deployment_status::PENDING {
+            let running = DeploymentUpdate {
+                status: deployment_status::RUNNING,
+                ..DeploymentUpdate::default()
+            };
+            self.update(deployment, running, None).await?
+        } else {
+            deployment.clone()
+        };
+        let release = self.store.release(deployment.release_id).await.map_err(store_error)?;
+        log.line(format!(
+            "== deploy release {} ({}) of {}/{} to {} on {} · {} · attempt {}/{}",
+            release.id,
+            release.git_sha,
+            release.project,
+            release.service,
+            deployment.environment,
+            self.target.name(),
+            deployment.strategy,
+            ctx.job.attempt,
+            ctx.job.policy.max_attempts
+        ));
+        if let Some(policy) = &self.signatures
+            && let Err(why) = policy.check(&release).await
+        {
+            let why = format!("release {} cannot deploy: {why}", release.id);
+            return Err(self.fail(&deployment, why.clone(), JobError::Abort(why)).await);
+        }
+        let environment = self
+            .store
+            .environment(&deployment.project, &deployment.environment)
+            .await
+            .map_err(store_error)?;
+        let steps = spec.spec.deploy.steps.clone();
+        let analysis = spec.spec.deploy.analysis.clone();
+        let workload = match self.workload(&release, &environment, spec).await {
+            Ok(w) => w,
+            Err(e) => return Err(self.fail(&deployment, e.to_string(), e).await),
+        };
+        let rollout = match (deployment.strategy.as_str(), steps.first()) {
+            ("canary", Some(&first)) if first < 100 => Rollout::Canary { percent: first as u8 },
+            _ => Rollout::Replace,
+        };
+        log.line(format!(
+            "starting {} replica(s) of {} with {} route(s)",
+            workload.spec.runtime.replicas.min.max(1),
+            workload.image,
+            workload.routes.len()
+        ));
+        let outcome = match self.target.deploy(&workload, rollout).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let permanent = e.is_permanent();
+                let why = e.to_string();
+                let error = job_error(e);
+                return Err(if permanent || is_last_attempt(ctx) { self.fail(&deployment, why, error).await } else { error });
+            }
+        };
+        match (outcome.track, rollout) {
+            (Track::Canary, Rollout::Canary { percent }) => {
+                let window = analysis.window_duration().unwrap_or(Duration::from_secs(120));
+                let detail = format!(
+                    "canary step 1/{}: {percent}% of traffic, judged after {} s",
+                    steps.len(),
+                    window.as_secs()
+                );
+                log.line(&detail);
+                let next = analyze_job(&deployment, 0, window)?;
+                let update = DeploymentUpdate {
+                    status: deployment_status::CANARY,
+                    detail: Some(detail),
+                    canary_percent: Some(i32::from(percent)),
+                    url: outcome.url,
+                };
+                self.update(&deployment, update, Some(next)).await?;
+            }
+            _ => {
+                let detail = format!("serving all traffic with {} replica(s)", outcome.replicas);
+                log.line(&detail);
+                if let Some(url) = &outcome.url {
+                    log.line(format!("url: {url}"));
+                }
+                let update = DeploymentUpdate {
+                    status: deployment_status::SUCCEEDED,
+                    detail: Some(detail),
+                    canary_percent: None,
+                    url: outcome.url,
+                };
+                self.update(&deployment, update, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn analyze(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), JobError> {
+        let deployment = self.store.deployment(job.deployment).await.map_err(store_error)?;
+        if deployment.status != deployment_status::CANARY {
+            info!(deployment = deployment.id, status = %deployment.status, "canary no longer under analysis");
+            return Ok(());
+        }
+        let spec = self.spec(&deployment.project, &deployment.service).await?;
+        let (steps, analysis) = (&spec.spec.deploy.steps, &spec.spec.deploy.analysis);
+        let window = analysis.window_duration().unwrap_or(Duration::from_secs(120));
+        let key = ServiceKey::new(&deployment.project, &deployment.environment, &deployment.service);
+        let release = deployment.release_id;
+        let metrics = self
+            .target
+            .release_metrics(&key, release, window)
+            .await
+            .map_err(job_error)?;
+        let step = job.step as usize;
+        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new())
+            .await
+            .map_err(store_error)?;
+        let log = writer.log().clone();
+        let result = match judge(&metrics, window, analysis.max_error_rate, analysis.max_p95()) {
+            Verdict::Fail(why) => {
+                log.line(format!("canary step {}: {why}; rolling back", step + 1));
+                self.target.abort_canary(&key, release).await.map_err(job_error)?;
+                let update = DeploymentUpdate {
+                    status: deployment_status::ROLLED_BACK,
+                    detail: Some(format!("automatic rollback at canary step {}: {why}", step + 1)),
+                    canary_percent: None,
+                    url: None,
+                };
+                self.update(&deployment, update, None).await.map(drop)
+            }
+            Verdict::Pass(seen) => match steps.get(step + 1) {
+                Some(&percent) if percent < 100 => {
+                    log.line(format!("canary step {} passed ({seen}); moving to {percent}%", step + 1));
+                    self.target.shift(&key, release, percent as u8).await.map_err(job_error)?;
+                    let update = DeploymentUpdate {
+                        status: deployment_status::CANARY,
+                        detail: Some(format!("canary step {}/{}: {percent}% of traffic", step + 2, steps.len())),
+                        canary_percent: Some(percent as i32),
+                        url: None,
+                    };
+                    let next = analyze_job(&deployment, job.step + 1, window)?;
+                    self.update(&deployment, update, Some(next)).await.map(drop)
+                }
+                _ => {
+                    log.line(format!("canary step {} passed ({seen}); promoting", step + 1));
+                    self.target.promote(&key, release).await.map_err(job_error)?;
+                    let update = DeploymentUpdate {
+                        status: deployment_status::SUCCEEDED,
+                        detail: Some(format!("promoted after {} canary step(s): {seen}", step + 1)),
+                        canary_percent: None,
+                        url: None,
+                    };
+                    self.update(&deployment, update, None).await.map(drop)
+                }
+            },
+        };
+        writer.finish().await;
+        result
+    }
+
+    async fn teardown(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), JobError> {
+        if !job.environment.starts_with("preview-") {
+            return Err(JobError::Abort(format!(
+                "`{}` is not a preview environment; only preview-<n> environments are torn down",
+                job.environment
+            )));
+        }
+        let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
+        self.target.remove(&key, true).await.map_err(job_error)?;
+        self.store
+            .forget_preview(ACTOR, &key.project, &key.environment, &key.service)
+            .await
+            .map_err(store_error)?;
+        info!(service = %key, pull_request = job.pull_request, "preview torn down");
+        Ok(())
+    }
+}
+
+/// The analysis of canary step `step`, due when its window has passed; one per step.
+fn analyze_job(deployment: &Deployment, step: u32, window: Duration) -> Result<NewJob, JobError> {
+    let run_at = chrono::Utc::now() + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::minutes(2));
+    let job = jobs::CanaryAnalyze {
+        deployment: deployment.id,
+        step,
+    };
+    Ok(NewJob::typed(&deployment.project, &job)
+        .map_err(|e| JobError::Abort(e.to_string()))?
+        .run_at(run_at)
+        .unique_key(format!("{}:{}:{step}", jobs::CanaryAnalyze::KIND, deployment.id)))
+}
+
+/// `KEY=value` lines (blank lines and `#` comments skipped; `export ` and matching quotes
+/// dropped).
+fn dotenv(text: &str) -> Vec<(String, SecretValue)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+                .unwrap_or(v);
+            (k.trim().to_string(), SecretValue::new(unquoted))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Deploy> for Handle {
+    async fn handle(&self, job: jobs::Deploy, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.deploy(job, ctx).await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::CanaryAnalyze> for Handle {
+    async fn handle(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.analyze(job, ctx).await
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::PreviewTeardown> for Handle {
+    async fn handle(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.teardown(job, ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines_become_entries() {
+        let entries = dotenv("# db\nexport DATABASE_URL=\"postgres://x\"\n\nTOKEN='a=b'\nnot a pair\n");
+        let names: Vec<_> = entries.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        assert_eq!(names, [("DATABASE_URL", "postgres://x"), ("TOKEN", "a=b")]);
+    }
+}

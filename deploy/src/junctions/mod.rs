@@ -1,0 +1,405 @@
+//! Junctions: the HTTP router in front of the Docker target.
+//!
+//! Routes by `Host` (and longest path prefix) to the service bound there; splits a service's
+//! traffic between its stable release and a canary by weight; counts requests, 5xx and latency
+//! per release (for the canary analysis, kept in memory for [`window::RETAINED_SECS`]) and exports
+//! them as Prometheus metrics. A request no backend answers is a 502 and counts as an error of
+//! the release it was sent to; a paused service answers 503.
+
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DeployError, Result};
+use crate::model::{ReleaseMetrics, RouteBinding, ServiceKey, Track};
+use window::Window;
+
+/// The replicas of one release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backends {
+    pub release: i64,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// What one service has in the router: its routes, its stable release, maybe a canary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub routes: Vec<RouteBinding>,
+    pub stable: Option<Backends>,
+    /// The canary and its share of the traffic, 0–100.
+    pub canary: Option<(Backends, u8)>,
+    pub paused: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    services: BTreeMap<ServiceKey, Binding>,
+    /// host → (path prefix, service), longest prefix first.
+    hosts: HashMap<String, Vec<(String, ServiceKey)>>,
+}
+
+impl Table {
+    fn reindex(&mut self) {
+        self.hosts.clear();
+        for (key, binding) in &self.services {
+            for route in &binding.routes {
+                let entry = self.hosts.entry(route.host.to_ascii_lowercase()).or_default();
+                entry.push((route.path.clone(), key.clone()));
+            }
+        }
+        for routes in self.hosts.values_mut() {
+            routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        }
+    }
+
+    fn lookup(&self, host: &str, path: &str) -> Option<&ServiceKey> {
+        self.hosts
+            .get(host)?
+            .iter()
+            .find(|(prefix, _)| path_matches(prefix, path))
+            .map(|(_, key)| key)
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The router's state, shared between the Docker target (which changes it) and the HTTP server.
+pub struct Junctions {
+    table: RwLock<Table>,
+    windows: RwLock<HashMap<(ServiceKey, i64), Arc<Window>>>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Body>,
+    /// `http://` plus the port suffix URLs are printed with, e.g. `:8080` (empty for port 80).
+    port_suffix: String,
+}
+
+impl Junctions {
+    /// `public_port` is the port users reach the router on, for the URLs deploys report.
+    pub fn new(public_port: u16) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        Arc::new(Self {
+            table: RwLock::new(Table::default()),
+            windows: RwLock::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            port_suffix: if public_port == 80 { String::new() } else { format!(":{public_port}") },
+        })
+    }
+
+    /// The URL a route serves on.
+    pub fn url(&self, route: &RouteBinding) -> String {
+        format!("http://{}{}{}", route.host, self.port_suffix, route.path)
+    }
+
+    /// Refuses routes another service already holds (same host and path), naming the holder.
+    pub fn check_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<()> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        for route in routes {
+            if let Some((_, holder)) = table
+                .hosts
+                .get(&route.host.to_ascii_lowercase())
+                .and_then(|paths| paths.iter().find(|(path, holder)| *path == route.path && holder != key))
+            {
+                return Err(DeployError::Refused(format!(
+                    "route {}{} is already bound to service `{}` in environment `{}`; remove that route first or choose another host",
+                    route.host, route.path, holder.service, holder.environment
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The service's binding, if it has one.
+    pub fn binding(&self, key: &ServiceKey) -> Option<Binding> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).services.get(key).cloned()
+    }
+
+    /// Every binding (for persisting the table).
+    pub fn bindings(&self) -> BTreeMap<ServiceKey, Binding> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).services.clone()
+    }
+
+    /// Changes one service's binding; `None` from `change` removes it.
+    pub fn update<T>(&self, key: &ServiceKey, change: impl FnOnce(&mut Option<Binding>) -> T) -> T {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut binding = table.services.remove(key);
+        let out = change(&mut binding);
+        if let Some(binding) = binding {
+            table.services.insert(key.clone(), binding);
+        }
+        table.reindex();
+        out
+    }
+
+    /// Replaces the whole table (recovery at start-up).
+    pub fn restore(&self, services: BTreeMap<ServiceKey, Binding>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.services = services;
+        table.reindex();
+    }
+
+    fn window(&self, key: &ServiceKey, release: i64) -> Arc<Window> {
+        let id = (key.clone(), release);
+        if let Some(w) = self.windows.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return w.clone();
+        }
+        self.windows.write().unwrap_or_else(|p| p.into_inner()).entry(id).or_default().clone()
+    }
+
+    /// What `release` served over the last `window`.
+    pub fn metrics(&self, key: &ServiceKey, release: i64, window: Duration) -> ReleaseMetrics {
+        self.window(key, release).summary(window)
+    }
+
+    /// Forgets the counters of a release that no longer runs.
+    pub fn forget(&self, key: &ServiceKey, release: i64) {
+        self.windows
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(key.clone(), release));
+    }
+
+    /// The router as an axum app: serve it with `axum::serve`.
+    pub fn app(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(proxy).with_state(self.clone())
+    }
+
+    /// Picks the release and replica for a request.
+    fn pick(&self, host: &str, path: &str) -> Pick {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let Some(key) = table.lookup(host, path) else {
+            return Pick::NoRoute;
+        };
+        let binding = &table.services[key];
+        if binding.paused {
+            return Pick::Paused;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (backends, track) = match (&binding.stable, &binding.canary) {
+            (Some(stable), Some((canary, percent))) => {
+                if rand::random_range(0..100u8) < *percent {
+                    (canary, Track::Canary)
+                } else {
+                    (stable, Track::Stable)
+                }
+            }
+            (Some(stable), None) => (stable, Track::Stable),
+            (None, Some((canary, _))) => (canary, Track::Canary),
+            (None, None) => return Pick::NoBackend(key.clone()),
+        };
+        if backends.addrs.is_empty() {
+            return Pick::NoBackend(key.clone());
+        }
+        Pick::Backend {
+            key: key.clone(),
+            release: backends.release,
+            track,
+            addrs: rotate(&backends.addrs, n),
+        }
+    }
+}
+
+fn rotate(addrs: &[SocketAddr], n: usize) -> Vec<SocketAddr> {
+    let start = n % addrs.len();
+    addrs[start..].iter().chain(&addrs[..start]).copied().collect()
+}
+
+enum Pick {
+    NoRoute,
+    Paused,
+    NoBackend(ServiceKey),
+    Backend {
+        key: ServiceKey,
+        release: i64,
+        track: Track,
+        /// Replicas in the order to try them.
+        addrs: Vec<SocketAddr>,
+    },
+}
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+}
+
+fn request_host(request: &Request) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or_default();
+    // Strip the port (but not from a bracketed IPv6 literal's inside).
+    let host = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    host.to_ascii_lowercase()
+}
+
+async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Response {
+    let host = request_host(&request);
+    let path = request.uri().path().to_string();
+    let (key, release, track, addrs) = match junctions.pick(&host, &path) {
+        Pick::NoRoute => return plain(StatusCode::NOT_FOUND, &format!("no route for {host}{path}")),
+        Pick::Paused => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "this environment is paused (budget reached)");
+        }
+        Pick::NoBackend(key) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{key} has no running release"));
+        }
+        Pick::Backend { key, release, track, addrs } => (key, release, track, addrs),
+    };
+    let started = Instant::now();
+    let response = forward(&junctions, request, &host, &addrs).await;
+    let elapsed = started.elapsed();
+    let error = response.status().is_server_error();
+    junctions.window(&key, release).record(error, elapsed);
+    let labels = [
+        ("project", key.project.clone()),
+        ("environment", key.environment.clone()),
+        ("service", key.service.clone()),
+        ("track", if track == Track::Canary { "canary" } else { "stable" }.to_string()),
+    ];
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    let mut counted = labels.to_vec();
+    counted.push(("class", class));
+    metrics::counter!("enclii_router_requests_total", &counted).increment(1);
+    metrics::histogram!("enclii_router_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    response
+}
+
+/// Sends the request to the first replica that accepts the connection. Only a request whose
+/// body is empty is retried on another replica: a streamed body cannot be sent twice.
+async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[SocketAddr]) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let retryable = parts.method.is_idempotent() && body_is_empty(&parts.headers);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let client_addr = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    if let Some(ip) = client_addr
+        && let Ok(value) = HeaderValue::from_str(&ip)
+    {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(host) {
+        parts.headers.insert("x-forwarded-host", value);
+    }
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let mut body = Some(body);
+    let mut last_error = String::new();
+    for addr in addrs {
+        let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
+            return plain(StatusCode::BAD_REQUEST, "the request path is not a valid URI");
+        };
+        let mut attempt = axum::http::Request::new(body.take().unwrap_or_else(Body::empty));
+        *attempt.method_mut() = parts.method.clone();
+        *attempt.uri_mut() = uri;
+        *attempt.headers_mut() = parts.headers.clone();
+        match junctions.client.request(attempt).await {
+            Ok(response) => return response.map(Body::new),
+            Err(e) => {
+                last_error = e.to_string();
+                if !(retryable && e.is_connect()) {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::warn!(%host, error = %last_error, "no replica answered");
+    plain(StatusCode::BAD_GATEWAY, "the service did not answer")
+}
+
+fn body_is_empty(headers: &axum::http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, path: &str) -> RouteBinding {
+        RouteBinding {
+            host: host.into(),
+            path: path.into(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_prefixes_end_at_a_slash() {
+        let j = Junctions::new(8080);
+        let api = ServiceKey::new("p", "prod", "api");
+        let web = ServiceKey::new("p", "prod", "web");
+        j.update(&web, |b| *b = Some(Binding { routes: vec![route("shop.test", "/")], ..Binding::default() }));
+        j.update(&api, |b| *b = Some(Binding { routes: vec![route("shop.test", "/api")], ..Binding::default() }));
+        let table = j.table.read().unwrap();
+        assert_eq!(table.lookup("shop.test", "/api/orders"), Some(&api));
+        assert_eq!(table.lookup("shop.test", "/api"), Some(&api));
+        assert_eq!(table.lookup("shop.test", "/apiary"), Some(&web));
+        assert_eq!(table.lookup("other.test", "/"), None);
+    }
+
+    #[test]
+    fn a_route_held_by_another_service_is_refused_with_its_holder() {
+        let j = Junctions::new(80);
+        let api = ServiceKey::new("p", "prod", "api");
+        j.update(&api, |b| *b = Some(Binding { routes: vec![route("shop.test", "/")], ..Binding::default() }));
+        assert!(j.check_routes(&api, &[route("shop.test", "/")]).is_ok());
+        let err = j
+            .check_routes(&ServiceKey::new("p", "prod", "web"), &[route("SHOP.test", "/")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already bound to service `api`"), "{err}");
+        assert_eq!(j.url(&route("shop.test", "/")), "http://shop.test/");
+    }
+
+    #[test]
+    fn canary_weight_splits_traffic() {
+        let j = Junctions::new(80);
+        let key = ServiceKey::new("p", "prod", "api");
+        let backends = |release, port| Backends {
+            release,
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        };
+        j.update(&key, |b| {
+            *b = Some(Binding {
+                routes: vec![route("a.test", "/")],
+                stable: Some(backends(1, 1000)),
+                canary: Some((backends(2, 2000), 20)),
+                paused: false,
+            })
+        });
+        let canary = (0..5000)
+            .filter(|_| matches!(j.pick("a.test", "/"), Pick::Backend { release: 2, .. }))
+            .count();
+        assert!((800..1200).contains(&canary), "{canary} of 5000 went to the 20% canary");
+    }
+}

@@ -1,0 +1,246 @@
+//! What the targets are given and what they report: plain data, no I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+use enclii_domain::spec::Spec;
+use serde::{Deserialize, Serialize};
+
+/// One service in one environment of one project: the unit a target deploys and routes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+}
+
+impl ServiceKey {
+    pub fn new(project: impl Into<String>, environment: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            project: project.into(),
+            environment: environment.into(),
+            service: service.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.project, self.environment, self.service)
+    }
+}
+
+/// A value from the secrets store: never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value. Named so that every use is visible in review.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A secret the workload reads as environment variables: on Kubernetes a `Secret` object named
+/// `name` referenced with `envFrom`; on Docker its entries become container environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretEnv {
+    /// The object name (a DNS label), e.g. `api-prod` from `envFrom: [{secretRef: api-prod}]`, or
+    /// `<service>-env` for the secrets stored in the service's scope.
+    pub name: String,
+    pub entries: Vec<(String, SecretValue)>,
+}
+
+/// A host (and path prefix) that routes to the service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteBinding {
+    pub host: String,
+    pub path: String,
+    /// Serve over TLS (Kubernetes: an Ingress TLS section with a cert-manager certificate).
+    pub tls: bool,
+}
+
+/// The environment's limits: a workload that would exceed them is refused before anything is
+/// applied. `None` means unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub storage_bytes: Option<u64>,
+    pub pods: Option<u32>,
+}
+
+/// Everything a target needs to run one release of a service.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub key: ServiceKey,
+    pub release: i64,
+    /// The image pinned by digest (`registry/project/service@sha256:…`).
+    pub image: String,
+    /// The git commit the release was built from (a label, for people and cost reports).
+    pub git_sha: String,
+    /// The service spec the release is deployed with (runtime, health, routes, jobs, …).
+    pub spec: Spec,
+    /// Secrets read as environment variables (see [`SecretEnv`]).
+    pub secrets: Vec<SecretEnv>,
+    /// Every route bound to the service in this environment (the spec's routes, routes added
+    /// through the API, a preview's host).
+    pub routes: Vec<RouteBinding>,
+    pub quota: Quota,
+}
+
+/// How a release takes over from the one running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rollout {
+    /// Start the release, wait until it is healthy, move all traffic to it, remove the others.
+    Replace,
+    /// Start the release beside the stable one and give it `percent` of the traffic.
+    Canary { percent: u8 },
+}
+
+/// What a deploy left running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployOutcome {
+    /// Replicas started and healthy.
+    pub replicas: u32,
+    /// Where the first route serves, e.g. `http://api.pr-7.preview.localhost:8080/`.
+    pub url: Option<String>,
+    /// `canary` when the release runs beside a stable one; `stable` when it serves alone.
+    pub track: Track,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Track {
+    Stable,
+    Canary,
+}
+
+/// Requests served by one release over a window, as a canary analysis reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseMetrics {
+    pub requests: u64,
+    /// Responses with a 5xx status, and requests the release could not answer at all.
+    pub errors: u64,
+    /// The 95th percentile latency; `None` without requests.
+    pub p95: Option<Duration>,
+}
+
+impl ReleaseMetrics {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+    }
+}
+
+/// What runs now for one service: per release, its track, traffic share and replicas.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub releases: Vec<ReleaseStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    pub release: i64,
+    pub track: Track,
+    /// Share of the traffic, 0–100.
+    pub percent: u8,
+    pub replicas: u32,
+    pub healthy: u32,
+}
+
+/// A one-off run of one of the service's jobs (`spec.jobs`), with the workload's image and
+/// environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRunSpec {
+    pub job: String,
+    pub args: Vec<String>,
+    /// The `job_runs` id and the attempt: together they name the run's container or pod.
+    pub run: i64,
+    pub attempt: u32,
+    pub timeout: Duration,
+}
+
+/// Resource usage of one service at one instant, as a cost sample reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time used so far by the running replicas (a counter), where the target has one.
+    pub cpu_counter_ns: Option<u64>,
+    /// CPU in use now, in millicores (a gauge): used when there is no counter.
+    pub cpu_millis: f64,
+    pub memory_bytes: u64,
+    /// Volume capacity provisioned for the service.
+    pub volume_bytes: u64,
+    /// Bytes sent out so far (a counter), where the target has one.
+    pub egress_counter_bytes: Option<u64>,
+    pub replicas: u32,
+}
+
+impl Workload {
+    /// Refuses a workload whose demand (every replica at `replicas.max`, every volume) exceeds the
+    /// environment's quota, naming the field, the numbers and what to change. Both targets call
+    /// this before they apply anything.
+    pub fn check_quota(&self) -> crate::error::Result<()> {
+        let runtime = &self.spec.runtime;
+        let max = u64::from(runtime.replicas.max);
+        let refuse = |what: String, demand: String, limit: String, fix: &str| {
+            Err(crate::DeployError::Refused(format!(
+                "{what} = {demand} exceeds the quota of environment `{}` ({limit}); {fix} or raise the environment's quota",
+                self.key.environment
+            )))
+        };
+        if let Some(limit) = self.quota.pods
+            && runtime.replicas.max > limit
+        {
+            return refuse(
+                "spec.runtime.replicas.max".into(),
+                runtime.replicas.max.to_string(),
+                format!("{limit} pods"),
+                "lower spec.runtime.replicas.max",
+            );
+        }
+        if let (Some(limit), Some(cpu)) = (self.quota.cpu_millis, runtime.cpu_millis())
+            && cpu * max > limit
+        {
+            return refuse(
+                "spec.runtime.cpu × replicas.max".into(),
+                format!("{}m", cpu * max),
+                format!("{limit}m CPU"),
+                "lower spec.runtime.cpu or spec.runtime.replicas.max",
+            );
+        }
+        if let (Some(limit), Some(memory)) = (self.quota.memory_bytes, runtime.memory_bytes())
+            && memory * max > limit
+        {
+            return refuse(
+                "spec.runtime.memory × replicas.max".into(),
+                format!("{}Mi", memory * max / MIB),
+                format!("{}Mi memory", limit / MIB),
+                "lower spec.runtime.memory or spec.runtime.replicas.max",
+            );
+        }
+        let storage: u64 = self.spec.volumes.iter().filter_map(|v| v.size_bytes()).sum();
+        if let Some(limit) = self.quota.storage_bytes
+            && storage > limit
+        {
+            return refuse(
+                "the sum of spec.volumes[].size".into(),
+                format!("{}Mi", storage / MIB),
+                format!("{}Mi storage", limit / MIB),
+                "shrink or drop a volume",
+            );
+        }
+        Ok(())
+    }
+}
+
+const MIB: u64 = 1024 * 1024;

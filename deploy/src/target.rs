@@ -1,0 +1,55 @@
+//! The one trait both targets implement.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::Result;
+use crate::model::{DeployOutcome, JobRunSpec, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus, Usage, Workload};
+
+/// A place releases run: a single Docker engine, or a Kubernetes cluster.
+///
+/// Every method is idempotent: the queue runs a job at least once, so a retried deploy, shift or
+/// removal must reach the same end state without doubling anything.
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    /// `docker` or `kubernetes`.
+    fn name(&self) -> &'static str;
+
+    /// Runs `workload`'s release. Checks the environment's quota and the routes first and
+    /// refuses ([`crate::DeployError::Refused`]) with nothing applied when they do not fit.
+    /// [`Rollout::Replace`] returns once the release is healthy and serves all traffic (the
+    /// previous releases are gone); [`Rollout::Canary`] once it is healthy beside the stable
+    /// release with its share of the traffic. With no stable release a canary is a replace.
+    async fn deploy(&self, workload: &Workload, rollout: Rollout) -> Result<DeployOutcome>;
+
+    /// Gives the canary `release` `percent` of the service's traffic.
+    async fn shift(&self, key: &ServiceKey, release: i64, percent: u8) -> Result<()>;
+
+    /// Makes the canary `release` the stable one with all traffic and removes the old stable.
+    async fn promote(&self, key: &ServiceKey, release: i64) -> Result<()>;
+
+    /// Removes the canary `release`; the stable release serves all traffic again.
+    async fn abort_canary(&self, key: &ServiceKey, release: i64) -> Result<()>;
+
+    /// What `release` served over the last `window`: requests, errors, P95 latency.
+    async fn release_metrics(&self, key: &ServiceKey, release: i64, window: Duration) -> Result<ReleaseMetrics>;
+
+    /// What runs now for the service.
+    async fn status(&self, key: &ServiceKey) -> Result<ServiceStatus>;
+
+    /// Stops the service without forgetting it (budget action): no replicas, routes answer 503.
+    async fn pause(&self, key: &ServiceKey) -> Result<()>;
+
+    /// Removes everything the service has in the environment: replicas, routes, secrets, and on
+    /// Kubernetes the namespace when `whole_environment` (a preview teardown).
+    async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()>;
+
+    /// Runs one of the service's jobs to completion with `workload`'s image and environment,
+    /// sending its output line by line to `log`; returns the exit code.
+    async fn run_job(&self, workload: &Workload, run: &JobRunSpec, log: UnboundedSender<String>) -> Result<i64>;
+
+    /// The service's resource usage now, for cost sampling.
+    async fn usage(&self, key: &ServiceKey) -> Result<Usage>;
+}
