@@ -1,0 +1,132 @@
+//! A job's log: lines go to the control-plane database in small batches (readable live through
+//! the API, from any process) and are kept whole for the archive in S3 when the step ends. Known
+//! secret values are masked before a line leaves the worker.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::{LogLine, Result, Store};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Lines kept for the archive; a runaway build log is cut (the database has it all).
+const ARCHIVE_LIMIT_BYTES: usize = 16 << 20;
+const BATCH: usize = 256;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Clone)]
+pub struct JobLog {
+    tx: mpsc::UnboundedSender<String>,
+    redact: Arc<RwLock<Vec<String>>>,
+}
+
+/// The writer behind a [`JobLog`]; [`finish`](Self::finish) flushes and returns the whole text.
+pub struct JobLogWriter {
+    log: JobLog,
+    task: JoinHandle<String>,
+}
+
+impl JobLog {
+    /// Opens the log of `job_id`, continuing its numbering (a retry appends to earlier attempts).
+    /// `secrets` are masked as `***` in every line.
+    pub async fn open(store: Arc<Store>, job_id: i64, secrets: Vec<String>) -> Result<JobLogWriter> {
+        // Numbering on from the last line: a guessed start would collide with (and lose) lines.
+        let first_seq = store.last_log_seq(job_id).await? + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_lines(store, job_id, first_seq, rx));
+        let log = JobLog {
+            tx,
+            redact: Arc::default(),
+        };
+        for secret in secrets {
+            log.mask(&secret);
+        }
+        Ok(JobLogWriter { log, task })
+    }
+
+    /// Masks `secret` (and each of its lines) in every later line.
+    pub fn mask(&self, secret: &str) {
+        let mut redact = self.redact.write().expect("mask list");
+        for part in std::iter::once(secret).chain(secret.lines()) {
+            let part = part.trim();
+            // Very short values would mask ordinary words without protecting anything.
+            if part.len() >= 4 && !redact.iter().any(|s| s == part) {
+                redact.push(part.to_string());
+            }
+        }
+        // Longest first, so a value is never half-masked by one of its own lines.
+        redact.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with every masked value replaced by `***` (and NULs, which no database stores, by
+    /// `\u{fffd}`).
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.replace('\0', "\u{fffd}");
+        for secret in self.redact.read().expect("mask list").iter() {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+
+    /// Appends one line (split further on newlines).
+    pub fn line(&self, text: impl AsRef<str>) {
+        for line in text.as_ref().lines() {
+            let _ = self.tx.send(self.redact(line.trim_end_matches('\r')));
+        }
+    }
+}
+
+impl JobLogWriter {
+    pub fn log(&self) -> &JobLog {
+        &self.log
+    }
+
+    /// Flushes every line and returns the log's text for the archive.
+    pub async fn finish(self) -> String {
+        let JobLogWriter { log, task } = self;
+        drop(log);
+        task.await.unwrap_or_default()
+    }
+}
+
+async fn write_lines(store: Arc<Store>, job_id: i64, mut seq: i64, mut rx: mpsc::UnboundedReceiver<String>) -> String {
+    let mut archive = String::new();
+    let mut batch: Vec<LogLine> = Vec::new();
+    // Lines reach readers at most FLUSH_EVERY after they were written, however steady the stream.
+    let mut flush_at = tokio::time::Instant::now();
+    loop {
+        let closed = tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => {
+                    if archive.len() < ARCHIVE_LIMIT_BYTES {
+                        archive.push_str(&line);
+                        archive.push('\n');
+                    }
+                    batch.push(LogLine { job_id, seq, at: chrono::Utc::now().timestamp_millis(), line });
+                    seq += 1;
+                    if batch.len() == 1 {
+                        flush_at = tokio::time::Instant::now() + FLUSH_EVERY;
+                    }
+                    if batch.len() < BATCH {
+                        continue;
+                    }
+                    false
+                }
+                None => true,
+            },
+            _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => false,
+        };
+        if !batch.is_empty() {
+            // A lost batch costs log lines, never the job: the archive still has them.
+            if let Err(e) = store.append_log(&batch).await {
+                tracing::warn!(job_id, error = %e, lines = batch.len(), "could not store log lines");
+            }
+            batch.clear();
+        }
+        if closed {
+            return archive;
+        }
+    }
+}
