@@ -55,6 +55,12 @@ pub struct ServerArgs {
     /// Hours finished jobs are kept before pruning.
     #[arg(long, env = "ENCLII_JOB_RETENTION_HOURS", default_value_t = 24)]
     job_retention_hours: u64,
+    /// Seconds between cost samples of each deployed service (scheduler role).
+    #[arg(long, env = "ENCLII_COST_EVERY_SECONDS", default_value_t = 300)]
+    cost_every_seconds: u64,
+    /// Hours a preview environment may stay idle (no release or deployment) before it is torn down.
+    #[arg(long, env = "ENCLII_PREVIEW_TTL_HOURS", default_value_t = 72)]
+    preview_ttl_hours: u64,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ENCLII_LOG_JSON")]
     log_json: bool,
@@ -367,31 +373,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }
     if args.runs(ServerRole::Scheduler) {
+        // One scheduler acts at a time (leader lease); it also prunes jobs and job logs.
         let config = enclii_scheduler::SchedulerConfig {
             retention: Duration::from_secs(args.job_retention_hours * 3600),
+            cost_every: Duration::from_secs(args.cost_every_seconds.max(10)),
+            preview_ttl: Duration::from_secs(args.preview_ttl_hours * 3600),
             ..Default::default()
         };
-        let token = shutdown.clone();
-        let backend = backend.clone();
-        tasks.spawn(async move {
-            enclii_scheduler::run(backend, config, token).await;
-            Ok(())
-        });
-        // Job logs live in the control plane's database and go with the jobs' retention.
         let (store, token) = (store.clone(), shutdown.clone());
-        let retention = Duration::from_secs(args.job_retention_hours * 3600);
         tasks.spawn(async move {
-            loop {
-                match store.prune_logs(retention).await {
-                    Ok(0) => {}
-                    Ok(lines) => info!(lines, "pruned job log lines past retention"),
-                    Err(e) => tracing::warn!(error = %e, "could not prune job logs"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                    _ = token.cancelled() => return Ok(()),
-                }
-            }
+            enclii_scheduler::run(store, config, token).await;
+            Ok(())
         });
     }
     let mut result = Ok(());
