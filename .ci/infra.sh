@@ -44,6 +44,8 @@ if ! python3 -c 'import moto.server, cyclonedx.validation.json, boto3' 2>/dev/nu
   log "installing moto[server] and cyclonedx-python-lib"
   pip install -q 'moto[server]' 'cyclonedx-python-lib[json-validation]' boto3
 fi
+# The Kubernetes manifests' schema check (deploy/kubernetes tests; no API server runs here).
+command -v kubernetes-validate >/dev/null || { log "installing kubernetes-validate"; pip install -q 'kubernetes-validate==1.37.0'; }
 if ! curl -sf http://127.0.0.1:8014/ >/dev/null; then
   log "starting the S3 server on 127.0.0.1:8014"
   (python3 -m moto.server -H 127.0.0.1 -p 8014 >/tmp/enclii-s3.log 2>&1 &)

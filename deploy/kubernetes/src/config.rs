@@ -31,9 +31,15 @@ impl Default for KubernetesConfig {
             ingress_namespace: "ingress-nginx".into(),
             cluster_issuer: "letsencrypt".into(),
             prometheus_url: None,
-            egress_blocked_cidrs: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
-                .map(String::from)
-                .to_vec(),
+            egress_blocked_cidrs: [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "169.254.0.0/16",
+                "100.64.0.0/10",
+            ]
+            .map(String::from)
+            .to_vec(),
             rollout_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
         }

@@ -140,7 +140,10 @@ pub fn service_selector(key: &ServiceKey) -> String {
 /// Selects the stable-track objects not written by `release`'s deploy (left over from an
 /// earlier spec: a removed cron job, autoscaler or route).
 pub fn stale_stable_selector(key: &ServiceKey, release: i64) -> String {
-    format!("{LABEL_SERVICE}={},{LABEL_TRACK}=stable,{LABEL_RELEASE}!={release}", key.service)
+    format!(
+        "{LABEL_SERVICE}={},{LABEL_TRACK}=stable,{LABEL_RELEASE}!={release}",
+        key.service
+    )
 }
 
 /// A valid DNS-1123 label of at most `max` characters: lowercased, other characters turned
@@ -275,7 +278,11 @@ pub fn check_quota(workload: &Workload) -> Result<(), String> {
             runtime.replicas.max
         ));
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Bytes as a quantity: `4Gi`, `512Mi`, `10Ki` when exact, else plain bytes.
@@ -340,7 +347,10 @@ fn network_policies(ns: &str, labels: &BTreeMap<String, String>, config: &Kubern
         ..Default::default()
     };
     let namespace_named = |name: &str| LabelSelector {
-        match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), name.to_string())])),
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            name.to_string(),
+        )])),
         ..Default::default()
     };
     let policy = |name: &str, spec: NetworkPolicySpec| NetworkPolicy {
@@ -520,10 +530,17 @@ fn deployment(workload: &Workload, track: Track, name: &str, replicas: Option<u3
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(ANNOTATION_SECRETS_HASH.to_string(), secrets_hash(workload))])),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_SECRETS_HASH.to_string(),
+                        secrets_hash(workload),
+                    )])),
                     ..Default::default()
                 }),
-                spec: Some(pod_spec(workload, container(workload, workload.spec.runtime.cmd.clone(), true), true)),
+                spec: Some(pod_spec(
+                    workload,
+                    container(workload, workload.spec.runtime.cmd.clone(), true),
+                    true,
+                )),
             },
             ..Default::default()
         }),
@@ -626,8 +643,12 @@ fn container(workload: &Workload, args: Option<Vec<String>>, serving: bool) -> C
         env: (!env.is_empty()).then_some(env),
         env_from: (!env_from.is_empty()).then_some(env_from),
         resources: resources(workload),
-        readiness_probe: serving.then(|| probe(spec.health.readiness.as_ref(), first_port)).flatten(),
-        liveness_probe: serving.then(|| probe(spec.health.liveness.as_ref(), first_port)).flatten(),
+        readiness_probe: serving
+            .then(|| probe(spec.health.readiness.as_ref(), first_port))
+            .flatten(),
+        liveness_probe: serving
+            .then(|| probe(spec.health.liveness.as_ref(), first_port))
+            .flatten(),
         volume_mounts: (serving && !mounts.is_empty()).then_some(mounts),
         ..Default::default()
     }
@@ -720,7 +741,11 @@ fn ingress(
     if workload.routes.is_empty() {
         return None;
     }
-    let track = if canary_weight.is_some() { Track::Canary } else { Track::Stable };
+    let track = if canary_weight.is_some() {
+        Track::Canary
+    } else {
+        Track::Stable
+    };
     let mut by_host: BTreeMap<&str, Vec<&RouteBinding>> = BTreeMap::new();
     for route in &workload.routes {
         by_host.entry(&route.host).or_default().push(route);
@@ -789,7 +814,11 @@ fn autoscaler(workload: &Workload, name: &str) -> Option<HorizontalPodAutoscaler
     let hpa = workload.spec.autoscaling.hpa?;
     let replicas = workload.spec.runtime.replicas;
     Some(HorizontalPodAutoscaler {
-        metadata: meta(name.into(), &namespace_name(&workload.key), labels(workload, Track::Stable)),
+        metadata: meta(
+            name.into(),
+            &namespace_name(&workload.key),
+            labels(workload, Track::Stable),
+        ),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
@@ -922,7 +951,10 @@ mod tests {
         let b = dns_name(&format!("enclii-{}-stage", "p".repeat(70)), 63);
         assert_eq!(a.len(), 63);
         assert_ne!(a, b);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
         assert_eq!(dns_name("Api_Prod", 63), "api-prod");
     }
 

@@ -157,13 +157,19 @@ impl KubernetesTarget {
     async fn apply_secret(&self, secret: &Secret) -> Result<()> {
         let ns = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
-        match self.api::<Secret>(&ns).patch(&name, &apply_params(), &Patch::Apply(secret)).await {
+        match self
+            .api::<Secret>(&ns)
+            .patch(&name, &apply_params(), &Patch::Apply(secret))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) => Err(DeployError::Kubernetes(format!(
                 "applying Secret {ns}/{name}: rejected ({} {})",
                 status.code, status.reason
             ))),
-            Err(e) => Err(DeployError::Kubernetes(format!("applying Secret {ns}/{name}: request failed ({e})"))),
+            Err(e) => Err(DeployError::Kubernetes(format!(
+                "applying Secret {ns}/{name}: request failed ({e})"
+            ))),
         }
     }
 
@@ -219,7 +225,11 @@ impl KubernetesTarget {
         previous: Option<&Deployment>,
     ) -> Result<()> {
         let paused = previous.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas) == Some(0);
-        let min = stable.autoscaler.as_ref().and_then(|h| h.spec.as_ref()).and_then(|s| s.min_replicas);
+        let min = stable
+            .autoscaler
+            .as_ref()
+            .and_then(|h| h.spec.as_ref())
+            .and_then(|s| s.min_replicas);
         match min {
             Some(min) if paused => self.scale(ns, name, min).await,
             _ => Ok(()),
@@ -383,10 +393,13 @@ impl KubernetesTarget {
         let pods = self.api::<Pod>(ns);
         let pod = self.started_pod(ns, name).await?;
         let lines = pods
-            .log_stream(&pod, &LogParams {
-                follow: true,
-                ..Default::default()
-            })
+            .log_stream(
+                &pod,
+                &LogParams {
+                    follow: true,
+                    ..Default::default()
+                },
+            )
             .await
             .map_err(|e| api_error(&format!("reading the log of Pod {ns}/{pod}"), e))?
             .lines();
@@ -445,7 +458,10 @@ impl Target for KubernetesTarget {
             }
             _ => {
                 let stable = manifests::stable_objects(workload, &self.config);
-                (self.roll_out_stable(key, workload.release, &stable, previous).await?, Track::Stable)
+                (
+                    self.roll_out_stable(key, workload.release, &stable, previous).await?,
+                    Track::Stable,
+                )
             }
         };
         tracing::info!(service = %key, release = workload.release, ?track, replicas, "deployed on kubernetes");
@@ -459,11 +475,18 @@ impl Target for KubernetesTarget {
         let patch = serde_json::json!({
             "metadata": { "annotations": { manifests::ANNOTATION_CANARY_WEIGHT: percent.to_string() } }
         });
-        match self.api::<Ingress>(&ns).patch(&name, &update_params(), &Patch::Merge(&patch)).await {
+        match self
+            .api::<Ingress>(&ns)
+            .patch(&name, &update_params(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             // A service without routes has no canary Ingress: nothing to split.
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(api_error(&format!("setting the canary weight of Ingress {ns}/{name}"), e)),
+            Err(e) => Err(api_error(
+                &format!("setting the canary weight of Ingress {ns}/{name}"),
+                e,
+            )),
         }
     }
 
@@ -475,7 +498,9 @@ impl Target for KubernetesTarget {
             .await?
             .ok_or_else(|| DeployError::NotFound(format!("{key} has no canary to promote")))?;
         if release_label(pending.labels()) != Some(release) {
-            return Err(DeployError::NotFound(format!("release {release} is not the canary of {key}")));
+            return Err(DeployError::NotFound(format!(
+                "release {release} is not the canary of {key}"
+            )));
         }
         let stable: StableObjects = pending
             .data
@@ -494,7 +519,9 @@ impl Target for KubernetesTarget {
         if let Some(running) = self.get_opt::<Deployment>(&ns, &name).await?
             && release_of(&running) != Some(release)
         {
-            return Err(DeployError::NotFound(format!("release {release} is not the canary of {key}")));
+            return Err(DeployError::NotFound(format!(
+                "release {release} is not the canary of {key}"
+            )));
         }
         self.remove_canary(&ns, &name).await
     }
@@ -536,7 +563,11 @@ impl Target for KubernetesTarget {
                 Some(ReleaseStatus {
                     release: release_of(d)?,
                     track,
-                    percent: if track == Track::Canary { canary_percent } else { 100 - canary_percent },
+                    percent: if track == Track::Canary {
+                        canary_percent
+                    } else {
+                        100 - canary_percent
+                    },
                     replicas: count(status.replicas),
                     healthy: count(status.ready_replicas),
                 })
@@ -566,7 +597,10 @@ impl Target for KubernetesTarget {
     async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()> {
         let ns = manifests::namespace_name(key);
         if whole_environment {
-            return match Api::<Namespace>::all(self.client.clone()).delete(&ns, &DeleteParams::background()).await {
+            return match Api::<Namespace>::all(self.client.clone())
+                .delete(&ns, &DeleteParams::background())
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => Err(api_error(&format!("deleting Namespace {ns}"), e)),
@@ -602,7 +636,11 @@ impl Target for KubernetesTarget {
             Ok(code) => code,
             Err(_) => {
                 self.delete::<Job>(&ns, &name).await?;
-                let _ = log.send(format!("enclii: job {} timed out after {} s and was stopped", run.job, run.timeout.as_secs()));
+                let _ = log.send(format!(
+                    "enclii: job {} timed out after {} s and was stopped",
+                    run.job,
+                    run.timeout.as_secs()
+                ));
                 Ok(JOB_TIMEOUT_EXIT_CODE)
             }
         }
@@ -621,7 +659,12 @@ impl Target for KubernetesTarget {
         let metrics = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &pod_metrics)
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| api_error(&format!("reading pod metrics in {ns} (is metrics-server installed?)"), e))?;
+            .map_err(|e| {
+                api_error(
+                    &format!("reading pod metrics in {ns} (is metrics-server installed?)"),
+                    e,
+                )
+            })?;
         let mut usage = Usage {
             replicas: u32::try_from(metrics.items.len()).unwrap_or(u32::MAX),
             ..Default::default()
@@ -656,9 +699,10 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 fn api_error(what: &str, e: kube::Error) -> DeployError {
     match e {
-        kube::Error::Api(status) => {
-            DeployError::Kubernetes(format!("{what}: {} ({} {})", status.message, status.code, status.reason))
-        }
+        kube::Error::Api(status) => DeployError::Kubernetes(format!(
+            "{what}: {} ({} {})",
+            status.message, status.code, status.reason
+        )),
         other => DeployError::Kubernetes(format!("{what}: {other}")),
     }
 }
@@ -700,7 +744,9 @@ fn rollout_progress(deployment: &Deployment) -> Result<u32, String> {
         .filter(|c| c.status != "True" || c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
         .find_map(|c| c.message);
     Err(condition.unwrap_or_else(|| {
-        format!("{ready} of {desired} replicas ready, {updated} updated (observed generation {observed} of {generation})")
+        format!(
+            "{ready} of {desired} replicas ready, {updated} updated (observed generation {observed} of {generation})"
+        )
     }))
 }
 
@@ -778,7 +824,11 @@ fn memory_bytes(quantity: &str) -> u64 {
 }
 
 fn claim_bytes(claim: &PersistentVolumeClaim) -> u64 {
-    let capacity = claim.status.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage"));
+    let capacity = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"));
     let requested = claim
         .spec
         .as_ref()
