@@ -4,6 +4,8 @@
 //! - [`auth`]: bearer tokens (personal access tokens, OIDC), roles, scopes, rate limits.
 //! - `control`: projects, environments, services, releases, deployments, secrets, routes,
 //!   members, tokens, audit.
+//! - `timetable`: one-off job runs and their history, the cost report, resuming paused
+//!   environments.
 //! - `webhooks`: GitHub deliveries.
 //! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
 
@@ -13,6 +15,7 @@ mod error;
 mod logs;
 pub mod metrics;
 mod routes;
+mod timetable;
 mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::{Authenticator, Permission, Principal, RateLimit};
 use crate::error::ApiError;
 use crate::metrics::DepthGauges;
-use crate::{control, logs, webhooks};
+use crate::{control, logs, timetable, webhooks};
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -150,6 +150,10 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(control::list_tokens, control::create_token))
         .routes(routes!(control::revoke_token))
         .routes(routes!(control::list_audit))
+        .routes(routes!(timetable::run_job))
+        .routes(routes!(timetable::list_job_runs))
+        .routes(routes!(timetable::cost_report))
+        .routes(routes!(timetable::resume_environment))
         .routes(routes!(webhooks::github))
         .routes(routes!(enqueue))
         .routes(routes!(job))

@@ -351,6 +351,28 @@ fn cases() -> Vec<Case> {
         ),
         case("GET", "/v1/queue/stats", "/v1/queue/stats", None, Platform(Read)),
         case(
+            "POST",
+            "/v1/projects/shop/services/api/jobs/report/runs",
+            "/v1/projects/{project}/services/{service}/jobs/{job}/runs",
+            None,
+            Project(Deploy),
+        ),
+        case(
+            "GET",
+            "/v1/projects/shop/services/api/jobs/runs?job=report",
+            "/v1/projects/{project}/services/{service}/jobs/runs",
+            None,
+            Project(Read),
+        ),
+        case("GET", "/v1/cost?project=shop&since=30d", "/v1/cost", None, Project(Read)),
+        case(
+            "POST",
+            "/v1/projects/shop/environments/dev/resume",
+            "/v1/projects/{project}/environments/{environment}/resume",
+            None,
+            Project(Govern),
+        ),
+        case(
             "DELETE",
             "/v1/projects/shop/services/api",
             "/v1/projects/{project}/services/{service}",
@@ -406,6 +428,7 @@ async fn fixture(t: &TestApi) -> Fixture {
     let run = t.admin("GET", &format!("/v1/pipelines/{pipeline}"), None).await;
     let job = run.body["steps"][0]["job"].as_i64().unwrap();
     let signed = ReleaseOutcome {
+        digest: Some(format!("sha256:{}", "0".repeat(64))),
         signature: Some("registry.example/shop/api:sha256-0.sig".into()),
         ..Default::default()
     };
