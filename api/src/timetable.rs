@@ -106,7 +106,9 @@ fn parse_since(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
     };
     let amount = digits.parse::<i64>().ok();
     match amount {
-        Some(n) if unit_ms > 0 && (1..=3650 * 86_400_000 / unit_ms).contains(&n) => Ok(now.timestamp_millis() - n * unit_ms),
+        Some(n) if unit_ms > 0 && (1..=3650 * 86_400_000 / unit_ms).contains(&n) => {
+            Ok(now.timestamp_millis() - n * unit_ms)
+        }
         _ => Err(format!(
             "must be a duration ago such as `30d`, `12h` or `90m` (at most 10 years), or an RFC 3339 time such as `2026-01-31T00:00:00Z` (got {text:?})"
         )),
@@ -123,7 +125,11 @@ pub async fn cost_report(
     Query(query): Query<CostQuery>,
 ) -> Result<Json<CostReport>, ApiError> {
     let Some(project) = query.project else {
-        return Err(invalid("project", "is required", "name the project: GET /v1/cost?project=<slug>&since=30d"));
+        return Err(invalid(
+            "project",
+            "is required",
+            "name the project: GET /v1/cost?project=<slug>&since=30d",
+        ));
     };
     principal.require(Permission::Read, Some(&project))?;
     let since = parse_since(query.since.as_deref().unwrap_or("30d"), Utc::now())
@@ -169,8 +175,22 @@ mod tests {
         assert_eq!(parse_since("30d", now), Ok(ms - 30 * 86_400_000));
         assert_eq!(parse_since("12h", now), Ok(ms - 12 * 3_600_000));
         assert_eq!(parse_since("90m", now), Ok(ms - 90 * 60_000));
-        assert_eq!(parse_since("2026-03-01T00:00:00Z", now), Ok(ms - (30 * 24 + 12) * 3_600_000));
-        for bad in ["", "d", "30", "30s", "30é", "-1d", "0h", "tomorrow", "99999d", "2026-13-01T00:00:00Z"] {
+        assert_eq!(
+            parse_since("2026-03-01T00:00:00Z", now),
+            Ok(ms - (30 * 24 + 12) * 3_600_000)
+        );
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30s",
+            "30é",
+            "-1d",
+            "0h",
+            "tomorrow",
+            "99999d",
+            "2026-13-01T00:00:00Z",
+        ] {
             let err = parse_since(bad, now).unwrap_err();
             assert!(err.contains("`30d`"), "{bad}: {err}");
         }

@@ -364,7 +364,13 @@ fn cases() -> Vec<Case> {
             None,
             Project(Read),
         ),
-        case("GET", "/v1/cost?project=shop&since=30d", "/v1/cost", None, Project(Read)),
+        case(
+            "GET",
+            "/v1/cost?project=shop&since=30d",
+            "/v1/cost",
+            None,
+            Project(Read),
+        ),
         case(
             "POST",
             "/v1/projects/shop/environments/dev/resume",

@@ -116,7 +116,11 @@ impl Scheduler {
     /// Renews (or takes) the lease; on failure this process stops acting at once.
     async fn lead(&mut self) -> bool {
         let sent = Instant::now();
-        let led = match self.store.try_lead(LEASE, &self.config.holder, self.config.lease_ttl).await {
+        let led = match self
+            .store
+            .try_lead(LEASE, &self.config.holder, self.config.lease_ttl)
+            .await
+        {
             Ok(led) => led,
             Err(e) => {
                 warn!(error = %e, "cannot renew the scheduler lease; not acting until it can");
@@ -167,7 +171,12 @@ impl Scheduler {
                 Ok(sync) => {
                     self.services_seen = Some(seen);
                     if sync != Default::default() {
-                        info!(added = sync.added, changed = sync.changed, removed = sync.removed, "cron schedules synced");
+                        info!(
+                            added = sync.added,
+                            changed = sync.changed,
+                            removed = sync.removed,
+                            "cron schedules synced"
+                        );
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot sync cron schedules; will try again"),

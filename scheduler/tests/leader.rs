@@ -59,7 +59,10 @@ async fn only_the_leader_fires(url: String) {
     assert_eq!((r1.cron_queued, r2.cron_queued), (1, 0));
     for _ in 0..3 {
         let (r1, r2) = tokio::join!(first.tick(due + 1), second.tick(due + 1));
-        assert_eq!((r1.cron_queued + r1.cron_skipped, r2.cron_queued + r2.cron_skipped), (0, 0));
+        assert_eq!(
+            (r1.cron_queued + r1.cron_skipped, r2.cron_queued + r2.cron_skipped),
+            (0, 0)
+        );
     }
     assert_eq!(a.list_job_runs("shop", "api", None, 10).await.unwrap().len(), 1);
 
@@ -73,7 +76,10 @@ async fn only_the_leader_fires(url: String) {
     assert!(report.leading);
     assert_eq!(report.cron_skipped, 1, "{report:?}");
     let runs = b.list_job_runs("shop", "api", None, 10).await.unwrap();
-    assert_eq!(runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["skipped", "queued"]);
+    assert_eq!(
+        runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+        ["skipped", "queued"]
+    );
 
     // A scheduler that resigns hands over at once.
     second.resign().await;

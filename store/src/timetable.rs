@@ -316,9 +316,10 @@ pub(crate) fn month_of(at_ms: i64) -> (String, i64) {
 }
 
 pub(crate) fn rfc3339(at_ms: i64) -> String {
-    Utc.timestamp_millis_opt(at_ms)
-        .single()
-        .map_or_else(|| at_ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    Utc.timestamp_millis_opt(at_ms).single().map_or_else(
+        || at_ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 /// Due cron jobs read per [`Store::fire_due_cron`] round.
@@ -331,8 +332,14 @@ impl Store {
     /// `holder` already has it; `false` while another holder's lease runs. One atomic upsert.
     pub async fn try_lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let ttl_ms = ttl.as_millis() as i64;
-        write!(self, |conn, ops, _jobs| ops::tt::try_lead(conn, name, holder, ttl_ms, now_ms())
-            .await)
+        write!(self, |conn, ops, _jobs| ops::tt::try_lead(
+            conn,
+            name,
+            holder,
+            ttl_ms,
+            now_ms()
+        )
+        .await)
     }
     /// Gives the lease up (if `holder` has it), so another process can lead at once.
     pub async fn resign(&self, name: &str, holder: &str) -> Result<()> {
@@ -395,8 +402,13 @@ impl Store {
     }
     /// For the `job-run` handler: attempt `attempt` (1-based) started.
     pub async fn job_run_started(&self, id: i64, attempt: i32) -> Result<JobRunRecord> {
-        write!(self, |conn, ops, _jobs| ops::tt::job_run_started(conn, id, attempt, now_ms())
-            .await)
+        write!(self, |conn, ops, _jobs| ops::tt::job_run_started(
+            conn,
+            id,
+            attempt,
+            now_ms()
+        )
+        .await)
     }
     /// For the `job-run` handler: the run ended `succeeded`, `failed` (on its last attempt, or a
     /// failure no retry fixes) or `cancelled`. Idempotent: a run already ended is returned as is.
@@ -425,8 +437,10 @@ impl Store {
         job: Option<&str>,
         limit: i64,
     ) -> Result<Vec<JobRunRecord>> {
-        read!(self, |conn, ops| ops::tt::list_job_runs(conn, project, service, job, limit)
-            .await)
+        read!(self, |conn, ops| ops::tt::list_job_runs(
+            conn, project, service, job, limit
+        )
+        .await)
     }
 
     // --- cost and budgets -----------------------------------------------------------------------

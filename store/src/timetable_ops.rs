@@ -129,12 +129,12 @@ pub async fn sync_cron(conn: &mut Conn, now: i64) -> Result<CronSync> {
 
 pub async fn cron_schedules(conn: &mut Conn, project: &str) -> Result<Vec<CronSchedule>> {
     require_project(conn, project).await?;
-    Ok(sqlx::query_as::<_, CronSchedule>(
-        "SELECT * FROM cron_schedules WHERE project = $1 ORDER BY service, job",
+    Ok(
+        sqlx::query_as::<_, CronSchedule>("SELECT * FROM cron_schedules WHERE project = $1 ORDER BY service, job")
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?,
     )
-    .bind(project)
-    .fetch_all(&mut *conn)
-    .await?)
 }
 
 pub async fn due_cron(conn: &mut Conn, now: i64, limit: i64) -> Result<Vec<DueCron>> {
@@ -246,7 +246,13 @@ struct NewRun<'a> {
     created_by: &'a str,
 }
 
-async fn insert_run(conn: &mut Conn, new: &NewRun<'_>, status: &str, detail: Option<&str>, now: i64) -> Result<JobRunRecord> {
+async fn insert_run(
+    conn: &mut Conn,
+    new: &NewRun<'_>,
+    status: &str,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<JobRunRecord> {
     let finished_at = (status == job_run_status::SKIPPED).then_some(now);
     Ok(sqlx::query_as::<_, JobRunRecord>(
         "INSERT INTO job_runs (project, service, environment, job, trigger, status, attempts, detail, scheduled_for,
@@ -304,7 +310,10 @@ pub async fn run_job_now(
     now: i64,
 ) -> Result<JobRunRecord> {
     let found = require_service(conn, project, service).await?;
-    let names: Vec<String> = spec_jobs(&found.spec_json()).into_iter().map(|(name, _)| name).collect();
+    let names: Vec<String> = spec_jobs(&found.spec_json())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     if !names.iter().any(|name| name == job) {
         let has = if names.is_empty() {
             "it has no jobs; add one under spec.jobs of its Service Spec".to_string()
@@ -560,8 +569,17 @@ pub async fn budget_check(conn: &mut Conn, project: &str, name: &str, now: i64) 
         pause(conn, project, name, now).await?;
         diff["paused"] = json!(true);
     }
-    let action = if state == budget_state::EXCEEDED { "budget.exceeded" } else { "budget.warn" };
-    audit(conn, "scheduler", change(action, "environment", &entity, Some(project), diff)).await?;
+    let action = if state == budget_state::EXCEEDED {
+        "budget.exceeded"
+    } else {
+        "budget.warn"
+    };
+    audit(
+        conn,
+        "scheduler",
+        change(action, "environment", &entity, Some(project), diff),
+    )
+    .await?;
     Ok(level)
 }
 
@@ -587,7 +605,13 @@ async fn pause(conn: &mut Conn, project: &str, name: &str, now: i64) -> Result<E
     .await?)
 }
 
-pub async fn pause_environment(conn: &mut Conn, actor: &str, project: &str, name: &str, now: i64) -> Result<Environment> {
+pub async fn pause_environment(
+    conn: &mut Conn,
+    actor: &str,
+    project: &str,
+    name: &str,
+    now: i64,
+) -> Result<Environment> {
     let before = get_environment(conn, project, name).await?;
     if name == "prod" {
         return Err(StoreError::Invalid(format!(
@@ -597,7 +621,12 @@ pub async fn pause_environment(conn: &mut Conn, actor: &str, project: &str, name
     let environment = pause(conn, project, name, now).await?;
     if before.paused_at.is_none() {
         let entity = format!("{project}/{name}");
-        audit(conn, actor, change("environment.pause", "environment", &entity, Some(project), json!({}))).await?;
+        audit(
+            conn,
+            actor,
+            change("environment.pause", "environment", &entity, Some(project), json!({})),
+        )
+        .await?;
     }
     Ok(environment)
 }
@@ -614,7 +643,12 @@ pub async fn resume_environment(conn: &mut Conn, actor: &str, project: &str, nam
     if let Some(paused_at) = before.paused_at {
         let entity = format!("{project}/{name}");
         let diff = json!({"paused_at": {"from": paused_at, "to": null}});
-        audit(conn, actor, change("environment.resume", "environment", &entity, Some(project), diff)).await?;
+        audit(
+            conn,
+            actor,
+            change("environment.resume", "environment", &entity, Some(project), diff),
+        )
+        .await?;
     }
     Ok(environment)
 }
@@ -662,7 +696,11 @@ pub async fn expired_previews(conn: &mut Conn, cutoff: i64) -> Result<Vec<Expire
             .created_at
             .max(preview.released_at.unwrap_or(0))
             .max(preview.deployed_at.unwrap_or(0));
-        let Some(number) = preview.name.strip_prefix("preview-").and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(number) = preview
+            .name
+            .strip_prefix("preview-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         if last_activity >= cutoff {
@@ -696,7 +734,11 @@ pub async fn expired_previews(conn: &mut Conn, cutoff: i64) -> Result<Vec<Expire
 /// Enqueues the teardown of an expired preview like a closed pull request's (superseding any
 /// build of it in flight). Its unique key names the last activity, so asking again before the
 /// preview is gone (or active again) changes nothing.
-pub async fn enqueue_preview_teardown(conn: &mut Conn, jobs: &Jobs<'_>, preview: &ExpiredPreview) -> Result<PipelineEnqueued> {
+pub async fn enqueue_preview_teardown(
+    conn: &mut Conn,
+    jobs: &Jobs<'_>,
+    preview: &ExpiredPreview,
+) -> Result<PipelineEnqueued> {
     let mut teardown = preview_teardown(
         &preview.project,
         &preview.service,
@@ -713,7 +755,12 @@ pub async fn enqueue_preview_teardown(conn: &mut Conn, jobs: &Jobs<'_>, preview:
         mark_superseded(conn, &enqueued.superseded, None).await?;
         let entity = format!("{}/{}", preview.project, preview.environment);
         let diff = json!({"service": preview.service, "idle_since": preview.last_activity, "pipeline": enqueued.id});
-        audit(conn, "scheduler", change("preview.expire", "environment", &entity, Some(&preview.project), diff)).await?;
+        audit(
+            conn,
+            "scheduler",
+            change("preview.expire", "environment", &entity, Some(&preview.project), diff),
+        )
+        .await?;
     }
     Ok(enqueued)
 }

@@ -87,21 +87,39 @@ async fn two_holders_contend_for_the_lease(db: Db) {
     let t = open(db).await;
     let ttl = Duration::from_millis(400);
     // Both at once on a fresh lease: exactly one leads.
-    let (a, b) = tokio::join!(t.store.try_lead("scheduler", "a", ttl), t.store.try_lead("scheduler", "b", ttl));
+    let (a, b) = tokio::join!(
+        t.store.try_lead("scheduler", "a", ttl),
+        t.store.try_lead("scheduler", "b", ttl)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a ^ b, "exactly one leads (a: {a}, b: {b})");
     let (leader, other) = if a { ("a", "b") } else { ("b", "a") };
-    assert!(t.store.try_lead("scheduler", leader, ttl).await.unwrap(), "the leader renews");
+    assert!(
+        t.store.try_lead("scheduler", leader, ttl).await.unwrap(),
+        "the leader renews"
+    );
     assert!(!t.store.try_lead("scheduler", other, ttl).await.unwrap());
     // Another lease name is independent.
     assert!(t.store.try_lead("other", other, ttl).await.unwrap());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(t.store.try_lead("scheduler", other, ttl).await.unwrap(), "takes over after expiry");
-    assert!(!t.store.try_lead("scheduler", leader, ttl).await.unwrap(), "the old leader lost it");
+    assert!(
+        t.store.try_lead("scheduler", other, ttl).await.unwrap(),
+        "takes over after expiry"
+    );
+    assert!(
+        !t.store.try_lead("scheduler", leader, ttl).await.unwrap(),
+        "the old leader lost it"
+    );
     t.store.resign("scheduler", leader).await.unwrap();
-    assert!(!t.store.try_lead("scheduler", leader, ttl).await.unwrap(), "resigning another's lease does nothing");
+    assert!(
+        !t.store.try_lead("scheduler", leader, ttl).await.unwrap(),
+        "resigning another's lease does nothing"
+    );
     t.store.resign("scheduler", other).await.unwrap();
-    assert!(t.store.try_lead("scheduler", leader, ttl).await.unwrap(), "a resigned lease is free at once");
+    assert!(
+        t.store.try_lead("scheduler", leader, ttl).await.unwrap(),
+        "a resigned lease is free at once"
+    );
 }
 
 async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
@@ -109,10 +127,17 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     let store = &t.store;
     let sync = store.sync_cron_schedules().await.unwrap();
     assert_eq!((sync.added, sync.changed, sync.removed), (1, 0, 0));
-    assert_eq!(store.sync_cron_schedules().await.unwrap(), Default::default(), "nothing changed");
+    assert_eq!(
+        store.sync_cron_schedules().await.unwrap(),
+        Default::default(),
+        "nothing changed"
+    );
     let schedule = store.cron_schedules("shop").await.unwrap().remove(0);
     let now = chrono::Utc::now().timestamp_millis();
-    assert!(schedule.next_at > now && schedule.next_at <= now + 5 * MINUTE, "{schedule:?}");
+    assert!(
+        schedule.next_at > now && schedule.next_at <= now + 5 * MINUTE,
+        "{schedule:?}"
+    );
     assert!(store.fire_due_cron(now).await.unwrap().is_empty(), "not due yet");
 
     let first_fire = schedule.next_at;
@@ -124,7 +149,11 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     assert_eq!((run.environment.as_str(), run.scheduled_for), ("dev", first_fire));
     let job = store.queue().job(run.queue_job_id.unwrap()).await.unwrap().unwrap();
     assert_eq!((job.kind.as_str(), job.state), (JobRun::KIND, JobState::Available));
-    assert_eq!(job.policy.max_attempts, JobRun::policy().max_attempts, "the kind's retry policy");
+    assert_eq!(
+        job.policy.max_attempts,
+        JobRun::policy().max_attempts,
+        "the kind's retry policy"
+    );
     let payload: JobRun = serde_json::from_value(job.payload).unwrap();
     assert_eq!((payload.job.as_str(), payload.run), ("report", run.id));
     assert!(store.fire_due_cron(first_fire).await.unwrap().is_empty(), "fired once");
@@ -137,15 +166,24 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     let skipped = fired[0].run.clone().unwrap();
     assert_eq!((skipped.status.as_str(), skipped.queue_job_id), ("skipped", None));
     let detail = skipped.detail.unwrap();
-    assert!(detail.contains(&format!("run ({}) is still running", run.id)), "{detail}");
+    assert!(
+        detail.contains(&format!("run ({}) is still running", run.id)),
+        "{detail}"
+    );
 
     // Once it ends, the next fire runs again; fires missed while down are not replayed.
     let done = store
         .job_run_finished(run.id, job_run_status::SUCCEEDED, Some(0), None)
         .await
         .unwrap();
-    assert_eq!((done.status.as_str(), done.exit_code, done.attempts), ("succeeded", Some(0), 1));
-    let again = store.job_run_finished(run.id, job_run_status::FAILED, Some(1), None).await.unwrap();
+    assert_eq!(
+        (done.status.as_str(), done.exit_code, done.attempts),
+        ("succeeded", Some(0), 1)
+    );
+    let again = store
+        .job_run_finished(run.id, job_run_status::FAILED, Some(1), None)
+        .await
+        .unwrap();
     assert_eq!(again.status, "succeeded", "a finished run does not change");
     let late = second_fire + 60 * MINUTE;
     let fired = store.fire_due_cron(late).await.unwrap();
@@ -158,7 +196,13 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     let runs = store.list_job_runs("shop", "api", Some("report"), 10).await.unwrap();
     let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["queued", "skipped", "succeeded"], "newest first");
-    assert!(store.list_job_runs("shop", "api", Some("other"), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_job_runs("shop", "api", Some("other"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A changed schedule is re-timed; a removed job is dropped.
     apply(store, "dev", &[("report", "0 3 * * *"), ("cleanup", "0 4 * * *")]).await;
@@ -171,7 +215,10 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     let sync = store.sync_cron_schedules().await.unwrap();
     assert_eq!((sync.added, sync.changed, sync.removed), (0, 0, 1));
     store.delete_service("user:admin", "shop", "api").await.unwrap();
-    assert!(store.cron_schedules("shop").await.unwrap().is_empty(), "deleted with the service");
+    assert!(
+        store.cron_schedules("shop").await.unwrap().is_empty(),
+        "deleted with the service"
+    );
 }
 
 async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
@@ -186,7 +233,10 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
     );
 
     let run = store.run_job_now("user:dev", "shop", "api", "report").await.unwrap();
-    assert_eq!((run.trigger.as_str(), run.status.as_str(), run.created_by.as_str()), ("manual", "queued", "user:dev"));
+    assert_eq!(
+        (run.trigger.as_str(), run.status.as_str(), run.created_by.as_str()),
+        ("manual", "queued", "user:dev")
+    );
     assert!(run.queue_job_id.is_some());
     assert_eq!(store.job_run(run.id).await.unwrap(), run);
     let audit = store
@@ -200,9 +250,15 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
 
     // Retried attempts reopen a failed run.
     store.job_run_started(run.id, 1).await.unwrap();
-    store.job_run_finished(run.id, "failed", Some(2), Some("exit 2")).await.unwrap();
+    store
+        .job_run_finished(run.id, "failed", Some(2), Some("exit 2"))
+        .await
+        .unwrap();
     let retried = store.job_run_started(run.id, 2).await.unwrap();
-    assert_eq!((retried.status.as_str(), retried.attempts, retried.detail), ("running", 2, None));
+    assert_eq!(
+        (retried.status.as_str(), retried.attempts, retried.detail),
+        ("running", 2, None)
+    );
     let err = store.job_run_finished(run.id, "skipped", None, None).await.unwrap_err();
     assert!(err.to_string().contains("succeeded"), "{err}");
 
@@ -210,7 +266,10 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
     assert!(paused.paused_at.is_some());
     let listed = store.list_environments("shop").await.unwrap();
     assert!(listed.iter().find(|e| e.name == "dev").unwrap().paused_at.is_some());
-    let err = store.run_job_now("user:dev", "shop", "api", "report").await.unwrap_err();
+    let err = store
+        .run_job_now("user:dev", "shop", "api", "report")
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::Conflict(m) if m.contains("paused") && m.contains("/v1/projects/shop/environments/dev/resume")),
         "{err:?}"
@@ -218,10 +277,18 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
     store.sync_cron_schedules().await.unwrap();
     let far = chrono::Utc::now().timestamp_millis() + 2 * 24 * 60 * MINUTE;
     let fired = store.fire_due_cron(far).await.unwrap();
-    assert!(fired.iter().all(|f| f.outcome == CronOutcome::Paused && f.run.is_none()), "{fired:?}");
+    assert!(
+        fired
+            .iter()
+            .all(|f| f.outcome == CronOutcome::Paused && f.run.is_none()),
+        "{fired:?}"
+    );
 
     let err = store.pause_environment("user:admin", "shop", "prod").await.unwrap_err();
-    assert!(matches!(&err, StoreError::Invalid(m) if m.contains("`prod`")), "{err:?}");
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("`prod`")),
+        "{err:?}"
+    );
     let resumed = store.resume_environment("user:admin", "shop", "dev").await.unwrap();
     assert_eq!(resumed.paused_at, None);
     store.run_job_now("user:dev", "shop", "api", "report").await.unwrap();
@@ -279,20 +346,31 @@ async fn cost_reports_sum_and_price_samples(db: Db) {
         .collect();
     assert_eq!(
         lines,
-        [("dev", "api", 450.0, 2), ("dev", "worker", 30.0, 1), ("prod", "api", 600.0, 1)],
+        [
+            ("dev", "api", 450.0, 2),
+            ("dev", "worker", 30.0, 1),
+            ("prod", "api", 600.0, 1)
+        ],
         "the 40-day-old sample is outside the period"
     );
     let dev_api = &report[0];
     assert!((dev_api.ram_gib_hours - 1.0).abs() < 1e-9 && (dev_api.egress_gib - 1.0).abs() < 1e-9);
     let expected = prices.cost_cents(&sample("dev", "api", 0, 450.0, 1.0)) + 0.1 + 5.0;
-    assert!((dev_api.cost_cents - expected).abs() < 1e-9, "{} vs {expected}", dev_api.cost_cents);
+    assert!(
+        (dev_api.cost_cents - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        dev_api.cost_cents
+    );
     let spend = store
         .environment_spend_cents("shop", "prod", now - 60 * MINUTE)
         .await
         .unwrap();
     assert!((spend - report[2].cost_cents).abs() < 1e-9);
     assert_eq!(store.environment_spend_cents("shop", "stage", 0).await.unwrap(), 0.0);
-    assert!(matches!(store.cost_report("nope", 0).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.cost_report("nope", 0).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn budget_levels_are_reported_once_a_month(db: Db) {
@@ -302,10 +380,19 @@ async fn budget_levels_are_reported_once_a_month(db: Db) {
         budget_cents: Some(cents),
         ..Default::default()
     };
-    store.update_environment("user:admin", "shop", "dev", &budget(1000)).await.unwrap();
-    store.update_environment("user:admin", "shop", "prod", &budget(1000)).await.unwrap();
+    store
+        .update_environment("user:admin", "shop", "dev", &budget(1000))
+        .await
+        .unwrap();
+    store
+        .update_environment("user:admin", "shop", "prod", &budget(1000))
+        .await
+        .unwrap();
     let budgeted = store.budgeted_environments().await.unwrap();
-    assert_eq!(budgeted.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["dev", "prod"]);
+    assert_eq!(
+        budgeted.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["dev", "prod"]
+    );
 
     let now = chrono::Utc::now().timestamp_millis();
     let spend = |env: &str, cents: f64| NewCostSample {
@@ -319,12 +406,29 @@ async fn budget_levels_are_reported_once_a_month(db: Db) {
     };
     assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Ok);
     store.insert_cost_sample(&spend("dev", 850.0)).await.unwrap();
-    assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Warn(85.0));
-    assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Ok, "reported once");
+    assert_eq!(
+        store.budget_check("shop", "dev", now).await.unwrap(),
+        BudgetLevel::Warn(85.0)
+    );
+    assert_eq!(
+        store.budget_check("shop", "dev", now).await.unwrap(),
+        BudgetLevel::Ok,
+        "reported once"
+    );
     store.insert_cost_sample(&spend("dev", 200.0)).await.unwrap();
-    assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Exceeded(105.0));
-    assert!(store.environment("shop", "dev").await.unwrap().paused_at.is_some(), "non-prod is paused");
-    assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Ok, "reported once");
+    assert_eq!(
+        store.budget_check("shop", "dev", now).await.unwrap(),
+        BudgetLevel::Exceeded(105.0)
+    );
+    assert!(
+        store.environment("shop", "dev").await.unwrap().paused_at.is_some(),
+        "non-prod is paused"
+    );
+    assert_eq!(
+        store.budget_check("shop", "dev", now).await.unwrap(),
+        BudgetLevel::Ok,
+        "reported once"
+    );
     // Resuming by hand is not undone by the same month's checks.
     store.resume_environment("user:admin", "shop", "dev").await.unwrap();
     assert_eq!(store.budget_check("shop", "dev", now).await.unwrap(), BudgetLevel::Ok);
@@ -332,12 +436,18 @@ async fn budget_levels_are_reported_once_a_month(db: Db) {
 
     // Straight past 100% reports only `exceeded`; prod is never paused.
     store.insert_cost_sample(&spend("prod", 1500.0)).await.unwrap();
-    assert_eq!(store.budget_check("shop", "prod", now).await.unwrap(), BudgetLevel::Exceeded(150.0));
+    assert_eq!(
+        store.budget_check("shop", "prod", now).await.unwrap(),
+        BudgetLevel::Exceeded(150.0)
+    );
     assert_eq!(store.environment("shop", "prod").await.unwrap().paused_at, None);
 
     // A new month starts from nothing.
     let next_month = now + 32 * 24 * 60 * MINUTE;
-    assert_eq!(store.budget_check("shop", "dev", next_month).await.unwrap(), BudgetLevel::Ok);
+    assert_eq!(
+        store.budget_check("shop", "dev", next_month).await.unwrap(),
+        BudgetLevel::Ok
+    );
 
     let actions = |action: &str| AuditFilter {
         action: Some(action.into()),
@@ -372,7 +482,12 @@ async fn idle_previews_expire_once(db: Db) {
     assert_eq!(expired.len(), 1, "{expired:?}");
     let preview = &expired[0];
     assert_eq!(
-        (preview.environment.as_str(), preview.service.as_str(), preview.number, preview.branch.as_str()),
+        (
+            preview.environment.as_str(),
+            preview.service.as_str(),
+            preview.number,
+            preview.branch.as_str()
+        ),
         ("preview-7", "api", 7, "feature")
     );
     assert_eq!(preview.repository, "https://github.com/org/shop");
