@@ -514,3 +514,149 @@ fn mock_metric_queries_read_the_canary_backend() {
         r#"sum(increase(nginx_ingress_controller_requests{exported_namespace="enclii-solarpunk-saas-prod",exported_service="api-canary",status=~"5.."}[120s]))"#
     );
 }
+
+#[tokio::test]
+async fn mock_run_job_streams_masked_log_lines_and_returns_the_exit_code() {
+    let (target, handle) = mock_target(config());
+    let mut workload = minimal_workload(7);
+    workload.secrets = vec![enclii_deploy::SecretEnv {
+        name: "web-env".into(),
+        entries: vec![("API_TOKEN".into(), enclii_deploy::SecretValue::new("tok-fixture-123"))],
+    }];
+    let job_path = format!("{BATCH}/jobs/web-migrate-5-2");
+    let server = tokio::spawn(async move {
+        let mut handle = handle;
+        expect_environment(&mut handle, false).await;
+        expect_apply(&mut handle, &format!("{CORE}/secrets/web-env")).await;
+        let job = expect_apply(&mut handle, &job_path).await;
+        assert_eq!(job["spec"]["backoffLimit"], 0, "the queue retries, not Kubernetes");
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 60);
+        let pod_spec = &job["spec"]["template"]["spec"];
+        assert_eq!(pod_spec["restartPolicy"], "Never");
+        assert_eq!(pod_spec["containers"][0]["args"], json!(["./migrate", "--up"]));
+        assert_eq!(pod_spec["containers"][0]["envFrom"][0]["secretRef"]["name"], "web-env");
+        let pod = |phase: &str, exit: Option<i32>| {
+            let state = match exit {
+                Some(code) => json!({"terminated": {"exitCode": code, "reason": "Error"}}),
+                None => json!({"running": {}}),
+            };
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-migrate-5-2-x7k2p", "namespace": NS},
+                   "spec": {"containers": [{"name": "web", "image": "x"}]},
+                   "status": {"phase": phase, "containerStatuses": [{"name": "web", "image": "x", "imageID": "",
+                              "ready": false, "restartCount": 0, "state": state}]}})
+        };
+        let selector = "batch.kubernetes.io/job-name=web-migrate-5-2";
+        expect_list(&mut handle, &format!("{CORE}/pods"), selector, vec![]).await;
+        expect_list(
+            &mut handle,
+            &format!("{CORE}/pods"),
+            selector,
+            vec![pod("Running", None)],
+        )
+        .await;
+        let log = expect(&mut handle, "GET", &format!("{CORE}/pods/web-migrate-5-2-x7k2p/log")).await;
+        assert_eq!(log.query.get("follow").map(String::as_str), Some("true"));
+        log.reply_text("migrating\nusing token tok-fixture-123\nfailed: table exists\n");
+        expect(&mut handle, "GET", &format!("{CORE}/pods/web-migrate-5-2-x7k2p"))
+            .await
+            .reply(200, pod("Failed", Some(3)));
+        handle
+    });
+    let run = enclii_deploy::JobRunSpec {
+        job: "migrate".into(),
+        args: vec!["./migrate".into(), "--up".into()],
+        run: 5,
+        attempt: 2,
+        timeout: Duration::from_secs(60),
+    };
+    let (log, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let code = target.run_job(&workload, &run, log).await;
+    let handle = server.await.expect("the scripted API server's assertions hold");
+    assert_eq!(code.unwrap(), 3);
+    let mut received = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        received.push(line);
+    }
+    assert_eq!(received, ["migrating", "using token ***", "failed: table exists"]);
+    drop(target);
+    expect_no_more_requests(handle).await;
+}
+
+/// A stand-in for Prometheus' HTTP API: answers instant queries by their shape and records them.
+async fn fake_prometheus() -> (String, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut queries = Vec::new();
+        for _ in 0..3 {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&request).lines().next().unwrap().to_string();
+            let target = line.split(' ').nth(1).unwrap();
+            let (_, query) = target.split_once("?query=").unwrap();
+            let query = common::percent_decode(query);
+            let value = if query.contains("histogram_quantile") {
+                "0.25"
+            } else if query.contains("status=~") {
+                "3"
+            } else {
+                "100"
+            };
+            let body = json!({"status": "success", "data": {"resultType": "vector",
+                              "result": [{"metric": {}, "value": [1700000000.0, value]}]}})
+            .to_string();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+            queries.push(query);
+        }
+        queries
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn mock_release_metrics_query_prometheus_for_the_canary_backend() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (url, prometheus) = fake_prometheus().await;
+    let (target, handle) = mock_target(KubernetesConfig {
+        prometheus_url: Some(url),
+        ..config()
+    });
+    let server = tokio::spawn(async move {
+        let mut handle = handle;
+        let canary =
+            serde_json::to_value(manifests::canary_objects(&example_workload(43), &config(), 10).deployment).unwrap();
+        expect_list(
+            &mut handle,
+            &format!("{APPS}/deployments"),
+            "enclii.dev/service=api",
+            vec![canary],
+        )
+        .await;
+        handle
+    });
+    let key = ServiceKey::new("solarpunk-saas", "prod", "api");
+    let metrics = target.release_metrics(&key, 43, Duration::from_secs(120)).await;
+    let handle = server.await.expect("the scripted API server's assertions hold");
+    let metrics = metrics.unwrap();
+    assert_eq!((metrics.requests, metrics.errors), (100, 3));
+    assert_eq!(metrics.p95, Some(Duration::from_millis(250)));
+    let queries = prometheus.await.unwrap();
+    assert!(
+        queries
+            .iter()
+            .all(|q| q.contains(r#"exported_service="api-canary""#) && q.contains("[120s]")),
+        "{queries:?}"
+    );
+    drop(target);
+    expect_no_more_requests(handle).await;
+}

@@ -89,6 +89,15 @@ impl Call {
         self.respond.send_response(response);
     }
 
+    pub fn reply_text(self, text: &str) {
+        let response = Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Body::from(text.as_bytes().to_vec()))
+            .unwrap();
+        self.respond.send_response(response);
+    }
+
     pub fn not_found(self) {
         let name = self.path.rsplit('/').next().unwrap_or_default().to_string();
         self.reply(
@@ -252,7 +261,7 @@ fn parse_query(query: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
