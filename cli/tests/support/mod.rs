@@ -45,6 +45,9 @@ pub fn launch(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> (Child, Str
         .env_remove("ENCLII_REDIS_URL")
         .env("ENCLII_BOOTSTRAP_TOKEN", TOKEN)
         .env("ENCLII_RATE_LIMIT_BURST", "100000")
+        // Deploys only where a test asks for them (and never on a shared router port).
+        .env("ENCLII_DEPLOY_TARGET", "none")
+        .env("ENCLII_ROUTER_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -60,6 +63,15 @@ pub fn launch(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> (Child, Str
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (child, addr)
+}
+
+/// A port nothing listens on now (for a server's second listener, e.g. the router).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP/1.1 client: returns (status, body).

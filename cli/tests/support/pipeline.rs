@@ -94,6 +94,29 @@ pub fn repository(files: &[(&str, &str)]) -> (String, String) {
     (format!("file://{}", dir.display()), git(&["rev-parse", "HEAD"]))
 }
 
+/// Adds a commit to the repository at `url` (from [`repository`]) with `files` written and
+/// `remove` deleted; returns its SHA.
+pub fn commit(url: &str, files: &[(&str, &str)], remove: &[&str]) -> String {
+    let dir = PathBuf::from(url.strip_prefix("file://").unwrap());
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    for path in remove {
+        std::fs::remove_file(dir.join(path)).unwrap();
+    }
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&dir))
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "change"]);
+    git(&["rev-parse", "HEAD"])
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: String,

@@ -1,0 +1,366 @@
+//! The Docker deploy target end to end, through the `enclii` binary: real builds (BuildKit on the
+//! Docker engine, a local registry and S3 server, as in `pipeline.rs`) deployed as real
+//! containers behind the Junctions router, which the tests call by host name. Covers a first
+//! deploy, a canary that passes and is promoted, a canary whose release answers 500s and is rolled
+//! back automatically (TC-02, with a short analysis window), rollback to an earlier release,
+//! quota refusal, and a pull request's preview from webhook to URL to teardown.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::pipeline::*;
+use support::{TOKEN, free_port};
+
+const WEBHOOK_SECRET: &str = "deploy-test-webhook-secret";
+
+/// The app: busybox httpd serving `www/` on port 3000, `/healthz` for the readiness probe.
+fn app_files(version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Dockerfile",
+            format!(
+                "FROM {BASE_IMAGE}\nCOPY www /www\nRUN chmod -R +x /www/cgi-bin 2>/dev/null || true\n\
+                 CMD [\"httpd\", \"-f\", \"-p\", \"3000\", \"-h\", \"/www\"]\n"
+            ),
+        ),
+        ("www/healthz", "ok\n".into()),
+        ("www/index.html", format!("{version}\n")),
+    ]
+}
+
+/// A release whose `/` answers 500 (a CGI script) while its health check passes.
+const FAILING_CGI: &str = "#!/bin/sh\necho \"Status: 500 Internal Server Error\"\necho \"Content-Type: text/plain\"\necho\necho boom\n";
+
+fn files<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    list.iter().map(|(p, t)| (*p, t.as_str())).collect()
+}
+
+struct Platform {
+    server: Server,
+    router: String,
+    url: String,
+    project: &'static str,
+}
+
+/// A server deploying to the Docker engine, with project `project` (unique per test: the tests
+/// share one engine) and service `api` whose spec is the defaults merged with `spec`.
+fn platform(project: &'static str, spec: Value) -> Platform {
+    let port = free_port();
+    let router = format!("127.0.0.1:{port}");
+    let (url, _) = repository(&files(&app_files("v1")));
+    let server = server(&[
+        ("ENCLII_DEPLOY_TARGET", "docker"),
+        ("ENCLII_ROUTER_LISTEN", &router),
+        ("ENCLII_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", "20"),
+    ]);
+    let (status, body) = call(&server, "POST", "/v1/projects", json!({"slug": project}));
+    assert_eq!(status, 201, "{body}");
+    let mut document = json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": project, "environment": "prod", "name": "api"},
+        "spec": {"source": {"git": {"repository": url, "branch": "main"}},
+                 "runtime": {"ports": [3000], "memory": "64Mi", "cpu": "250m"},
+                 "health": {"readiness": {"httpGet": "/healthz"}}}
+    });
+    merge(&mut document["spec"], spec);
+    let (status, body) = call(&server, "POST", &format!("/v1/projects/{project}/services"), document);
+    assert_eq!(status, 201, "{body}");
+    Platform {
+        server,
+        router,
+        url,
+        project,
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        for (k, v) in from {
+            into.insert(k, v);
+        }
+    }
+}
+
+/// GET `path` from the router as `host`: (status, body).
+fn get(router: &str, host: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(router).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Builds `sha` without deploying it; returns the ready release's id.
+fn ready_release(p: &Platform, sha: &str) -> i64 {
+    let server = &p.server;
+    let (status, body) = call(
+        server,
+        "POST",
+        &format!("/v1/projects/{}/services/api/releases", p.project),
+        json!({"git_sha": sha, "deploy": false}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = body["release"]["id"].as_i64().unwrap();
+    let release = wait_finished(server, id, Duration::from_secs(240));
+    assert_eq!(release["status"], "ready", "{release}");
+    id
+}
+
+fn deploy(p: &Platform, release: i64, path: &str) -> Value {
+    let (status, body) = call(
+        &p.server,
+        "POST",
+        &format!("/v1/projects/{}/services/api/{path}", p.project),
+        json!({if path == "rollback" { "to" } else { "release" }: release}),
+    );
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+fn deployment(server: &Server, id: i64) -> Value {
+    let (status, body) = call(&server, "GET", &format!("/v1/deployments/{id}"), Value::Null);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits until the deployment's status is one of `statuses`; while waiting, sends a request to
+/// the service every 20 ms when `traffic` is given (so a canary has something to be judged on).
+fn wait_status(server: &Server, id: i64, statuses: &[&str], traffic: Option<(&str, &str)>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut polled = Instant::now();
+    loop {
+        if let Some((router, host)) = traffic {
+            get(router, host, "/");
+            std::thread::sleep(Duration::from_millis(20));
+            if polled.elapsed() < Duration::from_millis(250) {
+                continue;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        polled = Instant::now();
+        let d = deployment(server, id);
+        if statuses.contains(&d["status"].as_str().unwrap_or_default()) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} never reached {statuses:?}: {d}");
+    }
+}
+
+fn replicas_of(project: &str, release: i64) -> usize {
+    let out = run(Command::new(DOCKER).args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=dev.enclii.project={project}"),
+        "--filter",
+        &format!("label=dev.enclii.release={release}"),
+    ]));
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn remove_containers(project: &str) {
+    let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", &format!("label=dev.enclii.project={project}")]));
+    for id in out.lines().filter(|l| !l.trim().is_empty()) {
+        let _ = Command::new(DOCKER).args(["rm", "-f", id]).output();
+    }
+}
+
+/// Removes the test's containers however the test ends.
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_containers(self.0);
+    }
+}
+
+#[test]
+fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores_an_old_one() {
+    let _cleanup = Cleanup("canary");
+    let p = platform("canary", json!({
+        "routes": [{"host": "api.shop.test"}],
+        "deploy": {"strategy": "canary", "steps": [50, 100], "analysis": {"maxErrorRate": 0.02, "window": "3s"}}
+    }));
+    let (server, router) = (&p.server, p.router.as_str());
+    let host = "api.shop.test";
+    let v1_sha = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let v1 = ready_release(&p, &v1_sha);
+
+    // First deploy: nothing runs yet, so the canary strategy deploys straight to 100%.
+    let first = deploy(&p, v1, "deployments");
+    let d = wait_status(server, first["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["url"], format!("http://{host}:{}/", router.rsplit(':').next().unwrap()));
+    assert_eq!(get(router, host, "/"), (200, "v1".into()));
+    assert_eq!(get(router, "unknown.test", "/").0, 404);
+
+    // A good release: canary at 50%, both versions answer, analysis passes, v2 is promoted.
+    let v2_sha = commit(&p.url, &files(&app_files("v2")), &[]);
+    let v2 = ready_release(&p, &v2_sha);
+    let second = deploy(&p, v2, "deployments");
+    let second_id = second["id"].as_i64().unwrap();
+    let d = wait_status(server, second_id, &["canary", "succeeded", "failed"], None);
+    assert_eq!(d["status"], "canary", "{d}");
+    assert_eq!(d["canary_percent"], 50);
+    let seen: std::collections::BTreeSet<String> = (0..60).map(|_| get(router, host, "/").1).collect();
+    assert_eq!(seen, ["v1".to_string(), "v2".to_string()].into(), "a 50% canary serves both");
+    let d = wait_status(server, second_id, &["succeeded", "rolled_back", "failed"], Some((router, host)));
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert!(d["detail"].as_str().unwrap().starts_with("promoted after 2 canary step(s)"), "{d}");
+    assert!((0..20).all(|_| get(router, host, "/") == (200, "v2".into())));
+    assert_eq!(replicas_of(p.project, v1), 0, "the old stable release is removed on promotion");
+
+    // TC-02: a release that answers 500s is rolled back automatically by its canary analysis.
+    let mut broken = app_files("v3");
+    broken.retain(|(path, _)| *path != "www/index.html");
+    broken.push(("www/cgi-bin/index.cgi", FAILING_CGI.into()));
+    let v3_sha = commit(&p.url, &files(&broken), &["www/index.html"]);
+    let v3 = ready_release(&p, &v3_sha);
+    let third = deploy(&p, v3, "deployments");
+    let third_id = third["id"].as_i64().unwrap();
+    let d = wait_status(server, third_id, &["canary", "failed"], None);
+    assert_eq!(d["status"], "canary", "{d}");
+    let d = wait_status(server, third_id, &["succeeded", "rolled_back", "failed"], Some((router, host)));
+    assert_eq!(d["status"], "rolled_back", "{d}");
+    let detail = d["detail"].as_str().unwrap();
+    assert!(detail.contains("automatic rollback at canary step 1: 5xx rate"), "{detail}");
+    assert!(detail.contains("exceeds the allowed 2.0%"), "{detail}");
+    assert!((0..20).all(|_| get(router, host, "/") == (200, "v2".into())), "the stable release serves alone again");
+    assert_eq!(replicas_of(p.project, v3), 0, "the failed canary's containers are gone");
+
+    // Rollback to the first release.
+    let started = Instant::now();
+    let back = deploy(&p, v1, "rollback");
+    let d = wait_status(server, back["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    eprintln!("rollback to release {v1} took {:?}", started.elapsed());
+    assert_eq!(get(router, host, "/"), (200, "v1".into()));
+    assert_eq!(d["reason"], "rollback");
+
+    // Every change is in the audit trail.
+    let (status, audit) = call(server, "GET", "/v1/audit?project=canary", Value::Null);
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["deployment.canary", "deployment.succeeded", "deployment.rolled_back", "deployment.rollback"] {
+        assert!(actions.contains(&action), "{action} missing from {actions:?}");
+    }
+}
+
+#[test]
+fn a_spec_over_the_environment_quota_is_refused_and_nothing_runs() {
+    let _cleanup = Cleanup("quota");
+    let p = platform("quota", json!({"runtime": {"ports": [3000], "memory": "256Mi", "replicas": {"min": 1, "max": 4}}}));
+    let server = &p.server;
+    let (status, body) = call(
+        server,
+        "PATCH",
+        "/v1/projects/quota/environments/prod",
+        json!({"quota": {"memory": "512Mi"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        server,
+        "PATCH",
+        "/v1/projects/quota/environments/prod",
+        json!({"quota": {"memory": "lots"}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "quota.memory", "{body}");
+    let sha = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let release = ready_release(&p, &sha);
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(
+        d["detail"],
+        "spec.runtime.memory × replicas.max = 1024Mi exceeds the quota of environment `prod` (512Mi memory); \
+         lower spec.runtime.memory or spec.runtime.replicas.max or raise the environment's quota"
+    );
+    assert_eq!(replicas_of(p.project, release), 0);
+}
+
+fn webhook(server: &Server, delivery: &str, body: &str) -> Value {
+    let signature = enclii_auth::github_signature::hmac_sha256_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/webhooks/github HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 2"), "{response}");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+fn pull_request(url: &str, action: &str, number: u64, sha: &str) -> String {
+    json!({
+        "action": action, "number": number,
+        "repository": {"full_name": "org/shop", "clone_url": url, "html_url": url},
+        "pull_request": {"number": number, "merged": false,
+                         "head": {"sha": sha, "ref": "feature", "repo": {"clone_url": url}},
+                         "base": {"sha": "0".repeat(40), "ref": "main"}}
+    })
+    .to_string()
+}
+
+#[test]
+fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
+    let _cleanup = Cleanup("preview");
+    let p = platform("preview", json!({}));
+    let (server, router) = (&p.server, p.router.as_str());
+    let sha = commit(&p.url, &files(&app_files("preview of PR 7")), &[]);
+    let opened = Instant::now();
+    webhook(server, "preview-open-1", &pull_request(&p.url, "opened", 7, &sha));
+    let host = "api-preview-7.preview.localhost";
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while get(router, host, "/").0 != 200 {
+        assert!(Instant::now() < deadline, "the preview never answered on {host}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("preview served {:?} after the webhook", opened.elapsed());
+    assert_eq!(get(router, host, "/"), (200, "preview of PR 7".into()));
+    let (_, deployments) = call(server, "GET", "/v1/projects/preview/deployments?service=api", Value::Null);
+    let preview = &deployments[0];
+    assert_eq!(preview["environment"], "preview-7", "{deployments}");
+    assert_eq!(preview["status"], "succeeded", "{preview}");
+    let port = router.rsplit(':').next().unwrap();
+    assert_eq!(preview["url"], format!("http://{host}:{port}/"));
+    let (_, routes) = call(server, "GET", "/v1/projects/preview/routes", Value::Null);
+    assert!(routes.as_array().unwrap().iter().any(|r| r["host"] == host), "{routes}");
+
+    webhook(server, "preview-close-1", &pull_request(&p.url, "closed", 7, &sha));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(router, host, "/").0 != 404 {
+        assert!(Instant::now() < deadline, "the preview still answers on {host}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until(Duration::from_secs(30), "the preview environment is forgotten", || {
+        let (_, environments) = call(server, "GET", "/v1/projects/preview/environments", Value::Null);
+        !environments.as_array().unwrap().iter().any(|e| e["name"] == "preview-7")
+    });
+    let (_, routes) = call(server, "GET", "/v1/projects/preview/routes", Value::Null);
+    assert!(!routes.as_array().unwrap().iter().any(|r| r["host"] == host), "{routes}");
+    let (_, d) = call(server, "GET", &format!("/v1/deployments/{}", preview["id"]), Value::Null);
+    assert_eq!(d["status"], "torn_down", "{d}");
+    let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "label=dev.enclii.project=preview"]));
+    assert!(out.trim().is_empty(), "preview containers left: {out}");
+}
