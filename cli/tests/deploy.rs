@@ -217,7 +217,7 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     assert_eq!(seen, ["v1".to_string(), "v2".to_string()].into(), "a 50% canary serves both");
     let d = wait_status(server, second_id, &["succeeded", "rolled_back", "failed"], Some((router, host)));
     assert_eq!(d["status"], "succeeded", "{d}");
-    assert!(d["detail"].as_str().unwrap().starts_with("promoted after 2 canary step(s)"), "{d}");
+    assert!(d["detail"].as_str().unwrap().starts_with("promoted after 1 canary step(s)"), "{d}");
     assert!((0..20).all(|_| get(router, host, "/") == (200, "v2".into())));
     assert_eq!(replicas_of(p.project, v1), 0, "the old stable release is removed on promotion");
 
@@ -328,6 +328,10 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
     let p = platform("preview", json!({}));
     let (server, router) = (&p.server, p.router.as_str());
     let sha = commit(&p.url, &files(&app_files("preview of PR 7")), &[]);
+    // The pull request's branch, which the clone step fetches.
+    run(Command::new("git")
+        .args(["branch", "-f", "feature", &sha])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
     let opened = Instant::now();
     webhook(server, "preview-open-1", &pull_request(&p.url, "opened", 7, &sha));
     let host = "api-preview-7.preview.localhost";
