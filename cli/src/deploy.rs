@@ -37,9 +37,22 @@ pub struct DeployArgs {
     /// Previews answer on `<service>-preview-<n>.<domain>`.
     #[arg(long = "preview-domain", env = "ENCLII_PREVIEW_DOMAIN", default_value = "preview.localhost")]
     preview_domain: String,
-    /// How long a new release may take to pass its readiness probe.
+    /// How long a new release may take to pass its readiness probe (Docker) or to roll out
+    /// (Kubernetes).
     #[arg(long = "deploy-health-timeout-seconds", env = "ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
     health_timeout_seconds: u64,
+    /// Kubernetes: `ingressClassName` of every Ingress (ingress-nginx, for exact canary splits).
+    #[arg(long = "k8s-ingress-class", env = "ENCLII_K8S_INGRESS_CLASS", default_value = "nginx")]
+    k8s_ingress_class: String,
+    /// Kubernetes: the ingress controller's namespace (network policies admit traffic from it).
+    #[arg(long = "k8s-ingress-namespace", env = "ENCLII_K8S_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
+    k8s_ingress_namespace: String,
+    /// Kubernetes: the cert-manager ClusterIssuer for routes with TLS.
+    #[arg(long = "k8s-cluster-issuer", env = "ENCLII_K8S_CLUSTER_ISSUER", default_value = "letsencrypt")]
+    k8s_cluster_issuer: String,
+    /// Kubernetes: Prometheus' base URL, read by canary analysis (ingress-nginx metrics).
+    #[arg(long = "prometheus-url", env = "ENCLII_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
 }
 
 /// A running target, and the router to serve when it has one.
@@ -59,9 +72,23 @@ impl DeployArgs {
     pub async fn connect(&self, docker_host: &str, data_dir: &Path) -> anyhow::Result<Option<DeployTarget>> {
         match self.target {
             TargetKind::None => Ok(None),
-            TargetKind::Kubernetes => anyhow::bail!(
-                "--deploy-target kubernetes is not wired into this build yet; use docker or none"
-            ),
+            TargetKind::Kubernetes => {
+                let config = enclii_deploy_kubernetes::KubernetesConfig {
+                    ingress_class: self.k8s_ingress_class.clone(),
+                    ingress_namespace: self.k8s_ingress_namespace.clone(),
+                    cluster_issuer: self.k8s_cluster_issuer.clone(),
+                    prometheus_url: self.prometheus_url.clone(),
+                    rollout_timeout: Duration::from_secs(self.health_timeout_seconds.max(1)),
+                    ..Default::default()
+                };
+                let target = enclii_deploy_kubernetes::KubernetesTarget::infer(config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("kubernetes target: {e} (is a kubeconfig or in-cluster config present?)"))?;
+                Ok(Some(DeployTarget {
+                    target: Arc::new(target),
+                    router: None,
+                }))
+            }
             TargetKind::Docker | TargetKind::Auto => {
                 let junctions = Junctions::new(self.router_public_port.unwrap_or(self.router_listen.port()));
                 let mut config = DockerTargetConfig::new(data_dir.join("junctions.json"));

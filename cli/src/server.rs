@@ -229,8 +229,11 @@ async fn registry(
     let mut registry = Registry::new();
     match deployer {
         Some(deployer) => {
-            info!(target = deployer.target().name(), "deploys enabled (deploy, canary-analyze, preview-teardown)");
-            enclii_deploy::register(&mut registry, deployer);
+            info!(
+                target = deployer.target().name(),
+                "deploys enabled (deploy, canary-analyze, preview-teardown, job-run, cost-sample)"
+            );
+            enclii_deploy::register(&mut registry, deployer, enclii_store::Prices::default());
         }
         None => info!("deploys disabled: no deploy target in this process"),
     }

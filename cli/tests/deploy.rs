@@ -167,10 +167,15 @@ fn replicas_of(project: &str, release: i64) -> usize {
     out.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
+/// Removes the project's containers and volumes (so that a rerun starts clean).
 fn remove_containers(project: &str) {
     let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", &format!("label=dev.enclii.project={project}")]));
     for id in out.lines().filter(|l| !l.trim().is_empty()) {
         let _ = Command::new(DOCKER).args(["rm", "-f", id]).output();
+    }
+    let volumes = run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
+    for volume in volumes.lines().filter(|l| !l.trim().is_empty()) {
+        let _ = Command::new(DOCKER).args(["volume", "rm", "-f", volume]).output();
     }
 }
 
@@ -204,6 +209,10 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     assert_eq!(d["url"], format!("http://{host}:{}/", router.rsplit(':').next().unwrap()));
     assert_eq!(get(router, host, "/"), (200, "v1".into()));
     assert_eq!(get(router, "unknown.test", "/").0, 404);
+    // The deploy job itself ends (and is not left holding its lease).
+    wait_until(Duration::from_secs(10), "the deploy job completes", || {
+        call(server, "GET", &format!("/v1/jobs/{}", d["job_id"]), Value::Null).1["state"] == "completed"
+    });
 
     // A good release: canary at 50%, both versions answer, analysis passes, v2 is promoted.
     let v2_sha = commit(&p.url, &files(&app_files("v2")), &[]);
@@ -286,8 +295,8 @@ fn a_spec_over_the_environment_quota_is_refused_and_nothing_runs() {
     assert_eq!(d["status"], "failed", "{d}");
     assert_eq!(
         d["detail"],
-        "spec.runtime.memory × replicas.max = 1024Mi exceeds the quota of environment `prod` (512Mi memory); \
-         lower spec.runtime.memory or spec.runtime.replicas.max or raise the environment's quota"
+        "spec.runtime.memory × replicas.max = 1Gi exceeds the environment's quota of 512Mi; \
+         lower spec.runtime.replicas.max or spec.runtime.memory, or raise the quota"
     );
     assert_eq!(replicas_of(p.project, release), 0);
 }
@@ -367,4 +376,76 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
     assert_eq!(d["status"], "torn_down", "{d}");
     let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "label=dev.enclii.project=preview"]));
     assert!(out.trim().is_empty(), "preview containers left: {out}");
+}
+
+/// TC-04: a cron job fires on schedule with the deployed release's image, its output is in the
+/// job's log, and a failed run is retried (the retry sees the state the first attempt left in
+/// the service's volume); a one-off run of the same job succeeds.
+#[test]
+fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
+    remove_containers("cron");
+    let _cleanup = Cleanup("cron");
+    let p = platform("cron", json!({"volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}]}));
+    let server = &p.server;
+    let sha = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let release = ready_release(&p, &sha);
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+
+    // Now the job: every minute; the first attempt fails, the retry succeeds.
+    let script = "if [ -f /data/ran ]; then echo \"retry found the marker; report done\"; \
+                  else touch /data/ran; echo \"first attempt: marker written, failing\"; exit 3; fi";
+    let document = json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": "cron", "environment": "prod", "name": "api"},
+        "spec": {"source": {"git": {"repository": p.url, "branch": "main"}},
+                 "runtime": {"ports": [3000], "memory": "64Mi", "cpu": "250m"},
+                 "health": {"readiness": {"httpGet": "/healthz"}},
+                 "volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}],
+                 "jobs": [{"name": "report", "schedule": "* * * * *", "args": ["sh", "-c", script]}]}
+    });
+    let (status, body) = call(server, "POST", "/v1/projects/cron/services", document);
+    assert!(status == 200 || status == 201, "{status} {body}");
+
+    let runs = || call(server, "GET", "/v1/projects/cron/services/api/jobs/runs?job=report", Value::Null).1;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let cron_run = loop {
+        let list = runs();
+        if let Some(done) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["trigger"] == "cron" && ["succeeded", "failed"].contains(&r["status"].as_str().unwrap()))
+        {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "no cron run finished: {list}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(cron_run["status"], "succeeded", "{cron_run}");
+    assert_eq!(cron_run["attempts"], 2, "the failed first attempt was retried: {cron_run}");
+    assert_eq!(cron_run["exit_code"], 0, "{cron_run}");
+    let job = cron_run["queue_job_id"].as_i64().unwrap();
+    let (status, log) = call(server, "GET", &format!("/v1/jobs/{job}/logs"), Value::Null);
+    assert_eq!(status, 200, "{log}");
+    let lines: Vec<&str> = log.as_array().unwrap().iter().filter_map(|l| l["line"].as_str()).collect();
+    let text = lines.join("\n");
+    assert!(text.contains("first attempt: marker written, failing"), "{text}");
+    assert!(text.contains("exited with code 3; the queue retries it"), "{text}");
+    assert!(text.contains("retry found the marker; report done"), "{text}");
+
+    // A one-off run of the same job.
+    let (status, body) = call(server, "POST", "/v1/projects/cron/services/api/jobs/report/runs", Value::Null);
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    wait_until(Duration::from_secs(60), "the one-off run finishes", || {
+        runs().as_array().unwrap().iter().any(|r| r["id"] == id && r["status"] == "succeeded")
+    });
+    wait_until(Duration::from_secs(10), "job containers are removed after their run", || {
+        let filters = ["--filter", "label=dev.enclii.project=cron", "--filter", "label=dev.enclii.role=job"];
+        run(Command::new(DOCKER).args(["ps", "-aq"]).args(filters)).trim().is_empty()
+    });
 }

@@ -53,12 +53,14 @@ pub struct Deployer {
     config: DeployerConfig,
 }
 
-/// Registers the deploy handlers.
-pub fn register(registry: &mut Registry, deployer: Arc<Deployer>) {
+/// Registers the handlers that need a target: `deploy`, `canary-analyze`, `preview-teardown`,
+/// `job-run` and `cost-sample`.
+pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii_store::Prices) {
     registry
         .register_typed::<jobs::Deploy, _>(Handle(deployer.clone()))
         .register_typed::<jobs::CanaryAnalyze, _>(Handle(deployer.clone()))
-        .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer));
+        .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer.clone()));
+    crate::timetable::register(registry, deployer, prices);
 }
 
 struct Handle(Arc<Deployer>);
@@ -69,7 +71,7 @@ fn job_error(e: DeployError) -> JobError {
     if e.is_permanent() { JobError::Abort(e.to_string()) } else { JobError::Retry(e.to_string()) }
 }
 
-fn store_error(e: StoreError) -> JobError {
+pub(crate) fn store_error(e: StoreError) -> JobError {
     match e {
         StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_) => JobError::Abort(e.to_string()),
         other => JobError::Retry(other.to_string()),
@@ -99,8 +101,12 @@ impl Deployer {
         &self.target
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// The service's spec as applied now.
-    async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, JobError> {
+    pub(crate) async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, JobError> {
         let service = self.store.service(project, service).await.map_err(store_error)?;
         serde_json::from_str(&service.spec)
             .map_err(|e| JobError::Abort(format!("the stored spec of {project}/{} does not parse: {e}", service.name)))

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod junctions;
 pub mod model;
 pub mod target;
+pub mod timetable;
 
 pub use docker::{DockerTarget, DockerTargetConfig, RegistryLogin};
 pub use error::DeployError;

@@ -186,61 +186,80 @@ pub struct Usage {
 }
 
 impl Workload {
-    /// Refuses a workload whose demand (every replica at `replicas.max`, every volume) exceeds the
-    /// environment's quota, naming the field, the numbers and what to change. Both targets call
-    /// this before they apply anything.
+    /// Checks the workload's demand against the environment's quota before anything is applied;
+    /// the error names the spec field, both numbers and what to change.
+    ///
+    /// The demand is the workload at its largest: `replicas.max` replicas, all volumes. A rolling
+    /// update briefly runs one replica more, so a quota met exactly can stall a rollout.
     pub fn check_quota(&self) -> crate::error::Result<()> {
-        let runtime = &self.spec.runtime;
+            let workload = self;
+        let runtime = &workload.spec.runtime;
+        let quota = &workload.quota;
         let max = u64::from(runtime.replicas.max);
-        let refuse = |what: String, demand: String, limit: String, fix: &str| {
-            Err(crate::DeployError::Refused(format!(
-                "{what} = {demand} exceeds the quota of environment `{}` ({limit}); {fix} or raise the environment's quota",
-                self.key.environment
-            )))
-        };
-        if let Some(limit) = self.quota.pods
+        let mut problems = Vec::new();
+        if let Some(limit) = quota.cpu_millis {
+            match runtime.cpu_millis() {
+                None => problems.push(format!(
+                    "spec.runtime.cpu is not set but the environment has a CPU quota of {limit}m; set spec.runtime.cpu"
+                )),
+                Some(cpu) if cpu * max > limit => problems.push(format!(
+                    "spec.runtime.cpu × replicas.max = {}m exceeds the environment's quota of {limit}m; \
+                     lower spec.runtime.replicas.max or spec.runtime.cpu, or raise the quota",
+                    cpu * max
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(limit) = quota.memory_bytes {
+            match runtime.memory_bytes() {
+                None => problems.push(format!(
+                    "spec.runtime.memory is not set but the environment has a memory quota of {}; set spec.runtime.memory",
+                    format_bytes(limit)
+                )),
+                Some(memory) if memory * max > limit => problems.push(format!(
+                    "spec.runtime.memory × replicas.max = {} exceeds the environment's quota of {}; \
+                     lower spec.runtime.replicas.max or spec.runtime.memory, or raise the quota",
+                    format_bytes(memory * max),
+                    format_bytes(limit)
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(limit) = quota.storage_bytes {
+            let total: u64 = workload.spec.volumes.iter().filter_map(|v| v.size_bytes()).sum();
+            if total > limit {
+                problems.push(format!(
+                    "spec.volumes[*].size add up to {} which exceeds the environment's storage quota of {}; \
+                     shrink or remove a volume, or raise the quota",
+                    format_bytes(total),
+                    format_bytes(limit)
+                ));
+            }
+        }
+        if let Some(limit) = quota.pods
             && runtime.replicas.max > limit
         {
-            return refuse(
-                "spec.runtime.replicas.max".into(),
-                runtime.replicas.max.to_string(),
-                format!("{limit} pods"),
-                "lower spec.runtime.replicas.max",
-            );
+            problems.push(format!(
+                "spec.runtime.replicas.max = {} exceeds the environment's quota of {limit} pods; \
+                 lower spec.runtime.replicas.max or raise the quota",
+                runtime.replicas.max
+            ));
         }
-        if let (Some(limit), Some(cpu)) = (self.quota.cpu_millis, runtime.cpu_millis())
-            && cpu * max > limit
-        {
-            return refuse(
-                "spec.runtime.cpu × replicas.max".into(),
-                format!("{}m", cpu * max),
-                format!("{limit}m CPU"),
-                "lower spec.runtime.cpu or spec.runtime.replicas.max",
-            );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::DeployError::Refused(problems.join("; ")))
         }
-        if let (Some(limit), Some(memory)) = (self.quota.memory_bytes, runtime.memory_bytes())
-            && memory * max > limit
-        {
-            return refuse(
-                "spec.runtime.memory × replicas.max".into(),
-                format!("{}Mi", memory * max / MIB),
-                format!("{}Mi memory", limit / MIB),
-                "lower spec.runtime.memory or spec.runtime.replicas.max",
-            );
-        }
-        let storage: u64 = self.spec.volumes.iter().filter_map(|v| v.size_bytes()).sum();
-        if let Some(limit) = self.quota.storage_bytes
-            && storage > limit
-        {
-            return refuse(
-                "the sum of spec.volumes[].size".into(),
-                format!("{}Mi", storage / MIB),
-                format!("{}Mi storage", limit / MIB),
-                "shrink or drop a volume",
-            );
-        }
-        Ok(())
     }
 }
 
-const MIB: u64 = 1024 * 1024;
+/// Bytes as a quantity: `4Gi`, `512Mi`, `10Ki` when exact, else plain bytes.
+pub fn format_bytes(bytes: u64) -> String {
+    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+

@@ -24,6 +24,7 @@ pub struct JobLog {
 pub struct JobLogWriter {
     log: JobLog,
     task: JoinHandle<String>,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 impl JobLog {
@@ -33,7 +34,8 @@ impl JobLog {
         // Numbering on from the last line: a guessed start would collide with (and lose) lines.
         let first_seq = store.last_log_seq(job_id).await? + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_lines(store, job_id, first_seq, rx));
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(write_lines(store, job_id, first_seq, rx, finished));
         let log = JobLog {
             tx,
             redact: Arc::default(),
@@ -41,7 +43,7 @@ impl JobLog {
         for secret in secrets {
             log.mask(&secret);
         }
-        Ok(JobLogWriter { log, task })
+        Ok(JobLogWriter { log, task, done })
     }
 
     /// Masks `secret` (and each of its lines) in every later line.
@@ -83,19 +85,28 @@ impl JobLogWriter {
         &self.log
     }
 
-    /// Flushes every line and returns the log's text for the archive.
+    /// Flushes every line written so far and returns the log's text for the archive. Clones of
+    /// the [`JobLog`] may outlive this; lines they write afterwards are dropped.
     pub async fn finish(self) -> String {
-        let JobLogWriter { log, task } = self;
+        let JobLogWriter { log, task, done } = self;
         drop(log);
+        let _ = done.send(());
         task.await.unwrap_or_default()
     }
 }
 
-async fn write_lines(store: Arc<Store>, job_id: i64, mut seq: i64, mut rx: mpsc::UnboundedReceiver<String>) -> String {
+async fn write_lines(
+    store: Arc<Store>,
+    job_id: i64,
+    mut seq: i64,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
+) -> String {
     let mut archive = String::new();
     let mut batch: Vec<LogLine> = Vec::new();
     // Lines reach readers at most FLUSH_EVERY after they were written, however steady the stream.
     let mut flush_at = tokio::time::Instant::now();
+    let mut closing = false;
     loop {
         let closed = tokio::select! {
             line = rx.recv() => match line {
@@ -117,6 +128,12 @@ async fn write_lines(store: Arc<Store>, job_id: i64, mut seq: i64, mut rx: mpsc:
                 None => true,
             },
             _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => false,
+            // The writer finished (or was dropped): what is queued now is the last of it.
+            _ = &mut finished, if !closing => {
+                closing = true;
+                rx.close();
+                continue;
+            }
         };
         if !batch.is_empty() {
             // A lost batch costs log lines, never the job: the archive still has them.

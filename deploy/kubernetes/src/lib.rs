@@ -19,7 +19,7 @@
 //! - one-off runs: a `batch/v1` `Job` `<service>-<job>-<run>-<attempt>` (backoffLimit 0).
 //!
 //! Before anything is applied, the workload's demand is checked against the environment's quota
-//! ([`manifests::check_quota`]); a deploy waits for its rollout and puts back what it changed
+//! ([`enclii_deploy::Workload::check_quota`]); a deploy waits for its rollout and puts back what it changed
 //! when the rollout does not become healthy in time.
 
 pub mod config;

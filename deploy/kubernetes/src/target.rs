@@ -443,7 +443,7 @@ impl Target for KubernetesTarget {
     }
 
     async fn deploy(&self, workload: &Workload, rollout: Rollout) -> Result<DeployOutcome> {
-        manifests::check_quota(workload).map_err(DeployError::Refused)?;
+        workload.check_quota()?;
         let key = &workload.key;
         let ns = manifests::namespace_name(key);
         let previous = self.get_opt::<Deployment>(&ns, &manifests::stable_name(key)).await?;

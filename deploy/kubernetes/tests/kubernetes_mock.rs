@@ -127,7 +127,7 @@ fn mock_quota_names_the_field_and_the_numbers() {
         pods: Some(3),
         ..Default::default()
     };
-    let err = manifests::check_quota(&workload).unwrap_err();
+    let err = workload.check_quota().unwrap_err().to_string();
     assert_eq!(
         err,
         "spec.runtime.memory × replicas.max = 2560Mi exceeds the environment's quota of 2Gi; lower \
