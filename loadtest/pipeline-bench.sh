@@ -7,20 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-source .ci/infra.sh >&2
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/enclii/target}"
-cargo build -q -p enclii >&2
-bin="$CARGO_TARGET_DIR/debug/enclii"
-work=$(mktemp -d /tmp/enclii-bench.XXXXXX)
-token=enclii_pat_benchtoken00_0123456789abcdefghijABCDEFGHIJ0123456789abc
-secret=bench-webhook-secret
-
-# The base image (nothing can be pulled here): Debian's static busybox.
-if ! /usr/bin/docker image inspect enclii-test/busybox:latest >/dev/null 2>&1; then
-  mkdir -p "$work/base" && cp /bin/busybox "$work/base/"
-  printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n' >"$work/base/Dockerfile"
-  DOCKER_BUILDKIT=1 /usr/bin/docker build -q -t enclii-test/busybox:latest "$work/base" >&2
-fi
+source loadtest/bench-lib.sh   # infra, `enclii` build, base image, bench_server, bench_webhook
 
 # The example service: a static site served by busybox httpd, with a lockfile to inventory.
 repo="$work/repo"
@@ -41,16 +28,7 @@ commit() {
   git -C "$repo" rev-parse HEAD
 }
 
-ENCLII_DATA_DIR="$work/data" ENCLII_BOOTSTRAP_TOKEN=$token ENCLII_GITHUB_WEBHOOK_SECRET=$secret \
-ENCLII_REGISTRY=127.0.0.1:5000 ENCLII_REGISTRY_INSECURE=true ENCLII_S3_ENDPOINT=http://127.0.0.1:8014 \
-ENCLII_S3_BUCKET="bench-$(basename "$work" | tr 'A-Z.' 'a-z-')" ENCLII_S3_ACCESS_KEY=bench ENCLII_S3_SECRET_KEY=bench \
-ENCLII_GIT_SCHEMES=file ENCLII_RATE_LIMIT_BURST=100000 \
-  "$bin" server --listen 127.0.0.1:0 >"$work/stdout" 2>"$work/server.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do grep -q "listening on" "$work/stdout" 2>/dev/null && break; sleep 0.1; done
-api=$(sed -n 's/^enclii listening on //p' "$work/stdout")
-H=(-H "Authorization: Bearer $token" -H 'content-type: application/json')
+bench_server
 curl -sf "${H[@]}" -XPOST "$api/v1/projects" -d '{"slug":"bench"}' >/dev/null
 curl -sf "${H[@]}" -XPOST "$api/v1/projects/bench/services" -d "{\"apiVersion\":\"enclii.dev/v1\",\"kind\":\"Service\",
   \"metadata\":{\"project\":\"bench\",\"environment\":\"prod\",\"name\":\"site\"},
@@ -59,14 +37,11 @@ curl -sf "${H[@]}" -XPOST "$api/v1/projects/bench/services" -d "{\"apiVersion\":
 
 # One signed push webhook; prints the seconds until the release is ready.
 build() {
-  local sha=$1 body sig started id status
+  local sha=$1 body id status
   body="{\"ref\":\"refs/heads/main\",\"before\":\"0000000000000000000000000000000000000000\",\"after\":\"$sha\",
     \"created\":false,\"deleted\":false,\"forced\":false,\"head_commit\":{\"id\":\"$sha\"},
     \"repository\":{\"full_name\":\"bench/site\",\"clone_url\":\"file://$repo\",\"html_url\":\"file://$repo\",\"default_branch\":\"main\"}}"
-  sig=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$secret" | awk '{print $2}')
-  started=$(date +%s.%N)
-  curl -sf -XPOST "$api/v1/webhooks/github" -H 'content-type: application/json' -H 'X-GitHub-Event: push' \
-    -H "X-GitHub-Delivery: bench-$sha" -H "X-Hub-Signature-256: sha256=$sig" --data-binary "$body" >/dev/null
+  bench_webhook push "bench-$sha" "$body" >/dev/null
   while :; do
     id=$(curl -sf "${H[@]}" "$api/v1/projects/bench/releases" | python3 -c "import json,sys
 r=[x for x in json.load(sys.stdin) if x['git_sha']=='$sha']
@@ -82,7 +57,7 @@ print(r[0]['id'] if r else '')")
     curl -s "${H[@]}" "$api/v1/releases/$id" >&2
     exit 1
   fi
-  elapsed=$(echo "$(date +%s.%N) - $started" | bc)
+  elapsed=$(echo "$(date +%s.%N) - $bench_sent" | bc)
   # Seconds, then each step's milliseconds from the release's provenance.
   curl -sf "${H[@]}" "$api/v1/releases/$id" | python3 -c "import json,sys
 r=json.load(sys.stdin)
