@@ -155,9 +155,18 @@ fn quota_settings(quota: &QuotaBody, settings: &mut EnvironmentChange) -> Result
     };
     let result = (|| {
         settings.quota_cpu_millis = parsed("quota.cpu", &quota.cpu, enclii_domain::spec::parse_cpu_millis, 1)?;
-        settings.quota_memory_mib = parsed("quota.memory", &quota.memory, enclii_domain::spec::parse_memory_bytes, 1 << 20)?;
-        settings.quota_storage_mib =
-            parsed("quota.storage", &quota.storage, enclii_domain::spec::parse_memory_bytes, 1 << 20)?;
+        settings.quota_memory_mib = parsed(
+            "quota.memory",
+            &quota.memory,
+            enclii_domain::spec::parse_memory_bytes,
+            1 << 20,
+        )?;
+        settings.quota_storage_mib = parsed(
+            "quota.storage",
+            &quota.storage,
+            enclii_domain::spec::parse_memory_bytes,
+            1 << 20,
+        )?;
         if let Some(pods) = quota.pods
             && pods < 1
         {

@@ -163,10 +163,7 @@ async fn releases_deployments_and_rollback(db: Db) {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        steps,
-        ["clone", "build", "push", "sbom", "sign", "deploy"]
-    );
+    assert_eq!(steps, ["clone", "build", "push", "sbom", "sign", "deploy"]);
 
     // A release that is still building cannot be deployed.
     let release = first.body["release"]["id"].as_i64().unwrap();

@@ -22,7 +22,7 @@ mod workspace;
 pub use artefacts::ArtefactStore;
 pub use config::{BuildConfig, RegistryConfig, S3Config};
 pub use docker::{image_name, image_reference};
+pub use enclii_store::JobLog;
 pub use error::StepError;
 pub use handlers::{BuildSteps, lockbox_secret, project_signing_key, register};
-pub use enclii_store::JobLog;
 pub use sbom::{Inventory, Package, cyclonedx_json};

@@ -25,30 +25,59 @@ pub enum TargetKind {
 #[derive(Args, Debug)]
 pub struct DeployArgs {
     /// Where releases run.
-    #[arg(long = "deploy-target", env = "ENCLII_DEPLOY_TARGET", value_enum, default_value = "auto")]
+    #[arg(
+        long = "deploy-target",
+        env = "ENCLII_DEPLOY_TARGET",
+        value_enum,
+        default_value = "auto"
+    )]
     target: TargetKind,
     /// Address of the Junctions router (Docker target): routes by host to the services.
-    #[arg(long = "router-listen", env = "ENCLII_ROUTER_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long = "router-listen",
+        env = "ENCLII_ROUTER_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     router_listen: SocketAddr,
     /// The port users reach the router on, for the URLs deploys report (default: its listen port;
     /// set it when a proxy or port mapping sits in front).
     #[arg(long = "router-public-port", env = "ENCLII_ROUTER_PUBLIC_PORT")]
     router_public_port: Option<u16>,
     /// Previews answer on `<service>-preview-<n>.<domain>`.
-    #[arg(long = "preview-domain", env = "ENCLII_PREVIEW_DOMAIN", default_value = "preview.localhost")]
+    #[arg(
+        long = "preview-domain",
+        env = "ENCLII_PREVIEW_DOMAIN",
+        default_value = "preview.localhost"
+    )]
     preview_domain: String,
     /// How long a new release may take to pass its readiness probe (Docker) or to roll out
     /// (Kubernetes).
-    #[arg(long = "deploy-health-timeout-seconds", env = "ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
+    #[arg(
+        long = "deploy-health-timeout-seconds",
+        env = "ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
     health_timeout_seconds: u64,
     /// Kubernetes: `ingressClassName` of every Ingress (ingress-nginx, for exact canary splits).
-    #[arg(long = "k8s-ingress-class", env = "ENCLII_K8S_INGRESS_CLASS", default_value = "nginx")]
+    #[arg(
+        long = "k8s-ingress-class",
+        env = "ENCLII_K8S_INGRESS_CLASS",
+        default_value = "nginx"
+    )]
     k8s_ingress_class: String,
     /// Kubernetes: the ingress controller's namespace (network policies admit traffic from it).
-    #[arg(long = "k8s-ingress-namespace", env = "ENCLII_K8S_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
+    #[arg(
+        long = "k8s-ingress-namespace",
+        env = "ENCLII_K8S_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
     k8s_ingress_namespace: String,
     /// Kubernetes: the cert-manager ClusterIssuer for routes with TLS.
-    #[arg(long = "k8s-cluster-issuer", env = "ENCLII_K8S_CLUSTER_ISSUER", default_value = "letsencrypt")]
+    #[arg(
+        long = "k8s-cluster-issuer",
+        env = "ENCLII_K8S_CLUSTER_ISSUER",
+        default_value = "letsencrypt"
+    )]
     k8s_cluster_issuer: String,
     /// Kubernetes: Prometheus' base URL, read by canary analysis (ingress-nginx metrics).
     #[arg(long = "prometheus-url", env = "ENCLII_PROMETHEUS_URL")]
@@ -83,7 +112,9 @@ impl DeployArgs {
                 };
                 let target = enclii_deploy_kubernetes::KubernetesTarget::infer(config)
                     .await
-                    .map_err(|e| anyhow::anyhow!("kubernetes target: {e} (is a kubeconfig or in-cluster config present?)"))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("kubernetes target: {e} (is a kubeconfig or in-cluster config present?)")
+                    })?;
                 Ok(Some(DeployTarget {
                     target: Arc::new(target),
                     router: None,

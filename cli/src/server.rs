@@ -371,7 +371,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
             ..WorkerConfig::with_concurrency(args.concurrency)
         };
-        let worker = Worker::new(backend.clone(), registry(build.clone(), deployer, &store).await?, config);
+        let worker = Worker::new(
+            backend.clone(),
+            registry(build.clone(), deployer, &store).await?,
+            config,
+        );
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }

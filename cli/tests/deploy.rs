@@ -34,7 +34,8 @@ fn app_files(version: &str) -> Vec<(&'static str, String)> {
 }
 
 /// A release whose `/` answers 500 (a CGI script) while its health check passes.
-const FAILING_CGI: &str = "#!/bin/sh\necho \"Status: 500 Internal Server Error\"\necho \"Content-Type: text/plain\"\necho\necho boom\n";
+const FAILING_CGI: &str =
+    "#!/bin/sh\necho \"Status: 500 Internal Server Error\"\necho \"Content-Type: text/plain\"\necho\necho boom\n";
 
 fn files<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     list.iter().map(|(p, t)| (*p, t.as_str())).collect()
@@ -90,11 +91,18 @@ fn merge(into: &mut Value, from: Value) {
 /// GET `path` from the router as `host`: (status, body).
 fn get(router: &str, host: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(router).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -126,7 +134,7 @@ fn deploy(p: &Platform, release: i64, path: &str) -> Value {
 }
 
 fn deployment(server: &Server, id: i64) -> Value {
-    let (status, body) = call(&server, "GET", &format!("/v1/deployments/{id}"), Value::Null);
+    let (status, body) = call(server, "GET", &format!("/v1/deployments/{id}"), Value::Null);
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -151,7 +159,10 @@ fn wait_status(server: &Server, id: i64, statuses: &[&str], traffic: Option<(&st
         if statuses.contains(&d["status"].as_str().unwrap_or_default()) {
             return d;
         }
-        assert!(Instant::now() < deadline, "deployment {id} never reached {statuses:?}: {d}");
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never reached {statuses:?}: {d}"
+        );
     }
 }
 
@@ -173,7 +184,8 @@ fn remove_containers(project: &str) {
     for id in out.lines().filter(|l| !l.trim().is_empty()) {
         let _ = Command::new(DOCKER).args(["rm", "-f", id]).output();
     }
-    let volumes = run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
+    let volumes =
+        run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
     for volume in volumes.lines().filter(|l| !l.trim().is_empty()) {
         let _ = Command::new(DOCKER).args(["volume", "rm", "-f", volume]).output();
     }
@@ -191,10 +203,13 @@ impl Drop for Cleanup {
 #[test]
 fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores_an_old_one() {
     let _cleanup = Cleanup("canary");
-    let p = platform("canary", json!({
-        "routes": [{"host": "api.shop.test"}],
-        "deploy": {"strategy": "canary", "steps": [50, 100], "analysis": {"maxErrorRate": 0.02, "window": "3s"}}
-    }));
+    let p = platform(
+        "canary",
+        json!({
+            "routes": [{"host": "api.shop.test"}],
+            "deploy": {"strategy": "canary", "steps": [50, 100], "analysis": {"maxErrorRate": 0.02, "window": "3s"}}
+        }),
+    );
     let (server, router) = (&p.server, p.router.as_str());
     let host = "api.shop.test";
     let v1_sha = run(Command::new("git")
@@ -206,7 +221,10 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     let first = deploy(&p, v1, "deployments");
     let d = wait_status(server, first["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
     assert_eq!(d["status"], "succeeded", "{d}");
-    assert_eq!(d["url"], format!("http://{host}:{}/", router.rsplit(':').next().unwrap()));
+    assert_eq!(
+        d["url"],
+        format!("http://{host}:{}/", router.rsplit(':').next().unwrap())
+    );
     assert_eq!(get(router, host, "/"), (200, "v1".into()));
     assert_eq!(get(router, "unknown.test", "/").0, 404);
     // The deploy job itself ends (and is not left holding its lease).
@@ -223,12 +241,31 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     assert_eq!(d["status"], "canary", "{d}");
     assert_eq!(d["canary_percent"], 50);
     let seen: std::collections::BTreeSet<String> = (0..60).map(|_| get(router, host, "/").1).collect();
-    assert_eq!(seen, ["v1".to_string(), "v2".to_string()].into(), "a 50% canary serves both");
-    let d = wait_status(server, second_id, &["succeeded", "rolled_back", "failed"], Some((router, host)));
+    assert_eq!(
+        seen,
+        ["v1".to_string(), "v2".to_string()].into(),
+        "a 50% canary serves both"
+    );
+    let d = wait_status(
+        server,
+        second_id,
+        &["succeeded", "rolled_back", "failed"],
+        Some((router, host)),
+    );
     assert_eq!(d["status"], "succeeded", "{d}");
-    assert!(d["detail"].as_str().unwrap().starts_with("promoted after 1 canary step(s)"), "{d}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("promoted after 1 canary step(s)"),
+        "{d}"
+    );
     assert!((0..20).all(|_| get(router, host, "/") == (200, "v2".into())));
-    assert_eq!(replicas_of(p.project, v1), 0, "the old stable release is removed on promotion");
+    assert_eq!(
+        replicas_of(p.project, v1),
+        0,
+        "the old stable release is removed on promotion"
+    );
 
     // TC-02: a release that answers 500s is rolled back automatically by its canary analysis.
     let mut broken = app_files("v3");
@@ -240,12 +277,23 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     let third_id = third["id"].as_i64().unwrap();
     let d = wait_status(server, third_id, &["canary", "failed"], None);
     assert_eq!(d["status"], "canary", "{d}");
-    let d = wait_status(server, third_id, &["succeeded", "rolled_back", "failed"], Some((router, host)));
+    let d = wait_status(
+        server,
+        third_id,
+        &["succeeded", "rolled_back", "failed"],
+        Some((router, host)),
+    );
     assert_eq!(d["status"], "rolled_back", "{d}");
     let detail = d["detail"].as_str().unwrap();
-    assert!(detail.contains("automatic rollback at canary step 1: 5xx rate"), "{detail}");
+    assert!(
+        detail.contains("automatic rollback at canary step 1: 5xx rate"),
+        "{detail}"
+    );
     assert!(detail.contains("exceeds the allowed 2.0%"), "{detail}");
-    assert!((0..20).all(|_| get(router, host, "/") == (200, "v2".into())), "the stable release serves alone again");
+    assert!(
+        (0..20).all(|_| get(router, host, "/") == (200, "v2".into())),
+        "the stable release serves alone again"
+    );
     assert_eq!(replicas_of(p.project, v3), 0, "the failed canary's containers are gone");
 
     // Rollback to the first release.
@@ -260,8 +308,18 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     // Every change is in the audit trail.
     let (status, audit) = call(server, "GET", "/v1/audit?project=canary", Value::Null);
     assert_eq!(status, 200, "{audit}");
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
-    for action in ["deployment.canary", "deployment.succeeded", "deployment.rolled_back", "deployment.rollback"] {
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "deployment.canary",
+        "deployment.succeeded",
+        "deployment.rolled_back",
+        "deployment.rollback",
+    ] {
         assert!(actions.contains(&action), "{action} missing from {actions:?}");
     }
 }
@@ -269,7 +327,10 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
 #[test]
 fn a_spec_over_the_environment_quota_is_refused_and_nothing_runs() {
     let _cleanup = Cleanup("quota");
-    let p = platform("quota", json!({"runtime": {"ports": [3000], "memory": "256Mi", "replicas": {"min": 1, "max": 4}}}));
+    let p = platform(
+        "quota",
+        json!({"runtime": {"ports": [3000], "memory": "256Mi", "replicas": {"min": 1, "max": 4}}}),
+    );
     let server = &p.server;
     let (status, body) = call(
         server,
@@ -351,7 +412,12 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
     }
     eprintln!("preview served {:?} after the webhook", opened.elapsed());
     assert_eq!(get(router, host, "/"), (200, "preview of PR 7".into()));
-    let (_, deployments) = call(server, "GET", "/v1/projects/preview/deployments?service=api", Value::Null);
+    let (_, deployments) = call(
+        server,
+        "GET",
+        "/v1/projects/preview/deployments?service=api",
+        Value::Null,
+    );
     let preview = &deployments[0];
     assert_eq!(preview["environment"], "preview-7", "{deployments}");
     assert_eq!(preview["status"], "succeeded", "{preview}");
@@ -368,11 +434,23 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
     }
     wait_until(Duration::from_secs(30), "the preview environment is forgotten", || {
         let (_, environments) = call(server, "GET", "/v1/projects/preview/environments", Value::Null);
-        !environments.as_array().unwrap().iter().any(|e| e["name"] == "preview-7")
+        !environments
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "preview-7")
     });
     let (_, routes) = call(server, "GET", "/v1/projects/preview/routes", Value::Null);
-    assert!(!routes.as_array().unwrap().iter().any(|r| r["host"] == host), "{routes}");
-    let (_, d) = call(server, "GET", &format!("/v1/deployments/{}", preview["id"]), Value::Null);
+    assert!(
+        !routes.as_array().unwrap().iter().any(|r| r["host"] == host),
+        "{routes}"
+    );
+    let (_, d) = call(
+        server,
+        "GET",
+        &format!("/v1/deployments/{}", preview["id"]),
+        Value::Null,
+    );
     assert_eq!(d["status"], "torn_down", "{d}");
     let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "label=dev.enclii.project=preview"]));
     assert!(out.trim().is_empty(), "preview containers left: {out}");
@@ -385,7 +463,10 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
 fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
     remove_containers("cron");
     let _cleanup = Cleanup("cron");
-    let p = platform("cron", json!({"volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}]}));
+    let p = platform(
+        "cron",
+        json!({"volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}]}),
+    );
     let server = &p.server;
     let sha = run(Command::new("git")
         .args(["rev-parse", "HEAD"])
@@ -410,7 +491,15 @@ fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
     let (status, body) = call(server, "POST", "/v1/projects/cron/services", document);
     assert!(status == 200 || status == 201, "{status} {body}");
 
-    let runs = || call(server, "GET", "/v1/projects/cron/services/api/jobs/runs?job=report", Value::Null).1;
+    let runs = || {
+        call(
+            server,
+            "GET",
+            "/v1/projects/cron/services/api/jobs/runs?job=report",
+            Value::Null,
+        )
+        .1
+    };
     let deadline = Instant::now() + Duration::from_secs(150);
     let cron_run = loop {
         let list = runs();
@@ -426,26 +515,54 @@ fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(cron_run["status"], "succeeded", "{cron_run}");
-    assert_eq!(cron_run["attempts"], 2, "the failed first attempt was retried: {cron_run}");
+    assert_eq!(
+        cron_run["attempts"], 2,
+        "the failed first attempt was retried: {cron_run}"
+    );
     assert_eq!(cron_run["exit_code"], 0, "{cron_run}");
     let job = cron_run["queue_job_id"].as_i64().unwrap();
     let (status, log) = call(server, "GET", &format!("/v1/jobs/{job}/logs"), Value::Null);
     assert_eq!(status, 200, "{log}");
-    let lines: Vec<&str> = log.as_array().unwrap().iter().filter_map(|l| l["line"].as_str()).collect();
+    let lines: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .collect();
     let text = lines.join("\n");
     assert!(text.contains("first attempt: marker written, failing"), "{text}");
     assert!(text.contains("exited with code 3; the queue retries it"), "{text}");
     assert!(text.contains("retry found the marker; report done"), "{text}");
 
     // A one-off run of the same job.
-    let (status, body) = call(server, "POST", "/v1/projects/cron/services/api/jobs/report/runs", Value::Null);
+    let (status, body) = call(
+        server,
+        "POST",
+        "/v1/projects/cron/services/api/jobs/report/runs",
+        Value::Null,
+    );
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_i64().unwrap();
     wait_until(Duration::from_secs(60), "the one-off run finishes", || {
-        runs().as_array().unwrap().iter().any(|r| r["id"] == id && r["status"] == "succeeded")
+        runs()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id && r["status"] == "succeeded")
     });
-    wait_until(Duration::from_secs(10), "job containers are removed after their run", || {
-        let filters = ["--filter", "label=dev.enclii.project=cron", "--filter", "label=dev.enclii.role=job"];
-        run(Command::new(DOCKER).args(["ps", "-aq"]).args(filters)).trim().is_empty()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "job containers are removed after their run",
+        || {
+            let filters = [
+                "--filter",
+                "label=dev.enclii.project=cron",
+                "--filter",
+                "label=dev.enclii.role=job",
+            ];
+            run(Command::new(DOCKER).args(["ps", "-aq"]).args(filters))
+                .trim()
+                .is_empty()
+        },
+    );
 }

@@ -63,8 +63,13 @@ mod tests {
     fn error_rate_above_the_threshold_fails() {
         let w = Duration::from_secs(120);
         assert!(matches!(judge(&m(100, 2, 10), w, 0.02, None), Verdict::Pass(_)));
-        let Verdict::Fail(why) = judge(&m(100, 3, 10), w, 0.02, None) else { panic!() };
-        assert_eq!(why, "5xx rate 3.0% exceeds the allowed 2.0%: 3 of 100 requests failed (3.0%) over 120 s");
+        let Verdict::Fail(why) = judge(&m(100, 3, 10), w, 0.02, None) else {
+            panic!()
+        };
+        assert_eq!(
+            why,
+            "5xx rate 3.0% exceeds the allowed 2.0%: 3 of 100 requests failed (3.0%) over 120 s"
+        );
     }
 
     #[test]
@@ -74,7 +79,10 @@ mod tests {
         let Verdict::Fail(why) = judge(&m(10, 0, 900), w, 0.02, Some(Duration::from_millis(500))) else {
             panic!()
         };
-        assert!(why.starts_with("P95 latency 900 ms exceeds the allowed 500 ms"), "{why}");
+        assert!(
+            why.starts_with("P95 latency 900 ms exceeds the allowed 500 ms"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub struct RegistryLogin {
 
 impl std::fmt::Debug for RegistryLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryLogin").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("RegistryLogin")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +105,10 @@ fn docker_error(what: &str) -> impl Fn(bollard::errors::Error) -> DeployError + 
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
 }
 
 impl DockerTarget {
@@ -112,10 +117,9 @@ impl DockerTarget {
         let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
         let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
             .map_err(|e| DeployError::Docker(format!("engine at {docker_host} unreachable: {e}")))?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| DeployError::Docker(format!("engine at {docker_host} unreachable: {e}; is dockerd running?")))?;
+        docker.ping().await.map_err(|e| {
+            DeployError::Docker(format!("engine at {docker_host} unreachable: {e}; is dockerd running?"))
+        })?;
         let target = Self {
             docker,
             junctions,
@@ -140,7 +144,12 @@ impl DockerTarget {
                 ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(DeployError::Docker(format!("reading {}: {e}", self.config.state_file.display()))),
+            Err(e) => {
+                return Err(DeployError::Docker(format!(
+                    "reading {}: {e}",
+                    self.config.state_file.display()
+                )));
+            }
         };
         let mut services = BTreeMap::new();
         for (key, mut binding) in saved.services {
@@ -178,7 +187,12 @@ impl DockerTarget {
         tokio::fs::write(&tmp, json)
             .await
             .and(tokio::fs::rename(&tmp, &self.config.state_file).await)
-            .map_err(|e| DeployError::Docker(format!("saving the router table to {}: {e}", self.config.state_file.display())))
+            .map_err(|e| {
+                DeployError::Docker(format!(
+                    "saving the router table to {}: {e}",
+                    self.config.state_file.display()
+                ))
+            })
     }
 
     fn labels(key: &ServiceKey, release: i64, role: &str) -> HashMap<String, String> {
@@ -298,7 +312,10 @@ impl DockerTarget {
     }
 
     fn replica_name(key: &ServiceKey, release: i64, index: u32) -> String {
-        format!("enclii-{}-{}-{}-r{release}-{index}", key.project, key.environment, key.service)
+        format!(
+            "enclii-{}-{}-{}-r{release}-{index}",
+            key.project, key.environment, key.service
+        )
     }
 
     fn environment(workload: &Workload) -> Vec<String> {
@@ -475,13 +492,21 @@ impl DockerTarget {
 
     /// `; last log lines: …` from the container, or nothing.
     async fn log_tail(&self, name: &str) -> String {
-        let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("5").build();
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("5")
+            .build();
         let mut lines = Vec::new();
         let mut logs = self.docker.logs(name, Some(options));
         while let Some(Ok(chunk)) = logs.next().await {
             lines.push(String::from_utf8_lossy(&chunk.into_bytes()).trim_end().to_string());
         }
-        if lines.is_empty() { String::new() } else { format!("; last log lines: {}", lines.join(" | ")) }
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last log lines: {}", lines.join(" | "))
+        }
     }
 
     fn require_binding(&self, key: &ServiceKey) -> Result<Binding> {
@@ -494,7 +519,9 @@ impl DockerTarget {
         let binding = self.require_binding(key)?;
         match &binding.canary {
             Some((canary, _)) if canary.release == release => Ok(binding),
-            _ => Err(DeployError::NotFound(format!("release {release} is not the canary of {key}"))),
+            _ => Err(DeployError::NotFound(format!(
+                "release {release} is not the canary of {key}"
+            ))),
         }
     }
 }
@@ -514,7 +541,11 @@ async fn http_probe(addr: SocketAddr, path: &str, timeout_secs: Option<u32>) -> 
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))?;
-        if (200..400).contains(&status) { Ok(()) } else { Err(format!("GET {path} answered {status}")) }
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
     };
     tokio::time::timeout(timeout, attempt)
         .await
@@ -541,7 +572,9 @@ impl Target for DockerTarget {
         };
         let stable = self.junctions.binding(key).and_then(|b| b.stable);
         let track = match rollout {
-            Rollout::Canary { percent } if percent < 100 && stable.as_ref().is_some_and(|s| s.release != workload.release) => {
+            Rollout::Canary { percent }
+                if percent < 100 && stable.as_ref().is_some_and(|s| s.release != workload.release) =>
+            {
                 Track::Canary
             }
             _ => Track::Stable,
@@ -740,7 +773,11 @@ impl Target for DockerTarget {
             .await
             .map_err(|e| DeployError::Docker(format!("starting job container {name}: {e}")))?;
         let follow = async {
-            let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+            let options = LogsOptionsBuilder::default()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build();
             let mut logs = self.docker.logs(&name, Some(options));
             let mut partial = String::new();
             while let Some(Ok(chunk)) = logs.next().await {
@@ -753,7 +790,9 @@ impl Target for DockerTarget {
             if !partial.is_empty() {
                 let _ = log.send(partial);
             }
-            let mut wait = self.docker.wait_container(&name, None::<bollard::query_parameters::WaitContainerOptions>);
+            let mut wait = self
+                .docker
+                .wait_container(&name, None::<bollard::query_parameters::WaitContainerOptions>);
             match wait.next().await {
                 Some(Ok(status)) => Ok(status.status_code),
                 // A non-zero exit arrives as an error carrying the code.
@@ -794,7 +833,11 @@ impl Target for DockerTarget {
                 continue;
             };
             usage.replicas += 1;
-            let cpu = stats.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage).unwrap_or(0);
+            let cpu = stats
+                .cpu_stats
+                .and_then(|c| c.cpu_usage)
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0);
             usage.cpu_counter_ns = usage.cpu_counter_ns.map(|n| n + cpu);
             usage.memory_bytes += stats.memory_stats.and_then(|m| m.usage).unwrap_or(0);
             let sent: u64 = stats

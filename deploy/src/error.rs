@@ -7,7 +7,11 @@ pub enum DeployError {
     Refused(String),
     /// The release started but did not become healthy in time; what was started is removed.
     #[error("release {release} did not become healthy within {waited_secs} s: {detail}")]
-    Unhealthy { release: i64, waited_secs: u64, detail: String },
+    Unhealthy {
+        release: i64,
+        waited_secs: u64,
+        detail: String,
+    },
     /// The target named has nothing for this service or release.
     #[error("{0}")]
     NotFound(String),
@@ -25,7 +29,10 @@ pub enum DeployError {
 impl DeployError {
     /// A failure no retry can fix.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, DeployError::Refused(_) | DeployError::Unhealthy { .. } | DeployError::NotFound(_))
+        matches!(
+            self,
+            DeployError::Refused(_) | DeployError::Unhealthy { .. } | DeployError::NotFound(_)
+        )
     }
 }
 

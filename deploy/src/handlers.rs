@@ -14,15 +14,14 @@ use enclii_domain::jobs;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
 use enclii_queue::{JobKind, NewJob};
 use enclii_store::{
-    Deployment, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError,
-    deployment_status,
+    Deployment, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError, deployment_status,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
 
 use crate::analysis::{Verdict, judge};
 use crate::error::DeployError;
-use crate::model::{Quota, RouteBinding, Rollout, SecretEnv, SecretValue, ServiceKey, Track, Workload};
+use crate::model::{Quota, Rollout, RouteBinding, SecretEnv, SecretValue, ServiceKey, Track, Workload};
 use crate::target::Target;
 
 /// Who the deployer is in the audit trail.
@@ -68,7 +67,11 @@ struct Handle(Arc<Deployer>);
 /// A failure of one attempt: permanent failures end the deployment now, others when the last
 /// attempt fails.
 fn job_error(e: DeployError) -> JobError {
-    if e.is_permanent() { JobError::Abort(e.to_string()) } else { JobError::Retry(e.to_string()) }
+    if e.is_permanent() {
+        JobError::Abort(e.to_string())
+    } else {
+        JobError::Retry(e.to_string())
+    }
 }
 
 pub(crate) fn store_error(e: StoreError) -> JobError {
@@ -108,8 +111,12 @@ impl Deployer {
     /// The service's spec as applied now.
     pub(crate) async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, JobError> {
         let service = self.store.service(project, service).await.map_err(store_error)?;
-        serde_json::from_str(&service.spec)
-            .map_err(|e| JobError::Abort(format!("the stored spec of {project}/{} does not parse: {e}", service.name)))
+        serde_json::from_str(&service.spec).map_err(|e| {
+            JobError::Abort(format!(
+                "the stored spec of {project}/{} does not parse: {e}",
+                service.name
+            ))
+        })
     }
 
     /// The preview host of a service in a `preview-<n>` environment.
@@ -120,7 +127,12 @@ impl Deployer {
     }
 
     /// Everything the target needs for `release` of the service in the deployment's environment.
-    pub async fn workload(&self, release: &Release, environment: &Environment, spec: ServiceSpec) -> Result<Workload, JobError> {
+    pub async fn workload(
+        &self,
+        release: &Release,
+        environment: &Environment,
+        spec: ServiceSpec,
+    ) -> Result<Workload, JobError> {
         let key = ServiceKey::new(&release.project, &environment.name, &release.service);
         let digest = release
             .digest
@@ -244,7 +256,11 @@ impl Deployer {
         };
         let deployment = match job.deployment {
             Some(id) => self.store.deployment(id).await,
-            None => self.store.pipeline_deployment(ctx.job.id, &project, &job, strategy).await,
+            None => {
+                self.store
+                    .pipeline_deployment(ctx.job.id, &project, &job, strategy)
+                    .await
+            }
         }
         .map_err(store_error)?;
         if deployment_status::is_terminal(&deployment.status) {
@@ -270,7 +286,11 @@ impl Deployer {
         log: &JobLog,
         ctx: &JobContext,
     ) -> Result<(), JobError> {
-        let superseded = self.store.supersede_deployments(deployment).await.map_err(store_error)?;
+        let superseded = self
+            .store
+            .supersede_deployments(deployment)
+            .await
+            .map_err(store_error)?;
         if !superseded.is_empty() {
             log.line(format!("superseding deployments {superseded:?}"));
         }
@@ -329,7 +349,11 @@ impl Deployer {
                 let permanent = e.is_permanent();
                 let why = e.to_string();
                 let error = job_error(e);
-                return Err(if permanent || is_last_attempt(ctx) { self.fail(&deployment, why, error).await } else { error });
+                return Err(if permanent || is_last_attempt(ctx) {
+                    self.fail(&deployment, why, error).await
+                } else {
+                    error
+                });
             }
         };
         match (outcome.track, rollout) {
@@ -403,11 +427,21 @@ impl Deployer {
             }
             Verdict::Pass(seen) => match steps.get(step + 1) {
                 Some(&percent) if percent < 100 => {
-                    log.line(format!("canary step {} passed ({seen}); moving to {percent}%", step + 1));
-                    self.target.shift(&key, release, percent as u8).await.map_err(job_error)?;
+                    log.line(format!(
+                        "canary step {} passed ({seen}); moving to {percent}%",
+                        step + 1
+                    ));
+                    self.target
+                        .shift(&key, release, percent as u8)
+                        .await
+                        .map_err(job_error)?;
                     let update = DeploymentUpdate {
                         status: deployment_status::CANARY,
-                        detail: Some(format!("canary step {}/{}: {percent}% of traffic", step + 2, steps.len())),
+                        detail: Some(format!(
+                            "canary step {}/{}: {percent}% of traffic",
+                            step + 2,
+                            steps.len()
+                        )),
                         canary_percent: Some(percent as i32),
                         url: None,
                     };

@@ -138,7 +138,11 @@ pub struct ReleaseMetrics {
 
 impl ReleaseMetrics {
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
     }
 }
 
@@ -192,7 +196,7 @@ impl Workload {
     /// The demand is the workload at its largest: `replicas.max` replicas, all volumes. A rolling
     /// update briefly runs one replica more, so a quota met exactly can stall a rollout.
     pub fn check_quota(&self) -> crate::error::Result<()> {
-            let workload = self;
+        let workload = self;
         let runtime = &workload.spec.runtime;
         let quota = &workload.quota;
         let max = u64::from(runtime.replicas.max);
@@ -262,4 +266,3 @@ pub fn format_bytes(bytes: u64) -> String {
     }
     bytes.to_string()
 }
-

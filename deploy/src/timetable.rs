@@ -54,7 +54,13 @@ impl Timetable {
             }
         };
         let spec = self.deployer.spec(&ctx.job.project, &job.service).await?;
-        let Some(args) = spec.spec.jobs.iter().find(|j| j.name == job.job).map(|j| j.args.clone()) else {
+        let Some(args) = spec
+            .spec
+            .jobs
+            .iter()
+            .find(|j| j.name == job.job)
+            .map(|j| j.args.clone())
+        else {
             let why = format!("the spec of {} has no job `{}` any more", job.service, job.job);
             finish(job_run_status::FAILED, None, why.clone()).await;
             return Err(JobError::Abort(why));
@@ -104,7 +110,12 @@ impl Timetable {
             args,
             run: record.id,
             attempt,
-            timeout: ctx.job.policy.timeout.saturating_sub(RUN_MARGIN).max(Duration::from_secs(1)),
+            timeout: ctx
+                .job
+                .policy
+                .timeout
+                .saturating_sub(RUN_MARGIN)
+                .max(Duration::from_secs(1)),
         };
         let result = self.deployer.target().run_job(&workload, &run, tx).await;
         let _ = forward.await;
@@ -129,7 +140,11 @@ impl Timetable {
                 if last || e.is_permanent() {
                     finish(job_run_status::FAILED, None, why.clone()).await;
                 }
-                Err(if e.is_permanent() { JobError::Abort(why) } else { JobError::Retry(why) })
+                Err(if e.is_permanent() {
+                    JobError::Abort(why)
+                } else {
+                    JobError::Retry(why)
+                })
             }
         };
         writer.finish().await;
@@ -189,7 +204,11 @@ impl Timetable {
             .map_err(store_error)?;
         if environment.paused_at.is_some() {
             info!(service = %key, "environment paused by its budget: stopping the service");
-            self.deployer.target().pause(&key).await.map_err(|e| JobError::Retry(e.to_string()))?;
+            self.deployer
+                .target()
+                .pause(&key)
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
         }
         Ok(())
     }

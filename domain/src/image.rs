@@ -26,8 +26,14 @@ mod tests {
     #[test]
     fn names_tags_and_pins() {
         assert_eq!(image_name("127.0.0.1:5000/shop/api:abc"), "127.0.0.1:5000/shop/api");
-        assert_eq!(image_name("127.0.0.1:5000/shop/api@sha256:00"), "127.0.0.1:5000/shop/api");
-        assert_eq!(split_tag("127.0.0.1:5000/shop/api"), ("127.0.0.1:5000/shop/api", "latest"));
+        assert_eq!(
+            image_name("127.0.0.1:5000/shop/api@sha256:00"),
+            "127.0.0.1:5000/shop/api"
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/shop/api"),
+            ("127.0.0.1:5000/shop/api", "latest")
+        );
         assert_eq!(pinned("r/a:1", "sha256:ff"), "r/a@sha256:ff");
     }
 }

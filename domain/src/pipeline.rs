@@ -186,7 +186,10 @@ mod tests {
         assert_eq!(needs("sbom"), ["push"]);
         assert_eq!(needs("sign"), ["push"]);
         assert_eq!(needs("deploy"), ["sbom", "sign"]);
-        assert!(p.steps.iter().all(|s| s.name != "canary-analyze"), "a canary deploy schedules its own analysis");
+        assert!(
+            p.steps.iter().all(|s| s.name != "canary-analyze"),
+            "a canary deploy schedules its own analysis"
+        );
         assert_eq!(
             p.supersede_key.as_deref(),
             Some("service:solarpunk/api:branch:main:env:prod")

@@ -231,7 +231,7 @@ prop_compose! {
                 deploy: Deploy {
                     strategy: if canary { DeployStrategy::Canary } else { DeployStrategy::Rolling },
                     steps,
-                    analysis: Analysis { max_error_rate, window },
+                    analysis: Analysis { max_error_rate, window, max_p95_latency: None },
                 },
             },
         };

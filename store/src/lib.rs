@@ -34,6 +34,11 @@ mod pg {
     type Queue = enclii_queue::postgres::PostgresQueue;
     include!("ops.rs");
 
+    /// Timetable and Waybill operations (see `timetable.rs`), beside the operations they reuse.
+    pub mod tt {
+        include!("timetable_ops.rs");
+    }
+
     /// Two api processes starting together must not both bootstrap an administrator.
     pub async fn serialise_bootstrap(conn: &mut Conn) -> Result<()> {
         sqlx::query("LOCK TABLE role_bindings IN EXCLUSIVE MODE")
@@ -48,6 +53,11 @@ mod lite {
     type Conn = sqlx::SqliteConnection;
     type Queue = enclii_queue::sqlite::SqliteQueue;
     include!("ops.rs");
+
+    /// Timetable and Waybill operations (see `timetable.rs`), beside the operations they reuse.
+    pub mod tt {
+        include!("timetable_ops.rs");
+    }
 
     /// `BEGIN IMMEDIATE` already serialises writers on SQLite.
     pub async fn serialise_bootstrap(_conn: &mut Conn) -> Result<()> {
@@ -411,15 +421,36 @@ impl Store {
         write!(self, |conn, ops, _jobs| ops::supersede_deployments(conn, by).await)
     }
     /// The deployment serving the service in the environment now, if any.
-    pub async fn current_deployment(&self, project: &str, environment: &str, service: &str) -> Result<Option<Deployment>> {
-        read!(self, |conn, ops| ops::current_deployment(conn, project, environment, service)
-            .await)
+    pub async fn current_deployment(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<Deployment>> {
+        read!(self, |conn, ops| ops::current_deployment(
+            conn,
+            project,
+            environment,
+            service
+        )
+        .await)
     }
     pub async fn service_routes(&self, project: &str, environment: &str, service: &str) -> Result<Vec<Route>> {
-        read!(self, |conn, ops| ops::service_routes(conn, project, environment, service)
-            .await)
+        read!(self, |conn, ops| ops::service_routes(
+            conn,
+            project,
+            environment,
+            service
+        )
+        .await)
     }
-    pub async fn bind_preview_route(&self, project: &str, environment: &str, service: &str, host: &str) -> Result<Route> {
+    pub async fn bind_preview_route(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+        host: &str,
+    ) -> Result<Route> {
         write!(self, |conn, ops, _jobs| ops::bind_preview_route(
             conn,
             project,
@@ -431,10 +462,21 @@ impl Store {
     }
     /// The secret values a service reads in an environment (narrowest scope wins), for the
     /// deployer that injects them. The API never calls this.
-    pub async fn service_secrets(&self, project: &str, environment: &str, service: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    pub async fn service_secrets(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let key = &self.key;
-        read!(self, |conn, ops| ops::service_secrets(conn, key, project, environment, service)
-            .await)
+        read!(self, |conn, ops| ops::service_secrets(
+            conn,
+            key,
+            project,
+            environment,
+            service
+        )
+        .await)
     }
     /// Forgets what a torn-down preview held for one service (and the environment once empty).
     pub async fn forget_preview(&self, actor: &str, project: &str, environment: &str, service: &str) -> Result<()> {

@@ -18,30 +18,10 @@ use croner::parser::{CronParser, Seconds, Year};
 use enclii_queue::PipelineEnqueued;
 use serde::{Deserialize, Serialize};
 
-use super::{Db, Store};
+use super::{Db, Store, lite, pg};
 use crate::error::Result;
 use crate::model::Environment;
 use crate::now_ms;
-
-#[allow(clippy::duplicate_mod, dead_code)]
-mod pg {
-    type Conn = sqlx::PgConnection;
-    type Queue = enclii_queue::postgres::PostgresQueue;
-    include!("ops.rs");
-    pub mod tt {
-        include!("timetable_ops.rs");
-    }
-}
-
-#[allow(clippy::duplicate_mod, dead_code)]
-mod lite {
-    type Conn = sqlx::SqliteConnection;
-    type Queue = enclii_queue::sqlite::SqliteQueue;
-    include!("ops.rs");
-    pub mod tt {
-        include!("timetable_ops.rs");
-    }
-}
 
 // --- records ------------------------------------------------------------------------------------
 

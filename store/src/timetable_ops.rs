@@ -1,8 +1,8 @@
 // Timetable (cron and one-off job runs, the scheduler's leader lease) and Waybill (cost samples,
-// budgets, paused environments) operations. Like `ops.rs`, written once and compiled twice — in
-// `timetable::pg::tt` and `timetable::lite::tt` — as a child of a module that includes `ops.rs`,
-// so the teardown of an expired preview goes through the same enqueue-and-supersede path as a
-// closed pull request's (`Jobs::pipeline`, `mark_superseded`).
+// budgets, paused environments) operations. Like `ops.rs`, written once and compiled twice — as
+// `pg::tt` and `lite::tt`, children of the modules that include `ops.rs` — so the teardown of an
+// expired preview goes through the same enqueue-and-supersede path as a closed pull request's
+// (`Jobs::pipeline`, `mark_superseded`).
 
 use std::collections::HashMap;
 

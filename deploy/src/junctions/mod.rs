@@ -77,9 +77,7 @@ impl Table {
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
 fn path_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path == prefix
-        || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+    prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The router's state, shared between the Docker target (which changes it) and the HTTP server.
@@ -105,7 +103,11 @@ impl Junctions {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
-            port_suffix: if public_port == 80 { String::new() } else { format!(":{public_port}") },
+            port_suffix: if public_port == 80 {
+                String::new()
+            } else {
+                format!(":{public_port}")
+            },
         })
     }
 
@@ -134,7 +136,12 @@ impl Junctions {
 
     /// The service's binding, if it has one.
     pub fn binding(&self, key: &ServiceKey) -> Option<Binding> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).services.get(key).cloned()
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .services
+            .get(key)
+            .cloned()
     }
 
     /// Every binding (for persisting the table).
@@ -166,7 +173,12 @@ impl Junctions {
         if let Some(w) = self.windows.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return w.clone();
         }
-        self.windows.write().unwrap_or_else(|p| p.into_inner()).entry(id).or_default().clone()
+        self.windows
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
     }
 
     /// What `release` served over the last `window`.
@@ -241,7 +253,12 @@ enum Pick {
 }
 
 fn plain(status: StatusCode, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
 }
 
 fn request_host(request: &Request) -> String {
@@ -265,12 +282,23 @@ async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Res
     let (key, release, track, addrs) = match junctions.pick(&host, &path) {
         Pick::NoRoute => return plain(StatusCode::NOT_FOUND, &format!("no route for {host}{path}")),
         Pick::Paused => {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "this environment is paused (budget reached)");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this environment is paused (budget reached)",
+            );
         }
         Pick::NoBackend(key) => {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{key} has no running release"));
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{key} has no running release"),
+            );
         }
-        Pick::Backend { key, release, track, addrs } => (key, release, track, addrs),
+        Pick::Backend {
+            key,
+            release,
+            track,
+            addrs,
+        } => (key, release, track, addrs),
     };
     let started = Instant::now();
     let response = forward(&junctions, request, &host, &addrs).await;
@@ -281,7 +309,10 @@ async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Res
         ("project", key.project.clone()),
         ("environment", key.environment.clone()),
         ("service", key.service.clone()),
-        ("track", if track == Track::Canary { "canary" } else { "stable" }.to_string()),
+        (
+            "track",
+            if track == Track::Canary { "canary" } else { "stable" }.to_string(),
+        ),
     ];
     let class = format!("{}xx", response.status().as_u16() / 100);
     let mut counted = labels.to_vec();
@@ -309,7 +340,9 @@ async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[S
     if let Ok(value) = HeaderValue::from_str(host) {
         parts.headers.insert("x-forwarded-host", value);
     }
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     let mut body = Some(body);
     let mut last_error = String::new();
     for addr in addrs {
@@ -336,9 +369,7 @@ async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[S
 
 fn body_is_empty(headers: &axum::http::HeaderMap) -> bool {
     !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
+        && headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
 }
 
 #[cfg(test)]
@@ -358,8 +389,18 @@ mod tests {
         let j = Junctions::new(8080);
         let api = ServiceKey::new("p", "prod", "api");
         let web = ServiceKey::new("p", "prod", "web");
-        j.update(&web, |b| *b = Some(Binding { routes: vec![route("shop.test", "/")], ..Binding::default() }));
-        j.update(&api, |b| *b = Some(Binding { routes: vec![route("shop.test", "/api")], ..Binding::default() }));
+        j.update(&web, |b| {
+            *b = Some(Binding {
+                routes: vec![route("shop.test", "/")],
+                ..Binding::default()
+            })
+        });
+        j.update(&api, |b| {
+            *b = Some(Binding {
+                routes: vec![route("shop.test", "/api")],
+                ..Binding::default()
+            })
+        });
         let table = j.table.read().unwrap();
         assert_eq!(table.lookup("shop.test", "/api/orders"), Some(&api));
         assert_eq!(table.lookup("shop.test", "/api"), Some(&api));
@@ -371,7 +412,12 @@ mod tests {
     fn a_route_held_by_another_service_is_refused_with_its_holder() {
         let j = Junctions::new(80);
         let api = ServiceKey::new("p", "prod", "api");
-        j.update(&api, |b| *b = Some(Binding { routes: vec![route("shop.test", "/")], ..Binding::default() }));
+        j.update(&api, |b| {
+            *b = Some(Binding {
+                routes: vec![route("shop.test", "/")],
+                ..Binding::default()
+            })
+        });
         assert!(j.check_routes(&api, &[route("shop.test", "/")]).is_ok());
         let err = j
             .check_routes(&ServiceKey::new("p", "prod", "web"), &[route("SHOP.test", "/")])

@@ -28,7 +28,10 @@ pub struct Window {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Window {
@@ -39,7 +42,10 @@ impl Window {
     fn record_at(&self, at: u64, error: bool, latency: Duration) {
         let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
         if seconds.back().is_none_or(|s| s.at != at) {
-            seconds.push_back(Second { at, ..Second::default() });
+            seconds.push_back(Second {
+                at,
+                ..Second::default()
+            });
             while seconds.front().is_some_and(|s| s.at + RETAINED_SECS < at) {
                 seconds.pop_front();
             }

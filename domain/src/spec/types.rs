@@ -348,7 +348,9 @@ impl Analysis {
 
     /// The P95 latency ceiling; `None` when unset (or invalid, which validation rejects).
     pub fn max_p95(&self) -> Option<Duration> {
-        self.max_p95_latency.as_deref().and_then(|d| rules::parse_duration(d).ok())
+        self.max_p95_latency
+            .as_deref()
+            .and_then(|d| rules::parse_duration(d).ok())
     }
 }
 
