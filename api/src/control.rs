@@ -129,8 +129,9 @@ pub struct NewEnvironment {
     quota: Option<QuotaBody>,
 }
 
-/// What an environment's services may ask for together (every replica at `replicas.max`, every
-/// volume); an omitted field is unlimited.
+/// The most one service of the environment may ask for (every replica at `replicas.max`, every
+/// volume); a deploy over it is refused before anything is applied. On Kubernetes a
+/// `ResourceQuota` also caps the namespace's total. An omitted field is unlimited.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaBody {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use enclii_deploy::{DockerTarget, DockerTargetConfig, Junctions, Target};
+use enclii_store::Prices;
 use tracing::info;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,6 +83,18 @@ pub struct DeployArgs {
     /// Kubernetes: Prometheus' base URL, read by canary analysis (ingress-nginx metrics).
     #[arg(long = "prometheus-url", env = "ENCLII_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// Cost showback: cents per CPU-hour.
+    #[arg(long = "price-cpu-hour-cents", env = "ENCLII_PRICE_CPU_HOUR_CENTS", default_value_t = Prices::default().cpu_hour_cents)]
+    price_cpu_hour_cents: f64,
+    /// Cost showback: cents per GiB-hour of memory.
+    #[arg(long = "price-ram-gib-hour-cents", env = "ENCLII_PRICE_RAM_GIB_HOUR_CENTS", default_value_t = Prices::default().ram_gib_hour_cents)]
+    price_ram_gib_hour_cents: f64,
+    /// Cost showback: cents per GiB-hour of volume storage.
+    #[arg(long = "price-volume-gib-hour-cents", env = "ENCLII_PRICE_VOLUME_GIB_HOUR_CENTS", default_value_t = Prices::default().volume_gib_hour_cents)]
+    price_volume_gib_hour_cents: f64,
+    /// Cost showback: cents per GiB of egress.
+    #[arg(long = "price-egress-gib-cents", env = "ENCLII_PRICE_EGRESS_GIB_CENTS", default_value_t = Prices::default().egress_gib_cents)]
+    price_egress_gib_cents: f64,
 }
 
 /// A running target, and the router to serve when it has one.
@@ -91,6 +104,16 @@ pub struct DeployTarget {
 }
 
 impl DeployArgs {
+    /// What usage costs, for cost samples and budgets.
+    pub fn prices(&self) -> Prices {
+        Prices {
+            cpu_hour_cents: self.price_cpu_hour_cents,
+            ram_gib_hour_cents: self.price_ram_gib_hour_cents,
+            volume_gib_hour_cents: self.price_volume_gib_hour_cents,
+            egress_gib_cents: self.price_egress_gib_cents,
+        }
+    }
+
     pub fn deployer_config(&self) -> enclii_deploy::DeployerConfig {
         enclii_deploy::DeployerConfig {
             preview_domain: self.preview_domain.clone(),

@@ -223,17 +223,17 @@ fn init_logging(json: bool) {
 /// worker has a handler for a kind, its jobs wait in the queue.
 async fn registry(
     build: Option<enclii_build::BuildConfig>,
-    deployer: Option<Arc<enclii_deploy::Deployer>>,
+    deployer: Option<(Arc<enclii_deploy::Deployer>, enclii_store::Prices)>,
     store: &Arc<Store>,
 ) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
     match deployer {
-        Some(deployer) => {
+        Some((deployer, prices)) => {
             info!(
                 target = deployer.target().name(),
                 "deploys enabled (deploy, canary-analyze, preview-teardown, job-run, cost-sample)"
             );
-            enclii_deploy::register(&mut registry, deployer, enclii_store::Prices::default());
+            enclii_deploy::register(&mut registry, deployer, prices);
         }
         None => info!("deploys disabled: no deploy target in this process"),
     }
@@ -358,12 +358,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .context("router failed")
                 });
             }
-            Arc::new(enclii_deploy::Deployer::new(
+            let deployer = enclii_deploy::Deployer::new(
                 store.clone(),
                 connected.target,
                 api_signatures.clone(),
                 args.deploy.deployer_config(),
-            ))
+            );
+            (Arc::new(deployer), args.deploy.prices())
         });
         let config = WorkerConfig {
             lease: Duration::from_secs(args.lease_seconds.max(2)),

@@ -51,20 +51,27 @@ struct Platform {
 /// A server deploying to the Docker engine, with project `project` (unique per test: the tests
 /// share one engine) and service `api` whose spec is the defaults merged with `spec`.
 fn platform(project: &'static str, spec: Value) -> Platform {
+    platform_in(project, "prod", spec, &[])
+}
+
+/// [`platform`] with the service at home in `environment` and extra server settings.
+fn platform_in(project: &'static str, environment: &str, spec: Value, settings: &[(&str, &str)]) -> Platform {
     let port = free_port();
     let router = format!("127.0.0.1:{port}");
     let (url, _) = repository(&files(&app_files("v1")));
-    let server = server(&[
+    let mut env = vec![
         ("ENCLII_DEPLOY_TARGET", "docker"),
-        ("ENCLII_ROUTER_LISTEN", &router),
+        ("ENCLII_ROUTER_LISTEN", router.as_str()),
         ("ENCLII_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
         ("ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", "20"),
-    ]);
+    ];
+    env.extend_from_slice(settings);
+    let server = server(&env);
     let (status, body) = call(&server, "POST", "/v1/projects", json!({"slug": project}));
     assert_eq!(status, 201, "{body}");
     let mut document = json!({
         "apiVersion": "enclii.dev/v1", "kind": "Service",
-        "metadata": {"project": project, "environment": "prod", "name": "api"},
+        "metadata": {"project": project, "environment": environment, "name": "api"},
         "spec": {"source": {"git": {"repository": url, "branch": "main"}},
                  "runtime": {"ports": [3000], "memory": "64Mi", "cpu": "250m"},
                  "health": {"readiness": {"httpGet": "/healthz"}}}
@@ -564,5 +571,73 @@ fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
                 .trim()
                 .is_empty()
         },
+    );
+}
+
+/// Budgets act: a `dev` environment whose month's cost passes its budget is paused — its
+/// service stops and its routes answer 503 — and the cost report shows what was spent.
+#[test]
+fn a_non_prod_environment_over_its_budget_is_paused() {
+    remove_containers("budget");
+    let _cleanup = Cleanup("budget");
+    // 1 GiB of volume at 100¢ per GiB-hour: the first 5-minute sample costs ~8¢, over a 5¢ budget.
+    let p = platform_in(
+        "budget",
+        "dev",
+        json!({"routes": [{"host": "api.budget.test"}],
+               "volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}]}),
+        &[
+            ("ENCLII_COST_EVERY_SECONDS", "10"),
+            ("ENCLII_PRICE_VOLUME_GIB_HOUR_CENTS", "100"),
+        ],
+    );
+    let (server, router) = (&p.server, p.router.as_str());
+    let (status, body) = call(
+        server,
+        "PATCH",
+        "/v1/projects/budget/environments/dev",
+        json!({"budget_cents": 5}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let sha = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let release = ready_release(&p, &sha);
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(get(router, "api.budget.test", "/").0, 200);
+
+    wait_until(
+        Duration::from_secs(60),
+        "the environment is paused by its budget",
+        || {
+            let (_, environments) = call(server, "GET", "/v1/projects/budget/environments", Value::Null);
+            environments
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "dev" && !e["paused_at"].is_null())
+        },
+    );
+    wait_until(Duration::from_secs(30), "the paused service answers 503", || {
+        get(router, "api.budget.test", "/").0 == 503
+    });
+    // Stopped with the engine's grace period (httpd as PID 1 ignores SIGTERM, so ~10 s).
+    wait_until(Duration::from_secs(30), "the service's containers are stopped", || {
+        replicas_of("budget", release) == 0
+    });
+    let (status, report) = call(server, "GET", "/v1/cost?project=budget&since=1h", Value::Null);
+    assert_eq!(status, 200, "{report}");
+    assert!(report["total_cents"].as_f64().unwrap() > 5.0, "{report}");
+    assert_eq!(report["lines"][0]["environment"], "dev", "{report}");
+    let (_, audit) = call(server, "GET", "/v1/audit?project=budget", Value::Null);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "budget.exceeded"),
+        "{audit}"
     );
 }

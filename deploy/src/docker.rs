@@ -35,7 +35,7 @@ use crate::model::{
     DeployOutcome, JobRunSpec, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus, Track, Usage,
     Workload,
 };
-use crate::target::Target;
+use crate::target::{JOB_TIMEOUT_EXIT_CODE, Target};
 
 const LABEL_MANAGED: &str = "dev.enclii.managed";
 const LABEL_PROJECT: &str = "dev.enclii.project";
@@ -274,10 +274,10 @@ impl DockerTarget {
         }
     }
 
-    /// Removes the service's replicas of every release but `keep`.
-    async fn remove_releases_except(&self, key: &ServiceKey, keep: Option<i64>) -> Result<()> {
+    /// Removes the service's replicas of every release but those in `keep`.
+    async fn remove_releases_except(&self, key: &ServiceKey, keep: &[i64]) -> Result<()> {
         for (name, release, _) in self.containers(key, None).await? {
-            if Some(release) != keep {
+            if !keep.contains(&release) {
                 self.remove_container(&name).await?;
                 self.junctions.forget(key, release);
             }
@@ -422,7 +422,8 @@ impl DockerTarget {
         let runtime = &workload.spec.runtime;
         let body = ContainerCreateBody {
             image: Some(workload.image.clone()),
-            entrypoint: runtime.cmd.clone(),
+            // Like Kubernetes `args`: replaces the image's CMD, keeps its ENTRYPOINT.
+            cmd: runtime.cmd.clone(),
             env: Some(Self::environment(workload)),
             labels: Some(Self::labels(&workload.key, workload.release, "replica")),
             exposed_ports: runtime.ports.first().map(|p| vec![format!("{p}/tcp")]),
@@ -596,9 +597,14 @@ impl Target for DockerTarget {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), volume_bytes);
-        if track == Track::Stable {
-            self.remove_releases_except(key, Some(workload.release)).await?;
-        }
+        // What runs now is the stable release and this one: an earlier canary it replaced goes.
+        let keep: Vec<i64> = stable.iter().map(|s| s.release).chain([workload.release]).collect();
+        let keep = if track == Track::Stable {
+            &keep[keep.len() - 1..]
+        } else {
+            &keep[..]
+        };
+        self.remove_releases_except(key, keep).await?;
         self.save().await?;
         info!(service = %key, release = workload.release, ?track, replicas, "release deployed");
         Ok(DeployOutcome {
@@ -633,7 +639,7 @@ impl Target for DockerTarget {
                 b.stable = b.canary.take().map(|(canary, _)| canary);
             }
         });
-        self.remove_releases_except(key, Some(release)).await?;
+        self.remove_releases_except(key, &[release]).await?;
         self.save().await
     }
 
@@ -713,7 +719,7 @@ impl Target for DockerTarget {
     async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()> {
         let _change = self.changes.lock().await;
         let binding = self.junctions.binding(key);
-        self.remove_releases_except(key, None).await?;
+        self.remove_releases_except(key, &[]).await?;
         self.junctions.update(key, |binding| *binding = None);
         let volumes = self.volume_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         if whole_environment && volumes.is_some() {
@@ -752,7 +758,7 @@ impl Target for DockerTarget {
         self.remove_container(&name).await?;
         let body = ContainerCreateBody {
             image: Some(workload.image.clone()),
-            entrypoint: Some(run.args.clone()),
+            cmd: Some(run.args.clone()),
             env: Some(Self::environment(workload)),
             labels: Some(Self::labels(key, workload.release, "job")),
             host_config: Some(self.host_config(workload, false)),
@@ -803,11 +809,14 @@ impl Target for DockerTarget {
         };
         match tokio::time::timeout(run.timeout, follow).await {
             Ok(code) => code,
-            Err(_) => Err(DeployError::Unhealthy {
-                release: workload.release,
-                waited_secs: run.timeout.as_secs(),
-                detail: format!("job `{}` did not finish in time and was stopped", run.job),
-            }),
+            Err(_) => {
+                let _ = log.send(format!(
+                    "job `{}` did not finish within {} s and was stopped",
+                    run.job,
+                    run.timeout.as_secs()
+                ));
+                Ok(JOB_TIMEOUT_EXIT_CODE)
+            }
         }
     }
 

@@ -27,8 +27,9 @@ use crate::target::Target;
 /// Who the deployer is in the audit trail.
 const ACTOR: &str = "system:deployer";
 
-/// Names of Lockbox secrets that are for the platform, never for the running service.
-const PLATFORM_SECRETS: [&str; 2] = ["GIT_TOKEN", "SIGNING_KEY"];
+/// Names of Lockbox secrets that are for the platform (the clone's token, the project's image
+/// signing key), never for the running service.
+const PLATFORM_SECRETS: [&str; 3] = ["GIT_TOKEN", "COSIGN_PRIVATE_KEY", "COSIGN_PASSWORD"];
 
 #[derive(Clone, Debug)]
 pub struct DeployerConfig {
@@ -188,6 +189,15 @@ impl Deployer {
         let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
         let mut out = Vec::new();
         for (index, from) in spec.spec.env_from.iter().enumerate() {
+            if PLATFORM_SECRETS.contains(&from.secret_ref.as_str())
+                || spec.spec.build.secrets.contains(&from.secret_ref)
+            {
+                return Err(JobError::Abort(format!(
+                    "spec.envFrom[{index}].secretRef: `{}` is a platform or build secret and is never given to a \
+                     running service; store what the service needs under another name",
+                    from.secret_ref
+                )));
+            }
             let (_, bytes) = all.iter().find(|(name, _)| *name == from.secret_ref).ok_or_else(|| {
                 JobError::Abort(format!(
                     "spec.envFrom[{index}].secretRef: secret `{}` does not exist for {key}; set it with \
@@ -398,6 +408,26 @@ impl Deployer {
             info!(deployment = deployment.id, status = %deployment.status, "canary no longer under analysis");
             return Ok(());
         }
+        let result = self.judge_step(&deployment, job.step, ctx).await;
+        match result {
+            Err(e) if is_last_attempt(ctx) || matches!(e, JobError::Abort(_)) => {
+                // A canary nobody can judge must not keep its share of the traffic.
+                let key = ServiceKey::new(&deployment.project, &deployment.environment, &deployment.service);
+                if let Err(abort) = self.target.abort_canary(&key, deployment.release_id).await {
+                    warn!(deployment = deployment.id, error = %abort, "could not remove the unjudged canary");
+                }
+                let why = format!("canary analysis could not complete, canary removed: {e}");
+                Err(self.fail(&deployment, why, e).await)
+            }
+            other => other,
+        }
+    }
+
+    async fn judge_step(&self, deployment: &Deployment, step: u32, ctx: &JobContext) -> Result<(), JobError> {
+        let job = jobs::CanaryAnalyze {
+            deployment: deployment.id,
+            step,
+        };
         let spec = self.spec(&deployment.project, &deployment.service).await?;
         let (steps, analysis) = (&spec.spec.deploy.steps, &spec.spec.deploy.analysis);
         let window = analysis.window_duration().unwrap_or(Duration::from_secs(120));
@@ -423,7 +453,7 @@ impl Deployer {
                     canary_percent: None,
                     url: None,
                 };
-                self.update(&deployment, update, None).await.map(drop)
+                self.update(deployment, update, None).await.map(drop)
             }
             Verdict::Pass(seen) => match steps.get(step + 1) {
                 Some(&percent) if percent < 100 => {
@@ -445,8 +475,8 @@ impl Deployer {
                         canary_percent: Some(percent as i32),
                         url: None,
                     };
-                    let next = analyze_job(&deployment, job.step + 1, window)?;
-                    self.update(&deployment, update, Some(next)).await.map(drop)
+                    let next = analyze_job(deployment, job.step + 1, window)?;
+                    self.update(deployment, update, Some(next)).await.map(drop)
                 }
                 _ => {
                     log.line(format!("canary step {} passed ({seen}); promoting", step + 1));
@@ -457,7 +487,7 @@ impl Deployer {
                         canary_percent: None,
                         url: None,
                     };
-                    self.update(&deployment, update, None).await.map(drop)
+                    self.update(deployment, update, None).await.map(drop)
                 }
             },
         };

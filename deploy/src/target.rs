@@ -8,6 +8,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::Result;
 use crate::model::{DeployOutcome, JobRunSpec, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus, Usage, Workload};
 
+/// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
+/// does), so the queue retries it like any failed run.
+pub const JOB_TIMEOUT_EXIT_CODE: i64 = 124;
+
 /// A place releases run: a single Docker engine, or a Kubernetes cluster.
 ///
 /// Every method is idempotent: the queue runs a job at least once, so a retried deploy, shift or

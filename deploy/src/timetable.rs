@@ -173,9 +173,10 @@ impl Timetable {
         let hours = interval_secs as f64 / 3600.0;
         let counter = usage.cpu_counter_ns.map(|n| n as i64);
         let cpu_seconds = match (counter, previous.as_ref().and_then(|p| p.cpu_counter_ns)) {
-            // A counter that went down belongs to restarted containers: count what they used.
             (Some(now_ns), Some(before)) if now_ns >= before => (now_ns - before) as f64 / 1e9,
-            (Some(now_ns), Some(_)) => now_ns as f64 / 1e9,
+            // A counter that went down belongs to restarted containers, and a first sample has
+            // nothing to subtract: all the counter holds was used since they started.
+            (Some(now_ns), _) => now_ns as f64 / 1e9,
             // No counter to difference: the gauge over the interval.
             _ => usage.cpu_millis / 1000.0 * interval_secs as f64,
         };
@@ -203,12 +204,23 @@ impl Timetable {
             .await
             .map_err(store_error)?;
         if environment.paused_at.is_some() {
-            info!(service = %key, "environment paused by its budget: stopping the service");
-            self.deployer
-                .target()
-                .pause(&key)
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
+            // Paused (by this sample's budget check or the scheduler's): stop every service
+            // running there, since no more samples come for a paused environment.
+            for service in store.list_services(&key.project).await.map_err(store_error)? {
+                let running = store
+                    .current_deployment(&key.project, &key.environment, &service.name)
+                    .await
+                    .map_err(store_error)?;
+                if running.is_some() {
+                    let paused = ServiceKey::new(&key.project, &key.environment, &service.name);
+                    info!(service = %paused, "environment paused by its budget: stopping the service");
+                    self.deployer
+                        .target()
+                        .pause(&paused)
+                        .await
+                        .map_err(|e| JobError::Retry(e.to_string()))?;
+                }
+            }
         }
         Ok(())
     }

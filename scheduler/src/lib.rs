@@ -38,7 +38,7 @@ pub struct SchedulerConfig {
     /// How long the lease lasts without renewal: another scheduler takes over this long after
     /// the leader died. Must be well above `tick`.
     pub lease_ttl: Duration,
-    /// A `cost-sample` per deployed service this often (`ENCLII_COST_EVERY`).
+    /// A `cost-sample` per deployed service this often (`ENCLII_COST_EVERY_SECONDS`).
     pub cost_every: Duration,
     /// Previews without a release or deployment this long are torn down.
     pub preview_ttl: Duration,

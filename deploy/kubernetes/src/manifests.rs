@@ -772,8 +772,10 @@ fn autoscaler(workload: &Workload, name: &str) -> Option<HorizontalPodAutoscaler
     })
 }
 
-/// A spec job on its schedule (UTC): never two at once, three retries, finished Jobs kept a
-/// day for their logs. `suspend: false` is explicit so a redeploy resumes a paused service.
+/// A spec job on its schedule (UTC), kept suspended: Enclii's Timetable fires the runs (one
+/// history, one log stream, the queue's retries, no overlap), each as a Job from this template
+/// (`run_job`), so the cluster holds the schedule and template without ever running them twice.
+/// An operator can still start one by hand with `kubectl create job --from=cronjob/<name>`.
 fn cron_job(workload: &Workload, job: &enclii_domain::spec::Job) -> CronJob {
     let name = dns_name(&format!("{}-{}", workload.key.service, job.name), MAX_CRON_JOB_NAME);
     let mut labels = labels(workload, Track::Stable);
@@ -784,7 +786,7 @@ fn cron_job(workload: &Workload, job: &enclii_domain::spec::Job) -> CronJob {
             schedule: job.schedule.clone(),
             time_zone: Some("Etc/UTC".into()),
             concurrency_policy: Some("Forbid".into()),
-            suspend: Some(false),
+            suspend: Some(true),
             successful_jobs_history_limit: Some(3),
             failed_jobs_history_limit: Some(3),
             job_template: JobTemplateSpec {

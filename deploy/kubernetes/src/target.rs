@@ -30,8 +30,7 @@ use crate::manifests::{self, MANAGER, StableObjects};
 
 type Result<T, E = DeployError> = std::result::Result<T, E>;
 
-/// The exit code reported for a job run that hit its timeout (as `timeout(1)` does).
-pub const JOB_TIMEOUT_EXIT_CODE: i64 = 124;
+pub use enclii_deploy::target::JOB_TIMEOUT_EXIT_CODE;
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 /// Deploys to one Kubernetes cluster.
