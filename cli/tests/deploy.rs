@@ -113,6 +113,13 @@ fn get(router: &str, host: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The commit the service's repository is at.
+fn head(p: &Platform) -> String {
+    run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(p.url.strip_prefix("file://").unwrap()))
+}
+
 /// Builds `sha` without deploying it; returns the ready release's id.
 fn ready_release(p: &Platform, sha: &str) -> i64 {
     let server = &p.server;
@@ -219,9 +226,7 @@ fn canary_promotes_a_good_release_rolls_back_a_failing_one_and_rollback_restores
     );
     let (server, router) = (&p.server, p.router.as_str());
     let host = "api.shop.test";
-    let v1_sha = run(Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let v1_sha = head(&p);
     let v1 = ready_release(&p, &v1_sha);
 
     // First deploy: nothing runs yet, so the canary strategy deploys straight to 100%.
@@ -354,9 +359,7 @@ fn a_spec_over_the_environment_quota_is_refused_and_nothing_runs() {
     );
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["path"], "quota.memory", "{body}");
-    let sha = run(Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let sha = head(&p);
     let release = ready_release(&p, &sha);
     let d = deploy(&p, release, "deployments");
     let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
@@ -475,9 +478,7 @@ fn a_cron_job_fires_on_schedule_logs_its_output_and_is_retried_on_failure() {
         json!({"volumes": [{"name": "state", "mountPath": "/data", "size": "1Gi"}]}),
     );
     let server = &p.server;
-    let sha = run(Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let sha = head(&p);
     let release = ready_release(&p, &sha);
     let d = deploy(&p, release, "deployments");
     let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
@@ -599,9 +600,7 @@ fn a_non_prod_environment_over_its_budget_is_paused() {
         json!({"budget_cents": 5}),
     );
     assert_eq!(status, 200, "{body}");
-    let sha = run(Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    let sha = head(&p);
     let release = ready_release(&p, &sha);
     let d = deploy(&p, release, "deployments");
     let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
