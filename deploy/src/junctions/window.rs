@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(m.p95, Some(Duration::from_millis(25)));
         let m = w.summary_at(1_100, Duration::from_secs(120));
         assert_eq!((m.requests, m.errors), (110, 12));
-        assert_eq!(m.p95, Some(Duration::from_millis(500)));
+        assert_eq!(m.p95, Some(Duration::from_millis(5_000)));
         assert_eq!(w.summary_at(5_000, Duration::from_secs(60)).requests, 0);
     }
 
