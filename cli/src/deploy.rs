@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use enclii_deploy::{DockerTarget, DockerTargetConfig, Junctions, Target};
+use enclii_deploy::{DockerTarget, DockerTargetConfig, Junctions, RegistryLogin, Target};
 use enclii_store::Prices;
 use tracing::info;
 
@@ -121,7 +121,13 @@ impl DeployArgs {
     }
 
     /// Connects the configured target; `None` when deploys do not run in this process.
-    pub async fn connect(&self, docker_host: &str, data_dir: &Path) -> anyhow::Result<Option<DeployTarget>> {
+    /// `registry_login` lets the Docker target pull release images the engine lacks.
+    pub async fn connect(
+        &self,
+        docker_host: &str,
+        data_dir: &Path,
+        registry_login: Option<RegistryLogin>,
+    ) -> anyhow::Result<Option<DeployTarget>> {
         match self.target {
             TargetKind::None => Ok(None),
             TargetKind::Kubernetes => {
@@ -147,6 +153,7 @@ impl DeployArgs {
                 let junctions = Junctions::new(self.router_public_port.unwrap_or(self.router_listen.port()));
                 let mut config = DockerTargetConfig::new(data_dir.join("junctions.json"));
                 config.health_timeout = Duration::from_secs(self.health_timeout_seconds.max(1));
+                config.registry_login = registry_login;
                 match DockerTarget::connect(docker_host, junctions.clone(), config).await {
                     Ok(target) => Ok(Some(DeployTarget {
                         target: Arc::new(target),

@@ -340,7 +340,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     if args.runs(ServerRole::Worker) {
-        let target = args.deploy.connect(args.build.docker_host(), args.data_dir()?).await?;
+        let registry_login = build.as_ref().and_then(|config| {
+            let registry = &config.registry;
+            Some(enclii_deploy::RegistryLogin {
+                host: registry.host.clone(),
+                username: registry.username.clone()?,
+                password: registry.password.as_ref()?.expose().to_string(),
+            })
+        });
+        let target = args
+            .deploy
+            .connect(args.build.docker_host(), args.data_dir()?, registry_login)
+            .await?;
         let deployer = target.map(|connected| {
             if let Some((listen, junctions)) = connected.router {
                 let token = shutdown.clone();
