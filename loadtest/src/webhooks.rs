@@ -1,7 +1,7 @@
 //! `webhooks`: signed GitHub `push` deliveries, each with its own delivery id and commit, sent over
 //! HTTP on loopback to the API (in this process, on a fresh control-plane store) by `--concurrency`
 //! clients on keep-alive connections. Every accepted delivery is one transaction: its delivery
-//! row, a release, a build-and-deploy pipeline (7 jobs, superseding the service's previous one) and
+//! row, a release, a build-and-deploy pipeline (6 jobs, superseding the service's previous one) and
 //! the audit rows. After the run the rows are counted to check that every 202 was durable.
 
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::{BackendKind, WebhookArgs, WebhookMode};
 const SECRET: &str = "loadtest-webhook-secret";
 const BRANCH: &str = "main";
 /// Jobs in one build-and-deploy pipeline.
-const STEPS: u64 = 7;
+const STEPS: u64 = 6;
 
 /// One prepared delivery.
 struct Delivery {
