@@ -630,6 +630,10 @@ fn a_non_prod_environment_over_its_budget_is_paused() {
     assert_eq!(status, 200, "{report}");
     assert!(report["total_cents"].as_f64().unwrap() > 5.0, "{report}");
     assert_eq!(report["lines"][0]["environment"], "dev", "{report}");
+    assert!(
+        report["lines"][0]["egress_gib"].as_f64().unwrap() > 0.0,
+        "the answer sent counts as egress: {report}"
+    );
     let (_, audit) = call(server, "GET", "/v1/audit?project=budget", Value::Null);
     assert!(
         audit

@@ -180,6 +180,14 @@ impl Timetable {
             // No counter to difference: the gauge over the interval.
             _ => usage.cpu_millis / 1000.0 * interval_secs as f64,
         };
+        // Bytes sent since the last sample (all of the counter for a first sample or restarted
+        // containers, whose counter started again).
+        let egress = usage.egress_counter_bytes.map(|n| n as i64);
+        let egress_bytes = match (egress, previous.as_ref().and_then(|p| p.egress_counter_bytes)) {
+            (Some(now_bytes), Some(before)) if now_bytes >= before => now_bytes - before,
+            (Some(now_bytes), _) => now_bytes,
+            (None, _) => 0,
+        };
         let sample = NewCostSample {
             project: key.project.clone(),
             environment: key.environment.clone(),
@@ -189,9 +197,10 @@ impl Timetable {
             cpu_seconds,
             ram_gib_hours: usage.memory_bytes as f64 / GIB * hours,
             volume_gib_hours: usage.volume_bytes as f64 / GIB * hours,
-            egress_gib: 0.0,
+            egress_gib: egress_bytes as f64 / GIB,
             cost_cents: 0.0,
             cpu_counter_ns: counter,
+            egress_counter_bytes: egress,
         }
         .priced(&self.prices);
         store.insert_cost_sample(&sample).await.map_err(store_error)?;

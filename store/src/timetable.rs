@@ -134,6 +134,8 @@ pub struct NewCostSample {
     pub cost_cents: f64,
     /// The target's cumulative CPU counter at `at` (nanoseconds), for the next sample's difference.
     pub cpu_counter_ns: Option<i64>,
+    /// The target's cumulative sent-bytes counter at `at`, for the next sample's difference.
+    pub egress_counter_bytes: Option<i64>,
 }
 
 impl NewCostSample {
@@ -158,6 +160,7 @@ pub struct CostSampleRecord {
     pub egress_gib: f64,
     pub cost_cents: f64,
     pub cpu_counter_ns: Option<i64>,
+    pub egress_counter_bytes: Option<i64>,
 }
 
 /// Usage and cost of one service in one environment over a report's period.

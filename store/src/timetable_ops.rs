@@ -453,8 +453,8 @@ pub async fn list_job_runs(
 pub async fn insert_cost_sample(conn: &mut Conn, s: &NewCostSample) -> Result<CostSampleRecord> {
     Ok(sqlx::query_as::<_, CostSampleRecord>(
         "INSERT INTO cost_samples (project, environment, service, at, interval_secs, cpu_seconds, ram_gib_hours,
-                                   volume_gib_hours, egress_gib, cost_cents, cpu_counter_ns)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+                                   volume_gib_hours, egress_gib, cost_cents, cpu_counter_ns, egress_counter_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
     )
     .bind(&s.project)
     .bind(&s.environment)
@@ -467,6 +467,7 @@ pub async fn insert_cost_sample(conn: &mut Conn, s: &NewCostSample) -> Result<Co
     .bind(s.egress_gib)
     .bind(s.cost_cents)
     .bind(s.cpu_counter_ns)
+    .bind(s.egress_counter_bytes)
     .fetch_one(&mut *conn)
     .await?)
 }

@@ -73,8 +73,10 @@ CREATE TABLE cost_samples (
     volume_gib_hours  REAL NOT NULL,
     egress_gib        REAL NOT NULL,
     cost_cents        REAL NOT NULL,
-    -- The target's cumulative CPU counter at `at`, so the next sample can take the difference.
-    cpu_counter_ns    BIGINT
+    -- The target's cumulative CPU and sent-bytes counters at `at`, so the next sample can take
+    -- the difference.
+    cpu_counter_ns    BIGINT,
+    egress_counter_bytes BIGINT
 );
 CREATE INDEX cost_samples_by_project ON cost_samples (project, at);
 CREATE INDEX cost_samples_by_service ON cost_samples (project, environment, service, at);
