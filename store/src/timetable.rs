@@ -489,10 +489,12 @@ impl Store {
         )
         .await)
     }
-    /// Resumes a paused environment; its budget is not checked again until the next level (or month).
+    /// Lifts a budget pause and redeploys the environment's current releases; the budget is not
+    /// reported again until its next level (or month).
     pub async fn resume_environment(&self, actor: &str, project: &str, environment: &str) -> Result<Environment> {
-        write!(self, |conn, ops, _jobs| ops::tt::resume_environment(
+        write!(self, |conn, ops, jobs| ops::tt::resume_environment(
             conn,
+            &jobs,
             actor,
             project,
             environment

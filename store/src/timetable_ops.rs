@@ -632,7 +632,15 @@ pub async fn pause_environment(
     Ok(environment)
 }
 
-pub async fn resume_environment(conn: &mut Conn, actor: &str, project: &str, name: &str) -> Result<Environment> {
+/// Lifts a pause and starts the environment's services again: each service's current release is
+/// redeployed (a deployment with reason `resume`, in this transaction).
+pub async fn resume_environment(
+    conn: &mut Conn,
+    jobs: &Jobs<'_>,
+    actor: &str,
+    project: &str,
+    name: &str,
+) -> Result<Environment> {
     let before = get_environment(conn, project, name).await?;
     let environment = sqlx::query_as::<_, Environment>(
         "UPDATE environments SET paused_at = NULL WHERE project = $1 AND name = $2 RETURNING *",
@@ -650,6 +658,26 @@ pub async fn resume_environment(conn: &mut Conn, actor: &str, project: &str, nam
             change("environment.resume", "environment", &entity, Some(project), diff),
         )
         .await?;
+        let services: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT service FROM deployments WHERE project = $1 AND environment = $2 AND status = 'succeeded'",
+        )
+        .bind(project)
+        .bind(name)
+        .fetch_all(&mut *conn)
+        .await?;
+        for service in services {
+            if let Some(current) = super::current_deployment(conn, project, name, &service).await? {
+                let request = DeploymentRequest {
+                    project: project.to_string(),
+                    service,
+                    environment: name.to_string(),
+                    release_id: current.release_id,
+                    strategy: "rolling".into(),
+                    reason: "resume".into(),
+                };
+                super::create_deployment(conn, jobs, actor, &request).await?;
+            }
+        }
     }
     Ok(environment)
 }
