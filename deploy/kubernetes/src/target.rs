@@ -451,8 +451,14 @@ impl Target for KubernetesTarget {
             let scheme = if r.tls { "https" } else { "http" };
             format!("{scheme}://{}{}", r.host, r.path)
         });
+        // A canary needs a different release already serving; otherwise it is a plain rollout
+        // (as on the Docker target).
+        let serving_other = previous.as_ref().is_some_and(|d| {
+            let serving = d.metadata.labels.as_ref().and_then(|l| l.get(manifests::LABEL_RELEASE));
+            serving.is_some_and(|r| *r != workload.release.to_string())
+        });
         let (replicas, track) = match rollout {
-            Rollout::Canary { percent } if previous.is_some() => {
+            Rollout::Canary { percent } if percent < 100 && serving_other => {
                 (self.deploy_canary(workload, percent).await?, Track::Canary)
             }
             _ => {
