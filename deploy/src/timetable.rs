@@ -168,11 +168,11 @@ impl Timetable {
         // The interval since the last sample (the first sample counts one nominal interval).
         let interval_secs = previous
             .as_ref()
-            .map(|p| ((now - p.at) / 1000).clamp(1, 3600))
+            .map(|p| ((now - p.sample.at) / 1000).clamp(1, 3600))
             .unwrap_or(300);
         let hours = interval_secs as f64 / 3600.0;
         let counter = usage.cpu_counter_ns.map(|n| n as i64);
-        let cpu_seconds = match (counter, previous.as_ref().and_then(|p| p.cpu_counter_ns)) {
+        let cpu_seconds = match (counter, previous.as_ref().and_then(|p| p.sample.cpu_counter_ns)) {
             (Some(now_ns), Some(before)) if now_ns >= before => (now_ns - before) as f64 / 1e9,
             // A counter that went down belongs to restarted containers, and a first sample has
             // nothing to subtract: all the counter holds was used since they started.
@@ -183,7 +183,7 @@ impl Timetable {
         // Bytes sent since the last sample (all of the counter for a first sample or restarted
         // containers, whose counter started again).
         let egress = usage.egress_counter_bytes.map(|n| n as i64);
-        let egress_bytes = match (egress, previous.as_ref().and_then(|p| p.egress_counter_bytes)) {
+        let egress_bytes = match (egress, previous.as_ref().and_then(|p| p.sample.egress_counter_bytes)) {
             (Some(now_bytes), Some(before)) if now_bytes >= before => now_bytes - before,
             (Some(now_bytes), _) => now_bytes,
             (None, _) => 0,

@@ -119,7 +119,7 @@ pub struct CronFire {
 
 /// A service's resource usage over one sampling interval, as the `cost-sample` handler measures
 /// it, priced with [`Prices::cost_cents`].
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, sqlx::FromRow)]
 pub struct NewCostSample {
     pub project: String,
     pub environment: String,
@@ -146,21 +146,13 @@ impl NewCostSample {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+/// A stored cost sample.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct CostSampleRecord {
     pub id: i64,
-    pub project: String,
-    pub environment: String,
-    pub service: String,
-    pub at: i64,
-    pub interval_secs: i64,
-    pub cpu_seconds: f64,
-    pub ram_gib_hours: f64,
-    pub volume_gib_hours: f64,
-    pub egress_gib: f64,
-    pub cost_cents: f64,
-    pub cpu_counter_ns: Option<i64>,
-    pub egress_counter_bytes: Option<i64>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub sample: NewCostSample,
 }
 
 /// Usage and cost of one service in one environment over a report's period.

@@ -5,21 +5,17 @@
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::Duration;
 
 use enclii_domain::jobs::JobRun;
 use enclii_queue::{JobKind, JobState};
 use enclii_store::{
-    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, MasterKey, NewCostSample, Prices, ServiceDraft, Store,
-    StoreConfig, StoreError, WebhookDelivery, WebhookIntent, job_run_status, next_fire,
+    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, NewCostSample, Prices, ServiceDraft, Store, StoreError,
+    WebhookDelivery, WebhookIntent, job_run_status, next_fire,
 };
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Postgres,
-    Sqlite,
-}
+use support::Db;
 
 struct TestStore {
     store: Store,
@@ -27,21 +23,7 @@ struct TestStore {
 }
 
 async fn open(db: Db) -> TestStore {
-    let (url, guard) = match db {
-        Db::Postgres => {
-            let guard = common::test_database().await;
-            (guard.url.clone(), Some(guard))
-        }
-        Db::Sqlite => (common::fresh_sqlite_url(), None),
-    };
-    let store = Store::open(StoreConfig {
-        database_url: url,
-        queue_url: None,
-        max_connections: 4,
-        master_key: MasterKey::generate(),
-    })
-    .await
-    .unwrap();
+    let (store, guard) = support::open_store(db).await;
     TestStore { store, _db: guard }
 }
 
@@ -336,6 +318,7 @@ async fn cost_reports_sum_and_price_samples(db: Db) {
         store.insert_cost_sample(&s).await.unwrap();
     }
     let last = store.last_cost_sample("shop", "dev", "api").await.unwrap().unwrap();
+    let last = last.sample;
     assert_eq!((last.cpu_seconds, last.cpu_counter_ns), (150.0, Some(150_000_000_000)));
     assert!(store.last_cost_sample("shop", "stage", "api").await.unwrap().is_none());
 

@@ -5,13 +5,15 @@
 
 #[path = "../../../queue/tests/common/mod.rs"]
 mod common;
+#[path = "../../../store/tests/support/mod.rs"]
+mod store_support;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use enclii_api::auth::RateLimit;
-use enclii_store::{MasterKey, Store, StoreConfig, TokenRecord};
+use enclii_store::{Store, TokenRecord};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -20,11 +22,7 @@ pub use common::TestDatabase;
 
 pub const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 
-#[derive(Clone, Copy, Debug)]
-pub enum Db {
-    Postgres,
-    Sqlite,
-}
+pub use store_support::Db;
 
 pub struct TestApi {
     pub app: axum::Router,
@@ -71,21 +69,7 @@ pub async fn api_with(db: Db, rate_limit: RateLimit) -> TestApi {
 
 /// An API with `config` (its webhook secret is always [`WEBHOOK_SECRET`]).
 pub async fn api_configured(db: Db, mut config: enclii_api::ApiConfig) -> TestApi {
-    let (url, guard) = match db {
-        Db::Postgres => {
-            let guard = common::test_database().await;
-            (guard.url.clone(), Some(guard))
-        }
-        Db::Sqlite => (common::fresh_sqlite_url(), None),
-    };
-    let store = Store::open(StoreConfig {
-        database_url: url,
-        queue_url: None,
-        max_connections: 4,
-        master_key: MasterKey::generate(),
-    })
-    .await
-    .unwrap();
+    let (store, guard) = store_support::open_store(db).await;
     let store = Arc::new(store);
     let admin = enclii_auth::token::generate();
     let record = token_record(&admin, "user:admin", &all_scopes(), None, None);
