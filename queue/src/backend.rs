@@ -75,6 +75,35 @@ pub struct QueueStats {
     pub oldest_available_seconds: Vec<(String, f64)>,
 }
 
+/// Which jobs [`Backend::list_jobs`] returns (operators' views: dead jobs, recent throughput).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Any of these states; empty: every state.
+    pub states: Vec<JobState>,
+    pub kind: Option<String>,
+    pub project: Option<String>,
+    /// Only jobs that finished after this instant.
+    pub finished_after: Option<DateTime<Utc>>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
+impl JobFilter {
+    pub fn matches(&self, job: &JobRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&job.state))
+            && self.kind.as_ref().is_none_or(|k| *k == job.kind)
+            && self.project.as_ref().is_none_or(|p| *p == job.project)
+            && self
+                .finished_after
+                .is_none_or(|after| job.finished_at.is_some_and(|at| at > after))
+    }
+
+    /// The states as SQL text values (every backend stores them by name).
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        self.states.iter().map(|s| s.as_str()).collect()
+    }
+}
+
 /// A queue storage backend. Implementations: PostgreSQL, SQLite, Redis.
 ///
 /// Semantics every backend guarantees (and `tests/behaviour.rs` checks on all three):
@@ -119,6 +148,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
 
     async fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// Jobs matching `filter`, newest (highest id) first. An operator's query, not a hot path.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
 
     async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>>;
 

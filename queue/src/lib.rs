@@ -20,7 +20,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use backend::{
-    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, ProjectLimits, QueueStats, RescueReport,
+    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, ProjectLimits, QueueStats, RescueReport,
 };
 pub use error::{QueueError, Result};
 pub use job::{

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::backend::{
-    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
+    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
     QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
@@ -1028,6 +1028,27 @@ impl Backend for PostgresQueue {
             .as_ref()
             .map(record)
             .transpose()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let states = (!filter.states.is_empty()).then(|| filter.state_names());
+        sqlx::query(
+            "SELECT * FROM roundhouse_jobs
+             WHERE ($1::text[] IS NULL OR state = ANY($1)) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR project = $3) AND ($4::timestamptz IS NULL OR finished_at > $4)
+             ORDER BY id DESC LIMIT $5",
+        )
+        .bind(states)
+        .bind(&filter.kind)
+        .bind(&filter.project)
+        .bind(filter.finished_after)
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(record)
+        .collect()
     }
 
     async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>> {

@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::backend::{
-    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits, QueueStats,
+    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits, QueueStats,
     RescueReport, Wakeup,
 };
 use crate::error::{QueueError, Result};
@@ -68,6 +68,9 @@ const ACK_CHUNK: usize = 1_000;
 const RESCUE_BATCH: usize = 1_000;
 /// Finished jobs (or pipelines and their steps) examined per prune script call.
 const PRUNE_BATCH: usize = 1_000;
+/// Ids [`Backend::list_jobs`] reads back from the newest, and how many per round trip.
+const LIST_SCAN_WINDOW: i64 = 50_000;
+const LIST_PAGE: i64 = 500;
 /// Most jobs one claim may return.
 const MAX_CLAIM: usize = 10_000;
 
@@ -1859,6 +1862,41 @@ impl Backend for RedisQueue {
             return Ok(None);
         }
         record(id, f).map(Some)
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        // No index per state or finish time exists (the scripts keep only what claims need), so
+        // walk ids downwards from the newest, a page per round trip, within a bounded window.
+        let newest: Option<i64> = ::redis::cmd("GET")
+            .arg(format!("{}:seq", self.prefix))
+            .query_async(&mut self.con())
+            .await?;
+        let mut found = Vec::new();
+        let mut high = newest.unwrap_or(0);
+        let floor = (high - LIST_SCAN_WINDOW).max(0);
+        while high > floor && found.len() < filter.limit {
+            let low = (high - LIST_PAGE).max(floor);
+            let mut pipe = ::redis::pipe();
+            for id in (low + 1..=high).rev() {
+                pipe.cmd("HMGET").arg(self.job_key(id)).arg(&JOB_FIELDS[..]);
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut self.con()).await?;
+            for (id, reply) in (low + 1..=high).rev().zip(replies) {
+                let f = strings(reply, "job")?;
+                if f.get(3).is_none_or(|s| s.is_none()) {
+                    continue; // pruned
+                }
+                let job = record(id, f)?;
+                if filter.matches(&job) {
+                    found.push(job);
+                    if found.len() == filter.limit {
+                        break;
+                    }
+                }
+            }
+            high = low;
+        }
+        Ok(found)
     }
 
     async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>> {

@@ -18,7 +18,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{
-    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
+    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
     QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
@@ -866,6 +866,27 @@ impl Backend for SqliteQueue {
             .as_ref()
             .map(record)
             .transpose()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let states = (!filter.states.is_empty()).then(|| serde_json::Value::from(filter.state_names()).to_string());
+        sqlx::query(
+            "SELECT * FROM roundhouse_jobs
+             WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1))) AND (?2 IS NULL OR kind = ?2)
+               AND (?3 IS NULL OR project = ?3) AND (?4 IS NULL OR finished_at > ?4)
+             ORDER BY id DESC LIMIT ?5",
+        )
+        .bind(states)
+        .bind(&filter.kind)
+        .bind(&filter.project)
+        .bind(filter.finished_after.map(ms))
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(record)
+        .collect()
     }
 
     async fn pipeline(&self, id: PipelineId) -> Result<Option<PipelineRecord>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use enclii_queue::{
-    Ack, Backend, CancelOutcome, ClaimRequest, ClaimedJob, JobPolicy, JobState, NewJob, NewPipeline, Outcome,
+    Ack, Backend, CancelOutcome, ClaimRequest, ClaimedJob, JobFilter, JobPolicy, JobState, NewJob, NewPipeline, Outcome,
     PipelineState, PipelineStep, ProjectLimits, QueueError,
 };
 use serde_json::json;
@@ -690,6 +690,75 @@ async fn pruning_keeps_a_pipelines_steps_together(q: Arc<dyn Backend>) {
     );
 }
 
+async fn operators_list_jobs_by_state_kind_project_and_finish_time(q: Arc<dyn Backend>) {
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let ids = q
+        .enqueue(vec![job("a", "p1"), job("a", "p2"), job("b", "p1"), job("b", "p1")])
+        .await
+        .unwrap();
+    let claimed = claim(&q, 3).await;
+    assert_eq!(claimed.len(), 3);
+    let by_id = |id: i64| claimed.iter().find(|j| j.id == id).cloned();
+    // Claims are fair between projects, so which three were claimed varies: finish what came.
+    let mut dead = Vec::new();
+    for (i, j) in claimed.iter().enumerate() {
+        if i == 0 {
+            ack(&q, j, Outcome::Completed).await;
+        } else {
+            ack(&q, j, Outcome::Dead { error: "boom".into() }).await;
+            dead.push(j.id);
+        }
+    }
+    let list = |filter: JobFilter| {
+        let q = q.clone();
+        async move { q.list_jobs(&filter).await.unwrap() }
+    };
+    let dead_listed = list(JobFilter {
+        states: vec![JobState::Dead],
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    dead.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(dead_listed.iter().map(|j| j.id).collect::<Vec<_>>(), dead, "dead jobs, newest first");
+    assert!(dead_listed.iter().all(|j| j.last_error.as_deref() == Some("boom")));
+    let all = list(JobFilter {
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(all.len(), 4);
+    let p1_b = list(JobFilter {
+        kind: Some("b".into()),
+        project: Some("p1".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(p1_b.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3].id, ids[2].id]);
+    let finished = list(JobFilter {
+        finished_after: Some(before),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(finished.len(), 3, "the unclaimed job has not finished");
+    assert!(finished.iter().all(|j| by_id(j.id).is_some()));
+    let later = list(JobFilter {
+        finished_after: Some(Utc::now() + chrono::Duration::seconds(5)),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert!(later.is_empty());
+    let one = list(JobFilter {
+        limit: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(one[0].id, ids[3].id, "the limit keeps the newest");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -712,6 +781,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     enqueue_claim_ack_roundtrip,
+    operators_list_jobs_by_state_kind_project_and_finish_time,
     claims_only_kinds_the_worker_handles,
     unique_keys_give_one_job,
     a_key_repeated_within_one_batch_gives_one_job,

@@ -123,6 +123,7 @@ macro_rules! write {
                     backend: store.backend.as_ref(),
                 };
                 let out = {
+                    #[allow(unused_imports)]
                     use pg as $ops;
                     let $conn: &mut sqlx::PgConnection = &mut tx;
                     let _ = &$jobs;
@@ -141,6 +142,7 @@ macro_rules! write {
                     backend: store.backend.as_ref(),
                 };
                 let out = {
+                    #[allow(unused_imports)]
                     use lite as $ops;
                     let $conn: &mut sqlx::SqliteConnection = &mut tx;
                     let _ = &$jobs;
@@ -180,6 +182,9 @@ macro_rules! read {
 // Timetable and Waybill (cron and one-off jobs, cost, budgets); uses the macros above.
 mod timetable;
 pub use timetable::*;
+// Queue controls and worker heartbeats, for operators; uses the macros above.
+mod operators;
+pub use operators::*;
 
 impl Store {
     /// Opens (and migrates) the database, and the queue: in the same database unless

@@ -201,6 +201,7 @@ pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
     id: String,
+    host: String,
 }
 
 impl Worker {
@@ -214,12 +215,27 @@ impl Worker {
             registry,
             config,
             id,
+            host,
         }
     }
 
     /// The unique name this worker stores on the jobs it claims.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The machine (or pod) it runs on.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The job kinds it has handlers for.
+    pub fn kinds(&self) -> Vec<String> {
+        self.registry.kinds()
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.config.concurrency
     }
 
     /// Runs until `shutdown` fires, then stops claiming, lets in-flight jobs finish within
