@@ -22,7 +22,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # --- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 # ca-certificates: TLS to PostgreSQL, Redis, S3, registries, OIDC issuers and the Kubernetes API.
-# libssl3: the one shared library beyond glibc the binary links (OpenSSL, through git2).
+# libssl3: OpenSSL, linked through git2. The binary's other shared libraries (glibc, libgcc_s,
+# zlib) are already in the slim image.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
