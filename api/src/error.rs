@@ -68,6 +68,13 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the queue backend is unavailable")]
     Unavailable(String),
+    /// A part this process does not run (e.g. no deploy target): 503 with what to do.
+    #[error("{detail}")]
+    NotConfigured {
+        code: &'static str,
+        detail: String,
+        hint: String,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -206,6 +213,13 @@ impl IntoResponse for ApiError {
                     Some("check the database or Redis server the platform is configured with; retry later".into()),
                 )
             }
+            ApiError::NotConfigured { code, detail, hint } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                "Service unavailable",
+                detail,
+                Some(hint),
+            ),
             ApiError::Internal(internal) => {
                 tracing::error!(error = %internal, "internal error");
                 (

@@ -6,6 +6,7 @@
 //!   members, tokens, audit.
 //! - `timetable`: one-off job runs and their history, the cost report, resuming paused
 //!   environments.
+//! - `runtime`: services' runtime logs and status (from the deploy target), CLI previews.
 //! - `webhooks`: GitHub deliveries.
 //! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
 
@@ -15,6 +16,7 @@ mod error;
 mod logs;
 pub mod metrics;
 mod routes;
+mod runtime;
 mod timetable;
 mod webhooks;
 

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::{Authenticator, Permission, Principal, RateLimit};
 use crate::error::ApiError;
 use crate::metrics::DepthGauges;
-use crate::{control, logs, timetable, webhooks};
+use crate::{control, logs, runtime, timetable, webhooks};
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -39,6 +39,8 @@ pub struct AppState {
     /// Serve `/v1` routes (the api role); worker and scheduler roles expose health and metrics only.
     api: bool,
     pub(crate) signatures: Option<Arc<dyn SignaturePolicy>>,
+    /// The deploy target, read by the runtime routes (logs, status); `None`: they answer 503.
+    pub(crate) runtime: Option<Arc<dyn enclii_deploy::Target>>,
 }
 
 /// API settings beyond the store.
@@ -53,6 +55,8 @@ pub struct ApiConfig {
     /// Checks a release's image signature in its registry before it deploys (the deploy policy);
     /// `None`: only the signature reference recorded by the pipeline is required.
     pub signatures: Option<Arc<dyn SignaturePolicy>>,
+    /// The deploy target this process runs, for runtime logs and status (read only).
+    pub runtime: Option<Arc<dyn enclii_deploy::Target>>,
 }
 
 pub use enclii_store::SignaturePolicy;
@@ -69,6 +73,7 @@ impl Default for ApiConfig {
             },
             serve_api: true,
             signatures: None,
+            runtime: None,
         }
     }
 }
@@ -85,6 +90,7 @@ impl AppState {
             webhook_limiter: Arc::new(config.webhook_rate_limit.limiter()),
             api: config.serve_api,
             signatures: config.signatures,
+            runtime: config.runtime,
         }
     }
 }
@@ -150,6 +156,9 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(control::list_tokens, control::create_token))
         .routes(routes!(control::revoke_token))
         .routes(routes!(control::list_audit))
+        .routes(routes!(runtime::service_logs))
+        .routes(routes!(runtime::project_status))
+        .routes(routes!(runtime::create_preview))
         .routes(routes!(timetable::run_job))
         .routes(routes!(timetable::list_job_runs))
         .routes(routes!(timetable::cost_report))

@@ -1,6 +1,8 @@
-//! `enclii`: runs the platform (`enclii server`) and, as later issues land, talks to it.
+//! `enclii`: runs the platform (`enclii server`) and talks to it (the Conductor commands:
+//! `init`, `up`, `deploy`, `logs`, `ps`, … — see `conductor`).
 
 mod build;
+mod conductor;
 mod deploy;
 mod server;
 
@@ -9,6 +11,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "enclii", version, about = "Enclii: build, prove and deploy — self-hosted")]
 struct Cli {
+    #[command(flatten)]
+    global: conductor::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,10 +23,20 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Check an image's cosign signature in its registry (exit 10 when unsigned or not verified).
     Verify(build::VerifyArgs),
+    #[command(flatten)]
+    Conductor(conductor::Command),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are not failures; a bad flag or value is a validation error.
+            let code = if e.use_stderr() { conductor::exit::VALIDATION } else { 0 };
+            return std::process::ExitCode::from(code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -37,13 +51,28 @@ fn main() -> std::process::ExitCode {
                 enclii_signing::install_crypto_provider();
                 build::verify(args).await
             }
+            Command::Conductor(command) => {
+                enclii_signing::install_crypto_provider();
+                conductor::run::<Cli>(cli.global, command).await
+            }
         }
     });
+    // Leave streaming tasks behind rather than wait for them.
+    runtime.shutdown_background();
     match result {
         Ok(code) => std::process::ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<conductor::Failure>() {
+            Some(failure) => {
+                eprintln!("error: {}", failure.message);
+                if let Some(hint) = &failure.hint {
+                    eprintln!("hint: {hint}");
+                }
+                std::process::ExitCode::from(failure.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

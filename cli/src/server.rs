@@ -310,6 +310,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (is another process using it? set --listen)"))?;
     let addr = listener.local_addr()?;
+    // The deploy target (worker role): the worker deploys with it, the API reads runtime logs
+    // and status from it.
+    let connected = match args.runs(ServerRole::Worker) {
+        true => {
+            let registry_login = build.as_ref().and_then(|config| {
+                let registry = &config.registry;
+                Some(enclii_deploy::RegistryLogin {
+                    host: registry.host.clone(),
+                    username: registry.username.clone()?,
+                    password: registry.password.as_ref()?.expose().to_string(),
+                })
+            });
+            args.deploy
+                .connect(args.build.docker_host(), args.data_dir()?, registry_login)
+                .await?
+        }
+        false => None,
+    };
     let config = enclii_api::ApiConfig {
         oidc: args.oidc()?,
         webhook_secret: args.github_webhook_secret.clone(),
@@ -323,6 +341,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         serve_api: args.runs(ServerRole::Api),
         signatures: api_signatures.clone(),
+        runtime: connected.as_ref().map(|c| c.target.clone()),
     };
     let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
     let http_shutdown = shutdown.clone();
@@ -340,19 +359,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     if args.runs(ServerRole::Worker) {
-        let registry_login = build.as_ref().and_then(|config| {
-            let registry = &config.registry;
-            Some(enclii_deploy::RegistryLogin {
-                host: registry.host.clone(),
-                username: registry.username.clone()?,
-                password: registry.password.as_ref()?.expose().to_string(),
-            })
-        });
-        let target = args
-            .deploy
-            .connect(args.build.docker_host(), args.data_dir()?, registry_login)
-            .await?;
-        let deployer = target.map(|connected| {
+        let deployer = connected.map(|connected| {
             if let Some((listen, junctions)) = connected.router {
                 let token = shutdown.clone();
                 tasks.spawn(async move {

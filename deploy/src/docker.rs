@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -32,8 +33,8 @@ use tracing::{info, warn};
 use crate::error::{DeployError, Result};
 use crate::junctions::{Backends, Binding, Junctions};
 use crate::model::{
-    DeployOutcome, JobRunSpec, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus, Track, Usage,
-    Workload,
+    DeployOutcome, JobRunSpec, LogLines, LogRequest, LogStream, ReleaseMetrics, ReleaseStatus, Rollout, RuntimeLogLine,
+    ServiceKey, ServiceStatus, Track, Usage, Workload,
 };
 use crate::target::{JOB_TIMEOUT_EXIT_CODE, Target};
 
@@ -858,6 +859,43 @@ impl Target for DockerTarget {
             usage.egress_counter_bytes = usage.egress_counter_bytes.map(|n| n + sent);
         }
         Ok(usage)
+    }
+
+    async fn logs(&self, key: &ServiceKey, request: LogRequest) -> Result<LogLines> {
+        let mut streams = Vec::new();
+        for (name, _, _) in self.containers(key, None).await? {
+            let options = LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .timestamps(true)
+                .follow(request.follow)
+                .tail(&request.tail.to_string())
+                .build();
+            let replica = name.clone();
+            let lines = self.docker.logs(&name, Some(options)).flat_map(move |chunk| {
+                let lines: Vec<Result<RuntimeLogLine>> = match chunk {
+                    Ok(output) => {
+                        let (stream, bytes) = match output {
+                            LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                                (LogStream::Stdout, message)
+                            }
+                            LogOutput::StdIn { .. } => return futures::stream::iter(Vec::new()),
+                        };
+                        String::from_utf8_lossy(&bytes)
+                            .lines()
+                            .map(|raw| Ok(RuntimeLogLine::parse(&replica, stream, raw)))
+                            .collect()
+                    }
+                    // A replica removed while it is read ends its part of the stream.
+                    Err(e) if is_not_found(&e) => Vec::new(),
+                    Err(e) => vec![Err(DeployError::Docker(format!("reading the log of {replica}: {e}")))],
+                };
+                futures::stream::iter(lines)
+            });
+            streams.push(lines.boxed());
+        }
+        Ok(futures::stream::select_all(streams).boxed())
     }
 }
 

@@ -266,3 +266,57 @@ pub fn format_bytes(bytes: u64) -> String {
     }
     bytes.to_string()
 }
+
+/// Which output of a replica a runtime log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Both, merged by the runtime (Kubernetes does not tell them apart).
+    Combined,
+}
+
+/// One line a replica of a service printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeLogLine {
+    /// When the runtime received the line, when it says.
+    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// The replica (container or pod) that printed it.
+    pub replica: String,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+impl RuntimeLogLine {
+    /// Splits a runtime's `<RFC 3339 timestamp> <text>` line (Docker's and Kubernetes'
+    /// `timestamps` option); a line without one keeps its text whole.
+    pub fn parse(replica: &str, stream: LogStream, raw: &str) -> Self {
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        let (timestamp, line) = match raw.split_once(' ') {
+            Some((first, rest)) => match chrono::DateTime::parse_from_rfc3339(first) {
+                Ok(at) => (Some(at.with_timezone(&chrono::Utc)), rest),
+                Err(_) => (None, raw),
+            },
+            None => (None, raw),
+        };
+        RuntimeLogLine {
+            timestamp,
+            replica: replica.to_string(),
+            stream,
+            line: line.to_string(),
+        }
+    }
+}
+
+/// Which runtime log lines to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRequest {
+    /// The last lines of each replica to start with.
+    pub tail: u32,
+    /// Keep the stream open and send new lines as the replicas print them.
+    pub follow: bool,
+}
+
+/// The lines of every replica of a service, merged as they arrive (each replica's in order).
+pub type LogLines = futures::stream::BoxStream<'static, crate::error::Result<RuntimeLogLine>>;

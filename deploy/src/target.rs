@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
-use crate::model::{DeployOutcome, JobRunSpec, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus, Usage, Workload};
+use crate::model::{
+    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus, Usage,
+    Workload,
+};
 
 /// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
 /// does), so the queue retries it like any failed run.
@@ -56,4 +59,9 @@ pub trait Target: Send + Sync + 'static {
 
     /// The service's resource usage now, for cost sampling.
     async fn usage(&self, key: &ServiceKey) -> Result<Usage>;
+
+    /// The runtime log of the service's replicas (every release running in the environment):
+    /// the last `request.tail` lines of each, then — with `request.follow` — new lines as they
+    /// are printed, until the caller drops the stream. Each line names its replica and stream.
+    async fn logs(&self, key: &ServiceKey, request: LogRequest) -> Result<LogLines>;
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enclii_deploy::{
-    DeployError, DeployOutcome, JobRunSpec, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus, Target,
-    Track, Usage, Workload,
+    DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, LogStream, ReleaseMetrics, ReleaseStatus, Rollout,
+    RuntimeLogLine, ServiceKey, ServiceStatus, Target, Track, Usage, Workload,
 };
-use futures::{AsyncBufReadExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -685,6 +685,38 @@ impl Target for KubernetesTarget {
         }
         Ok(usage)
     }
+
+    async fn logs(&self, key: &ServiceKey, request: LogRequest) -> Result<LogLines> {
+        let ns = manifests::namespace_name(key);
+        // The replicas: pods of the service's tracks (not its job runs).
+        let selector = format!("{},{}", manifests::service_selector(key), manifests::LABEL_TRACK);
+        let pods = self.api::<Pod>(&ns);
+        let params = LogParams {
+            follow: request.follow,
+            tail_lines: Some(i64::from(request.tail)),
+            timestamps: true,
+            ..Default::default()
+        };
+        let mut streams = Vec::new();
+        for pod in self.list::<Pod>(&ns, &selector).await? {
+            let name = pod.name_any();
+            let reader = match pods.log_stream(&name, &params).await {
+                Ok(reader) => reader,
+                // A pod gone (or not started) since the list has nothing to show.
+                Err(e) if is_not_found(&e) || is_bad_request(&e) => continue,
+                Err(e) => return Err(api_error(&format!("reading the log of Pod {ns}/{name}"), e)),
+            };
+            let replica = name.clone();
+            let lines = reader.lines().map(move |line| match line {
+                Ok(raw) => Ok(RuntimeLogLine::parse(&replica, LogStream::Combined, &raw)),
+                Err(e) => Err(DeployError::Kubernetes(format!(
+                    "reading the log of Pod {replica}: {e}"
+                ))),
+            });
+            streams.push(lines.boxed());
+        }
+        Ok(futures::stream::select_all(streams).boxed())
+    }
 }
 
 fn apply_params() -> PatchParams {
@@ -700,6 +732,11 @@ fn update_params() -> PatchParams {
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+/// What the API answers for the log of a container still being created.
+fn is_bad_request(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 400)
 }
 
 fn api_error(what: &str, e: kube::Error) -> DeployError {

@@ -1,0 +1,199 @@
+//! Waiting for a build and a deployment: each pipeline step as its state changes and the live
+//! log of running steps (SSE), then the deployment's status, all on stderr; a deadline
+//! (`--timeout`) turns into exit code 40, a failed build into 20, a failed deployment into 30.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::client::Client;
+use super::{Failure, exit};
+
+const POLL: Duration = Duration::from_millis(700);
+
+pub struct Waiter {
+    client: Client,
+    progress: bool,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    streams: Vec<JoinHandle<()>>,
+    streamed: HashSet<i64>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        for stream in &self.streams {
+            stream.abort();
+        }
+    }
+}
+
+impl Waiter {
+    pub fn new(client: &Client, progress: bool, timeout: Option<Duration>) -> Self {
+        Waiter {
+            client: client.clone(),
+            progress,
+            deadline: timeout.map(|t| Instant::now() + t),
+            timeout,
+            streams: Vec::new(),
+            streamed: HashSet::new(),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if self.progress {
+            eprintln!("{line}");
+        }
+    }
+
+    fn check_deadline(&self, what: &str) -> Result<(), Failure> {
+        match (self.deadline, self.timeout) {
+            (Some(deadline), Some(timeout)) if Instant::now() >= deadline => Err(Failure::new(
+                exit::TIMEOUT,
+                format!("timed out after {} s waiting for {what}", timeout.as_secs()),
+            )
+            .hint("it goes on on the server: watch it with `enclii ps`, or wait longer with --timeout")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Streams a job's live log to stderr (once per job), until the job ends.
+    fn stream_log(&mut self, job: i64, label: &str) {
+        if !self.progress || !self.streamed.insert(job) {
+            return;
+        }
+        let client = self.client.clone();
+        let label = label.to_string();
+        self.streams.push(tokio::spawn(async move {
+            let path = format!("/v1/jobs/{job}/logs/stream");
+            let _ = client
+                .events(&path, &[], |event| {
+                    if event.event == "line" {
+                        let line: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                        if let Some(text) = line["line"].as_str() {
+                            eprintln!("  {label} │ {text}");
+                        }
+                    }
+                    event.event != "end"
+                })
+                .await;
+        }));
+    }
+
+    /// Follows release `id`'s pipeline until the release is `ready` (returned) or not.
+    pub async fn build(&mut self, release: i64, pipeline: i64) -> Result<Value, Failure> {
+        let mut states: HashMap<String, String> = HashMap::new();
+        loop {
+            if pipeline > 0
+                && let Ok(run) = self.client.get(&format!("/v1/pipelines/{pipeline}")).await
+            {
+                for step in run["steps"].as_array().into_iter().flatten() {
+                    let name = step["name"].as_str().unwrap_or("?").to_string();
+                    let state = step["state"].as_str().unwrap_or("?").to_string();
+                    if states.get(&name) != Some(&state) {
+                        let error = step["last_error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default();
+                        self.say(&format!("• {name:<8} {state}{error}"));
+                        states.insert(name.clone(), state.clone());
+                    }
+                    if state == "running"
+                        && let Some(job) = step["job"].as_i64()
+                    {
+                        self.stream_log(job, &name);
+                    }
+                }
+            }
+            let record = self.client.get(&format!("/v1/releases/{release}")).await?;
+            match record["status"].as_str().unwrap_or("") {
+                "ready" => {
+                    self.say(&format!(
+                        "✓ release {release} ready: {}",
+                        record["image"].as_str().unwrap_or("")
+                    ));
+                    return Ok(record);
+                }
+                "building" => {}
+                status => {
+                    let why = record["failure"].as_str().unwrap_or("no reason recorded");
+                    return Err(
+                        Failure::new(exit::BUILD, format!("release {release} {status}: {why}")).hint(format!(
+                            "see its steps and logs with `curl …/v1/releases/{release}`, fix the commit and run again"
+                        )),
+                    );
+                }
+            }
+            self.check_deadline(&format!("release {release} to build"))?;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The deployment of `release` in `environment` (made by the pipeline's deploy step), once
+    /// it exists.
+    pub async fn deployment_of(
+        &mut self,
+        project: &str,
+        service: &str,
+        release: i64,
+        environment: &str,
+    ) -> Result<Value, Failure> {
+        let path = format!("/v1/projects/{project}/deployments");
+        loop {
+            let list = self
+                .client
+                .get_query(&path, &[("service", service.to_string()), ("limit", "20".into())])
+                .await?;
+            let found =
+                list.as_array().into_iter().flatten().find(|d| {
+                    d["release_id"].as_i64() == Some(release) && d["environment"].as_str() == Some(environment)
+                });
+            if let Some(deployment) = found {
+                return Ok(deployment.clone());
+            }
+            self.check_deadline(&format!("release {release} to start deploying"))?;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Follows deployment `id` until it ends: `succeeded` is returned, anything else fails (30).
+    pub async fn deployment(&mut self, id: i64) -> Result<Value, Failure> {
+        let mut last = String::new();
+        loop {
+            let deployment = self.client.get(&format!("/v1/deployments/{id}")).await?;
+            let status = deployment["status"].as_str().unwrap_or("?").to_string();
+            let detail = deployment["detail"].as_str().unwrap_or("");
+            let line = match deployment["canary_percent"].as_i64() {
+                Some(p) if status == "canary" => format!("{status} {p}% {detail}"),
+                _ => format!("{status} {detail}"),
+            };
+            if line != last {
+                self.say(&format!("• deploy   {}", line.trim_end()));
+                last = line;
+            }
+            if status == "running"
+                && let Some(job) = deployment["job_id"].as_i64()
+            {
+                self.stream_log(job, "deploy");
+            }
+            match status.as_str() {
+                "pending" | "running" | "canary" => {}
+                "succeeded" => return Ok(deployment),
+                other => {
+                    let why = if detail.is_empty() {
+                        "no reason recorded"
+                    } else {
+                        detail
+                    };
+                    return Err(Failure::new(exit::DEPLOY, format!("deployment {id} {other}: {why}"))
+                        .hint("the previous release keeps serving; fix the cause and deploy again"));
+                }
+            }
+            self.check_deadline(&format!("deployment {id}"))?;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
