@@ -23,7 +23,8 @@ pub async fn run<C: CommandFactory>(global: Global, command: Command) -> anyhow:
         clap_complete::generate(args.shell, &mut cli, "enclii", &mut std::io::stdout());
         return Ok(0);
     }
-    let settings = Settings::resolve(&global)?;
+    let logging_in = matches!(command, Command::Auth(AuthCommand::Login));
+    let settings = Settings::resolve(&global, logging_in)?;
     match command {
         Command::Init(args) => init(&settings, args),
         Command::Up(args) => up(&settings, args).await,

@@ -107,12 +107,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(global: &Global) -> anyhow::Result<Self> {
+    /// `new_profile`: the command creates the profile (`auth login`), so it need not exist.
+    pub fn resolve(global: &Global, new_profile: bool) -> anyhow::Result<Self> {
         let config_path = path()?;
         let file = ConfigFile::load(&config_path)?;
         let profile_name = file.profile_name(global);
         let profile = file.profiles.get(&profile_name).cloned().unwrap_or_default();
-        if global.profile.is_some() && !file.profiles.contains_key(&profile_name) {
+        if global.profile.is_some() && !new_profile && !file.profiles.contains_key(&profile_name) {
             return Err(
                 Failure::validation(format!("no profile `{profile_name}` in {}", config_path.display()))
                     .hint(format!(

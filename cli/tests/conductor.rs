@@ -1,0 +1,651 @@
+//! The Conductor (`enclii init`, `up`, `deploy`, `logs`, `ps`, `secrets`, …) end to end: the
+//! built binary as a subprocess against a running `enclii server`, each test with its own data
+//! directory, database and config file. Covers exit codes (0, 10, 20, 50), `--output json` of
+//! every read command, hints on errors, config profiles written by `auth login` (mode 0600) and
+//! used with no flags, secrets never printed, the queue's dead jobs retried, completions — and,
+//! with real builds and the Docker target (as `deploy.rs`), `enclii up` from a git checkout to a
+//! preview URL answering through the router (TC-01), its runtime logs and status, and a build
+//! that fails (exit 20).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::pipeline::{BASE_IMAGE, repository, run, server as build_server};
+use support::{TOKEN, data_dir, free_port, http, launch};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `enclii` with only the given `ENCLII_*` settings (none from the caller's environment).
+struct Conductor {
+    server: String,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Conductor {
+    fn new(addr: &str) -> Self {
+        let dir = data_dir().with_extension("cwd");
+        std::fs::create_dir_all(&dir).unwrap();
+        Conductor {
+            server: format!("http://{addr}"),
+            config: dir.join("config").join("enclii.toml"),
+            dir,
+        }
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_enclii"));
+        for var in [
+            "ENCLII_TOKEN",
+            "ENCLII_PROJECT",
+            "ENCLII_PROFILE",
+            "ENCLII_OUTPUT",
+            "ENCLII_SERVER",
+            "XDG_CONFIG_HOME",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("ENCLII_CONFIG", &self.config)
+            .env("ENCLII_SERVER", &self.server)
+            .envs(env.iter().copied());
+        cmd
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
+        let mut child = self
+            .command(args, env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// As the Owner of project `project`.
+    fn owner(&self, project: &str, args: &[&str]) -> Out {
+        self.run_with(args, &[("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", project)], None)
+    }
+
+    fn ok(&self, project: &str, args: &[&str]) -> Out {
+        let out = self.owner(project, args);
+        assert_eq!(out.code, 0, "enclii {args:?}: {out:?}");
+        out
+    }
+}
+
+impl Drop for Conductor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A server of its own (data directory and SQLite database); `deploys`: with the Docker target
+/// (which runs `preview-teardown` jobs, so that one can be made to die).
+fn server(deploys: bool) -> Running {
+    let data = data_dir();
+    let data_str = data.display().to_string();
+    let router = format!("127.0.0.1:{}", free_port());
+    let target = if deploys { "docker" } else { "none" };
+    let env = [
+        ("ENCLII_DATA_DIR", data_str.as_str()),
+        ("ENCLII_DEPLOY_TARGET", target),
+        ("ENCLII_ROUTER_LISTEN", router.as_str()),
+    ];
+    let (child, addr) = launch(&[], &env, Stdio::null());
+    Running { child, addr, data }
+}
+
+/// POSTs a Service Spec as YAML: (status, body).
+fn post_yaml(addr: &str, path: &str, yaml: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        yaml.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir))
+}
+
+fn wait_for(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn exit_codes_hints_json_output_profiles_secrets_and_the_queue() {
+    let server = server(true);
+    let cli = Conductor::new(&server.addr);
+    let addr = server.addr.as_str();
+
+    // No token (50), a bad token (50), a bad flag value (10), each with what to do.
+    let out = cli.run_with(&["ps", "--project", "shop"], &[], None);
+    assert_eq!(out.code, 50, "{out:?}");
+    assert!(out.stderr.contains("hint: run `enclii auth login"), "{out:?}");
+    let bad = "enclii_pat_badbadbadbad_0123456789abcdefghijABCDEFGHIJ0123456789abc";
+    let out = cli.run_with(&["ps", "--project", "shop", "--token", bad], &[], None);
+    assert_eq!(out.code, 50, "{out:?}");
+    assert!(out.stderr.contains("hint:"), "{out:?}");
+    assert!(!out.stderr.contains(bad), "the token must not be printed: {out:?}");
+    let out = cli.owner("shop", &["ps", "--output", "yaml"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    let out = cli.run_with(
+        &["ps", "--project", "shop", "--server", "http://127.0.0.1:1"],
+        &[("ENCLII_TOKEN", TOKEN)],
+        None,
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is the server running?"), "{out:?}");
+
+    // `init` writes a spec (refusing to overwrite it) that the server accepts.
+    let (status, body) = http(addr, "POST", "/v1/projects", r#"{"slug":"shop"}"#);
+    assert_eq!(status, 201, "{body}");
+    let app = cli.dir.join("web");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"web","scripts":{"start":"node server.js"}}"#,
+    )
+    .unwrap();
+    git(&app, &["init", "-q"]);
+    let out = cli.ok("shop", &["init", "--dir", "web", "--output", "json"]);
+    assert_eq!(out.json()["template"], "node", "{out:?}");
+    let spec = std::fs::read_to_string(app.join("enclii.yaml")).unwrap();
+    assert!(spec.contains("ports: [3000]") && spec.contains("type: auto"), "{spec}");
+    let out = cli.owner("shop", &["init", "--dir", "web"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(out.stderr.contains("--force"), "{out:?}");
+    cli.ok(
+        "shop",
+        &[
+            "init",
+            "--dir",
+            "web",
+            "--force",
+            "--template",
+            "python",
+            "--port",
+            "8000",
+        ],
+    );
+    assert!(app.join("Dockerfile").exists());
+    let spec = std::fs::read_to_string(app.join("enclii.yaml")).unwrap();
+    let (status, body) = post_yaml(addr, "/v1/projects/shop/services", &spec);
+    assert_eq!(status, 201, "the generated spec is refused: {body}\n{spec}");
+
+    // A bad spec (locally, and from the server) is a validation error with its hint.
+    std::fs::write(
+        cli.dir.join("enclii.yaml"),
+        "apiVersion: enclii.dev/v1\nkind: Service\n",
+    )
+    .unwrap();
+    let out = cli.owner("shop", &["up"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(
+        out.stderr.contains("not a valid Service Spec") && out.stderr.contains("hint:"),
+        "{out:?}"
+    );
+    std::fs::remove_file(cli.dir.join("enclii.yaml")).unwrap();
+    let out = cli.owner("shop", &["scale", "web", "--min", "5", "--max", "2"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(
+        out.stderr.contains("spec.runtime.replicas") && out.stderr.contains("hint:"),
+        "{out:?}"
+    );
+    let out = cli.ok(
+        "shop",
+        &["scale", "web", "--min", "2", "--max", "4", "--output", "json"],
+    );
+    assert_eq!(
+        out.json()["spec"]["spec"]["runtime"]["replicas"],
+        json!({"min": 2, "max": 4})
+    );
+    let out = cli.owner("shop", &["logs", "web", "--grep", "(unclosed"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(out.stderr.contains("grep"), "{out:?}");
+
+    // Every read command's --output json parses.
+    for args in [
+        &["ps"][..],
+        &["logs", "web", "--tail", "5"],
+        &["secrets", "list"],
+        &["routes", "list"],
+        &["jobs", "list", "--service", "web"],
+        &["cost", "--since", "7d"],
+        &["queue", "stats"],
+        &["queue", "dead"],
+        &["queue", "workers"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let out = cli.ok("shop", &args);
+        let value = out.json();
+        assert!(value.is_array() || value.is_object(), "{args:?}: {value}");
+    }
+    let ps = cli.ok("shop", &["ps", "--output", "json"]).json();
+    assert_eq!(ps[0]["service"], "web");
+    assert_eq!(ps[0]["health"], "not_deployed");
+
+    // Secrets: set from the command line and from stdin, listed and removed; never printed.
+    let value = "s3cr3t-value-never-shown";
+    let out = cli.ok(
+        "shop",
+        &["secrets", "set", &format!("API_KEY={value}"), "--service", "web"],
+    );
+    assert!(out.stdout.contains("API_KEY") && !out.stdout.contains(value), "{out:?}");
+    let out = cli.run_with(
+        &["secrets", "set", "DB_PASSWORD", "--service", "web", "--output", "json"],
+        &[("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", "shop")],
+        Some("from-stdin-secret\n"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !out.stdout.contains("from-stdin-secret") && !out.stderr.contains("from-stdin-secret"),
+        "{out:?}"
+    );
+    let out = cli.ok("shop", &["secrets", "list", "--service", "web", "--output", "json"]);
+    let list = out.json();
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["API_KEY", "DB_PASSWORD"], "{out:?}");
+    assert!(
+        !out.stdout.contains(value) && !out.stdout.contains("from-stdin-secret"),
+        "{out:?}"
+    );
+    let text = cli.ok("shop", &["secrets", "list"]);
+    assert!(
+        text.stdout.contains("API_KEY") && !text.stdout.contains(value),
+        "{text:?}"
+    );
+    cli.ok("shop", &["secrets", "rm", "API_KEY", "--service", "web"]);
+    let out = cli.ok("shop", &["secrets", "list", "--output", "json"]);
+    assert_eq!(out.json().as_array().unwrap().len(), 1, "{out:?}");
+
+    // Routes: add, list, remove.
+    let out = cli.ok(
+        "shop",
+        &[
+            "routes",
+            "add",
+            "--host",
+            "web.shop.example",
+            "--service",
+            "web",
+            "--output",
+            "json",
+        ],
+    );
+    let id = out.json()["id"].as_i64().unwrap().to_string();
+    let out = cli.ok("shop", &["routes", "list"]);
+    assert!(out.stdout.contains("web.shop.example"), "{out:?}");
+    cli.ok("shop", &["routes", "rm", &id]);
+
+    // Profiles: `auth login` stores server, token and project (0600); a second command needs no flags.
+    let out = cli.run_with(
+        &["auth", "login", "--project", "shop", "--profile", "ci"],
+        &[],
+        Some(&format!("{TOKEN}\n")),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("user:admin") && !out.stdout.contains(TOKEN),
+        "{out:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cli.config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the config file holds tokens");
+    let config = std::fs::read_to_string(&cli.config).unwrap();
+    assert!(
+        config.contains("[profiles.ci]") && config.contains("default_profile = \"ci\""),
+        "{config}"
+    );
+    let out = cli.run_with(&["routes", "list", "--output", "json"], &[], None);
+    assert_eq!(out.code, 0, "the profile gives server, token and project: {out:?}");
+    let out = cli.run_with(&["ps", "--profile", "nope"], &[], None);
+    assert_eq!(out.code, 10, "{out:?}");
+
+    // A read-only token made with `auth token create` may read but not change (50).
+    let out = cli.run_with(
+        &["auth", "token", "create", "--scopes", "read", "--expires", "7d"],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let readonly = out.stdout.trim().to_string();
+    assert!(readonly.starts_with("enclii_pat_"), "{out:?}");
+    let out = cli.run_with(&["routes", "list", "--token", &readonly], &[], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = cli.run_with(
+        &[
+            "routes",
+            "add",
+            "--host",
+            "x.shop.example",
+            "--service",
+            "web",
+            "--token",
+            &readonly,
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 50, "{out:?}");
+    assert!(out.stderr.contains("hint:"), "{out:?}");
+
+    // The queue: a job that dies is listed dead and retried; a project's queue pauses and resumes.
+    let job = json!({"kind": "preview-teardown", "project": "shop",
+                     "payload": {"service": "web", "repository": "r", "pull_request": 1, "environment": "prod"}});
+    let (status, body) = http(addr, "POST", "/v1/jobs", &job.to_string());
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64().unwrap();
+    wait_for(Duration::from_secs(30), "the job to die", || {
+        let out = cli.ok(
+            "shop",
+            &["queue", "dead", "--kind", "preview-teardown", "--output", "json"],
+        );
+        out.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"].as_i64() == Some(id))
+    });
+    let out = cli.ok("shop", &["queue", "dead"]);
+    assert!(
+        out.stdout.contains("preview-teardown") && out.stdout.contains("not a preview environment"),
+        "{out:?}"
+    );
+    let out = cli.ok("shop", &["queue", "retry", &id.to_string(), "--output", "json"]);
+    assert_eq!(out.json()["result"], "available", "{out:?}");
+    let out = cli.ok("shop", &["queue", "pause", "shop", "--output", "json"]);
+    assert_eq!(out.json()["paused"], true, "{out:?}");
+    let out = cli.ok("shop", &["queue", "resume", "shop"]);
+    assert!(out.stdout.contains("running"), "{out:?}");
+
+    // Completions for every shell.
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = cli.run_with(&["completions", shell], &[], None);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("enclii") && out.stdout.len() > 1000,
+            "{shell}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn runtime_routes_without_a_deploy_target_say_so() {
+    let server = server(false);
+    let cli = Conductor::new(&server.addr);
+    let (status, body) = http(&server.addr, "POST", "/v1/projects", r#"{"slug":"shop"}"#);
+    assert_eq!(status, 201, "{body}");
+    let out = cli.owner("shop", &["ps"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("no deploy target") && out.stderr.contains("ENCLII_DEPLOY_TARGET"),
+        "{out:?}"
+    );
+}
+
+// --- real builds and deploys ---------------------------------------------------------------------
+
+/// A git checkout of the app (busybox httpd on port 3000) with its Service Spec for `project`.
+fn checkout(project: &str, dockerfile: &str) -> PathBuf {
+    let files = [
+        ("Dockerfile", dockerfile.to_string()),
+        ("www/healthz", "ok\n".to_string()),
+        ("www/index.html", "hello from up\n".to_string()),
+    ];
+    let list: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let (url, _) = repository(&list);
+    let dir = PathBuf::from(url.strip_prefix("file://").unwrap());
+    let spec = format!(
+        "apiVersion: enclii.dev/v1\nkind: Service\nmetadata: {{ project: {project}, environment: prod, name: web }}\n\
+         spec:\n  source: {{ git: {{ repository: \"{url}\", branch: main }} }}\n\
+         \x20 runtime: {{ ports: [3000], memory: 64Mi, cpu: 250m }}\n\
+         \x20 health: {{ readiness: {{ httpGet: /healthz }} }}\n"
+    );
+    std::fs::write(dir.join("enclii.yaml"), spec).unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "spec"]);
+    dir
+}
+
+fn deploy_server(router: &str) -> support::pipeline::Server {
+    build_server(&[
+        ("ENCLII_DEPLOY_TARGET", "docker"),
+        ("ENCLII_ROUTER_LISTEN", router),
+        ("ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", "20"),
+    ])
+}
+
+/// GET `url` (http://host:port/path) through the router at `router`: (status, body).
+fn get_via(router: &str, url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.split(':').next().unwrap();
+    let mut stream = TcpStream::connect(router).unwrap();
+    let path = if path.is_empty() { "/" } else { path };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn remove_containers(project: &str) {
+    let out = Command::new(support::pipeline::DOCKER)
+        .args(["ps", "-aq", "--filter", &format!("label=dev.enclii.project={project}")])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new(support::pipeline::DOCKER).args(["rm", "-f", id]).output();
+    }
+}
+
+#[test]
+fn up_deploys_the_checkout_to_a_preview_url_then_logs_and_ps_see_it() {
+    let project = "conductor-up";
+    remove_containers(project);
+    let router = format!("127.0.0.1:{}", free_port());
+    let server = deploy_server(&router);
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/projects",
+        &json!({"slug": project}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let dockerfile = format!(
+        "FROM {BASE_IMAGE}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-vv\", \"-p\", \"3000\", \"-h\", \"/www\"]\n"
+    );
+    let dir = checkout(project, &dockerfile);
+    let mut cli = Conductor::new(&server.addr);
+    cli.dir = dir.clone();
+
+    // `up` creates the service from enclii.yaml, builds HEAD, deploys the preview, prints its URL.
+    let out = cli.run_with(&["up", "--timeout", "10m"], &[("ENCLII_TOKEN", TOKEN)], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let url = out.stdout.trim().to_string();
+    assert!(
+        url.starts_with("http://web-preview-") && url.contains(".preview.localhost:"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("build") && out.stderr.contains("succeeded"),
+        "progress on stderr: {out:?}"
+    );
+    let (status, body) = get_via(&router, &url);
+    assert_eq!((status, body.as_str()), (200, "hello from up"), "{url}");
+    let environment = url
+        .strip_prefix("http://web-")
+        .and_then(|r| r.split('.').next())
+        .unwrap()
+        .to_string();
+
+    // Its runtime log (httpd -vv logs each request's path, `…: url:/`) and its status.
+    let env = [("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", project)];
+    wait_for(Duration::from_secs(20), "the request in the runtime log", || {
+        let out = cli.run_with(&["logs", "web", "--env", &environment, "--output", "json"], &env, None);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"].as_str().unwrap_or("").ends_with("url:/"))
+    });
+    let out = cli.run_with(&["logs", "web", "--env", &environment, "--grep", "url:/$"], &env, None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("url:/") && !out.stdout.contains("healthz"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("enclii-conductor-up-"),
+        "lines name their replica: {out:?}"
+    );
+    let out = cli.run_with(&["ps", "--env", &environment, "--output", "json"], &env, None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let web = &out.json()[0];
+    assert_eq!(web["service"], "web", "{out:?}");
+    assert_eq!(web["health"], "healthy", "{out:?}");
+    assert_eq!(web["replicas_ready"], 1, "{out:?}");
+    assert_eq!(web["url"].as_str(), Some(url.as_str()), "{out:?}");
+    assert!(
+        web["requests"].as_u64().unwrap() >= 1,
+        "the router counted the request: {out:?}"
+    );
+
+    // `up` again with nothing new deploys the same release again and prints the same URL.
+    let out = cli.run_with(&["up", "--no-progress"], &[("ENCLII_TOKEN", TOKEN)], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), url);
+    assert!(out.stderr.is_empty(), "--no-progress: {out:?}");
+    drop(server);
+    remove_containers(project);
+}
+
+#[test]
+fn a_build_that_fails_exits_20_with_the_reason() {
+    let project = "conductor-fail";
+    let router = format!("127.0.0.1:{}", free_port());
+    let server = deploy_server(&router);
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/projects",
+        &json!({"slug": project}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let dir = checkout(project, &format!("FROM {BASE_IMAGE}\nRUN exit 3\n"));
+    let mut cli = Conductor::new(&server.addr);
+    cli.dir = dir;
+    let env = [("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", project)];
+    let (status, body) = post_yaml(
+        &server.addr,
+        &format!("/v1/projects/{project}/services"),
+        &std::fs::read_to_string(cli.dir.join("enclii.yaml")).unwrap(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let out = cli.run_with(&["deploy", "--wait", "--timeout", "5m"], &env, None);
+    assert_eq!(out.code, 20, "{out:?}");
+    assert!(
+        out.stderr.contains("build failed") && out.stderr.contains("hint:"),
+        "{out:?}"
+    );
+    // Waiting too little is a timeout (40).
+    let out = cli.run_with(&["up", "--timeout", "0"], &env, None);
+    assert_eq!(out.code, 40, "{out:?}");
+}
