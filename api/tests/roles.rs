@@ -293,6 +293,27 @@ fn cases() -> Vec<Case> {
             Some(r#"{"max_running":4,"jobs_per_minute":60}"#),
             Project(Govern),
         ),
+        case(
+            "GET",
+            "/v1/projects/shop/services/api/logs?tail=5",
+            "/v1/projects/{project}/services/{service}/logs",
+            None,
+            Project(Read),
+        ),
+        case(
+            "GET",
+            "/v1/projects/shop/status",
+            "/v1/projects/{project}/status",
+            None,
+            Project(Read),
+        ),
+        case(
+            "POST",
+            "/v1/projects/shop/services/api/previews",
+            "/v1/projects/{project}/services/{service}/previews",
+            Some(r#"{"git_sha":"0123456789abcdef0123456789abcdef01234567","branch":"feature"}"#),
+            Project(Deploy),
+        ),
         case("GET", "/v1/whoami", "/v1/whoami", None, Anyone),
         case("GET", "/v1/tokens", "/v1/tokens", None, Anyone),
         case(

@@ -59,8 +59,11 @@ fn seconds(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{s}` is not a duration such as 90, 90s, 15m or 1h"))
 }
 
+/// A Service Spec read from a file, and its text.
+type LocalSpec = (ServiceSpec, String);
+
 /// The local Service Spec (`enclii.yaml`), when there is one; a broken one is a validation error.
-fn local_spec(file: &Path) -> Result<Option<(ServiceSpec, String)>, Failure> {
+fn local_spec(file: &Path) -> Result<Option<LocalSpec>, Failure> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -83,7 +86,7 @@ fn target_service(
     settings: &Settings,
     service: Option<String>,
     file: &Path,
-) -> Result<(String, String, Option<(ServiceSpec, String)>), Failure> {
+) -> Result<(String, String, Option<LocalSpec>), Failure> {
     let local = local_spec(file)?;
     let project = match (&settings.project, &local) {
         (Some(p), _) => p.clone(),
@@ -230,7 +233,7 @@ async fn ensure_service(
     settings: &Settings,
     project: &str,
     service: &str,
-    local: Option<(ServiceSpec, String)>,
+    local: Option<LocalSpec>,
 ) -> Result<(), Failure> {
     let path = format!("/v1/projects/{project}/services/{service}");
     match client.get(&path).await {
