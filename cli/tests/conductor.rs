@@ -608,6 +608,48 @@ fn up_deploys_the_checkout_to_a_preview_url_then_logs_and_ps_see_it() {
         "the router counted the request: {out:?}"
     );
 
+    // `logs -f` streams lines as they are printed.
+    let mut follow = cli
+        .command(
+            &[
+                "logs",
+                "web",
+                "--env",
+                &environment,
+                "-f",
+                "--tail",
+                "0",
+                "--output",
+                "json",
+            ],
+            &env,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streamed = false;
+    while !streamed && Instant::now() < deadline {
+        let (status, _) = get_via(&router, &format!("{url}followed"));
+        assert_eq!(status, 404);
+        while let Ok(line) = seen.recv_timeout(Duration::from_millis(500)) {
+            let line: Value = serde_json::from_str(&line).unwrap();
+            streamed |= line["line"].as_str().unwrap_or("").ends_with("url:/followed");
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(streamed, "logs -f did not show the new request");
+
     // `up` again with nothing new deploys the same release again and prints the same URL.
     let out = cli.run_with(&["up", "--no-progress"], &[("ENCLII_TOKEN", TOKEN)], None);
     assert_eq!(out.code, 0, "{out:?}");

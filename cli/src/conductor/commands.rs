@@ -326,6 +326,19 @@ pub struct DeployArgs {
     file: PathBuf,
 }
 
+/// A deployment the API refuses (409: the release is not ready, not signed, …) is a failed
+/// deployment (30).
+fn refused(e: Failure) -> Failure {
+    if e.status == Some(409) {
+        Failure {
+            code: exit::DEPLOY,
+            ..e
+        }
+    } else {
+        e
+    }
+}
+
 fn strategy_name(strategy: Strategy) -> &'static str {
     match strategy {
         Strategy::Rolling => "rolling",
@@ -380,16 +393,7 @@ async fn deploy(settings: &Settings, args: DeployArgs) -> Done {
     let deployment = client
         .post(&format!("/v1/projects/{project}/services/{service}/deployments"), &body)
         .await
-        .map_err(|e| {
-            if e.code == exit::FAILURE {
-                Failure {
-                    code: exit::DEPLOY,
-                    ..e
-                }
-            } else {
-                e
-            }
-        })?;
+        .map_err(refused)?;
     let deployment = if args.wait {
         waiter.deployment(deployment["id"].as_i64().unwrap_or_default()).await?
     } else {
@@ -427,16 +431,7 @@ async fn rollback(settings: &Settings, args: RollbackArgs) -> Done {
             &body,
         )
         .await
-        .map_err(|e| {
-            if e.code == exit::FAILURE {
-                Failure {
-                    code: exit::DEPLOY,
-                    ..e
-                }
-            } else {
-                e
-            }
-        })?;
+        .map_err(refused)?;
     let deployment = if args.wait {
         let mut waiter = Waiter::new(&client, settings.progress, Some(args.timeout));
         waiter.deployment(deployment["id"].as_i64().unwrap_or_default()).await?
