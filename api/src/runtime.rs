@@ -293,7 +293,7 @@ pub async fn project_status(
             release: stable.map(|s| s.release),
             git_sha: release.as_ref().map(|r| r.git_sha.clone()),
             image: release.map(|r| match r.digest {
-                Some(digest) => format!("{}@{digest}", r.image.split(':').next().unwrap_or(&r.image)),
+                Some(digest) => format!("{}@{digest}", untagged(&r.image)),
                 None => r.image,
             }),
             replicas_ready: ready,
@@ -309,6 +309,14 @@ pub async fn project_status(
         });
     }
     Ok(Json(report))
+}
+
+/// An image reference without its tag: `host:5000/p/s:abc` → `host:5000/p/s`.
+fn untagged(image: &str) -> &str {
+    match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => image,
+    }
 }
 
 // --- previews -----------------------------------------------------------------------------------
@@ -407,6 +415,13 @@ pub async fn create_preview(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_come_off_but_registry_ports_stay() {
+        assert_eq!(untagged("127.0.0.1:5000/shop/api:4f1c"), "127.0.0.1:5000/shop/api");
+        assert_eq!(untagged("127.0.0.1:5000/shop/api"), "127.0.0.1:5000/shop/api");
+        assert_eq!(untagged("shop/api"), "shop/api");
+    }
 
     #[test]
     fn a_branch_always_gets_the_same_preview_above_pull_request_numbers() {

@@ -607,6 +607,8 @@ fn up_deploys_the_checkout_to_a_preview_url_then_logs_and_ps_see_it() {
         web["requests"].as_u64().unwrap() >= 1,
         "the router counted the request: {out:?}"
     );
+    let image = web["image"].as_str().unwrap();
+    assert!(image.starts_with("127.0.0.1:5000/conductor-up/web@sha256:"), "{out:?}");
 
     // `logs -f` streams lines as they are printed.
     let mut follow = cli
@@ -655,6 +657,17 @@ fn up_deploys_the_checkout_to_a_preview_url_then_logs_and_ps_see_it() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.trim(), url);
     assert!(out.stderr.is_empty(), "--no-progress: {out:?}");
+
+    // `deploy --wait` builds HEAD for the service's own environment and waits for the deployment.
+    let out = cli.run_with(&["deploy", "--wait", "--output", "json"], &env, None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deployment = out.json();
+    assert_eq!(deployment["status"], "succeeded", "{out:?}");
+    assert_eq!(deployment["environment"], "prod", "{out:?}");
+    assert!(out.stderr.is_empty(), "no progress with --output json: {out:?}");
+    let out = cli.run_with(&["ps", "--output", "json"], &env, None);
+    assert_eq!(out.json()[0]["environment"], "prod", "{out:?}");
+    assert_eq!(out.json()[0]["health"], "healthy", "{out:?}");
     drop(server);
     remove_containers(project);
 }
