@@ -700,6 +700,16 @@ fn a_build_that_fails_exits_20_with_the_reason() {
         out.stderr.contains("build failed") && out.stderr.contains("hint:"),
         "{out:?}"
     );
+    // The failed release cannot deploy: the API refuses (409), a failed deployment (30).
+    let (_, body) = http(&server.addr, "GET", &format!("/v1/projects/{project}/releases"), "");
+    let failed = serde_json::from_str::<Value>(&body).unwrap()[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let out = cli.run_with(&["deploy", "web", "--release", &failed], &env, None);
+    assert_eq!(out.code, 30, "{out:?}");
+    let out = cli.run_with(&["rollback", "web", "--to", &failed], &env, None);
+    assert_eq!(out.code, 30, "{out:?}");
     // Waiting too little is a timeout (40).
     let out = cli.run_with(&["up", "--timeout", "0"], &env, None);
     assert_eq!(out.code, 40, "{out:?}");
