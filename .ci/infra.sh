@@ -12,6 +12,8 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The dashboard's browser test: Debian's Chromium (playwright-core cannot download a browser here).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -46,6 +48,12 @@ if ! python3 -c 'import moto.server, cyclonedx.validation.json, boto3' 2>/dev/nu
 fi
 # The Kubernetes manifests' schema check (deploy/kubernetes tests; no API server runs here).
 command -v kubernetes-validate >/dev/null || { log "installing kubernetes-validate"; pip install -q 'kubernetes-validate==1.37.0'; }
+# playwright-core for the dashboard's browser test (cli/tests/dashboard.rs), from its lock file.
+e2e="$(dirname "${BASH_SOURCE[0]}")/../api/dashboard/e2e"
+if [ ! -d "$e2e/node_modules/playwright-core" ]; then
+  log "installing playwright-core"
+  npm ci --prefix "$e2e" --no-audit --no-fund --loglevel=error
+fi
 if ! curl -sf http://127.0.0.1:8014/ >/dev/null; then
   log "starting the S3 server on 127.0.0.1:8014"
   (python3 -m moto.server -H 127.0.0.1 -p 8014 >/tmp/enclii-s3.log 2>&1 &)

@@ -7,14 +7,19 @@
 //! - `timetable`: one-off job runs and their history, the cost report, resuming paused
 //!   environments.
 //! - `runtime`: services' runtime logs and status (from the deploy target), CLI previews.
+//! - `operators`: the queue views and controls (jobs by state, throughput, workers, limits,
+//!   pauses) and the live streams the dashboard watches.
+//! - `dashboard`: the web dashboard's static page (`api/dashboard/`), served at `/ui/`.
 //! - `webhooks`: GitHub deliveries.
 //! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
 
 pub mod auth;
 mod control;
+mod dashboard;
 mod error;
 mod logs;
 pub mod metrics;
+mod operators;
 mod routes;
 mod runtime;
 mod timetable;

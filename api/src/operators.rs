@@ -412,8 +412,17 @@ async fn queue_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError>
             ..Default::default()
         })
         .await?;
+    let active = state
+        .backend
+        .list_jobs(&JobFilter {
+            states: vec![JobState::Running, JobState::Available, JobState::Scheduled],
+            limit: 50,
+            ..Default::default()
+        })
+        .await?;
     Ok(json!({
         "stats": state.backend.stats().await?,
+        "active": active,
         "throughput": read_throughput(state, 15).await?,
         "workers": read_workers(state).await?,
         "controls": state.store.queue_controls().await?,
@@ -422,7 +431,7 @@ async fn queue_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError>
 }
 
 /// The operators' queue view, live: a `snapshot` event (`stats`, `throughput`, `workers`,
-/// `controls`, `dead`) whenever any of it changes.
+/// `controls`, `dead`, `active`: running and waiting jobs) whenever any of it changes.
 #[utoipa::path(get, path = "/v1/queue/stream", tag = "queue",
     responses((status = 200, content_type = "text/event-stream", description = "`snapshot` events")))]
 pub async fn queue_stream(

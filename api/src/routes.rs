@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use enclii_queue::{Backend, CancelOutcome, NewJob, ProjectLimits};
+use enclii_queue::{Backend, CancelOutcome, NewJob};
 use enclii_store::{Change, Store};
 use governor::DefaultKeyedRateLimiter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::{Authenticator, Permission, Principal, RateLimit};
 use crate::error::ApiError;
 use crate::metrics::DepthGauges;
-use crate::{control, logs, runtime, timetable, webhooks};
+use crate::{control, logs, operators, runtime, timetable, webhooks};
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -173,7 +173,15 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(pipeline))
         .routes(routes!(cancel_pipeline))
         .routes(routes!(stats))
-        .routes(routes!(set_limits))
+        .routes(routes!(operators::set_limits))
+        .routes(routes!(operators::list_jobs))
+        .routes(routes!(operators::get_throughput))
+        .routes(routes!(operators::list_workers))
+        .routes(routes!(operators::list_controls))
+        .routes(routes!(operators::pause))
+        .routes(routes!(operators::resume))
+        .routes(routes!(operators::queue_stream))
+        .routes(routes!(operators::pipeline_stream))
 }
 
 /// The OpenAPI 3.1 document of the `/v1` API.
@@ -190,7 +198,7 @@ pub fn router(state: AppState) -> Router {
     if state.api {
         let (v1, doc) = v1().split_for_parts();
         let doc = Arc::new(doc);
-        router = router.merge(v1).route(
+        router = router.merge(v1).merge(crate::dashboard::routes()).route(
             "/v1/openapi.json",
             get(move || std::future::ready(Json(doc.as_ref().clone()))),
         );
@@ -409,7 +417,7 @@ async fn retry(
     Ok(Json(json!({"id": id, "result": "available"})))
 }
 
-async fn find_pipeline(state: &AppState, id: i64) -> Result<enclii_queue::PipelineRecord, ApiError> {
+pub(crate) async fn find_pipeline(state: &AppState, id: i64) -> Result<enclii_queue::PipelineRecord, ApiError> {
     state
         .backend
         .pipeline(id)
@@ -473,40 +481,4 @@ async fn stats(
 ) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
     principal.require(Permission::Read, None)?;
     Ok(Json(state.backend.stats().await?))
-}
-
-#[derive(Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsBody {
-    /// Jobs of the project running at once (build concurrency); `null`: unlimited.
-    max_running: Option<u32>,
-    /// Jobs started per minute; `null`: unlimited.
-    jobs_per_minute: Option<u32>,
-}
-
-/// Per-project limits the queue enforces at claim time.
-#[utoipa::path(put, path = "/v1/projects/{project}/limits", tag = "queue", request_body = LimitsBody,
-    responses((status = 200, body = LimitsBody)))]
-async fn set_limits(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(project): Path<String>,
-    Body(limits): Body<LimitsBody>,
-) -> Result<Json<LimitsBody>, ApiError> {
-    principal.require(Permission::Govern, Some(&project))?;
-    state.store.project(&project).await?;
-    let queue_limits = ProjectLimits {
-        max_running: limits.max_running,
-        jobs_per_minute: limits.jobs_per_minute,
-    };
-    state.backend.set_project_limits(&project, queue_limits).await?;
-    let change = Change {
-        action: "project.limits",
-        entity_type: "project",
-        entity: project.clone(),
-        project: Some(&project),
-        diff: json!({"max_running": limits.max_running, "jobs_per_minute": limits.jobs_per_minute}),
-    };
-    state.store.audit(&principal.subject, change).await?;
-    Ok(Json(limits))
 }

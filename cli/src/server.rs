@@ -282,6 +282,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .with_context(|| format!("cannot open the database ({described})"))?;
     let store = Arc::new(store);
     let backend: Arc<dyn Backend> = store.queue();
+    // The queue keeps only the effective limits; give it the operators' controls again (a Redis
+    // queue may have been flushed or replaced since they were set).
+    for control in store.queue_controls().await? {
+        backend
+            .set_project_limits(&control.project, control.effective())
+            .await?;
+    }
     info!(database = %described, queue = backend.name(), roles = ?args.role, "starting");
 
     let bootstrap_token = if args.runs(ServerRole::Api) {
@@ -395,6 +402,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             registry(build.clone(), deployer, &store).await?,
             config,
         );
+        tasks.spawn(heartbeats(store.clone(), &worker, shutdown.clone()));
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }
@@ -422,6 +430,44 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     result
+}
+
+/// Tells operators this worker process is alive (the dashboard's workers view), until shutdown.
+/// A failed beat is logged and retried: it must never stop the worker.
+fn heartbeats(
+    store: Arc<Store>,
+    worker: &Worker,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
+    const EVERY: Duration = Duration::from_secs(5);
+    let (id, host, kinds, concurrency) = (
+        worker.id().to_string(),
+        worker.host().to_string(),
+        worker.kinds(),
+        worker.concurrency(),
+    );
+    async move {
+        let beat = enclii_store::WorkerBeat {
+            id: &id,
+            host: &host,
+            pid: std::process::id(),
+            kinds: &kinds,
+            concurrency,
+        };
+        loop {
+            if let Err(e) = store.worker_heartbeat(&beat).await {
+                tracing::warn!(error = %e, "worker heartbeat could not be recorded");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
+        if let Err(e) = store.worker_stopped(&id).await {
+            tracing::warn!(error = %e, "worker stop could not be recorded");
+        }
+        Ok(())
+    }
 }
 
 /// Prints a line for the operator on stdout. A closed stdout (a supervisor that stopped reading)

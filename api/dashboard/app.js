@@ -1,0 +1,689 @@
+// Enclii dashboard: a single page over the /v1 API. No build step, no framework: the API is the
+// product, and this page only reads it and calls its actions (which the API authorises and audits).
+//
+// The token lives in sessionStorage (gone with the tab) and travels only as an Authorization
+// header — never in a URL. Live views read Server-Sent Events through fetch() for that reason
+// (EventSource cannot send headers).
+
+const TOKEN_KEY = "enclii.token";
+const view = document.getElementById("view");
+let token = sessionStorage.getItem(TOKEN_KEY);
+let me = null;
+// Streams of the current view, aborted when the view changes.
+let streams = [];
+
+// --- small helpers ------------------------------------------------------------------------------
+
+/** Creates an element: h("td", {class: "num"}, "3"). Text is always set as text, never as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const badge = (state) => h("span", { class: `badge s-${state}`, "data-state": state }, state);
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
+const whenIso = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+const secs = (s) => (s === null || s === undefined ? "—" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`);
+const enc = encodeURIComponent;
+
+function flash(message, kind = "info") {
+  const el = document.getElementById("flash");
+  el.textContent = message;
+  el.className = kind;
+  el.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => (el.hidden = true), 6000);
+}
+
+class ApiProblem extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.hint = problem.hint;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => ({}));
+  // A session whose token stops working (expired, revoked) goes back to the sign-in form.
+  if (res.status === 401 && me) signOut("Your token was refused (expired or revoked): sign in again.");
+  if (!res.ok) throw new ApiProblem(res.status, data);
+  return data;
+}
+const get = (path) => api("GET", path);
+
+/** An action button: calls the API, reports the outcome, then `after()`. */
+function action(label, confirmText, call, after, cls) {
+  const button = h("button", { class: cls }, label);
+  button.addEventListener("click", async () => {
+    if (confirmText && !window.confirm(confirmText)) return;
+    button.disabled = true;
+    try {
+      await call();
+      flash(`${label}: done`);
+      if (after) await after();
+    } catch (e) {
+      flash(`${label} failed: ${e.message}${e.hint ? ` — ${e.hint}` : ""}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+/**
+ * Reads a Server-Sent Events response with the bearer token and calls onEvent(name, data) for
+ * each event; reconnects after a drop unless the view moved on (or `once` is set and it ended).
+ */
+function stream(path, onEvent, { once = false, status } = {}) {
+  const controller = new AbortController();
+  streams.push(controller);
+  const setStatus = (live) => status && (status.textContent = live ? "● live" : "○ reconnecting…", status.className = live ? "live" : "live off");
+  (async () => {
+    while (!controller.signal.aborted) {
+      try {
+        const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, signal: controller.signal });
+        if (!res.ok) throw new ApiProblem(res.status, await res.json().catch(() => ({})));
+        setStatus(true);
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const raw = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            let name = "message";
+            const data = [];
+            for (const line of raw.split("\n")) {
+              if (line.startsWith("event:")) name = line.slice(6).trim();
+              else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+            }
+            if (data.length) onEvent(name, data.join("\n"));
+          }
+        }
+        if (once) return;
+      } catch (e) {
+        if (controller.signal.aborted) return;
+        if (e.status === 401 || e.status === 403 || e.status === 404) {
+          flash(`Live view stopped: ${e.message}`, "error");
+          return;
+        }
+      }
+      setStatus(false);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  return controller;
+}
+
+function table(headers, rows, empty = "Nothing yet.") {
+  if (!rows.length) return h("p", { class: "muted" }, empty);
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: x.endsWith("#") ? "num" : undefined }, x.replace(/#$/, ""))))),
+    h("tbody", {}, rows),
+  );
+}
+
+// --- sign-in ------------------------------------------------------------------------------------
+
+function signOut(message) {
+  token = null;
+  me = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (message) flash(message, "error");
+  location.hash = "#/signin";
+  render();
+}
+
+function signInView() {
+  const input = h("input", { id: "token", type: "password", autocomplete: "off", placeholder: "enclii_pat_…", required: true });
+  const error = h("p", { class: "muted", id: "signin-error" });
+  const form = h(
+    "form",
+    { class: "card signin" },
+    h("h1", {}, "Sign in"),
+    h("label", { for: "token" }, "API token (a personal access token; `enclii auth token create`, or the bootstrap token the server printed)"),
+    input,
+    h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, "Sign in")),
+    error,
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    token = input.value.trim();
+    try {
+      me = await get("/v1/whoami");
+      sessionStorage.setItem(TOKEN_KEY, token);
+      location.hash = "#/projects";
+    } catch (err) {
+      token = null;
+      error.textContent = `Sign-in failed: ${err.message}${err.hint ? ` — ${err.hint}` : ""}`;
+    }
+  });
+  return form;
+}
+
+// --- projects → environments → services → releases/deployments → logs ---------------------------
+
+async function projectsView() {
+  const projects = await get("/v1/projects");
+  return h(
+    "section",
+    {},
+    h("h1", {}, "Projects"),
+    table(
+      ["Project", "Name", "Created"],
+      projects.map((p) => h("tr", {}, h("td", {}, h("a", { href: `#/p/${enc(p.slug)}` }, p.slug)), h("td", {}, p.name), h("td", {}, when(p.created_at)))),
+      "No projects yet: create one with `POST /v1/projects` or `enclii init`.",
+    ),
+  );
+}
+
+function pipelineRows(runs) {
+  return runs.map(({ release, pipeline }) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, pipeline ? h("a", { href: `#/pipeline/${pipeline.id}` }, `#${pipeline.id}`) : "—"),
+      h("td", {}, release.service),
+      h("td", {}, release.environment),
+      h("td", { class: "mono" }, release.git_sha.slice(0, 10)),
+      h("td", {}, badge(release.status)),
+      h("td", {}, pipeline ? badge(pipeline.state) : "pruned"),
+      h("td", {}, when(release.created_at)),
+    ),
+  );
+}
+
+async function projectView(project) {
+  const p = enc(project);
+  const [environments, services, runs, deployments] = await Promise.all([
+    get(`/v1/projects/${p}/environments`),
+    get(`/v1/projects/${p}/services`),
+    get(`/v1/projects/${p}/pipelines?limit=15`),
+    get(`/v1/projects/${p}/deployments?limit=15`),
+  ]);
+  return h(
+    "section",
+    {},
+    h("h1", {}, `Project ${project}`),
+    h(
+      "div",
+      { class: "grid" },
+      h(
+        "div",
+        { class: "card" },
+        h("h2", {}, "Environments"),
+        table(
+          ["Environment", "Region", "Budget", "State"],
+          environments.map((e) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, e.name),
+              h("td", {}, e.region ?? "—"),
+              h("td", {}, e.budget_cents === null ? "—" : `$${(e.budget_cents / 100).toFixed(2)}/month`),
+              h("td", {}, e.paused_at ? badge("paused") : badge("running")),
+            ),
+          ),
+        ),
+      ),
+      h(
+        "div",
+        { class: "card" },
+        h("h2", {}, "Services"),
+        table(
+          ["Service", "Environment", "Branch"],
+          services.map((s) =>
+            h("tr", {}, h("td", {}, h("a", { href: `#/p/${p}/s/${enc(s.name)}` }, s.name)), h("td", {}, s.environment), h("td", {}, s.branch ?? "—")),
+          ),
+        ),
+      ),
+    ),
+    h("h2", {}, "Pipelines"),
+    table(["Run", "Service", "Environment", "Commit", "Release", "Pipeline", "Started"], pipelineRows(runs)),
+    h("h2", {}, "Deployments"),
+    deploymentTable(deployments),
+  );
+}
+
+function deploymentTable(deployments) {
+  return table(
+    ["#", "Service", "Environment", "Release", "Strategy", "Status", "Detail", "URL", "When"],
+    deployments.map((d) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, d.id),
+        h("td", {}, d.service),
+        h("td", {}, d.environment),
+        h("td", {}, d.release_id),
+        h("td", {}, d.strategy + (d.canary_percent ? ` ${d.canary_percent}%` : "")),
+        h("td", {}, badge(d.status)),
+        h("td", { class: "muted" }, d.detail ?? ""),
+        h("td", {}, d.url ? h("a", { href: d.url, target: "_blank", rel: "noopener" }, d.url) : "—"),
+        h("td", {}, when(d.created_at)),
+      ),
+    ),
+  );
+}
+
+async function serviceView(project, service) {
+  const p = enc(project);
+  const s = enc(service);
+  const [detail, releases, deployments] = await Promise.all([
+    get(`/v1/projects/${p}/services/${s}`),
+    get(`/v1/projects/${p}/services/${s}/releases?limit=20`),
+    get(`/v1/projects/${p}/deployments?service=${s}&limit=20`),
+  ]);
+  const reload = () => render();
+  const releaseRows = releases.map((r) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, r.id),
+      h("td", {}, r.environment),
+      h("td", { class: "mono" }, r.git_sha.slice(0, 10)),
+      h("td", {}, badge(r.status)),
+      h("td", { class: "mono" }, r.digest ? r.digest.slice(0, 19) : "—"),
+      h("td", {}, r.signature ? "signed" : "—"),
+      h("td", {}, r.pipeline_id ? h("a", { href: `#/pipeline/${r.pipeline_id}` }, `#${r.pipeline_id}`) : "—"),
+      h("td", {}, when(r.created_at)),
+      h(
+        "td",
+        {},
+        r.status === "ready"
+          ? action(
+              "Roll back to this",
+              `Redeploy release ${r.id} of ${service}?`,
+              () => api("POST", `/v1/projects/${p}/services/${s}/rollback`, { to: r.id, environment: r.environment }),
+              reload,
+            )
+          : "",
+      ),
+    ),
+  );
+  const logs = h("pre", { class: "log", id: "runtime-log" });
+  const status = h("span", { class: "live off" }, "○ connecting…");
+  stream(
+    `/v1/projects/${p}/services/${s}/logs?follow=true&tail=200`,
+    (name, data) => {
+      if (name === "line") {
+        const line = JSON.parse(data);
+        logs.append(`${line.replica} | ${line.line}\n`);
+        logs.scrollTop = logs.scrollHeight;
+      } else if (name === "problem") {
+        logs.append(`[${JSON.parse(data).detail}]\n`);
+      }
+    },
+    { status },
+  );
+  return h(
+    "section",
+    {},
+    h("h1", {}, h("a", { href: `#/p/${p}` }, project), ` / ${service}`),
+    h("p", { class: "muted" }, `Environment ${detail.environment ?? "—"} · branch ${detail.branch ?? "—"}`),
+    h("h2", {}, "Releases"),
+    table(["#", "Environment", "Commit", "Status", "Digest", "Signature", "Pipeline", "Built", ""], releaseRows),
+    h("h2", {}, "Deployments"),
+    deploymentTable(deployments),
+    h("h2", {}, "Live logs ", status),
+    logs,
+  );
+}
+
+// --- pipelines as a step graph -------------------------------------------------------------------
+
+/** Columns of steps: a step sits one column right of the deepest step it needs. */
+function columns(steps) {
+  const depth = new Map();
+  const byName = new Map(steps.map((s) => [s.name, s]));
+  const visit = (s, seen = new Set()) => {
+    if (depth.has(s.name)) return depth.get(s.name);
+    if (seen.has(s.name)) return 0;
+    seen.add(s.name);
+    const d = s.needs.length ? 1 + Math.max(...s.needs.map((n) => (byName.has(n) ? visit(byName.get(n), seen) : 0))) : 0;
+    depth.set(s.name, d);
+    return d;
+  };
+  steps.forEach((s) => visit(s));
+  const cols = [];
+  for (const s of steps) (cols[depth.get(s.name)] ??= []).push(s);
+  return cols;
+}
+
+async function pipelineView(id) {
+  const graph = h("div", { class: "graph", id: "graph" });
+  const title = h("h1", {}, `Pipeline #${id}`);
+  const state = h("span");
+  const status = h("span", { class: "live off" }, "○ connecting…");
+  const logTitle = h("h2", {}, "Step log");
+  const log = h("pre", { class: "log", id: "step-log" }, "Select a step to see its log.");
+  let selected = null;
+  let logStream = null;
+  let last = null;
+
+  const showLog = (step) => {
+    selected = step.name;
+    logStream?.abort();
+    log.textContent = "";
+    logTitle.textContent = `Log of ${step.name} (job ${step.job})`;
+    logStream = stream(
+      `/v1/jobs/${step.job}/logs/stream`,
+      (name, data) => {
+        const event = JSON.parse(data);
+        if (name === "line") log.append(`${event.line}\n`);
+        if (name === "end") log.append(`— ${event.state} —\n`);
+        log.scrollTop = log.scrollHeight;
+      },
+      { once: true },
+    );
+    draw(last);
+  };
+
+  const draw = (run) => {
+    if (!run) return;
+    last = run;
+    state.replaceChildren(" ", badge(run.state));
+    const cols = columns(run.steps);
+    graph.replaceChildren(
+      ...cols.flatMap((col, i) => [
+        ...(i ? [h("span", { class: "arrow" }, "→")] : []),
+        h(
+          "div",
+          { class: "column" },
+          col.map((step) =>
+            h(
+              "div",
+              {
+                class: `step s-${step.state}${step.name === selected ? " selected" : ""}`,
+                dataset: { step: step.name, state: step.state },
+                onclick: () => showLog(step),
+                title: step.last_error ?? "",
+              },
+              h("div", { class: "name" }, step.name),
+              h("div", { class: "meta" }, `${step.state}${step.attempt > 1 ? ` · attempt ${step.attempt}` : ""}`),
+              step.last_error ? h("div", { class: "meta muted" }, step.last_error.slice(0, 80)) : null,
+            ),
+          ),
+        ),
+      ]),
+    );
+  };
+
+  const run = await get(`/v1/pipelines/${id}`);
+  draw(run);
+  stream(`/v1/pipelines/${id}/stream`, (name, data) => name === "snapshot" && draw(JSON.parse(data)), { status, once: true });
+  const cancel = action("Cancel run", `Cancel every unfinished step of pipeline ${id}?`, () => api("POST", `/v1/pipelines/${id}/cancel`), null, "danger");
+  return h(
+    "section",
+    {},
+    title,
+    h("p", {}, h("a", { href: `#/p/${enc(run.project)}` }, run.project), ` · ${run.name} · `, state, " ", status, " ", cancel),
+    h("div", { class: "card" }, graph),
+    logTitle,
+    log,
+  );
+}
+
+// --- operators: the queues ------------------------------------------------------------------------
+
+/** A bar chart of per-minute counts (completed stacked on dead) with the run-time P95 as a line. */
+function throughputChart(t) {
+  const W = 600;
+  const H = 150;
+  const pad = 22;
+  const n = t.buckets.length || 1;
+  const maxCount = Math.max(1, ...t.buckets.map((b) => b.completed + b.dead + b.cancelled));
+  const maxP95 = Math.max(0.001, ...t.buckets.map((b) => b.run_p95_seconds ?? 0));
+  const bw = (W - 2 * pad) / n;
+  const svgNs = "http://www.w3.org/2000/svg";
+  const el = (tag, attrs) => {
+    const e = document.createElementNS(svgNs, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    return e;
+  };
+  const svg = el("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", id: "throughput-chart" });
+  const y = (v, max) => H - pad - (v / max) * (H - 2 * pad);
+  t.buckets.forEach((b, i) => {
+    const x = pad + i * bw + 1;
+    const ok = el("rect", { x, y: y(b.completed, maxCount), width: bw - 2, height: H - pad - y(b.completed, maxCount), fill: "#1f8a4c" });
+    const badTop = y(b.completed + b.dead + b.cancelled, maxCount);
+    const bad = el("rect", { x, y: badTop, width: bw - 2, height: y(b.completed, maxCount) - badTop, fill: "#c9372c" });
+    const tip = el("title", {});
+    tip.textContent = `${new Date(b.minute).toLocaleTimeString()}: ${b.completed} completed, ${b.dead} dead, ${b.cancelled} cancelled, P95 ${secs(b.run_p95_seconds)}`;
+    ok.append(tip);
+    svg.append(ok, bad);
+  });
+  const points = t.buckets
+    .map((b, i) => (b.run_p95_seconds === null ? null : `${pad + (i + 0.5) * bw},${y(b.run_p95_seconds, maxP95)}`))
+    .filter(Boolean)
+    .join(" ");
+  if (points) svg.append(el("polyline", { points, fill: "none", stroke: "#1f6fd1", "stroke-width": 2 }));
+  for (const point of points ? points.split(" ") : []) {
+    const [cx, cy] = point.split(",");
+    svg.append(el("circle", { cx, cy, r: 3, fill: "#1f6fd1" }));
+  }
+  const wrap = h("div", {}, h("p", { class: "muted" }, `bars: up to ${maxCount} jobs/min · line: run-time P95, top = ${secs(maxP95)}`));
+  wrap.append(svg);
+  return wrap;
+}
+
+function depthTables(stats) {
+  const states = ["pending", "scheduled", "available", "running", "dead"];
+  const sum = (key) => {
+    const m = new Map();
+    for (const row of stats.depth) {
+      const k = row[key];
+      if (!m.has(k)) m.set(k, Object.fromEntries(states.map((s) => [s, 0])));
+      m.get(k)[row.state] += row.count;
+    }
+    return [...m.entries()].sort();
+  };
+  const oldest = new Map(stats.oldest_available_seconds);
+  const rows = (key) =>
+    sum(key).map(([k, c]) =>
+      h("tr", { dataset: { [key]: k } }, h("td", {}, k), states.map((s) => h("td", { class: "num", dataset: { state: s } }, c[s])), key === "kind" ? h("td", { class: "num" }, secs(oldest.get(k))) : null),
+    );
+  return h(
+    "div",
+    { class: "grid" },
+    h("div", { class: "card" }, h("h2", {}, "Depth per kind"), table(["Kind", ...states.map((s) => `${s}#`), "Oldest waiting#"], rows("kind"), "The queue is empty.")),
+    h("div", { class: "card" }, h("h2", {}, "Depth per project"), table(["Project", ...states.map((s) => `${s}#`)], rows("project"), "The queue is empty.")),
+  );
+}
+
+async function queueView() {
+  const status = h("span", { class: "live off" }, "○ connecting…");
+  const body = h("div", { id: "queue" }, h("p", { class: "muted" }, "Waiting for the first snapshot…"));
+  const retry = (job) => () => api("POST", `/v1/jobs/${job.id}/retry`);
+  const cancel = (job) => () => api("POST", `/v1/jobs/${job.id}/cancel`);
+  const draw = (snap) => {
+    const t = snap.throughput;
+    const total = t.buckets.reduce((a, b) => a + b.completed + b.dead + b.cancelled, 0);
+    const failed = t.buckets.reduce((a, b) => a + b.dead, 0);
+    const retried = t.buckets.reduce((a, b) => a + b.retried, 0);
+    const running = snap.stats.depth.filter((r) => r.state === "running").reduce((a, r) => a + r.count, 0);
+    const waiting = snap.stats.depth.filter((r) => r.state === "available").reduce((a, r) => a + r.count, 0);
+    const kpi = (label, value, id) => h("div", { class: "kpi", id }, h("b", {}, value), h("span", { class: "muted" }, label));
+    body.replaceChildren(
+      h(
+        "div",
+        { class: "kpis" },
+        kpi("waiting", waiting, "kpi-waiting"),
+        kpi("running", running, "kpi-running"),
+        kpi(`finished / ${t.minutes} min`, total, "kpi-finished"),
+        kpi("dead / window", failed, "kpi-dead"),
+        kpi("retried / window", retried, "kpi-retried"),
+        kpi("run P50 · P95", `${secs(t.run_p50_seconds)} · ${secs(t.run_p95_seconds)}`),
+        kpi("start P95", secs(t.start_p95_seconds)),
+      ),
+      h("div", { class: "card" }, h("h2", {}, `Throughput and latency, last ${t.minutes} minutes`), throughputChart(t),
+        h("div", { class: "legend" }, h("span", {}, h("i", { style: "background:#1f8a4c" }), "completed"), h("span", {}, h("i", { style: "background:#c9372c" }), "dead/cancelled"), h("span", {}, h("i", { style: "background:#1f6fd1" }), "run-time P95"))),
+      depthTables(snap.stats),
+      h("h2", {}, "Dead jobs"),
+      table(
+        ["Job", "Kind", "Project", "Attempts", "Last error", "Finished", ""],
+        snap.dead.map((j) =>
+          h(
+            "tr",
+            { dataset: { job: j.id } },
+            h("td", {}, j.pipeline ? h("a", { href: `#/pipeline/${j.pipeline}` }, `${j.id}`) : j.id),
+            h("td", {}, j.kind),
+            h("td", {}, j.project),
+            h("td", { class: "num" }, j.attempt),
+            h("td", { class: "muted" }, j.last_error ?? ""),
+            h("td", {}, whenIso(j.finished_at)),
+            h("td", {}, action("Retry", null, retry(j), null, "primary")),
+          ),
+        ),
+        "No dead jobs.",
+      ),
+      h("h2", {}, "Running and waiting jobs"),
+      table(
+        ["Job", "Kind", "Project", "State", "Attempt#", "Worker", "Due", ""],
+        snap.active.map((j) =>
+          h(
+            "tr",
+            { dataset: { job: j.id } },
+            h("td", {}, j.pipeline ? h("a", { href: `#/pipeline/${j.pipeline}` }, `${j.id}`) : j.id),
+            h("td", {}, j.kind),
+            h("td", {}, j.project),
+            h("td", {}, badge(j.state)),
+            h("td", { class: "num" }, j.attempt),
+            h("td", { class: "mono" }, j.worker ?? "—"),
+            h("td", {}, whenIso(j.run_at)),
+            h("td", {}, j.cancel_requested ? "cancelling…" : action("Cancel", `Cancel job ${j.id}?`, cancel(j), null, "danger")),
+          ),
+        ),
+        "Nothing is running or waiting.",
+      ),
+      h("h2", {}, "Workers"),
+      table(
+        ["Worker", "Host", "Status", "Running#", "Concurrency#", "Kinds", "Last heartbeat", "Started"],
+        snap.workers.map((w) =>
+          h(
+            "tr",
+            { dataset: { worker: w.id } },
+            h("td", { class: "mono" }, w.id),
+            h("td", {}, w.host),
+            h("td", {}, badge(w.status)),
+            h("td", { class: "num" }, w.running),
+            h("td", { class: "num" }, w.concurrency),
+            h("td", { class: "muted" }, w.kinds.join(", ")),
+            h("td", {}, whenIso(w.last_seen)),
+            h("td", {}, whenIso(w.started_at)),
+          ),
+        ),
+        "No worker has reported yet.",
+      ),
+      h("h2", {}, "Per-project limits"),
+      controlsTable(snap),
+    );
+  };
+  stream("/v1/queue/stream", (name, data) => {
+    if (name === "snapshot") draw(JSON.parse(data));
+    if (name === "problem") flash(`Queue view: ${JSON.parse(data).detail}`, "error");
+  }, { status });
+  return h("section", {}, h("h1", {}, "Queue ", status), body);
+}
+
+function controlsTable(snap) {
+  // Every project with work or a control, so any of them can be paused.
+  const projects = new Set([...snap.controls.map((c) => c.project), ...snap.stats.depth.map((r) => r.project)]);
+  const controls = new Map(snap.controls.map((c) => [c.project, c]));
+  return table(
+    ["Project", "Max running#", "Jobs/min#", "State", "Changed by", ""],
+    [...projects].sort().map((project) => {
+      const c = controls.get(project) ?? {};
+      const path = `/v1/projects/${enc(project)}/queue/${c.paused ? "resume" : "pause"}`;
+      return h(
+        "tr",
+        { dataset: { project } },
+        h("td", {}, project),
+        h("td", { class: "num" }, c.max_running ?? "∞"),
+        h("td", { class: "num" }, c.jobs_per_minute ?? "∞"),
+        h("td", {}, badge(c.paused ? "paused" : "running")),
+        h("td", { class: "muted" }, c.updated_by ?? ""),
+        h("td", {}, action(c.paused ? "Resume" : "Pause", c.paused ? null : `Pause ${project}'s queue? Running jobs finish; nothing new starts.`, () => api("POST", path))),
+      );
+    }),
+    "No project has work or limits.",
+  );
+}
+
+async function auditView() {
+  const events = await get("/v1/audit?limit=100");
+  return h(
+    "section",
+    {},
+    h("h1", {}, "Audit trail"),
+    table(
+      ["When", "Actor", "Action", "Entity", "Project"],
+      events.map((e) => h("tr", {}, h("td", {}, when(e.at)), h("td", {}, e.actor), h("td", { class: "mono", dataset: { action: e.action } }, e.action), h("td", {}, `${e.entity_type} ${e.entity}`), h("td", {}, e.project ?? "—"))),
+    ),
+  );
+}
+
+// --- routing ------------------------------------------------------------------------------------
+
+const routes = [
+  [/^#\/signin$/, () => signInView()],
+  [/^#\/projects$/, () => projectsView()],
+  [/^#\/p\/([^/]+)$/, (m) => projectView(decodeURIComponent(m[1]))],
+  [/^#\/p\/([^/]+)\/s\/([^/]+)$/, (m) => serviceView(decodeURIComponent(m[1]), decodeURIComponent(m[2]))],
+  [/^#\/pipeline\/(\d+)$/, (m) => pipelineView(Number(m[1]))],
+  [/^#\/queue$/, () => queueView()],
+  [/^#\/audit$/, () => auditView()],
+];
+
+async function render() {
+  streams.forEach((s) => s.abort());
+  streams = [];
+  const signedIn = Boolean(token);
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("signout").hidden = !signedIn;
+  if (!signedIn && location.hash !== "#/signin") {
+    location.hash = "#/signin";
+    return;
+  }
+  if (signedIn && !me) {
+    try {
+      me = await get("/v1/whoami");
+    } catch {
+      return;
+    }
+  }
+  document.getElementById("who").textContent = me ? `${me.subject}` : "";
+  const hash = location.hash || "#/projects";
+  const route = routes.find(([re]) => re.test(hash));
+  try {
+    const content = route ? await route[1](hash.match(route[0])) : h("p", {}, "No such page.");
+    view.replaceChildren(content);
+  } catch (e) {
+    view.replaceChildren(h("div", { class: "card" }, h("h1", {}, "Cannot show this page"), h("p", {}, e.message), e.hint ? h("p", { class: "muted" }, e.hint) : null));
+  }
+}
+
+document.getElementById("signout").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", render);
+render();

@@ -1,0 +1,141 @@
+// Drives the Enclii dashboard in a real headless Chromium (Debian's /usr/bin/chromium) with
+// playwright-core: load, sign in, watch a pipeline progress, open a step's log, retry a dead job,
+// pause and resume a project's queue. Screenshots go to $ARTIFACTS_DIR.
+//
+// Run by cli/tests/dashboard.rs, which starts a real server, a real build and a dead job first.
+// Input (environment): ENCLII_URL, ENCLII_TOKEN, PROJECT, SERVICE, GIT_SHA (the commit to build once
+// signed in, so that the browser is watching when it starts), DEAD_JOB_ID, ARTIFACTS_DIR.
+// Output: one JSON line on stdout with what was seen; exit code 1 with the reason on failure.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`set ${name}`);
+  return value;
+};
+const url = env("ENCLII_URL");
+const token = env("ENCLII_TOKEN");
+const project = env("PROJECT");
+const service = env("SERVICE");
+const sha = env("GIT_SHA");
+const deadJob = env("DEAD_JOB_ID");
+const artifacts = env("ARTIFACTS_DIR");
+mkdirSync(artifacts, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  // As root in a sandbox-less container, on a closed network (no background connections).
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const seen = { pipelineStates: [], stepStates: {} };
+const shot = (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+let page;
+try {
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const consoleErrors = [];
+  page.on("pageerror", (e) => consoleErrors.push(e.message));
+
+  // Load: an unauthenticated visitor lands on the sign-in form.
+  await page.goto(`${url}/`);
+  await page.waitForSelector("form.signin");
+  // A wrong token is refused with the API's reason, and nothing is stored.
+  await page.fill("#token", "enclii_pat_wrongtoken00_0123456789abcdefghijABCDEFGHIJ0123456789abc");
+  await page.click("button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#signin-error")?.textContent.includes("Sign-in failed"));
+  seen.wrongTokenMessage = await page.textContent("#signin-error");
+  await shot(page, "01-sign-in-refused");
+
+  // Sign in.
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.waitForSelector(`a[href="#/p/${project}"]`);
+  await shot(page, "02-projects");
+
+  // Start the build now (as `enclii` or a push would), then find it from the project page.
+  const res = await fetch(`${url}/v1/projects/${project}/services/${service}/releases`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ git_sha: sha, deploy: false }),
+  });
+  const started = await res.json();
+  if (res.status !== 202) throw new Error(`the build was not started: ${res.status} ${JSON.stringify(started)}`);
+  const pipeline = started.pipeline;
+  seen.pipeline = pipeline;
+  seen.release = started.release.id;
+
+  // Projects → project: its services and pipelines.
+  await page.click(`a[href="#/p/${project}"]`);
+  await page.waitForSelector(`a[href="#/pipeline/${pipeline}"]`);
+  await shot(page, "03-project");
+
+  // Watch the pipeline progress, live: record every state the graph shows until the run ends.
+  await page.click(`a[href="#/pipeline/${pipeline}"]`);
+  await page.waitForSelector(".step");
+  await page.exposeFunction("recordStates", (run, steps) => {
+    if (seen.pipelineStates.at(-1) !== run) seen.pipelineStates.push(run);
+    for (const [name, state] of steps) {
+      const list = (seen.stepStates[name] ??= []);
+      if (list.at(-1) !== state) list.push(state);
+    }
+  });
+  await page.evaluate(() => {
+    const report = () => {
+      const run = document.querySelector("#view .badge")?.dataset.state;
+      const steps = [...document.querySelectorAll(".step")].map((s) => [s.dataset.step, s.dataset.state]);
+      window.recordStates(run, steps);
+    };
+    report();
+    window.pipelineObserver = new MutationObserver(report);
+    window.pipelineObserver.observe(document.getElementById("view"), { subtree: true, childList: true, attributes: true });
+  });
+  await page.waitForSelector(".step.s-running", { timeout: 60_000 });
+  await shot(page, "04-pipeline-running");
+  // A running step's log, live.
+  await page.click(".step.s-running");
+  await page.waitForFunction(() => document.querySelector("#step-log")?.textContent.trim().length > 0, null, { timeout: 60_000 });
+  await page.waitForFunction(() => document.querySelector("#view .badge")?.dataset.state === "succeeded", null, { timeout: 180_000 });
+  await page.evaluate(() => window.pipelineObserver.disconnect());
+  await shot(page, "05-pipeline-succeeded");
+  seen.stepLog = (await page.textContent("#step-log")).slice(0, 2000);
+
+  // Operators: the queue, live. The dead job is listed; retry it.
+  await page.click('a[href="#/queue"]');
+  await page.waitForSelector("#kpi-waiting");
+  await page.waitForSelector(`tr[data-job="${deadJob}"]`, { timeout: 30_000 });
+  // The chart shows the jobs that just finished (the build's steps, the dead clone).
+  await page.waitForFunction(() => [...document.querySelectorAll("#throughput-chart rect")].some((r) => Number(r.getAttribute("height")) > 0));
+  seen.workers = await page.locator("tr[data-worker]").count();
+  seen.aliveWorkers = await page.locator("tr[data-worker] [data-state=alive]").count();
+  await shot(page, "06-queue");
+  await page.click(`tr[data-job="${deadJob}"] button.primary`);
+  await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Retry: done"));
+  await shot(page, "07-dead-job-retried");
+
+  // Pause the project's queue, then resume it.
+  page.on("dialog", (d) => d.accept());
+  const row = `tr[data-project="${project}"]`;
+  await page.click(`${row} button`);
+  await page.waitForSelector(`${row} [data-state=paused]`, { timeout: 15_000 });
+  await shot(page, "08-project-paused");
+  await page.click(`${row} button`);
+  await page.waitForSelector(`${row} [data-state=running]`, { timeout: 15_000 });
+
+  // The audit trail shows the actions.
+  await page.click('a[href="#/audit"]');
+  await page.waitForSelector("td[data-action]");
+  seen.audit = await page.locator("td[data-action]").allTextContents();
+  await shot(page, "09-audit");
+
+  seen.consoleErrors = consoleErrors;
+  console.log(JSON.stringify(seen));
+} catch (e) {
+  if (page) await shot(page, "failure").catch(() => {});
+  console.error(`dashboard test failed: ${e.message}\nseen so far: ${JSON.stringify(seen)}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
