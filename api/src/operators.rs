@@ -205,7 +205,9 @@ pub async fn get_throughput(
     Query(query): Query<ThroughputQuery>,
 ) -> Result<Json<Throughput>, ApiError> {
     principal.require(Permission::Read, None)?;
-    Ok(Json(read_throughput(&state, query.minutes.unwrap_or(15).clamp(1, 180)).await?))
+    Ok(Json(
+        read_throughput(&state, query.minutes.unwrap_or(15).clamp(1, 180)).await?,
+    ))
 }
 
 /// A worker process, from its heartbeats, with the jobs it runs now.
@@ -331,7 +333,10 @@ async fn set_paused(
 ) -> Result<Json<QueueControl>, ApiError> {
     principal.require(Permission::Govern, Some(project))?;
     state.store.project(project).await?;
-    let control = state.store.set_queue_paused(&principal.subject, project, paused).await?;
+    let control = state
+        .store
+        .set_queue_paused(&principal.subject, project, paused)
+        .await?;
     enforce(state, control).await
 }
 
@@ -394,7 +399,9 @@ where
                     event
                 }
                 // A failed read is reported and retried: the view goes on.
-                Err(e) => Event::default().event("problem").data(json!({"detail": e.to_string()}).to_string()),
+                Err(e) => Event::default()
+                    .event("problem")
+                    .data(json!({"detail": e.to_string()}).to_string()),
             };
             return Some((Ok(event), (w, produce)));
         }

@@ -11,9 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::pipeline::{
-    BASE_IMAGE, call, release, repository, server, service, step, wait_finished, wait_until,
-};
+use support::pipeline::{BASE_IMAGE, call, release, repository, server, service, step, wait_finished, wait_until};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -55,7 +53,11 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         json!({"git_sha": "4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e"}),
     );
     assert_eq!(status, 202, "{body}");
-    let failed = wait_finished(&server, body["release"]["id"].as_i64().unwrap(), Duration::from_secs(90));
+    let failed = wait_finished(
+        &server,
+        body["release"]["id"].as_i64().unwrap(),
+        Duration::from_secs(90),
+    );
     let dead_job = step(&failed, "clone")["job_id"].as_i64().unwrap();
     wait_until(Duration::from_secs(30), "the clone job to be dead", || {
         call(&server, "GET", &format!("/v1/jobs/{dead_job}"), Value::Null).1["state"] == "dead"
@@ -90,7 +92,12 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
 
     // The page showed the run progress live: running, then succeeded; the build step went from
     // running to completed in front of the browser, and its log showed the build's output.
-    let runs: Vec<&str> = seen["pipelineStates"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let runs: Vec<&str> = seen["pipelineStates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(runs.first(), Some(&"running"), "{seen}");
     assert_eq!(runs.last(), Some(&"succeeded"), "{seen}");
     let build_states: Vec<&str> = seen["stepStates"]["build"]
@@ -104,8 +111,14 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         "the build step was seen running, then completed: {build_states:?}"
     );
     assert!(seen["stepLog"].as_str().unwrap().trim().len() > 10, "{seen}");
-    assert!(seen["wrongTokenMessage"].as_str().unwrap().contains("Sign-in failed"), "{seen}");
-    assert!(seen["aliveWorkers"].as_i64().unwrap() >= 1, "the worker's heartbeat shows: {seen}");
+    assert!(
+        seen["wrongTokenMessage"].as_str().unwrap().contains("Sign-in failed"),
+        "{seen}"
+    );
+    assert!(
+        seen["aliveWorkers"].as_i64().unwrap() >= 1,
+        "the worker's heartbeat shows: {seen}"
+    );
     assert_eq!(seen["consoleErrors"], json!([]), "no script errors in the page");
     let r = release(&server, seen["release"].as_i64().unwrap());
     assert_eq!(r["status"], "ready", "{r}");
@@ -117,7 +130,12 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["action"].as_str().unwrap().to_string(), e["entity"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["entity"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     for wanted in [
         ("job.retry".to_string(), dead_job.to_string()),
@@ -139,7 +157,13 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
     assert_ne!(job["finished_at"], first_end, "the retried job ran again: {job}");
     let (_, controls) = call(&server, "GET", "/v1/queue/controls", Value::Null);
     assert_eq!(controls[0]["paused"], false, "resumed: {controls}");
-    for shot in ["02-projects", "04-pipeline-running", "05-pipeline-succeeded", "06-queue", "07-dead-job-retried"] {
+    for shot in [
+        "02-projects",
+        "04-pipeline-running",
+        "05-pipeline-succeeded",
+        "06-queue",
+        "07-dead-job-retried",
+    ] {
         assert!(artifacts.join(format!("{shot}.png")).exists(), "screenshot {shot}");
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use enclii_queue::{
-    Ack, Backend, CancelOutcome, ClaimRequest, ClaimedJob, JobFilter, JobPolicy, JobState, NewJob, NewPipeline, Outcome,
-    PipelineState, PipelineStep, ProjectLimits, QueueError,
+    Ack, Backend, CancelOutcome, ClaimRequest, ClaimedJob, JobFilter, JobPolicy, JobState, NewJob, NewPipeline,
+    Outcome, PipelineState, PipelineStep, ProjectLimits, QueueError,
 };
 use serde_json::json;
 
@@ -720,7 +720,11 @@ async fn operators_list_jobs_by_state_kind_project_and_finish_time(q: Arc<dyn Ba
     })
     .await;
     dead.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(dead_listed.iter().map(|j| j.id).collect::<Vec<_>>(), dead, "dead jobs, newest first");
+    assert_eq!(
+        dead_listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        dead,
+        "dead jobs, newest first"
+    );
     assert!(dead_listed.iter().all(|j| j.last_error.as_deref() == Some("boom")));
     let all = list(JobFilter {
         limit: 10,
@@ -735,7 +739,10 @@ async fn operators_list_jobs_by_state_kind_project_and_finish_time(q: Arc<dyn Ba
         ..Default::default()
     })
     .await;
-    assert_eq!(p1_b.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3].id, ids[2].id]);
+    assert_eq!(
+        p1_b.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[3].id, ids[2].id]
+    );
     let finished = list(JobFilter {
         finished_after: Some(before),
         limit: 10,

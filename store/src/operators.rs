@@ -66,9 +66,11 @@ pub struct WorkerBeat<'a> {
 impl Store {
     pub async fn queue_controls(&self) -> Result<Vec<QueueControl>> {
         read!(self, |conn, ops| {
-            Ok(sqlx::query_as::<_, QueueControl>("SELECT * FROM queue_controls ORDER BY project")
-                .fetch_all(&mut *conn)
-                .await?)
+            Ok(
+                sqlx::query_as::<_, QueueControl>("SELECT * FROM queue_controls ORDER BY project")
+                    .fetch_all(&mut *conn)
+                    .await?,
+            )
         })
     }
 
