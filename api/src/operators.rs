@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,6 +20,7 @@ use enclii_store::{QueueControl, WorkerRecord};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::watch;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
@@ -437,6 +439,70 @@ async fn queue_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError>
     }))
 }
 
+type Snapshot = Option<Arc<serde_json::Value>>;
+
+/// Produces the queue snapshot for every watcher of this API process: one read loop however many
+/// dashboards are open, started by the first watcher and ended when the last one leaves.
+#[derive(Default)]
+pub struct QueueWatch {
+    producer: std::sync::Mutex<std::sync::Weak<watch::Sender<Snapshot>>>,
+}
+
+impl QueueWatch {
+    fn subscribe(&self, state: &AppState) -> watch::Receiver<Snapshot> {
+        let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = producer.upgrade() {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        *producer = Arc::downgrade(&tx);
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                match queue_snapshot(&state).await {
+                    Ok(snapshot) => {
+                        tx.send_if_modified(|old| {
+                            let changed = old.as_deref() != Some(&snapshot);
+                            if changed {
+                                *old = Some(Arc::new(snapshot));
+                            }
+                            changed
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "queue snapshot unavailable"),
+                }
+                tokio::select! {
+                    () = tx.closed() => break,
+                    () = tokio::time::sleep(WATCH_EVERY) => {}
+                }
+            }
+        });
+        rx
+    }
+
+    /// `snapshot` events: the current one at once (if any), then each change.
+    fn events(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
+        let rx = state.queue_watch.subscribe(&state);
+        futures::stream::unfold((state, rx, true), |(state, mut rx, mut first)| async move {
+            loop {
+                // A receiver of a producer that just ended (its last watcher left as this one
+                // came) resubscribes, which starts a new producer.
+                if !first && rx.changed().await.is_err() {
+                    rx = state.queue_watch.subscribe(&state);
+                    continue;
+                }
+                first = false;
+                let snapshot = rx.borrow_and_update().clone();
+                if let Some(snapshot) = snapshot {
+                    let event = Event::default().event("snapshot").data(snapshot.to_string());
+                    return Some((Ok(event), (state, rx, false)));
+                }
+            }
+        })
+    }
+}
+
 /// The operators' queue view, live: a `snapshot` event (`stats`, `throughput`, `workers`,
 /// `controls`, `dead`, `active`: running and waiting jobs) whenever any of it changes.
 #[utoipa::path(get, path = "/v1/queue/stream", tag = "queue",
@@ -446,10 +512,7 @@ pub async fn queue_stream(
     principal: Principal,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     principal.require(Permission::Read, None)?;
-    Ok(watch(move || {
-        let state = state.clone();
-        async move { Ok((queue_snapshot(&state).await?, false)) }
-    }))
+    Ok(Sse::new(QueueWatch::events(state)).keep_alive(KeepAlive::default()))
 }
 
 /// A pipeline run, live: a `snapshot` event with the run and its steps whenever a step changes;

@@ -41,6 +41,8 @@ pub struct AppState {
     pub(crate) signatures: Option<Arc<dyn SignaturePolicy>>,
     /// The deploy target, read by the runtime routes (logs, status); `None`: they answer 503.
     pub(crate) runtime: Option<Arc<dyn enclii_deploy::Target>>,
+    /// The operators' live queue view, shared by every watcher of this process.
+    pub(crate) queue_watch: Arc<operators::QueueWatch>,
 }
 
 /// API settings beyond the store.
@@ -91,6 +93,7 @@ impl AppState {
             api: config.serve_api,
             signatures: config.signatures,
             runtime: config.runtime,
+            queue_watch: Arc::default(),
         }
     }
 }

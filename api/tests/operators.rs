@@ -180,7 +180,82 @@ async fn dead_jobs_throughput_and_workers(db: Db) {
     assert!(r.body["hint"].as_str().unwrap().contains("dead"), "{r:?}");
 }
 
+/// Reads `snapshot` events from an open SSE body until one satisfies `want`.
+async fn next_snapshot(
+    body: &mut axum::body::Body,
+    buffer: &mut String,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if event.contains("event: snapshot")
+                && let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+            {
+                let value: serde_json::Value = serde_json::from_str(data).unwrap();
+                if want(&value) {
+                    return value;
+                }
+            }
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a snapshot within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
+
+async fn watchers_share_one_live_queue_view(db: Db) {
+    use tower::ServiceExt;
+    let t = api(db).await;
+    let r = t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop"}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let open = || {
+        let request = axum::http::Request::get("/v1/queue/stream")
+            .header("authorization", format!("Bearer {}", t.admin))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        t.app.clone().oneshot(request)
+    };
+    let first = open().await.unwrap();
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let mut first = first.into_body();
+    let mut buffer = String::new();
+    let empty = next_snapshot(&mut first, &mut buffer, |_| true).await;
+    assert_eq!(empty["stats"]["depth"], json!([]), "{empty}");
+
+    // A second watcher joins the running view and gets the current snapshot at once.
+    let mut second = open().await.unwrap().into_body();
+    let mut second_buffer = String::new();
+    let joined = next_snapshot(&mut second, &mut second_buffer, |_| true).await;
+    assert_eq!(joined["stats"], empty["stats"]);
+
+    // A change reaches both.
+    enqueue_pings(&t, "shop", 2).await;
+    let has_pings = |v: &serde_json::Value| {
+        v["stats"]["depth"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["kind"] == "ping" && r["count"] == 2))
+    };
+    let seen = next_snapshot(&mut first, &mut buffer, has_pings).await;
+    assert_eq!(seen["active"].as_array().unwrap().len(), 2, "{seen}");
+    next_snapshot(&mut second, &mut second_buffer, has_pings).await;
+
+    // After every watcher left, a new one starts a fresh view.
+    drop((first, second));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut third = open().await.unwrap().into_body();
+    let mut third_buffer = String::new();
+    next_snapshot(&mut third, &mut third_buffer, has_pings).await;
+}
+
 on_both_databases!(
     pausing_a_project_stops_its_claims_until_resumed,
-    dead_jobs_throughput_and_workers
+    dead_jobs_throughput_and_workers,
+    watchers_share_one_live_queue_view
 );
