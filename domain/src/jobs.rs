@@ -172,7 +172,8 @@ pub enum PayloadError {
     Invalid { kind: String, message: String },
 }
 
-/// Checks that `payload` is a valid payload for `kind`; returns the kind's policy.
+/// Checks that `payload` is a valid payload for `kind`; returns the kind's policy. The reserved
+/// trace key (`_trace`, see `enclii_queue::trace`) is not part of any kind's type and is ignored.
 pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
     fn check<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
         J::deserialize(payload)
@@ -182,6 +183,8 @@ pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, Pa
                 message: e.to_string(),
             })
     }
+    let payload = enclii_queue::trace::without_trace(payload);
+    let payload = payload.as_ref();
     match kind {
         Clone::KIND => check::<Clone>(payload),
         Build::KIND => check::<Build>(payload),
@@ -239,5 +242,13 @@ mod tests {
         let err = validate("deploy", &json!({"service": "api"})).unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");
         assert!(validate("ping", &json!({})).is_ok());
+    }
+
+    #[test]
+    fn the_reserved_trace_key_is_not_a_field() {
+        let traced = json!({"service": "api", "environment": "prod", "commit": "abc",
+                            "_trace": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"});
+        assert!(validate("deploy", &traced).is_ok());
+        assert!(validate("ping", &json!({"_trace": "not checked here"})).is_ok());
     }
 }

@@ -180,6 +180,20 @@ mod tests {
     }
 
     #[test]
+    fn steps_built_inside_a_trace_carry_it() {
+        use enclii_queue::trace::{self, TraceContext};
+        let untraced = build_and_deploy(&request(Some("prod"))).unwrap();
+        assert!(untraced.steps.iter().all(|s| s.job.payload.get("_trace").is_none()));
+        let ctx = TraceContext::new_root();
+        let p = trace::sync_scope(ctx, || build_and_deploy(&request(Some("prod")))).unwrap();
+        assert_eq!(p.steps.len(), 6);
+        for step in &p.steps {
+            assert_eq!(trace::from_payload(&step.job.payload), Some(ctx), "{}", step.name);
+            crate::jobs::validate(&step.job.kind, &step.job.payload).unwrap();
+        }
+    }
+
+    #[test]
     fn the_pipeline_fans_out_to_sbom_and_sign_and_in_to_deploy() {
         let p = build_and_deploy(&request(Some("prod"))).unwrap();
         let needs = |name: &str| p.steps.iter().find(|s| s.name == name).unwrap().needs.clone();

@@ -172,8 +172,10 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// An untyped job; prefer [`NewJob::typed`].
-    pub fn new(kind: impl Into<String>, project: impl Into<String>, payload: serde_json::Value) -> Self {
+    /// An untyped job; prefer [`NewJob::typed`]. Inside a traced scope ([`crate::trace::scope`])
+    /// an object payload gets the current trace under the reserved key `_trace`.
+    pub fn new(kind: impl Into<String>, project: impl Into<String>, mut payload: serde_json::Value) -> Self {
+        crate::trace::stamp(&mut payload);
         Self {
             kind: kind.into(),
             project: project.into(),

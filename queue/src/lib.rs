@@ -16,6 +16,7 @@ pub mod postgres;
 mod progress;
 pub mod redis;
 pub mod sqlite;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use job::{
     PipelineId,
 };
 pub use pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord, PipelineState, PipelineStep, StepRecord};
+pub use trace::TraceContext;
 
 /// Opens the backend a URL names: `postgres://…`, `sqlite://PATH` (or `sqlite::memory:`), `redis://…`.
 pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Backend>> {

@@ -44,9 +44,11 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Decodes the payload; a payload that does not match the kind's type is not retryable.
+    /// Decodes the payload, without the reserved trace key (`_trace`); a payload that does not
+    /// match the kind's type is not retryable.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.job.payload.clone()).map_err(|e| {
+        let payload = enclii_queue::trace::without_trace(&self.job.payload).into_owned();
+        serde_json::from_value(payload).map_err(|e| {
             JobError::Abort(format!(
                 "malformed payload for a `{}` job: {e}; fix the producer and retry the job",
                 self.job.kind

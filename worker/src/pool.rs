@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use enclii_queue::trace;
 use enclii_queue::{Ack, Backend, ClaimRequest, ClaimedJob, JobId, Lease, Outcome};
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -342,15 +343,25 @@ async fn claim_loop(shared: &Arc<Shared>, kinds: &[String], jobs: &TaskTracker, 
                 let got = claimed.len();
                 for (job, slot) in claimed.into_iter().zip(permits.drain(..)) {
                     let control = shared.track(job.lease());
-                    let span =
-                        info_span!("job", id = job.id, kind = %job.kind, project = %job.project, attempt = job.attempt);
+                    let span = info_span!(
+                        "job",
+                        trace_id = tracing::field::Empty,
+                        job_id = job.id,
+                        kind = %job.kind,
+                        project = %job.project,
+                        attempt = job.attempt,
+                        pipeline = job.pipeline,
+                        step = job.step.as_deref(),
+                    );
+                    // The job's span continues the trace it was enqueued in (a new one without).
+                    let trace = trace::attach(&span, trace::from_payload(&job.payload));
                     let shared = shared.clone();
                     jobs.spawn(
-                        async move {
+                        trace::scope(trace, async move {
                             execute(&shared, job, control).await;
                             drop(slot);
                             shared.slot_freed.notify_one();
-                        }
+                        })
                         .instrument(span),
                     );
                 }
@@ -423,7 +434,12 @@ async fn execute(shared: &Shared, job: ClaimedJob, control: Arc<Control>) {
                 cancel: cancel.clone(),
             };
             // A task of its own, so that a panicking handler fails its job, not the worker.
-            let mut run = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
+            // The trace follows the handler into its task, so jobs it enqueues join it.
+            let run = async move { handler.run(ctx).await };
+            let mut run = match trace::current() {
+                Some(trace) => tokio::spawn(trace::scope(trace, run).in_current_span()),
+                None => tokio::spawn(run.in_current_span()),
+            };
             let ended = tokio::select! {
                 result = &mut run => Ended::Finished(result),
                 _ = tokio::time::sleep(policy.timeout) => Ended::TimedOut,
