@@ -493,8 +493,9 @@ async fn execute(shared: &Shared, job: ClaimedJob, control: Arc<Control>) {
     };
     let outcome = clean(outcome);
     record_outcome(&kind, &outcome, started.elapsed());
-    if let Some(error) = outcome.error() {
-        debug!(%error, state = %outcome.state(), "attempt failed");
+    match outcome.error() {
+        Some(error) => debug!(%error, state = %outcome.state(), "attempt failed"),
+        None => debug!(state = %outcome.state(), elapsed_ms = started.elapsed().as_millis() as u64, "attempt ended"),
     }
     let _ = shared.acks.send(Ack {
         lease,

@@ -1,0 +1,260 @@
+//! Logging and tracing for `enclii server`.
+//!
+//! [`init`] installs the process's `tracing` subscriber: human-readable or JSON log lines on
+//! stderr (filtered by `ENCLII_LOG`, default `info,sqlx=warn`) and — only when an OTLP endpoint is
+//! configured — an OpenTelemetry layer that exports spans over OTLP/HTTP (protobuf) with
+//! `service.name=enclii` and the process's roles as resource attributes. It also installs the
+//! queue's span linker ([`enclii_queue::trace::set_span_linker`]), so the ids the API and the
+//! workers carry in `traceparent` headers and `_trace` payloads are those of the exported spans:
+//! one trace from a webhook through every job of its pipeline.
+//!
+//! JSON log lines carry the current span's fields and the list of spans (`span`, `spans`), so a
+//! line logged inside a job shows its `trace_id`, `job_id`, `kind` and `project`.
+//!
+//! Keep the returned [`Telemetry`] alive; dropping it (or [`Telemetry::shutdown`]) flushes the
+//! spans still buffered.
+
+use enclii_queue::trace::TraceContext;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub mod otlp;
+
+/// The standard variable naming an OTLP endpoint (a base URL; `/v1/traces` is appended).
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The standard variable naming the traces endpoint itself (used as it is).
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+
+/// How the process logs and traces.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// JSON lines instead of human-readable text (`--log-json`, `ENCLII_LOG_JSON`).
+    pub json: bool,
+    /// The OTLP/HTTP base URL (`--otlp-endpoint`, `ENCLII_OTLP_ENDPOINT`), e.g.
+    /// `http://collector:4318`; spans go to `<url>/v1/traces`. Without it, the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` are read; with none of
+    /// them, nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// The roles this process runs (`api,worker,scheduler`), the `enclii.role` resource attribute.
+    pub role: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter in ENCLII_LOG: {0}")]
+    Filter(String),
+    #[error("cannot set up the OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Where spans are exported, if anywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Export {
+    Off,
+    /// The full traces URL (`…/v1/traces`).
+    Endpoint(String),
+    /// The `OTEL_EXPORTER_OTLP_*` variables, resolved by the exporter.
+    Standard(String),
+}
+
+impl Export {
+    /// Decides from the configuration and the environment (`env` reads a variable).
+    pub fn resolve(config: &Config, env: impl Fn(&str) -> Option<String>) -> Export {
+        let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        if let Some(base) = set(config.otlp_endpoint.clone()) {
+            return Export::Endpoint(traces_url(&base));
+        }
+        if let Some(url) = set(env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)) {
+            return Export::Standard(url);
+        }
+        match set(env(OTEL_EXPORTER_OTLP_ENDPOINT)) {
+            Some(base) => Export::Standard(traces_url(&base)),
+            None => Export::Off,
+        }
+    }
+}
+
+/// `<base>/v1/traces`, unless `base` already names it.
+fn traces_url(base: &str) -> String {
+    let base = base.trim().trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// The installed telemetry; flushes and stops the exporter when dropped.
+#[must_use = "dropping it stops the span exporter"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    export: Export,
+}
+
+impl Telemetry {
+    /// Where spans go (for the start-up log line).
+    pub fn export(&self) -> &Export {
+        &self.export
+    }
+
+    /// Exports the spans still buffered and stops the exporter (also done on drop). Blocks for
+    /// at most the exporter's timeout.
+    pub fn shutdown(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            // The subscriber may be the only place to say it; stderr is the log's own stream.
+            eprintln!("enclii: flushing spans to the OTLP endpoint failed: {e}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Installs logging (and, when configured, OTLP span export) for this process.
+pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
+    let filter = match std::env::var("ENCLII_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).map_err(|e| TelemetryError::Filter(e.to_string()))?,
+        Err(_) => EnvFilter::new("info,sqlx=warn"),
+    };
+    let logs = if config.json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    let export = Export::resolve(config, |name| std::env::var(name).ok());
+    let provider = match &export {
+        Export::Off => None,
+        Export::Endpoint(url) | Export::Standard(url) => {
+            Some(provider(config, &export).map_err(|message| TelemetryError::Exporter {
+                endpoint: url.clone(),
+                message,
+            })?)
+        }
+    };
+    let spans = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("enclii")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    if provider.is_some() {
+        enclii_queue::trace::set_span_linker(link);
+    }
+    Ok(Telemetry { provider, export })
+}
+
+fn provider(config: &Config, export: &Export) -> Result<SdkTracerProvider, String> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary);
+    if let Export::Endpoint(url) = export {
+        exporter = exporter.with_endpoint(url.clone());
+    }
+    let exporter = exporter.build().map_err(|e| e.to_string())?;
+    let resource = Resource::builder()
+        .with_service_name("enclii")
+        .with_attributes([
+            KeyValue::new("enclii.role", config.role.clone()),
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// The queue's [`enclii_queue::trace::SpanLinker`]: makes `parent` the exported span's remote
+/// parent and returns the span's own ids as OpenTelemetry assigned them.
+fn link(span: &tracing::Span, parent: Option<TraceContext>) -> Option<TraceContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    if let Some(parent) = parent {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        span.set_parent(Context::new().with_remote_span_context(remote)).ok()?;
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    own.is_valid().then(|| TraceContext {
+        trace_id: own.trace_id().to_bytes(),
+        span_id: own.span_id().to_bytes(),
+        flags: own.trace_flags().to_u8(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(config_endpoint: Option<&str>, vars: &[(&str, &str)]) -> Export {
+        let config = Config {
+            otlp_endpoint: config_endpoint.map(String::from),
+            ..Config::default()
+        };
+        Export::resolve(&config, |name| {
+            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn export_is_off_unless_an_endpoint_is_configured() {
+        assert_eq!(resolve(None, &[]), Export::Off);
+        assert_eq!(resolve(Some(" "), &[(OTEL_EXPORTER_OTLP_ENDPOINT, "")]), Export::Off);
+        assert_eq!(
+            resolve(
+                Some("http://c:4318/"),
+                &[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://other:4318")]
+            ),
+            Export::Endpoint("http://c:4318/v1/traces".into()),
+            "the flag wins and is a base URL, like the standard variable"
+        );
+        assert_eq!(
+            resolve(Some("http://c:4318/v1/traces"), &[]),
+            Export::Endpoint("http://c:4318/v1/traces".into())
+        );
+        assert_eq!(
+            resolve(None, &[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4318")]),
+            Export::Standard("http://c:4318/v1/traces".into())
+        );
+        assert_eq!(
+            resolve(
+                None,
+                &[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4318"),
+                    (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "http://t:4318/traces")
+                ]
+            ),
+            Export::Standard("http://t:4318/traces".into())
+        );
+    }
+}
