@@ -239,7 +239,7 @@ async function projectView(project) {
             h(
               "tr",
               {},
-              h("td", {}, e.name),
+              h("td", {}, h("a", { href: `#/p/${p}/e/${enc(e.name)}` }, e.name)),
               h("td", {}, e.region ?? "—"),
               h("td", {}, e.budget_cents === null ? "—" : `$${(e.budget_cents / 100).toFixed(2)}/month`),
               h("td", {}, e.paused_at ? badge("paused") : badge("running")),
@@ -263,6 +263,55 @@ async function projectView(project) {
     table(["Run", "Service", "Environment", "Commit", "Release", "Pipeline", "Started"], pipelineRows(runs)),
     h("h2", {}, "Deployments"),
     deploymentTable(deployments),
+  );
+}
+
+/** One environment: its services as they run now (release, replicas, health, P95, errors). */
+async function environmentView(project, environment) {
+  const p = enc(project);
+  const [services, deployments] = await Promise.all([
+    get(`/v1/projects/${p}/services`),
+    get(`/v1/projects/${p}/deployments?limit=50`),
+  ]);
+  let runtime;
+  try {
+    const status = await get(`/v1/projects/${p}/status?environment=${enc(environment)}`);
+    runtime = table(
+      ["Service", "Release", "Replicas", "Health", "P95", "Errors", "Canary", "URL"],
+      status.map((r) =>
+        h(
+          "tr",
+          { dataset: { service: r.service } },
+          h("td", {}, h("a", { href: `#/p/${p}/s/${enc(r.service)}` }, r.service)),
+          h("td", {}, r.release ?? "—"),
+          h("td", {}, `${r.replicas_ready}/${r.replicas_desired}`),
+          h("td", {}, badge(r.health)),
+          h("td", {}, r.p95_ms === null ? "—" : `${Math.round(r.p95_ms)} ms`),
+          h("td", {}, `${(r.error_rate * 100).toFixed(1)}%`),
+          h("td", {}, r.canary_percent ? `${r.canary_percent}% → ${r.canary_release}` : "—"),
+          h("td", {}, r.url ? h("a", { href: r.url, target: "_blank", rel: "noopener" }, r.url) : "—"),
+        ),
+      ),
+      "Nothing runs here yet.",
+    );
+  } catch (e) {
+    runtime = h("p", { class: "muted" }, `Runtime status unavailable: ${e.message}${e.hint ? ` — ${e.hint}` : ""}`);
+  }
+  const here = services.filter((s) => s.environment === environment);
+  return h(
+    "section",
+    {},
+    h("h1", {}, h("a", { href: `#/p/${p}` }, project), ` / ${environment}`),
+    h("h2", {}, "Runtime"),
+    runtime,
+    h("h2", {}, "Services"),
+    table(
+      ["Service", "Branch", "Spec version#"],
+      here.map((s) => h("tr", {}, h("td", {}, h("a", { href: `#/p/${p}/s/${enc(s.name)}` }, s.name)), h("td", {}, s.branch ?? "—"), h("td", { class: "num" }, s.spec_version))),
+      "No service has this as its environment.",
+    ),
+    h("h2", {}, "Deployments"),
+    deploymentTable(deployments.filter((d) => d.environment === environment)),
   );
 }
 
@@ -650,6 +699,7 @@ const routes = [
   [/^#\/signin$/, () => signInView()],
   [/^#\/projects$/, () => projectsView()],
   [/^#\/p\/([^/]+)$/, (m) => projectView(decodeURIComponent(m[1]))],
+  [/^#\/p\/([^/]+)\/e\/([^/]+)$/, (m) => environmentView(decodeURIComponent(m[1]), decodeURIComponent(m[2]))],
   [/^#\/p\/([^/]+)\/s\/([^/]+)$/, (m) => serviceView(decodeURIComponent(m[1]), decodeURIComponent(m[2]))],
   [/^#\/pipeline\/(\d+)$/, (m) => pipelineView(Number(m[1]))],
   [/^#\/queue$/, () => queueView()],

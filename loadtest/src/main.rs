@@ -7,6 +7,7 @@
 
 mod env;
 mod meter;
+mod operators;
 mod store;
 mod webhooks;
 mod workloads;
@@ -39,6 +40,9 @@ enum Command {
     /// Signed GitHub `push` webhooks over HTTP on loopback into the API (in this process), each
     /// durably accepted with its release and pipeline: throughput and request latency.
     Webhooks(WebhookArgs),
+    /// The operators' queue views (stats, dead jobs, throughput, workers, the live stream's first
+    /// snapshot) over HTTP on a queue of --jobs jobs: latency percentiles.
+    Operators(OperatorArgs),
     /// A worker process for `crash` (records completions durably); runs until killed.
     #[command(hide = true)]
     Worker(ChildArgs),
@@ -141,6 +145,25 @@ pub struct WebhookArgs {
     pub mode: WebhookMode,
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct OperatorArgs {
+    /// Where the queue lives (`redis`: the control plane in PostgreSQL, the queue in Redis).
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: BackendKind,
+    /// Jobs in the queue: 80% finished in the run (1 in 20 of them dead), 20% waiting.
+    #[arg(long, default_value_t = 25_000)]
+    pub jobs: usize,
+    /// Requests per view.
+    #[arg(long, default_value_t = 40)]
+    pub requests: usize,
+    /// The PostgreSQL server to create the run's database on, or the SQLite database to use.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Redis server for `--backend redis`; its database 7 is flushed before and after the run.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum WebhookMode {
     Http,
@@ -203,6 +226,9 @@ async fn main() -> std::process::ExitCode {
         Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
         Command::Crash(args) => workloads::run(workloads::Workload::Crash, args).await.map(Some),
         Command::Fairness(args) => workloads::run(workloads::Workload::Fairness, args).await.map(Some),
+        Command::Operators(args) => operators::run(&args)
+            .await
+            .map(|fields| Some(workloads::json_line("enclii", "operators", fields))),
         Command::Webhooks(args) => webhooks::run(&args).await.map(|fields| {
             let system = format!("enclii-{}", args.backend.as_str());
             Some(workloads::json_line(&system, "webhooks", fields))

@@ -205,6 +205,9 @@ impl Backend for Metered {
     async fn job(&self, id: JobId) -> enclii_queue::Result<Option<JobRecord>> {
         self.inner.job(id).await
     }
+    async fn list_jobs(&self, filter: &enclii_queue::JobFilter) -> enclii_queue::Result<Vec<JobRecord>> {
+        self.inner.list_jobs(filter).await
+    }
     async fn pipeline(&self, id: PipelineId) -> enclii_queue::Result<Option<PipelineRecord>> {
         self.inner.pipeline(id).await
     }

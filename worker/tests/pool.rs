@@ -416,6 +416,9 @@ impl Backend for HangingHeartbeats {
     async fn job(&self, id: i64) -> enclii_queue::Result<Option<enclii_queue::JobRecord>> {
         self.inner.job(id).await
     }
+    async fn list_jobs(&self, filter: &enclii_queue::JobFilter) -> enclii_queue::Result<Vec<enclii_queue::JobRecord>> {
+        self.inner.list_jobs(filter).await
+    }
     async fn pipeline(&self, id: i64) -> enclii_queue::Result<Option<enclii_queue::PipelineRecord>> {
         self.inner.pipeline(id).await
     }

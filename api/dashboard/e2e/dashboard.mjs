@@ -71,6 +71,12 @@ try {
   await page.click(`a[href="#/p/${project}"]`);
   await page.waitForSelector(`a[href="#/pipeline/${pipeline}"]`);
   await shot(page, "03-project");
+  // An environment: its services and what runs there (no deploy target in this run: it says so).
+  await page.click(`a[href="#/p/${project}/e/prod"]`);
+  await page.waitForFunction(() => document.querySelector("#view h2")?.textContent === "Runtime");
+  seen.environmentRuntime = await page.textContent("#view section > p, #view table");
+  await page.click(`#view h1 a[href="#/p/${project}"]`);
+  await page.waitForSelector(`a[href="#/pipeline/${pipeline}"]`);
 
   // Watch the pipeline progress, live: record every state the graph shows until the run ends.
   await page.click(`a[href="#/pipeline/${pipeline}"]`);
