@@ -9,7 +9,14 @@ mod server;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "enclii", version, about = "Enclii: build, prove and deploy — self-hosted")]
+#[command(
+    name = "enclii",
+    version,
+    about = "Enclii: build, prove and deploy — self-hosted",
+    after_help = "Exit codes: 0 done, 10 bad input (flag, spec, 400/422), 20 build failed, 30 deploy failed \
+                  or refused, 40 --timeout passed, 50 no/bad token or not allowed, 1 anything else.\n\
+                  Settings come from flags, then ENCLII_* variables, then the config profile (see `enclii auth login`)."
+)]
 struct Cli {
     #[command(flatten)]
     global: conductor::Global,

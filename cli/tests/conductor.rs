@@ -714,3 +714,157 @@ fn a_build_that_fails_exits_20_with_the_reason() {
     let out = cli.run_with(&["up", "--timeout", "0"], &env, None);
     assert_eq!(out.code, 40, "{out:?}");
 }
+
+#[test]
+fn jobs_run_queue_views_cancel_and_bad_inputs() {
+    // No deploy target: the worker claims no `job-run`, so a run waits in the queue.
+    let server = server(false);
+    let cli = Conductor::new(&server.addr);
+    let addr = server.addr.as_str();
+    let (status, body) = http(addr, "POST", "/v1/projects", r#"{"slug":"shop"}"#);
+    assert_eq!(status, 201, "{body}");
+    let spec = "apiVersion: enclii.dev/v1\nkind: Service\nmetadata: { project: shop, environment: prod, name: web }\n\
+                spec:\n  source: { git: { repository: \"https://example.com/web.git\", branch: main } }\n\
+                \x20 runtime: { ports: [3000], memory: 64Mi, cpu: 250m }\n\
+                \x20 jobs: [ { name: report, schedule: \"0 2 * * *\", args: [\"echo\", \"hi\"] } ]\n";
+    let (status, body) = post_yaml(addr, "/v1/projects/shop/services", spec);
+    assert_eq!(status, 201, "{body}");
+
+    // `jobs run` queues a `job-run` job; `queue jobs` shows it waiting; `queue cancel` cancels it.
+    let run = cli
+        .ok(
+            "shop",
+            &["jobs", "run", "report", "--service", "web", "--output", "json"],
+        )
+        .json();
+    assert_eq!(run["status"], "queued", "{run}");
+    let job = run["queue_job_id"].as_i64().unwrap();
+    let out = cli.ok("shop", &["jobs", "run", "report", "--service", "web"]);
+    assert!(out.stdout.contains("queued"), "{out:?}");
+    let waiting = cli
+        .ok("shop", &["queue", "jobs", "--kind", "job-run", "--output", "json"])
+        .json();
+    let mine = waiting
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"].as_i64() == Some(job));
+    assert_eq!(mine.map(|j| j["state"].clone()), Some(json!("available")), "{waiting}");
+    let out = cli.ok("shop", &["queue", "jobs"]);
+    assert!(
+        out.stdout.contains("job-run") && out.stdout.contains("available"),
+        "{out:?}"
+    );
+    // Retrying a job that is not dead says which ones can be (409: exit 1).
+    let out = cli.owner("shop", &["queue", "retry", &job.to_string()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("hint:") && out.stderr.contains("queue dead"),
+        "{out:?}"
+    );
+    let out = cli.ok("shop", &["queue", "cancel", &job.to_string(), "--output", "json"]);
+    assert_eq!(out.json()["result"], "cancelled", "{out:?}");
+    let cancelled = cli
+        .ok("shop", &["queue", "jobs", "--state", "cancelled", "--output", "json"])
+        .json();
+    assert!(
+        cancelled
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"].as_i64() == Some(job)),
+        "{cancelled}"
+    );
+    let out = cli.ok("shop", &["queue", "cancel", &job.to_string()]);
+    assert!(out.stdout.contains("already finished"), "{out:?}");
+    let out = cli.owner("shop", &["queue", "cancel", "999999"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("hint:"), "{out:?}");
+    // An unknown job names the service's jobs.
+    let out = cli.owner("shop", &["jobs", "run", "nope", "--service", "web"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("report"), "{out:?}");
+
+    // The operators' views: stats as a table, controls (and its alias limits), throughput.
+    let out = cli.ok("shop", &["queue", "stats"]);
+    assert!(out.stdout.contains("KIND") && out.stdout.contains("job-run"), "{out:?}");
+    cli.ok("shop", &["queue", "pause", "shop"]);
+    let controls = cli.ok("shop", &["queue", "controls", "--output", "json"]).json();
+    assert_eq!(controls[0]["project"], "shop", "{controls}");
+    assert_eq!(controls[0]["paused"], true, "{controls}");
+    let out = cli.ok("shop", &["queue", "limits"]);
+    assert!(out.stdout.contains("shop") && out.stdout.contains("paused"), "{out:?}");
+    let report = cli
+        .ok("shop", &["queue", "throughput", "--minutes", "5", "--output", "json"])
+        .json();
+    assert_eq!(report["buckets"].as_array().unwrap().len(), 5, "{report}");
+    let out = cli.ok("shop", &["queue", "throughput", "--minutes", "3"]);
+    assert!(
+        out.stdout.contains("CANCELLED") && out.stdout.contains("last 3 min"),
+        "{out:?}"
+    );
+    let out = cli.owner("shop", &["queue", "throughput", "--minutes", "0"]);
+    assert_eq!(out.code, 10, "{out:?}");
+
+    // Releases: a read command (none yet); rolling back to a release that does not exist says
+    // where to look.
+    let out = cli.ok("shop", &["releases", "web", "--output", "json"]);
+    assert_eq!(out.json(), json!([]), "{out:?}");
+    let out = cli.owner("shop", &["rollback", "web", "--to", "999"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("enclii releases web"), "{out:?}");
+
+    // Secrets: no value on stdin, or no name, is a validation error, and nothing is set.
+    let out = cli.owner("shop", &["secrets", "set", "NOEQUALS"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(out.stderr.contains("stdin") && out.stderr.contains("hint:"), "{out:?}");
+    let out = cli.owner("shop", &["secrets", "set", "=value"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    let out = cli.ok("shop", &["secrets", "list", "--output", "json"]);
+    assert_eq!(out.json(), json!([]), "{out:?}");
+
+    // A timeout too long for the clock is refused, not a panic.
+    let out = cli.owner(
+        "shop",
+        &["deploy", "web", "--release", "1", "--timeout", "999999999999999h"],
+    );
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+
+    // Credentials in --server are refused without being printed.
+    let out = cli.owner("shop", &["ps", "--server", "http://alice:hunter2@127.0.0.1:1"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(
+        !out.stderr.contains("hunter2") && out.stderr.contains("hint:"),
+        "{out:?}"
+    );
+
+    // A profile's token goes only to the profile's server.
+    let out = cli.run_with(
+        &["auth", "login", "--project", "shop"],
+        &[],
+        Some(&format!("{TOKEN}\n")),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    cli.ok("shop", &["routes", "list"]);
+    let out = cli.run_with(&["routes", "list", "--server", "http://127.0.0.1:1"], &[], None);
+    assert_eq!(out.code, 50, "{out:?}");
+    assert!(
+        out.stderr.contains("not sent elsewhere") && !out.stderr.contains(TOKEN),
+        "{out:?}"
+    );
+    // A config file others may read is named, with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cli.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cli.run_with(&["routes", "list"], &[], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("chmod 600"), "{out:?}");
+    // `auth login` again (no token given) reads a new one instead of reusing the stored one,
+    // and writes the file 0600 again.
+    let out = cli.run_with(&["auth", "login"], &[], None);
+    assert_eq!(out.code, 50, "{out:?}");
+    let out = cli.run_with(&["auth", "login"], &[], Some(&format!("{TOKEN}\n")));
+    assert_eq!(out.code, 0, "{out:?}");
+    let mode = std::fs::metadata(&cli.config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -18,15 +18,33 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// How long an event stream may stay silent: the API sends a keep-alive comment every 15 s, so
+/// a minute of nothing means the connection is dead (a proxy dropped it, the host went away).
+const SSE_IDLE: Duration = Duration::from_secs(60);
+
 /// One Server-Sent Event: its `event` name (`message` when unnamed) and `data`.
 pub struct SseEvent {
     pub event: String,
     pub data: String,
 }
 
+/// `url` without any `user:password@` in it, for messages.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("…@{}", &rest[at + 1..]),
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 fn unreachable(server: &str, e: &reqwest::Error) -> Failure {
     // reqwest's message for a refused connection is "error sending request": name the cause.
     let mut cause = e.to_string();
+    if e.is_timeout() {
+        cause = "no answer in time".into();
+    }
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         cause = inner.to_string();
@@ -39,14 +57,30 @@ fn unreachable(server: &str, e: &reqwest::Error) -> Failure {
     .hint("is the server running? start it with `enclii server`, or pass --server (or ENCLII_SERVER)")
 }
 
+/// A body that broke off while it was read.
+fn broken(what: &str, e: reqwest::Error) -> Failure {
+    Failure::new(exit::FAILURE, format!("{what}: {}", e.without_url()))
+        .hint("the connection to the server broke: run the command again")
+}
+
 impl Client {
     /// A client for the settings' server; `None` token is allowed only for [`Client::anonymous`]
     /// uses — every `/v1` call needs one, so [`Client::new`] refuses early without it.
     pub fn new(settings: &Settings) -> Result<Self, Failure> {
         if settings.token.is_none() {
-            return Err(Failure::new(exit::AUTH, "no token: every API call needs one").hint(format!(
+            let message = match &settings.profile_server {
+                Some(other) => format!(
+                    "no token for {}: the token of profile `{}` is for {}, and is not sent elsewhere",
+                    redact(&settings.server),
+                    settings.profile,
+                    redact(other)
+                ),
+                None => "no token: every API call needs one".into(),
+            };
+            return Err(Failure::new(exit::AUTH, message).hint(format!(
                 "run `enclii auth login --server {}` (it stores the token in the profile `{}`), or pass --token / set ENCLII_TOKEN",
-                settings.server, settings.profile
+                redact(&settings.server),
+                settings.profile
             )));
         }
         Self::with_token(&settings.server, settings.token.clone())
@@ -54,9 +88,19 @@ impl Client {
 
     pub fn with_token(server: &str, token: Option<String>) -> Result<Self, Failure> {
         if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(Failure::validation(format!(
+                "--server: `{}` is not an http:// or https:// URL",
+                redact(server)
+            ))
+            .hint("e.g. --server http://127.0.0.1:8080"));
+        }
+        if redact(server) != server {
+            // A password in the URL would end up in the config file and in messages; the API
+            // takes a bearer token, never basic credentials.
             return Err(
-                Failure::validation(format!("--server: `{server}` is not an http:// or https:// URL"))
-                    .hint("e.g. --server http://127.0.0.1:8080"),
+                Failure::validation(format!("--server: `{}` has credentials in it", redact(server))).hint(
+                    "drop the `user:password@` part: the token (--token or `enclii auth login`) is the credential",
+                ),
             );
         }
         let http = reqwest::Client::builder()
@@ -96,7 +140,7 @@ impl Client {
         let text = response
             .text()
             .await
-            .map_err(|e| Failure::new(exit::FAILURE, format!("reading the answer of {}: {e}", self.server)))?;
+            .map_err(|e| broken(&format!("reading the answer of {}", self.server), e))?;
         if text.trim().is_empty() {
             return Ok(Value::Null);
         }
@@ -136,7 +180,8 @@ impl Client {
     }
 
     /// Reads an SSE stream, calling `on_event` for each event until it returns `false` or the
-    /// server ends the stream.
+    /// server ends the stream. A stream silent for longer than [`SSE_IDLE`] (not even a
+    /// keep-alive) fails rather than hang.
     pub async fn events(
         &self,
         path: &str,
@@ -147,14 +192,22 @@ impl Client {
             .request(Method::GET, path)
             .query(query)
             .header(reqwest::header::ACCEPT, "text/event-stream");
-        let response = self.send(request).await?;
+        let response = tokio::time::timeout(SSE_IDLE, self.send(request))
+            .await
+            .map_err(|_| silent(&self.server))??;
         let mut bytes = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(chunk) = bytes.next().await {
-            let chunk = chunk.map_err(|e| Failure::new(exit::FAILURE, format!("the event stream broke: {e}")))?;
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
+        // Bytes, not text: a chunk may end inside a UTF-8 character.
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout(SSE_IDLE, bytes.next()).await {
+                Err(_) => return Err(silent(&self.server)),
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| broken("the event stream broke", e))?,
+            };
+            buffer.extend(chunk.iter().filter(|b| **b != b'\r'));
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = buffer.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&raw);
                 let mut event = SseEvent {
                     event: "message".into(),
                     data: String::new(),
@@ -179,6 +232,19 @@ impl Client {
     }
 }
 
+fn silent(server: &str) -> Failure {
+    Failure::new(
+        exit::FAILURE,
+        format!(
+            "the event stream from {server} was silent for {} s (no keep-alive): the connection is gone",
+            SSE_IDLE.as_secs()
+        ),
+    )
+    .hint(
+        "check that the server is up (and that no proxy buffers or cuts text/event-stream), then run the command again",
+    )
+}
+
 /// An error answer as a failure: the problem's detail, each failing field, its hint, and the
 /// exit code of its kind (validation 10, auth 50, else 1).
 async fn problem(response: reqwest::Response) -> Failure {
@@ -189,7 +255,7 @@ async fn problem(response: reqwest::Response) -> Failure {
         .map(str::to_string)
         .unwrap_or_else(|| format!("the server answered {status}"));
     let mut message = detail;
-    for field in body["errors"].as_array().into_iter().flatten() {
+    for field in super::output::items(&body["errors"]) {
         let line = format!(
             "{}: {}",
             field["path"].as_str().unwrap_or("?"),
@@ -208,6 +274,8 @@ async fn problem(response: reqwest::Response) -> Failure {
     failure.status = Some(status.as_u16());
     failure.hint = body["hint"].as_str().map(str::to_string).or_else(|| match status {
         StatusCode::UNAUTHORIZED => Some("log in again with `enclii auth login`, or pass a valid --token".into()),
+        StatusCode::FORBIDDEN => Some("ask an owner of the project for a token with the needed scope".into()),
+        s if s.is_server_error() => Some("the server failed: its log says why; try again later".into()),
         _ => None,
     });
     failure
@@ -224,4 +292,17 @@ pub fn segment(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_cut_out_of_urls() {
+        assert_eq!(redact("http://a:b@host:1/x?y@z"), "http://…@host:1/x?y@z");
+        assert_eq!(redact("https://host/p@th"), "https://host/p@th");
+        assert_eq!(redact("user:pw@host"), "…@host");
+        assert!(Client::with_token("http://a:b@host", None).is_err());
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::process::Command as Process;
+use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Subcommand, ValueEnum};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::client::{Client, segment};
 use super::config::{ConfigFile, Settings};
 use super::init::{self, Template};
-use super::output::{cell, emit, print_rows, table, time};
+use super::output::{cell, emit, items, number, outln, print_rows, rows, table, time};
 use super::progress::Waiter;
 use super::{Command, Failure, Global, OutputFormat, exit};
 
@@ -36,6 +36,7 @@ pub async fn run<C: CommandFactory>(global: Global, command: Command) -> anyhow:
         Command::Routes(command) => routes(&settings, command).await,
         Command::Jobs(command) => jobs(&settings, command).await,
         Command::Rollback(args) => rollback(&settings, args).await,
+        Command::Releases(args) => releases(&settings, args).await,
         Command::Cost(args) => cost(&settings, args).await,
         Command::Auth(command) => auth(&settings, command).await,
         Command::Queue(command) => queue(&settings, command).await,
@@ -53,10 +54,75 @@ fn seconds(s: &str) -> Result<Duration, String> {
         Some((i, 'h')) => (&s[..i], 3600),
         _ => (s, 1),
     };
-    digits
+    let too_long = || format!("`{s}` is too long: at most {}h", MAX_WAIT.as_secs() / 3600);
+    let n = digits
         .parse::<u64>()
-        .map(|n| Duration::from_secs(n * unit))
-        .map_err(|_| format!("`{s}` is not a duration such as 90, 90s, 15m or 1h"))
+        .map_err(|_| format!("`{s}` is not a duration such as 90, 90s, 15m or 1h"))?;
+    let secs = n.checked_mul(unit).ok_or_else(too_long)?;
+    let duration = Duration::from_secs(secs);
+    if duration > MAX_WAIT {
+        return Err(too_long());
+    }
+    Ok(duration)
+}
+
+/// The longest `--timeout`: a week.
+const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `/v1/projects/{project}`, the name escaped.
+fn project_path(project: &str) -> String {
+    format!("/v1/projects/{}", segment(project))
+}
+
+/// `/v1/projects/{project}/services/{service}`, the names escaped.
+fn service_path(project: &str, service: &str) -> String {
+    format!("{}/services/{}", project_path(project), segment(service))
+}
+
+/// A field the API's answer must have is missing: a server this CLI does not know.
+fn missing(pointer: &str) -> Failure {
+    Failure::new(
+        exit::FAILURE,
+        format!(
+            "the server's answer has no `{}`",
+            pointer.trim_start_matches('/').replace('/', ".")
+        ),
+    )
+    .hint("is --server an Enclii API of the same version as this CLI (`enclii --version`)?")
+}
+
+/// A number the API's answer must have.
+fn required_id(value: &Value, pointer: &str) -> Result<i64, Failure> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| missing(pointer))
+}
+
+/// Reads one line from stdin without echoing it on a terminal (tokens, secret values); `None`
+/// at the end of the input.
+fn read_hidden(prompt: &str) -> anyhow::Result<Option<String>> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = Process::new("stty")
+            .arg(arg)
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    if terminal {
+        eprint!("{prompt}");
+        stty("-echo");
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if terminal {
+        stty("echo");
+        eprintln!();
+    }
+    Ok((read? > 0).then(|| line.trim_end_matches(['\n', '\r']).to_string()))
 }
 
 /// A Service Spec read from a file, and its text.
@@ -129,7 +195,7 @@ fn head(progress: bool) -> Result<(String, String), Failure> {
     if progress && !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty() {
         eprintln!(
             "note: uncommitted changes are not deployed: the server builds commit {}",
-            &sha[..12]
+            sha.get(..12).unwrap_or(&sha)
         );
     }
     Ok((sha, branch))
@@ -181,9 +247,15 @@ fn init(settings: &Settings, args: InitArgs) -> Done {
         branch: args.branch,
         force: args.force,
     })?;
-    std::fs::write(&plan.spec_path, &plan.spec)?;
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| {
+            Failure::new(exit::FAILURE, format!("cannot write {}: {e}", path.display()))
+                .hint("check that the directory exists and is writable, or pass --dir / --file")
+        })
+    };
+    write(&plan.spec_path, &plan.spec)?;
     if let Some((path, text)) = &plan.dockerfile {
-        std::fs::write(path, text)?;
+        write(path, text)?;
     }
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
@@ -200,11 +272,11 @@ fn init(settings: &Settings, args: InitArgs) -> Done {
         "dockerfile": plan.dockerfile.as_ref().map(|(p, _)| p.display().to_string()),
     });
     emit(settings.output, &result, |_| {
-        println!("wrote {} ({template} template)", plan.spec_path.display());
+        outln!("wrote {} ({template} template)", plan.spec_path.display());
         if let Some((path, _)) = &plan.dockerfile {
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
         }
-        println!("next: commit it, then `enclii up` builds HEAD and deploys a preview");
+        outln!("next: commit it, then `enclii up` builds HEAD and deploys a preview");
     });
     Ok(())
 }
@@ -235,7 +307,7 @@ async fn ensure_service(
     service: &str,
     local: Option<LocalSpec>,
 ) -> Result<(), Failure> {
-    let path = format!("/v1/projects/{project}/services/{service}");
+    let path = service_path(project, service);
     match client.get(&path).await {
         Ok(_) => Ok(()),
         Err(e) if e.status == Some(404) => {
@@ -246,7 +318,11 @@ async fn ensure_service(
                 eprintln!("• creating service {service} in project {project} from its spec");
             }
             client
-                .send_spec(reqwest::Method::POST, &format!("/v1/projects/{project}/services"), text)
+                .send_spec(
+                    reqwest::Method::POST,
+                    &format!("{}/services", project_path(project)),
+                    text,
+                )
                 .await?;
             Ok(())
         }
@@ -264,15 +340,18 @@ async fn up(settings: &Settings, args: UpArgs) -> Done {
         body["number"] = json!(n);
     }
     let started = client
-        .post(&format!("/v1/projects/{project}/services/{service}/previews"), &body)
+        .post(&format!("{}/previews", service_path(&project, &service)), &body)
         .await?;
-    let environment = started["environment"].as_str().unwrap_or_default().to_string();
-    let release = started["release"]["id"].as_i64().unwrap_or_default();
+    let environment = started["environment"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| missing("/environment"))?;
+    let release = required_id(&started, "/release/id")?;
     let pipeline = started["pipeline"].as_i64().unwrap_or_default();
     if settings.progress {
         eprintln!(
             "• building {} ({branch}) as release {release} for {environment}",
-            &sha[..12.min(sha.len())]
+            sha.get(..12).unwrap_or(&sha)
         );
     }
     let mut waiter = Waiter::new(&client, settings.progress, Some(args.timeout));
@@ -281,19 +360,20 @@ async fn up(settings: &Settings, args: UpArgs) -> Done {
         // Built before: deploy it again (the preview may have been torn down since).
         client
             .post(
-                &format!("/v1/projects/{project}/services/{service}/deployments"),
+                &format!("{}/deployments", service_path(&project, &service)),
                 &json!({"release": release, "environment": environment}),
             )
-            .await?
+            .await
+            .map_err(|e| refused(e, &service))?
     } else {
         waiter.deployment_of(&project, &service, release, &environment).await?
     };
-    let id = deployment["id"].as_i64().unwrap_or_default();
+    let id = required_id(&deployment, "/id")?;
     let done = waiter.deployment(id).await?;
     let url = done["url"].clone();
     let result = json!({"project": project, "service": service, "environment": environment,
                         "release": release, "deployment": id, "git_sha": sha, "url": url});
-    emit(settings.output, &result, |_| println!("{}", cell(&url)));
+    emit(settings.output, &result, |_| outln!("{}", cell(&url)));
     Ok(())
 }
 
@@ -313,13 +393,14 @@ pub struct DeployArgs {
     /// The ready release to deploy; without it, this checkout's HEAD is built first.
     #[arg(long)]
     release: Option<i64>,
-    /// Default: the spec's `deploy.strategy`.
+    /// How to roll it out (default: the spec's `deploy.strategy`).
     #[arg(long, value_enum)]
     strategy: Option<Strategy>,
     /// Wait until the deployment ends (exit 30 when it fails).
     #[arg(long)]
     wait: bool,
-    /// Give up waiting after this long (exit 40).
+    /// Give up waiting (for the build, and with --wait the deployment) after this long
+    /// (exit 40), e.g. 900, 15m.
     #[arg(long, value_parser = seconds, default_value = "15m")]
     timeout: Duration,
     #[arg(long, default_value = "enclii.yaml", hide = true)]
@@ -327,15 +408,17 @@ pub struct DeployArgs {
 }
 
 /// A deployment the API refuses (409: the release is not ready, not signed, …) is a failed
-/// deployment (30).
-fn refused(e: Failure) -> Failure {
-    if e.status == Some(409) {
-        Failure {
+/// deployment (30); a release that does not exist says where to find the service's releases.
+fn refused(e: Failure, service: &str) -> Failure {
+    match e.status {
+        Some(409) => Failure {
             code: exit::DEPLOY,
             ..e
+        },
+        Some(404) if e.hint.is_none() && e.message.starts_with("release") => {
+            e.hint(format!("see the service's releases with `enclii releases {service}`"))
         }
-    } else {
-        e
+        _ => e,
     }
 }
 
@@ -348,7 +431,7 @@ fn strategy_name(strategy: Strategy) -> &'static str {
 
 fn print_deployment(settings: &Settings, deployment: &Value) {
     emit(settings.output, deployment, |d| {
-        println!(
+        outln!(
             "deployment {} of release {} to {}: {}{}",
             cell(&d["id"]),
             cell(&d["release_id"]),
@@ -369,13 +452,13 @@ async fn deploy(settings: &Settings, args: DeployArgs) -> Done {
             let (sha, branch) = head(settings.progress)?;
             let started = client
                 .post(
-                    &format!("/v1/projects/{project}/services/{service}/releases"),
+                    &format!("{}/releases", service_path(&project, &service)),
                     &json!({"git_sha": sha, "branch": branch, "deploy": false}),
                 )
                 .await?;
-            let id = started["release"]["id"].as_i64().unwrap_or_default();
+            let id = required_id(&started, "/release/id")?;
             if settings.progress {
-                eprintln!("• building {} as release {id}", &sha[..12.min(sha.len())]);
+                eprintln!("• building {} as release {id}", sha.get(..12).unwrap_or(&sha));
             }
             waiter
                 .build(id, started["pipeline"].as_i64().unwrap_or_default())
@@ -391,11 +474,16 @@ async fn deploy(settings: &Settings, args: DeployArgs) -> Done {
         body["strategy"] = json!(strategy_name(strategy));
     }
     let deployment = client
-        .post(&format!("/v1/projects/{project}/services/{service}/deployments"), &body)
+        .post(&format!("{}/deployments", service_path(&project, &service)), &body)
         .await
-        .map_err(refused)?;
-    let deployment = if args.wait {
-        waiter.deployment(deployment["id"].as_i64().unwrap_or_default()).await?
+        .map_err(|e| refused(e, &service))?;
+    finish_deployment(settings, &mut waiter, deployment, args.wait).await
+}
+
+/// Prints a deployment the API just made, after following it to its end with `--wait`.
+async fn finish_deployment(settings: &Settings, waiter: &mut Waiter, deployment: Value, wait: bool) -> Done {
+    let deployment = if wait {
+        waiter.deployment(required_id(&deployment, "/id")?).await?
     } else {
         deployment
     };
@@ -405,15 +493,18 @@ async fn deploy(settings: &Settings, args: DeployArgs) -> Done {
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// The service.
     service: String,
-    /// The earlier ready release to deploy again.
+    /// The earlier ready release to deploy again (see `enclii releases SERVICE`).
     #[arg(long)]
     to: i64,
+    /// The environment (default: the service's own).
     #[arg(long = "env")]
     environment: Option<String>,
     /// Wait until the deployment ends (exit 30 when it fails).
     #[arg(long)]
     wait: bool,
+    /// With --wait: give up waiting after this long (exit 40), e.g. 300, 5m.
     #[arg(long, value_parser = seconds, default_value = "5m")]
     timeout: Duration,
 }
@@ -426,19 +517,48 @@ async fn rollback(settings: &Settings, args: RollbackArgs) -> Done {
         body["environment"] = json!(env);
     }
     let deployment = client
-        .post(
-            &format!("/v1/projects/{project}/services/{}/rollback", args.service),
-            &body,
-        )
+        .post(&format!("{}/rollback", service_path(&project, &args.service)), &body)
         .await
-        .map_err(refused)?;
-    let deployment = if args.wait {
-        let mut waiter = Waiter::new(&client, settings.progress, Some(args.timeout));
-        waiter.deployment(deployment["id"].as_i64().unwrap_or_default()).await?
-    } else {
-        deployment
-    };
-    print_deployment(settings, &deployment);
+        .map_err(|e| refused(e, &args.service))?;
+    let mut waiter = Waiter::new(&client, settings.progress, Some(args.timeout));
+    finish_deployment(settings, &mut waiter, deployment, args.wait).await
+}
+
+#[derive(Args, Debug)]
+pub struct ReleasesArgs {
+    /// The service (default: metadata.name of ./enclii.yaml).
+    service: Option<String>,
+    /// How many, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long, default_value = "enclii.yaml", hide = true)]
+    file: PathBuf,
+}
+
+async fn releases(settings: &Settings, args: ReleasesArgs) -> Done {
+    let client = Client::new(settings)?;
+    let (project, service, _) = target_service(settings, args.service, &args.file)?;
+    let list = client
+        .get_query(
+            &format!("{}/releases", service_path(&project, &service)),
+            &[("limit", args.limit.to_string())],
+        )
+        .await?;
+    emit(settings.output, &list, |releases| {
+        let rows = rows(releases, |r| {
+            let sha = r["git_sha"].as_str().unwrap_or("-");
+            vec![
+                cell(&r["id"]),
+                cell(&r["status"]),
+                cell(&r["environment"]),
+                cell(&r["branch"]),
+                sha.get(..12).unwrap_or(sha).to_string(),
+                time(&r["created_at"]),
+                cell(&r["failure"]),
+            ]
+        });
+        print_rows(&["id", "status", "env", "branch", "commit", "created", "failure"], rows);
+    });
     Ok(())
 }
 
@@ -446,24 +566,26 @@ async fn rollback(settings: &Settings, args: RollbackArgs) -> Done {
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
+    /// The service.
     service: String,
-    /// Keep printing new lines as the replicas print them.
+    /// Keep printing new lines as the replicas print them (until Ctrl-C).
     #[arg(short, long)]
     follow: bool,
+    /// The environment (default: the service's own).
     #[arg(long = "env")]
     environment: Option<String>,
     /// Only lines matching this regular expression.
     #[arg(long)]
     grep: Option<String>,
-    /// Lines to start with.
+    /// How many of the latest lines to show first.
     #[arg(long, default_value_t = 100)]
     tail: u32,
 }
 
 fn print_log_line(format: OutputFormat, line: &Value) {
     match format {
-        OutputFormat::Json => println!("{line}"),
-        OutputFormat::Text => println!(
+        OutputFormat::Json => outln!("{line}"),
+        OutputFormat::Text => outln!(
             "{} {} │ {}",
             line["timestamp"]
                 .as_str()
@@ -478,7 +600,7 @@ fn print_log_line(format: OutputFormat, line: &Value) {
 async fn logs(settings: &Settings, args: LogsArgs) -> Done {
     let client = Client::new(settings)?;
     let project = settings.project()?;
-    let path = format!("/v1/projects/{project}/services/{}/logs", args.service);
+    let path = format!("{}/logs", service_path(&project, &args.service));
     let mut query = vec![("tail", args.tail.to_string())];
     if let Some(env) = args.environment {
         query.push(("environment", env));
@@ -503,7 +625,7 @@ async fn logs(settings: &Settings, args: LogsArgs) -> Done {
     }
     let lines = client.get_query(&path, &query).await?;
     emit(settings.output, &lines, |lines| {
-        for line in lines.as_array().into_iter().flatten() {
+        for line in items(lines) {
             print_log_line(OutputFormat::Text, line);
         }
     });
@@ -525,29 +647,24 @@ async fn ps(settings: &Settings, args: PsArgs) -> Done {
         query.push(("environment", env));
     }
     let status = client
-        .get_query(&format!("/v1/projects/{project}/status"), &query)
+        .get_query(&format!("{}/status", project_path(&project)), &query)
         .await?;
     emit(settings.output, &status, |services| {
-        let rows = services
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                vec![
-                    cell(&s["service"]),
-                    cell(&s["environment"]),
-                    cell(&s["release"]),
-                    format!("{}/{}", cell(&s["replicas_ready"]), cell(&s["replicas_desired"])),
-                    cell(&s["health"]),
-                    s["p95_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.0}ms")),
-                    s["error_rate"]
-                        .as_f64()
-                        .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
-                    s["canary_percent"].as_i64().map_or("-".into(), |p| format!("{p}%")),
-                    cell(&s["url"]),
-                ]
-            })
-            .collect();
+        let rows = rows(services, |s| {
+            vec![
+                cell(&s["service"]),
+                cell(&s["environment"]),
+                cell(&s["release"]),
+                format!("{}/{}", cell(&s["replicas_ready"]), cell(&s["replicas_desired"])),
+                cell(&s["health"]),
+                s["p95_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.0}ms")),
+                s["error_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+                s["canary_percent"].as_i64().map_or("-".into(), |p| format!("{p}%")),
+                cell(&s["url"]),
+            ]
+        });
         print_rows(
             &[
                 "service", "env", "release", "replicas", "health", "p95", "errors", "canary", "url",
@@ -562,27 +679,36 @@ async fn ps(settings: &Settings, args: PsArgs) -> Done {
 
 #[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
-    /// Set a secret: `NAME=value`, or `NAME` alone to read the value from stdin.
+    /// Set a secret: `NAME` alone reads the value from stdin (not echoed; keeps it out of the
+    /// shell history and the process list), `NAME=value` takes it from the argument.
     Set {
+        /// `NAME` or `NAME=value`.
         assignment: String,
+        /// Only for this service (default: every service of the project).
         #[arg(long)]
         service: Option<String>,
+        /// Only in this environment (default: every environment).
         #[arg(long = "env")]
         environment: Option<String>,
     },
     /// Names, scopes and versions (never values).
     List {
+        /// Only this service's (and the project-wide ones it sees).
         #[arg(long)]
         service: Option<String>,
+        /// Only this environment's.
         #[arg(long = "env")]
         environment: Option<String>,
     },
-    /// Remove a secret.
+    /// Remove a secret (name the same --service and --env it was set with).
     #[command(alias = "remove")]
     Rm {
+        /// The secret's name.
         name: String,
+        /// The service it was set for.
         #[arg(long)]
         service: Option<String>,
+        /// The environment it was set for.
         #[arg(long = "env")]
         environment: Option<String>,
     },
@@ -611,25 +737,35 @@ async fn secrets(settings: &Settings, command: SecretsCommand) -> Done {
             let (name, value) = match assignment.split_once('=') {
                 Some((name, value)) => (name.to_string(), value.to_string()),
                 None => {
-                    let mut value = String::new();
-                    if std::io::stdin().is_terminal() {
-                        eprint!("value of {assignment}: ");
-                    }
-                    std::io::stdin().lock().read_line(&mut value)?;
-                    (assignment, value.trim_end_matches(['\n', '\r']).to_string())
+                    let Some(value) = read_hidden(&format!("value of {assignment}: "))? else {
+                        return Err(Failure::validation(format!("no value for {assignment}: stdin is empty"))
+                            .hint(format!(
+                                "pipe the value in (`printf %s \"$VALUE\" | enclii secrets set {assignment}`), or pass {assignment}=VALUE"
+                            ))
+                            .into());
+                    };
+                    (assignment, value)
                 }
             };
+            if name.is_empty() {
+                return Err(Failure::validation("the secret has no name")
+                    .hint("write NAME=value, or NAME alone to read the value from stdin")
+                    .into());
+            }
             let body = json!({"value": value, "service": service, "environment": environment});
             let meta = client
-                .put(&format!("/v1/projects/{project}/secrets/{}", segment(&name)), &body)
+                .put(&format!("{}/secrets/{}", project_path(&project), segment(&name)), &body)
                 .await?;
             emit(settings.output, &meta, |m| {
-                println!("secret {name} set (version {})", cell(&m["version"]))
+                outln!("secret {name} set (version {})", cell(&m["version"]))
             });
         }
         SecretsCommand::List { service, environment } => {
             let list = client
-                .get_query(&format!("/v1/projects/{project}/secrets"), &place(service, environment))
+                .get_query(
+                    &format!("{}/secrets", project_path(&project)),
+                    &place(service, environment),
+                )
                 .await?;
             emit(settings.output, &list, |l| {
                 table(
@@ -646,12 +782,12 @@ async fn secrets(settings: &Settings, command: SecretsCommand) -> Done {
         } => {
             client
                 .delete(
-                    &format!("/v1/projects/{project}/secrets/{}", segment(&name)),
+                    &format!("{}/secrets/{}", project_path(&project), segment(&name)),
                     &place(service, environment),
                 )
                 .await?;
             emit(settings.output, &json!({"name": name, "removed": true}), |_| {
-                println!("secret {name} removed")
+                outln!("secret {name} removed")
             });
         }
     }
@@ -662,9 +798,12 @@ async fn secrets(settings: &Settings, command: SecretsCommand) -> Done {
 
 #[derive(Args, Debug)]
 pub struct ScaleArgs {
+    /// The service.
     service: String,
+    /// The fewest replicas (default: unchanged).
     #[arg(long)]
     min: Option<u32>,
+    /// The most replicas (default: unchanged).
     #[arg(long)]
     max: Option<u32>,
 }
@@ -677,22 +816,26 @@ async fn scale(settings: &Settings, args: ScaleArgs) -> Done {
     }
     let client = Client::new(settings)?;
     let project = settings.project()?;
-    let path = format!("/v1/projects/{project}/services/{}", args.service);
+    let path = service_path(&project, &args.service);
     let current = client.get(&path).await?;
     let mut spec = current["spec"].clone();
-    let replicas = &mut spec["spec"]["runtime"]["replicas"];
-    if !replicas.is_object() {
-        *replicas = json!({"min": 1, "max": 1});
-    }
-    if let Some(min) = args.min {
-        replicas["min"] = json!(min);
-    }
-    if let Some(max) = args.max {
-        replicas["max"] = json!(max);
+    // The service's spec document, with its replica range changed (built up where absent;
+    // anything but objects on the way is an answer this CLI does not know).
+    let replicas = ["spec", "runtime", "replicas"]
+        .into_iter()
+        .try_fold(&mut spec, |node, key| {
+            let object = node.as_object_mut()?;
+            Some(object.entry(key).or_insert_with(|| json!({})))
+        })
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| missing("/spec/spec/runtime/replicas"))?;
+    for (key, value) in [("min", args.min), ("max", args.max)] {
+        let value = value.or_else(|| replicas.get(key).and_then(Value::as_u64).map(|v| v as u32));
+        replicas.insert(key.into(), json!(value.unwrap_or(1)));
     }
     let updated = client.put(&path, &spec).await?;
     emit(settings.output, &updated, |u| {
-        println!(
+        outln!(
             "{}: replicas {}..{} (spec version {}); running replicas change at the next deploy",
             args.service,
             cell(&u["spec"]["spec"]["runtime"]["replicas"]["min"]),
@@ -709,22 +852,28 @@ async fn scale(settings: &Settings, args: ScaleArgs) -> Done {
 pub enum RoutesCommand {
     /// Route a host (and path prefix) to a service.
     Add {
+        /// The host name, e.g. shop.example.com.
         #[arg(long)]
         host: String,
+        /// The path prefix.
         #[arg(long, default_value = "/")]
         path: String,
+        /// The service that answers.
         #[arg(long)]
         service: String,
+        /// The service's environment (default: its own).
         #[arg(long = "env")]
         environment: Option<String>,
         /// Serve plain HTTP only (Kubernetes: no certificate).
         #[arg(long)]
         no_tls: bool,
     },
+    /// The project's routes.
     List,
     /// Remove a route by its id (see `routes list`).
     #[command(alias = "remove")]
     Rm {
+        /// The route's id.
         id: i64,
     },
 }
@@ -732,7 +881,7 @@ pub enum RoutesCommand {
 async fn routes(settings: &Settings, command: RoutesCommand) -> Done {
     let client = Client::new(settings)?;
     let project = settings.project()?;
-    let path = format!("/v1/projects/{project}/routes");
+    let path = format!("{}/routes", project_path(&project));
     match command {
         RoutesCommand::Add {
             host,
@@ -745,7 +894,7 @@ async fn routes(settings: &Settings, command: RoutesCommand) -> Done {
                               "environment": environment, "tls": !no_tls});
             let route = client.post(&path, &body).await?;
             emit(settings.output, &route, |r| {
-                println!(
+                outln!(
                     "route {}: {}{} → {} ({}); reaches the service at its next deploy",
                     cell(&r["id"]),
                     cell(&r["host"]),
@@ -768,7 +917,7 @@ async fn routes(settings: &Settings, command: RoutesCommand) -> Done {
         RoutesCommand::Rm { id } => {
             client.delete(&format!("{path}/{id}"), &[]).await?;
             emit(settings.output, &json!({"id": id, "removed": true}), |_| {
-                println!("route {id} removed")
+                outln!("route {id} removed")
             });
         }
     }
@@ -779,14 +928,17 @@ async fn routes(settings: &Settings, command: RoutesCommand) -> Done {
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
-    /// Run one of the service's jobs (spec.jobs) now.
+    /// Run one of the service's jobs (spec.jobs) now; prints the run and its queue job.
     Run {
+        /// The job's name in spec.jobs.
         name: String,
+        /// The service whose spec has the job.
         #[arg(long)]
         service: String,
     },
     /// The service's job runs, newest first.
     List {
+        /// The service.
         #[arg(long)]
         service: String,
         /// Only this job's runs.
@@ -802,12 +954,12 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> Done {
         JobsCommand::Run { name, service } => {
             let run = client
                 .post(
-                    &format!("/v1/projects/{project}/services/{service}/jobs/{}/runs", segment(&name)),
+                    &format!("{}/jobs/{}/runs", service_path(&project, &service), segment(&name)),
                     &Value::Null,
                 )
                 .await?;
             emit(settings.output, &run, |r| {
-                println!(
+                outln!(
                     "run {} of {name} queued (job {})",
                     cell(&r["id"]),
                     cell(&r["queue_job_id"])
@@ -820,7 +972,7 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> Done {
                 query.push(("job", job));
             }
             let runs = client
-                .get_query(&format!("/v1/projects/{project}/services/{service}/jobs/runs"), &query)
+                .get_query(&format!("{}/jobs/runs", service_path(&project, &service)), &query)
                 .await?;
             emit(settings.output, &runs, |r| {
                 table(
@@ -861,10 +1013,10 @@ async fn cost(settings: &Settings, args: CostArgs) -> Done {
                 "/cost_cents",
             ],
         );
-        println!(
-            "total since {}: {:.2} cents",
+        outln!(
+            "total since {}: {} cents",
             time(&r["since"]),
-            r["total_cents"].as_f64().unwrap_or(0.0)
+            number(&r["total_cents"], 2)
         );
     });
     Ok(())
@@ -886,10 +1038,11 @@ pub enum AuthCommand {
 pub enum TokenCommand {
     /// Create a token; it is printed once.
     Create {
+        /// A name to recognise it by.
         #[arg(long, default_value = "cli")]
         name: String,
         /// Comma-separated: read, deploy, secrets.service, secrets.project, routes,
-        /// project.write, govern, project.delete.
+        /// project.write, govern, project.delete. With --project, it acts only on that project.
         #[arg(long, value_delimiter = ',', default_value = "read")]
         scopes: Vec<String>,
         /// Days until it expires (`90` or `90d`; at most 365).
@@ -908,16 +1061,10 @@ fn days(s: &str) -> Result<u32, String> {
 async fn auth(settings: &Settings, command: AuthCommand) -> Done {
     match command {
         AuthCommand::Login => {
-            let token = match &settings.token {
-                Some(token) => token.clone(),
-                None => {
-                    if std::io::stdin().is_terminal() {
-                        eprint!("token: ");
-                    }
-                    let mut line = String::new();
-                    std::io::stdin().lock().read_line(&mut line)?;
-                    line.trim().to_string()
-                }
+            // Only a token given now: the profile's stored one may be for another server.
+            let token = match settings.token.clone().filter(|_| settings.token_given) {
+                Some(token) => token,
+                None => read_hidden("token: ")?.unwrap_or_default().trim().to_string(),
             };
             if token.is_empty() {
                 return Err(Failure::new(exit::AUTH, "no token given")
@@ -940,7 +1087,7 @@ async fn auth(settings: &Settings, command: AuthCommand) -> Done {
             let result = json!({"subject": me["subject"], "server": settings.server, "profile": settings.profile,
                                 "config": settings.config_path.display().to_string()});
             emit(settings.output, &result, |_| {
-                println!(
+                outln!(
                     "logged in to {} as {} (profile `{}` in {})",
                     settings.server,
                     cell(&me["subject"]),
@@ -956,7 +1103,7 @@ async fn auth(settings: &Settings, command: AuthCommand) -> Done {
             let created = client.post("/v1/tokens", &body).await?;
             emit(settings.output, &created, |c| {
                 // The one time the token is shown: it is the command's result.
-                println!("{}", cell(&c["token"]));
+                outln!("{}", cell(&c["token"]));
                 eprintln!(
                     "token {} ({}) expires {}; it is shown only this once",
                     cell(&c["id"]),
@@ -976,26 +1123,81 @@ async fn auth(settings: &Settings, command: AuthCommand) -> Done {
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
-    /// Depth per kind, project and state.
+    /// Depth per kind, project and state, and how long the oldest available job has waited.
     Stats,
-    /// Dead jobs (attempts exhausted), newest first.
-    /// Only one project's with --project.
-    Dead {
+    /// Jobs by state, newest first (--project narrows to one project): find one to cancel.
+    Jobs {
+        /// Comma-separated states: available, running, completed, dead, cancelled
+        /// (default: available,running).
+        #[arg(long, default_value = "available,running")]
+        state: String,
+        /// Only jobs of this kind, e.g. build, deploy, job-run.
         #[arg(long)]
         kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Dead jobs (attempts exhausted), newest first (--project narrows to one project).
+    Dead {
+        /// Only jobs of this kind, e.g. build, deploy, job-run.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Run a dead or cancelled job again.
-    Retry { job: i64 },
+    Retry {
+        /// The job's id (see `queue dead`).
+        job: i64,
+    },
     /// Cancel a job (a running one is asked to stop).
-    Cancel { job: i64 },
-    /// Stop claiming the project's jobs (running ones finish).
-    Pause { project: String },
+    Cancel {
+        /// The job's id (see `queue jobs`).
+        job: i64,
+    },
+    /// Stop claiming the project's jobs (running ones finish; new ones wait).
+    Pause {
+        /// The project's slug.
+        project: String,
+    },
     /// Claim the project's jobs again.
-    Resume { project: String },
+    Resume {
+        /// The project's slug.
+        project: String,
+    },
     /// Worker processes and their heartbeats.
     Workers,
+    /// Per-project limits and pauses (projects without any are not listed).
+    #[command(alias = "limits")]
+    Controls,
+    /// Jobs finished per minute, retries, and run and start latency percentiles.
+    Throughput {
+        /// The window in minutes (1 to 180).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=180))]
+        minutes: u32,
+    },
+}
+
+/// `state`, `kind`, `project` and `limit` of a `/v1/queue/jobs` query.
+fn jobs_query(settings: &Settings, state: String, kind: Option<String>, limit: u32) -> Vec<(&'static str, String)> {
+    let mut query = vec![("state", state), ("limit", limit.to_string())];
+    if let Some(p) = settings.project.clone() {
+        query.push(("project", p));
+    }
+    if let Some(k) = kind {
+        query.push(("kind", k));
+    }
+    query
+}
+
+/// Seconds as text with one decimal, `-` when there is no value.
+fn secs(value: &Value) -> String {
+    match number(value, 1).as_str() {
+        "-" => "-".into(),
+        n => format!("{n}s"),
+    }
 }
 
 async fn queue(settings: &Settings, command: QueueCommand) -> Done {
@@ -1004,18 +1206,36 @@ async fn queue(settings: &Settings, command: QueueCommand) -> Done {
         QueueCommand::Stats => {
             let stats = client.get("/v1/queue/stats").await?;
             emit(settings.output, &stats, |s| {
-                println!("{}", serde_json::to_string_pretty(s).unwrap_or_default())
+                table(
+                    &s["depth"],
+                    &["kind", "project", "state", "jobs"],
+                    &["/kind", "/project", "/state", "/count"],
+                );
+                let oldest = rows(&s["oldest_available_seconds"], |pair| {
+                    vec![cell(&pair[0]), secs(&pair[1])]
+                });
+                if !oldest.is_empty() {
+                    outln!("");
+                    print_rows(&["kind", "oldest available"], oldest);
+                }
+            });
+        }
+        QueueCommand::Jobs { state, kind, limit } => {
+            let jobs = client
+                .get_query("/v1/queue/jobs", &jobs_query(settings, state, kind, limit))
+                .await?;
+            emit(settings.output, &jobs, |j| {
+                table(
+                    j,
+                    &["id", "kind", "project", "state", "attempt", "run at", "worker"],
+                    &["/id", "/kind", "/project", "/state", "/attempt", "/run_at", "/worker"],
+                )
             });
         }
         QueueCommand::Dead { kind, limit } => {
-            let mut query = vec![("state", "dead".to_string()), ("limit", limit.to_string())];
-            if let Some(p) = settings.project.clone() {
-                query.push(("project", p));
-            }
-            if let Some(k) = kind {
-                query.push(("kind", k));
-            }
-            let jobs = client.get_query("/v1/queue/jobs", &query).await?;
+            let jobs = client
+                .get_query("/v1/queue/jobs", &jobs_query(settings, "dead".into(), kind, limit))
+                .await?;
             emit(settings.output, &jobs, |j| {
                 table(
                     j,
@@ -1030,9 +1250,20 @@ async fn queue(settings: &Settings, command: QueueCommand) -> Done {
             } else {
                 "cancel"
             };
-            let result = client.post(&format!("/v1/jobs/{job}/{action}"), &Value::Null).await?;
+            let result = client
+                .post(&format!("/v1/jobs/{job}/{action}"), &Value::Null)
+                .await
+                .map_err(|e| match (e.status, action) {
+                    (Some(409), "retry") if e.hint.is_none() => {
+                        e.hint("only dead or cancelled jobs are retried: see them with `enclii queue dead`")
+                    }
+                    (Some(404), _) if e.hint.is_none() => {
+                        e.hint("see the queue's jobs with `enclii queue jobs --state available,running,dead`")
+                    }
+                    _ => e,
+                })?;
             emit(settings.output, &result, |r| {
-                println!("job {job}: {}", cell(&r["result"]))
+                outln!("job {job}: {}", cell(&r["result"]).replace('_', " "))
             });
         }
         QueueCommand::Pause { ref project } | QueueCommand::Resume { ref project } => {
@@ -1042,11 +1273,11 @@ async fn queue(settings: &Settings, command: QueueCommand) -> Done {
                 "resume"
             };
             let result = client
-                .post(&format!("/v1/projects/{project}/queue/{action}"), &Value::Null)
+                .post(&format!("{}/queue/{action}", project_path(project)), &Value::Null)
                 .await?;
             emit(settings.output, &result, |r| {
                 let paused = r["paused"].as_bool().unwrap_or(false);
-                println!("project {project}: queue {}", if paused { "paused" } else { "running" })
+                outln!("project {project}: queue {}", if paused { "paused" } else { "running" })
             });
         }
         QueueCommand::Workers => {
@@ -1054,9 +1285,74 @@ async fn queue(settings: &Settings, command: QueueCommand) -> Done {
             emit(settings.output, &workers, |w| {
                 table(
                     w,
-                    &["id", "host", "running", "concurrency", "last seen"],
-                    &["/id", "/host", "/running", "/concurrency", "/last_seen"],
+                    &["id", "host", "status", "running", "concurrency", "last seen"],
+                    &["/id", "/host", "/status", "/running", "/concurrency", "/last_seen"],
                 )
+            });
+        }
+        QueueCommand::Controls => {
+            let controls = client.get("/v1/queue/controls").await?;
+            emit(settings.output, &controls, |c| {
+                let rows = rows(c, |c| {
+                    let limit = |v: &Value| v.as_i64().map_or("unlimited".into(), |n| n.to_string());
+                    vec![
+                        cell(&c["project"]),
+                        if c["paused"].as_bool() == Some(true) {
+                            "paused"
+                        } else {
+                            "running"
+                        }
+                        .into(),
+                        limit(&c["max_running"]),
+                        limit(&c["jobs_per_minute"]),
+                        time(&c["updated_at"]),
+                        cell(&c["updated_by"]),
+                    ]
+                });
+                print_rows(&["project", "queue", "max running", "jobs/min", "updated", "by"], rows);
+            });
+        }
+        QueueCommand::Throughput { minutes } => {
+            let report = client
+                .get_query("/v1/queue/throughput", &[("minutes", minutes.to_string())])
+                .await?;
+            emit(settings.output, &report, |r| {
+                let rows = rows(&r["buckets"], |b| {
+                    vec![
+                        time(&b["minute"]),
+                        cell(&b["completed"]),
+                        cell(&b["dead"]),
+                        cell(&b["cancelled"]),
+                        cell(&b["retried"]),
+                        secs(&b["run_p95_seconds"]),
+                        secs(&b["start_p95_seconds"]),
+                    ]
+                });
+                print_rows(
+                    &[
+                        "minute",
+                        "completed",
+                        "dead",
+                        "cancelled",
+                        "retried",
+                        "run p95",
+                        "start p95",
+                    ],
+                    rows,
+                );
+                outln!(
+                    "last {} min: run p50 {} p95 {}, start p50 {} p95 {}{}",
+                    cell(&r["minutes"]),
+                    secs(&r["run_p50_seconds"]),
+                    secs(&r["run_p95_seconds"]),
+                    secs(&r["start_p50_seconds"]),
+                    secs(&r["start_p95_seconds"]),
+                    if r["truncated"].as_bool() == Some(true) {
+                        " (more jobs than were read: counts are a lower bound)"
+                    } else {
+                        ""
+                    }
+                );
             });
         }
     }
@@ -1067,5 +1363,21 @@ async fn queue(settings: &Settings, command: QueueCommand) -> Done {
 
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
+    /// The shell to complete for.
     shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_their_limits() {
+        assert_eq!(seconds("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(seconds("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(seconds("2h"), Ok(Duration::from_secs(7200)));
+        assert!(seconds("1.5m").is_err() && seconds("").is_err() && seconds("m").is_err());
+        assert!(seconds("18446744073709551615h").unwrap_err().contains("too long"));
+        assert!(seconds("169h").is_err());
+    }
 }

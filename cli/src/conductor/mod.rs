@@ -73,8 +73,9 @@ pub enum OutputFormat {
 }
 
 /// Options of every Conductor command (each also read from its `ENCLII_*` variable, then from
-/// the config file's profile).
-#[derive(Args, Debug, Clone)]
+/// the config file's profile). Its `Debug` does not show the token.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The platform's API, e.g. http://127.0.0.1:8080.
     #[arg(long, global = true, env = "ENCLII_SERVER")]
@@ -94,6 +95,19 @@ pub struct Global {
     /// No progress lines on stderr while waiting.
     #[arg(long, global = true)]
     pub no_progress: bool,
+}
+
+impl fmt::Debug for Global {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Global")
+            .field("server", &self.server)
+            .field("token", &format_args!("{}", config::redacted(&self.token)))
+            .field("profile", &self.profile)
+            .field("project", &self.project)
+            .field("output", &self.output)
+            .field("no_progress", &self.no_progress)
+            .finish()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,12 +135,14 @@ pub enum Command {
     Jobs(commands::JobsCommand),
     /// Deploy an earlier ready release of a service again.
     Rollback(commands::RollbackArgs),
+    /// A service's releases (builds), newest first: what `deploy --release` and `rollback --to` take.
+    Releases(commands::ReleasesArgs),
     /// What the project's services cost.
     Cost(commands::CostArgs),
     /// Log in (store a token in the config profile) and create tokens.
     #[command(subcommand)]
     Auth(commands::AuthCommand),
-    /// The job queue, for operators: depth, dead jobs, retry, cancel, pause.
+    /// The job queue, for operators: depth, jobs, retry, cancel, pause, limits, workers, throughput.
     #[command(subcommand)]
     Queue(commands::QueueCommand),
     /// Shell completions: `enclii completions bash > /etc/bash_completion.d/enclii`.

@@ -4,11 +4,47 @@ use serde_json::Value;
 
 use super::OutputFormat;
 
+/// Writes one line to stdout. When stdout is gone (`enclii logs -f | head`), the reader wants no
+/// more: stop quietly instead of panicking as `println!` would.
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(i32::from(super::exit::FAILURE));
+    }
+}
+
+/// `println!` for results: see [`write_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::conductor::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Prints `value` as JSON, or runs `text` to print it for people.
 pub fn emit(format: OutputFormat, value: &Value, text: impl FnOnce(&Value)) {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         OutputFormat::Text => text(value),
+    }
+}
+
+/// A number with `decimals` places, `-` when there is none (and never `-0.00`).
+pub fn number(value: &Value, decimals: usize) -> String {
+    match value.as_f64() {
+        Some(n) => {
+            let text = format!("{n:.decimals$}");
+            match text.strip_prefix('-') {
+                Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+                _ => text,
+            }
+        }
+        None => "-".into(),
     }
 }
 
@@ -21,25 +57,30 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
+/// The items of a JSON array (none when it is not one).
+pub fn items(value: &Value) -> impl Iterator<Item = &Value> {
+    value.as_array().into_iter().flatten()
+}
+
+/// A row of cells for each item of a JSON array.
+pub fn rows(value: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    items(value).map(row).collect()
+}
+
 /// Rows of `fields` of each object in `items` under `headers`, columns aligned.
 pub fn table(items: &Value, headers: &[&str], fields: &[&str]) {
-    let rows: Vec<Vec<String>> = items
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|item| {
-            fields
-                .iter()
-                .map(|f| cell(item.pointer(f).unwrap_or(&Value::Null)))
-                .collect()
-        })
-        .collect();
+    let rows = rows(items, |item| {
+        fields
+            .iter()
+            .map(|f| cell(item.pointer(f).unwrap_or(&Value::Null)))
+            .collect()
+    });
     print_rows(headers, rows);
 }
 
 pub fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
     if rows.is_empty() {
-        println!("(none)");
+        outln!("(none)");
         return;
     }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -54,7 +95,7 @@ pub fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}", w = *w))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {
@@ -62,10 +103,33 @@ pub fn print_rows(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// Epoch milliseconds as an RFC 3339 time (UTC, seconds).
-pub fn time(ms: &Value) -> String {
-    ms.as_i64()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+/// A time (epoch milliseconds or RFC 3339 text) as `YYYY-MM-DD HH:MM:SS` UTC; `-` when it is
+/// neither.
+pub fn time(value: &Value) -> String {
+    let at = match value {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        other => other.as_i64().and_then(chrono::DateTime::from_timestamp_millis),
+    };
+    at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_times_of_odd_values() {
+        assert_eq!(number(&serde_json::json!(-0.0001), 2), "0.00");
+        assert_eq!(number(&serde_json::json!(-1.5), 2), "-1.50");
+        assert_eq!(number(&Value::Null, 2), "-");
+        assert_eq!(time(&serde_json::json!(i64::MAX)), "-");
+        assert_eq!(time(&serde_json::json!("x")), "-");
+        assert_eq!(
+            time(&serde_json::json!("2026-11-29T20:02:56.807Z")),
+            "2026-11-29 20:02:56"
+        );
+    }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::client::Client;
+use super::client::{Client, segment};
+use super::output::items;
 use super::{Failure, exit};
 
 const POLL: Duration = Duration::from_millis(700);
@@ -36,7 +37,8 @@ impl Waiter {
         Waiter {
             client: client.clone(),
             progress,
-            deadline: timeout.map(|t| Instant::now() + t),
+            // A deadline past the clock's end is no deadline.
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             timeout,
             streams: Vec::new(),
             streamed: HashSet::new(),
@@ -49,15 +51,39 @@ impl Waiter {
         }
     }
 
+    fn timed_out(&self, what: &str) -> Failure {
+        Failure::new(
+            exit::TIMEOUT,
+            format!(
+                "timed out after {} s waiting for {what}",
+                self.timeout.unwrap_or_default().as_secs()
+            ),
+        )
+        .hint("it goes on on the server: watch it with `enclii ps`, or wait longer with --timeout")
+    }
+
     fn check_deadline(&self, what: &str) -> Result<(), Failure> {
-        match (self.deadline, self.timeout) {
-            (Some(deadline), Some(timeout)) if Instant::now() >= deadline => Err(Failure::new(
-                exit::TIMEOUT,
-                format!("timed out after {} s waiting for {what}", timeout.as_secs()),
-            )
-            .hint("it goes on on the server: watch it with `enclii ps`, or wait longer with --timeout")),
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.timed_out(what)),
             _ => Ok(()),
         }
+    }
+
+    /// A GET that ends by the deadline (a slow answer must not outlast --timeout).
+    async fn get(&self, path: &str, query: &[(&str, String)], what: &str) -> Result<Value, Failure> {
+        let call = self.client.get_query(path, query);
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
+                .await
+                .map_err(|_| self.timed_out(what))?,
+            None => call.await,
+        }
+    }
+
+    /// Sleeps one poll interval, or until the deadline.
+    async fn pause(&self) {
+        let next = Instant::now() + POLL;
+        tokio::time::sleep_until(self.deadline.map_or(next, |d| d.min(next))).await;
     }
 
     /// Streams a job's live log to stderr (once per job), until the job ends.
@@ -87,10 +113,11 @@ impl Waiter {
     pub async fn build(&mut self, release: i64, pipeline: i64) -> Result<Value, Failure> {
         let mut states: HashMap<String, String> = HashMap::new();
         loop {
+            let what = format!("release {release} to build");
             if pipeline > 0
-                && let Ok(run) = self.client.get(&format!("/v1/pipelines/{pipeline}")).await
+                && let Ok(run) = self.get(&format!("/v1/pipelines/{pipeline}"), &[], &what).await
             {
-                for step in run["steps"].as_array().into_iter().flatten() {
+                for step in items(&run["steps"]) {
                     let name = step["name"].as_str().unwrap_or("?").to_string();
                     let state = step["state"].as_str().unwrap_or("?").to_string();
                     if states.get(&name) != Some(&state) {
@@ -108,7 +135,7 @@ impl Waiter {
                     }
                 }
             }
-            let record = self.client.get(&format!("/v1/releases/{release}")).await?;
+            let record = self.get(&format!("/v1/releases/{release}"), &[], &what).await?;
             match record["status"].as_str().unwrap_or("") {
                 "ready" => {
                     self.say(&format!(
@@ -127,8 +154,8 @@ impl Waiter {
                     );
                 }
             }
-            self.check_deadline(&format!("release {release} to build"))?;
-            tokio::time::sleep(POLL).await;
+            self.check_deadline(&what)?;
+            self.pause().await;
         }
     }
 
@@ -141,29 +168,32 @@ impl Waiter {
         release: i64,
         environment: &str,
     ) -> Result<Value, Failure> {
-        let path = format!("/v1/projects/{project}/deployments");
+        let path = format!("/v1/projects/{}/deployments", segment(project));
+        let what = format!("release {release} to start deploying");
         loop {
             let list = self
-                .client
-                .get_query(&path, &[("service", service.to_string()), ("limit", "20".into())])
+                .get(
+                    &path,
+                    &[("service", service.to_string()), ("limit", "20".into())],
+                    &what,
+                )
                 .await?;
-            let found =
-                list.as_array().into_iter().flatten().find(|d| {
-                    d["release_id"].as_i64() == Some(release) && d["environment"].as_str() == Some(environment)
-                });
+            let found = items(&list)
+                .find(|d| d["release_id"].as_i64() == Some(release) && d["environment"].as_str() == Some(environment));
             if let Some(deployment) = found {
                 return Ok(deployment.clone());
             }
-            self.check_deadline(&format!("release {release} to start deploying"))?;
-            tokio::time::sleep(POLL).await;
+            self.check_deadline(&what)?;
+            self.pause().await;
         }
     }
 
     /// Follows deployment `id` until it ends: `succeeded` is returned, anything else fails (30).
     pub async fn deployment(&mut self, id: i64) -> Result<Value, Failure> {
         let mut last = String::new();
+        let what = format!("deployment {id}");
         loop {
-            let deployment = self.client.get(&format!("/v1/deployments/{id}")).await?;
+            let deployment = self.get(&format!("/v1/deployments/{id}"), &[], &what).await?;
             let status = deployment["status"].as_str().unwrap_or("?").to_string();
             let detail = deployment["detail"].as_str().unwrap_or("");
             let line = match deployment["canary_percent"].as_i64() {
@@ -192,8 +222,8 @@ impl Waiter {
                         .hint("the previous release keeps serving; fix the cause and deploy again"));
                 }
             }
-            self.check_deadline(&format!("deployment {id}"))?;
-            tokio::time::sleep(POLL).await;
+            self.check_deadline(&what)?;
+            self.pause().await;
         }
     }
 }
