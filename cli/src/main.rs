@@ -70,9 +70,11 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => match e.downcast_ref::<conductor::Failure>() {
             Some(failure) => {
-                eprintln!("error: {}", failure.message);
+                // The message and hint may quote the server: no control characters reach the terminal.
+                let lines: Vec<String> = failure.message.lines().map(conductor::printable).collect();
+                eprintln!("error: {}", lines.join("\n"));
                 if let Some(hint) = &failure.hint {
-                    eprintln!("hint: {hint}");
+                    eprintln!("hint: {}", conductor::printable(hint));
                 }
                 std::process::ExitCode::from(failure.code)
             }

@@ -784,6 +784,14 @@ fn jobs_run_queue_views_cancel_and_bad_inputs() {
     let out = cli.owner("shop", &["jobs", "run", "nope", "--service", "web"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("report"), "{out:?}");
+    // The server's text reaches the terminal without control characters (an escape sequence in
+    // a name the server quotes back is shown escaped).
+    let out = cli.owner("shop", &["jobs", "run", "x\u{1b}]0;pwned\u{7}", "--service", "web"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        !out.stderr.contains('\u{1b}') && out.stderr.contains("\\u{1b}]0;pwned"),
+        "{out:?}"
+    );
 
     // The operators' views: stats as a table, controls (and its alias limits), throughput.
     let out = cli.ok("shop", &["queue", "stats"]);

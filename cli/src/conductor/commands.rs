@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::client::{Client, segment};
 use super::config::{ConfigFile, Settings};
 use super::init::{self, Template};
-use super::output::{cell, emit, items, number, outln, print_rows, rows, table, time};
+use super::output::{cell, emit, items, number, outln, print_rows, printable, rows, table, time};
 use super::progress::Waiter;
 use super::{Command, Failure, Global, OutputFormat, exit};
 
@@ -592,7 +592,7 @@ fn print_log_line(format: OutputFormat, line: &Value) {
                 .map(|t| t.get(..19).unwrap_or(t))
                 .unwrap_or("-"),
             cell(&line["replica"]),
-            line["line"].as_str().unwrap_or("")
+            printable(line["line"].as_str().unwrap_or(""))
         ),
     }
 }

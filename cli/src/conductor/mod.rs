@@ -15,6 +15,7 @@ use std::fmt;
 use clap::{Args, Subcommand, ValueEnum};
 
 pub use commands::run;
+pub use output::printable;
 
 /// Exit codes: scripts branch on these.
 pub mod exit {

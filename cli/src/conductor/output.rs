@@ -52,9 +52,24 @@ pub fn number(value: &Value, decimals: usize) -> String {
 pub fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         other => other.to_string(),
     }
+}
+
+/// Text from the server (an app's log line, a job's error) made safe for a terminal: control
+/// characters (escape sequences could retitle the window, write the clipboard, hide text) are
+/// shown escaped (`\u{1b}`), a tab becomes a space.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The items of a JSON array (none when it is not one).
@@ -127,6 +142,7 @@ mod tests {
         assert_eq!(number(&Value::Null, 2), "-");
         assert_eq!(time(&serde_json::json!(i64::MAX)), "-");
         assert_eq!(time(&serde_json::json!("x")), "-");
+        assert_eq!(printable("a\u{1b}]52;c;x\u{7}\tb\nc"), "a\\u{1b}]52;c;x\\u{7} b\\nc");
         assert_eq!(
             time(&serde_json::json!("2026-11-29T20:02:56.807Z")),
             "2026-11-29 20:02:56"

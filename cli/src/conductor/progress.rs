@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::client::{Client, segment};
-use super::output::items;
+use super::output::{items, printable};
 use super::{Failure, exit};
 
 const POLL: Duration = Duration::from_millis(700);
@@ -45,9 +45,10 @@ impl Waiter {
         }
     }
 
+    /// A progress line on stderr; it quotes the server's text (errors, details), so made printable.
     fn say(&self, line: &str) {
         if self.progress {
-            eprintln!("{line}");
+            eprintln!("{}", printable(line));
         }
     }
 
@@ -100,7 +101,7 @@ impl Waiter {
                     if event.event == "line" {
                         let line: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
                         if let Some(text) = line["line"].as_str() {
-                            eprintln!("  {label} │ {text}");
+                            eprintln!("  {label} │ {}", printable(text));
                         }
                     }
                     event.event != "end"
