@@ -184,8 +184,18 @@ async fn pull_requests_get_previews_and_teardowns(db: Db) {
     let job = t
         .admin("GET", &format!("/v1/jobs/{}", teardown["steps"][0]["job"]), None)
         .await;
+    // Made while handling the delivery, so it carries the delivery's trace (`_trace`).
+    let mut payload = job.body["payload"].clone();
+    let trace = payload.as_object_mut().unwrap().remove("_trace");
+    assert!(
+        trace
+            .as_ref()
+            .and_then(|t| t.as_str()?.parse::<enclii_queue::TraceContext>().ok())
+            .is_some(),
+        "{trace:?}"
+    );
     assert_eq!(
-        job.body["payload"],
+        payload,
         json!({"service": "api", "repository": "github.com/org/shop", "pull_request": 7, "environment": "preview-7"})
     );
     assert_eq!(pipeline(&t, &sync.body["pipelines"][0]).await["state"], "superseded");
