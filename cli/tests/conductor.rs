@@ -876,3 +876,81 @@ fn jobs_run_queue_views_cancel_and_bad_inputs() {
     let mode = std::fs::metadata(&cli.config).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// A stand-in API on a free port: each request gets `answer(method, path)`'s (status, body), or,
+/// for `None`, headers of an event stream (`Some` status 0) or nothing at all — then silence.
+fn silent_server(answer: fn(&str, &str) -> Option<(u16, &'static str)>) -> String {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let mut stream = stream;
+                match answer(method, path) {
+                    Some((0, _)) => {
+                        let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n");
+                    }
+                    Some((status, body)) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    None => {}
+                }
+                let _ = stream.flush();
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_silent_server_ends_in_an_error_not_a_hang() {
+    let started = Instant::now();
+    // `logs -f`: an event stream with not even a keep-alive fails (exit 1) after the idle time.
+    let addr = silent_server(|_, _| Some((0, "")));
+    let cli = Conductor::new(&addr);
+    let out = cli.run_with(
+        &["logs", "web", "-f"],
+        &[
+            ("ENCLII_TOKEN", TOKEN),
+            ("ENCLII_PROJECT", "shop"),
+            ("ENCLII_STREAM_IDLE_SECONDS", "1"),
+        ],
+        None,
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("silent") && out.stderr.contains("hint:"), "{out:?}");
+    // `rollback --wait`: a deployment that never answers ends at --timeout (40), not at the
+    // client's own request timeout.
+    let addr = silent_server(|method, path| match (method, path) {
+        ("POST", p) if p.ends_with("/rollback") => Some((201, r#"{"id": 7, "status": "pending"}"#)),
+        _ => None,
+    });
+    let cli = Conductor::new(&addr);
+    let out = cli.owner("shop", &["rollback", "web", "--to", "1", "--wait", "--timeout", "2"]);
+    assert_eq!(out.code, 40, "{out:?}");
+    assert!(out.stderr.contains("deployment 7"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}

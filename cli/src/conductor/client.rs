@@ -20,7 +20,15 @@ pub struct Client {
 
 /// How long an event stream may stay silent: the API sends a keep-alive comment every 15 s, so
 /// a minute of nothing means the connection is dead (a proxy dropped it, the host went away).
-const SSE_IDLE: Duration = Duration::from_secs(60);
+/// `ENCLII_STREAM_IDLE_SECONDS` changes it.
+fn sse_idle() -> Duration {
+    let seconds = std::env::var("ENCLII_STREAM_IDLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
+}
 
 /// One Server-Sent Event: its `event` name (`message` when unnamed) and `data`.
 pub struct SseEvent {
@@ -180,7 +188,7 @@ impl Client {
     }
 
     /// Reads an SSE stream, calling `on_event` for each event until it returns `false` or the
-    /// server ends the stream. A stream silent for longer than [`SSE_IDLE`] (not even a
+    /// server ends the stream. A stream silent for longer than [`sse_idle`] (not even a
     /// keep-alive) fails rather than hang.
     pub async fn events(
         &self,
@@ -192,15 +200,16 @@ impl Client {
             .request(Method::GET, path)
             .query(query)
             .header(reqwest::header::ACCEPT, "text/event-stream");
-        let response = tokio::time::timeout(SSE_IDLE, self.send(request))
+        let idle = sse_idle();
+        let response = tokio::time::timeout(idle, self.send(request))
             .await
-            .map_err(|_| silent(&self.server))??;
+            .map_err(|_| silent(&self.server, idle))??;
         let mut bytes = response.bytes_stream();
         // Bytes, not text: a chunk may end inside a UTF-8 character.
         let mut buffer: Vec<u8> = Vec::new();
         loop {
-            let chunk = match tokio::time::timeout(SSE_IDLE, bytes.next()).await {
-                Err(_) => return Err(silent(&self.server)),
+            let chunk = match tokio::time::timeout(idle, bytes.next()).await {
+                Err(_) => return Err(silent(&self.server, idle)),
                 Ok(None) => break,
                 Ok(Some(chunk)) => chunk.map_err(|e| broken("the event stream broke", e))?,
             };
@@ -232,12 +241,12 @@ impl Client {
     }
 }
 
-fn silent(server: &str) -> Failure {
+fn silent(server: &str, idle: Duration) -> Failure {
     Failure::new(
         exit::FAILURE,
         format!(
             "the event stream from {server} was silent for {} s (no keep-alive): the connection is gone",
-            SSE_IDLE.as_secs()
+            idle.as_secs()
         ),
     )
     .hint(
