@@ -5,7 +5,10 @@
 #             deployment says `succeeded`), alternating v2→v1, v1→v2;
 #   preview:  a signed `pull_request` webhook (`opened`, then `synchronize` with a new commit) →
 #             `http://api-preview-N.preview.localhost` answers 200 with the new commit's body, warm
-#             (base image and BuildKit cache warmed by one unmeasured preview first).
+#             (base image and BuildKit cache warmed by one unmeasured preview first);
+#   log tail: lines the app prints every 100 ms, followed live through the API — runtime logs
+#             (`GET …/services/api/logs?follow=true`: engine timestamp → client) and a one-off
+#             job's log (`GET /v1/jobs/{id}/logs/stream`: the worker's receipt → client).
 # Prints one JSON line per measurement, then a table of medians and maxima.
 # Usage: bash loadtest/deploy-bench.sh [RUNS]     (default 5 rollbacks + 5 previews)
 set -euo pipefail
@@ -22,7 +25,12 @@ bench_on_exit   # leftovers of an interrupted earlier run
 # The app (as in cli/tests/deploy.rs): busybox httpd on port 3000, /healthz for the readiness probe.
 repo="$work/repo"
 mkdir -p "$repo/www"
-printf 'FROM enclii-test/busybox:latest\nCOPY www /www\nCMD ["httpd", "-f", "-p", "3000", "-h", "/www"]\n' >"$repo/Dockerfile"
+# It also prints a line every 100 ms (the log-tail measurement follows them).
+cat >"$repo/Dockerfile" <<'DOCKERFILE'
+FROM enclii-test/busybox:latest
+COPY www /www
+CMD ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; usleep 100000; done & exec httpd -f -p 3000 -h /www"]
+DOCKERFILE
 echo ok >"$repo/www/healthz"
 git -C "$repo" init -q -b main
 commit() {   # commit BODY: the app now answers BODY on /; prints the commit's SHA
@@ -38,7 +46,9 @@ curl -sf "${H[@]}" -XPOST "$api/v1/projects/$project/services" -d "{\"apiVersion
   \"metadata\":{\"project\":\"$project\",\"environment\":\"prod\",\"name\":\"api\"},
   \"spec\":{\"source\":{\"git\":{\"repository\":\"file://$repo\",\"branch\":\"main\"}},
   \"runtime\":{\"ports\":[3000],\"memory\":\"64Mi\",\"cpu\":\"250m\"},
-  \"health\":{\"readiness\":{\"httpGet\":\"/healthz\"}},\"routes\":[{\"host\":\"$host\"}]}}" >/dev/null
+  \"health\":{\"readiness\":{\"httpGet\":\"/healthz\"}},\"routes\":[{\"host\":\"$host\"}],
+  \"jobs\":[{\"name\":\"ticker\",\"schedule\":\"0 0 1 1 *\",
+    \"args\":[\"sh\",\"-c\",\"i=0; while [ \$i -lt 100 ]; do i=\$((i+1)); echo tick \$i; usleep 100000; done\"]}]}}" >/dev/null
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 now_ms() { date +%s%3N; }
@@ -139,6 +149,42 @@ for run in $(seq 1 "$runs"); do
   preview "$action" 2 "$run" | tee -a "$work/results"
 done
 
+# --- Log tail: runtime logs of the serving release, then a one-off job's log, for ~8 s each ------
+# Each SSE `line` event's latency: the client's receipt minus the line's own time (the engine's
+# timestamp for runtime logs, the worker's receipt `at` for job logs). One host, one clock.
+tail_latencies() {   # URL TIMESTAMP_FIELD WORKLOAD SECONDS
+  python3 - "$1" "$2" "$3" "$4" "$token" <<'PY'
+import json, sys, time, urllib.request
+from datetime import datetime
+url, field, workload, seconds, token = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"})
+opened = time.time() * 1000
+lat, event = [], None
+with urllib.request.urlopen(req, timeout=30) as resp:
+    for raw in resp:
+        now = time.time() * 1000
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "line":
+            d = json.loads(line[6:])
+            at = d[field]
+            at = at if isinstance(at, (int, float)) else datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() * 1000
+            if at >= opened:   # printed after the stream opened: live, not backlog
+                lat.append(now - at)
+        elif line.startswith("data: ") and event == "end":
+            break
+        if now - opened > seconds * 1000:
+            break
+lat.sort()
+pick = lambda q: round(lat[min(len(lat) - 1, max(0, int(q * len(lat) + 0.999) - 1))]) if lat else None
+print(json.dumps({"workload": workload, "lines": len(lat), "p50_ms": pick(0.5), "p95_ms": pick(0.95), "max_ms": pick(1.0)}))
+PY
+}
+tail_latencies "$api/v1/projects/$project/services/api/logs?follow=true&tail=0" timestamp runtime_log_tail 8 | tee -a "$work/results"
+job=$(curl -sf "${H[@]}" -XPOST "$api/v1/projects/$project/services/api/jobs/ticker/runs" | field "['queue_job_id']")
+tail_latencies "$api/v1/jobs/$job/logs/stream" at job_log_tail 8 | tee -a "$work/results"
+
 python3 - "$work/results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -151,4 +197,7 @@ print(f"| rollback: POST → router serves the old release | {stat('rollback', '
 print(f"| rollback: POST → deployment succeeded | {stat('rollback', 'succeeded_seconds')} | |")
 print(f"| preview: webhook → preview URL serves the commit | {stat('preview', 'served_seconds')} | < 20 |")
 print(f"| preview: webhook → release ready | {stat('preview', 'release_ready_seconds')} | |")
+for r in rows:
+    if r['workload'].endswith('_log_tail'):
+        print(f"| {r['workload']}: line → client, P50 / P95 / max ms over {r['lines']} lines | {r['p50_ms']} / {r['p95_ms']} / {r['max_ms']} | P95 < 2000 |")
 PY
