@@ -33,6 +33,9 @@ pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The standard variable naming the traces endpoint itself (used as it is).
 pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 
+/// The standard switch that turns every OpenTelemetry export off (`true`).
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+
 /// How the process logs and traces.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
@@ -71,6 +74,9 @@ impl Export {
     /// Decides from the configuration and the environment (`env` reads a variable).
     pub fn resolve(config: &Config, env: impl Fn(&str) -> Option<String>) -> Export {
         let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        if env(OTEL_SDK_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Export::Off;
+        }
         if let Some(base) = set(config.otlp_endpoint.clone()) {
             return Export::Endpoint(traces_url(&base));
         }
@@ -255,6 +261,11 @@ mod tests {
                 ]
             ),
             Export::Standard("http://t:4318/traces".into())
+        );
+        assert_eq!(
+            resolve(Some("http://c:4318"), &[(OTEL_SDK_DISABLED, "TRUE")]),
+            Export::Off,
+            "the standard switch turns it off"
         );
     }
 }
