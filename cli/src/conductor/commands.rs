@@ -1170,7 +1170,7 @@ pub enum QueueCommand {
     /// Worker processes and their heartbeats.
     Workers,
     /// Per-project limits and pauses (projects without any are not listed).
-    #[command(alias = "limits")]
+    #[command(visible_alias = "limits")]
     Controls,
     /// Jobs finished per minute, retries, and run and start latency percentiles.
     Throughput {

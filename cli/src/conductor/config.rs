@@ -198,17 +198,12 @@ impl Settings {
             .trim_end_matches('/')
             .to_string();
         let given = global.token.clone().filter(|t| !t.is_empty());
-        let profile_server = profile
-            .server
-            .as_deref()
-            .unwrap_or(DEFAULT_SERVER)
-            .trim_end_matches('/')
-            .to_string();
-        // A token is a credential for one server: never send the profile's to another one.
-        let (profile_token, held_back) = match profile.token.filter(|t| !t.is_empty()) {
-            Some(token) if profile_server == server => (Some(token), None),
-            Some(_) => (None, Some(profile_server)),
-            None => (None, None),
+        let profile_server = profile.server.as_deref().map(|s| s.trim_end_matches('/').to_string());
+        // A token is a credential for one server: never send the profile's to another one (a
+        // profile without a server names none, so its token goes wherever --server says).
+        let (profile_token, held_back) = match (profile.token.filter(|t| !t.is_empty()), profile_server) {
+            (Some(_), Some(other)) if other != server => (None, Some(other)),
+            (token, _) => (token, None),
         };
         Ok(Settings {
             server,

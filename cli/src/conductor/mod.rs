@@ -81,7 +81,8 @@ pub struct Global {
     /// The platform's API, e.g. http://127.0.0.1:8080.
     #[arg(long, global = true, env = "ENCLII_SERVER")]
     pub server: Option<String>,
-    /// A personal access token (`enclii_pat_…`).
+    /// A personal access token (`enclii_pat_…`); prefer ENCLII_TOKEN or `enclii auth login`, as
+    /// an argument shows in the process list and the shell history.
     #[arg(long, global = true, env = "ENCLII_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The config file profile to use (default: the file's `default_profile`, else `default`).
