@@ -230,6 +230,17 @@ impl SecretScope {
     pub(crate) fn service_column(&self) -> &str {
         self.service.as_deref().unwrap_or("")
     }
+    /// The scope in words, for messages: "project `shop`, environment `prod`, service `api`".
+    pub fn describe(&self) -> String {
+        let mut place = format!("project `{}`", self.project);
+        if let Some(environment) = &self.environment {
+            place.push_str(&format!(", environment `{environment}`"));
+        }
+        if let Some(service) = &self.service {
+            place.push_str(&format!(", service `{service}`"));
+        }
+        place
+    }
     /// Authenticated data binding a sealed value to its place, so a row copied elsewhere fails to open.
     pub(crate) fn binding(&self, name: &str, version: i64) -> String {
         format!(

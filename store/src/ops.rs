@@ -1180,7 +1180,13 @@ async fn insert_secret_version(
 }
 
 pub async fn delete_secret(conn: &mut Conn, actor: &str, scope: &SecretScope, name: &str) -> Result<()> {
-    let missing = || StoreError::NotFound(format!("secret `{name}` does not exist in {}", secret_entity(scope, "")));
+    let missing = || {
+        StoreError::NotFound(format!(
+            "secret `{name}` does not exist in {}; list the secrets there with GET /v1/projects/{}/secrets",
+            scope.describe(),
+            scope.project
+        ))
+    };
     let (version, deleted) = latest_secret_version(conn, scope, name).await?.ok_or_else(missing)?;
     if deleted {
         return Err(missing());
