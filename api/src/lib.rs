@@ -10,6 +10,8 @@
 //! - `operators`: the queue views and controls (jobs by state, throughput, workers, limits,
 //!   pauses) and the live streams the dashboard watches.
 //! - `dashboard`: the web dashboard's static page (`api/dashboard/`), served at `/ui/`.
+//! - `trace`: the request middleware (an `http_request` span in the request's trace;
+//!   `traceparent` in and out).
 //! - `webhooks`: GitHub deliveries.
 //! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
 
@@ -23,6 +25,7 @@ mod operators;
 mod routes;
 mod runtime;
 mod timetable;
+mod trace;
 mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};

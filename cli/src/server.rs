@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ENCLII_LOG_JSON")]
     log_json: bool,
+    /// OTLP/HTTP endpoint (base URL, e.g. `http://collector:4318`) to export traces to; without
+    /// it the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is used, and with neither nothing is exported.
+    #[arg(long, env = "ENCLII_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Master key sealing secrets at rest (base64 of 32 bytes; `openssl rand -base64 32`).
     /// Without it, a key is generated once into `<data-dir>/master.key` (fine for one machine;
     /// give every api process the same key when several share a database).
@@ -205,17 +209,23 @@ async fn bootstrap(store: &Store, given: Option<&str>) -> anyhow::Result<Option<
     Ok(created.then_some(plaintext))
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ENCLII_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logs (human or JSON) and, when an OTLP endpoint is configured, trace export; flushed when the
+/// returned guard is dropped.
+fn init_telemetry(args: &ServerArgs) -> anyhow::Result<enclii_telemetry::Telemetry> {
+    let role = args
+        .role
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect::<Vec<_>>();
+    let telemetry = enclii_telemetry::init(&enclii_telemetry::Config {
+        json: args.log_json,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        role: role.join(","),
+    })?;
+    if let enclii_telemetry::Export::Endpoint(url) | enclii_telemetry::Export::Standard(url) = telemetry.export() {
+        info!(endpoint = %url, "exporting traces over OTLP/HTTP");
     }
+    Ok(telemetry)
 }
 
 /// The job handlers this process runs: `ping` always; the build steps when a registry and an
@@ -268,8 +278,9 @@ impl enclii_worker::TypedHandler<enclii_domain::jobs::Ping> for PingHandler {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+    // The provider first: the OTLP exporter's HTTP client may need it for https.
     enclii_signing::install_crypto_provider();
+    let mut telemetry = init_telemetry(&args)?;
     let metrics = enclii_api::metrics::install();
     let (url, described) = args.database_url()?;
     let store = Store::open(StoreConfig {
@@ -429,6 +440,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     info!("stopped");
+    telemetry.shutdown();
     result
 }
 

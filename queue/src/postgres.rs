@@ -17,8 +17,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::backend::{
-    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
-    QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
+    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM,
+    ProjectLimits, QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobPolicy, JobRecord, JobState, Lease, NewJob, PipelineId};

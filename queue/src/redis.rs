@@ -47,8 +47,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::backend::{
-    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits, QueueStats,
-    RescueReport, Wakeup,
+    Backend, CancelOutcome, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
+    QueueStats, RescueReport, Wakeup,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{

@@ -18,8 +18,8 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{
-    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM, ProjectLimits,
-    QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
+    Backend, CancelOutcome, Candidate, ClaimRequest, DepthRow, HeartbeatReply, JobFilter, MAX_PROJECTS_PER_CLAIM,
+    ProjectLimits, QueueStats, RescueReport, Wakeup, fair_quotas, refill_tokens, room,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{
