@@ -777,12 +777,11 @@ fn enclii_variables(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn manifests_name_only_environment_variables_the_binary_reads() {
-    // Declared: the string literals of cli/src that are exactly a variable's name
-    // (`env = "ENCLII_…"`, and `ENCLII_LOG` read by the log filter).
+    // Declared: the string literals of the binary's sources that are exactly a variable's name
+    // (`env = "ENCLII_…"` in cli/src, and `ENCLII_LOG` read by the log filter in telemetry/src).
     let mut declared = BTreeSet::new();
-    for entry in std::fs::read_dir(root().join("cli/src")).expect("cli/src") {
-        let path = entry.expect("a directory entry").path();
-        if path.extension().is_some_and(|e| e == "rs") {
+    for dir in ["cli/src", "telemetry/src"] {
+        for path in files_with_extension(&root().join(dir), "rs") {
             for literal in quoted_with_prefix(&read(&path), "ENCLII_") {
                 if enclii_variables(literal).contains(literal) {
                     declared.insert(literal.to_string());
@@ -799,7 +798,7 @@ fn manifests_name_only_environment_variables_the_binary_reads() {
     ] {
         assert!(
             declared.contains(known),
-            "the scan of cli/src finds {known}: {declared:?}"
+            "the scan of cli/src and telemetry/src finds {known}: {declared:?}"
         );
     }
     let mut files = files_with_extension(&kubernetes_dir(), "yaml");
