@@ -237,15 +237,13 @@ pub struct VerifyArgs {
     username: Option<String>,
     #[arg(long, env = "ENCLII_REGISTRY_PASSWORD", hide_env_values = true)]
     password: Option<String>,
-    /// `text` or `json`.
-    #[arg(long, default_value = "text")]
-    output: String,
 }
 
 /// Exit code of a signature that is missing or does not verify (the CLI's validation code).
 pub const NOT_VERIFIED: u8 = 10;
 
-pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+/// Checks `args.image`; `json` prints the verdict as one JSON object (the global `--output`).
+pub async fn verify(args: VerifyArgs, json: bool) -> anyhow::Result<u8> {
     let pem = std::fs::read(&args.key).with_context(|| format!("cannot read the public key {}", args.key.display()))?;
     let key = VerifyingKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", args.key.display()))?;
     let auth = RegistryAuth {
@@ -255,7 +253,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     };
     match enclii_signing::verify(&auth, &args.image, &key).await {
         Ok(verified) => {
-            if args.output == "json" {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({"verified": true, "image": verified.image, "digest": verified.digest, "annotations": verified.annotations})
@@ -273,7 +271,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
             | SigningError::SignatureMismatch { .. }
             | SigningError::PayloadMismatch { .. }),
         ) => {
-            if args.output == "json" {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({"verified": false, "image": args.image, "error": e.to_string()})

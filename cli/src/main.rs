@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => server::run(*args).await.map(|()| 0),
             Command::Verify(args) => {
                 enclii_signing::install_crypto_provider();
-                build::verify(args).await
+                build::verify(args, cli.global.output == conductor::OutputFormat::Json).await
             }
             Command::Conductor(command) => {
                 enclii_signing::install_crypto_provider();
@@ -83,5 +83,27 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--output` is global: a subcommand's own `--output` of another type once made clap panic
+    /// when that subcommand was parsed (`enclii verify … --output json`).
+    #[test]
+    fn verify_takes_the_global_output() {
+        let cli = Cli::try_parse_from(["enclii", "verify", "reg/p/s:t", "--key", "k.pub", "--output", "json"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Command::Verify(_)));
+        assert_eq!(cli.global.output, super::conductor::OutputFormat::Json);
     }
 }
