@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use enclii_queue::{JobFilter, JobRecord, JobState};
@@ -47,6 +48,25 @@ pub struct JobsQuery {
     limit: Option<usize>,
 }
 
+/// `Query<T>` whose rejections (`limit=-1`, `limit=ten`, `minutes=99999999999`) are problem+json
+/// with the reason and a hint, like every other error of the API.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_query",
+                rejection.body_text(),
+                "numbers in the query are whole and not negative (e.g. `limit=50`, `minutes=15`)",
+            )),
+        }
+    }
+}
+
 fn parse_states(states: Option<&str>) -> Result<Vec<JobState>, ApiError> {
     let Some(states) = states.filter(|s| !s.is_empty()) else {
         return Ok(Vec::new());
@@ -72,7 +92,7 @@ fn parse_states(states: Option<&str>) -> Result<Vec<JobState>, ApiError> {
 pub async fn list_jobs(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<JobsQuery>,
+    Params(query): Params<JobsQuery>,
 ) -> Result<Json<Vec<JobRecord>>, ApiError> {
     principal.require(Permission::Read, query.project.as_deref())?;
     let filter = JobFilter {
@@ -204,7 +224,7 @@ pub struct ThroughputQuery {
 pub async fn get_throughput(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<ThroughputQuery>,
+    Params(query): Params<ThroughputQuery>,
 ) -> Result<Json<Throughput>, ApiError> {
     principal.require(Permission::Read, None)?;
     Ok(Json(
@@ -365,6 +385,12 @@ pub async fn resume(
     set_paused(&state, &principal, &project, false).await
 }
 
+fn problem_event(e: &ApiError) -> Event {
+    Event::default()
+        .event("problem")
+        .data(json!({"detail": e.to_string()}).to_string())
+}
+
 /// Sends `produce()`'s value as a `snapshot` event whenever it changes, until it says it is final.
 fn watch<F, Fut>(produce: F) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
 where
@@ -373,11 +399,14 @@ where
 {
     struct Watch {
         last: Option<serde_json::Value>,
+        /// The problem last reported: the same one is not sent again every read.
+        problem: Option<String>,
         over: bool,
         first: bool,
     }
     let initial = Watch {
         last: None,
+        problem: None,
         over: false,
         first: true,
     };
@@ -393,6 +422,7 @@ where
             let event = match produce().await {
                 Ok((value, last)) => {
                     w.over = last;
+                    w.problem = None;
                     if w.last.as_ref() == Some(&value) && !last {
                         continue;
                     }
@@ -400,10 +430,20 @@ where
                     w.last = Some(value);
                     event
                 }
-                // A failed read is reported and retried: the view goes on.
-                Err(e) => Event::default()
-                    .event("problem")
-                    .data(json!({"detail": e.to_string()}).to_string()),
+                // What it watches is gone (a pruned pipeline): nothing more will come.
+                Err(e @ ApiError::NotFound(_)) => {
+                    w.over = true;
+                    problem_event(&e)
+                }
+                // A failed read is reported (once while it lasts) and retried: the view goes on.
+                Err(e) => {
+                    let detail = e.to_string();
+                    if w.problem.as_deref() == Some(detail.as_str()) {
+                        continue;
+                    }
+                    w.problem = Some(detail);
+                    problem_event(&e)
+                }
             };
             return Some((Ok(event), (w, produce)));
         }
@@ -439,7 +479,9 @@ async fn queue_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError>
     }))
 }
 
-type Snapshot = Option<Arc<serde_json::Value>>;
+/// The latest read of the queue view: the snapshot, or why it could not be read (sent to
+/// watchers as a `problem` event, so that a dashboard says so instead of waiting).
+type Snapshot = Option<Arc<Result<serde_json::Value, String>>>;
 
 /// Produces the queue snapshot for every watcher of this API process: one read loop however many
 /// dashboards are open, started by the first watcher and ended when the last one leaves.
@@ -460,18 +502,17 @@ impl QueueWatch {
         let state = state.clone();
         tokio::spawn(async move {
             loop {
-                match queue_snapshot(&state).await {
-                    Ok(snapshot) => {
-                        tx.send_if_modified(|old| {
-                            let changed = old.as_deref() != Some(&snapshot);
-                            if changed {
-                                *old = Some(Arc::new(snapshot));
-                            }
-                            changed
-                        });
+                let read = queue_snapshot(&state).await.map_err(|e| {
+                    tracing::warn!(error = %e, "queue snapshot unavailable");
+                    e.to_string()
+                });
+                tx.send_if_modified(|old| {
+                    let changed = old.as_deref() != Some(&read);
+                    if changed {
+                        *old = Some(Arc::new(read));
                     }
-                    Err(e) => tracing::warn!(error = %e, "queue snapshot unavailable"),
-                }
+                    changed
+                });
                 tokio::select! {
                     () = tx.closed() => break,
                     () = tokio::time::sleep(WATCH_EVERY) => {}
@@ -481,23 +522,30 @@ impl QueueWatch {
         rx
     }
 
-    /// `snapshot` events: the current one at once (if any), then each change.
+    /// `snapshot` events (or `problem` ones while the queue cannot be read): the current one at
+    /// once (if any), then each change.
     fn events(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
         let rx = state.queue_watch.subscribe(&state);
         futures::stream::unfold((state, rx, true), |(state, mut rx, mut first)| async move {
             loop {
                 // A receiver of a producer that just ended (its last watcher left as this one
-                // came) resubscribes, which starts a new producer.
+                // came) resubscribes, which starts a new producer (or joins the one another
+                // watcher just started, whose current snapshot it then sends at once).
                 if !first && rx.changed().await.is_err() {
                     rx = state.queue_watch.subscribe(&state);
+                    first = true;
                     continue;
                 }
                 first = false;
                 let snapshot = rx.borrow_and_update().clone();
-                if let Some(snapshot) = snapshot {
-                    let event = Event::default().event("snapshot").data(snapshot.to_string());
-                    return Some((Ok(event), (state, rx, false)));
-                }
+                let event = match snapshot.as_deref() {
+                    None => continue,
+                    Some(Ok(snapshot)) => Event::default().event("snapshot").data(snapshot.to_string()),
+                    Some(Err(detail)) => Event::default()
+                        .event("problem")
+                        .data(json!({ "detail": detail }).to_string()),
+                };
+                return Some((Ok(event), (state, rx, false)));
             }
         })
     }
@@ -585,6 +633,66 @@ mod tests {
         assert_eq!(last.start_p95_seconds, Some(1.0));
         assert_eq!(t.run_p50_seconds, Some(4.0));
         assert_eq!(t.run_p95_seconds, Some(10.0));
+    }
+
+    async fn events_of<S>(sse: Sse<S>) -> Vec<String>
+    where
+        S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    {
+        use axum::response::IntoResponse;
+        use http_body_util::BodyExt;
+        let body = sse.into_response().into_body();
+        let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("the stream ends")
+            .unwrap()
+            .to_bytes();
+        String::from_utf8_lossy(&bytes)
+            .split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_watch_reports_a_lasting_problem_once_and_ends_when_its_subject_is_gone() {
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reads.clone();
+        let sse = watch(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Ok((json!({"state": "running"}), false)),
+                    1 | 2 => Err(ApiError::Unavailable("redis down".into())),
+                    _ => Err(ApiError::NotFound("pipeline 7 does not exist".into())),
+                }
+            }
+        });
+        let events = events_of(sse).await;
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(events[0].contains("event: snapshot"), "{events:?}");
+        assert!(
+            events[1].contains("event: problem") && events[1].contains("unavailable"),
+            "the same problem is sent once while it lasts: {events:?}"
+        );
+        assert!(
+            events[2].contains("event: problem") && events[2].contains("does not exist"),
+            "{events:?}"
+        );
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "no read after the end"
+        );
+    }
+
+    #[test]
+    fn a_zero_minute_window_has_no_buckets_and_no_percentiles() {
+        let now = DateTime::from_timestamp(600 * 60, 0).unwrap();
+        let jobs = [finished(1, JobState::Completed, 1, 600 * 60, 600 * 60, 600 * 60)];
+        let t = throughput(&jobs, 0, now, false);
+        assert!(t.buckets.is_empty());
+        assert_eq!(t.run_p95_seconds, None);
     }
 
     #[test]

@@ -180,6 +180,40 @@ async fn dead_jobs_throughput_and_workers(db: Db) {
     assert!(r.body["hint"].as_str().unwrap().contains("dead"), "{r:?}");
 }
 
+/// Bad numbers in the query are 400 problems with a hint (never a panic or a plain-text reply);
+/// out-of-range ones are clamped.
+async fn bad_query_numbers_are_refused_with_a_hint(db: Db) {
+    let t = api(db).await;
+    for uri in [
+        "/v1/queue/jobs?limit=-1",
+        "/v1/queue/jobs?limit=ten",
+        "/v1/queue/jobs?limit=99999999999999999999999",
+        "/v1/queue/throughput?minutes=-5",
+        "/v1/queue/throughput?minutes=99999999999",
+    ] {
+        let r = t.admin("GET", uri, None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {r:?}");
+        assert_eq!(r.body["code"], "invalid_query", "{uri}: {r:?}");
+        assert!(
+            r.body["hint"].as_str().is_some_and(|h| h.contains("limit=50")),
+            "{uri}: {r:?}"
+        );
+    }
+    for uri in [
+        "/v1/queue/jobs?limit=0",
+        "/v1/queue/jobs?limit=18446744073709551615",
+        "/v1/queue/jobs?state=",
+    ] {
+        let r = t.admin("GET", uri, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {r:?}");
+    }
+    let r = t.admin("GET", "/v1/queue/throughput?minutes=0", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["minutes"], 1, "at least one minute: {r:?}");
+    let r = t.admin("GET", "/v1/queue/throughput?minutes=4000000000", None).await;
+    assert_eq!((r.status, &r.body["minutes"]), (StatusCode::OK, &json!(180)), "{r:?}");
+}
+
 /// Reads `snapshot` events from an open SSE body until one satisfies `want`.
 async fn next_snapshot(
     body: &mut axum::body::Body,
@@ -257,5 +291,6 @@ async fn watchers_share_one_live_queue_view(db: Db) {
 on_both_databases!(
     pausing_a_project_stops_its_claims_until_resumed,
     dead_jobs_throughput_and_workers,
-    watchers_share_one_live_queue_view
+    watchers_share_one_live_queue_view,
+    bad_query_numbers_are_refused_with_a_hint
 );
