@@ -9,8 +9,11 @@ const TOKEN_KEY = "enclii.token";
 const view = document.getElementById("view");
 let token = sessionStorage.getItem(TOKEN_KEY);
 let me = null;
-// Streams of the current view, aborted when the view changes.
-let streams = [];
+// The current view's scope: aborting it ends every stream the view opened. Each render makes a
+// new one, so a slow view that resolves after the user moved on cannot leave a stream running.
+let scope = new AbortController();
+/** Most lines a log pane keeps: a page left open on a busy service must not grow forever. */
+const MAX_LOG_LINES = 2000;
 
 // --- small helpers ------------------------------------------------------------------------------
 
@@ -36,13 +39,53 @@ const whenIso = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 const secs = (s) => (s === null || s === undefined ? "—" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`);
 const enc = encodeURIComponent;
 
+/** `url` if it is an http(s) URL, else null: data never becomes a `javascript:` or `data:` link. */
+function safeUrl(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A link to an external URL from data (opened in a new tab), or the URL as text if not http(s). */
+function externalLink(url) {
+  if (!url) return "—";
+  const href = safeUrl(url);
+  return href ? h("a", { href, target: "_blank", rel: "noopener noreferrer" }, url) : h("span", { class: "mono" }, url);
+}
+
+/** Appends a line to a log pane, dropping the oldest beyond MAX_LOG_LINES; follows the tail only
+ * if the reader was already at the bottom (scrolling up to read stays put). */
+function appendLog(pane, line) {
+  const atBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 24;
+  pane.append(document.createTextNode(`${line}\n`));
+  let extra = pane.childNodes.length - MAX_LOG_LINES;
+  if (extra > 0) {
+    while (extra-- > 0) pane.firstChild.remove();
+    if (!pane.dataset.trimmed) {
+      pane.dataset.trimmed = "true";
+      pane.title = `Only the last ${MAX_LOG_LINES} lines are kept.`;
+    }
+  }
+  if (atBottom) pane.scrollTop = pane.scrollHeight;
+}
+
+/** The API's reason for an error, with its hint (what to do about it). */
+function reason(e) {
+  return `${e.message}${e.hint ? ` — ${e.hint}` : ""}`;
+}
+
 function flash(message, kind = "info") {
   const el = document.getElementById("flash");
   el.textContent = message;
   el.className = kind;
+  // Errors are announced at once and stay longer: they are what the user must read.
+  el.setAttribute("role", kind === "error" ? "alert" : "status");
   el.hidden = false;
   clearTimeout(flash.timer);
-  flash.timer = setTimeout(() => (el.hidden = true), 6000);
+  flash.timer = setTimeout(() => (el.hidden = true), kind === "error" ? 20000 : 6000);
 }
 
 class ApiProblem extends Error {
@@ -56,7 +99,12 @@ class ApiProblem extends Error {
 async function api(method, path, body) {
   const headers = { Authorization: `Bearer ${token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiProblem(0, { detail: "the server cannot be reached", hint: "check that `enclii server` runs and the network is up, then try again" });
+  }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => ({}));
   // A session whose token stops working (expired, revoked) goes back to the sign-in form.
@@ -77,7 +125,11 @@ function action(label, confirmText, call, after, cls) {
       flash(`${label}: done`);
       if (after) await after();
     } catch (e) {
-      flash(`${label} failed: ${e.message}${e.hint ? ` — ${e.hint}` : ""}`, "error");
+      // A refused token already went back to sign-in, with its own message.
+      if (e.status === 401) return;
+      // A role or scope that does not allow it: say so plainly (the API's reason names what is missing).
+      const what = e.status === 403 ? "refused" : "failed";
+      flash(`${label} ${what}: ${reason(e)}`, "error");
     } finally {
       button.disabled = false;
     }
@@ -85,20 +137,31 @@ function action(label, confirmText, call, after, cls) {
   return button;
 }
 
+/** Reconnection delays: doubling from 1 s to 30 s, with jitter so that many tabs do not return at once. */
+const backoff = (attempt) => Math.min(30000, 1000 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
+
 /**
  * Reads a Server-Sent Events response with the bearer token and calls onEvent(name, data) for
- * each event; reconnects after a drop unless the view moved on (or `once` is set and it ended).
+ * each event; reconnects after a drop (backing off while it keeps failing) unless the view moved
+ * on, the API refused (401/403/404), or `once` is set and the stream ended.
  */
-function stream(path, onEvent, { once = false, status } = {}) {
+function stream(path, onEvent, { once = false, status, within = scope } = {}) {
   const controller = new AbortController();
-  streams.push(controller);
-  const setStatus = (live) => status && (status.textContent = live ? "● live" : "○ reconnecting…", status.className = live ? "live" : "live off");
+  // The view's scope ends it too — at once if that view was already left.
+  if (within.signal.aborted) controller.abort();
+  else within.signal.addEventListener("abort", () => controller.abort(), { once: true });
+  const setStatus = (text, live) => {
+    if (!status) return;
+    status.textContent = text;
+    status.className = live === "done" ? "live done" : live ? "live" : "live off";
+  };
   (async () => {
+    let failures = 0;
     while (!controller.signal.aborted) {
       try {
         const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, signal: controller.signal });
         if (!res.ok) throw new ApiProblem(res.status, await res.json().catch(() => ({})));
-        setStatus(true);
+        setStatus("● live", true);
         const reader = res.body.getReader();
         const decoder = new TextDecoder();
         let buffer = "";
@@ -116,40 +179,57 @@ function stream(path, onEvent, { once = false, status } = {}) {
               if (line.startsWith("event:")) name = line.slice(6).trim();
               else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
             }
-            if (data.length) onEvent(name, data.join("\n"));
+            if (data.length) {
+              // A connection that delivered an event is healthy: the next drop retries quickly.
+              failures = 0;
+              onEvent(name, data.join("\n"));
+            }
           }
         }
-        if (once) return;
+        if (once) {
+          setStatus("finished", "done");
+          return;
+        }
       } catch (e) {
         if (controller.signal.aborted) return;
+        if (e.status === 401 && me) {
+          signOut("Your token was refused (expired or revoked): sign in again.");
+          return;
+        }
         if (e.status === 401 || e.status === 403 || e.status === 404) {
-          flash(`Live view stopped: ${e.message}`, "error");
+          setStatus("○ stopped", false);
+          flash(`Live view stopped: ${reason(e)}`, "error");
           return;
         }
       }
-      setStatus(false);
-      await new Promise((r) => setTimeout(r, 1000));
+      const delay = backoff(failures++);
+      setStatus(`○ reconnecting in ${Math.round(delay / 1000)} s…`, false);
+      await new Promise((r) => setTimeout(r, delay));
     }
   })();
   return controller;
 }
 
 function table(headers, rows, empty = "Nothing yet.") {
-  if (!rows.length) return h("p", { class: "muted" }, empty);
-  return h(
-    "table",
-    {},
-    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: x.endsWith("#") ? "num" : undefined }, x.replace(/#$/, ""))))),
-    h("tbody", {}, rows),
-  );
+  if (!rows.length) return h("p", { class: "muted empty" }, empty);
+  // A column without a title (an action's) still has a name for screen readers.
+  const th = (x) => (x ? h("th", { scope: "col", class: x.endsWith("#") ? "num" : undefined }, x.replace(/#$/, "")) : h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Action")));
+  // Wide tables scroll inside their box instead of pushing the page sideways.
+  return h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, headers.map(th))), h("tbody", {}, rows)));
 }
 
 // --- sign-in ------------------------------------------------------------------------------------
 
+/** Set while a message must outlive the navigation that follows it (the sign-out reason). */
+let keepFlash = false;
+
 function signOut(message) {
+  keepFlash = Boolean(message);
   token = null;
   me = null;
   sessionStorage.removeItem(TOKEN_KEY);
+  scope.abort();
+  view.replaceChildren();
   if (message) flash(message, "error");
   location.hash = "#/signin";
   render();
@@ -157,7 +237,7 @@ function signOut(message) {
 
 function signInView() {
   const input = h("input", { id: "token", type: "password", autocomplete: "off", placeholder: "enclii_pat_…", required: true });
-  const error = h("p", { class: "muted", id: "signin-error" });
+  const error = h("p", { class: "error-text", id: "signin-error", role: "alert" });
   const form = h(
     "form",
     { class: "card signin" },
@@ -176,7 +256,8 @@ function signInView() {
       location.hash = "#/projects";
     } catch (err) {
       token = null;
-      error.textContent = `Sign-in failed: ${err.message}${err.hint ? ` — ${err.hint}` : ""}`;
+      me = null;
+      error.textContent = `Sign-in failed: ${reason(err)}`;
     }
   });
   return form;
@@ -289,13 +370,13 @@ async function environmentView(project, environment) {
           h("td", {}, r.p95_ms === null ? "—" : `${Math.round(r.p95_ms)} ms`),
           h("td", {}, `${(r.error_rate * 100).toFixed(1)}%`),
           h("td", {}, r.canary_percent ? `${r.canary_percent}% → ${r.canary_release}` : "—"),
-          h("td", {}, r.url ? h("a", { href: r.url, target: "_blank", rel: "noopener" }, r.url) : "—"),
+          h("td", {}, externalLink(r.url)),
         ),
       ),
       "Nothing runs here yet.",
     );
   } catch (e) {
-    runtime = h("p", { class: "muted" }, `Runtime status unavailable: ${e.message}${e.hint ? ` — ${e.hint}` : ""}`);
+    runtime = h("p", { class: "muted" }, `Runtime status unavailable: ${reason(e)}`);
   }
   const here = services.filter((s) => s.environment === environment);
   return h(
@@ -329,7 +410,7 @@ function deploymentTable(deployments) {
         h("td", {}, d.strategy + (d.canary_percent ? ` ${d.canary_percent}%` : "")),
         h("td", {}, badge(d.status)),
         h("td", { class: "muted" }, d.detail ?? ""),
-        h("td", {}, d.url ? h("a", { href: d.url, target: "_blank", rel: "noopener" }, d.url) : "—"),
+        h("td", {}, externalLink(d.url)),
         h("td", {}, when(d.created_at)),
       ),
     ),
@@ -378,10 +459,9 @@ async function serviceView(project, service) {
     (name, data) => {
       if (name === "line") {
         const line = JSON.parse(data);
-        logs.append(`${line.replica} | ${line.line}\n`);
-        logs.scrollTop = logs.scrollHeight;
+        appendLog(logs, `${line.replica} | ${line.line}`);
       } else if (name === "problem") {
-        logs.append(`[${JSON.parse(data).detail}]\n`);
+        appendLog(logs, `[${JSON.parse(data).detail}]`);
       }
     },
     { status },
@@ -435,24 +515,28 @@ async function pipelineView(id) {
     selected = step.name;
     logStream?.abort();
     log.textContent = "";
+    delete log.dataset.trimmed;
     logTitle.textContent = `Log of ${step.name} (job ${step.job})`;
     logStream = stream(
       `/v1/jobs/${step.job}/logs/stream`,
       (name, data) => {
         const event = JSON.parse(data);
-        if (name === "line") log.append(`${event.line}\n`);
-        if (name === "end") log.append(`— ${event.state} —\n`);
-        log.scrollTop = log.scrollHeight;
+        if (name === "line") appendLog(log, event.line);
+        if (name === "end") appendLog(log, `— ${event.state} —`);
+        if (name === "problem") appendLog(log, `[${event.detail}]`);
       },
       { once: true },
     );
     draw(last);
   };
 
+  const cancel = action("Cancel run", `Cancel every unfinished step of pipeline ${id}?`, () => api("POST", `/v1/pipelines/${id}/cancel`), null, "danger");
   const draw = (run) => {
     if (!run) return;
     last = run;
     state.replaceChildren(" ", badge(run.state));
+    // A finished run has nothing to cancel.
+    cancel.hidden = run.state !== "running";
     const cols = columns(run.steps);
     graph.replaceChildren(
       ...cols.flatMap((col, i) => [
@@ -481,8 +565,12 @@ async function pipelineView(id) {
 
   const run = await get(`/v1/pipelines/${id}`);
   draw(run);
-  stream(`/v1/pipelines/${id}/stream`, (name, data) => name === "snapshot" && draw(JSON.parse(data)), { status, once: true });
-  const cancel = action("Cancel run", `Cancel every unfinished step of pipeline ${id}?`, () => api("POST", `/v1/pipelines/${id}/cancel`), null, "danger");
+  const onEvent = (name, data) => {
+    if (name === "snapshot") draw(JSON.parse(data));
+    if (name === "problem") flash(`Pipeline #${id}: ${JSON.parse(data).detail}`, "error");
+  };
+  if (run.state === "running") stream(`/v1/pipelines/${id}/stream`, onEvent, { status, once: true });
+  else status.replaceChildren();
   return h(
     "section",
     {},
@@ -586,8 +674,10 @@ async function queueView() {
         kpi("run P50 · P95", `${secs(t.run_p50_seconds)} · ${secs(t.run_p95_seconds)}`),
         kpi("start P95", secs(t.start_p95_seconds)),
       ),
-      h("div", { class: "card" }, h("h2", {}, `Throughput and latency, last ${t.minutes} minutes`), throughputChart(t),
-        h("div", { class: "legend" }, h("span", {}, h("i", { style: "background:#1f8a4c" }), "completed"), h("span", {}, h("i", { style: "background:#c9372c" }), "dead/cancelled"), h("span", {}, h("i", { style: "background:#1f6fd1" }), "run-time P95"))),
+      h("div", { class: "card" }, h("h2", {}, `Throughput and latency, last ${t.minutes} minutes`),
+        t.truncated ? h("p", { class: "muted" }, "More jobs finished than were read: the counts are a lower bound.") : null,
+        throughputChart(t),
+        h("div", { class: "legend" }, h("span", {}, h("i", { class: "sw-ok" }), "completed"), h("span", {}, h("i", { class: "sw-bad" }), "dead/cancelled"), h("span", {}, h("i", { class: "sw-p95" }), "run-time P95"))),
       depthTables(snap.stats),
       h("h2", {}, "Dead jobs"),
       table(
@@ -600,7 +690,7 @@ async function queueView() {
             h("td", {}, j.kind),
             h("td", {}, j.project),
             h("td", { class: "num" }, j.attempt),
-            h("td", { class: "muted" }, j.last_error ?? ""),
+            h("td", { class: "muted error" }, j.last_error ?? ""),
             h("td", {}, whenIso(j.finished_at)),
             h("td", {}, action("Retry", null, retry(j), null, "primary")),
           ),
@@ -707,8 +797,9 @@ const routes = [
 ];
 
 async function render() {
-  streams.forEach((s) => s.abort());
-  streams = [];
+  scope.abort();
+  scope = new AbortController();
+  const mine = scope;
   const signedIn = Boolean(token);
   document.getElementById("nav").hidden = !signedIn;
   document.getElementById("signout").hidden = !signedIn;
@@ -719,21 +810,40 @@ async function render() {
   if (signedIn && !me) {
     try {
       me = await get("/v1/whoami");
-    } catch {
+    } catch (e) {
+      // A refused token goes back to sign-in; anything else (server down) says so.
+      if (e.status === 401) {
+        signOut("Your token was refused (expired or revoked): sign in again.");
+      } else if (token && mine === scope) {
+        const again = h("button", { class: "primary" }, "Try again");
+        again.addEventListener("click", render);
+        view.replaceChildren(h("div", { class: "card" }, h("h1", {}, "Cannot reach Enclii"), h("p", {}, reason(e)), again));
+      }
       return;
     }
   }
-  document.getElementById("who").textContent = me ? `${me.subject}` : "";
+  // A token restricted to some scopes says so: its holder sees why an action is refused.
+  const who = document.getElementById("who");
+  const limited = me && Array.isArray(me.scopes) && !me.scopes.includes("deploy");
+  who.textContent = me ? `${me.subject}${limited ? ` (scopes: ${me.scopes.join(", ")})` : ""}` : "";
   const hash = location.hash || "#/projects";
   const route = routes.find(([re]) => re.test(hash));
   try {
     const content = route ? await route[1](hash.match(route[0])) : h("p", {}, "No such page.");
+    // The user moved on while this view loaded: its streams are already ended; show nothing.
+    if (mine !== scope) return;
     view.replaceChildren(content);
   } catch (e) {
+    if (mine !== scope) return;
     view.replaceChildren(h("div", { class: "card" }, h("h1", {}, "Cannot show this page"), h("p", {}, e.message), e.hint ? h("p", { class: "muted" }, e.hint) : null));
   }
 }
 
 document.getElementById("signout").addEventListener("click", () => signOut());
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => {
+  // A message about the page just left does not follow the user to the next one.
+  if (!keepFlash) document.getElementById("flash").hidden = true;
+  keepFlash = false;
+  render();
+});
 render();

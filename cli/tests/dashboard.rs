@@ -1,7 +1,9 @@
 //! The web dashboard in a real headless Chromium (Debian's `chromium`, driven by npm's
 //! `playwright-core`: `api/dashboard/e2e/dashboard.mjs`), against a real server running a real
 //! build (BuildKit, registry, S3): load, sign in, watch the pipeline progress step by step, read a
-//! step's live log, retry a dead job, pause and resume a project's queue. Screenshots are kept in
+//! step's live log, retry a dead job, pause and resume a project's queue; signed in again with a
+//! read-only (`read` scope) token, see Pause and Retry refused by the API and nothing change (no
+//! audit event, the project still running). Screenshots are kept in
 //! `artifacts/dashboard/` (or `$ENCLII_ARTIFACTS_DIR`).
 
 mod support;
@@ -46,22 +48,29 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
     });
     let (status, body) = call(&server, "POST", "/v1/projects/shop/services", broken);
     assert_eq!(status, 201, "{body}");
-    let (status, body) = call(
-        &server,
-        "POST",
-        "/v1/projects/shop/services/broken/releases",
-        json!({"git_sha": "4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e"}),
-    );
-    assert_eq!(status, 202, "{body}");
-    let failed = wait_finished(
-        &server,
-        body["release"]["id"].as_i64().unwrap(),
-        Duration::from_secs(90),
-    );
-    let dead_job = step(&failed, "clone")["job_id"].as_i64().unwrap();
-    wait_until(Duration::from_secs(30), "the clone job to be dead", || {
-        call(&server, "GET", &format!("/v1/jobs/{dead_job}"), Value::Null).1["state"] == "dead"
-    });
+    // Two: the operator retries one; a read-only token is refused retrying the other.
+    let dead_clone = |sha: &str| {
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/v1/projects/shop/services/broken/releases",
+            json!({ "git_sha": sha }),
+        );
+        assert_eq!(status, 202, "{body}");
+        let failed = wait_finished(
+            &server,
+            body["release"]["id"].as_i64().unwrap(),
+            Duration::from_secs(90),
+        );
+        let job = step(&failed, "clone")["job_id"].as_i64().unwrap();
+        wait_until(Duration::from_secs(30), "the clone job to be dead", || {
+            call(&server, "GET", &format!("/v1/jobs/{job}"), Value::Null).1["state"] == "dead"
+        });
+        job
+    };
+    let dead_job = dead_clone("4f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e");
+    let refused_job = dead_clone("5f1c0e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e");
+    let refused_before = call(&server, "GET", &format!("/v1/jobs/{refused_job}"), Value::Null).1;
 
     let first_end = call(&server, "GET", &format!("/v1/jobs/{dead_job}"), Value::Null).1["finished_at"].clone();
 
@@ -76,6 +85,7 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         .env("SERVICE", "api")
         .env("GIT_SHA", &sha)
         .env("DEAD_JOB_ID", dead_job.to_string())
+        .env("REFUSED_JOB_ID", refused_job.to_string())
         .env("ARTIFACTS_DIR", &artifacts)
         .output()
         .expect("node runs (Node.js 20 is on this machine kind)");
@@ -120,6 +130,32 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         "the worker's heartbeat shows: {seen}"
     );
     assert_eq!(seen["consoleErrors"], json!([]), "no script errors in the page");
+    assert_eq!(
+        seen["secretsInUrls"],
+        json!([]),
+        "no token in any URL the page requested"
+    );
+    assert_eq!(seen["tokenAfterSignOut"], Value::Null, "signing out forgets the token");
+    // The read-only token's actions were refused with the API's reason, shown as an alert.
+    for (key, scope) in [("pauseRefused", "govern"), ("retryRefused", "deploy")] {
+        let shown = seen[key].as_str().unwrap_or_default();
+        assert!(
+            shown.contains("refused") && shown.contains(&format!("lacks the `{scope}` scope")),
+            "{key}: {seen}"
+        );
+    }
+    assert_eq!(seen["pauseRefusedRole"], "alert", "{seen}");
+    assert_eq!(seen["whoReadOnly"], "user:admin (scopes: read)", "{seen}");
+    assert_eq!(seen["stateAfterRefusedPause"], "running", "{seen}");
+    let refused_after = call(&server, "GET", &format!("/v1/jobs/{refused_job}"), Value::Null).1;
+    assert_eq!(refused_after, refused_before, "the refused retry changed nothing");
+    // A `javascript:` URL from data never becomes a link; a live log pane is capped.
+    assert_eq!(
+        (&seen["javascriptLinks"], &seen["httpsLinks"]),
+        (&json!(0), &json!(1)),
+        "{seen}"
+    );
+    assert_eq!(seen["logLines"], 2000, "{seen}");
     let r = release(&server, seen["release"].as_i64().unwrap());
     assert_eq!(r["status"], "ready", "{r}");
 
@@ -142,8 +178,14 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         ("queue.pause".into(), "shop".into()),
         ("queue.resume".into(), "shop".into()),
     ] {
-        assert!(actions.contains(&wanted), "{wanted:?} audited: {actions:?}");
+        // Exactly once: the read-only token's refused Retry and Pause left no trace.
+        let times = actions.iter().filter(|a| **a == wanted).count();
+        assert_eq!(times, 1, "{wanted:?} audited once: {actions:?}");
     }
+    assert!(
+        !actions.contains(&("job.retry".to_string(), refused_job.to_string())),
+        "{actions:?}"
+    );
     // The retried job ran again, with a fresh set of attempts.
     let mut job = Value::Null;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -163,6 +205,7 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         "05-pipeline-succeeded",
         "06-queue",
         "07-dead-job-retried",
+        "10-refused-read-only",
     ] {
         assert!(artifacts.join(format!("{shot}.png")).exists(), "screenshot {shot}");
     }

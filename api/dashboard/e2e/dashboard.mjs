@@ -1,10 +1,12 @@
 // Drives the Enclii dashboard in a real headless Chromium (Debian's /usr/bin/chromium) with
 // playwright-core: load, sign in, watch a pipeline progress, open a step's log, retry a dead job,
-// pause and resume a project's queue. Screenshots go to $ARTIFACTS_DIR.
+// pause and resume a project's queue; then, signed in with a read-only token, see Pause and Retry
+// refused with the API's reason. Screenshots go to $ARTIFACTS_DIR.
 //
 // Run by cli/tests/dashboard.rs, which starts a real server, a real build and a dead job first.
 // Input (environment): ENCLII_URL, ENCLII_TOKEN, PROJECT, SERVICE, GIT_SHA (the commit to build once
-// signed in, so that the browser is watching when it starts), DEAD_JOB_ID, ARTIFACTS_DIR.
+// signed in, so that the browser is watching when it starts), DEAD_JOB_ID (to retry),
+// REFUSED_JOB_ID (a dead job the read-only token may not retry), ARTIFACTS_DIR.
 // Output: one JSON line on stdout with what was seen; exit code 1 with the reason on failure.
 
 import { mkdirSync } from "node:fs";
@@ -22,6 +24,7 @@ const project = env("PROJECT");
 const service = env("SERVICE");
 const sha = env("GIT_SHA");
 const deadJob = env("DEAD_JOB_ID");
+const refusedJob = env("REFUSED_JOB_ID");
 const artifacts = env("ARTIFACTS_DIR");
 mkdirSync(artifacts, { recursive: true });
 
@@ -38,6 +41,15 @@ try {
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const consoleErrors = [];
   page.on("pageerror", (e) => consoleErrors.push(e.message));
+  // Anything the Content-Security-Policy blocked (an inline style or script) is a bug of the page.
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content.Security.Policy/i.test(m.text())) consoleErrors.push(m.text());
+  });
+  // The token travels only in a header: no request the page makes has it in its URL.
+  const secretsInUrls = [];
+  page.on("request", (r) => {
+    if (r.url().includes("enclii_pat_")) secretsInUrls.push(r.url().replace(/enclii_pat_\w+/g, "enclii_pat_…"));
+  });
 
   // Load: an unauthenticated visitor lands on the sign-in form.
   await page.goto(`${url}/`);
@@ -130,13 +142,62 @@ try {
   await page.click(`${row} button`);
   await page.waitForSelector(`${row} [data-state=running]`, { timeout: 15_000 });
 
+  // A read-only token (the same user, restricted to the `read` scope): the page shows the queue,
+  // but Pause and Retry are refused by the API, with its reason, and nothing changes.
+  const created = await fetch(`${url}/v1/tokens`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ name: "dashboard-read-only", scopes: ["read"], expires_in_days: 1 }),
+  });
+  const readOnly = await created.json();
+  if (created.status !== 201) throw new Error(`no read-only token: ${created.status} ${JSON.stringify(readOnly)}`);
+  await page.click("#signout");
+  await page.waitForSelector("form.signin");
+  seen.tokenAfterSignOut = await page.evaluate(() => sessionStorage.getItem("enclii.token"));
+  await page.fill("#token", readOnly.token);
+  await page.click("button[type=submit]");
+  await page.waitForSelector(`a[href="#/p/${project}"]`);
+  seen.whoReadOnly = await page.textContent("#who");
+  await page.click('a[href="#/queue"]');
+  await page.waitForSelector(`${row} [data-state=running]`);
+  await page.click(`${row} button`);
+  await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Pause refused"));
+  seen.pauseRefused = await page.textContent("#flash");
+  seen.pauseRefusedRole = await page.getAttribute("#flash", "role");
+  // Still running, for the page (its live view) as for the API.
+  await page.waitForTimeout(1500);
+  seen.stateAfterRefusedPause = await page.getAttribute(`${row} .badge`, "data-state");
+  // The other dead job: Retry is refused.
+  await page.click(`tr[data-job="${refusedJob}"] button.primary`);
+  await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Retry refused"));
+  seen.retryRefused = await page.textContent("#flash");
+  await shot(page, "10-refused-read-only");
+
   // The audit trail shows the actions.
   await page.click('a[href="#/audit"]');
   await page.waitForSelector("td[data-action]");
   seen.audit = await page.locator("td[data-action]").allTextContents();
   await shot(page, "09-audit");
 
+  // Data the page does not trust (answers stubbed here): a deployment URL that is not http(s) is
+  // shown as text, never as a link; a live log pane keeps only its last 2000 lines.
+  const deployment = (id, url) => ({ id, service, environment: "prod", release_id: 1, strategy: "rolling", canary_percent: null,
+    status: "healthy", detail: null, url, created_at: Date.now() });
+  await page.route(/\/v1\/projects\/[^/]+\/deployments/, (route) => route.fulfill({ status: 200, contentType: "application/json",
+    body: JSON.stringify([deployment(1, "javascript:alert(document.domain)"), deployment(2, "https://shop.example.test/")]) }));
+  const lines = Array.from({ length: 2500 }, (_, i) => `event: line\ndata: ${JSON.stringify({ replica: "r0", line: `line ${i}` })}\n\n`).join("");
+  await page.route(/\/logs\?follow=true/, (route) => route.fulfill({ status: 200, contentType: "text/event-stream", body: lines }));
+  await page.click('a[href="#/projects"]');
+  await page.click(`a[href="#/p/${project}"]`);
+  await page.click(`a[href="#/p/${project}/s/${service}"]`);
+  await page.waitForFunction(() => document.querySelector("#runtime-log")?.textContent.includes("r0 | line 2499"));
+  seen.javascriptLinks = await page.locator('a[href^="javascript:"]').count();
+  seen.httpsLinks = await page.locator('a[href="https://shop.example.test/"]').count();
+  seen.logLines = await page.evaluate(() => document.querySelector("#runtime-log").childNodes.length);
+  await shot(page, "11-untrusted-data");
+
   seen.consoleErrors = consoleErrors;
+  seen.secretsInUrls = secretsInUrls;
   console.log(JSON.stringify(seen));
 } catch (e) {
   if (page) await shot(page, "failure").catch(() => {});
