@@ -649,6 +649,16 @@ function depthTables(stats) {
   );
 }
 
+/** A selector for the focused button of a table row inside `within` (rows carry a data-* key). */
+function focusedRowButton(within) {
+  const el = document.activeElement;
+  const row = el?.tagName === "BUTTON" && within.contains(el) ? el.closest("tr") : null;
+  const key = row && Object.keys(row.dataset)[0];
+  if (!key) return null;
+  const attr = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  return `tr[data-${attr}="${CSS.escape(row.dataset[key])}"] button`;
+}
+
 async function queueView() {
   const status = h("span", { class: "live off" }, "○ connecting…");
   const body = h("div", { id: "queue" }, h("p", { class: "muted" }, "Waiting for the first snapshot…"));
@@ -662,6 +672,8 @@ async function queueView() {
     const running = snap.stats.depth.filter((r) => r.state === "running").reduce((a, r) => a + r.count, 0);
     const waiting = snap.stats.depth.filter((r) => r.state === "available").reduce((a, r) => a + r.count, 0);
     const kpi = (label, value, id) => h("div", { class: "kpi", id }, h("b", {}, value), h("span", { class: "muted" }, label));
+    // Each snapshot rebuilds the view: a keyboard user's focus on a row's button comes back.
+    const refocus = focusedRowButton(body);
     body.replaceChildren(
       h(
         "div",
@@ -738,6 +750,7 @@ async function queueView() {
       h("h2", {}, "Per-project limits"),
       controlsTable(snap),
     );
+    if (refocus) body.querySelector(refocus)?.focus();
   };
   stream("/v1/queue/stream", (name, data) => {
     if (name === "snapshot") draw(JSON.parse(data));

@@ -147,6 +147,10 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
     assert_eq!(seen["pauseRefusedRole"], "alert", "{seen}");
     assert_eq!(seen["whoReadOnly"], "user:admin (scopes: read)", "{seen}");
     assert_eq!(seen["stateAfterRefusedPause"], "running", "{seen}");
+    assert_eq!(
+        seen["focusAfterRedraw"], "shop",
+        "focus kept across a live redraw: {seen}"
+    );
     let refused_after = call(&server, "GET", &format!("/v1/jobs/{refused_job}"), Value::Null).1;
     assert_eq!(refused_after, refused_before, "the refused retry changed nothing");
     // A `javascript:` URL from data never becomes a link; a live log pane is capped.

@@ -164,9 +164,13 @@ try {
   await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Pause refused"));
   seen.pauseRefused = await page.textContent("#flash");
   seen.pauseRefusedRole = await page.getAttribute("#flash", "role");
-  // Still running, for the page (its live view) as for the API.
-  await page.waitForTimeout(1500);
+  // Still running, for the page (its live view, redrawn at the next heartbeat) as for the API;
+  // a keyboard user's focus on the row's button survives the redraw.
+  await page.focus(`${row} button`);
+  await page.evaluate(() => (window.beforeRedraw = document.querySelector("#queue .kpis")));
+  await page.waitForFunction(() => !window.beforeRedraw.isConnected, null, { timeout: 15_000 });
   seen.stateAfterRefusedPause = await page.getAttribute(`${row} .badge`, "data-state");
+  seen.focusAfterRedraw = await page.evaluate(() => document.activeElement?.closest("tr")?.dataset.project ?? document.activeElement?.tagName);
   // The other dead job: Retry is refused.
   await page.click(`tr[data-job="${refusedJob}"] button.primary`);
   await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Retry refused"));
