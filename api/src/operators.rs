@@ -479,6 +479,27 @@ async fn queue_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError>
     }))
 }
 
+/// How often a snapshot whose only change is workers' `last_seen` is sent anyway.
+const HEARTBEAT_RESEND: Duration = Duration::from_secs(15);
+
+/// Whether two reads differ at most in the workers' `last_seen` (a status change still counts).
+fn same_but_heartbeats(a: &Result<serde_json::Value, String>, b: &Result<serde_json::Value, String>) -> bool {
+    let strip = |read: &Result<serde_json::Value, String>| {
+        let mut read = read.clone();
+        if let Ok(snapshot) = &mut read
+            && let Some(workers) = snapshot.get_mut("workers").and_then(|w| w.as_array_mut())
+        {
+            for worker in workers {
+                if let Some(worker) = worker.as_object_mut() {
+                    worker.remove("last_seen");
+                }
+            }
+        }
+        read
+    };
+    strip(a) == strip(b)
+}
+
 /// The latest read of the queue view: the snapshot, or why it could not be read (sent to
 /// watchers as a `problem` event, so that a dashboard says so instead of waiting).
 type Snapshot = Option<Arc<Result<serde_json::Value, String>>>;
@@ -501,18 +522,29 @@ impl QueueWatch {
         *producer = Arc::downgrade(&tx);
         let state = state.clone();
         tokio::spawn(async move {
+            let mut sent_at = tokio::time::Instant::now();
             loop {
                 let read = queue_snapshot(&state).await.map_err(|e| {
                     tracing::warn!(error = %e, "queue snapshot unavailable");
                     e.to_string()
                 });
-                tx.send_if_modified(|old| {
-                    let changed = old.as_deref() != Some(&read);
+                // Heartbeats move `last_seen` every few seconds: alone they are sent at most
+                // every HEARTBEAT_RESEND, so an idle queue does not redraw every dashboard.
+                let due = sent_at.elapsed() >= HEARTBEAT_RESEND;
+                let sent = tx.send_if_modified(|old| {
+                    let changed = match old.as_deref() {
+                        None => true,
+                        Some(old) if due => *old != read,
+                        Some(old) => !same_but_heartbeats(old, &read),
+                    };
                     if changed {
                         *old = Some(Arc::new(read));
                     }
                     changed
                 });
+                if sent {
+                    sent_at = tokio::time::Instant::now();
+                }
                 tokio::select! {
                     () = tx.closed() => break,
                     () = tokio::time::sleep(WATCH_EVERY) => {}
@@ -693,6 +725,20 @@ mod tests {
         let t = throughput(&jobs, 0, now, false);
         assert!(t.buckets.is_empty());
         assert_eq!(t.run_p95_seconds, None);
+    }
+
+    #[test]
+    fn heartbeats_alone_are_not_a_change_but_a_status_is() {
+        let read = |last_seen: &str, status: &str| {
+            Ok(json!({"stats": {"depth": []}, "workers": [{"id": "w", "last_seen": last_seen, "status": status}]}))
+        };
+        let first = read("2026-11-29T20:00:00Z", "alive");
+        assert!(same_but_heartbeats(&first, &read("2026-11-29T20:00:05Z", "alive")));
+        assert!(!same_but_heartbeats(&first, &read("2026-11-29T20:00:45Z", "lost")));
+        let other = Ok(
+            json!({"stats": {"depth": [1]}, "workers": [{"id": "w", "last_seen": "2026-11-29T20:00:00Z", "status": "alive"}]}),
+        );
+        assert!(!same_but_heartbeats(&first, &other));
     }
 
     #[test]
