@@ -168,7 +168,8 @@ try {
   // a keyboard user's focus on the row's button survives the redraw.
   await page.focus(`${row} button`);
   await page.evaluate(() => (window.beforeRedraw = document.querySelector("#queue .kpis")));
-  await page.waitForFunction(() => !window.beforeRedraw.isConnected, null, { timeout: 15_000 });
+  // With an idle queue only heartbeats change, and those are re-sent every 15 s.
+  await page.waitForFunction(() => !window.beforeRedraw.isConnected, null, { timeout: 40_000 });
   seen.stateAfterRefusedPause = await page.getAttribute(`${row} .badge`, "data-state");
   seen.focusAfterRedraw = await page.evaluate(() => document.activeElement?.closest("tr")?.dataset.project ?? document.activeElement?.tagName);
   // The other dead job: Retry is refused.
