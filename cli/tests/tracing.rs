@@ -301,3 +301,69 @@ fn a_webhook_trace_follows_every_job_of_its_pipeline_into_logs_and_exported_span
         assert_eq!(span.attribute("attempt"), Some("1"));
     }
 }
+
+/// An OTLP endpoint that accepts connections and never answers, given with credentials in its
+/// URL: the server still exits on SIGTERM within its shutdown grace plus the flush bound
+/// (`enclii_telemetry::FLUSH_TIMEOUT`), and neither the endpoint's credentials, the bearer token
+/// nor a query string reach its log, even at `debug`. No Docker needed.
+#[test]
+fn a_silent_otlp_endpoint_neither_holds_up_sigterm_nor_leaks_credentials() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in listener.incoming().flatten() {
+            kept.push(stream);
+        }
+    });
+    let data = support::data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    let log_path = data.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let endpoint = format!("http://collector:s3cr3t-password@127.0.0.1:{port}");
+    let data_str = data.display().to_string();
+    let (mut child, addr) = support::launch(
+        &[],
+        &[
+            ("ENCLII_DATA_DIR", data_str.as_str()),
+            ("ENCLII_OTLP_ENDPOINT", endpoint.as_str()),
+            ("ENCLII_SHUTDOWN_GRACE_SECONDS", "1"),
+            ("ENCLII_LOG", "debug,sqlx=warn"),
+        ],
+        std::process::Stdio::from(log),
+    );
+    for n in 0..20 {
+        let (status, _) = support::http(&addr, "GET", &format!("/v1/projects?token=s3cr3t-query-{n}"), "");
+        assert_eq!(status, 200);
+    }
+    // A job too, so the worker's spans are buffered as well (whether or not the project exists).
+    support::http(
+        &addr,
+        "POST",
+        "/v1/jobs",
+        &json!({"kind": "ping", "project": "p"}).to_string(),
+    );
+    // Let the batch exporter start a request that is never answered.
+    std::thread::sleep(Duration::from_millis(5500));
+
+    let pid = child.id().to_string();
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = wait_exit(&mut child, Duration::from_secs(30));
+    let took = started.elapsed();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(&log_path);
+    assert!(exit.is_some(), "the server did not stop on SIGTERM: {text}");
+    assert!(
+        took < Duration::from_secs(1) + enclii_telemetry::FLUSH_TIMEOUT + Duration::from_secs(3),
+        "the server took {took:?} to stop"
+    );
+    assert!(
+        text.contains(&format!("http://***@127.0.0.1:{port}/v1/traces")),
+        "the endpoint is named, without its credentials: {text}"
+    );
+    for secret in ["s3cr3t", TOKEN] {
+        assert!(!text.contains(secret), "{secret:?} in the log: {text}");
+    }
+}

@@ -14,6 +14,9 @@
 //! Keep the returned [`Telemetry`] alive; dropping it (or [`Telemetry::shutdown`]) flushes the
 //! spans still buffered.
 
+use std::fmt;
+use std::time::Duration;
+
 use enclii_queue::trace::TraceContext;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
 use opentelemetry::{Context, KeyValue};
@@ -65,9 +68,93 @@ pub enum TelemetryError {
 pub enum Export {
     Off,
     /// The full traces URL (`…/v1/traces`).
-    Endpoint(String),
+    Endpoint(Endpoint),
     /// The `OTEL_EXPORTER_OTLP_*` variables, resolved by the exporter.
-    Standard(String),
+    Standard(Endpoint),
+}
+
+/// An OTLP endpoint URL. It may carry credentials (`https://user:token@collector/…`, or a key in
+/// its query string), so it is shown — `Display` and `Debug`, and so in log lines and errors —
+/// with the user info and the query replaced by `***`; [`Endpoint::expose`] gives the URL itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn new(url: impl Into<String>) -> Self {
+        Endpoint(url.into())
+    }
+
+    /// The URL with its credentials: for the exporter only, never for a log line.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The parts of the URL that must not be shown: the user info (and the password alone, in
+    /// case a message shows the user name), the query and the fragment.
+    fn secrets(&self) -> Vec<&str> {
+        let (userinfo, tail) = split_url(&self.0);
+        let mut secrets = Vec::new();
+        if let Some(userinfo) = userinfo {
+            secrets.push(userinfo);
+            if let Some((_, password)) = userinfo.split_once(':') {
+                secrets.push(password);
+            }
+        }
+        if let Some(tail) = tail {
+            secrets.push(tail);
+        }
+        secrets.retain(|s| !s.is_empty());
+        // Longest first, so that a part inside another is not replaced before it.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
+    }
+
+    /// `message` with every secret part of this URL replaced by `***` (error messages from the
+    /// exporter quote the URL).
+    pub fn scrub(&self, message: &str) -> String {
+        let mut message = message.to_string();
+        for secret in self.secrets() {
+            message = message.replace(secret, "***");
+        }
+        message
+    }
+}
+
+/// The user info (before the last `@` of the authority) and what follows the path (`?…`/`#…`,
+/// without its first character), if any.
+fn split_url(url: &str) -> (Option<&str>, Option<&str>) {
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[rest_at..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let userinfo = rest[..authority_end].rfind('@').map(|at| &rest[..at]);
+    let tail = rest[authority_end..]
+        .find(['?', '#'])
+        .map(|i| &rest[authority_end + i + 1..]);
+    (userinfo, tail)
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.scrub(&self.0))
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({self})")
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(url: &str) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(url: String) -> Self {
+        Endpoint(url)
+    }
 }
 
 impl Export {
@@ -78,13 +165,13 @@ impl Export {
             return Export::Off;
         }
         if let Some(base) = set(config.otlp_endpoint.clone()) {
-            return Export::Endpoint(traces_url(&base));
+            return Export::Endpoint(traces_url(&base).into());
         }
         if let Some(url) = set(env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)) {
-            return Export::Standard(url);
+            return Export::Standard(url.into());
         }
         match set(env(OTEL_EXPORTER_OTLP_ENDPOINT)) {
-            Some(base) => Export::Standard(traces_url(&base)),
+            Some(base) => Export::Standard(traces_url(&base).into()),
             None => Export::Off,
         }
     }
@@ -100,6 +187,10 @@ fn traces_url(base: &str) -> String {
     }
 }
 
+/// How long [`Telemetry::shutdown`] waits for the last spans to be exported (the server's exit
+/// after SIGTERM waits this much longer than its shutdown grace, at most).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The installed telemetry; flushes and stops the exporter when dropped.
 #[must_use = "dropping it stops the span exporter"]
 pub struct Telemetry {
@@ -114,12 +205,18 @@ impl Telemetry {
     }
 
     /// Exports the spans still buffered and stops the exporter (also done on drop). Blocks for
-    /// at most the exporter's timeout.
+    /// at most [`FLUSH_TIMEOUT`], however slow or silent the endpoint: the export thread is left
+    /// behind then, and the spans it holds are lost.
     pub fn shutdown(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
+            && let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
-            // The subscriber may be the only place to say it; stderr is the log's own stream.
+            // The subscriber may be the only place to say it; stderr is the log's own stream. The
+            // error may quote the endpoint: without its credentials.
+            let e = match &self.export {
+                Export::Endpoint(url) | Export::Standard(url) => url.scrub(&e.to_string()),
+                Export::Off => e.to_string(),
+            };
             eprintln!("enclii: flushing spans to the OTLP endpoint failed: {e}");
         }
     }
@@ -151,10 +248,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let provider = match &export {
         Export::Off => None,
         Export::Endpoint(url) | Export::Standard(url) => {
-            Some(provider(config, &export).map_err(|message| TelemetryError::Exporter {
-                endpoint: url.clone(),
-                message,
-            })?)
+            Some(provider(config, &export).map_err(|message| exporter_error(url, &message))?)
         }
     };
     let spans = provider
@@ -172,12 +266,20 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { provider, export })
 }
 
+/// The exporter could not be set up: the error names the endpoint without its credentials.
+fn exporter_error(url: &Endpoint, message: &str) -> TelemetryError {
+    TelemetryError::Exporter {
+        endpoint: url.to_string(),
+        message: url.scrub(message),
+    }
+}
+
 fn provider(config: &Config, export: &Export) -> Result<SdkTracerProvider, String> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary);
     if let Export::Endpoint(url) = export {
-        exporter = exporter.with_endpoint(url.clone());
+        exporter = exporter.with_endpoint(url.expose());
     }
     let exporter = exporter.build().map_err(|e| e.to_string())?;
     let resource = Resource::builder()
@@ -230,6 +332,57 @@ mod tests {
         Export::resolve(&config, |name| {
             vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         })
+    }
+
+    #[test]
+    fn endpoints_are_shown_without_credentials() {
+        let url = Endpoint::from("https://user:s3cr3t@collector.example:4318/v1/traces?api_key=k3y#frag");
+        assert_eq!(url.to_string(), "https://***@collector.example:4318/v1/traces?***");
+        assert_eq!(
+            format!("{:?}", Export::Endpoint(url.clone())),
+            "Endpoint(Endpoint(https://***@collector.example:4318/v1/traces?***))"
+        );
+        assert_eq!(
+            url.expose(),
+            "https://user:s3cr3t@collector.example:4318/v1/traces?api_key=k3y#frag"
+        );
+        // Messages quoting the URL, as the exporter's do (the password alone too).
+        let message = format!("invalid endpoint '{}': password s3cr3t", url.expose());
+        let scrubbed = url.scrub(&message);
+        assert!(!scrubbed.contains("s3cr3t") && !scrubbed.contains("k3y"), "{scrubbed}");
+        // A token as the user name alone.
+        let token = Endpoint::from("http://tok3n@c:4318");
+        assert_eq!(token.to_string(), "http://***@c:4318");
+        // No credentials: shown as it is (an `@` in the path is not user info).
+        for plain in ["http://c:4318/v1/traces", "http://c:4318/a@b", "c:4318", ""] {
+            assert_eq!(Endpoint::from(plain).to_string(), plain);
+            assert_eq!(Endpoint::from(plain).scrub("error for x"), "error for x");
+        }
+        // Through resolve, the flag's URL keeps its credentials for the exporter only.
+        let Export::Endpoint(url) = resolve(Some("http://u:p4ss@c:4318"), &[]) else {
+            panic!("an endpoint")
+        };
+        assert_eq!(url.expose(), "http://u:p4ss@c:4318/v1/traces");
+        assert_eq!(url.to_string(), "http://***@c:4318/v1/traces");
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_without_showing_its_credentials() {
+        let config = Config {
+            otlp_endpoint: Some("http://u:p4ss@[not a host/v1/traces".into()),
+            role: "all".into(),
+            ..Config::default()
+        };
+        let export = Export::resolve(&config, |_| None);
+        let Err(message) = provider(&config, &export) else {
+            panic!("the exporter took an invalid URL")
+        };
+        assert!(message.contains("p4ss"), "the exporter quotes the URL: {message}");
+        let Export::Endpoint(url) = &export else {
+            panic!("an endpoint")
+        };
+        let error = exporter_error(url, &message).to_string();
+        assert!(!error.contains("p4ss"), "{error}");
     }
 
     #[test]
