@@ -97,6 +97,59 @@ mod tests {
         assert_eq!(inside, header.to_string(), "the handler runs in the request's trace");
     }
 
+    /// A subscriber that keeps every span name and field value it is shown, as text.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(format!("span {}", span.metadata().name()));
+            span.record(&mut Fields(&mut seen));
+            tracing::span::Id::from_u64(seen.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            values.record(&mut Fields(&mut self.0.lock().unwrap()));
+        }
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            event.record(&mut Fields(&mut self.0.lock().unwrap()));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[tokio::test]
+    async fn the_request_span_records_neither_query_strings_nor_credentials() {
+        let seen = std::sync::Arc::default();
+        let _guard = tracing::subscriber::set_default(Capture(std::sync::Arc::clone(&seen)));
+        for uri in ["/v1/things/s3cr3t-id?token=s3cr3t-query", "/nowhere?token=s3cr3t-query"] {
+            let request = Request::get(uri)
+                .header("authorization", "Bearer s3cr3t-token")
+                .header("cookie", "session=s3cr3t-cookie")
+                .body(Body::empty())
+                .unwrap();
+            let response = app().oneshot(request).await.unwrap();
+            assert!(response.headers().contains_key(TRACEPARENT));
+        }
+        let seen = seen.lock().unwrap();
+        assert!(seen.iter().any(|s| s == "span http_request"), "{seen:?}");
+        assert!(seen.iter().any(|s| s == "path=\"/v1/things/{id}\""), "{seen:?}");
+        assert!(seen.iter().any(|s| s == "path=\"<unmatched>\""), "{seen:?}");
+        assert!(seen.iter().any(|s| s.starts_with("trace_id=")), "{seen:?}");
+        assert!(!seen.iter().any(|s| s.contains("s3cr3t")), "{seen:?}");
+    }
+
     #[tokio::test]
     async fn a_request_without_a_valid_traceparent_starts_a_trace() {
         let (header, inside) = call(app(), "/v1/things/7", None).await;

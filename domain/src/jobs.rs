@@ -175,7 +175,12 @@ pub enum PayloadError {
 /// Checks that `payload` is a valid payload for `kind`; returns the kind's policy. The reserved
 /// trace key (`_trace`, see `enclii_queue::trace`) is not part of any kind's type and is ignored.
 pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
-    fn check<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+    check(kind, enclii_queue::trace::without_trace(payload).as_ref())
+}
+
+/// Decodes `payload` as `kind`'s type, as it is.
+fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+    fn decode<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
         J::deserialize(payload)
             .map(|_| J::policy())
             .map_err(|e| PayloadError::Invalid {
@@ -183,20 +188,18 @@ pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, Pa
                 message: e.to_string(),
             })
     }
-    let payload = enclii_queue::trace::without_trace(payload);
-    let payload = payload.as_ref();
     match kind {
-        Clone::KIND => check::<Clone>(payload),
-        Build::KIND => check::<Build>(payload),
-        Push::KIND => check::<Push>(payload),
-        Sbom::KIND => check::<Sbom>(payload),
-        Sign::KIND => check::<Sign>(payload),
-        Deploy::KIND => check::<Deploy>(payload),
-        CanaryAnalyze::KIND => check::<CanaryAnalyze>(payload),
-        PreviewTeardown::KIND => check::<PreviewTeardown>(payload),
-        CostSample::KIND => check::<CostSample>(payload),
-        JobRun::KIND => check::<JobRun>(payload),
-        Ping::KIND => check::<Ping>(payload),
+        Clone::KIND => decode::<Clone>(payload),
+        Build::KIND => decode::<Build>(payload),
+        Push::KIND => decode::<Push>(payload),
+        Sbom::KIND => decode::<Sbom>(payload),
+        Sign::KIND => decode::<Sign>(payload),
+        Deploy::KIND => decode::<Deploy>(payload),
+        CanaryAnalyze::KIND => decode::<CanaryAnalyze>(payload),
+        PreviewTeardown::KIND => decode::<PreviewTeardown>(payload),
+        CostSample::KIND => decode::<CostSample>(payload),
+        JobRun::KIND => decode::<JobRun>(payload),
+        Ping::KIND => decode::<Ping>(payload),
         other => Err(PayloadError::UnknownKind {
             kind: other.to_string(),
             known: kinds().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
@@ -242,6 +245,21 @@ mod tests {
         let err = validate("deploy", &json!({"service": "api"})).unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");
         assert!(validate("ping", &json!({})).is_ok());
+    }
+
+    #[test]
+    fn no_kind_has_a_field_named_like_the_reserved_trace_key() {
+        // Stripping `_trace` before decoding must never remove a field of a kind: every kind
+        // refuses it as unknown (all are `deny_unknown_fields`, which names the field).
+        for (kind, _) in kinds() {
+            let err = check(
+                kind,
+                &json!({"_trace": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+            )
+            .expect_err(kind)
+            .to_string();
+            assert!(err.contains("unknown field `_trace`"), "{kind}: {err}");
+        }
     }
 
     #[test]

@@ -435,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn only_jobs_created_in_a_trace_carry_it() {
+        // Outside any trace (the load tests, the scheduler) the payload is left as it is.
+        let plain = NewJob::new("k", "p", serde_json::json!({"a": 1}));
+        assert_eq!(plain.payload, serde_json::json!({"a": 1}));
+        let ctx = crate::trace::TraceContext::new_root();
+        let (traced, scalar) = crate::trace::sync_scope(ctx, || {
+            (
+                NewJob::new("k", "p", serde_json::json!({"a": 1})),
+                NewJob::new("k", "p", serde_json::json!([1])),
+            )
+        });
+        assert_eq!(traced.payload, serde_json::json!({"a": 1, "_trace": ctx.to_string()}));
+        assert_eq!(scalar.payload, serde_json::json!([1]), "only objects are stamped");
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let mut job = NewJob::new("build", "", serde_json::json!({}));
         let err = job.validate().unwrap_err().to_string();
