@@ -66,7 +66,7 @@ pub struct ServerArgs {
     log_json: bool,
     /// OTLP/HTTP endpoint (base URL, e.g. `http://collector:4318`) to export traces to; without
     /// it the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is used, and with neither nothing is exported.
-    #[arg(long, env = "ENCLII_OTLP_ENDPOINT")]
+    #[arg(long, env = "ENCLII_OTLP_ENDPOINT", hide_env_values = true)]
     otlp_endpoint: Option<String>,
     /// Master key sealing secrets at rest (base64 of 32 bytes; `openssl rand -base64 32`).
     /// Without it, a key is generated once into `<data-dir>/master.key` (fine for one machine;
