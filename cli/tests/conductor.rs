@@ -11,12 +11,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::pipeline::{BASE_IMAGE, repository, run, server as build_server};
+use support::pipeline::{BASE_IMAGE, git, repository, server as build_server, wait_until};
 use support::{TOKEN, data_dir, free_port, http, launch};
 
 struct Out {
@@ -166,28 +166,6 @@ fn post_yaml(addr: &str, path: &str, yaml: &str) -> (u16, String) {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default(),
     )
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir))
-}
-
-fn wait_for(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + patience;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 #[test]
@@ -421,7 +399,7 @@ fn exit_codes_hints_json_output_profiles_secrets_and_the_queue() {
     let (status, body) = http(addr, "POST", "/v1/jobs", &job.to_string());
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64().unwrap();
-    wait_for(Duration::from_secs(30), "the job to die", || {
+    wait_until(Duration::from_secs(30), "the job to die", || {
         let out = cli.ok(
             "shop",
             &["queue", "dead", "--kind", "preview-teardown", "--output", "json"],
@@ -577,7 +555,7 @@ fn up_deploys_the_checkout_to_a_preview_url_then_logs_and_ps_see_it() {
 
     // Its runtime log (httpd -vv logs each request's path, `…: url:/`) and its status.
     let env = [("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", project)];
-    wait_for(Duration::from_secs(20), "the request in the runtime log", || {
+    wait_until(Duration::from_secs(20), "the request in the runtime log", || {
         let out = cli.run_with(&["logs", "web", "--env", &environment, "--output", "json"], &env, None);
         assert_eq!(out.code, 0, "{out:?}");
         out.json()

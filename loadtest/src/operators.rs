@@ -22,10 +22,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::env::Env;
 use crate::meter::{percentiles, round3};
+use crate::webhooks::serve_api;
 use crate::{BackendKind, OperatorArgs};
 
 const PROJECTS: usize = 8;
@@ -88,7 +88,6 @@ async fn run_in(args: &OperatorArgs, env: &Env) -> Result<serde_json::Map<String
     fill_queue(&store, args.jobs).await?;
     let fill_s = fill.elapsed().as_secs_f64();
 
-    let metrics = enclii_api::metrics::install();
     let config = enclii_api::ApiConfig {
         rate_limit: enclii_api::auth::RateLimit {
             per_minute: 10_000_000,
@@ -96,18 +95,7 @@ async fn run_in(args: &OperatorArgs, env: &Env) -> Result<serde_json::Map<String
         },
         ..Default::default()
     };
-    let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    let (addr, shutdown, server) = serve_api(store.clone(), config).await?;
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let bearer = format!("Bearer {}", token.plaintext);
     let request = |path: &str| {

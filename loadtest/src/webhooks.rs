@@ -178,6 +178,31 @@ impl Sender {
     }
 }
 
+/// Serves the API over `store` on a free loopback port in this process; cancel the token to stop
+/// it, then await the handle.
+pub async fn serve_api(
+    store: Arc<Store>,
+    config: enclii_api::ApiConfig,
+) -> Result<(
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let app = enclii_api::router(enclii_api::AppState::new(store, enclii_api::metrics::install(), config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+    Ok((addr, shutdown, server))
+}
+
 /// What one phase (warm-up or measured) observed.
 struct Phase {
     elapsed: Duration,
@@ -315,7 +340,6 @@ async fn run_in(args: &WebhookArgs, env: &Env) -> Result<serde_json::Map<String,
     );
     setup(&store, repos).await?;
 
-    let metrics = enclii_api::metrics::install();
     let config = enclii_api::ApiConfig {
         webhook_secret: Some(SECRET.into()),
         webhook_rate_limit: enclii_api::auth::RateLimit {
@@ -324,18 +348,7 @@ async fn run_in(args: &WebhookArgs, env: &Env) -> Result<serde_json::Map<String,
         },
         ..Default::default()
     };
-    let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    let (addr, shutdown, server) = serve_api(store.clone(), config).await?;
 
     let sender = match args.mode {
         WebhookMode::Http | WebhookMode::BadSignature => {

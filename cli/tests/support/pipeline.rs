@@ -67,6 +67,21 @@ pub fn unique_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// Runs git in `dir` as a test author (branch `main` for new repositories); returns its stdout.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir))
+}
+
 /// A git repository with one commit of `files`; returns its `file://` URL and the commit's SHA.
 pub fn repository(files: &[(&str, &str)]) -> (String, String) {
     let dir = unique_dir("repo");
@@ -75,23 +90,10 @@ pub fn repository(files: &[(&str, &str)]) -> (String, String) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
-    let git = |args: &[&str]| {
-        run(Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.com",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(&dir))
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "initial"]);
-    (format!("file://{}", dir.display()), git(&["rev-parse", "HEAD"]))
+    git(&dir, &["init", "-q"]);
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "initial"]);
+    (format!("file://{}", dir.display()), git(&dir, &["rev-parse", "HEAD"]))
 }
 
 /// Adds a commit to the repository at `url` (from [`repository`]) with `files` written and
@@ -106,15 +108,9 @@ pub fn commit(url: &str, files: &[(&str, &str)], remove: &[&str]) -> String {
     for path in remove {
         std::fs::remove_file(dir.join(path)).unwrap();
     }
-    let git = |args: &[&str]| {
-        run(Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(&dir))
-    };
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "change"]);
-    git(&["rev-parse", "HEAD"])
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "change"]);
+    git(&dir, &["rev-parse", "HEAD"])
 }
 
 pub struct Server {
