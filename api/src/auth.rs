@@ -17,9 +17,6 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use enclii_auth::oidc::{OidcError, OidcVerifier};
 use enclii_store::{RoleBinding, Store};
 use governor::clock::{Clock, DefaultClock};
@@ -27,7 +24,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Role {
@@ -358,15 +354,6 @@ impl Authenticator {
             scopes: None,
             project: None,
         })
-    }
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).and_then(|h| h.to_str().ok());
-        state.auth.authenticate(&state.store, header).await
     }
 }
 

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use enclii_deploy::DeployError;
 use enclii_queue::QueueError;
 use enclii_store::StoreError;
 use serde::Serialize;
@@ -126,6 +127,13 @@ impl From<StoreError> for ApiError {
             StoreError::Queue(q) => q.into(),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// The deploy target failed to answer a read (runtime logs, status, metrics): an internal error.
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        ApiError::Internal(format!("deploy target: {e}"))
     }
 }
 

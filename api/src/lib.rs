@@ -3,7 +3,9 @@
 //!
 //! - [`auth`]: bearer tokens (personal access tokens, OIDC), roles, scopes, rate limits.
 //! - `control`: projects, environments, services, releases, deployments, secrets, routes,
-//!   members, tokens, audit.
+//!   members, tokens, audit (one module each).
+//! - `jobs`: the queue's jobs and pipeline runs (enqueue, read, cancel, retry) and its depth.
+//! - `logs`: what a job printed, as pages or live (Server-Sent Events).
 //! - `timetable`: one-off job runs and their history, the cost report, resuming paused
 //!   environments.
 //! - `runtime`: services' runtime logs and status (from the deploy target), CLI previews.
@@ -13,20 +15,27 @@
 //! - `trace`: the request middleware (an `http_request` span in the request's trace;
 //!   `traceparent` in and out).
 //! - `webhooks`: GitHub deliveries.
-//! - `routes`: the router, health, metrics, queue controls and the OpenAPI document.
+//! - `routes`: the router, health, metrics and the OpenAPI document.
+//! - `state`, `extract`, `error`: what handlers share — the application state and the queue
+//!   lookups, the extractors (caller, bodies), problem+json errors. Handlers import these, never
+//!   `routes`.
 
 pub mod auth;
 mod control;
 mod dashboard;
 mod error;
+mod extract;
+mod jobs;
 mod logs;
 pub mod metrics;
 mod operators;
 mod routes;
 mod runtime;
+mod state;
 mod timetable;
 mod trace;
 mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};
-pub use routes::{ApiConfig, AppState, SignaturePolicy, openapi, router};
+pub use routes::{openapi, router};
+pub use state::{ApiConfig, AppState, SignaturePolicy};

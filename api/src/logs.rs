@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::routes::{AppState, find_job};
+use crate::state::{AppState, find_job};
 
 /// How often a live stream looks for new lines: the log tail's latency.
 const POLL: Duration = Duration::from_millis(250);

@@ -26,7 +26,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::routes::{AppState, Body, find_pipeline};
+use crate::extract::Body;
+use crate::state::{AppState, Snapshot, find_pipeline};
 
 /// How often a live view is re-read.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -500,26 +501,9 @@ fn same_but_heartbeats(a: &Result<serde_json::Value, String>, b: &Result<serde_j
     strip(a) == strip(b)
 }
 
-/// The latest read of the queue view: the snapshot, or why it could not be read (sent to
-/// watchers as a `problem` event, so that a dashboard says so instead of waiting).
-type Snapshot = Option<Arc<Result<serde_json::Value, String>>>;
-
-/// Produces the queue snapshot for every watcher of this API process: one read loop however many
-/// dashboards are open, started by the first watcher and ended when the last one leaves.
-#[derive(Default)]
-pub struct QueueWatch {
-    producer: std::sync::Mutex<std::sync::Weak<watch::Sender<Snapshot>>>,
-}
-
-impl QueueWatch {
-    fn subscribe(&self, state: &AppState) -> watch::Receiver<Snapshot> {
-        let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = producer.upgrade() {
-            return tx.subscribe();
-        }
-        let (tx, rx) = watch::channel(None);
-        let tx = Arc::new(tx);
-        *producer = Arc::downgrade(&tx);
+/// Subscribes to this process's queue snapshots, starting the read loop if none runs.
+fn subscribe(state: &AppState) -> watch::Receiver<Snapshot> {
+    state.queue_watch.subscribe(|tx| {
         let state = state.clone();
         tokio::spawn(async move {
             let mut sent_at = tokio::time::Instant::now();
@@ -551,36 +535,35 @@ impl QueueWatch {
                 }
             }
         });
-        rx
-    }
+    })
+}
 
-    /// `snapshot` events (or `problem` ones while the queue cannot be read): the current one at
-    /// once (if any), then each change.
-    fn events(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
-        let rx = state.queue_watch.subscribe(&state);
-        futures::stream::unfold((state, rx, true), |(state, mut rx, mut first)| async move {
-            loop {
-                // A receiver of a producer that just ended (its last watcher left as this one
-                // came) resubscribes, which starts a new producer (or joins the one another
-                // watcher just started, whose current snapshot it then sends at once).
-                if !first && rx.changed().await.is_err() {
-                    rx = state.queue_watch.subscribe(&state);
-                    first = true;
-                    continue;
-                }
-                first = false;
-                let snapshot = rx.borrow_and_update().clone();
-                let event = match snapshot.as_deref() {
-                    None => continue,
-                    Some(Ok(snapshot)) => Event::default().event("snapshot").data(snapshot.to_string()),
-                    Some(Err(detail)) => Event::default()
-                        .event("problem")
-                        .data(json!({ "detail": detail }).to_string()),
-                };
-                return Some((Ok(event), (state, rx, false)));
+/// `snapshot` events (or `problem` ones while the queue cannot be read): the current one at
+/// once (if any), then each change.
+fn queue_events(state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
+    let rx = subscribe(&state);
+    futures::stream::unfold((state, rx, true), |(state, mut rx, mut first)| async move {
+        loop {
+            // A receiver of a producer that just ended (its last watcher left as this one
+            // came) resubscribes, which starts a new producer (or joins the one another
+            // watcher just started, whose current snapshot it then sends at once).
+            if !first && rx.changed().await.is_err() {
+                rx = subscribe(&state);
+                first = true;
+                continue;
             }
-        })
-    }
+            first = false;
+            let snapshot = rx.borrow_and_update().clone();
+            let event = match snapshot.as_deref() {
+                None => continue,
+                Some(Ok(snapshot)) => Event::default().event("snapshot").data(snapshot.to_string()),
+                Some(Err(detail)) => Event::default()
+                    .event("problem")
+                    .data(json!({ "detail": detail }).to_string()),
+            };
+            return Some((Ok(event), (state, rx, false)));
+        }
+    })
 }
 
 /// The operators' queue view, live: a `snapshot` event (`stats`, `throughput`, `workers`,
@@ -592,7 +575,7 @@ pub async fn queue_stream(
     principal: Principal,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     principal.require(Permission::Read, None)?;
-    Ok(Sse::new(QueueWatch::events(state)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(queue_events(state)).keep_alive(KeepAlive::default()))
 }
 
 /// A pipeline run, live: a `snapshot` event with the run and its steps whenever a step changes;

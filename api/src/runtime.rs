@@ -24,7 +24,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::{ApiError, FieldError};
-use crate::routes::{AppState, Body};
+use crate::extract::Body;
+use crate::state::AppState;
 
 /// Lines of each replica a log read starts with, by default and at most.
 const DEFAULT_TAIL: u32 = 100;
@@ -54,10 +55,6 @@ fn target(state: &AppState) -> Result<Arc<dyn Target>, ApiError> {
                process as the API (the default `enclii server` runs both)"
             .into(),
     })
-}
-
-fn target_error(e: enclii_deploy::DeployError) -> ApiError {
-    ApiError::Internal(format!("deploy target: {e}"))
 }
 
 // --- logs ---------------------------------------------------------------------------------------
@@ -147,7 +144,7 @@ pub async fn service_logs(
         tail: per_replica,
         follow: query.follow,
     };
-    let lines = target.logs(&key, request).await.map_err(target_error)?;
+    let lines = target.logs(&key, request).await?;
     let matches = move |line: &RuntimeLogLine| grep.as_ref().is_none_or(|re| re.is_match(&line.line));
     if query.follow {
         let events = lines
@@ -173,7 +170,7 @@ pub async fn service_logs(
     let read = async {
         futures::pin_mut!(lines);
         while let Some(line) = lines.next().await {
-            let line = line.map_err(target_error)?;
+            let line = line?;
             if matches(&line) {
                 collected.push(line);
             }
@@ -249,7 +246,7 @@ pub async fn project_status(
     for service in services {
         let environment = query.environment.clone().unwrap_or_else(|| service.environment.clone());
         let key = ServiceKey::new(&project, &environment, &service.name);
-        let status = target.status(&key).await.map_err(target_error)?;
+        let status = target.status(&key).await?;
         let stable = status.releases.iter().find(|r| r.track == Track::Stable);
         let canary = status.releases.iter().find(|r| r.track == Track::Canary);
         let ready: u32 = status.releases.iter().map(|r| r.healthy).sum();
@@ -267,10 +264,7 @@ pub async fn project_status(
             Some(_) => "healthy",
         };
         let metrics = match stable {
-            Some(s) => target
-                .release_metrics(&key, s.release, METRICS_WINDOW)
-                .await
-                .map_err(target_error)?,
+            Some(s) => target.release_metrics(&key, s.release, METRICS_WINDOW).await?,
             None => Default::default(),
         };
         let release = match stable {

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::{ApiError, FieldError};
-use crate::routes::AppState;
+use crate::state::AppState;
 
 fn invalid(path: &str, message: impl Into<String>, hint: &str) -> ApiError {
     let message = message.into();

@@ -10,7 +10,8 @@ use enclii_store::{WebhookDelivery, WebhookIntent, WebhookOutcome};
 
 use crate::auth::check_rate;
 use crate::error::ApiError;
-use crate::routes::{AppState, RawBody};
+use crate::extract::RawBody;
+use crate::state::AppState;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

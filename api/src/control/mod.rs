@@ -1,0 +1,41 @@
+//! The control plane's REST resources, one module each: projects, environments, services (from
+//! Service Specs), releases (with pipeline runs and deliveries), deployments and rollback,
+//! secrets, routes, members, tokens and the audit trail. Each handler authorises the caller for
+//! one permission on one project, validates, and makes one store call (one transaction, audited).
+//! This module holds what they share: the answer types and field validation errors.
+
+pub mod audit;
+pub mod deployments;
+pub mod environments;
+pub mod members;
+pub mod projects;
+pub mod releases;
+pub mod routes;
+pub mod secrets;
+pub mod services;
+pub mod tokens;
+
+use axum::Json;
+use axum::http::StatusCode;
+
+use crate::error::{ApiError, FieldError};
+
+type Answer<T> = Result<Json<T>, ApiError>;
+type Created<T> = Result<(StatusCode, Json<T>), ApiError>;
+
+fn field(path: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn check(path: &str, result: Result<(), String>) -> Result<(), ApiError> {
+    result.map_err(|message| {
+        ApiError::invalid(
+            format!("{path}: {message}"),
+            "fix the named field and send again",
+            vec![field(path, message)],
+        )
+    })
+}

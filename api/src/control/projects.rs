@@ -1,0 +1,89 @@
+//! Projects: create, list, read, rename, delete.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use enclii_domain::spec::validate_slug;
+use enclii_store::Project;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::{Permission, Principal};
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+use super::{Answer, Created, check};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    /// Lowercase DNS label: `a-z`, `0-9`, `-`; starts with a letter.
+    slug: String,
+    /// Display name (defaults to the slug).
+    name: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, body = Project), (status = 409, description = "slug taken")))]
+pub async fn create_project(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(req): Body<NewProject>,
+) -> Created<Project> {
+    principal.require(Permission::ProjectWrite, None)?;
+    check("slug", validate_slug(&req.slug))?;
+    let name = req.name.unwrap_or_else(|| req.slug.clone());
+    let project = state.store.create_project(&principal.subject, &req.slug, &name).await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, body = [Project])))]
+pub async fn list_projects(State(state): State<AppState>, principal: Principal) -> Answer<Vec<Project>> {
+    let projects = state.store.list_projects().await?;
+    Ok(Json(projects.into_iter().filter(|p| principal.sees(&p.slug)).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}", tag = "projects", responses((status = 200, body = Project)))]
+pub async fn get_project(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+) -> Answer<Project> {
+    principal.require(Permission::Read, Some(&project))?;
+    Ok(Json(state.store.project(&project).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectChange {
+    name: String,
+}
+
+#[utoipa::path(patch, path = "/v1/projects/{project}", tag = "projects", request_body = ProjectChange,
+    responses((status = 200, body = Project)))]
+pub async fn update_project(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+    Body(req): Body<ProjectChange>,
+) -> Answer<Project> {
+    principal.require(Permission::ProjectWrite, Some(&project))?;
+    Ok(Json(
+        state
+            .store
+            .rename_project(&principal.subject, &project, &req.name)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects", responses((status = 204)))]
+pub async fn delete_project(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Permission::ProjectDelete, Some(&project))?;
+    state.store.delete_project(&principal.subject, &project).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,94 @@
+//! Routes (host and path to a service): add, list, delete.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use enclii_domain::spec::validate_hostname;
+use enclii_store::{NewRoute, Route};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::{Permission, Principal};
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+use super::{Answer, Created, check};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBody {
+    service: String,
+    /// Defaults to the service's environment.
+    environment: Option<String>,
+    host: String,
+    #[serde(default = "root_path")]
+    path: String,
+    #[serde(default = "default_tls")]
+    tls: bool,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+fn default_tls() -> bool {
+    true
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/routes", tag = "routes", request_body = RouteBody,
+    responses((status = 201, body = Route), (status = 409, body = crate::Problem, description = "host and path taken")))]
+pub async fn add_route(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+    Body(req): Body<RouteBody>,
+) -> Created<Route> {
+    principal.require(Permission::Routes, Some(&project))?;
+    check("host", validate_hostname(&req.host))?;
+    check(
+        "path",
+        if req.path.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("must start with `/` (got `{}`)", req.path))
+        },
+    )?;
+    let environment = match req.environment {
+        Some(env) => env,
+        None => state.store.service(&project, &req.service).await?.environment,
+    };
+    let route = NewRoute {
+        project,
+        environment,
+        service: req.service,
+        host: req.host.to_ascii_lowercase(),
+        path: req.path,
+        tls: req.tls,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.add_route(&principal.subject, &route).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/routes", tag = "routes", responses((status = 200, body = [Route])))]
+pub async fn list_routes(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project): Path<String>,
+) -> Answer<Vec<Route>> {
+    principal.require(Permission::Read, Some(&project))?;
+    Ok(Json(state.store.list_routes(&project).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project}/routes/{id}", tag = "routes", responses((status = 204)))]
+pub async fn delete_route(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((project, id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Permission::Routes, Some(&project))?;
+    state.store.delete_route(&principal.subject, &project, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

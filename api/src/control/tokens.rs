@@ -1,0 +1,187 @@
+//! Identity (`whoami`) and personal access tokens: create (never more than the holder), list,
+//! revoke.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use enclii_store::{RoleBinding, TokenRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::auth::{Permission, Principal};
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+use super::{Answer, Created, field};
+
+#[derive(Serialize, ToSchema)]
+pub struct WhoAmI {
+    subject: String,
+    roles: Vec<RoleBinding>,
+    /// The token's scopes (`null` for OIDC sessions: everything the roles allow).
+    scopes: Option<Vec<String>>,
+    project: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "tokens", responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        scopes: principal
+            .scopes
+            .as_ref()
+            .map(|s| s.iter().map(|p| p.scope().to_string()).collect()),
+        subject: principal.subject,
+        roles: principal.bindings,
+        project: principal.project,
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenBody {
+    name: String,
+    /// Permission scopes: `read`, `deploy`, `secrets.service`, `secrets.project`, `routes`,
+    /// `project.write`, `govern`, `project.delete`. Default: `read`.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Restrict the token to one project.
+    project: Option<String>,
+    /// Days until it expires (default 90, at most 365).
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// The token. It is shown only this once; store it safely.
+    token: String,
+    #[serde(flatten)]
+    record: TokenView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    #[serde(flatten)]
+    record: TokenRecord,
+    scopes: Vec<String>,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(record: TokenRecord) -> Self {
+        TokenView {
+            scopes: record.scope_list(),
+            record,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewTokenBody,
+    responses((status = 201, body = CreatedToken)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(req): Body<NewTokenBody>,
+) -> Created<CreatedToken> {
+    let scopes = if req.scopes.is_empty() {
+        vec!["read".to_string()]
+    } else {
+        req.scopes
+    };
+    let mut errors = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        match Permission::from_scope(scope) {
+            None => errors.push(field(
+                &format!("scopes[{i}]"),
+                format!(
+                    "unknown scope `{scope}`; known: {}",
+                    crate::auth::Permission::ALL.map(|p| p.scope()).join(", ")
+                ),
+            )),
+            // A token never carries more than its holder: each scope must be held somewhere.
+            Some(p) => {
+                let held = match req.project.as_deref() {
+                    Some(project) => principal.require(p, Some(project)).is_ok(),
+                    None => principal.holds_anywhere(p),
+                };
+                if !held {
+                    errors.push(field(
+                        &format!("scopes[{i}]"),
+                        format!("you do not hold `{scope}` yourself"),
+                    ));
+                }
+            }
+        }
+    }
+    let days = req.expires_in_days.unwrap_or(90);
+    if days == 0 || days > 365 {
+        errors.push(field("expires_in_days", format!("must be 1–365 (got {days})")));
+    }
+    if !errors.is_empty() {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::invalid(detail, "fix the named fields and send again", errors));
+    }
+    if let Some(only) = &principal.project
+        && req.project.as_ref() != Some(only)
+    {
+        return Err(ApiError::forbidden(
+            format!("this token is restricted to project `{only}`; a token it creates must be too"),
+            format!("add \"project\": \"{only}\""),
+        ));
+    }
+    let token = enclii_auth::token::generate();
+    let now = chrono::Utc::now().timestamp_millis();
+    // A token never outlives the token that created it.
+    let expires_at = match principal.expires_at {
+        Some(parent) => parent.min(now + i64::from(days) * 86_400_000),
+        None => now + i64::from(days) * 86_400_000,
+    };
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash.clone(),
+        subject: principal.subject.clone(),
+        name: req.name,
+        scopes: json!(scopes).to_string(),
+        project: req.project,
+        created_at: now,
+        expires_at: Some(expires_at),
+        revoked_at: None,
+    };
+    state.store.insert_token(&principal.subject, &record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token: token.plaintext,
+            record: record.into(),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = [TokenView])))]
+pub async fn list_tokens(State(state): State<AppState>, principal: Principal) -> Answer<Vec<TokenView>> {
+    let tokens = state.store.list_tokens(&principal.subject).await?;
+    Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
+}
+
+/// Revokes one of your tokens (Admins and Owners of the platform may revoke anyone's).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", responses((status = 204)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let token = state
+        .store
+        .token(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("token `{id}` does not exist")))?;
+    if token.subject != principal.subject {
+        principal.require(Permission::Govern, None)?;
+    }
+    state.store.revoke_token(&principal.subject, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,188 @@
+//! The queue's own resources: enqueue a job directly, read, cancel and retry jobs, read and
+//! cancel pipeline runs, and the queue's depth (`/v1/jobs`, `/v1/pipelines`, `/v1/queue/stats`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use enclii_queue::{CancelOutcome, NewJob};
+use enclii_store::Change;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::{Permission, Principal};
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::{AppState, find_job, find_pipeline};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    kind: String,
+    project: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    run_at: Option<DateTime<Utc>>,
+    unique_key: Option<String>,
+    priority: Option<i16>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EnqueueResponse {
+    id: i64,
+    duplicate: bool,
+}
+
+/// Audits an action on the queue (its effect lives in the queue, not in the store).
+async fn audit_queue(state: &AppState, principal: &Principal, action: &'static str, entity: String, project: &str) {
+    let change = Change {
+        action,
+        entity_type: "job",
+        entity,
+        project: Some(project),
+        diff: json!({}),
+    };
+    if let Err(e) = state.store.audit(&principal.subject, change).await {
+        tracing::error!(error = %e, action, "audit event could not be written");
+    }
+}
+
+/// Enqueues one job directly (an operator's tool; pipelines come from webhooks and builds).
+#[utoipa::path(post, path = "/v1/jobs", tag = "queue", request_body = EnqueueRequest,
+    responses((status = 201, body = EnqueueResponse), (status = 200, body = EnqueueResponse, description = "duplicate unique key")))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(req): Body<EnqueueRequest>,
+) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
+    principal.require(Permission::Govern, Some(&req.project))?;
+    let payload = if req.payload.is_null() { json!({}) } else { req.payload };
+    let policy = enclii_domain::jobs::validate(&req.kind, &payload).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_job",
+            e.to_string(),
+            "see the job kinds and their payloads in ARCHITECTURE.md",
+        )
+    })?;
+    let project = req.project.clone();
+    let mut job = NewJob::new(req.kind, req.project, payload).with_policy(policy);
+    job.run_at = req.run_at;
+    // Unique keys are global in the queue: scope the caller's to their project.
+    job.unique_key = req.unique_key.map(|key| format!("api:{project}:{key}"));
+    if let Some(priority) = req.priority {
+        job = job.with_priority(priority);
+    }
+    let enqueued = state.backend.enqueue(vec![job]).await?.remove(0);
+    audit_queue(&state, &principal, "job.enqueue", enqueued.id.to_string(), &project).await;
+    let status = if enqueued.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(EnqueueResponse {
+            id: enqueued.id,
+            duplicate: enqueued.duplicate,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<enclii_queue::JobRecord>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require_on(Permission::Read, &job.project, &format!("job {id}"))?;
+    Ok(Json(job))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require_on(Permission::Deploy, &job.project, &format!("job {id}"))?;
+    let outcome = match state.backend.cancel(id).await? {
+        CancelOutcome::Cancelled => json!({"id": id, "result": "cancelled"}),
+        CancelOutcome::Requested => json!({"id": id, "result": "cancel_requested"}),
+        CancelOutcome::AlreadyFinished(s) => json!({"id": id, "result": "already_finished", "state": s}),
+    };
+    audit_queue(&state, &principal, "job.cancel", id.to_string(), &job.project).await;
+    Ok(Json(outcome))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = find_job(&state, id).await?;
+    principal.require_on(Permission::Deploy, &job.project, &format!("job {id}"))?;
+    state.backend.retry(id).await?;
+    audit_queue(&state, &principal, "job.retry", id.to_string(), &job.project).await;
+    Ok(Json(json!({"id": id, "result": "available"})))
+}
+
+/// A pipeline run with the state of each step.
+#[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn pipeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<enclii_queue::PipelineRecord>, ApiError> {
+    let pipeline = find_pipeline(&state, id).await?;
+    principal.require_on(Permission::Read, &pipeline.project, &format!("pipeline {id}"))?;
+    Ok(Json(pipeline))
+}
+
+/// Cancels every unfinished step of a pipeline (running steps are asked to stop).
+#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn cancel_pipeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pipeline = find_pipeline(&state, id).await?;
+    principal.require_on(Permission::Deploy, &pipeline.project, &format!("pipeline {id}"))?;
+    let mut cancelled = Vec::new();
+    for step in pipeline.steps.iter().filter(|s| !s.state.is_terminal()) {
+        if !matches!(state.backend.cancel(step.job).await?, CancelOutcome::AlreadyFinished(_)) {
+            cancelled.push(step.name.clone());
+        }
+    }
+    let change = Change {
+        action: "pipeline.cancel",
+        entity_type: "pipeline",
+        entity: id.to_string(),
+        project: Some(&pipeline.project),
+        diff: json!({"steps": cancelled}),
+    };
+    state.store.audit(&principal.subject, change).await?;
+    // The release the run was building ends here too (a finished release is left alone).
+    if let Ok(release) = state.store.release_for_pipeline(id).await
+        && release.status == enclii_store::release_status::BUILDING
+    {
+        let outcome = enclii_store::ReleaseOutcome {
+            failure: Some(format!("cancelled by {}", principal.subject)),
+            ..Default::default()
+        };
+        let _ = state.store.finish_release(release.id, &outcome).await;
+    }
+    Ok(Json(json!({"id": id, "cancelled_steps": cancelled})))
+}
+
+/// Depth per kind, project and state: platform-wide, for operators.
+#[utoipa::path(get, path = "/v1/queue/stats", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<enclii_queue::QueueStats>, ApiError> {
+    principal.require(Permission::Read, None)?;
+    Ok(Json(state.backend.stats().await?))
+}
