@@ -5,7 +5,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::{LogLine, Result, Store};
+use crate::db::{Conn, query, query_as, query_scalar};
+use crate::{LogLine, Result, Store, now_ms};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -145,5 +146,71 @@ async fn write_lines(
         if closed {
             return archive;
         }
+    }
+}
+
+/// The last sequence number of a job's log (0 when it has none).
+pub(crate) async fn last_log_seq(conn: &mut Conn<'_>, job_id: i64) -> Result<i64> {
+    let seq: Option<i64> = query_scalar("SELECT MAX(seq) FROM job_logs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Appends lines (numbered by the caller, who holds the job's lease) in one statement.
+pub(crate) async fn append_log(conn: &mut Conn<'_>, lines: &[LogLine]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..lines.len())
+        .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+        .collect();
+    let sql = format!(
+        "INSERT INTO job_logs (job_id, seq, at, line) VALUES {} ON CONFLICT (job_id, seq) DO NOTHING",
+        rows.join(", ")
+    );
+    let mut insert = query(sql);
+    for line in lines {
+        insert = insert.bind(line.job_id).bind(line.seq).bind(line.at).bind(&line.line);
+    }
+    insert.execute(conn).await?;
+    Ok(())
+}
+
+/// Lines of a job's log after `after_seq`, oldest first.
+pub(crate) async fn read_log(conn: &mut Conn<'_>, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
+    query_as::<LogLine>("SELECT * FROM job_logs WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+        .bind(job_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Deletes log lines written before `cutoff_ms` (their archive in S3 stays); returns how many.
+pub(crate) async fn prune_logs(conn: &mut Conn<'_>, cutoff_ms: i64) -> Result<u64> {
+    Ok(query("DELETE FROM job_logs WHERE at < $1")
+        .bind(cutoff_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
+}
+
+impl Store {
+    pub async fn last_log_seq(&self, job_id: i64) -> Result<i64> {
+        self.read(async |conn| last_log_seq(conn, job_id).await).await
+    }
+    pub async fn append_log(&self, lines: &[LogLine]) -> Result<()> {
+        self.write(async |conn| append_log(conn, lines).await).await
+    }
+    /// Deletes job log lines older than `age` (the job retention); the archived copies stay in S3.
+    pub async fn prune_logs(&self, age: std::time::Duration) -> Result<u64> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        self.write(async |conn| prune_logs(conn, cutoff).await).await
+    }
+    pub async fn read_log(&self, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
+        self.read(async |conn| read_log(conn, job_id, after_seq, limit).await)
+            .await
     }
 }

@@ -8,7 +8,9 @@
 use enclii_queue::ProjectLimits;
 use serde::Serialize;
 
-use super::{Db, Store, lite, pg};
+use crate::Store;
+use crate::audit::audit;
+use crate::db::{query, query_as};
 use crate::error::Result;
 use crate::model::Change;
 use crate::now_ms;
@@ -65,13 +67,12 @@ pub struct WorkerBeat<'a> {
 
 impl Store {
     pub async fn queue_controls(&self) -> Result<Vec<QueueControl>> {
-        read!(self, |conn, ops| {
-            Ok(
-                sqlx::query_as::<_, QueueControl>("SELECT * FROM queue_controls ORDER BY project")
-                    .fetch_all(&mut *conn)
-                    .await?,
-            )
+        self.read(async |conn| {
+            query_as::<QueueControl>("SELECT * FROM queue_controls ORDER BY project")
+                .fetch_all(&mut *conn)
+                .await
         })
+        .await
     }
 
     /// Sets a project's limits (keeping its pause) and returns the new control, audited.
@@ -107,8 +108,8 @@ impl Store {
         diff: serde_json::Value,
         edit: impl FnOnce(&mut QueueControl),
     ) -> Result<QueueControl> {
-        write!(self, |conn, ops, _jobs| {
-            let mut control = sqlx::query_as::<_, QueueControl>("SELECT * FROM queue_controls WHERE project = $1")
+        self.write(async |conn| {
+            let mut control = query_as::<QueueControl>("SELECT * FROM queue_controls WHERE project = $1")
                 .bind(project)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -119,7 +120,7 @@ impl Store {
             edit(&mut control);
             control.updated_at = now_ms();
             control.updated_by = actor.to_string();
-            sqlx::query(
+            query(
                 "INSERT INTO queue_controls (project, max_running, jobs_per_minute, paused, updated_at, updated_by)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (project) DO UPDATE SET max_running = $2, jobs_per_minute = $3, paused = $4,
@@ -140,17 +141,18 @@ impl Store {
                 project: Some(project),
                 diff,
             };
-            ops::audit(conn, actor, change).await?;
+            audit(conn, actor, change).await?;
             Ok(control)
         })
+        .await
     }
 
     /// Records a worker's heartbeat (the first one registers it).
     pub async fn worker_heartbeat(&self, beat: &WorkerBeat<'_>) -> Result<()> {
         let now = now_ms();
         let kinds = serde_json::Value::from(beat.kinds).to_string();
-        write!(self, |conn, ops, _jobs| {
-            sqlx::query(
+        self.write(async |conn| {
+            query(
                 "INSERT INTO workers (id, host, pid, kinds, concurrency, started_at, last_seen)
                  VALUES ($1, $2, $3, $4, $5, $6, $6)
                  ON CONFLICT (id) DO UPDATE SET last_seen = $6, kinds = $4, concurrency = $5",
@@ -165,32 +167,33 @@ impl Store {
             .await?;
             Ok(())
         })
+        .await
     }
 
     /// Marks a worker as stopped (a clean shutdown).
     pub async fn worker_stopped(&self, id: &str) -> Result<()> {
-        write!(self, |conn, ops, _jobs| {
-            sqlx::query("UPDATE workers SET stopped_at = $2, last_seen = $2 WHERE id = $1")
+        self.write(async |conn| {
+            query("UPDATE workers SET stopped_at = $2, last_seen = $2 WHERE id = $1")
                 .bind(id)
                 .bind(now_ms())
                 .execute(&mut *conn)
                 .await?;
             Ok(())
         })
+        .await
     }
 
     /// Workers seen since `since_ms` (epoch ms), most recently seen first; older rows are deleted.
     pub async fn workers(&self, since_ms: i64) -> Result<Vec<WorkerRecord>> {
-        write!(self, |conn, ops, _jobs| {
-            sqlx::query("DELETE FROM workers WHERE last_seen < $1")
+        self.write(async |conn| {
+            query("DELETE FROM workers WHERE last_seen < $1")
                 .bind(since_ms)
                 .execute(&mut *conn)
                 .await?;
-            Ok(
-                sqlx::query_as::<_, WorkerRecord>("SELECT * FROM workers ORDER BY last_seen DESC, id")
-                    .fetch_all(&mut *conn)
-                    .await?,
-            )
+            query_as::<WorkerRecord>("SELECT * FROM workers ORDER BY last_seen DESC, id")
+                .fetch_all(&mut *conn)
+                .await
         })
+        .await
     }
 }

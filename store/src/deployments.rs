@@ -1,0 +1,490 @@
+//! Deployments of ready releases to environments, and what a deployer reads for one
+//! (routes, secrets) or forgets with a torn-down preview.
+
+use serde_json::json;
+
+use crate::audit::{audit, change};
+use crate::db::{Conn, query, query_as, query_scalar};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::projects::{get_environment, require_project};
+use crate::releases::get_release;
+use crate::routes::{find_route, insert_route, route_label, route_owner};
+use crate::sealing::MasterKey;
+use crate::services::require_service;
+use crate::{Store, now_ms};
+use enclii_queue::NewJob;
+
+pub(crate) async fn create_deployment(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    request: &DeploymentRequest,
+) -> Result<Deployment> {
+    let (project, service) = (request.project.as_str(), request.service.as_str());
+    require_service(conn, project, service).await?;
+    get_environment(conn, project, &request.environment).await?;
+    let release = get_release(conn, request.release_id).await?;
+    if release.project != project || release.service != service {
+        return Err(StoreError::NotFound(format!(
+            "release {} belongs to {}/{}, not to {project}/{service}",
+            release.id, release.project, release.service
+        )));
+    }
+    check_deployable(&release)?;
+    let now = now_ms();
+    let deployment = query_as::<Deployment>(
+        "INSERT INTO deployments (project, service, environment, release_id, strategy, status, reason, created_at,
+                                  updated_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8) RETURNING *",
+    )
+    .bind(project)
+    .bind(service)
+    .bind(&request.environment)
+    .bind(release.id)
+    .bind(&request.strategy)
+    .bind(&request.reason)
+    .bind(now)
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    let job = NewJob::typed(
+        project,
+        &enclii_domain::jobs::Deploy {
+            service: service.to_string(),
+            environment: request.environment.clone(),
+            commit: release.git_sha.clone(),
+            deployment: Some(deployment.id),
+        },
+    )?;
+    let job_id = conn.enqueue(job).await?;
+    let deployment = query_as::<Deployment>("UPDATE deployments SET job_id = $2 WHERE id = $1 RETURNING *")
+        .bind(deployment.id)
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let diff = json!({"service": service, "environment": request.environment, "release": release.id,
+                      "strategy": request.strategy, "job": job_id});
+    let action = if request.reason == "rollback" {
+        "deployment.rollback"
+    } else {
+        "deployment.create"
+    };
+    let entity = deployment.id.to_string();
+    audit(conn, actor, change(action, "deployment", &entity, Some(project), diff)).await?;
+    Ok(deployment)
+}
+
+/// Only a ready, signed release deploys (the deploy policy: an image runs only with the cosign
+/// signature its pipeline made).
+pub(crate) fn check_deployable(release: &Release) -> Result<()> {
+    if release.status != release_status::READY {
+        return Err(StoreError::Conflict(format!(
+            "release {} is {}, not ready; only ready releases can be deployed{}",
+            release.id,
+            release.status,
+            if release.status == release_status::BUILDING {
+                " (wait for its pipeline to finish)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if release.signature.is_none() || release.digest.is_none() {
+        return Err(StoreError::Conflict(format!(
+            "release {} is not signed; the deploy policy refuses unsigned images (rebuild the commit so its sign step runs)",
+            release.id
+        )));
+    }
+    Ok(())
+}
+
+/// The deployment a pipeline's deploy job works on: created by its first attempt (keyed by the
+/// job, so a retry finds the same row), for the release the pipeline built.
+pub(crate) async fn pipeline_deployment(
+    conn: &mut Conn<'_>,
+    job_id: i64,
+    project: &str,
+    deploy: &enclii_domain::jobs::Deploy,
+    strategy: &str,
+) -> Result<Deployment> {
+    if let Some(existing) = query_as::<Deployment>("SELECT * FROM deployments WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(existing);
+    }
+    let release = query_as::<Release>(
+        "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
+    )
+    .bind(project)
+    .bind(&deploy.service)
+    .bind(&deploy.environment)
+    .bind(&deploy.commit)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "no release of {project}/{} for commit {} in environment `{}`",
+            deploy.service, deploy.commit, deploy.environment
+        ))
+    })?;
+    check_deployable(&release)?;
+    let now = now_ms();
+    let deployment = query_as::<Deployment>(
+        "INSERT INTO deployments (project, service, environment, release_id, strategy, status, reason, job_id,
+                                  created_at, updated_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 'deploy', $6, $7, $7, 'system:pipeline') RETURNING *",
+    )
+    .bind(project)
+    .bind(&deploy.service)
+    .bind(&deploy.environment)
+    .bind(release.id)
+    .bind(strategy)
+    .bind(job_id)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let diff = json!({"service": deploy.service, "environment": deploy.environment, "release": release.id,
+                      "strategy": strategy, "job": job_id});
+    let entity = deployment.id.to_string();
+    audit(
+        conn,
+        "system:pipeline",
+        change("deployment.create", "deployment", &entity, Some(project), diff),
+    )
+    .await?;
+    Ok(deployment)
+}
+
+/// Records a deployment's progress (audited); a finished deployment never changes again, so a
+/// late or retried job cannot rewrite how it ended.
+pub(crate) async fn update_deployment(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    id: i64,
+    update: &DeploymentUpdate<'_>,
+) -> Result<Deployment> {
+    let before = get_deployment(conn, id).await?;
+    if deployment_status::is_terminal(&before.status) {
+        return Err(StoreError::Conflict(format!(
+            "deployment {id} already ended as {}; start a new deployment instead",
+            before.status
+        )));
+    }
+    let now = now_ms();
+    let finished = deployment_status::is_terminal(update.status).then_some(now);
+    let deployment = query_as::<Deployment>(
+        "UPDATE deployments SET status = $2, detail = COALESCE($3, detail), canary_percent = $4,
+                                url = COALESCE($5, url), updated_at = $6, finished_at = $7
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(update.status)
+    .bind(&update.detail)
+    .bind(update.canary_percent)
+    .bind(&update.url)
+    .bind(now)
+    .bind(finished)
+    .fetch_one(&mut *conn)
+    .await?;
+    if before.status != update.status || before.canary_percent != update.canary_percent {
+        let diff = json!({"status": {"from": before.status, "to": update.status},
+                          "canary_percent": update.canary_percent, "detail": update.detail});
+        let entity = id.to_string();
+        let action = format!("deployment.{}", update.status);
+        audit(
+            conn,
+            actor,
+            change(&action, "deployment", &entity, Some(&deployment.project), diff),
+        )
+        .await?;
+    }
+    Ok(deployment)
+}
+
+/// Marks the service's other unfinished deployments in the environment superseded by `by`.
+pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = query_scalar(
+        "UPDATE deployments SET status = 'superseded', detail = $5, updated_at = $6, finished_at = $6
+         WHERE project = $1 AND environment = $2 AND service = $3 AND id <> $4
+           AND status IN ('pending', 'running', 'canary')
+         RETURNING id",
+    )
+    .bind(&by.project)
+    .bind(&by.environment)
+    .bind(&by.service)
+    .bind(by.id)
+    .bind(format!("superseded by deployment {}", by.id))
+    .bind(now_ms())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids)
+}
+
+/// The deployment serving the service in the environment now: the latest that succeeded.
+pub(crate) async fn current_deployment(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<Option<Deployment>> {
+    query_as::<Deployment>(
+        "SELECT * FROM deployments WHERE project = $1 AND environment = $2 AND service = $3 AND status = 'succeeded'
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The routes bound to the service in one environment.
+pub(crate) async fn service_routes(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<Vec<Route>> {
+    query_as::<Route>("SELECT * FROM routes WHERE project = $1 AND environment = $2 AND service = $3 ORDER BY id")
+        .bind(project)
+        .bind(environment)
+        .bind(service)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Binds a preview's host to the service (idempotent); refused if another service holds it.
+pub(crate) async fn bind_preview_route(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    service: &str,
+    host: &str,
+) -> Result<Route> {
+    match find_route(conn, host, "/").await? {
+        Some(route) if route.project == project && route.service == service && route.environment == environment => {
+            Ok(route)
+        }
+        Some(route) => Err(StoreError::Conflict(format!(
+            "{} is already routed to {}; the preview domain must be reserved for previews",
+            route_label(host, "/"),
+            route_owner(&route, project)
+        ))),
+        None => insert_route(conn, project, environment, service, host, "/", false).await,
+    }
+}
+
+/// The secrets a service reads in an environment, by name: the narrowest scope wins (service in
+/// the environment, then the service everywhere, the environment, the project).
+pub(crate) async fn service_secrets(
+    conn: &mut Conn<'_>,
+    key: &MasterKey,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let rows = query_as::<(String, String, String, i64, String)>(
+        "SELECT s.environment, s.service, s.name, s.version, s.sealed FROM secrets s
+         WHERE s.project = $1 AND s.environment IN ('', $2) AND s.service IN ('', $3) AND NOT s.deleted
+           AND s.version = (SELECT MAX(t.version) FROM secrets t WHERE t.project = s.project
+                            AND t.environment = s.environment AND t.service = s.service AND t.name = s.name)",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut chosen: std::collections::BTreeMap<String, (u8, Vec<u8>)> = Default::default();
+    for (env, svc, name, version, sealed) in rows {
+        let rank = u8::from(!svc.is_empty()) * 2 + u8::from(!env.is_empty());
+        if chosen.get(&name).is_some_and(|(r, _)| *r >= rank) {
+            continue;
+        }
+        let scope = SecretScope {
+            project: project.to_string(),
+            environment: (!env.is_empty()).then_some(env),
+            service: (!svc.is_empty()).then_some(svc),
+        };
+        let value = key.open(&sealed, &scope.binding(&name, version))?;
+        chosen.insert(name, (rank, value));
+    }
+    Ok(chosen.into_iter().map(|(name, (_, value))| (name, value)).collect())
+}
+
+/// Forgets what a torn-down preview held for one service: its routes, and its deployments end
+/// as torn down. When no other service runs there any more, the environment itself goes with
+/// its secrets. Releases stay (their provenance is history).
+pub(crate) async fn forget_preview(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    service: &str,
+) -> Result<()> {
+    query("DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3")
+        .bind(project)
+        .bind(environment)
+        .bind(service)
+        .execute(&mut *conn)
+        .await?;
+    query(
+        "UPDATE deployments SET status = 'torn_down', updated_at = $4, finished_at = COALESCE(finished_at, $4)
+         WHERE project = $1 AND environment = $2 AND service = $3 AND status IN ('pending', 'running', 'canary', 'succeeded')",
+    )
+    .bind(project)
+    .bind(environment)
+    .bind(service)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    let still_running: i64 = query_scalar(
+        "SELECT COUNT(*) FROM deployments WHERE project = $1 AND environment = $2
+           AND status IN ('pending', 'running', 'canary', 'succeeded')",
+    )
+    .bind(project)
+    .bind(environment)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut diff = json!({"service": service});
+    if still_running == 0 {
+        for statement in [
+            "DELETE FROM routes WHERE project = $1 AND environment = $2",
+            "DELETE FROM secrets WHERE project = $1 AND environment = $2",
+        ] {
+            query(statement)
+                .bind(project)
+                .bind(environment)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let deleted = query("DELETE FROM environments WHERE project = $1 AND name = $2")
+            .bind(project)
+            .bind(environment)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        diff["environment_removed"] = json!(deleted > 0);
+    }
+    let entity = format!("{project}/{environment}");
+    audit(
+        conn,
+        actor,
+        change("environment.teardown", "environment", &entity, Some(project), diff),
+    )
+    .await
+}
+
+pub(crate) async fn get_deployment(conn: &mut Conn<'_>, id: i64) -> Result<Deployment> {
+    query_as::<Deployment>("SELECT * FROM deployments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {id} does not exist")))
+}
+
+pub(crate) async fn list_deployments(
+    conn: &mut Conn<'_>,
+    project: &str,
+    service: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Deployment>> {
+    require_project(conn, project).await?;
+    query_as::<Deployment>(
+        "SELECT * FROM deployments WHERE project = $1 AND ($2 IS NULL OR service = $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(project)
+    .bind(service)
+    .bind(limit.clamp(1, 500))
+    .fetch_all(&mut *conn)
+    .await
+}
+
+impl Store {
+    pub async fn create_deployment(&self, actor: &str, request: &DeploymentRequest) -> Result<Deployment> {
+        self.write(async |conn| create_deployment(conn, actor, request).await)
+            .await
+    }
+    pub async fn deployment(&self, id: i64) -> Result<Deployment> {
+        self.read(async |conn| get_deployment(conn, id).await).await
+    }
+    pub async fn list_deployments(&self, project: &str, service: Option<&str>, limit: i64) -> Result<Vec<Deployment>> {
+        self.read(async |conn| list_deployments(conn, project, service, limit).await)
+            .await
+    }
+    /// The deployment a pipeline's deploy job works on (created by its first attempt).
+    pub async fn pipeline_deployment(
+        &self,
+        job_id: i64,
+        project: &str,
+        deploy: &enclii_domain::jobs::Deploy,
+        strategy: &str,
+    ) -> Result<Deployment> {
+        self.write(async |conn| pipeline_deployment(conn, job_id, project, deploy, strategy).await)
+            .await
+    }
+    /// Records a deployment's progress, and enqueues `then` (its next step) in the same
+    /// transaction; refused once the deployment has ended.
+    pub async fn update_deployment(
+        &self,
+        actor: &str,
+        id: i64,
+        update: &DeploymentUpdate<'_>,
+        then: Option<enclii_queue::NewJob>,
+    ) -> Result<Deployment> {
+        self.write(async |conn| {
+            let deployment = update_deployment(conn, actor, id, update).await?;
+            if let Some(job) = then {
+                conn.enqueue(job).await?;
+            }
+            Ok(deployment)
+        })
+        .await
+    }
+    /// Marks the service's other unfinished deployments in the environment superseded.
+    pub async fn supersede_deployments(&self, by: &Deployment) -> Result<Vec<i64>> {
+        self.write(async |conn| supersede_deployments(conn, by).await).await
+    }
+    /// The deployment serving the service in the environment now, if any.
+    pub async fn current_deployment(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<Deployment>> {
+        self.read(async |conn| current_deployment(conn, project, environment, service).await)
+            .await
+    }
+    pub async fn service_routes(&self, project: &str, environment: &str, service: &str) -> Result<Vec<Route>> {
+        self.read(async |conn| service_routes(conn, project, environment, service).await)
+            .await
+    }
+    pub async fn bind_preview_route(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+        host: &str,
+    ) -> Result<Route> {
+        self.write(async |conn| bind_preview_route(conn, project, environment, service, host).await)
+            .await
+    }
+    /// The secret values a service reads in an environment (narrowest scope wins), for the
+    /// deployer that injects them. The API never calls this.
+    pub async fn service_secrets(
+        &self,
+        project: &str,
+        environment: &str,
+        service: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let key = &self.key;
+        self.read(async |conn| service_secrets(conn, key, project, environment, service).await)
+            .await
+    }
+    /// Forgets what a torn-down preview held for one service (and the environment once empty).
+    pub async fn forget_preview(&self, actor: &str, project: &str, environment: &str, service: &str) -> Result<()> {
+        self.write(async |conn| forget_preview(conn, actor, project, environment, service).await)
+            .await
+    }
+}

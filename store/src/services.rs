@@ -1,0 +1,184 @@
+//! Services, as applied from Service Specs, and their spec history.
+
+use serde_json::json;
+
+use crate::audit::{audit, change};
+use crate::db::{Conn, query, query_as};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::projects::{get_environment, require_project};
+use crate::routes::{find_route, insert_route, route_label, route_owner};
+use crate::{Store, now_ms};
+
+/// Creates or updates a service from its spec; every apply is a new spec version. Routes in the
+/// spec are bound to the service, refusing any host and path another service holds.
+pub(crate) async fn apply_service(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    draft: &ServiceDraft,
+    routes: &[(String, String)],
+) -> Result<(Service, bool)> {
+    let (project, name) = (draft.project.as_str(), draft.name.as_str());
+    require_project(conn, project).await?;
+    get_environment(conn, project, &draft.environment).await?;
+    let before = get_service(conn, project, name).await?;
+    let now = now_ms();
+    // The version comes from the row itself, so concurrent applies get consecutive versions.
+    let service = query_as::<Service>(
+        "INSERT INTO services (project, name, environment, repository, branch, spec, spec_version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
+         ON CONFLICT (project, name) DO UPDATE SET environment = $3, repository = $4, branch = $5, spec = $6,
+             spec_version = services.spec_version + 1, updated_at = $7
+         RETURNING *",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(&draft.environment)
+    .bind(&draft.repository)
+    .bind(&draft.branch)
+    .bind(&draft.spec)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let version = service.spec_version;
+    query(
+        "INSERT INTO service_spec_versions (project, service, version, spec, created_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(version)
+    .bind(&draft.spec)
+    .bind(now)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    for (index, (host, path)) in routes.iter().enumerate() {
+        match find_route(conn, host, path).await? {
+            Some(route) if route.project == project && route.service == name => {}
+            Some(route) => {
+                return Err(StoreError::Conflict(format!(
+                    "spec.routes[{index}]: {} is already routed to {}; remove that route or choose another host or path",
+                    route_label(host, path),
+                    route_owner(&route, project)
+                )));
+            }
+            None => {
+                insert_route(conn, project, &draft.environment, name, host, path, true).await?;
+            }
+        }
+    }
+    let action = if before.is_some() {
+        "service.update"
+    } else {
+        "service.create"
+    };
+    let diff = json!({
+        "spec_version": {"from": before.as_ref().map(|s| s.spec_version), "to": version},
+        "spec": {"from": before.as_ref().map(Service::spec_json), "to": service.spec_json()},
+    });
+    let entity = format!("{project}/{name}");
+    audit(conn, actor, change(action, "service", &entity, Some(project), diff)).await?;
+    Ok((service, before.is_none()))
+}
+
+pub(crate) async fn get_service(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Option<Service>> {
+    query_as::<Service>("SELECT * FROM services WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+pub(crate) async fn require_service(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Service> {
+    get_service(conn, project, name).await?.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "service `{name}` does not exist in project `{project}`; create it by sending its Service Spec to PUT /v1/projects/{project}/services/{name}"
+        ))
+    })
+}
+
+pub(crate) async fn list_services(conn: &mut Conn<'_>, project: &str) -> Result<Vec<Service>> {
+    require_project(conn, project).await?;
+    query_as::<Service>("SELECT * FROM services WHERE project = $1 ORDER BY name")
+        .bind(project)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+pub(crate) async fn spec_versions(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Vec<SpecVersion>> {
+    require_service(conn, project, name).await?;
+    query_as::<SpecVersion>(
+        "SELECT version, spec, created_at, created_by FROM service_spec_versions
+         WHERE project = $1 AND service = $2 ORDER BY version DESC",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+pub(crate) async fn delete_service(conn: &mut Conn<'_>, actor: &str, project: &str, name: &str) -> Result<()> {
+    require_service(conn, project, name).await?;
+    query("DELETE FROM services WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    // A service created again under the name starts without the old one's secrets.
+    query("DELETE FROM secrets WHERE project = $1 AND service = $2")
+        .bind(project)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let entity = format!("{project}/{name}");
+    audit(
+        conn,
+        actor,
+        change("service.delete", "service", &entity, Some(project), json!({})),
+    )
+    .await
+}
+
+pub(crate) async fn services_for_repository(conn: &mut Conn<'_>, repository: &str) -> Result<Vec<Service>> {
+    query_as::<Service>("SELECT * FROM services WHERE repository = $1 ORDER BY project, name")
+        .bind(repository)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+impl Store {
+    /// Creates or updates a service; `routes` are the spec's (host, path) pairs. Returns the
+    /// service and whether it was created.
+    pub async fn apply_service(
+        &self,
+        actor: &str,
+        draft: &ServiceDraft,
+        routes: &[(String, String)],
+    ) -> Result<(Service, bool)> {
+        self.write(async |conn| apply_service(conn, actor, draft, routes).await)
+            .await
+    }
+    pub async fn service(&self, project: &str, name: &str) -> Result<Service> {
+        self.read(async |conn| require_service(conn, project, name).await).await
+    }
+    pub async fn list_services(&self, project: &str) -> Result<Vec<Service>> {
+        self.read(async |conn| list_services(conn, project).await).await
+    }
+    pub async fn spec_versions(&self, project: &str, name: &str) -> Result<Vec<SpecVersion>> {
+        self.read(async |conn| spec_versions(conn, project, name).await).await
+    }
+    pub async fn delete_service(&self, actor: &str, project: &str, name: &str) -> Result<()> {
+        self.write(async |conn| delete_service(conn, actor, project, name).await)
+            .await
+    }
+    /// The projects whose services build from a repository (by [`repository_key`](enclii_domain::pipeline::repository_key)).
+    pub async fn projects_for_repository(&self, repository: &str) -> Result<Vec<String>> {
+        let services = self
+            .read(async |conn| services_for_repository(conn, repository).await)
+            .await?;
+        let mut projects: Vec<String> = services.into_iter().map(|s| s.project).collect();
+        projects.dedup();
+        Ok(projects)
+    }
+}
