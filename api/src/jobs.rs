@@ -166,7 +166,7 @@ pub async fn cancel_pipeline(
     state.store.audit(&principal.subject, change).await?;
     // The release the run was building ends here too (a finished release is left alone).
     if let Ok(release) = state.store.release_for_pipeline(id).await
-        && release.status == enclii_store::release_status::BUILDING
+        && release.status == enclii_store::ReleaseStatus::Building
     {
         let outcome = enclii_store::ReleaseOutcome {
             failure: Some(format!("cancelled by {}", principal.subject)),

@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use enclii_deploy::{LogRequest, RuntimeLogLine, ServiceKey, Target, Track};
 use enclii_domain::spec::{validate_environment_name, validate_git_ref};
-use enclii_store::{BuildTrigger, EnvironmentChange, Release, StoreError, deployment_status};
+use enclii_store::{BuildTrigger, DeploymentStatus, EnvironmentChange, Release, ReleaseTrigger, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -223,7 +223,7 @@ pub struct ServiceRuntime {
     /// Where it answers (its latest deployment's URL).
     url: Option<String>,
     /// The latest deployment's status, e.g. `succeeded`.
-    deployment: Option<String>,
+    deployment: Option<DeploymentStatus>,
 }
 
 /// Every service of a project as it runs now: release, replicas, health, P95 latency and error
@@ -280,7 +280,7 @@ pub async fn project_status(
             .list_deployments(&project, Some(&service.name), 50)
             .await?
             .into_iter()
-            .find(|d| d.environment == environment && d.status != deployment_status::SUPERSEDED);
+            .find(|d| d.environment == environment && d.status != DeploymentStatus::Superseded);
         report.push(ServiceRuntime {
             service: service.name,
             environment,
@@ -392,7 +392,7 @@ pub async fn create_preview(
         git_sha: req.git_sha.to_ascii_lowercase(),
         branch: req.branch,
         deploy_to: Some(environment.clone()),
-        trigger: "api".into(),
+        trigger: ReleaseTrigger::Api,
     };
     let (release, pipeline) = state.store.trigger_build(&principal.subject, &trigger).await?;
     Ok((

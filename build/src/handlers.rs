@@ -15,7 +15,7 @@ use enclii_domain::jobs;
 use enclii_domain::spec::{BuildType, ServiceSpec};
 use enclii_signing::{Secret, SigningKey};
 use enclii_store::{
-    Artefact, Release, ReleaseOutcome, SecretScope, StepEnd, Store, StoreError, release_status, step_status,
+    Artefact, Release, ReleaseOutcome, ReleaseStatus, SecretScope, StepEnd, StepStatus, Store, StoreError,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 
@@ -84,7 +84,7 @@ impl Drop for StepGuard {
             let detail = "stopped before it finished (cancelled, timed out, or its worker shut down)";
             let end = StepEnd {
                 step,
-                status: step_status::FAILED,
+                status: StepStatus::Failed,
                 detail: Some(detail),
                 log_uri: None,
                 artefact: None,
@@ -193,7 +193,7 @@ impl BuildSteps {
             }
             Err(e) => return Err(StepError::from(e).into_job_error()),
         };
-        if release.status != release_status::BUILDING {
+        if release.status != ReleaseStatus::Building {
             tracing::info!(release = release.id, status = %release.status, step, "release no longer building; step skipped");
             return Ok(());
         }
@@ -268,7 +268,7 @@ impl BuildSteps {
             Ok(done) => {
                 let end = StepEnd {
                     step,
-                    status: step_status::SUCCEEDED,
+                    status: StepStatus::Succeeded,
                     detail: Some(&done.detail),
                     log_uri: log_uri.as_deref(),
                     artefact: done.artefact.as_ref().map(|a| (run_of(&release), a)),
@@ -282,7 +282,7 @@ impl BuildSteps {
         };
         let end = StepEnd {
             step,
-            status: step_status::FAILED,
+            status: StepStatus::Failed,
             detail: Some(&error.message),
             log_uri: log_uri.as_deref(),
             artefact: None,

@@ -14,7 +14,7 @@ use enclii_domain::jobs;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
 use enclii_queue::{JobKind, NewJob};
 use enclii_store::{
-    Deployment, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError, deployment_status,
+    Deployment, DeploymentStatus, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
@@ -235,7 +235,7 @@ impl Deployer {
     async fn update(
         &self,
         deployment: &Deployment,
-        update: DeploymentUpdate<'_>,
+        update: DeploymentUpdate,
         then: Option<NewJob>,
     ) -> Result<Deployment, JobError> {
         self.store
@@ -247,7 +247,7 @@ impl Deployer {
     /// Ends the deployment as failed with `why` and hands the failure to the queue.
     async fn fail(&self, deployment: &Deployment, why: String, error: JobError) -> JobError {
         let update = DeploymentUpdate {
-            status: deployment_status::FAILED,
+            status: DeploymentStatus::Failed,
             detail: Some(why),
             ..DeploymentUpdate::default()
         };
@@ -273,7 +273,7 @@ impl Deployer {
             }
         }
         .map_err(store_error)?;
-        if deployment_status::is_terminal(&deployment.status) {
+        if deployment.status.is_terminal() {
             info!(deployment = deployment.id, status = %deployment.status, "deployment already ended");
             return Ok(());
         }
@@ -304,9 +304,9 @@ impl Deployer {
         if !superseded.is_empty() {
             log.line(format!("superseding deployments {superseded:?}"));
         }
-        let deployment = if deployment.status == deployment_status::PENDING {
+        let deployment = if deployment.status == DeploymentStatus::Pending {
             let running = DeploymentUpdate {
-                status: deployment_status::RUNNING,
+                status: DeploymentStatus::Running,
                 ..DeploymentUpdate::default()
             };
             self.update(deployment, running, None).await?
@@ -377,7 +377,7 @@ impl Deployer {
                 log.line(&detail);
                 let next = analyze_job(&deployment, 0, window)?;
                 let update = DeploymentUpdate {
-                    status: deployment_status::CANARY,
+                    status: DeploymentStatus::Canary,
                     detail: Some(detail),
                     canary_percent: Some(i32::from(percent)),
                     url: outcome.url,
@@ -391,7 +391,7 @@ impl Deployer {
                     log.line(format!("url: {url}"));
                 }
                 let update = DeploymentUpdate {
-                    status: deployment_status::SUCCEEDED,
+                    status: DeploymentStatus::Succeeded,
                     detail: Some(detail),
                     canary_percent: None,
                     url: outcome.url,
@@ -404,7 +404,7 @@ impl Deployer {
 
     async fn analyze(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), JobError> {
         let deployment = self.store.deployment(job.deployment).await.map_err(store_error)?;
-        if deployment.status != deployment_status::CANARY {
+        if deployment.status != DeploymentStatus::Canary {
             info!(deployment = deployment.id, status = %deployment.status, "canary no longer under analysis");
             return Ok(());
         }
@@ -448,7 +448,7 @@ impl Deployer {
                 log.line(format!("canary step {}: {why}; rolling back", step + 1));
                 self.target.abort_canary(&key, release).await.map_err(job_error)?;
                 let update = DeploymentUpdate {
-                    status: deployment_status::ROLLED_BACK,
+                    status: DeploymentStatus::RolledBack,
                     detail: Some(format!("automatic rollback at canary step {}: {why}", step + 1)),
                     canary_percent: None,
                     url: None,
@@ -466,7 +466,7 @@ impl Deployer {
                         .await
                         .map_err(job_error)?;
                     let update = DeploymentUpdate {
-                        status: deployment_status::CANARY,
+                        status: DeploymentStatus::Canary,
                         detail: Some(format!(
                             "canary step {}/{}: {percent}% of traffic",
                             step + 2,
@@ -482,7 +482,7 @@ impl Deployer {
                     log.line(format!("canary step {} passed ({seen}); promoting", step + 1));
                     self.target.promote(&key, release).await.map_err(job_error)?;
                     let update = DeploymentUpdate {
-                        status: deployment_status::SUCCEEDED,
+                        status: DeploymentStatus::Succeeded,
                         detail: Some(format!("promoted after {} canary step(s): {seen}", step + 1)),
                         canary_percent: None,
                         url: None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enclii_domain::jobs;
-use enclii_store::{JobLog, NewCostSample, Prices, job_run_status};
+use enclii_store::{JobLog, JobRunStatus, NewCostSample, Prices};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
 
@@ -39,7 +39,7 @@ impl Timetable {
     async fn run(&self, job: jobs::JobRun, ctx: &JobContext) -> Result<(), JobError> {
         let store = self.deployer.store();
         let record = store.job_run(job.run).await.map_err(store_error)?;
-        if job_run_status::FINAL.contains(&record.status.as_str()) {
+        if record.status.is_final() {
             info!(run = record.id, status = %record.status, "job run already ended");
             return Ok(());
         }
@@ -48,7 +48,7 @@ impl Timetable {
             .job_run_started(record.id, attempt as i32)
             .await
             .map_err(store_error)?;
-        let finish = |status: &'static str, code: Option<i64>, detail: String| async move {
+        let finish = |status: JobRunStatus, code: Option<i64>, detail: String| async move {
             if let Err(e) = store.job_run_finished(record.id, status, code, Some(&detail)).await {
                 warn!(run = record.id, error = %e, "could not record how the job run ended");
             }
@@ -62,7 +62,7 @@ impl Timetable {
             .map(|j| j.args.clone())
         else {
             let why = format!("the spec of {} has no job `{}` any more", job.service, job.job);
-            finish(job_run_status::FAILED, None, why.clone()).await;
+            finish(JobRunStatus::Failed, None, why.clone()).await;
             return Err(JobError::Abort(why));
         };
         let Some(deployment) = store
@@ -74,7 +74,7 @@ impl Timetable {
                 "no release of {} runs in `{}`: deploy one before running its jobs",
                 job.service, job.environment
             );
-            finish(job_run_status::FAILED, None, why.clone()).await;
+            finish(JobRunStatus::Failed, None, why.clone()).await;
             return Err(JobError::Abort(why));
         };
         let release = store.release(deployment.release_id).await.map_err(store_error)?;
@@ -123,14 +123,14 @@ impl Timetable {
         let outcome = match result {
             Ok(0) => {
                 log.line("== exited with code 0");
-                finish(job_run_status::SUCCEEDED, Some(0), "exited with code 0".into()).await;
+                finish(JobRunStatus::Succeeded, Some(0), "exited with code 0".into()).await;
                 Ok(())
             }
             Ok(code) => {
                 let why = format!("job `{}` exited with code {code}", job.job);
                 log.line(format!("== {why}{}", if last { "" } else { "; the queue retries it" }));
                 if last {
-                    finish(job_run_status::FAILED, Some(code), why.clone()).await;
+                    finish(JobRunStatus::Failed, Some(code), why.clone()).await;
                 }
                 Err(JobError::Retry(why))
             }
@@ -138,7 +138,7 @@ impl Timetable {
                 let why = e.to_string();
                 log.line(format!("== {why}"));
                 if last || e.is_permanent() {
-                    finish(job_run_status::FAILED, None, why.clone()).await;
+                    finish(JobRunStatus::Failed, None, why.clone()).await;
                 }
                 Err(if e.is_permanent() {
                     JobError::Abort(why)

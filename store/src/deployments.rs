@@ -41,7 +41,7 @@ pub(crate) async fn create_deployment(
     .bind(service)
     .bind(&request.environment)
     .bind(release.id)
-    .bind(&request.strategy)
+    .bind(request.strategy)
     .bind(&request.reason)
     .bind(now)
     .bind(actor)
@@ -77,12 +77,12 @@ pub(crate) async fn create_deployment(
 /// Only a ready, signed release deploys (the deploy policy: an image runs only with the cosign
 /// signature its pipeline made).
 pub(crate) fn check_deployable(release: &Release) -> Result<()> {
-    if release.status != release_status::READY {
+    if release.status != ReleaseStatus::Ready {
         return Err(StoreError::Conflict(format!(
             "release {} is {}, not ready; only ready releases can be deployed{}",
             release.id,
             release.status,
-            if release.status == release_status::BUILDING {
+            if release.status == ReleaseStatus::Building {
                 " (wait for its pipeline to finish)"
             } else {
                 ""
@@ -163,17 +163,17 @@ pub(crate) async fn update_deployment(
     conn: &mut Conn<'_>,
     actor: &str,
     id: i64,
-    update: &DeploymentUpdate<'_>,
+    update: &DeploymentUpdate,
 ) -> Result<Deployment> {
     let before = get_deployment(conn, id).await?;
-    if deployment_status::is_terminal(&before.status) {
+    if before.status.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "deployment {id} already ended as {}; start a new deployment instead",
             before.status
         )));
     }
     let now = now_ms();
-    let finished = deployment_status::is_terminal(update.status).then_some(now);
+    let finished = update.status.is_terminal().then_some(now);
     let deployment = query_as::<Deployment>(
         "UPDATE deployments SET status = $2, detail = COALESCE($3, detail), canary_percent = $4,
                                 url = COALESCE($5, url), updated_at = $6, finished_at = $7
@@ -430,7 +430,7 @@ impl Store {
         &self,
         actor: &str,
         id: i64,
-        update: &DeploymentUpdate<'_>,
+        update: &DeploymentUpdate,
         then: Option<enclii_queue::NewJob>,
     ) -> Result<Deployment> {
         self.write(async |conn| {

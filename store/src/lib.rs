@@ -27,6 +27,7 @@ pub mod sealing;
 mod secrets;
 mod services;
 mod timetable;
+mod vocabulary;
 mod waybill;
 mod webhooks;
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::vocabulary::*;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Project {
     pub slug: String,
@@ -111,22 +113,15 @@ pub struct Release {
     pub digest: Option<String>,
     pub sbom_uri: Option<String>,
     pub signature: Option<String>,
-    /// `building`, `ready` or `failed`.
-    pub status: String,
+    pub status: ReleaseStatus,
     pub failure: Option<String>,
     pub pipeline_id: Option<i64>,
-    /// What started the build: `push`, `pull_request`, `api`.
-    pub trigger: String,
+    /// What started the build.
+    pub trigger: ReleaseTrigger,
     /// What built the image (provenance), e.g. `docker-buildkit 20.10.24`.
     pub builder: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-pub mod release_status {
-    pub const BUILDING: &str = "building";
-    pub const READY: &str = "ready";
-    pub const FAILED: &str = "failed";
 }
 
 /// A build of one commit of a service, for one environment.
@@ -138,7 +133,7 @@ pub struct BuildTrigger {
     pub branch: String,
     /// Deploy here once the release is ready (`None`: build only).
     pub deploy_to: Option<String>,
-    pub trigger: String,
+    pub trigger: ReleaseTrigger,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -148,10 +143,8 @@ pub struct Deployment {
     pub service: String,
     pub environment: String,
     pub release_id: i64,
-    /// `rolling` or `canary`.
-    pub strategy: String,
-    /// See [`deployment_status`].
-    pub status: String,
+    pub strategy: Strategy,
+    pub status: DeploymentStatus,
     /// `deploy` or `rollback`.
     pub reason: String,
     pub job_id: Option<i64>,
@@ -167,36 +160,10 @@ pub struct Deployment {
     pub finished_at: Option<i64>,
 }
 
-pub mod deployment_status {
-    /// Waiting for its deploy job.
-    pub const PENDING: &str = "pending";
-    /// The target is starting the release.
-    pub const RUNNING: &str = "running";
-    /// The release serves a share of the traffic beside the stable one, under analysis.
-    pub const CANARY: &str = "canary";
-    /// The release serves all traffic.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// The release never served (unhealthy, refused, …); the previous one still does.
-    pub const FAILED: &str = "failed";
-    /// The canary failed its analysis and was removed; the stable release serves all traffic.
-    pub const ROLLED_BACK: &str = "rolled_back";
-    /// A newer deployment of the same service took over before this one finished.
-    pub const SUPERSEDED: &str = "superseded";
-    /// Its preview environment was torn down.
-    pub const TORN_DOWN: &str = "torn_down";
-
-    /// Still in progress: a newer deployment supersedes it.
-    pub const ACTIVE: [&str; 3] = [PENDING, RUNNING, CANARY];
-
-    pub fn is_terminal(status: &str) -> bool {
-        !ACTIVE.contains(&status)
-    }
-}
-
 /// A change of a deployment's progress.
 #[derive(Clone, Debug, Default)]
-pub struct DeploymentUpdate<'a> {
-    pub status: &'a str,
+pub struct DeploymentUpdate {
+    pub status: DeploymentStatus,
     pub detail: Option<String>,
     pub canary_percent: Option<i32>,
     pub url: Option<String>,
@@ -208,7 +175,7 @@ pub struct DeploymentRequest {
     pub service: String,
     pub environment: String,
     pub release_id: i64,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub reason: String,
 }
 
@@ -437,20 +404,13 @@ pub struct ReleaseStep {
     pub step: String,
     pub job_id: i64,
     pub attempt: i32,
-    /// `running`, `succeeded`, `failed`.
-    pub status: String,
+    pub status: StepStatus,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     /// The failure (or a short result, such as the digest) of the step.
     pub detail: Option<String>,
     /// Where the step's whole log was archived when it ended (`s3://bucket/key`).
     pub log_uri: Option<String>,
-}
-
-pub mod step_status {
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
 }
 
 /// One line of a job's output.
@@ -485,7 +445,7 @@ pub enum Artefact {
 #[derive(Clone, Debug)]
 pub struct StepEnd<'a> {
     pub step: &'a str,
-    pub status: &'a str,
+    pub status: StepStatus,
     pub detail: Option<&'a str>,
     pub log_uri: Option<&'a str>,
     pub artefact: Option<(i64, &'a Artefact)>,

@@ -89,13 +89,10 @@ pub(crate) async fn build_service(
     .bind(&trigger.git_sha)
     .fetch_optional(&mut *conn)
     .await?;
-    let rebuild = trigger.trigger == "pull_request";
+    let rebuild = trigger.trigger == ReleaseTrigger::PullRequest;
     if let Some(release) = &existing
         && !rebuild
-        && matches!(
-            release.status.as_str(),
-            release_status::BUILDING | release_status::READY
-        )
+        && matches!(release.status, ReleaseStatus::Building | ReleaseStatus::Ready)
     {
         let pipeline = PipelineEnqueued {
             id: release.pipeline_id.unwrap_or_default(),
@@ -154,9 +151,9 @@ pub(crate) async fn build_service(
     .bind(&repository)
     .bind(&trigger.branch)
     .bind(&image)
-    .bind(release_status::BUILDING)
+    .bind(ReleaseStatus::Building)
     .bind(enqueued.id)
-    .bind(&trigger.trigger)
+    .bind(trigger.trigger)
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
@@ -194,15 +191,15 @@ pub(crate) async fn mark_superseded(conn: &mut Conn<'_>, pipelines: &[i64], by_r
 /// Records the outcome of a release's pipeline (called by the build workers).
 pub(crate) async fn finish_release(conn: &mut Conn<'_>, id: i64, outcome: &ReleaseOutcome) -> Result<Release> {
     let release = get_release(conn, id).await?;
-    if release.status != release_status::BUILDING {
+    if release.status != ReleaseStatus::Building {
         return Err(StoreError::Conflict(format!(
             "release {id} is {}, not building; a release is immutable once finished",
             release.status
         )));
     }
     let (status, failure) = match &outcome.failure {
-        None => (release_status::READY, None),
-        Some(message) => (release_status::FAILED, Some(message.as_str())),
+        None => (ReleaseStatus::Ready, None),
+        Some(message) => (ReleaseStatus::Failed, Some(message.as_str())),
     };
     query_as::<Release>(
         "UPDATE releases SET status = $2, failure = $3, digest = $4, sbom_uri = $5, signature = $6, updated_at = $7
@@ -304,7 +301,7 @@ pub(crate) async fn start_release_step(
     .bind(step)
     .bind(job_id)
     .bind(attempt)
-    .bind(step_status::RUNNING)
+    .bind(StepStatus::Running)
     .bind(now_ms())
     .execute(&mut *conn)
     .await?;

@@ -363,7 +363,7 @@ pub(crate) async fn resume_environment(
                     service,
                     environment: name.to_string(),
                     release_id: current.release_id,
-                    strategy: "rolling".into(),
+                    strategy: Strategy::Rolling,
                     reason: "resume".into(),
                 };
                 create_deployment(conn, actor, &request).await?;

@@ -64,7 +64,7 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
                     git_sha: sha.clone(),
                     branch: branch.clone(),
                     deploy_to: Some(service.environment.clone()),
-                    trigger: "push".into(),
+                    trigger: ReleaseTrigger::Push,
                 };
                 let (release, pipeline) = build_service(conn, &service, &trigger).await?;
                 releases.push(release.id);
@@ -92,7 +92,7 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
                     git_sha: sha.clone(),
                     branch: branch.clone(),
                     deploy_to: Some(environment.clone()),
-                    trigger: "pull_request".into(),
+                    trigger: ReleaseTrigger::PullRequest,
                 };
                 let (release, pipeline) = build_service(conn, &service, &trigger).await?;
                 releases.push(release.id);

@@ -12,8 +12,8 @@ use std::time::Duration;
 use enclii_domain::jobs::JobRun;
 use enclii_queue::{JobKind, JobState};
 use enclii_store::{
-    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, NewCostSample, Prices, ServiceDraft, Store, StoreError,
-    WebhookDelivery, WebhookIntent, job_run_status, next_fire,
+    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, JobRunStatus, NewCostSample, Prices, ServiceDraft, Store,
+    StoreError, WebhookDelivery, WebhookIntent, next_fire,
 };
 use support::Db;
 
@@ -155,7 +155,7 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
 
     // Once it ends, the next fire runs again; fires missed while down are not replayed.
     let done = store
-        .job_run_finished(run.id, job_run_status::SUCCEEDED, Some(0), None)
+        .job_run_finished(run.id, JobRunStatus::Succeeded, Some(0), None)
         .await
         .unwrap();
     assert_eq!(
@@ -163,7 +163,7 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
         ("succeeded", Some(0), 1)
     );
     let again = store
-        .job_run_finished(run.id, job_run_status::FAILED, Some(1), None)
+        .job_run_finished(run.id, JobRunStatus::Failed, Some(1), None)
         .await
         .unwrap();
     assert_eq!(again.status, "succeeded", "a finished run does not change");
@@ -233,7 +233,7 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
     // Retried attempts reopen a failed run.
     store.job_run_started(run.id, 1).await.unwrap();
     store
-        .job_run_finished(run.id, "failed", Some(2), Some("exit 2"))
+        .job_run_finished(run.id, JobRunStatus::Failed, Some(2), Some("exit 2"))
         .await
         .unwrap();
     let retried = store.job_run_started(run.id, 2).await.unwrap();
@@ -241,7 +241,10 @@ async fn one_off_runs_name_the_jobs_and_respect_paused_environments(db: Db) {
         (retried.status.as_str(), retried.attempts, retried.detail),
         ("running", 2, None)
     );
-    let err = store.job_run_finished(run.id, "skipped", None, None).await.unwrap_err();
+    let err = store
+        .job_run_finished(run.id, JobRunStatus::Skipped, None, None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("succeeded"), "{err}");
 
     let paused = store.pause_environment("user:admin", "shop", "dev").await.unwrap();

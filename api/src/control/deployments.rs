@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use enclii_store::{Deployment, DeploymentRequest};
+use enclii_store::{Deployment, DeploymentRequest, Strategy};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -44,14 +44,15 @@ async fn deploy(
             .unwrap_or("rolling")
             .to_string(),
     };
+    let parsed = strategy.parse::<Strategy>();
     check(
         "strategy",
-        if matches!(strategy.as_str(), "rolling" | "canary") {
-            Ok(())
-        } else {
-            Err(format!("must be `rolling` or `canary` (got `{strategy}`)"))
-        },
+        parsed
+            .as_ref()
+            .map(|_| ())
+            .map_err(|_| format!("must be `rolling` or `canary` (got `{strategy}`)")),
     )?;
+    let strategy = parsed.unwrap_or_default();
     if let Some(policy) = &state.signatures {
         let release = state.store.release(req.release).await?;
         // Ready and signed are the store's checks; this one asks the registry.

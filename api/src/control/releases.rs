@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use enclii_store::{BuildTrigger, Delivery, Release, ReleaseStep};
+use enclii_store::{BuildTrigger, Delivery, Release, ReleaseStep, ReleaseTrigger};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -109,7 +109,7 @@ pub async fn build_release(
         git_sha: req.git_sha.to_ascii_lowercase(),
         branch,
         deploy_to: req.deploy.then(|| current.environment.clone()),
-        trigger: "api".into(),
+        trigger: ReleaseTrigger::Api,
     };
     let (release, pipeline) = state.store.trigger_build(&principal.subject, &trigger).await?;
     Ok((

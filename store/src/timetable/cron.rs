@@ -169,7 +169,7 @@ pub(crate) async fn fire_cron(conn: &mut Conn<'_>, due: &DueCron, now: i64) -> R
             finish_run(
                 conn,
                 run.id,
-                job_run_status::FAILED,
+                JobRunStatus::Failed,
                 None,
                 Some("lost: no worker reported how this run ended"),
                 now,
@@ -184,7 +184,7 @@ pub(crate) async fn fire_cron(conn: &mut Conn<'_>, due: &DueCron, now: i64) -> R
         service: &due.service,
         environment: &due.environment,
         job: &due.job,
-        trigger: "cron",
+        trigger: JobRunTrigger::Cron,
         scheduled_for: due.next_at,
         created_by: "scheduler",
     };
@@ -193,7 +193,7 @@ pub(crate) async fn fire_cron(conn: &mut Conn<'_>, due: &DueCron, now: i64) -> R
             "skipped: the previous run ({}) is still {}; cron runs of one job never overlap",
             previous.id, previous.status
         );
-        let run = insert_run(conn, &new, job_run_status::SKIPPED, Some(&detail), now).await?;
+        let run = insert_run(conn, &new, JobRunStatus::Skipped, Some(&detail), now).await?;
         return Ok(Some(fire(CronOutcome::Skipped, Some(run))));
     }
     let run = enqueue_run(conn, &new, now).await?;

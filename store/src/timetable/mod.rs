@@ -16,6 +16,8 @@ use chrono::{Datelike, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Serialize;
 
+use crate::vocabulary::{JobRunStatus, JobRunTrigger};
+
 /// A cron job of a service's spec and when it fires next (epoch ms, UTC).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CronSchedule {
@@ -44,10 +46,8 @@ pub struct JobRunRecord {
     pub environment: String,
     /// The job's name in `spec.jobs`.
     pub job: String,
-    /// `cron` or `manual`.
-    pub trigger: String,
-    /// See [`job_run_status`].
-    pub status: String,
+    pub trigger: JobRunTrigger,
+    pub status: JobRunStatus,
     /// The queue's `job-run` job (its logs are the run's logs).
     pub queue_job_id: Option<i64>,
     /// Attempts started so far.
@@ -62,19 +62,6 @@ pub struct JobRunRecord {
     pub finished_at: Option<i64>,
     /// `scheduler` for cron runs, the caller for manual ones.
     pub created_by: String,
-}
-
-pub mod job_run_status {
-    /// Its `job-run` job waits in the queue.
-    pub const QUEUED: &str = "queued";
-    /// An attempt is running (a failed attempt the queue retries runs again).
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
-    pub const CANCELLED: &str = "cancelled";
-    /// A cron fire while the previous run was still queued or running: nothing ran.
-    pub const SKIPPED: &str = "skipped";
-    pub const FINAL: [&str; 4] = [SUCCEEDED, FAILED, CANCELLED, SKIPPED];
 }
 
 /// What one due cron job became.

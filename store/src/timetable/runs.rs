@@ -18,7 +18,7 @@ pub(crate) struct NewRun<'a> {
     pub(crate) service: &'a str,
     pub(crate) environment: &'a str,
     pub(crate) job: &'a str,
-    pub(crate) trigger: &'a str,
+    pub(crate) trigger: JobRunTrigger,
     pub(crate) scheduled_for: i64,
     pub(crate) created_by: &'a str,
 }
@@ -26,11 +26,11 @@ pub(crate) struct NewRun<'a> {
 pub(crate) async fn insert_run(
     conn: &mut Conn<'_>,
     new: &NewRun<'_>,
-    status: &str,
+    status: JobRunStatus,
     detail: Option<&str>,
     now: i64,
 ) -> Result<JobRunRecord> {
-    let finished_at = (status == job_run_status::SKIPPED).then_some(now);
+    let finished_at = (status == JobRunStatus::Skipped).then_some(now);
     query_as::<JobRunRecord>(
         "INSERT INTO job_runs (project, service, environment, job, trigger, status, attempts, detail, scheduled_for,
                                created_at, finished_at, created_by)
@@ -54,7 +54,7 @@ pub(crate) async fn insert_run(
 /// A `queued` run and its `job-run` job (the kind's retry policy; a key unique to the run, so the
 /// queue never holds two jobs for one run).
 pub(crate) async fn enqueue_run(conn: &mut Conn<'_>, new: &NewRun<'_>, now: i64) -> Result<JobRunRecord> {
-    let run = insert_run(conn, new, job_run_status::QUEUED, None, now).await?;
+    let run = insert_run(conn, new, JobRunStatus::Queued, None, now).await?;
     let payload = enclii_domain::jobs::JobRun {
         service: new.service.to_string(),
         environment: new.environment.to_string(),
@@ -105,7 +105,7 @@ pub(crate) async fn run_job_now(
         service,
         environment: &found.environment,
         job,
-        trigger: "manual",
+        trigger: JobRunTrigger::Manual,
         scheduled_for: now,
         created_by: actor,
     };
@@ -163,7 +163,7 @@ pub(crate) async fn job_run_started(conn: &mut Conn<'_>, id: i64, attempt: i32, 
 pub(crate) async fn finish_run(
     conn: &mut Conn<'_>,
     id: i64,
-    status: &str,
+    status: JobRunStatus,
     exit_code: Option<i64>,
     detail: Option<&str>,
     now: i64,
@@ -186,12 +186,12 @@ pub(crate) async fn finish_run(
 pub(crate) async fn job_run_finished(
     conn: &mut Conn<'_>,
     id: i64,
-    status: &str,
+    status: JobRunStatus,
     exit_code: Option<i64>,
     detail: Option<&str>,
     now: i64,
 ) -> Result<JobRunRecord> {
-    if !job_run_status::FINAL.contains(&status) || status == job_run_status::SKIPPED {
+    if !status.is_final() || status == JobRunStatus::Skipped {
         return Err(StoreError::Invalid(format!(
             "`{status}` is not how a run ends; use `succeeded`, `failed` or `cancelled`"
         )));
@@ -243,7 +243,7 @@ impl Store {
     pub async fn job_run_finished(
         &self,
         id: i64,
-        status: &str,
+        status: JobRunStatus,
         exit_code: Option<i64>,
         detail: Option<&str>,
     ) -> Result<JobRunRecord> {
