@@ -291,7 +291,7 @@ impl BuildSteps {
             .finish_release_step(release.id, attempt, &end)
             .await
             .map_err(|e| StepError::from(e).into_job_error())?;
-        if !error.retryable || job.attempt >= job.policy.max_attempts {
+        if !error.retryable || ctx.is_last_attempt() {
             let outcome = ReleaseOutcome {
                 failure: Some(error.message.clone()),
                 ..Default::default()
