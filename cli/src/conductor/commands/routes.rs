@@ -1,0 +1,86 @@
+//! `enclii routes`: hosts and paths to services.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::conductor::client::Client;
+use crate::conductor::config::Settings;
+use crate::conductor::output::{cell, emit, outln, table};
+
+use super::{Done, project_path};
+
+#[derive(Subcommand, Debug)]
+pub enum RoutesCommand {
+    /// Route a host (and path prefix) to a service.
+    Add {
+        /// The host name, e.g. shop.example.com.
+        #[arg(long)]
+        host: String,
+        /// The path prefix.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The service that answers.
+        #[arg(long)]
+        service: String,
+        /// The service's environment (default: its own).
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Serve plain HTTP only (Kubernetes: no certificate).
+        #[arg(long)]
+        no_tls: bool,
+    },
+    /// The project's routes.
+    List,
+    /// Remove a route by its id (see `routes list`).
+    #[command(alias = "remove")]
+    Rm {
+        /// The route's id.
+        id: i64,
+    },
+}
+
+pub(super) async fn routes(settings: &Settings, command: RoutesCommand) -> Done {
+    let client = Client::new(settings)?;
+    let project = settings.project()?;
+    let path = format!("{}/routes", project_path(&project));
+    match command {
+        RoutesCommand::Add {
+            host,
+            path: prefix,
+            service,
+            environment,
+            no_tls,
+        } => {
+            let body = json!({"host": host, "path": prefix, "service": service,
+                              "environment": environment, "tls": !no_tls});
+            let route = client.post(&path, &body).await?;
+            emit(settings.output, &route, |r| {
+                outln!(
+                    "route {}: {}{} → {} ({}); reaches the service at its next deploy",
+                    cell(&r["id"]),
+                    cell(&r["host"]),
+                    cell(&r["path"]),
+                    cell(&r["service"]),
+                    cell(&r["environment"])
+                )
+            });
+        }
+        RoutesCommand::List => {
+            let list = client.get(&path).await?;
+            emit(settings.output, &list, |l| {
+                table(
+                    l,
+                    &["id", "host", "path", "service", "environment", "tls"],
+                    &["/id", "/host", "/path", "/service", "/environment", "/tls"],
+                )
+            });
+        }
+        RoutesCommand::Rm { id } => {
+            client.delete(&format!("{path}/{id}"), &[]).await?;
+            emit(settings.output, &json!({"id": id, "removed": true}), |_| {
+                outln!("route {id} removed")
+            });
+        }
+    }
+    Ok(())
+}
