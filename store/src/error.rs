@@ -11,10 +11,13 @@ pub enum StoreError {
     /// The request is well-formed but not acceptable in the current state.
     #[error("{0}")]
     Invalid(String),
+    /// The database could not be reached; a retry may succeed.
     #[error("the database is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] sqlx::Error),
+    #[error("control-plane migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// A sealed secret could not be opened (wrong master key or tampered row).
@@ -28,13 +31,13 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(e)
             }
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("it already exists".into()),
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 StoreError::Invalid("it refers to something that does not exist".into())
             }
-            _ => StoreError::Database(e.to_string()),
+            _ => StoreError::Database(e),
         }
     }
 }

@@ -99,12 +99,12 @@ impl Store {
         let (db, sql_backend): (Db, Arc<dyn Backend>) = match scheme {
             "postgres" | "postgresql" => {
                 let queue = Arc::new(PostgresQueue::connect(&config.database_url, config.max_connections).await?);
-                PG_MIGRATOR.run(queue.pool()).await.map_err(migration_failed)?;
+                PG_MIGRATOR.run(queue.pool()).await?;
                 (Db::Postgres(queue.clone()), queue)
             }
             "sqlite" => {
                 let queue = Arc::new(SqliteQueue::connect(&config.database_url).await?);
-                SQLITE_MIGRATOR.run(queue.pool()).await.map_err(migration_failed)?;
+                SQLITE_MIGRATOR.run(queue.pool()).await?;
                 (Db::Sqlite(queue.clone()), queue)
             }
             other => {
@@ -144,8 +144,4 @@ impl Store {
         })
         .await
     }
-}
-
-fn migration_failed(e: sqlx::migrate::MigrateError) -> StoreError {
-    StoreError::Database(format!("control-plane migration failed: {e}"))
 }
