@@ -4,8 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use enclii_domain::github::{GithubEvent, PullRequestAction, parse_event};
-use enclii_domain::pipeline::repository_key;
+use enclii_domain::github::{GithubEvent, parse_event};
 use enclii_store::{WebhookDelivery, WebhookIntent, WebhookOutcome};
 
 use crate::auth::check_rate;
@@ -15,52 +14,6 @@ use crate::state::AppState;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
-
-/// What an event asks of Enclii.
-fn intent(event: GithubEvent) -> WebhookIntent {
-    match event {
-        GithubEvent::Ping { .. } => WebhookIntent::Ignore { outcome: "pong".into() },
-        GithubEvent::Other { event } => WebhookIntent::Ignore {
-            outcome: format!("ignored: Enclii does not act on `{event}` events"),
-        },
-        GithubEvent::Push(push) => match push.branch() {
-            _ if push.deleted || push.after == ZERO_SHA => WebhookIntent::Ignore {
-                outcome: "ignored: a branch or tag deletion".into(),
-            },
-            None => WebhookIntent::Ignore {
-                outcome: format!("ignored: `{}` is not a branch", push.git_ref),
-            },
-            Some(branch) => WebhookIntent::Push {
-                repository: repository_key(&push.repository.html_url),
-                branch: branch.to_string(),
-                sha: push.after.to_ascii_lowercase(),
-            },
-        },
-        GithubEvent::PullRequest(pr) => {
-            let repository = repository_key(&pr.repository.html_url);
-            match pr.action {
-                PullRequestAction::Opened | PullRequestAction::Reopened | PullRequestAction::Synchronize => {
-                    WebhookIntent::Preview {
-                        repository,
-                        number: pr.number,
-                        branch: pr.head.git_ref,
-                        sha: pr.head.sha.to_ascii_lowercase(),
-                    }
-                }
-                PullRequestAction::Closed => WebhookIntent::Teardown {
-                    repository,
-                    number: pr.number,
-                    branch: pr.head.git_ref,
-                },
-                other => WebhookIntent::Ignore {
-                    outcome: format!("ignored: pull_request action `{}`", other.as_str()),
-                },
-            }
-        }
-    }
 }
 
 /// Receives a GitHub delivery. `202` with what was enqueued; `200` for a delivery seen before.
@@ -128,14 +81,11 @@ pub async fn github(
         GithubEvent::PullRequest(pr) => Some(pr.action.as_str().to_string()),
         _ => None,
     };
-    let intent = intent(parsed);
+    let intent = WebhookIntent::from(parsed);
     // Per-project webhook budgets: projects over theirs are skipped; only when every project the
     // delivery concerns is over budget is it refused (429, not recorded, so GitHub can redeliver).
     let mut rate_limited = Vec::new();
-    if let WebhookIntent::Push { repository, .. }
-    | WebhookIntent::Preview { repository, .. }
-    | WebhookIntent::Teardown { repository, .. } = &intent
-    {
+    if let Some(repository) = intent.repository() {
         let projects = state.store.projects_for_repository(repository).await?;
         let mut refusal = None;
         for project in &projects {

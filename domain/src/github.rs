@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 
+use crate::pipeline::repository_key;
 use crate::spec::{ROOT_PATH, from_json};
 
 /// A webhook delivery Enclii understands.
@@ -28,7 +29,7 @@ pub enum GithubEvent {
 /// wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid `{event}` payload: {path}: {message}")]
-pub struct PayloadError {
+pub struct WebhookPayloadError {
     pub event: String,
     pub path: String,
     pub message: String,
@@ -221,9 +222,9 @@ struct BaseWire {
 
 /// Parses a webhook delivery given its `X-GitHub-Event` header and raw body. Event types other
 /// than `ping`, `push` and `pull_request` give [`GithubEvent::Other`] without parsing the body.
-pub fn parse_event(event: &str, body: &[u8]) -> Result<GithubEvent, PayloadError> {
+pub fn parse_event(event: &str, body: &[u8]) -> Result<GithubEvent, WebhookPayloadError> {
     let event = event.trim();
-    let fail = |path: &str, message: String| PayloadError {
+    let fail = |path: &str, message: String| WebhookPayloadError {
         event: event.to_string(),
         path: path.to_string(),
         message,
@@ -283,8 +284,8 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<GithubEvent, PayloadError
 }
 
 /// Deserializes a JSON body, locating any error.
-fn decode<T: serde::de::DeserializeOwned>(event: &str, body: &[u8]) -> Result<T, PayloadError> {
-    let fail = |path: String, message: String| PayloadError {
+fn decode<T: serde::de::DeserializeOwned>(event: &str, body: &[u8]) -> Result<T, WebhookPayloadError> {
+    let fail = |path: String, message: String| WebhookPayloadError {
         event: event.to_string(),
         path,
         message,
@@ -315,6 +316,93 @@ fn check_sha(sha: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("must be a 40- or 64-character hex commit SHA (got {sha:?})"))
+    }
+}
+
+/// What a delivery asks of the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookIntent {
+    /// A push to a branch: build (and deploy) every service that tracks this repository and branch.
+    Push {
+        repository: String,
+        branch: String,
+        sha: String,
+    },
+    /// A pull request opened, reopened or synchronised: build and deploy its preview.
+    Preview {
+        repository: String,
+        number: u64,
+        branch: String,
+        sha: String,
+    },
+    /// A pull request closed: tear its preview down.
+    Teardown {
+        repository: String,
+        number: u64,
+        branch: String,
+    },
+    /// Nothing to do (ping, other events, tags, branch deletions).
+    Ignore { outcome: String },
+}
+
+/// The SHA GitHub sends as `after` when a ref is deleted.
+const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+impl WebhookIntent {
+    /// The repository (as [`repository_key`]) the intent concerns; `None` for [`WebhookIntent::Ignore`].
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            WebhookIntent::Push { repository, .. }
+            | WebhookIntent::Preview { repository, .. }
+            | WebhookIntent::Teardown { repository, .. } => Some(repository),
+            WebhookIntent::Ignore { .. } => None,
+        }
+    }
+}
+
+impl From<GithubEvent> for WebhookIntent {
+    /// What an event asks of Enclii.
+    fn from(event: GithubEvent) -> Self {
+        match event {
+            GithubEvent::Ping { .. } => WebhookIntent::Ignore { outcome: "pong".into() },
+            GithubEvent::Other { event } => WebhookIntent::Ignore {
+                outcome: format!("ignored: Enclii does not act on `{event}` events"),
+            },
+            GithubEvent::Push(push) => match push.branch() {
+                _ if push.deleted || push.after == ZERO_SHA => WebhookIntent::Ignore {
+                    outcome: "ignored: a branch or tag deletion".into(),
+                },
+                None => WebhookIntent::Ignore {
+                    outcome: format!("ignored: `{}` is not a branch", push.git_ref),
+                },
+                Some(branch) => WebhookIntent::Push {
+                    repository: repository_key(&push.repository.html_url),
+                    branch: branch.to_string(),
+                    sha: push.after.to_ascii_lowercase(),
+                },
+            },
+            GithubEvent::PullRequest(pr) => {
+                let repository = repository_key(&pr.repository.html_url);
+                match pr.action {
+                    PullRequestAction::Opened | PullRequestAction::Reopened | PullRequestAction::Synchronize => {
+                        WebhookIntent::Preview {
+                            repository,
+                            number: pr.number,
+                            branch: pr.head.git_ref,
+                            sha: pr.head.sha.to_ascii_lowercase(),
+                        }
+                    }
+                    PullRequestAction::Closed => WebhookIntent::Teardown {
+                        repository,
+                        number: pr.number,
+                        branch: pr.head.git_ref,
+                    },
+                    other => WebhookIntent::Ignore {
+                        outcome: format!("ignored: pull_request action `{}`", other.as_str()),
+                    },
+                }
+            }
+        }
     }
 }
 
@@ -411,7 +499,7 @@ mod tests {
         })
     }
 
-    fn parse(event: &str, body: &Value) -> Result<GithubEvent, PayloadError> {
+    fn parse(event: &str, body: &Value) -> Result<GithubEvent, WebhookPayloadError> {
         parse_event(event, body.to_string().as_bytes())
     }
 
@@ -595,5 +683,35 @@ mod tests {
             e.to_string(),
             format!("invalid `ping` payload: {}: {}", e.path, e.message)
         );
+    }
+
+    #[test]
+    fn events_become_intents_that_name_their_repository() {
+        let push = |after: &str, git_ref: &str| {
+            let body = serde_json::json!({
+                "ref": git_ref, "after": after, "before": "0".repeat(40), "deleted": false,
+                "repository": {
+                    "full_name": "org/shop",
+                    "clone_url": "https://github.com/org/shop.git",
+                    "html_url": "https://github.com/org/shop",
+                },
+            });
+            WebhookIntent::from(parse_event("push", body.to_string().as_bytes()).unwrap())
+        };
+        let sha = "A".repeat(40);
+        let intent = push(&sha, "refs/heads/main");
+        assert_eq!(
+            intent,
+            WebhookIntent::Push {
+                repository: "github.com/org/shop".into(),
+                branch: "main".into(),
+                sha: "a".repeat(40),
+            }
+        );
+        assert_eq!(intent.repository(), Some("github.com/org/shop"));
+        let deletion = push(ZERO_SHA, "refs/heads/main");
+        assert!(matches!(deletion, WebhookIntent::Ignore { .. }), "{deletion:?}");
+        assert_eq!(deletion.repository(), None);
+        assert!(matches!(push(&sha, "refs/tags/v1"), WebhookIntent::Ignore { .. }));
     }
 }

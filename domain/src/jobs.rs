@@ -165,7 +165,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
+pub enum JobPayloadError {
     #[error("unknown job kind `{kind}`; known kinds: {known}")]
     UnknownKind { kind: String, known: String },
     #[error("invalid payload for a `{kind}` job: {message}")]
@@ -174,16 +174,16 @@ pub enum PayloadError {
 
 /// Checks that `payload` is a valid payload for `kind`; returns the kind's policy. The reserved
 /// trace key (`_trace`, see `enclii_queue::trace`) is not part of any kind's type and is ignored.
-pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+pub fn validate(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloadError> {
     check(kind, enclii_queue::trace::without_trace(payload).as_ref())
 }
 
 /// Decodes `payload` as `kind`'s type, as it is.
-fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
-    fn decode<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, PayloadError> {
+fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloadError> {
+    fn decode<J: JobKind>(payload: &serde_json::Value) -> Result<JobPolicy, JobPayloadError> {
         J::deserialize(payload)
             .map(|_| J::policy())
-            .map_err(|e| PayloadError::Invalid {
+            .map_err(|e| JobPayloadError::Invalid {
                 kind: J::KIND.to_string(),
                 message: e.to_string(),
             })
@@ -200,7 +200,7 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, PayloadEr
         CostSample::KIND => decode::<CostSample>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
-        other => Err(PayloadError::UnknownKind {
+        other => Err(JobPayloadError::UnknownKind {
             kind: other.to_string(),
             known: kinds().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
         }),

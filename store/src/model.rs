@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::vocabulary::*;
+pub use enclii_domain::github::WebhookIntent;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Project {
@@ -160,6 +161,21 @@ pub struct Deployment {
     pub finished_at: Option<i64>,
 }
 
+/// What deploying (or running a job of) one deployment's release reads, in one store call
+/// ([`crate::Store::deploy_plan`]): the release, its environment (quota), the service's routes
+/// there, the secret values it reads (narrowest scope wins) and which secrets are scoped to the
+/// service. No `Debug`: it holds secret values.
+#[derive(Clone)]
+pub struct DeployPlan {
+    pub release: Release,
+    pub environment: Environment,
+    pub routes: Vec<Route>,
+    /// `(name, value)`, as [`crate::Store::service_secrets`] returns them.
+    pub secrets: Vec<(String, Vec<u8>)>,
+    /// The service-scoped secrets (any environment), as [`crate::Store::list_secrets`] lists them.
+    pub service_scoped: Vec<SecretMeta>,
+}
+
 /// A change of a deployment's progress.
 #[derive(Clone, Debug, Default)]
 pub struct DeploymentUpdate {
@@ -304,32 +320,6 @@ impl Delivery {
     pub fn pipelines(&self) -> Vec<i64> {
         serde_json::from_str(&self.pipeline_ids).unwrap_or_default()
     }
-}
-
-/// What a GitHub delivery asks of the control plane, once parsed and verified by the API.
-#[derive(Clone, Debug)]
-pub enum WebhookIntent {
-    /// A push to a branch: build (and deploy) every service that tracks this repository and branch.
-    Push {
-        repository: String,
-        branch: String,
-        sha: String,
-    },
-    /// A pull request opened, reopened or synchronised: build and deploy its preview.
-    Preview {
-        repository: String,
-        number: u64,
-        branch: String,
-        sha: String,
-    },
-    /// A pull request closed: tear its preview down.
-    Teardown {
-        repository: String,
-        number: u64,
-        branch: String,
-    },
-    /// Nothing to do (ping, other events, tags, branch deletions).
-    Ignore { outcome: String },
 }
 
 #[derive(Clone, Debug)]

@@ -16,12 +16,7 @@ use enclii_domain::pipeline::preview_teardown;
 /// Persists a GitHub delivery and enqueues what it asks for, in one transaction. A delivery id
 /// seen before changes nothing and answers with the first outcome.
 pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelivery) -> Result<WebhookOutcome> {
-    let repository = match &delivery.intent {
-        WebhookIntent::Push { repository, .. }
-        | WebhookIntent::Preview { repository, .. }
-        | WebhookIntent::Teardown { repository, .. } => Some(repository.clone()),
-        WebhookIntent::Ignore { .. } => None,
-    };
+    let repository = delivery.intent.repository();
     let fresh = query_scalar::<String>(
         "INSERT INTO webhook_deliveries (delivery_id, event, action, repository, outcome, pipeline_ids, received_at)
          VALUES ($1, $2, $3, $4, 'accepted', '[]', $5) ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
