@@ -24,7 +24,7 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
     .bind(&delivery.delivery_id)
     .bind(&delivery.event)
     .bind(&delivery.action)
-    .bind(&repository)
+    .bind(repository)
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
