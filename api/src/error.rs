@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use enclii_deploy::DeployError;
+use enclii_deploy_contract::DeployError;
 use enclii_queue::QueueError;
 use enclii_store::StoreError;
 use serde::Serialize;

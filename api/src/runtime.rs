@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use enclii_deploy::{LogRequest, RuntimeLogLine, ServiceKey, Target, Track};
+use enclii_deploy_contract::{LogRequest, RuntimeLogLine, ServiceKey, Target, Track};
 use enclii_domain::spec::{validate_environment_name, validate_git_ref};
 use enclii_store::{BuildTrigger, DeploymentStatus, EnvironmentChange, Release, ReleaseTrigger, StoreError};
 use futures::StreamExt;

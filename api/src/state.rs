@@ -29,7 +29,7 @@ pub struct AppState {
     pub(crate) api: bool,
     pub(crate) signatures: Option<Arc<dyn SignaturePolicy>>,
     /// The deploy target, read by the runtime routes (logs, status); `None`: they answer 503.
-    pub(crate) runtime: Option<Arc<dyn enclii_deploy::Target>>,
+    pub(crate) runtime: Option<Arc<dyn enclii_deploy_contract::Target>>,
     /// The operators' live queue view, shared by every watcher of this process.
     pub(crate) queue_watch: Arc<QueueWatch>,
 }
@@ -47,7 +47,7 @@ pub struct ApiConfig {
     /// `None`: only the signature reference recorded by the pipeline is required.
     pub signatures: Option<Arc<dyn SignaturePolicy>>,
     /// The deploy target this process runs, for runtime logs and status (read only).
-    pub runtime: Option<Arc<dyn enclii_deploy::Target>>,
+    pub runtime: Option<Arc<dyn enclii_deploy_contract::Target>>,
 }
 
 pub use enclii_store::SignaturePolicy;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use enclii_deploy::{DockerTarget, DockerTargetConfig, Junctions, RegistryLogin, Target};
+use enclii_deploy_contract::Target;
+use enclii_deploy_docker::{DockerTarget, DockerTargetConfig, Junctions, RegistryLogin};
 use enclii_store::Prices;
 use tracing::info;
 

@@ -334,7 +334,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         true => {
             let registry_login = build.as_ref().and_then(|config| {
                 let registry = &config.registry;
-                Some(enclii_deploy::RegistryLogin {
+                Some(enclii_deploy_docker::RegistryLogin {
                     host: registry.host.clone(),
                     username: registry.username.clone()?,
                     password: registry.password.as_ref()?.expose().to_string(),

@@ -10,19 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use enclii_deploy_contract::analysis::{Verdict, judge};
+use enclii_deploy_contract::error::DeployError;
+use enclii_deploy_contract::model::{
+    Quota, Rollout, RouteBinding, SecretEnv, SecretValue, ServiceKey, Track, Workload,
+};
+use enclii_deploy_contract::target::Target;
 use enclii_domain::jobs;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
 use enclii_queue::{JobKind, NewJob};
 use enclii_store::{
-    Deployment, DeploymentStatus, DeploymentUpdate, Environment, JobLog, Release, SignaturePolicy, Store, StoreError,
+    DeployPlan, Deployment, DeploymentStatus, DeploymentUpdate, JobLog, SignaturePolicy, Store, StoreError,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
-
-use crate::analysis::{Verdict, judge};
-use crate::error::DeployError;
-use crate::model::{Quota, Rollout, RouteBinding, SecretEnv, SecretValue, ServiceKey, Track, Workload};
-use crate::target::Target;
 
 /// Who the deployer is in the audit trail.
 const ACTOR: &str = "system:deployer";
@@ -75,15 +76,41 @@ fn job_error(e: DeployError) -> JobError {
     }
 }
 
-pub(crate) fn store_error(e: StoreError) -> JobError {
-    match e {
-        StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_) => JobError::Abort(e.to_string()),
-        other => JobError::Retry(other.to_string()),
+/// How one attempt of a deploy-side job failed: the [`JobError`] the queue gets. Store errors
+/// become one with `?` through the single conversion below (`From<StoreError> for JobError`
+/// cannot live in this crate: both types are foreign to it).
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) JobError);
+
+impl From<JobError> for Failure {
+    fn from(e: JobError) -> Self {
+        Failure(e)
     }
 }
 
-fn is_last_attempt(ctx: &JobContext) -> bool {
-    ctx.job.attempt >= ctx.job.policy.max_attempts
+/// What the store refused (a missing, conflicting or invalid record) ends the job; anything else
+/// (the database, sealing) is worth a retry.
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(match e {
+            StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_) => {
+                JobError::Abort(e.to_string())
+            }
+            other => JobError::Retry(other.to_string()),
+        })
+    }
+}
+
+impl From<Failure> for JobError {
+    fn from(failure: Failure) -> Self {
+        failure.0
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 impl Deployer {
@@ -110,13 +137,13 @@ impl Deployer {
     }
 
     /// The service's spec as applied now.
-    pub(crate) async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, JobError> {
-        let service = self.store.service(project, service).await.map_err(store_error)?;
+    pub(crate) async fn spec(&self, project: &str, service: &str) -> Result<ServiceSpec, Failure> {
+        let service = self.store.service(project, service).await?;
         serde_json::from_str(&service.spec).map_err(|e| {
-            JobError::Abort(format!(
+            Failure(JobError::Abort(format!(
                 "the stored spec of {project}/{} does not parse: {e}",
                 service.name
-            ))
+            )))
         })
     }
 
@@ -127,29 +154,27 @@ impl Deployer {
             .then(|| format!("{service}-{environment}.{}", self.config.preview_domain))
     }
 
-    /// Everything the target needs for `release` of the service in the deployment's environment.
-    pub async fn workload(
-        &self,
-        release: &Release,
-        environment: &Environment,
-        spec: ServiceSpec,
-    ) -> Result<Workload, JobError> {
+    /// Everything the target needs for the plan's release of the service in its environment.
+    pub(crate) async fn workload(&self, plan: &DeployPlan, spec: ServiceSpec) -> Result<Workload, Failure> {
+        let (release, environment) = (&plan.release, &plan.environment);
         let key = ServiceKey::new(&release.project, &environment.name, &release.service);
         let digest = release
             .digest
             .as_deref()
             .ok_or_else(|| JobError::Abort(format!("release {} has no image digest; rebuild it", release.id)))?;
+        let mut routes = plan.routes.clone();
         if let Some(host) = self.preview_host(&key.environment, &key.service) {
-            self.store
+            let bound = self
+                .store
                 .bind_preview_route(&key.project, &key.environment, &key.service, &host)
-                .await
-                .map_err(store_error)?;
+                .await?;
+            // The plan was read before the binding; a route bound just now is the newest (routes
+            // are in id order).
+            if !routes.iter().any(|r| r.id == bound.id) {
+                routes.push(bound);
+            }
         }
-        let routes = self
-            .store
-            .service_routes(&key.project, &key.environment, &key.service)
-            .await
-            .map_err(store_error)?
+        let routes = routes
             .into_iter()
             .map(|r| RouteBinding {
                 host: r.host,
@@ -157,7 +182,7 @@ impl Deployer {
                 tls: r.tls,
             })
             .collect();
-        let secrets = self.secrets(&key, &spec).await?;
+        let secrets = secrets(&key, &spec, plan)?;
         let mib = |v: Option<i64>| v.map(|m| m.max(0) as u64 * 1024 * 1024);
         Ok(Workload {
             release: release.id,
@@ -176,76 +201,20 @@ impl Deployer {
         })
     }
 
-    /// The secrets the service reads: each `envFrom` secret (a Lockbox secret holding
-    /// `KEY=value` lines) and the service-scoped secrets as variables of their own name. Project-
-    /// and environment-wide secrets reach a service only through `envFrom`; platform secrets
-    /// (`GIT_TOKEN`, build secrets) never do.
-    async fn secrets(&self, key: &ServiceKey, spec: &ServiceSpec) -> Result<Vec<SecretEnv>, JobError> {
-        let all = self
-            .store
-            .service_secrets(&key.project, &key.environment, &key.service)
-            .await
-            .map_err(store_error)?;
-        let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let mut out = Vec::new();
-        for (index, from) in spec.spec.env_from.iter().enumerate() {
-            if PLATFORM_SECRETS.contains(&from.secret_ref.as_str())
-                || spec.spec.build.secrets.contains(&from.secret_ref)
-            {
-                return Err(JobError::Abort(format!(
-                    "spec.envFrom[{index}].secretRef: `{}` is a platform or build secret and is never given to a \
-                     running service; store what the service needs under another name",
-                    from.secret_ref
-                )));
-            }
-            let (_, bytes) = all.iter().find(|(name, _)| *name == from.secret_ref).ok_or_else(|| {
-                JobError::Abort(format!(
-                    "spec.envFrom[{index}].secretRef: secret `{}` does not exist for {key}; set it with \
-                     `enclii secrets set {}=… --service {} --env {}`",
-                    from.secret_ref, from.secret_ref, key.service, key.environment
-                ))
-            })?;
-            out.push(SecretEnv {
-                name: from.secret_ref.clone(),
-                entries: dotenv(&value(bytes)),
-            });
-        }
-        let scoped = self
-            .store
-            .list_secrets(&key.project, None, Some(&key.service))
-            .await
-            .map_err(store_error)?;
-        let own: Vec<(String, SecretValue)> = all
-            .iter()
-            .filter(|(name, _)| scoped.iter().any(|m| m.name == *name))
-            .filter(|(name, _)| !PLATFORM_SECRETS.contains(&name.as_str()) && !spec.spec.build.secrets.contains(name))
-            .filter(|(name, _)| !spec.spec.env_from.iter().any(|f| f.secret_ref == *name))
-            .filter(|(name, _)| enclii_domain::spec::validate_env_name(name).is_ok())
-            .map(|(name, bytes)| (name.clone(), SecretValue::new(value(bytes))))
-            .collect();
-        if !own.is_empty() {
-            out.push(SecretEnv {
-                name: format!("{}-env", key.service),
-                entries: own,
-            });
-        }
-        Ok(out)
-    }
-
     async fn update(
         &self,
         deployment: &Deployment,
         update: DeploymentUpdate,
         then: Option<NewJob>,
-    ) -> Result<Deployment, JobError> {
-        self.store
+    ) -> Result<Deployment, Failure> {
+        Ok(self
+            .store
             .update_deployment(ACTOR, deployment.id, &update, then)
-            .await
-            .map_err(store_error)
+            .await?)
     }
 
     /// Ends the deployment as failed with `why` and hands the failure to the queue.
-    async fn fail(&self, deployment: &Deployment, why: String, error: JobError) -> JobError {
+    async fn fail(&self, deployment: &Deployment, why: String, error: impl Into<Failure>) -> Failure {
         let update = DeploymentUpdate {
             status: DeploymentStatus::Failed,
             detail: Some(why),
@@ -254,10 +223,10 @@ impl Deployer {
         if let Err(e) = self.update(deployment, update, None).await {
             warn!(deployment = deployment.id, error = %e, "could not record the failed deployment");
         }
-        error
+        error.into()
     }
 
-    async fn deploy(&self, job: jobs::Deploy, ctx: &JobContext) -> Result<(), JobError> {
+    async fn deploy(&self, job: jobs::Deploy, ctx: &JobContext) -> Result<(), Failure> {
         let project = ctx.job.project.clone();
         let spec = self.spec(&project, &job.service).await?;
         let strategy = match spec.spec.deploy.strategy {
@@ -271,15 +240,12 @@ impl Deployer {
                     .pipeline_deployment(ctx.job.id, &project, &job, strategy)
                     .await
             }
-        }
-        .map_err(store_error)?;
+        }?;
         if deployment.status.is_terminal() {
             info!(deployment = deployment.id, status = %deployment.status, "deployment already ended");
             return Ok(());
         }
-        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new())
-            .await
-            .map_err(store_error)?;
+        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new()).await?;
         let log = writer.log().clone();
         let result = self.run_deployment(&deployment, spec, &log, ctx).await;
         if let Err(e) = &result {
@@ -295,12 +261,8 @@ impl Deployer {
         spec: ServiceSpec,
         log: &JobLog,
         ctx: &JobContext,
-    ) -> Result<(), JobError> {
-        let superseded = self
-            .store
-            .supersede_deployments(deployment)
-            .await
-            .map_err(store_error)?;
+    ) -> Result<(), Failure> {
+        let superseded = self.store.supersede_deployments(deployment).await?;
         if !superseded.is_empty() {
             log.line(format!("superseding deployments {superseded:?}"));
         }
@@ -313,7 +275,8 @@ impl Deployer {
         } else {
             deployment.clone()
         };
-        let release = self.store.release(deployment.release_id).await.map_err(store_error)?;
+        let plan = self.store.deploy_plan(&deployment).await?;
+        let release = &plan.release;
         log.line(format!(
             "== deploy release {} ({}) of {}/{} to {} on {} · {} · attempt {}/{}",
             release.id,
@@ -327,19 +290,14 @@ impl Deployer {
             ctx.job.policy.max_attempts
         ));
         if let Some(policy) = &self.signatures
-            && let Err(why) = policy.check(&release).await
+            && let Err(why) = policy.check(release).await
         {
             let why = format!("release {} cannot deploy: {why}", release.id);
             return Err(self.fail(&deployment, why.clone(), JobError::Abort(why)).await);
         }
-        let environment = self
-            .store
-            .environment(&deployment.project, &deployment.environment)
-            .await
-            .map_err(store_error)?;
         let steps = spec.spec.deploy.steps.clone();
         let analysis = spec.spec.deploy.analysis.clone();
-        let workload = match self.workload(&release, &environment, spec).await {
+        let workload = match self.workload(&plan, spec).await {
             Ok(w) => w,
             Err(e) => return Err(self.fail(&deployment, e.to_string(), e).await),
         };
@@ -359,10 +317,10 @@ impl Deployer {
                 let permanent = e.is_permanent();
                 let why = e.to_string();
                 let error = job_error(e);
-                return Err(if permanent || is_last_attempt(ctx) {
+                return Err(if permanent || ctx.is_last_attempt() {
                     self.fail(&deployment, why, error).await
                 } else {
-                    error
+                    error.into()
                 });
             }
         };
@@ -402,15 +360,15 @@ impl Deployer {
         Ok(())
     }
 
-    async fn analyze(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), JobError> {
-        let deployment = self.store.deployment(job.deployment).await.map_err(store_error)?;
+    async fn analyze(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), Failure> {
+        let deployment = self.store.deployment(job.deployment).await?;
         if deployment.status != DeploymentStatus::Canary {
             info!(deployment = deployment.id, status = %deployment.status, "canary no longer under analysis");
             return Ok(());
         }
         let result = self.judge_step(&deployment, job.step, ctx).await;
         match result {
-            Err(e) if is_last_attempt(ctx) || matches!(e, JobError::Abort(_)) => {
+            Err(e) if ctx.is_last_attempt() || matches!(e.0, JobError::Abort(_)) => {
                 // A canary nobody can judge must not keep its share of the traffic.
                 let key = ServiceKey::new(&deployment.project, &deployment.environment, &deployment.service);
                 if let Err(abort) = self.target.abort_canary(&key, deployment.release_id).await {
@@ -423,7 +381,7 @@ impl Deployer {
         }
     }
 
-    async fn judge_step(&self, deployment: &Deployment, step: u32, ctx: &JobContext) -> Result<(), JobError> {
+    async fn judge_step(&self, deployment: &Deployment, step: u32, ctx: &JobContext) -> Result<(), Failure> {
         let job = jobs::CanaryAnalyze {
             deployment: deployment.id,
             step,
@@ -439,9 +397,7 @@ impl Deployer {
             .await
             .map_err(job_error)?;
         let step = job.step as usize;
-        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new())
-            .await
-            .map_err(store_error)?;
+        let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new()).await?;
         let log = writer.log().clone();
         let result = match judge(&metrics, window, analysis.max_error_rate, analysis.max_p95()) {
             Verdict::Fail(why) => {
@@ -495,19 +451,18 @@ impl Deployer {
         result
     }
 
-    async fn teardown(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), JobError> {
+    async fn teardown(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), Failure> {
         if !job.environment.starts_with("preview-") {
-            return Err(JobError::Abort(format!(
+            return Err(Failure(JobError::Abort(format!(
                 "`{}` is not a preview environment; only preview-<n> environments are torn down",
                 job.environment
-            )));
+            ))));
         }
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
         self.target.remove(&key, true).await.map_err(job_error)?;
         self.store
             .forget_preview(ACTOR, &key.project, &key.environment, &key.service)
-            .await
-            .map_err(store_error)?;
+            .await?;
         info!(service = %key, pull_request = job.pull_request, "preview torn down");
         Ok(())
     }
@@ -524,6 +479,52 @@ fn analyze_job(deployment: &Deployment, step: u32, window: Duration) -> Result<N
         .map_err(|e| JobError::Abort(e.to_string()))?
         .run_at(run_at)
         .unique_key(format!("{}:{}:{step}", jobs::CanaryAnalyze::KIND, deployment.id)))
+}
+
+/// The secrets the service reads: each `envFrom` secret (a Lockbox secret holding `KEY=value`
+/// lines) and the service-scoped secrets as variables of their own name. Project- and
+/// environment-wide secrets reach a service only through `envFrom`; platform secrets
+/// (`GIT_TOKEN`, build secrets) never do.
+fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Vec<SecretEnv>, JobError> {
+    let all = &plan.secrets;
+    let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut out = Vec::new();
+    for (index, from) in spec.spec.env_from.iter().enumerate() {
+        if PLATFORM_SECRETS.contains(&from.secret_ref.as_str()) || spec.spec.build.secrets.contains(&from.secret_ref) {
+            return Err(JobError::Abort(format!(
+                "spec.envFrom[{index}].secretRef: `{}` is a platform or build secret and is never given to a \
+                 running service; store what the service needs under another name",
+                from.secret_ref
+            )));
+        }
+        let (_, bytes) = all.iter().find(|(name, _)| *name == from.secret_ref).ok_or_else(|| {
+            JobError::Abort(format!(
+                "spec.envFrom[{index}].secretRef: secret `{}` does not exist for {key}; set it with \
+                 `enclii secrets set {}=… --service {} --env {}`",
+                from.secret_ref, from.secret_ref, key.service, key.environment
+            ))
+        })?;
+        out.push(SecretEnv {
+            name: from.secret_ref.clone(),
+            entries: dotenv(&value(bytes)),
+        });
+    }
+    let scoped = &plan.service_scoped;
+    let own: Vec<(String, SecretValue)> = all
+        .iter()
+        .filter(|(name, _)| scoped.iter().any(|m| m.name == *name))
+        .filter(|(name, _)| !PLATFORM_SECRETS.contains(&name.as_str()) && !spec.spec.build.secrets.contains(name))
+        .filter(|(name, _)| !spec.spec.env_from.iter().any(|f| f.secret_ref == *name))
+        .filter(|(name, _)| enclii_domain::spec::validate_env_name(name).is_ok())
+        .map(|(name, bytes)| (name.clone(), SecretValue::new(value(bytes))))
+        .collect();
+    if !own.is_empty() {
+        out.push(SecretEnv {
+            name: format!("{}-env", key.service),
+            entries: own,
+        });
+    }
+    Ok(out)
 }
 
 /// `KEY=value` lines (blank lines and `#` comments skipped; `export ` and matching quotes
@@ -547,21 +548,21 @@ fn dotenv(text: &str) -> Vec<(String, SecretValue)> {
 #[async_trait]
 impl TypedHandler<jobs::Deploy> for Handle {
     async fn handle(&self, job: jobs::Deploy, ctx: &JobContext) -> Result<(), JobError> {
-        self.0.deploy(job, ctx).await
+        Ok(self.0.deploy(job, ctx).await?)
     }
 }
 
 #[async_trait]
 impl TypedHandler<jobs::CanaryAnalyze> for Handle {
     async fn handle(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), JobError> {
-        self.0.analyze(job, ctx).await
+        Ok(self.0.analyze(job, ctx).await?)
     }
 }
 
 #[async_trait]
 impl TypedHandler<jobs::PreviewTeardown> for Handle {
     async fn handle(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), JobError> {
-        self.0.teardown(job, ctx).await
+        Ok(self.0.teardown(job, ctx).await?)
     }
 }
 

@@ -1,22 +1,15 @@
 //! Deploy: turns a ready release into running software and keeps it healthy.
 //!
-//! One [`Target`] trait, two targets: a single Docker engine behind the Junctions router (the
-//! embedded default) and Kubernetes (server-side apply). The queue handlers that drive them
-//! (`deploy`, `canary-analyze`, `preview-teardown`, `job-run`, `cost-sample`) know the target
-//! only through the trait.
+//! The queue handlers (`deploy`, `canary-analyze`, `preview-teardown`, `job-run`, `cost-sample`)
+//! join the control plane (the store) and a deploy target, which they know only through the
+//! [`Target`] trait of `enclii-deploy-contract` (re-exported here). The targets live in crates of
+//! their own: `enclii-deploy-docker` (one engine behind the Junctions router) and
+//! `enclii-deploy-kubernetes`.
 
-pub mod analysis;
-pub mod docker;
-pub mod error;
 pub mod handlers;
-pub mod junctions;
-pub mod model;
-pub mod target;
 pub mod timetable;
 
-pub use docker::{DockerTarget, DockerTargetConfig, RegistryLogin};
-pub use error::DeployError;
+pub use enclii_deploy_contract::model::*;
+pub use enclii_deploy_contract::{DeployError, Target};
+pub use enclii_deploy_contract::{analysis, error, model, target};
 pub use handlers::{Deployer, DeployerConfig, register};
-pub use junctions::Junctions;
-pub use model::*;
-pub use target::Target;

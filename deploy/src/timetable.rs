@@ -12,8 +12,9 @@ use enclii_store::{JobLog, JobRunStatus, NewCostSample, Prices};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
 
-use crate::handlers::{Deployer, store_error};
-use crate::model::{JobRunSpec, ServiceKey};
+use enclii_deploy_contract::model::{JobRunSpec, ServiceKey};
+
+use crate::handlers::{Deployer, Failure};
 
 /// The time a run may take is the kind's timeout less this, so the run is stopped (and its
 /// container removed) before the queue gives up on the job.
@@ -36,18 +37,15 @@ struct Timetable {
 }
 
 impl Timetable {
-    async fn run(&self, job: jobs::JobRun, ctx: &JobContext) -> Result<(), JobError> {
+    async fn run(&self, job: jobs::JobRun, ctx: &JobContext) -> Result<(), Failure> {
         let store = self.deployer.store();
-        let record = store.job_run(job.run).await.map_err(store_error)?;
+        let record = store.job_run(job.run).await?;
         if record.status.is_final() {
             info!(run = record.id, status = %record.status, "job run already ended");
             return Ok(());
         }
         let attempt = ctx.job.attempt;
-        store
-            .job_run_started(record.id, attempt as i32)
-            .await
-            .map_err(store_error)?;
+        store.job_run_started(record.id, attempt as i32).await?;
         let finish = |status: JobRunStatus, code: Option<i64>, detail: String| async move {
             if let Err(e) = store.job_run_finished(record.id, status, code, Some(&detail)).await {
                 warn!(run = record.id, error = %e, "could not record how the job run ended");
@@ -63,34 +61,28 @@ impl Timetable {
         else {
             let why = format!("the spec of {} has no job `{}` any more", job.service, job.job);
             finish(JobRunStatus::Failed, None, why.clone()).await;
-            return Err(JobError::Abort(why));
+            return Err(JobError::Abort(why).into());
         };
         let Some(deployment) = store
             .current_deployment(&ctx.job.project, &job.environment, &job.service)
-            .await
-            .map_err(store_error)?
+            .await?
         else {
             let why = format!(
                 "no release of {} runs in `{}`: deploy one before running its jobs",
                 job.service, job.environment
             );
             finish(JobRunStatus::Failed, None, why.clone()).await;
-            return Err(JobError::Abort(why));
+            return Err(JobError::Abort(why).into());
         };
-        let release = store.release(deployment.release_id).await.map_err(store_error)?;
-        let environment = store
-            .environment(&ctx.job.project, &job.environment)
-            .await
-            .map_err(store_error)?;
-        let workload = self.deployer.workload(&release, &environment, spec).await?;
+        let plan = store.deploy_plan(&deployment).await?;
+        let release = &plan.release;
+        let workload = self.deployer.workload(&plan, spec).await?;
         let secrets: Vec<String> = workload
             .secrets
             .iter()
             .flat_map(|s| s.entries.iter().map(|(_, v)| v.expose().to_string()))
             .collect();
-        let writer = JobLog::open(store.clone(), ctx.job.id, secrets)
-            .await
-            .map_err(store_error)?;
+        let writer = JobLog::open(store.clone(), ctx.job.id, secrets).await?;
         let log = writer.log().clone();
         log.line(format!(
             "== job `{}` of {}/{} in {} · release {} · attempt {attempt}/{}",
@@ -119,7 +111,7 @@ impl Timetable {
         };
         let result = self.deployer.target().run_job(&workload, &run, tx).await;
         let _ = forward.await;
-        let last = attempt >= ctx.job.policy.max_attempts;
+        let last = ctx.is_last_attempt();
         let outcome = match result {
             Ok(0) => {
                 log.line("== exited with code 0");
@@ -132,7 +124,7 @@ impl Timetable {
                 if last {
                     finish(JobRunStatus::Failed, Some(code), why.clone()).await;
                 }
-                Err(JobError::Retry(why))
+                Err(JobError::Retry(why).into())
             }
             Err(e) => {
                 let why = e.to_string();
@@ -141,9 +133,9 @@ impl Timetable {
                     finish(JobRunStatus::Failed, None, why.clone()).await;
                 }
                 Err(if e.is_permanent() {
-                    JobError::Abort(why)
+                    JobError::Abort(why).into()
                 } else {
-                    JobError::Retry(why)
+                    JobError::Retry(why).into()
                 })
             }
         };
@@ -151,7 +143,7 @@ impl Timetable {
         outcome
     }
 
-    async fn sample(&self, job: jobs::CostSample, ctx: &JobContext) -> Result<(), JobError> {
+    async fn sample(&self, job: jobs::CostSample, ctx: &JobContext) -> Result<(), Failure> {
         let store = self.deployer.store();
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
         let usage = self
@@ -163,8 +155,7 @@ impl Timetable {
         let now = chrono::Utc::now().timestamp_millis();
         let previous = store
             .last_cost_sample(&key.project, &key.environment, &key.service)
-            .await
-            .map_err(store_error)?;
+            .await?;
         // The interval since the last sample (the first sample counts one nominal interval).
         let interval_secs = previous
             .as_ref()
@@ -203,23 +194,16 @@ impl Timetable {
             egress_counter_bytes: egress,
         }
         .priced(&self.prices);
-        store.insert_cost_sample(&sample).await.map_err(store_error)?;
-        store
-            .budget_check(&key.project, &key.environment, now)
-            .await
-            .map_err(store_error)?;
-        let environment = store
-            .environment(&key.project, &key.environment)
-            .await
-            .map_err(store_error)?;
+        store.insert_cost_sample(&sample).await?;
+        store.budget_check(&key.project, &key.environment, now).await?;
+        let environment = store.environment(&key.project, &key.environment).await?;
         if environment.paused_at.is_some() {
             // Paused (by this sample's budget check or the scheduler's): stop every service
             // running there, since no more samples come for a paused environment.
-            for service in store.list_services(&key.project).await.map_err(store_error)? {
+            for service in store.list_services(&key.project).await? {
                 let running = store
                     .current_deployment(&key.project, &key.environment, &service.name)
-                    .await
-                    .map_err(store_error)?;
+                    .await?;
                 if running.is_some() {
                     let paused = ServiceKey::new(&key.project, &key.environment, &service.name);
                     info!(service = %paused, "environment paused by its budget: stopping the service");
@@ -238,13 +222,13 @@ impl Timetable {
 #[async_trait]
 impl TypedHandler<jobs::JobRun> for Timetable {
     async fn handle(&self, job: jobs::JobRun, ctx: &JobContext) -> Result<(), JobError> {
-        self.run(job, ctx).await
+        Ok(self.run(job, ctx).await?)
     }
 }
 
 #[async_trait]
 impl TypedHandler<jobs::CostSample> for Timetable {
     async fn handle(&self, job: jobs::CostSample, ctx: &JobContext) -> Result<(), JobError> {
-        self.sample(job, ctx).await
+        Ok(self.sample(job, ctx).await?)
     }
 }

@@ -11,6 +11,7 @@ use crate::projects::{get_environment, require_project};
 use crate::releases::get_release;
 use crate::routes::{find_route, insert_route, route_label, route_owner};
 use crate::sealing::MasterKey;
+use crate::secrets::list_secrets;
 use crate::services::require_service;
 use crate::{Store, now_ms};
 use enclii_queue::NewJob;
@@ -376,6 +377,23 @@ pub(crate) async fn forget_preview(
     .await
 }
 
+/// Everything deploying `deployment`'s release reads, on one connection: the release, the
+/// environment, the service's routes there, its secrets' values and the service-scoped secrets.
+pub(crate) async fn deploy_plan(conn: &mut Conn<'_>, key: &MasterKey, deployment: &Deployment) -> Result<DeployPlan> {
+    let (project, environment, service) = (
+        deployment.project.as_str(),
+        deployment.environment.as_str(),
+        deployment.service.as_str(),
+    );
+    Ok(DeployPlan {
+        release: get_release(conn, deployment.release_id).await?,
+        environment: get_environment(conn, project, environment).await?,
+        routes: service_routes(conn, project, environment, service).await?,
+        secrets: service_secrets(conn, key, project, environment, service).await?,
+        service_scoped: list_secrets(conn, project, None, Some(service)).await?,
+    })
+}
+
 pub(crate) async fn get_deployment(conn: &mut Conn<'_>, id: i64) -> Result<Deployment> {
     query_as::<Deployment>("SELECT * FROM deployments WHERE id = $1")
         .bind(id)
@@ -481,6 +499,12 @@ impl Store {
         let key = &self.key;
         self.read(async |conn| service_secrets(conn, key, project, environment, service).await)
             .await
+    }
+    /// What deploying (or running a job of) `deployment`'s release reads, in one read: the
+    /// release, its environment, the service's routes and secrets there.
+    pub async fn deploy_plan(&self, deployment: &Deployment) -> Result<DeployPlan> {
+        let key = &self.key;
+        self.read(async |conn| deploy_plan(conn, key, deployment).await).await
     }
     /// Forgets what a torn-down preview held for one service (and the environment once empty).
     pub async fn forget_preview(&self, actor: &str, project: &str, environment: &str, service: &str) -> Result<()> {

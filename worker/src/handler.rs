@@ -44,6 +44,12 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// Whether this is the job's last attempt (`attempt >= policy.max_attempts`): a failure now
+    /// is final, so a handler records it instead of leaving it to a retry.
+    pub fn is_last_attempt(&self) -> bool {
+        self.job.attempt >= self.job.policy.max_attempts
+    }
+
     /// Decodes the payload, without the reserved trace key (`_trace`); a payload that does not
     /// match the kind's type is not retryable.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {

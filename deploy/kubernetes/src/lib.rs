@@ -1,4 +1,4 @@
-//! The Kubernetes deploy target: [`KubernetesTarget`] implements [`enclii_deploy::Target`] with
+//! The Kubernetes deploy target: [`KubernetesTarget`] implements [`enclii_deploy_contract::Target`] with
 //! kube-rs and server-side apply (field manager `enclii`, forced).
 //!
 //! Objects, per environment (namespace `enclii-<project>-<environment>`):
@@ -19,7 +19,7 @@
 //! - one-off runs: a `batch/v1` `Job` `<service>-<job>-<run>-<attempt>` (backoffLimit 0).
 //!
 //! Before anything is applied, the workload's demand is checked against the environment's quota
-//! ([`enclii_deploy::Workload::check_quota`]); a deploy waits for its rollout and puts back what it changed
+//! ([`enclii_deploy_contract::Workload::check_quota`]); a deploy waits for its rollout and puts back what it changed
 //! when the rollout does not become healthy in time.
 
 pub mod config;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use enclii_deploy::{Quota, RouteBinding, ServiceKey, Track, Workload};
+use enclii_deploy_contract::{Quota, RouteBinding, ServiceKey, Track, Workload};
 use enclii_domain::spec::Probe as SpecProbe;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
@@ -220,7 +220,7 @@ fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> Obje
     }
 }
 
-pub use enclii_deploy::model::format_bytes;
+pub use enclii_deploy_contract::model::format_bytes;
 
 /// The namespace, its `ResourceQuota` (when any limit is set) and its network policies:
 /// default deny, then ingress from the ingress controller and the namespace itself, egress to
@@ -353,7 +353,7 @@ fn network_policies(ns: &str, labels: &BTreeMap<String, String>, config: &Kubern
     ]
 }
 
-/// One `Secret` per [`enclii_deploy::SecretEnv`], and one PVC per volume.
+/// One `Secret` per [`enclii_deploy_contract::SecretEnv`], and one PVC per volume.
 pub fn service_config_objects(workload: &Workload) -> ServiceConfigObjects {
     let ns = namespace_name(&workload.key);
     let labels = labels(workload, Track::Stable);

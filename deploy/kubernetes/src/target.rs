@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use enclii_deploy::{
+use enclii_deploy_contract::{
     DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, LogStream, ReleaseMetrics, ReleaseStatus, Rollout,
     RuntimeLogLine, ServiceKey, ServiceStatus, Target, Track, Usage, Workload,
 };
@@ -30,7 +30,7 @@ use crate::manifests::{self, MANAGER, StableObjects};
 
 type Result<T, E = DeployError> = std::result::Result<T, E>;
 
-pub use enclii_deploy::target::JOB_TIMEOUT_EXIT_CODE;
+pub use enclii_deploy_contract::target::JOB_TIMEOUT_EXIT_CODE;
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 /// Deploys to one Kubernetes cluster.
@@ -54,7 +54,7 @@ impl KubernetesTarget {
     pub async fn infer(config: KubernetesConfig) -> Result<Self> {
         let client = Client::try_default()
             .await
-            .map_err(|e| DeployError::Kubernetes(format!("no cluster configuration found: {e}")))?;
+            .map_err(|e| DeployError::kubernetes(format!("no cluster configuration found: {e}"), e))?;
         Ok(Self::new(client, config))
     }
 
@@ -162,13 +162,16 @@ impl KubernetesTarget {
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) => Err(DeployError::Kubernetes(format!(
-                "applying Secret {ns}/{name}: rejected ({} {})",
-                status.code, status.reason
-            ))),
-            Err(e) => Err(DeployError::Kubernetes(format!(
-                "applying Secret {ns}/{name}: request failed ({e})"
-            ))),
+            Err(e) => Err(match &e {
+                kube::Error::Api(status) => DeployError::kubernetes(
+                    format!(
+                        "applying Secret {ns}/{name}: rejected ({} {})",
+                        status.code, status.reason
+                    ),
+                    e,
+                ),
+                _ => DeployError::kubernetes(format!("applying Secret {ns}/{name}: request failed ({e})"), e),
+            }),
         }
     }
 
@@ -336,7 +339,7 @@ impl KubernetesTarget {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| DeployError::Metrics(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| DeployError::metrics(format!("cannot build the HTTP client: {e}"), e))?;
         Ok(self.prometheus.get_or_init(|| client).clone())
     }
 
@@ -349,14 +352,14 @@ impl KubernetesTarget {
             .query(&[("query", promql)])
             .send()
             .await
-            .map_err(|e| DeployError::Metrics(format!("Prometheus at {base}: {e}")))?;
+            .map_err(|e| DeployError::metrics(format!("Prometheus at {base}: {e}"), e))?;
         let status = response.status();
         let body: serde_json::Value = response
             .json()
             .await
-            .map_err(|e| DeployError::Metrics(format!("Prometheus at {base} answered {status}: {e}")))?;
+            .map_err(|e| DeployError::metrics(format!("Prometheus at {base} answered {status}: {e}"), e))?;
         if body["status"] != "success" {
-            return Err(DeployError::Metrics(format!(
+            return Err(DeployError::metrics_message(format!(
                 "Prometheus at {base} rejected `{promql}`: {}",
                 body["error"].as_str().unwrap_or("no error message")
             )));
@@ -406,7 +409,7 @@ impl KubernetesTarget {
         while let Some(line) = lines
             .try_next()
             .await
-            .map_err(|e| DeployError::Kubernetes(format!("reading the log of Pod {ns}/{pod}: {e}")))?
+            .map_err(|e| DeployError::kubernetes(format!("reading the log of Pod {ns}/{pod}: {e}"), e))?
         {
             let _ = log.send(mask(line, masks));
         }
@@ -512,7 +515,9 @@ impl Target for KubernetesTarget {
             .as_ref()
             .and_then(|d| d.get(manifests::PROMOTION_KEY))
             .and_then(|json| serde_json::from_str(json).ok())
-            .ok_or_else(|| DeployError::Kubernetes(format!("ConfigMap {ns}/{canary} holds no valid stable objects")))?;
+            .ok_or_else(|| {
+                DeployError::kubernetes_message(format!("ConfigMap {ns}/{canary} holds no valid stable objects"))
+            })?;
         let previous = self.get_opt::<Deployment>(&ns, &manifests::stable_name(key)).await?;
         self.roll_out_stable(key, release, &stable, previous).await?;
         Ok(())
@@ -533,10 +538,9 @@ impl Target for KubernetesTarget {
 
     async fn release_metrics(&self, key: &ServiceKey, release: i64, window: Duration) -> Result<ReleaseMetrics> {
         let Some(base) = self.config.prometheus_url.clone() else {
-            return Err(DeployError::Metrics(
+            return Err(DeployError::metrics_message(
                 "no Prometheus configured for the Kubernetes target: set its URL (prometheus_url, e.g. \
-                 ENCLII_PROMETHEUS_URL=http://prometheus.monitoring:9090) to analyse canaries"
-                    .into(),
+                 ENCLII_PROMETHEUS_URL=http://prometheus.monitoring:9090) to analyse canaries",
             ));
         };
         let service = self.serving_name(key, release).await?;
@@ -709,9 +713,10 @@ impl Target for KubernetesTarget {
             let replica = name.clone();
             let lines = reader.lines().map(move |line| match line {
                 Ok(raw) => Ok(RuntimeLogLine::parse(&replica, LogStream::Combined, &raw)),
-                Err(e) => Err(DeployError::Kubernetes(format!(
-                    "reading the log of Pod {replica}: {e}"
-                ))),
+                Err(e) => Err(DeployError::kubernetes(
+                    format!("reading the log of Pod {replica}: {e}"),
+                    e,
+                )),
             });
             streams.push(lines.boxed());
         }
@@ -740,13 +745,11 @@ fn is_bad_request(e: &kube::Error) -> bool {
 }
 
 fn api_error(what: &str, e: kube::Error) -> DeployError {
-    match e {
-        kube::Error::Api(status) => DeployError::Kubernetes(format!(
-            "{what}: {} ({} {})",
-            status.message, status.code, status.reason
-        )),
-        other => DeployError::Kubernetes(format!("{what}: {other}")),
-    }
+    let message = match &e {
+        kube::Error::Api(status) => format!("{what}: {} ({} {})", status.message, status.code, status.reason),
+        other => format!("{what}: {other}"),
+    };
+    DeployError::kubernetes(message, e)
 }
 
 /// A Deployment as read, made fit to apply again: without the fields the server owns.

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use enclii_deploy::{DeployError, Quota, Rollout, ServiceKey, Target, Track};
+use enclii_deploy_contract::{DeployError, Quota, Rollout, ServiceKey, Target, Track};
 use enclii_deploy_kubernetes::manifests::{self, ANNOTATION_CANARY_WEIGHT};
 use enclii_deploy_kubernetes::{KubernetesConfig, KubernetesTarget};
 use http::{Request, Response};
@@ -499,7 +499,7 @@ async fn mock_release_metrics_without_prometheus_say_to_configure_it() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, DeployError::Metrics(m) if m.contains("ENCLII_PROMETHEUS_URL")),
+        matches!(&err, DeployError::Metrics { message: m, .. } if m.contains("ENCLII_PROMETHEUS_URL")),
         "{err}"
     );
     drop(target);
@@ -519,9 +519,12 @@ fn mock_metric_queries_read_the_canary_backend() {
 async fn mock_run_job_streams_masked_log_lines_and_returns_the_exit_code() {
     let (target, handle) = mock_target(config());
     let mut workload = minimal_workload(7);
-    workload.secrets = vec![enclii_deploy::SecretEnv {
+    workload.secrets = vec![enclii_deploy_contract::SecretEnv {
         name: "web-env".into(),
-        entries: vec![("API_TOKEN".into(), enclii_deploy::SecretValue::new("tok-fixture-123"))],
+        entries: vec![(
+            "API_TOKEN".into(),
+            enclii_deploy_contract::SecretValue::new("tok-fixture-123"),
+        )],
     }];
     let job_path = format!("{BATCH}/jobs/web-migrate-5-2");
     let server = tokio::spawn(async move {
@@ -562,7 +565,7 @@ async fn mock_run_job_streams_masked_log_lines_and_returns_the_exit_code() {
             .reply(200, pod("Failed", Some(3)));
         handle
     });
-    let run = enclii_deploy::JobRunSpec {
+    let run = enclii_deploy_contract::JobRunSpec {
         job: "migrate".into(),
         args: vec!["./migrate".into(), "--up".into()],
         run: 5,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use enclii_deploy::{Quota, RouteBinding, SecretEnv, SecretValue, ServiceKey, Workload};
+use enclii_deploy_contract::{Quota, RouteBinding, SecretEnv, SecretValue, ServiceKey, Workload};
 use enclii_domain::spec::{EXAMPLE, ServiceSpec, SpecFormat};
 use http::{Request, Response};
 use kube::client::Body;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::model::ReleaseMetrics;
+use enclii_deploy_contract::model::ReleaseMetrics;
 
 /// Longest window a canary analysis can ask for.
 pub const RETAINED_SECS: u64 = 30 * 60;

@@ -23,8 +23,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DeployError, Result};
-use crate::model::{ReleaseMetrics, RouteBinding, ServiceKey, Track};
+use enclii_deploy_contract::error::{DeployError, Result};
+use enclii_deploy_contract::model::{ReleaseMetrics, RouteBinding, ServiceKey, Track};
 use window::Window;
 
 /// The replicas of one release.

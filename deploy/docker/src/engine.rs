@@ -1,0 +1,318 @@
+//! The engine side of the Docker target: the connection, the router table saved between
+//! restarts, the service's containers found by label, image pulls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use enclii_deploy_contract::error::{DeployError, Result};
+use enclii_deploy_contract::model::ServiceKey;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::junctions::{Binding, Junctions};
+
+pub(crate) const LABEL_MANAGED: &str = "dev.enclii.managed";
+pub(crate) const LABEL_PROJECT: &str = "dev.enclii.project";
+pub(crate) const LABEL_ENVIRONMENT: &str = "dev.enclii.environment";
+pub(crate) const LABEL_SERVICE: &str = "dev.enclii.service";
+pub(crate) const LABEL_RELEASE: &str = "dev.enclii.release";
+pub(crate) const LABEL_ROLE: &str = "dev.enclii.role";
+
+/// Login for pulling release images the engine does not have yet.
+#[derive(Clone)]
+pub struct RegistryLogin {
+    /// `host[:port]` the credentials are for; never sent elsewhere.
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DockerTargetConfig {
+    /// How long a new release may take to pass its readiness probe.
+    pub health_timeout: Duration,
+    /// Where the router table is saved between restarts.
+    pub state_file: PathBuf,
+    /// The address replicas' ports are published on (the router connects there).
+    pub publish_ip: IpAddr,
+    pub registry_login: Option<RegistryLogin>,
+}
+
+impl DockerTargetConfig {
+    pub fn new(state_file: PathBuf) -> Self {
+        Self {
+            health_timeout: Duration::from_secs(60),
+            state_file,
+            publish_ip: IpAddr::from([127, 0, 0, 1]),
+            registry_login: None,
+        }
+    }
+}
+
+/// What is saved of the router table.
+#[derive(Default, Serialize, Deserialize)]
+struct SavedState {
+    services: Vec<(ServiceKey, Binding)>,
+    /// Provisioned volume bytes per service (for cost samples).
+    volume_bytes: Vec<(ServiceKey, u64)>,
+}
+
+pub struct DockerTarget {
+    pub(crate) docker: Docker,
+    pub(crate) junctions: Arc<Junctions>,
+    pub(crate) config: DockerTargetConfig,
+    /// Deploys, shifts and removals run one at a time: each reads and rewrites the table.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+    pub(crate) volume_bytes: std::sync::Mutex<HashMap<ServiceKey, u64>>,
+}
+
+pub(crate) fn docker_error(what: &str) -> impl Fn(bollard::errors::Error) -> DeployError + '_ {
+    move |e| DeployError::docker(format!("{what}: {e}"), e)
+}
+
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+impl DockerTarget {
+    /// Connects to the engine and restores the router table saved by an earlier run.
+    pub async fn connect(docker_host: &str, junctions: Arc<Junctions>, config: DockerTargetConfig) -> Result<Self> {
+        let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
+        let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| DeployError::docker(format!("engine at {docker_host} unreachable: {e}"), e))?;
+        docker.ping().await.map_err(|e| {
+            DeployError::docker(
+                format!("engine at {docker_host} unreachable: {e}; is dockerd running?"),
+                e,
+            )
+        })?;
+        let target = Self {
+            docker,
+            junctions,
+            config,
+            changes: tokio::sync::Mutex::new(()),
+            volume_bytes: std::sync::Mutex::new(HashMap::new()),
+        };
+        target.restore().await?;
+        Ok(target)
+    }
+
+    pub fn junctions(&self) -> &Arc<Junctions> {
+        &self.junctions
+    }
+
+    async fn restore(&self) -> Result<()> {
+        let saved = match tokio::fs::read(&self.config.state_file).await {
+            Ok(bytes) => serde_json::from_slice::<SavedState>(&bytes).map_err(|e| {
+                DeployError::docker(
+                    format!(
+                        "router state {} is unreadable ({e}); move it away to start with an empty table",
+                        self.config.state_file.display()
+                    ),
+                    e,
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(DeployError::docker(
+                    format!("reading {}: {e}", self.config.state_file.display()),
+                    e,
+                ));
+            }
+        };
+        let mut services = BTreeMap::new();
+        for (key, mut binding) in saved.services {
+            // Ports may have changed if the engine restarted the containers.
+            if let Some(stable) = &mut binding.stable {
+                stable.addrs = self.replica_addrs(&key, stable.release).await?;
+            }
+            if let Some((canary, _)) = &mut binding.canary {
+                canary.addrs = self.replica_addrs(&key, canary.release).await?;
+            }
+            services.insert(key, binding);
+        }
+        info!(services = services.len(), "router table restored");
+        self.junctions.restore(services);
+        *self.volume_bytes.lock().unwrap_or_else(|p| p.into_inner()) = saved.volume_bytes.into_iter().collect();
+        Ok(())
+    }
+
+    pub(crate) async fn save(&self) -> Result<()> {
+        let state = SavedState {
+            services: self.junctions.bindings().into_iter().collect(),
+            volume_bytes: self
+                .volume_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| DeployError::docker(e.to_string(), e))?;
+        let tmp = self.config.state_file.with_extension("tmp");
+        if let Some(dir) = self.config.state_file.parent() {
+            tokio::fs::create_dir_all(dir).await.ok();
+        }
+        tokio::fs::write(&tmp, json)
+            .await
+            .and(tokio::fs::rename(&tmp, &self.config.state_file).await)
+            .map_err(|e| {
+                DeployError::docker(
+                    format!("saving the router table to {}: {e}", self.config.state_file.display()),
+                    e,
+                )
+            })
+    }
+
+    pub(crate) fn labels(key: &ServiceKey, release: i64, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_PROJECT.to_string(), key.project.clone()),
+            (LABEL_ENVIRONMENT.to_string(), key.environment.clone()),
+            (LABEL_SERVICE.to_string(), key.service.clone()),
+            (LABEL_RELEASE.to_string(), release.to_string()),
+            (LABEL_ROLE.to_string(), role.to_string()),
+        ])
+    }
+
+    /// The service's containers (all releases, or one), running or not: (name, release).
+    pub(crate) async fn containers(&self, key: &ServiceKey, release: Option<i64>) -> Result<Vec<(String, i64, bool)>> {
+        let mut labels = vec![
+            format!("{LABEL_PROJECT}={}", key.project),
+            format!("{LABEL_ENVIRONMENT}={}", key.environment),
+            format!("{LABEL_SERVICE}={}", key.service),
+            format!("{LABEL_ROLE}=replica"),
+        ];
+        if let Some(release) = release {
+            labels.push(format!("{LABEL_RELEASE}={release}"));
+        }
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_string(), labels)]))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error("listing containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                let release = c.labels?.get(LABEL_RELEASE)?.parse().ok()?;
+                let running = c.state.is_some_and(|s| s.to_string() == "running");
+                Some((name, release, running))
+            })
+            .collect())
+    }
+
+    pub(crate) async fn replica_addrs(&self, key: &ServiceKey, release: i64) -> Result<Vec<SocketAddr>> {
+        let mut addrs = Vec::new();
+        for (name, _, running) in self.containers(key, Some(release)).await? {
+            if running && let Some(addr) = self.published_addr(&name).await? {
+                addrs.push(addr);
+            }
+        }
+        addrs.sort();
+        Ok(addrs)
+    }
+
+    pub(crate) async fn published_addr(&self, container: &str) -> Result<Option<SocketAddr>> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(docker_error("inspecting a replica"))?;
+        let port = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|ports| ports.into_values().flatten().flatten().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok());
+        Ok(port.map(|p| SocketAddr::new(self.config.publish_ip, p)))
+    }
+
+    pub(crate) async fn remove_container(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(DeployError::docker(format!("removing {name}: {e}"), e)),
+        }
+    }
+
+    /// Removes the service's replicas of every release but those in `keep`.
+    pub(crate) async fn remove_releases_except(&self, key: &ServiceKey, keep: &[i64]) -> Result<()> {
+        for (name, release, _) in self.containers(key, None).await? {
+            if !keep.contains(&release) {
+                self.remove_container(&name).await?;
+                self.junctions.forget(key, release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls the image unless the engine has it (a release built here always does).
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<()> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(DeployError::docker(format!("inspecting image {image}: {e}"), e)),
+        }
+        let credentials = self
+            .config
+            .registry_login
+            .as_ref()
+            .filter(|login| image.starts_with(&format!("{}/", login.host)))
+            .map(|login| DockerCredentials {
+                username: Some(login.username.clone()),
+                password: Some(login.password.clone()),
+                serveraddress: Some(login.host.clone()),
+                ..Default::default()
+            });
+        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let mut pull = self.docker.create_image(Some(options), None, credentials);
+        while let Some(progress) = pull.next().await {
+            progress.map_err(|e| DeployError::Refused(format!("image {image} cannot be pulled: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn require_binding(&self, key: &ServiceKey) -> Result<Binding> {
+        self.junctions
+            .binding(key)
+            .ok_or_else(|| DeployError::NotFound(format!("{key} has nothing deployed on this Docker engine")))
+    }
+
+    pub(crate) fn require_canary(&self, key: &ServiceKey, release: i64) -> Result<Binding> {
+        let binding = self.require_binding(key)?;
+        match &binding.canary {
+            Some((canary, _)) if canary.release == release => Ok(binding),
+            _ => Err(DeployError::NotFound(format!(
+                "release {release} is not the canary of {key}"
+            ))),
+        }
+    }
+}

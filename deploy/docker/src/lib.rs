@@ -1,0 +1,21 @@
+//! The single-node target: releases run as containers on one Docker engine (through bollard),
+//! behind the [`Junctions`] router.
+//!
+//! Each replica is a container named `enclii-<project>-<environment>-<service>-r<release>-<i>`,
+//! labelled with its project, environment, service and release, with the spec's CPU and memory
+//! limits, restart policy `unless-stopped`, and its first port published on the loopback
+//! interface for the router. A replica is healthy when the spec's readiness probe (HTTP GET or
+//! TCP connect, run from the host against the published port) passes; a service without ports
+//! is healthy when its container runs. The router's table is saved to `state_file` after every
+//! change and reloaded (with the replicas' current ports) at start-up.
+
+pub mod junctions;
+
+mod engine;
+mod jobs;
+mod observe;
+mod replicas;
+mod target;
+
+pub use engine::{DockerTarget, DockerTargetConfig, RegistryLogin};
+pub use junctions::Junctions;

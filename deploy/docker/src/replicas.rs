@@ -1,0 +1,242 @@
+//! A release's replicas: their containers (name, environment, limits, volumes, published port)
+//! and the readiness probe run from the host against the published port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
+use enclii_deploy_contract::error::{DeployError, Result};
+use enclii_deploy_contract::model::{ServiceKey, Workload};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::DockerTarget;
+
+impl DockerTarget {
+    pub(crate) fn replica_name(key: &ServiceKey, release: i64, index: u32) -> String {
+        format!(
+            "enclii-{}-{}-{}-r{release}-{index}",
+            key.project, key.environment, key.service
+        )
+    }
+
+    pub(crate) fn environment(workload: &Workload) -> Vec<String> {
+        let mut env: Vec<String> = workload
+            .spec
+            .env
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        for secret in &workload.secrets {
+            env.extend(secret.entries.iter().map(|(k, v)| format!("{k}={}", v.expose())));
+        }
+        if let Some(port) = workload.spec.runtime.ports.first() {
+            env.push(format!("PORT={port}"));
+        }
+        env
+    }
+
+    pub(crate) fn volume_name(key: &ServiceKey, volume: &str) -> String {
+        format!("enclii-{}-{}-{}-{volume}", key.project, key.environment, key.service)
+    }
+
+    pub(crate) fn host_config(&self, workload: &Workload, publish: bool) -> HostConfig {
+        let runtime = &workload.spec.runtime;
+        let port_bindings = publish.then(|| {
+            runtime
+                .ports
+                .first()
+                .map(|port| {
+                    HashMap::from([(
+                        format!("{port}/tcp"),
+                        Some(vec![PortBinding {
+                            host_ip: Some(self.config.publish_ip.to_string()),
+                            host_port: Some(String::new()),
+                        }]),
+                    )])
+                })
+                .unwrap_or_default()
+        });
+        HostConfig {
+            port_bindings,
+            nano_cpus: runtime.cpu_millis().map(|m| (m * 1_000_000) as i64),
+            memory: runtime.memory_bytes().map(|b| b as i64),
+            restart_policy: publish.then_some(RestartPolicy {
+                name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            mounts: Some(
+                workload
+                    .spec
+                    .volumes
+                    .iter()
+                    .map(|v| Mount {
+                        target: Some(v.mount_path.clone()),
+                        source: Some(Self::volume_name(&workload.key, &v.name)),
+                        typ: Some(MountType::VOLUME),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// Starts (or finds running) the release's replicas and waits until every one is healthy;
+    /// on failure removes them and says why, with the end of the replica's log.
+    pub(crate) async fn start_replicas(&self, workload: &Workload) -> Result<Vec<SocketAddr>> {
+        let key = &workload.key;
+        let runtime = &workload.spec.runtime;
+        let existing = self.containers(key, Some(workload.release)).await?;
+        let mut names = Vec::new();
+        for index in 0..runtime.replicas.min.max(1) {
+            let name = Self::replica_name(key, workload.release, index);
+            match existing.iter().find(|(n, _, _)| *n == name) {
+                Some((_, _, true)) => {}
+                Some(_) => {
+                    self.remove_container(&name).await?;
+                    self.create_replica(workload, &name).await?;
+                }
+                None => self.create_replica(workload, &name).await?,
+            }
+            names.push(name);
+        }
+        let mut addrs = Vec::new();
+        for name in &names {
+            match self.wait_healthy(workload, name).await {
+                Ok(addr) => addrs.extend(addr),
+                Err(detail) => {
+                    for name in &names {
+                        self.remove_container(name).await.ok();
+                    }
+                    return Err(DeployError::Unhealthy {
+                        release: workload.release,
+                        waited_secs: self.config.health_timeout.as_secs(),
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok(addrs)
+    }
+
+    pub(crate) async fn create_replica(&self, workload: &Workload, name: &str) -> Result<()> {
+        let runtime = &workload.spec.runtime;
+        let body = ContainerCreateBody {
+            image: Some(workload.image.clone()),
+            // Like Kubernetes `args`: replaces the image's CMD, keeps its ENTRYPOINT.
+            cmd: runtime.cmd.clone(),
+            env: Some(Self::environment(workload)),
+            labels: Some(Self::labels(&workload.key, workload.release, "replica")),
+            exposed_ports: runtime.ports.first().map(|p| vec![format!("{p}/tcp")]),
+            host_config: Some(self.host_config(workload, true)),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| DeployError::docker(format!("creating replica {name}: {e}"), e))?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| DeployError::docker(format!("starting replica {name}: {e}"), e))?;
+        Ok(())
+    }
+
+    /// Polls the replica until its readiness probe passes: `Ok(addr)` (None without a port), or
+    /// `Err(why)` when it exits or the health timeout passes.
+    pub(crate) async fn wait_healthy(&self, workload: &Workload, name: &str) -> Result<Option<SocketAddr>, String> {
+        let deadline = tokio::time::Instant::now() + self.config.health_timeout;
+        let spec = &workload.spec;
+        let probe = spec.health.readiness.as_ref();
+        loop {
+            let inspect = self
+                .docker
+                .inspect_container(name, None)
+                .await
+                .map_err(|e| format!("replica {name} vanished: {e}"))?;
+            let state = inspect.state.clone().unwrap_or_default();
+            if state.running != Some(true) {
+                let tail = self.log_tail(name).await;
+                return Err(format!(
+                    "replica {name} exited with code {}{tail}",
+                    state.exit_code.unwrap_or_default()
+                ));
+            }
+            let Some(&port) = spec.runtime.ports.first() else {
+                return Ok(None);
+            };
+            let Some(addr) = self.published_addr(name).await.map_err(|e| e.to_string())? else {
+                return Err(format!("replica {name} has no published port"));
+            };
+            let result = match probe {
+                Some(p) if p.tcp_socket.is_some() => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("TCP connect to port {port}: {e}")),
+                Some(p) => http_probe(addr, p.http_get.as_deref().unwrap_or("/"), p.timeout_seconds).await,
+                None => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("TCP connect to port {port}: {e}")),
+            };
+            let last = match result {
+                Ok(()) => return Ok(Some(addr)),
+                Err(why) => why,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let tail = self.log_tail(name).await;
+                return Err(format!("readiness probe of {name} still failing: {last}{tail}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `; last log lines: …` from the container, or nothing.
+    pub(crate) async fn log_tail(&self, name: &str) -> String {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("5")
+            .build();
+        let mut lines = Vec::new();
+        let mut logs = self.docker.logs(name, Some(options));
+        while let Some(Ok(chunk)) = logs.next().await {
+            lines.push(String::from_utf8_lossy(&chunk.into_bytes()).trim_end().to_string());
+        }
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last log lines: {}", lines.join(" | "))
+        }
+    }
+}
+
+/// One HTTP/1.0 GET: healthy on a 2xx or 3xx status.
+async fn http_probe(addr: SocketAddr, path: &str, timeout_secs: Option<u32>) -> Result<(), String> {
+    let timeout = Duration::from_secs(u64::from(timeout_secs.unwrap_or(1)));
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: enclii-probe\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut head = [0u8; 64];
+        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))?;
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("GET {path} timed out after {} s", timeout.as_secs())))
+}
