@@ -123,7 +123,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(detail) => {
                 ApiError::bad_request("invalid_request", detail, "fix the request and send it again")
             }
-            StoreError::Unavailable(internal) => ApiError::Unavailable(internal),
+            StoreError::Unavailable(cause) => ApiError::Unavailable(cause.to_string()),
             StoreError::Queue(q) => q.into(),
             other => ApiError::Internal(other.to_string()),
         }

@@ -251,11 +251,7 @@ pub async fn project_status(
         let canary = status.releases.iter().find(|r| r.track == Track::Canary);
         let ready: u32 = status.releases.iter().map(|r| r.healthy).sum();
         let running: u32 = status.releases.iter().map(|r| r.replicas).sum();
-        let desired = service
-            .spec_json()
-            .pointer("/spec/runtime/replicas/min")
-            .and_then(|v| v.as_u64())
-            .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let desired = service.typed_spec().map_or(1, |spec| spec.spec.runtime.replicas.min);
         let health = match stable {
             None => "not_deployed",
             Some(s) if s.percent == 0 && canary.is_none() => "paused",

@@ -20,6 +20,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A stored record no longer reads (for example a spec applied by an older version).
+    #[error("{0}")]
+    Corrupt(String),
     /// A sealed secret could not be opened (wrong master key or tampered row).
     #[error("a sealed secret could not be opened: {0}")]
     Sealing(String),

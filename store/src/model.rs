@@ -1,7 +1,10 @@
 //! Control-plane records as stored and as the API returns them. Times are Unix epoch
 //! milliseconds; spec documents are canonical JSON text.
 
+use enclii_domain::spec::ServiceSpec;
 use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
 
 pub use crate::vocabulary::*;
 pub use enclii_domain::github::WebhookIntent;
@@ -83,6 +86,16 @@ fn spec_document(text: &str) -> serde_json::Value {
 impl Service {
     pub fn spec_json(&self) -> serde_json::Value {
         spec_document(&self.spec)
+    }
+
+    /// The spec as applied, typed (it was validated then).
+    pub fn typed_spec(&self) -> Result<ServiceSpec, StoreError> {
+        serde_json::from_str(&self.spec).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the stored spec of {}/{} does not parse: {e}; apply the service's spec again",
+                self.project, self.name
+            ))
+        })
     }
 }
 

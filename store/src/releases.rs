@@ -44,10 +44,6 @@ pub(crate) async fn list_project_releases(conn: &mut Conn<'_>, project: &str, li
         .await
 }
 
-pub(crate) fn spec_text(spec: &serde_json::Value, pointer: &str) -> Option<String> {
-    spec.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string)
-}
-
 /// The release for one commit of a service in one environment, and the pipeline that builds it.
 /// A push or API build of a commit that already has a live release is a no-op (`duplicate`); a
 /// preview always rebuilds (its environment may have been torn down since).
@@ -101,14 +97,16 @@ pub(crate) async fn build_service(
         };
         return Ok((release.clone(), pipeline));
     }
-    let spec = service.spec_json();
-    let repository = spec_text(&spec, "/spec/source/git/repository").ok_or_else(|| {
+    let spec = service.typed_spec()?.spec;
+    let repository = spec.source.map(|source| source.git.repository).ok_or_else(|| {
         StoreError::Invalid(format!(
             "service `{}` has no spec.source.git.repository to build from",
             service.name
         ))
     })?;
-    let image = spec_text(&spec, "/spec/runtime/image")
+    let image = spec
+        .runtime
+        .image
         .map(|template| {
             template
                 .replace("{{ git.sha }}", &trigger.git_sha)
@@ -121,8 +119,8 @@ pub(crate) async fn build_service(
         repository: repository.clone(),
         branch: trigger.branch.clone(),
         commit: trigger.git_sha.clone(),
-        dockerfile: spec_text(&spec, "/spec/build/dockerfile").unwrap_or_else(|| "Dockerfile".into()),
-        context: spec_text(&spec, "/spec/build/context").unwrap_or_else(|| ".".into()),
+        dockerfile: spec.build.dockerfile,
+        context: spec.build.context,
         image: image.clone(),
         deploy_to: trigger.deploy_to.clone(),
     };

@@ -36,23 +36,19 @@ async fn deploy(
     principal.require(Permission::Deploy, Some(&project))?;
     let current = state.store.service(&project, &service).await?;
     let strategy = match req.strategy {
-        Some(s) => s,
-        None => current
-            .spec_json()
-            .pointer("/spec/deploy/strategy")
-            .and_then(|v| v.as_str())
-            .unwrap_or("rolling")
-            .to_string(),
+        Some(strategy) => {
+            let parsed = strategy.parse::<Strategy>();
+            check(
+                "strategy",
+                parsed
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|_| format!("must be `rolling` or `canary` (got `{strategy}`)")),
+            )?;
+            parsed.unwrap_or_default()
+        }
+        None => current.typed_spec()?.spec.deploy.strategy.into(),
     };
-    let parsed = strategy.parse::<Strategy>();
-    check(
-        "strategy",
-        parsed
-            .as_ref()
-            .map(|_| ())
-            .map_err(|_| format!("must be `rolling` or `canary` (got `{strategy}`)")),
-    )?;
-    let strategy = parsed.unwrap_or_default();
     if let Some(policy) = &state.signatures {
         let release = state.store.release(req.release).await?;
         // Ready and signed are the store's checks; this one asks the registry.

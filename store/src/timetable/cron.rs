@@ -12,19 +12,12 @@ use std::collections::HashMap;
 /// Due cron jobs read per [`Store::fire_due_cron`] round.
 const DUE_BATCH: i64 = 200;
 
-/// The `(name, schedule)` of each job of a stored spec.
-pub(crate) fn spec_jobs(spec: &serde_json::Value) -> Vec<(String, String)> {
-    spec.pointer("/spec/jobs")
-        .and_then(|jobs| jobs.as_array())
-        .map(|jobs| {
-            jobs.iter()
-                .filter_map(|job| {
-                    let name = job.get("name")?.as_str()?;
-                    let schedule = job.get("schedule")?.as_str()?;
-                    Some((name.to_string(), schedule.to_string()))
-                })
-                .collect()
-        })
+/// The `(name, schedule)` of each job of a service's spec (none when the stored spec no longer
+/// reads: such a service schedules nothing until its spec is applied again).
+pub(crate) fn spec_jobs(service: &Service) -> Vec<(String, String)> {
+    service
+        .typed_spec()
+        .map(|spec| spec.spec.jobs.into_iter().map(|job| (job.name, job.schedule)).collect())
         .unwrap_or_default()
 }
 
@@ -52,7 +45,7 @@ pub(crate) async fn sync_cron(conn: &mut Conn<'_>, now: i64) -> Result<CronSync>
         .collect();
     let mut sync = CronSync::default();
     for service in &services {
-        for (job, schedule) in spec_jobs(&service.spec_json()) {
+        for (job, schedule) in spec_jobs(service) {
             let key = (service.project.clone(), service.name.clone(), job.clone());
             let unchanged = existing.remove(&key).map(|row| row.schedule == schedule);
             if unchanged == Some(true) {

@@ -84,7 +84,7 @@ pub(crate) async fn run_job_now(
     now: i64,
 ) -> Result<JobRunRecord> {
     let found = require_service(conn, project, service).await?;
-    let names: Vec<String> = spec_jobs(&found.spec_json())
+    let names: Vec<String> = spec_jobs(&found)
         .into_iter()
         .map(|(name, _)| name)
         .collect();
