@@ -164,10 +164,7 @@ impl Deployer {
             .ok_or_else(|| JobError::Abort(format!("release {} has no image digest; rebuild it", release.id)))?;
         let mut routes = plan.routes.clone();
         if let Some(host) = self.preview_host(&key.environment, &key.service) {
-            let bound = self
-                .store
-                .bind_preview_route(&key.project, &key.environment, &key.service, &host)
-                .await?;
+            let bound = self.store.bind_preview_route(&key, &host).await?;
             // The plan was read before the binding; a route bound just now is the newest (routes
             // are in id order).
             if !routes.iter().any(|r| r.id == bound.id) {
@@ -460,9 +457,7 @@ impl Deployer {
         }
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
         self.target.remove(&key, true).await.map_err(job_error)?;
-        self.store
-            .forget_preview(ACTOR, &key.project, &key.environment, &key.service)
-            .await?;
+        self.store.forget_preview(ACTOR, &key).await?;
         info!(service = %key, pull_request = job.pull_request, "preview torn down");
         Ok(())
     }

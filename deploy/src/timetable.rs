@@ -64,7 +64,7 @@ impl Timetable {
             return Err(JobError::Abort(why).into());
         };
         let Some(deployment) = store
-            .current_deployment(&ctx.job.project, &job.environment, &job.service)
+            .current_deployment(&ServiceKey::new(&ctx.job.project, &job.environment, &job.service))
             .await?
         else {
             let why = format!(
@@ -153,9 +153,7 @@ impl Timetable {
             .await
             .map_err(|e| JobError::Retry(e.to_string()))?;
         let now = chrono::Utc::now().timestamp_millis();
-        let previous = store
-            .last_cost_sample(&key.project, &key.environment, &key.service)
-            .await?;
+        let previous = store.last_cost_sample(&key).await?;
         // The interval since the last sample (the first sample counts one nominal interval).
         let interval_secs = previous
             .as_ref()
@@ -201,11 +199,9 @@ impl Timetable {
             // Paused (by this sample's budget check or the scheduler's): stop every service
             // running there, since no more samples come for a paused environment.
             for service in store.list_services(&key.project).await? {
-                let running = store
-                    .current_deployment(&key.project, &key.environment, &service.name)
-                    .await?;
+                let paused = ServiceKey::new(&key.project, &key.environment, &service.name);
+                let running = store.current_deployment(&paused).await?;
                 if running.is_some() {
-                    let paused = ServiceKey::new(&key.project, &key.environment, &service.name);
                     info!(service = %paused, "environment paused by its budget: stopping the service");
                     self.deployer
                         .target()

@@ -7,4 +7,7 @@ pub mod github;
 pub mod image;
 pub mod jobs;
 pub mod pipeline;
+mod service_key;
 pub mod spec;
+
+pub use service_key::ServiceKey;

@@ -224,12 +224,12 @@ pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) 
 }
 
 /// The deployment serving the service in the environment now: the latest that succeeded.
-pub(crate) async fn current_deployment(
-    conn: &mut Conn<'_>,
-    project: &str,
-    environment: &str,
-    service: &str,
-) -> Result<Option<Deployment>> {
+pub(crate) async fn current_deployment(conn: &mut Conn<'_>, key: &ServiceKey) -> Result<Option<Deployment>> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     query_as::<Deployment>(
         "SELECT * FROM deployments WHERE project = $1 AND environment = $2 AND service = $3 AND status = 'succeeded'
          ORDER BY id DESC LIMIT 1",
@@ -242,12 +242,12 @@ pub(crate) async fn current_deployment(
 }
 
 /// The routes bound to the service in one environment.
-pub(crate) async fn service_routes(
-    conn: &mut Conn<'_>,
-    project: &str,
-    environment: &str,
-    service: &str,
-) -> Result<Vec<Route>> {
+pub(crate) async fn service_routes(conn: &mut Conn<'_>, key: &ServiceKey) -> Result<Vec<Route>> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     query_as::<Route>("SELECT * FROM routes WHERE project = $1 AND environment = $2 AND service = $3 ORDER BY id")
         .bind(project)
         .bind(environment)
@@ -257,15 +257,14 @@ pub(crate) async fn service_routes(
 }
 
 /// Binds a preview's host to the service (idempotent); refused if another service holds it.
-pub(crate) async fn bind_preview_route(
-    conn: &mut Conn<'_>,
-    project: &str,
-    environment: &str,
-    service: &str,
-    host: &str,
-) -> Result<Route> {
+pub(crate) async fn bind_preview_route(conn: &mut Conn<'_>, key: &ServiceKey, host: &str) -> Result<Route> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     match find_route(conn, host, "/").await? {
-        Some(route) if route.project == project && route.service == service && route.environment == environment => {
+        Some(route) if route.project == *project && route.service == *service && route.environment == *environment => {
             Ok(route)
         }
         Some(route) => Err(StoreError::Conflict(format!(
@@ -281,11 +280,14 @@ pub(crate) async fn bind_preview_route(
 /// the environment, then the service everywhere, the environment, the project).
 pub(crate) async fn service_secrets(
     conn: &mut Conn<'_>,
-    key: &MasterKey,
-    project: &str,
-    environment: &str,
-    service: &str,
+    master: &MasterKey,
+    key: &ServiceKey,
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     let rows = query_as::<(String, String, String, i64, String)>(
         "SELECT s.environment, s.service, s.name, s.version, s.sealed FROM secrets s
          WHERE s.project = $1 AND s.environment IN ('', $2) AND s.service IN ('', $3) AND NOT s.deleted
@@ -308,7 +310,7 @@ pub(crate) async fn service_secrets(
             environment: (!env.is_empty()).then_some(env),
             service: (!svc.is_empty()).then_some(svc),
         };
-        let value = key.open(&sealed, &scope.binding(&name, version))?;
+        let value = master.open(&sealed, &scope.binding(&name, version))?;
         chosen.insert(name, (rank, value));
     }
     Ok(chosen.into_iter().map(|(name, (_, value))| (name, value)).collect())
@@ -317,13 +319,12 @@ pub(crate) async fn service_secrets(
 /// Forgets what a torn-down preview held for one service: its routes, and its deployments end
 /// as torn down. When no other service runs there any more, the environment itself goes with
 /// its secrets. Releases stay (their provenance is history).
-pub(crate) async fn forget_preview(
-    conn: &mut Conn<'_>,
-    actor: &str,
-    project: &str,
-    environment: &str,
-    service: &str,
-) -> Result<()> {
+pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &ServiceKey) -> Result<()> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     query("DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3")
         .bind(project)
         .bind(environment)
@@ -379,18 +380,18 @@ pub(crate) async fn forget_preview(
 
 /// Everything deploying `deployment`'s release reads, on one connection: the release, the
 /// environment, the service's routes there, its secrets' values and the service-scoped secrets.
-pub(crate) async fn deploy_plan(conn: &mut Conn<'_>, key: &MasterKey, deployment: &Deployment) -> Result<DeployPlan> {
-    let (project, environment, service) = (
-        deployment.project.as_str(),
-        deployment.environment.as_str(),
-        deployment.service.as_str(),
-    );
+pub(crate) async fn deploy_plan(
+    conn: &mut Conn<'_>,
+    master: &MasterKey,
+    deployment: &Deployment,
+) -> Result<DeployPlan> {
+    let key = deployment.key();
     Ok(DeployPlan {
         release: get_release(conn, deployment.release_id).await?,
-        environment: get_environment(conn, project, environment).await?,
-        routes: service_routes(conn, project, environment, service).await?,
-        secrets: service_secrets(conn, key, project, environment, service).await?,
-        service_scoped: list_secrets(conn, project, None, Some(service)).await?,
+        environment: get_environment(conn, &key.project, &key.environment).await?,
+        routes: service_routes(conn, &key).await?,
+        secrets: service_secrets(conn, master, &key).await?,
+        service_scoped: list_secrets(conn, &key.project, None, Some(&key.service)).await?,
     })
 }
 
@@ -465,40 +466,20 @@ impl Store {
         self.write(async |conn| supersede_deployments(conn, by).await).await
     }
     /// The deployment serving the service in the environment now, if any.
-    pub async fn current_deployment(
-        &self,
-        project: &str,
-        environment: &str,
-        service: &str,
-    ) -> Result<Option<Deployment>> {
-        self.read(async |conn| current_deployment(conn, project, environment, service).await)
-            .await
+    pub async fn current_deployment(&self, key: &ServiceKey) -> Result<Option<Deployment>> {
+        self.read(async |conn| current_deployment(conn, key).await).await
     }
-    pub async fn service_routes(&self, project: &str, environment: &str, service: &str) -> Result<Vec<Route>> {
-        self.read(async |conn| service_routes(conn, project, environment, service).await)
-            .await
+    pub async fn service_routes(&self, key: &ServiceKey) -> Result<Vec<Route>> {
+        self.read(async |conn| service_routes(conn, key).await).await
     }
-    pub async fn bind_preview_route(
-        &self,
-        project: &str,
-        environment: &str,
-        service: &str,
-        host: &str,
-    ) -> Result<Route> {
-        self.write(async |conn| bind_preview_route(conn, project, environment, service, host).await)
-            .await
+    pub async fn bind_preview_route(&self, key: &ServiceKey, host: &str) -> Result<Route> {
+        self.write(async |conn| bind_preview_route(conn, key, host).await).await
     }
     /// The secret values a service reads in an environment (narrowest scope wins), for the
     /// deployer that injects them. The API never calls this.
-    pub async fn service_secrets(
-        &self,
-        project: &str,
-        environment: &str,
-        service: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        let key = &self.key;
-        self.read(async |conn| service_secrets(conn, key, project, environment, service).await)
-            .await
+    pub async fn service_secrets(&self, key: &ServiceKey) -> Result<Vec<(String, Vec<u8>)>> {
+        let master = &self.key;
+        self.read(async |conn| service_secrets(conn, master, key).await).await
     }
     /// What deploying (or running a job of) `deployment`'s release reads, in one read: the
     /// release, its environment, the service's routes and secrets there.
@@ -507,8 +488,7 @@ impl Store {
         self.read(async |conn| deploy_plan(conn, key, deployment).await).await
     }
     /// Forgets what a torn-down preview held for one service (and the environment once empty).
-    pub async fn forget_preview(&self, actor: &str, project: &str, environment: &str, service: &str) -> Result<()> {
-        self.write(async |conn| forget_preview(conn, actor, project, environment, service).await)
-            .await
+    pub async fn forget_preview(&self, actor: &str, key: &ServiceKey) -> Result<()> {
+        self.write(async |conn| forget_preview(conn, actor, key).await).await
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 pub use crate::vocabulary::*;
+pub use enclii_domain::ServiceKey;
 pub use enclii_domain::github::WebhookIntent;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -172,6 +173,13 @@ pub struct Deployment {
     /// Where the service answers (the first route), e.g. a preview's URL.
     pub url: Option<String>,
     pub finished_at: Option<i64>,
+}
+
+impl Deployment {
+    /// The service, in its environment, that the deployment is of.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.project, &self.environment, &self.service)
+    }
 }
 
 /// What deploying (or running a job of) one deployment's release reads, in one store call

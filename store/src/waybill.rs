@@ -155,12 +155,12 @@ pub(crate) async fn insert_cost_sample(conn: &mut Conn<'_>, s: &NewCostSample) -
     .await
 }
 
-pub(crate) async fn last_cost_sample(
-    conn: &mut Conn<'_>,
-    project: &str,
-    environment: &str,
-    service: &str,
-) -> Result<Option<CostSampleRecord>> {
+pub(crate) async fn last_cost_sample(conn: &mut Conn<'_>, key: &ServiceKey) -> Result<Option<CostSampleRecord>> {
+    let ServiceKey {
+        project,
+        environment,
+        service,
+    } = key;
     query_as::<CostSampleRecord>(
         "SELECT * FROM cost_samples WHERE project = $1 AND environment = $2 AND service = $3
          ORDER BY at DESC, id DESC LIMIT 1",
@@ -357,7 +357,7 @@ pub(crate) async fn resume_environment(
         .fetch_all(&mut *conn)
         .await?;
         for service in services {
-            if let Some(current) = current_deployment(conn, project, name, &service).await? {
+            if let Some(current) = current_deployment(conn, &ServiceKey::new(project, name, &service)).await? {
                 let request = DeploymentRequest {
                     project: project.to_string(),
                     service,
@@ -392,14 +392,8 @@ impl Store {
     }
     /// The newest sample of a service in an environment (its CPU counter is where the next
     /// sample's difference starts).
-    pub async fn last_cost_sample(
-        &self,
-        project: &str,
-        environment: &str,
-        service: &str,
-    ) -> Result<Option<CostSampleRecord>> {
-        self.read(async |conn| last_cost_sample(conn, project, environment, service).await)
-            .await
+    pub async fn last_cost_sample(&self, key: &ServiceKey) -> Result<Option<CostSampleRecord>> {
+        self.read(async |conn| last_cost_sample(conn, key).await).await
     }
     /// Usage and cost per environment and service of samples taken at or after `since_ms`.
     pub async fn cost_report(&self, project: &str, since_ms: i64) -> Result<Vec<CostLine>> {

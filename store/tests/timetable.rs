@@ -12,8 +12,8 @@ use std::time::Duration;
 use enclii_domain::jobs::JobRun;
 use enclii_queue::{JobKind, JobState};
 use enclii_store::{
-    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, JobRunStatus, NewCostSample, Prices, ServiceDraft, Store,
-    StoreError, WebhookDelivery, WebhookIntent, next_fire,
+    AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, JobRunStatus, NewCostSample, Prices, ServiceDraft,
+    ServiceKey, Store, StoreError, WebhookDelivery, WebhookIntent, next_fire,
 };
 use support::Db;
 
@@ -320,10 +320,20 @@ async fn cost_reports_sum_and_price_samples(db: Db) {
         let s = sample(env, service, now - age * MINUTE, cpu, 0.5).priced(&prices);
         store.insert_cost_sample(&s).await.unwrap();
     }
-    let last = store.last_cost_sample("shop", "dev", "api").await.unwrap().unwrap();
+    let last = store
+        .last_cost_sample(&ServiceKey::new("shop", "dev", "api"))
+        .await
+        .unwrap()
+        .unwrap();
     let last = last.sample;
     assert_eq!((last.cpu_seconds, last.cpu_counter_ns), (150.0, Some(150_000_000_000)));
-    assert!(store.last_cost_sample("shop", "stage", "api").await.unwrap().is_none());
+    assert!(
+        store
+            .last_cost_sample(&ServiceKey::new("shop", "stage", "api"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let report = store.cost_report("shop", now - 30 * 24 * 60 * MINUTE).await.unwrap();
     let lines: Vec<(&str, &str, f64, i64)> = report

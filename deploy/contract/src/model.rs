@@ -6,29 +6,7 @@ use std::time::Duration;
 use enclii_domain::spec::Spec;
 use serde::{Deserialize, Serialize};
 
-/// One service in one environment of one project: the unit a target deploys and routes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ServiceKey {
-    pub project: String,
-    pub environment: String,
-    pub service: String,
-}
-
-impl ServiceKey {
-    pub fn new(project: impl Into<String>, environment: impl Into<String>, service: impl Into<String>) -> Self {
-        Self {
-            project: project.into(),
-            environment: environment.into(),
-            service: service.into(),
-        }
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.project, self.environment, self.service)
-    }
-}
+pub use enclii_domain::ServiceKey;
 
 /// A value from the secrets store: never printed (`Debug` shows `<redacted>`).
 #[derive(Clone, PartialEq, Eq)]

@@ -84,10 +84,7 @@ pub(crate) async fn run_job_now(
     now: i64,
 ) -> Result<JobRunRecord> {
     let found = require_service(conn, project, service).await?;
-    let names: Vec<String> = spec_jobs(&found)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
+    let names: Vec<String> = spec_jobs(&found).into_iter().map(|(name, _)| name).collect();
     if !names.iter().any(|name| name == job) {
         let has = if names.is_empty() {
             "it has no jobs; add one under spec.jobs of its Service Spec".to_string()
