@@ -10,13 +10,15 @@ pub(crate) async fn audit(conn: &mut Conn<'_>, actor: &str, change: Change<'_>) 
         "INSERT INTO audit_events (at, actor, action, entity_type, entity, project, diff)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(now_ms())
-    .bind(actor)
-    .bind(change.action)
-    .bind(change.entity_type)
-    .bind(&change.entity)
-    .bind(change.project)
-    .bind(change.diff.to_string())
+    .binds((
+        now_ms(),
+        actor,
+        change.action,
+        change.entity_type,
+        &change.entity,
+        change.project,
+        change.diff.to_string(),
+    ))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -29,13 +31,15 @@ pub(crate) async fn list_audit(conn: &mut Conn<'_>, filter: &AuditFilter) -> Res
            AND ($4 IS NULL OR entity_type = $4) AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR id < $6)
          ORDER BY id DESC LIMIT $7",
     )
-    .bind(&filter.project)
-    .bind(&filter.actor)
-    .bind(&filter.action)
-    .bind(&filter.entity_type)
-    .bind(filter.since)
-    .bind(filter.before)
-    .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
+    .binds((
+        &filter.project,
+        &filter.actor,
+        &filter.action,
+        &filter.entity_type,
+        filter.since,
+        filter.before,
+        filter.limit.unwrap_or(100).clamp(1, 1000),
+    ))
     .fetch_all(&mut *conn)
     .await
 }

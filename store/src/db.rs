@@ -193,6 +193,33 @@ impl Bind for &&str {
     }
 }
 
+/// Several values bound in order: a tuple of [`Bind`]s (see [`Query::binds`]).
+pub trait Binds {
+    fn values(self, into: &mut Vec<Value>);
+}
+
+macro_rules! binds_tuple {
+    ($($name:ident $index:tt),+) => {
+        impl<$($name: Bind),+> Binds for ($($name,)+) {
+            fn values(self, into: &mut Vec<Value>) {
+                $(into.push(self.$index.value());)+
+            }
+        }
+    };
+}
+
+binds_tuple!(A 0, B 1);
+binds_tuple!(A 0, B 1, C 2);
+binds_tuple!(A 0, B 1, C 2, D 3);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+binds_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+
 /// A row type both drivers can decode (`#[derive(sqlx::FromRow)]` gives it).
 pub trait Record: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
 impl<T> Record for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
@@ -296,6 +323,12 @@ impl<S> Query<S> {
 
     pub fn bind(mut self, value: impl Bind) -> Self {
         self.args.push(value.value());
+        self
+    }
+
+    /// Binds the values of a tuple in order: `.binds((a, b, c))` is `.bind(a).bind(b).bind(c)`.
+    pub fn binds(mut self, values: impl Binds) -> Self {
+        values.values(&mut self.args);
         self
     }
 

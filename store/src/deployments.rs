@@ -38,14 +38,16 @@ pub(crate) async fn create_deployment(
                                   updated_at, created_by)
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8) RETURNING *",
     )
-    .bind(project)
-    .bind(service)
-    .bind(&request.environment)
-    .bind(release.id)
-    .bind(request.strategy)
-    .bind(&request.reason)
-    .bind(now)
-    .bind(actor)
+    .binds((
+        project,
+        service,
+        &request.environment,
+        release.id,
+        request.strategy,
+        &request.reason,
+        now,
+        actor,
+    ))
     .fetch_one(&mut *conn)
     .await?;
     let job = NewJob::typed(
@@ -59,8 +61,7 @@ pub(crate) async fn create_deployment(
     )?;
     let job_id = conn.enqueue(job).await?;
     let deployment = query_as::<Deployment>("UPDATE deployments SET job_id = $2 WHERE id = $1 RETURNING *")
-        .bind(deployment.id)
-        .bind(job_id)
+        .binds((deployment.id, job_id))
         .fetch_one(&mut *conn)
         .await?;
     let diff = json!({"service": service, "environment": request.environment, "release": release.id,
@@ -118,10 +119,7 @@ pub(crate) async fn pipeline_deployment(
     let release = query_as::<Release>(
         "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
     )
-    .bind(project)
-    .bind(&deploy.service)
-    .bind(&deploy.environment)
-    .bind(&deploy.commit)
+    .binds((project, &deploy.service, &deploy.environment, &deploy.commit))
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| {
@@ -137,13 +135,15 @@ pub(crate) async fn pipeline_deployment(
                                   created_at, updated_at, created_by)
          VALUES ($1, $2, $3, $4, $5, 'pending', 'deploy', $6, $7, $7, 'system:pipeline') RETURNING *",
     )
-    .bind(project)
-    .bind(&deploy.service)
-    .bind(&deploy.environment)
-    .bind(release.id)
-    .bind(strategy)
-    .bind(job_id)
-    .bind(now)
+    .binds((
+        project,
+        &deploy.service,
+        &deploy.environment,
+        release.id,
+        strategy,
+        job_id,
+        now,
+    ))
     .fetch_one(&mut *conn)
     .await?;
     let diff = json!({"service": deploy.service, "environment": deploy.environment, "release": release.id,
@@ -180,13 +180,15 @@ pub(crate) async fn update_deployment(
                                 url = COALESCE($5, url), updated_at = $6, finished_at = $7
          WHERE id = $1 RETURNING *",
     )
-    .bind(id)
-    .bind(update.status)
-    .bind(&update.detail)
-    .bind(update.canary_percent)
-    .bind(&update.url)
-    .bind(now)
-    .bind(finished)
+    .binds((
+        id,
+        update.status,
+        &update.detail,
+        update.canary_percent,
+        &update.url,
+        now,
+        finished,
+    ))
     .fetch_one(&mut *conn)
     .await?;
     if before.status != update.status || before.canary_percent != update.canary_percent {
@@ -212,12 +214,14 @@ pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) 
            AND status IN ('pending', 'running', 'canary')
          RETURNING id",
     )
-    .bind(&by.project)
-    .bind(&by.environment)
-    .bind(&by.service)
-    .bind(by.id)
-    .bind(format!("superseded by deployment {}", by.id))
-    .bind(now_ms())
+    .binds((
+        &by.project,
+        &by.environment,
+        &by.service,
+        by.id,
+        format!("superseded by deployment {}", by.id),
+        now_ms(),
+    ))
     .fetch_all(&mut *conn)
     .await?;
     Ok(ids)
@@ -234,9 +238,7 @@ pub(crate) async fn current_deployment(conn: &mut Conn<'_>, key: &ServiceKey) ->
         "SELECT * FROM deployments WHERE project = $1 AND environment = $2 AND service = $3 AND status = 'succeeded'
          ORDER BY id DESC LIMIT 1",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
+    .binds((project, environment, service))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -249,9 +251,7 @@ pub(crate) async fn service_routes(conn: &mut Conn<'_>, key: &ServiceKey) -> Res
         service,
     } = key;
     query_as::<Route>("SELECT * FROM routes WHERE project = $1 AND environment = $2 AND service = $3 ORDER BY id")
-        .bind(project)
-        .bind(environment)
-        .bind(service)
+        .binds((project, environment, service))
         .fetch_all(&mut *conn)
         .await
 }
@@ -294,9 +294,7 @@ pub(crate) async fn service_secrets(
            AND s.version = (SELECT MAX(t.version) FROM secrets t WHERE t.project = s.project
                             AND t.environment = s.environment AND t.service = s.service AND t.name = s.name)",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
+    .binds((project, environment, service))
     .fetch_all(&mut *conn)
     .await?;
     let mut chosen: std::collections::BTreeMap<String, (u8, Vec<u8>)> = Default::default();
@@ -326,27 +324,21 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
         service,
     } = key;
     query("DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3")
-        .bind(project)
-        .bind(environment)
-        .bind(service)
+        .binds((project, environment, service))
         .execute(&mut *conn)
         .await?;
     query(
         "UPDATE deployments SET status = 'torn_down', updated_at = $4, finished_at = COALESCE(finished_at, $4)
          WHERE project = $1 AND environment = $2 AND service = $3 AND status IN ('pending', 'running', 'canary', 'succeeded')",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
-    .bind(now_ms())
+    .binds((project, environment, service, now_ms()))
     .execute(&mut *conn)
     .await?;
     let still_running: i64 = query_scalar(
         "SELECT COUNT(*) FROM deployments WHERE project = $1 AND environment = $2
            AND status IN ('pending', 'running', 'canary', 'succeeded')",
     )
-    .bind(project)
-    .bind(environment)
+    .binds((project, environment))
     .fetch_one(&mut *conn)
     .await?;
     let mut diff = json!({"service": service});
@@ -356,14 +348,12 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
             "DELETE FROM secrets WHERE project = $1 AND environment = $2",
         ] {
             query(statement)
-                .bind(project)
-                .bind(environment)
+                .binds((project, environment))
                 .execute(&mut *conn)
                 .await?;
         }
         let deleted = query("DELETE FROM environments WHERE project = $1 AND name = $2")
-            .bind(project)
-            .bind(environment)
+            .binds((project, environment))
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -413,9 +403,7 @@ pub(crate) async fn list_deployments(
     query_as::<Deployment>(
         "SELECT * FROM deployments WHERE project = $1 AND ($2 IS NULL OR service = $2) ORDER BY id DESC LIMIT $3",
     )
-    .bind(project)
-    .bind(service)
-    .bind(limit.clamp(1, 500))
+    .binds((project, service, limit.clamp(1, 500)))
     .fetch_all(&mut *conn)
     .await
 }

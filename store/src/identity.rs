@@ -20,18 +20,14 @@ pub(crate) async fn bind_role(
         require_project(conn, project).await?;
     }
     let before = query_as::<(String,)>("SELECT role FROM role_bindings WHERE subject = $1 AND project = $2")
-        .bind(subject)
-        .bind(project)
+        .binds((subject, project))
         .fetch_optional(&mut *conn)
         .await?;
     let binding = query_as::<RoleBinding>(
         "INSERT INTO role_bindings (subject, project, role, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (subject, project) DO UPDATE SET role = $3 RETURNING *",
     )
-    .bind(subject)
-    .bind(project)
-    .bind(role)
-    .bind(now_ms())
+    .binds((subject, project, role, now_ms()))
     .fetch_one(&mut *conn)
     .await?;
     let diff = json!({"subject": subject, "role": {"from": before.map(|r| r.0), "to": role}});
@@ -43,8 +39,7 @@ pub(crate) async fn bind_role(
 
 pub(crate) async fn unbind_role(conn: &mut Conn<'_>, actor: &str, subject: &str, project: &str) -> Result<()> {
     let removed = query("DELETE FROM role_bindings WHERE subject = $1 AND project = $2")
-        .bind(subject)
-        .bind(project)
+        .binds((subject, project))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -86,14 +81,16 @@ pub(crate) async fn insert_token(conn: &mut Conn<'_>, actor: &str, token: &Token
         "INSERT INTO api_tokens (id, secret_hash, subject, name, scopes, project, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(&token.id)
-    .bind(&token.secret_hash)
-    .bind(&token.subject)
-    .bind(&token.name)
-    .bind(&token.scopes)
-    .bind(&token.project)
-    .bind(token.created_at)
-    .bind(token.expires_at)
+    .binds((
+        &token.id,
+        &token.secret_hash,
+        &token.subject,
+        &token.name,
+        &token.scopes,
+        &token.project,
+        token.created_at,
+        token.expires_at,
+    ))
     .execute(&mut *conn)
     .await?;
     let diff = json!({"subject": token.subject, "name": token.name, "scopes": token.scope_list(),
@@ -124,8 +121,7 @@ pub(crate) async fn revoke_token(conn: &mut Conn<'_>, actor: &str, id: &str) -> 
     let token = query_as::<TokenRecord>(
         "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING *",
     )
-    .bind(id)
-    .bind(now_ms())
+    .binds((id, now_ms()))
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("token `{id}` does not exist or is already revoked")))?;

@@ -181,9 +181,7 @@ pub(crate) async fn append_log(conn: &mut Conn<'_>, lines: &[LogLine]) -> Result
 /// Lines of a job's log after `after_seq`, oldest first.
 pub(crate) async fn read_log(conn: &mut Conn<'_>, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
     query_as::<LogLine>("SELECT * FROM job_logs WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-        .bind(job_id)
-        .bind(after_seq)
-        .bind(limit)
+        .binds((job_id, after_seq, limit))
         .fetch_all(&mut *conn)
         .await
 }

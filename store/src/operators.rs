@@ -126,12 +126,14 @@ impl Store {
                  ON CONFLICT (project) DO UPDATE SET max_running = $2, jobs_per_minute = $3, paused = $4,
                      updated_at = $5, updated_by = $6",
             )
-            .bind(&control.project)
-            .bind(control.max_running)
-            .bind(control.jobs_per_minute)
-            .bind(control.paused)
-            .bind(control.updated_at)
-            .bind(&control.updated_by)
+            .binds((
+                &control.project,
+                control.max_running,
+                control.jobs_per_minute,
+                control.paused,
+                control.updated_at,
+                &control.updated_by,
+            ))
             .execute(&mut *conn)
             .await?;
             let change = Change {
@@ -157,12 +159,14 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $6)
                  ON CONFLICT (id) DO UPDATE SET last_seen = $6, kinds = $4, concurrency = $5",
             )
-            .bind(beat.id)
-            .bind(beat.host)
-            .bind(i64::from(beat.pid))
-            .bind(&kinds)
-            .bind(beat.concurrency as i64)
-            .bind(now)
+            .binds((
+                beat.id,
+                beat.host,
+                i64::from(beat.pid),
+                &kinds,
+                beat.concurrency as i64,
+                now,
+            ))
             .execute(&mut *conn)
             .await?;
             Ok(())
@@ -174,8 +178,7 @@ impl Store {
     pub async fn worker_stopped(&self, id: &str) -> Result<()> {
         self.write(async |conn| {
             query("UPDATE workers SET stopped_at = $2, last_seen = $2 WHERE id = $1")
-                .bind(id)
-                .bind(now_ms())
+                .binds((id, now_ms()))
                 .execute(&mut *conn)
                 .await?;
             Ok(())

@@ -16,10 +16,7 @@ pub(crate) async fn create_project(conn: &mut Conn<'_>, actor: &str, slug: &str,
         "INSERT INTO projects (slug, name, created_at, created_by) VALUES ($1, $2, $3, $4)
          ON CONFLICT (slug) DO NOTHING RETURNING *",
     )
-    .bind(slug)
-    .bind(name)
-    .bind(now)
-    .bind(actor)
+    .binds((slug, name, now, actor))
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| StoreError::Conflict(format!("project `{slug}` already exists; choose another slug")))?;
@@ -55,8 +52,7 @@ pub(crate) async fn require_project(conn: &mut Conn<'_>, slug: &str) -> Result<P
 pub(crate) async fn rename_project(conn: &mut Conn<'_>, actor: &str, slug: &str, name: &str) -> Result<Project> {
     let before = require_project(conn, slug).await?;
     let project = query_as::<Project>("UPDATE projects SET name = $2 WHERE slug = $1 RETURNING *")
-        .bind(slug)
-        .bind(name)
+        .binds((slug, name))
         .fetch_one(&mut *conn)
         .await?;
     let diff = json!({"name": {"from": before.name, "to": name}});
@@ -76,8 +72,7 @@ pub(crate) async fn delete_project(conn: &mut Conn<'_>, actor: &str, slug: &str)
         .execute(&mut *conn)
         .await?;
     query("UPDATE api_tokens SET revoked_at = $2 WHERE project = $1 AND revoked_at IS NULL")
-        .bind(slug)
-        .bind(now_ms())
+        .binds((slug, now_ms()))
         .execute(&mut *conn)
         .await?;
     audit(
@@ -100,15 +95,17 @@ pub(crate) async fn insert_environment(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (project, name) DO NOTHING RETURNING *",
     )
-    .bind(project)
-    .bind(name)
-    .bind(&settings.region)
-    .bind(settings.budget_cents)
-    .bind(now_ms())
-    .bind(settings.quota_cpu_millis)
-    .bind(settings.quota_memory_mib)
-    .bind(settings.quota_storage_mib)
-    .bind(settings.quota_pods)
+    .binds((
+        project,
+        name,
+        &settings.region,
+        settings.budget_cents,
+        now_ms(),
+        settings.quota_cpu_millis,
+        settings.quota_memory_mib,
+        settings.quota_storage_mib,
+        settings.quota_pods,
+    ))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -145,8 +142,7 @@ pub(crate) async fn list_environments(conn: &mut Conn<'_>, project: &str) -> Res
 
 pub(crate) async fn get_environment(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Environment> {
     query_as::<Environment>("SELECT * FROM environments WHERE project = $1 AND name = $2")
-        .bind(project)
-        .bind(name)
+        .binds((project, name))
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| {
@@ -169,14 +165,16 @@ pub(crate) async fn update_environment(
                                  quota_storage_mib = $7, quota_pods = $8
          WHERE project = $1 AND name = $2 RETURNING *",
     )
-    .bind(project)
-    .bind(name)
-    .bind(&settings.region)
-    .bind(settings.budget_cents)
-    .bind(settings.quota_cpu_millis)
-    .bind(settings.quota_memory_mib)
-    .bind(settings.quota_storage_mib)
-    .bind(settings.quota_pods)
+    .binds((
+        project,
+        name,
+        &settings.region,
+        settings.budget_cents,
+        settings.quota_cpu_millis,
+        settings.quota_memory_mib,
+        settings.quota_storage_mib,
+        settings.quota_pods,
+    ))
     .fetch_one(&mut *conn)
     .await?;
     let before_quota = json!({"cpu_millis": before.quota_cpu_millis, "memory_mib": before.quota_memory_mib,

@@ -28,9 +28,7 @@ pub(crate) async fn list_releases(
 ) -> Result<Vec<Release>> {
     require_service(conn, project, service).await?;
     query_as::<Release>("SELECT * FROM releases WHERE project = $1 AND service = $2 ORDER BY id DESC LIMIT $3")
-        .bind(project)
-        .bind(service)
-        .bind(limit.clamp(1, 500))
+        .binds((project, service, limit.clamp(1, 500)))
         .fetch_all(&mut *conn)
         .await
 }
@@ -38,8 +36,7 @@ pub(crate) async fn list_releases(
 pub(crate) async fn list_project_releases(conn: &mut Conn<'_>, project: &str, limit: i64) -> Result<Vec<Release>> {
     require_project(conn, project).await?;
     query_as::<Release>("SELECT * FROM releases WHERE project = $1 ORDER BY id DESC LIMIT $2")
-        .bind(project)
-        .bind(limit.clamp(1, 500))
+        .binds((project, limit.clamp(1, 500)))
         .fetch_all(&mut *conn)
         .await
 }
@@ -79,10 +76,7 @@ pub(crate) async fn build_service(
     let existing = query_as::<Release>(
         "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
     )
-    .bind(&trigger.project)
-    .bind(&trigger.service)
-    .bind(&environment)
-    .bind(&trigger.git_sha)
+    .binds((&trigger.project, &trigger.service, &environment, &trigger.git_sha))
     .fetch_optional(&mut *conn)
     .await?;
     let rebuild = trigger.trigger == ReleaseTrigger::PullRequest;
@@ -142,17 +136,19 @@ pub(crate) async fn build_service(
              digest = NULL, sbom_uri = NULL, signature = NULL, builder = NULL
          RETURNING *",
     )
-    .bind(&trigger.project)
-    .bind(&trigger.service)
-    .bind(&environment)
-    .bind(&trigger.git_sha)
-    .bind(&repository)
-    .bind(&trigger.branch)
-    .bind(&image)
-    .bind(ReleaseStatus::Building)
-    .bind(enqueued.id)
-    .bind(trigger.trigger)
-    .bind(now)
+    .binds((
+        &trigger.project,
+        &trigger.service,
+        &environment,
+        &trigger.git_sha,
+        &repository,
+        &trigger.branch,
+        &image,
+        ReleaseStatus::Building,
+        enqueued.id,
+        trigger.trigger,
+        now,
+    ))
     .fetch_one(&mut *conn)
     .await?;
     // A rebuild starts its provenance afresh: no step of the earlier run stays on the release.
@@ -176,10 +172,7 @@ pub(crate) async fn mark_superseded(conn: &mut Conn<'_>, pipelines: &[i64], by_r
             "UPDATE releases SET status = 'superseded', failure = $2, updated_at = $3
              WHERE pipeline_id = $1 AND status = 'building' AND id <> $4",
         )
-        .bind(pipeline)
-        .bind(&reason)
-        .bind(now_ms())
-        .bind(by_release.unwrap_or(0))
+        .binds((pipeline, &reason, now_ms(), by_release.unwrap_or(0)))
         .execute(&mut *conn)
         .await?;
     }
@@ -203,13 +196,15 @@ pub(crate) async fn finish_release(conn: &mut Conn<'_>, id: i64, outcome: &Relea
         "UPDATE releases SET status = $2, failure = $3, digest = $4, sbom_uri = $5, signature = $6, updated_at = $7
          WHERE id = $1 AND status = 'building' RETURNING *",
     )
-    .bind(id)
-    .bind(status)
-    .bind(failure)
-    .bind(&outcome.digest)
-    .bind(&outcome.sbom_uri)
-    .bind(&outcome.signature)
-    .bind(now_ms())
+    .binds((
+        id,
+        status,
+        failure,
+        &outcome.digest,
+        &outcome.sbom_uri,
+        &outcome.signature,
+        now_ms(),
+    ))
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| {
@@ -257,14 +252,7 @@ pub(crate) async fn record_artefact(
          WHERE id = $1 AND status = 'building' AND COALESCE($2, digest) IS NOT NULL AND pipeline_id = $8
          RETURNING *",
     )
-    .bind(id)
-    .bind(digest)
-    .bind(image)
-    .bind(builder)
-    .bind(sbom)
-    .bind(signature)
-    .bind(now_ms())
-    .bind(pipeline_id)
+    .binds((id, digest, image, builder, sbom, signature, now_ms(), pipeline_id))
     .fetch_optional(&mut *conn)
     .await?;
     match updated {
@@ -295,12 +283,7 @@ pub(crate) async fn start_release_step(
          ON CONFLICT (release_id, step) DO UPDATE SET job_id = $3, attempt = $4, status = $5, started_at = $6,
              finished_at = NULL, detail = NULL, log_uri = NULL",
     )
-    .bind(release_id)
-    .bind(step)
-    .bind(job_id)
-    .bind(attempt)
-    .bind(StepStatus::Running)
-    .bind(now_ms())
+    .binds((release_id, step, job_id, attempt, StepStatus::Running, now_ms()))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -322,14 +305,16 @@ pub(crate) async fn finish_release_step(
         "UPDATE release_steps SET status = $3, finished_at = $4, detail = $5, log_uri = $6
          WHERE release_id = $1 AND step = $2 AND job_id = $7 AND attempt = $8",
     )
-    .bind(release_id)
-    .bind(end.step)
-    .bind(end.status)
-    .bind(now_ms())
-    .bind(end.detail)
-    .bind(end.log_uri)
-    .bind(attempt.0)
-    .bind(attempt.1)
+    .binds((
+        release_id,
+        end.step,
+        end.status,
+        now_ms(),
+        end.detail,
+        end.log_uri,
+        attempt.0,
+        attempt.1,
+    ))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -28,8 +28,7 @@ pub(crate) fn route_owner(route: &Route, asking_project: &str) -> String {
 
 pub(crate) async fn find_route(conn: &mut Conn<'_>, host: &str, path: &str) -> Result<Option<Route>> {
     query_as::<Route>("SELECT * FROM routes WHERE host = $1 AND path = $2")
-        .bind(host)
-        .bind(path)
+        .binds((host, path))
         .fetch_optional(&mut *conn)
         .await
 }
@@ -47,13 +46,7 @@ pub(crate) async fn insert_route(
         "INSERT INTO routes (project, environment, service, host, path, tls, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
-    .bind(host)
-    .bind(path)
-    .bind(tls)
-    .bind(now_ms())
+    .binds((project, environment, service, host, path, tls, now_ms()))
     .fetch_one(&mut *conn)
     .await
 }
@@ -100,8 +93,7 @@ pub(crate) async fn list_routes(conn: &mut Conn<'_>, project: &str) -> Result<Ve
 
 pub(crate) async fn delete_route(conn: &mut Conn<'_>, actor: &str, project: &str, id: i64) -> Result<()> {
     let route = query_as::<Route>("DELETE FROM routes WHERE id = $1 AND project = $2 RETURNING *")
-        .bind(id)
-        .bind(project)
+        .binds((id, project))
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("route {id} does not exist in project `{project}`")))?;

@@ -41,10 +41,7 @@ pub(crate) async fn latest_secret_version(
         "SELECT version, deleted FROM secrets WHERE project = $1 AND environment = $2 AND service = $3 AND name = $4
          ORDER BY version DESC LIMIT 1",
     )
-    .bind(&scope.project)
-    .bind(scope.environment_column())
-    .bind(scope.service_column())
-    .bind(name)
+    .binds((&scope.project, scope.environment_column(), scope.service_column(), name))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -88,15 +85,17 @@ pub(crate) async fn insert_secret_version(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          RETURNING project, environment, service, name, version, created_at, created_by",
     )
-    .bind(&scope.project)
-    .bind(scope.environment_column())
-    .bind(scope.service_column())
-    .bind(name)
-    .bind(version)
-    .bind(sealed)
-    .bind(sealed.is_none())
-    .bind(now_ms())
-    .bind(actor)
+    .binds((
+        &scope.project,
+        scope.environment_column(),
+        scope.service_column(),
+        name,
+        version,
+        sealed,
+        sealed.is_none(),
+        now_ms(),
+        actor,
+    ))
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| match e {
@@ -146,9 +145,7 @@ pub(crate) async fn list_secrets(
                             AND t.environment = s.environment AND t.service = s.service AND t.name = s.name)
          ORDER BY s.environment, s.service, s.name",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
+    .binds((project, environment, service))
     .fetch_all(&mut *conn)
     .await
 }
@@ -164,10 +161,7 @@ pub(crate) async fn reveal_secret(
         "SELECT version, sealed FROM secrets WHERE project = $1 AND environment = $2 AND service = $3 AND name = $4
          ORDER BY version DESC LIMIT 1",
     )
-    .bind(&scope.project)
-    .bind(scope.environment_column())
-    .bind(scope.service_column())
-    .bind(name)
+    .binds((&scope.project, scope.environment_column(), scope.service_column(), name))
     .fetch_optional(&mut *conn)
     .await?;
     match row {

@@ -31,13 +31,7 @@ pub(crate) async fn apply_service(
              spec_version = services.spec_version + 1, updated_at = $7
          RETURNING *",
     )
-    .bind(project)
-    .bind(name)
-    .bind(&draft.environment)
-    .bind(&draft.repository)
-    .bind(&draft.branch)
-    .bind(&draft.spec)
-    .bind(now)
+    .binds((project, name, &draft.environment, &draft.repository, &draft.branch, &draft.spec, now))
     .fetch_one(&mut *conn)
     .await?;
     let version = service.spec_version;
@@ -45,12 +39,7 @@ pub(crate) async fn apply_service(
         "INSERT INTO service_spec_versions (project, service, version, spec, created_at, created_by)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(project)
-    .bind(name)
-    .bind(version)
-    .bind(&draft.spec)
-    .bind(now)
-    .bind(actor)
+    .binds((project, name, version, &draft.spec, now, actor))
     .execute(&mut *conn)
     .await?;
     for (index, (host, path)) in routes.iter().enumerate() {
@@ -84,8 +73,7 @@ pub(crate) async fn apply_service(
 
 pub(crate) async fn get_service(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Option<Service>> {
     query_as::<Service>("SELECT * FROM services WHERE project = $1 AND name = $2")
-        .bind(project)
-        .bind(name)
+        .binds((project, name))
         .fetch_optional(&mut *conn)
         .await
 }
@@ -112,8 +100,7 @@ pub(crate) async fn spec_versions(conn: &mut Conn<'_>, project: &str, name: &str
         "SELECT version, spec, created_at, created_by FROM service_spec_versions
          WHERE project = $1 AND service = $2 ORDER BY version DESC",
     )
-    .bind(project)
-    .bind(name)
+    .binds((project, name))
     .fetch_all(&mut *conn)
     .await
 }
@@ -121,14 +108,12 @@ pub(crate) async fn spec_versions(conn: &mut Conn<'_>, project: &str, name: &str
 pub(crate) async fn delete_service(conn: &mut Conn<'_>, actor: &str, project: &str, name: &str) -> Result<()> {
     require_service(conn, project, name).await?;
     query("DELETE FROM services WHERE project = $1 AND name = $2")
-        .bind(project)
-        .bind(name)
+        .binds((project, name))
         .execute(&mut *conn)
         .await?;
     // A service created again under the name starts without the old one's secrets.
     query("DELETE FROM secrets WHERE project = $1 AND service = $2")
-        .bind(project)
-        .bind(name)
+        .binds((project, name))
         .execute(&mut *conn)
         .await?;
     let entity = format!("{project}/{name}");

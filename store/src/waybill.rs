@@ -139,18 +139,20 @@ pub(crate) async fn insert_cost_sample(conn: &mut Conn<'_>, s: &NewCostSample) -
                                    volume_gib_hours, egress_gib, cost_cents, cpu_counter_ns, egress_counter_bytes)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
     )
-    .bind(&s.project)
-    .bind(&s.environment)
-    .bind(&s.service)
-    .bind(s.at)
-    .bind(s.interval_secs)
-    .bind(s.cpu_seconds)
-    .bind(s.ram_gib_hours)
-    .bind(s.volume_gib_hours)
-    .bind(s.egress_gib)
-    .bind(s.cost_cents)
-    .bind(s.cpu_counter_ns)
-    .bind(s.egress_counter_bytes)
+    .binds((
+        &s.project,
+        &s.environment,
+        &s.service,
+        s.at,
+        s.interval_secs,
+        s.cpu_seconds,
+        s.ram_gib_hours,
+        s.volume_gib_hours,
+        s.egress_gib,
+        s.cost_cents,
+        s.cpu_counter_ns,
+        s.egress_counter_bytes,
+    ))
     .fetch_one(&mut *conn)
     .await
 }
@@ -165,9 +167,7 @@ pub(crate) async fn last_cost_sample(conn: &mut Conn<'_>, key: &ServiceKey) -> R
         "SELECT * FROM cost_samples WHERE project = $1 AND environment = $2 AND service = $3
          ORDER BY at DESC, id DESC LIMIT 1",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(service)
+    .binds((project, environment, service))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -181,8 +181,7 @@ pub(crate) async fn cost_report(conn: &mut Conn<'_>, project: &str, since: i64) 
          FROM cost_samples WHERE project = $1 AND at >= $2
          GROUP BY environment, service ORDER BY environment, service",
     )
-    .bind(project)
-    .bind(since)
+    .binds((project, since))
     .fetch_all(&mut *conn)
     .await
 }
@@ -196,9 +195,7 @@ pub(crate) async fn environment_spend_cents(
     query_scalar::<f64>(
         "SELECT COALESCE(SUM(cost_cents), 0.0) FROM cost_samples WHERE project = $1 AND environment = $2 AND at >= $3",
     )
-    .bind(project)
-    .bind(environment)
-    .bind(since)
+    .binds((project, environment, since))
     .fetch_one(&mut *conn)
     .await
 }
@@ -232,8 +229,7 @@ pub(crate) async fn budget_check(conn: &mut Conn<'_>, project: &str, name: &str,
     let (row_month, row_state) = query_as::<(Option<String>, Option<String>)>(
         "SELECT budget_month, budget_state FROM environments WHERE project = $1 AND name = $2",
     )
-    .bind(project)
-    .bind(name)
+    .binds((project, name))
     .fetch_one(&mut *conn)
     .await?;
     let reported = match row_month.as_deref() == Some(month.as_str()) {
@@ -278,10 +274,7 @@ pub(crate) async fn set_budget_state(
     state: &str,
 ) -> Result<()> {
     query("UPDATE environments SET budget_month = $3, budget_state = $4 WHERE project = $1 AND name = $2")
-        .bind(project)
-        .bind(name)
-        .bind(month)
-        .bind(state)
+        .binds((project, name, month, state))
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -291,9 +284,7 @@ pub(crate) async fn pause(conn: &mut Conn<'_>, project: &str, name: &str, now: i
     query_as::<Environment>(
         "UPDATE environments SET paused_at = COALESCE(paused_at, $3) WHERE project = $1 AND name = $2 RETURNING *",
     )
-    .bind(project)
-    .bind(name)
-    .bind(now)
+    .binds((project, name, now))
     .fetch_one(&mut *conn)
     .await
 }
@@ -336,8 +327,7 @@ pub(crate) async fn resume_environment(
     let environment = query_as::<Environment>(
         "UPDATE environments SET paused_at = NULL WHERE project = $1 AND name = $2 RETURNING *",
     )
-    .bind(project)
-    .bind(name)
+    .binds((project, name))
     .fetch_one(&mut *conn)
     .await?;
     if let Some(paused_at) = before.paused_at {
@@ -352,8 +342,7 @@ pub(crate) async fn resume_environment(
         let services: Vec<String> = query_scalar(
             "SELECT DISTINCT service FROM deployments WHERE project = $1 AND environment = $2 AND status = 'succeeded'",
         )
-        .bind(project)
-        .bind(name)
+        .binds((project, name))
         .fetch_all(&mut *conn)
         .await?;
         for service in services {

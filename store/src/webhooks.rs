@@ -21,11 +21,13 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
         "INSERT INTO webhook_deliveries (delivery_id, event, action, repository, outcome, pipeline_ids, received_at)
          VALUES ($1, $2, $3, $4, 'accepted', '[]', $5) ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
     )
-    .bind(&delivery.delivery_id)
-    .bind(&delivery.event)
-    .bind(&delivery.action)
-    .bind(repository)
-    .bind(now_ms())
+    .binds((
+        &delivery.delivery_id,
+        &delivery.event,
+        &delivery.action,
+        repository,
+        now_ms(),
+    ))
     .fetch_optional(&mut *conn)
     .await?;
     if fresh.is_none() {
@@ -127,10 +129,7 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
     };
     let project = projects.first().cloned();
     query("UPDATE webhook_deliveries SET outcome = $2, pipeline_ids = $3, project = $4 WHERE delivery_id = $1")
-        .bind(&delivery.delivery_id)
-        .bind(&outcome)
-        .bind(json!(pipelines).to_string())
-        .bind(&project)
+        .binds((&delivery.delivery_id, &outcome, json!(pipelines).to_string(), &project))
         .execute(&mut *conn)
         .await?;
     let diff = json!({"event": delivery.event, "action": delivery.action, "repository": repository,
@@ -190,8 +189,7 @@ pub(crate) async fn list_deliveries(conn: &mut Conn<'_>, project: Option<&str>, 
     query_as::<Delivery>(
         "SELECT * FROM webhook_deliveries WHERE ($1 IS NULL OR project = $1) ORDER BY received_at DESC LIMIT $2",
     )
-    .bind(project)
-    .bind(limit.clamp(1, 500))
+    .binds((project, limit.clamp(1, 500)))
     .fetch_all(&mut *conn)
     .await
 }

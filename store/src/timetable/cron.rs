@@ -60,11 +60,7 @@ pub(crate) async fn sync_cron(conn: &mut Conn<'_>, now: i64) -> Result<CronSync>
                 "INSERT INTO cron_schedules (project, service, job, schedule, next_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (project, service, job) DO UPDATE SET schedule = $4, next_at = $5",
             )
-            .bind(&service.project)
-            .bind(&service.name)
-            .bind(&job)
-            .bind(&schedule)
-            .bind(next_at)
+            .binds((&service.project, &service.name, &job, &schedule, next_at))
             .execute(&mut *conn)
             .await?;
             if unchanged.is_some() {
@@ -76,9 +72,7 @@ pub(crate) async fn sync_cron(conn: &mut Conn<'_>, now: i64) -> Result<CronSync>
     }
     for (project, service, job) in existing.into_keys() {
         query("DELETE FROM cron_schedules WHERE project = $1 AND service = $2 AND job = $3")
-            .bind(&project)
-            .bind(&service)
-            .bind(&job)
+            .binds((&project, &service, &job))
             .execute(&mut *conn)
             .await?;
         sync.removed += 1;
@@ -102,8 +96,7 @@ pub(crate) async fn due_cron(conn: &mut Conn<'_>, now: i64, limit: i64) -> Resul
          LEFT JOIN environments e ON e.project = s.project AND e.name = s.environment
          WHERE c.next_at <= $1 ORDER BY c.next_at LIMIT $2",
     )
-    .bind(now)
-    .bind(limit)
+    .binds((now, limit))
     .fetch_all(&mut *conn)
     .await
 }
@@ -125,11 +118,7 @@ pub(crate) async fn fire_cron(conn: &mut Conn<'_>, due: &DueCron, now: i64) -> R
     let claimed = query(
         "UPDATE cron_schedules SET next_at = $4 WHERE project = $1 AND service = $2 AND job = $3 AND next_at = $5",
     )
-    .bind(&due.project)
-    .bind(&due.service)
-    .bind(&due.job)
-    .bind(next_at)
-    .bind(due.next_at)
+    .binds((&due.project, &due.service, &due.job, next_at, due.next_at))
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -150,9 +139,7 @@ pub(crate) async fn fire_cron(conn: &mut Conn<'_>, due: &DueCron, now: i64) -> R
         "SELECT * FROM job_runs WHERE project = $1 AND service = $2 AND job = $3 AND status IN ('queued', 'running')
          ORDER BY id DESC",
     )
-    .bind(&due.project)
-    .bind(&due.service)
-    .bind(&due.job)
+    .binds((&due.project, &due.service, &due.job))
     .fetch_all(&mut *conn)
     .await?;
     let mut still_running = None;

@@ -15,10 +15,7 @@ pub(crate) async fn try_lead(conn: &mut Conn<'_>, name: &str, holder: &str, ttl_
          WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at <= $4
          RETURNING holder",
     )
-    .bind(name)
-    .bind(holder)
-    .bind(now + ttl_ms)
-    .bind(now)
+    .binds((name, holder, now + ttl_ms, now))
     .fetch_optional(&mut *conn)
     .await?;
     Ok(won.is_some())
@@ -26,8 +23,7 @@ pub(crate) async fn try_lead(conn: &mut Conn<'_>, name: &str, holder: &str, ttl_
 
 pub(crate) async fn resign(conn: &mut Conn<'_>, name: &str, holder: &str) -> Result<()> {
     query("DELETE FROM leader_leases WHERE name = $1 AND holder = $2")
-        .bind(name)
-        .bind(holder)
+        .binds((name, holder))
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -58,8 +58,7 @@ pub(crate) async fn expired_previews(conn: &mut Conn<'_>, cutoff: i64) -> Result
                            WHERE x.project = r.project AND x.environment = r.environment AND x.service = r.service)
              ORDER BY r.service",
         )
-        .bind(&preview.project)
-        .bind(&preview.name)
+        .binds((&preview.project, &preview.name))
         .fetch_all(&mut *conn)
         .await?;
         for release in latest {

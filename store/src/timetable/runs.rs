@@ -36,17 +36,19 @@ pub(crate) async fn insert_run(
                                created_at, finished_at, created_by)
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11) RETURNING *",
     )
-    .bind(new.project)
-    .bind(new.service)
-    .bind(new.environment)
-    .bind(new.job)
-    .bind(new.trigger)
-    .bind(status)
-    .bind(detail)
-    .bind(new.scheduled_for)
-    .bind(now)
-    .bind(finished_at)
-    .bind(new.created_by)
+    .binds((
+        new.project,
+        new.service,
+        new.environment,
+        new.job,
+        new.trigger,
+        status,
+        detail,
+        new.scheduled_for,
+        now,
+        finished_at,
+        new.created_by,
+    ))
     .fetch_one(&mut *conn)
     .await
 }
@@ -67,8 +69,7 @@ pub(crate) async fn enqueue_run(conn: &mut Conn<'_>, new: &NewRun<'_>, now: i64)
     ));
     let job_id = conn.enqueue(job).await?;
     query_as::<JobRunRecord>("UPDATE job_runs SET queue_job_id = $2 WHERE id = $1 RETURNING *")
-        .bind(run.id)
-        .bind(job_id)
+        .binds((run.id, job_id))
         .fetch_one(&mut *conn)
         .await
 }
@@ -144,9 +145,7 @@ pub(crate) async fn job_run_started(conn: &mut Conn<'_>, id: i64, attempt: i32, 
              finished_at = NULL, exit_code = NULL, detail = NULL
          WHERE id = $1 AND status IN ('queued', 'running', 'failed') RETURNING *",
     )
-    .bind(id)
-    .bind(attempt)
-    .bind(now)
+    .binds((id, attempt, now))
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| {
@@ -169,11 +168,7 @@ pub(crate) async fn finish_run(
         "UPDATE job_runs SET status = $2, exit_code = $3, detail = $4, finished_at = $5
          WHERE id = $1 AND status IN ('queued', 'running') RETURNING *",
     )
-    .bind(id)
-    .bind(status)
-    .bind(exit_code)
-    .bind(detail)
-    .bind(now)
+    .binds((id, status, exit_code, detail, now))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -211,10 +206,7 @@ pub(crate) async fn list_job_runs(
         "SELECT * FROM job_runs WHERE project = $1 AND service = $2 AND ($3 IS NULL OR job = $3)
          ORDER BY id DESC LIMIT $4",
     )
-    .bind(project)
-    .bind(service)
-    .bind(job)
-    .bind(limit.clamp(1, 500))
+    .binds((project, service, job, limit.clamp(1, 500)))
     .fetch_all(&mut *conn)
     .await
 }
