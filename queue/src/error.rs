@@ -3,15 +3,29 @@
 
 use crate::job::{JobId, JobState, PipelineId};
 
+/// The underlying client library's error kept as a cause.
+pub type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(
         "cannot reach the {backend} queue backend: {message}. Check that the server is running and that the URL is right"
     )]
-    Unavailable { backend: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        message: String,
+        /// The client library's error, for logs that print the chain (never one carrying a URL).
+        #[source]
+        source: Option<BoxedCause>,
+    },
 
     #[error("the {backend} queue backend failed: {message}")]
-    Backend { backend: &'static str, message: String },
+    Backend {
+        backend: &'static str,
+        message: String,
+        #[source]
+        source: Option<BoxedCause>,
+    },
 
     #[error("invalid job: `{field}` {problem}")]
     InvalidJob { field: String, problem: String },
@@ -58,10 +72,12 @@ impl QueueError {
             | sqlx::Error::WorkerCrashed => QueueError::Unavailable {
                 backend,
                 message: err.to_string(),
+                source: Some(Box::new(err)),
             },
             other => QueueError::Backend {
                 backend,
                 message: other.to_string(),
+                source: Some(Box::new(other)),
             },
         }
     }
@@ -78,11 +94,13 @@ impl From<redis::RedisError> for QueueError {
             QueueError::Unavailable {
                 backend: "redis",
                 message: err.to_string(),
+                source: Some(Box::new(err)),
             }
         } else {
             QueueError::Backend {
                 backend: "redis",
                 message: err.to_string(),
+                source: Some(Box::new(err)),
             }
         }
     }

@@ -68,6 +68,7 @@ impl PostgresQueue {
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| QueueError::Unavailable {
             backend: NAME,
             message: format!("invalid PostgreSQL URL: {e}"),
+            source: None,
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -83,6 +84,7 @@ impl PostgresQueue {
         MIGRATOR.run(&pool).await.map_err(|e| QueueError::Backend {
             backend: NAME,
             message: format!("migration failed: {e}"),
+            source: Some(Box::new(e)),
         })?;
         let notify = Arc::new(Wakeup::default());
         let listener = tokio::spawn(listen(pool.clone(), notify.clone()));

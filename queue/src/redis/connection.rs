@@ -85,5 +85,9 @@ pub(super) fn unavailable(url: &str, e: &::redis::RedisError) -> QueueError {
             message = message.replace(secret, "***");
         }
     }
-    QueueError::Unavailable { backend: NAME, message }
+    QueueError::Unavailable {
+        backend: NAME,
+        message,
+        source: None,
+    }
 }

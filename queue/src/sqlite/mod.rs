@@ -53,6 +53,7 @@ impl SqliteQueue {
             .map_err(|e| QueueError::Unavailable {
                 backend: NAME,
                 message: format!("invalid SQLite URL: {e}"),
+                source: None,
             })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -62,6 +63,7 @@ impl SqliteQueue {
         let migration_failed = |e: sqlx::migrate::MigrateError| QueueError::Backend {
             backend: NAME,
             message: format!("migration failed: {e}"),
+            source: Some(Box::new(e)),
         };
         // An in-memory database exists per connection: keep exactly one.
         let in_memory = url.contains(":memory:");
