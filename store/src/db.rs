@@ -384,20 +384,8 @@ impl<S: Shape> Query<S> {
         Ok(row.map(S::out))
     }
 
+    /// The first row; none is an error (sqlx's `RowNotFound`, a database error to callers).
     pub async fn fetch_one(self, conn: &mut Conn<'_>) -> Result<S::Out> {
-        let sql = AssertSqlSafe(self.sql);
-        let row = match conn.raw() {
-            Raw::Postgres(c) => {
-                with_args!(sqlx::query_as::<Postgres, S::Row>(sql), self.args)
-                    .fetch_one(c)
-                    .await?
-            }
-            Raw::Sqlite(c) => {
-                with_args!(sqlx::query_as::<Sqlite, S::Row>(sql), self.args)
-                    .fetch_one(c)
-                    .await?
-            }
-        };
-        Ok(S::out(row))
+        Ok(self.fetch_optional(conn).await?.ok_or(sqlx::Error::RowNotFound)?)
     }
 }
