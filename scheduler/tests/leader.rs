@@ -34,7 +34,10 @@ fn config(holder: &str) -> SchedulerConfig {
 async fn only_the_leader_fires(url: String) {
     let (a, b) = (store(&url).await, store(&url).await);
     a.create_project("user:admin", "shop", "Shop").await.unwrap();
+    // A whole Service Spec, as the API stores one (the store reads stored specs typed).
     let spec = serde_json::json!({
+        "apiVersion": "enclii.dev/v1",
+        "kind": "Service",
         "metadata": {"project": "shop", "environment": "dev", "name": "api"},
         "spec": {"jobs": [{"name": "report", "schedule": "* * * * *", "args": ["./report"]}]},
     });
