@@ -34,6 +34,7 @@ mod runtime;
 mod state;
 mod timetable;
 mod trace;
+mod views;
 mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use crate::views;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -39,16 +40,18 @@ async fn readable_job(state: &AppState, principal: &Principal, id: i64) -> Resul
 
 /// A page of a job's log, oldest first.
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "queue", params(LogQuery),
-    responses((status = 200, body = [LogLine])))]
+    responses((status = 200, body = [views::LogLine])))]
 pub async fn job_log(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<i64>,
     Query(query): Query<LogQuery>,
-) -> Result<Json<Vec<LogLine>>, ApiError> {
+) -> Result<Json<Vec<views::LogLine>>, ApiError> {
     readable_job(&state, &principal, id).await?;
     let limit = query.limit.unwrap_or(PAGE).clamp(1, PAGE);
-    Ok(Json(state.store.read_log(id, query.after.unwrap_or(0), limit).await?))
+    Ok(Json(views::all(
+        state.store.read_log(id, query.after.unwrap_or(0), limit).await?,
+    )))
 }
 
 /// A job's log, live: one `line` event per line (its `id` is the line's `seq`, so a reconnecting
@@ -98,7 +101,7 @@ impl Tail {
                 let event = Event::default()
                     .event("line")
                     .id(line.seq.to_string())
-                    .json_data(&line)
+                    .json_data(views::LogLine::from(line.clone()))
                     .unwrap_or_else(|_| Event::default().event("line").data(line.line.clone()));
                 return Some((Ok(event), Tail::Reading { after, pending }));
             }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::views;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -303,22 +304,22 @@ pub async fn list_workers(
 }
 
 /// Per-project queue limits and pauses.
-#[utoipa::path(get, path = "/v1/queue/controls", tag = "queue", responses((status = 200, body = [QueueControl])))]
+#[utoipa::path(get, path = "/v1/queue/controls", tag = "queue", responses((status = 200, body = [views::QueueControl])))]
 pub async fn list_controls(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<Json<Vec<QueueControl>>, ApiError> {
+) -> Result<Json<Vec<views::QueueControl>>, ApiError> {
     principal.require(Permission::Read, None)?;
-    Ok(Json(state.store.queue_controls().await?))
+    Ok(Json(views::all(state.store.queue_controls().await?)))
 }
 
 /// Hands a changed control to the queue, which enforces it at the next claim.
-async fn enforce(state: &AppState, control: QueueControl) -> Result<Json<QueueControl>, ApiError> {
+async fn enforce(state: &AppState, control: QueueControl) -> Result<Json<views::QueueControl>, ApiError> {
     state
         .backend
         .set_project_limits(&control.project, control.effective())
         .await?;
-    Ok(Json(control))
+    Ok(Json(control.into()))
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -332,13 +333,13 @@ pub struct LimitsBody {
 
 /// Per-project limits the queue enforces at claim time (a paused project stays paused).
 #[utoipa::path(put, path = "/v1/projects/{project}/limits", tag = "queue", request_body = LimitsBody,
-    responses((status = 200, body = QueueControl)))]
+    responses((status = 200, body = views::QueueControl)))]
 pub async fn set_limits(
     State(state): State<AppState>,
     principal: Principal,
     Path(project): Path<String>,
     Body(limits): Body<LimitsBody>,
-) -> Result<Json<QueueControl>, ApiError> {
+) -> Result<Json<views::QueueControl>, ApiError> {
     principal.require(Permission::Govern, Some(&project))?;
     state.store.project(&project).await?;
     let control = state
@@ -353,7 +354,7 @@ async fn set_paused(
     principal: &Principal,
     project: &str,
     paused: bool,
-) -> Result<Json<QueueControl>, ApiError> {
+) -> Result<Json<views::QueueControl>, ApiError> {
     principal.require(Permission::Govern, Some(project))?;
     state.store.project(project).await?;
     let control = state
@@ -366,23 +367,23 @@ async fn set_paused(
 /// Pauses a project's queue: no job of it starts until resumed (running jobs finish; new jobs
 /// are accepted and wait).
 #[utoipa::path(post, path = "/v1/projects/{project}/queue/pause", tag = "queue",
-    responses((status = 200, body = QueueControl)))]
+    responses((status = 200, body = views::QueueControl)))]
 pub async fn pause(
     State(state): State<AppState>,
     principal: Principal,
     Path(project): Path<String>,
-) -> Result<Json<QueueControl>, ApiError> {
+) -> Result<Json<views::QueueControl>, ApiError> {
     set_paused(&state, &principal, &project, true).await
 }
 
 /// Resumes a paused project's queue under its limits.
 #[utoipa::path(post, path = "/v1/projects/{project}/queue/resume", tag = "queue",
-    responses((status = 200, body = QueueControl)))]
+    responses((status = 200, body = views::QueueControl)))]
 pub async fn resume(
     State(state): State<AppState>,
     principal: Principal,
     Path(project): Path<String>,
-) -> Result<Json<QueueControl>, ApiError> {
+) -> Result<Json<views::QueueControl>, ApiError> {
     set_paused(&state, &principal, &project, false).await
 }
 

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::views::Release;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -17,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use enclii_deploy_contract::{LogRequest, RuntimeLogLine, ServiceKey, Target, Track};
 use enclii_domain::spec::{validate_environment_name, validate_git_ref};
-use enclii_store::{BuildTrigger, DeploymentStatus, EnvironmentChange, Release, ReleaseTrigger, StoreError};
+use enclii_store::{BuildTrigger, DeploymentStatus, EnvironmentChange, ReleaseTrigger, StoreError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -395,7 +396,7 @@ pub async fn create_preview(
         StatusCode::ACCEPTED,
         Json(PreviewStarted {
             environment,
-            release,
+            release: release.into(),
             pipeline: pipeline.id,
             duplicate: pipeline.duplicate,
         }),

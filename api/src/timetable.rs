@@ -2,11 +2,12 @@
 //! report, and resuming a paused environment. Each handler authorises the caller for one
 //! permission on one project, validates, and makes one store call.
 
+use crate::views;
+use crate::views::{CostLine, Environment, JobRunRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use enclii_store::{CostLine, Environment, JobRunRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -43,7 +44,7 @@ pub async fn run_job(
         .store
         .run_job_now(&principal.subject, &project, &service, &job)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -68,7 +69,7 @@ pub async fn list_job_runs(
         .store
         .list_job_runs(&project, &service, query.job.as_deref(), query.limit.unwrap_or(50))
         .await?;
-    Ok(Json(runs))
+    Ok(Json(views::all(runs)))
 }
 
 // --- cost ---------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ pub async fn cost_report(
     Ok(Json(CostReport {
         project,
         since,
-        lines,
+        lines: views::all(lines),
         total_cents,
     }))
 }
@@ -160,7 +161,8 @@ pub async fn resume_environment(
         state
             .store
             .resume_environment(&principal.subject, &project, &environment)
-            .await?,
+            .await?
+            .into(),
     ))
 }
 

@@ -1,11 +1,12 @@
 //! `POST /v1/webhooks/github`: verify the signature, parse, rate-limit per project, and hand the
 //! delivery to the store, which persists it and enqueues its pipelines in one transaction.
 
+use crate::views::WebhookOutcome;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use enclii_domain::github::{GithubEvent, parse_event};
-use enclii_store::{WebhookDelivery, WebhookIntent, WebhookOutcome};
+use enclii_store::{WebhookDelivery, WebhookIntent};
 
 use crate::auth::check_rate;
 use crate::error::ApiError;
@@ -119,5 +120,5 @@ pub async fn github(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(outcome)))
+    Ok((status, Json(outcome.into())))
 }

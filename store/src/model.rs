@@ -10,7 +10,7 @@ pub use crate::vocabulary::*;
 pub use enclii_domain::ServiceKey;
 pub use enclii_domain::github::WebhookIntent;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Project {
     pub slug: String,
     pub name: String,
@@ -18,7 +18,7 @@ pub struct Project {
     pub created_by: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Environment {
     pub project: String,
     pub name: String,
@@ -65,7 +65,7 @@ pub struct ServiceDraft {
     pub spec: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Service {
     pub project: String,
     pub name: String,
@@ -100,7 +100,7 @@ impl Service {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SpecVersion {
     pub version: i64,
     #[serde(skip)]
@@ -115,7 +115,7 @@ impl SpecVersion {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Release {
     pub id: i64,
     pub project: String,
@@ -151,7 +151,7 @@ pub struct BuildTrigger {
     pub trigger: ReleaseTrigger,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Deployment {
     pub id: i64,
     pub project: String,
@@ -257,7 +257,7 @@ impl SecretScope {
 }
 
 /// A secret's metadata. Values are never part of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SecretMeta {
     pub project: String,
     pub environment: String,
@@ -268,7 +268,7 @@ pub struct SecretMeta {
     pub created_by: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Route {
     pub id: i64,
     pub project: String,
@@ -290,7 +290,7 @@ pub struct NewRoute {
     pub tls: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct RoleBinding {
     pub subject: String,
     /// A project slug, or `*` for every project.
@@ -300,7 +300,7 @@ pub struct RoleBinding {
 }
 
 /// A personal access token as stored: the secret part only as a hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct TokenRecord {
     pub id: String,
     #[serde(skip)]
@@ -322,7 +322,7 @@ impl TokenRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Delivery {
     pub delivery_id: String,
     pub event: String,
@@ -355,7 +355,7 @@ pub struct WebhookDelivery {
 }
 
 /// The result of accepting a delivery.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize)]
 pub struct WebhookOutcome {
     pub delivery_id: String,
     /// The delivery id was seen before: nothing was done this time.
@@ -365,7 +365,7 @@ pub struct WebhookOutcome {
     pub releases: Vec<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct AuditEvent {
     pub id: i64,
     pub at: i64,
@@ -409,7 +409,7 @@ pub struct Change<'a> {
 
 /// One step of a release's pipeline (`clone`, `build`, `push`, `sbom`, `sign`): when it ran, how it
 /// ended and where its log is archived — the release's step timings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ReleaseStep {
     pub release_id: i64,
     pub step: String,
@@ -425,7 +425,7 @@ pub struct ReleaseStep {
 }
 
 /// One line of a job's output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LogLine {
     pub job_id: i64,
     /// 1-based, increasing across the job's attempts.

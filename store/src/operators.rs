@@ -16,7 +16,7 @@ use crate::model::Change;
 use crate::now_ms;
 
 /// A project's queue limits as operators set them, and whether its queue is paused.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct QueueControl {
     pub project: String,
     /// Jobs of the project running at once; `null`: unlimited.
@@ -41,7 +41,7 @@ impl QueueControl {
 }
 
 /// A worker process as its last heartbeat described it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct WorkerRecord {
     /// The id it claims jobs under (jobs' `worker`).
     pub id: String,

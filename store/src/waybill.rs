@@ -52,7 +52,7 @@ pub struct CostSampleRecord {
 }
 
 /// Usage and cost of one service in one environment over a report's period.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct CostLine {
     pub environment: String,
     pub service: String,
@@ -126,7 +126,7 @@ pub mod budget_state {
 
 /// A service running a release (it has a succeeded deployment) in an environment that is not
 /// paused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DeployedService {
     pub project: String,
     pub environment: String,

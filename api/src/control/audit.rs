@@ -1,8 +1,9 @@
 //! The audit trail, newest first.
 
+use crate::views::AuditEvent;
 use axum::Json;
 use axum::extract::{Query, State};
-use enclii_store::{AuditEvent, AuditFilter};
+use enclii_store::AuditFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -61,7 +62,7 @@ pub async fn list_audit(
             .into_iter()
             .map(|event| AuditView {
                 diff: event.diff_json(),
-                event,
+                event: event.into(),
             })
             .collect(),
     ))

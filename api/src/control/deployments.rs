@@ -1,10 +1,12 @@
 //! Deployments: deploy a release, roll back to an earlier one (a deploy with the rolling strategy),
 //! list and read.
 
+use crate::views;
+use crate::views::Deployment;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use enclii_store::{Deployment, DeploymentRequest, Strategy};
+use enclii_store::{DeploymentRequest, Strategy};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -68,7 +70,7 @@ async fn deploy(
         reason: reason.into(),
     };
     let deployment = state.store.create_deployment(&principal.subject, &request).await?;
-    Ok((StatusCode::ACCEPTED, Json(deployment)))
+    Ok((StatusCode::ACCEPTED, Json(deployment.into())))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/deployments", tag = "deployments",
@@ -121,12 +123,12 @@ pub async fn list_deployments(
     Query(query): Query<DeploymentQuery>,
 ) -> Answer<Vec<Deployment>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(
+    Ok(Json(views::all(
         state
             .store
             .list_deployments(&project, query.service.as_deref(), query.limit.unwrap_or(50))
             .await?,
-    ))
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", responses((status = 200, body = Deployment)))]
@@ -137,5 +139,5 @@ pub async fn get_deployment(
 ) -> Answer<Deployment> {
     let deployment = state.store.deployment(id).await?;
     principal.require_on(Permission::Read, &deployment.project, &format!("deployment {id}"))?;
-    Ok(Json(deployment))
+    Ok(Json(deployment.into()))
 }

@@ -1,10 +1,12 @@
 //! Environments of a project, with budgets and quotas (quota bodies parsed to millicores and MiB).
 
+use crate::views;
+use crate::views::Environment;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use enclii_domain::spec::validate_environment_name;
-use enclii_store::{Environment, EnvironmentChange};
+use enclii_store::EnvironmentChange;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -110,7 +112,7 @@ pub async fn create_environment(
         .store
         .create_environment(&principal.subject, &project, &req.name, &settings)
         .await?;
-    Ok((StatusCode::CREATED, Json(env)))
+    Ok((StatusCode::CREATED, Json(env.into())))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/environments", tag = "environments",
@@ -121,7 +123,7 @@ pub async fn list_environments(
     Path(project): Path<String>,
 ) -> Answer<Vec<Environment>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(state.store.list_environments(&project).await?))
+    Ok(Json(views::all(state.store.list_environments(&project).await?)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -163,6 +165,7 @@ pub async fn update_environment(
         state
             .store
             .update_environment(&principal.subject, &project, &environment, &settings)
-            .await?,
+            .await?
+            .into(),
     ))
 }

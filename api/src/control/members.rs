@@ -1,10 +1,11 @@
 //! Members: role bindings on a project (or `*`); nobody grants above their own role or changes
 //! someone ranked above them.
 
+use crate::views;
+use crate::views::RoleBinding;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use enclii_store::RoleBinding;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -24,7 +25,7 @@ pub async fn list_members(
 ) -> Answer<Vec<RoleBinding>> {
     principal.require(Permission::Read, Some(&project))?;
     state.store.project(&project).await?;
-    Ok(Json(state.store.role_bindings(&project).await?))
+    Ok(Json(views::all(state.store.role_bindings(&project).await?)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -55,7 +56,8 @@ pub async fn put_member(
         state
             .store
             .bind_role(&principal.subject, &subject, &project, req.role.as_str())
-            .await?,
+            .await?
+            .into(),
     ))
 }
 

@@ -1,10 +1,10 @@
 //! Projects: create, list, read, rename, delete.
 
+use crate::views::Project;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use enclii_domain::spec::validate_slug;
-use enclii_store::Project;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -35,13 +35,19 @@ pub async fn create_project(
     check("slug", validate_slug(&req.slug))?;
     let name = req.name.unwrap_or_else(|| req.slug.clone());
     let project = state.store.create_project(&principal.subject, &req.slug, &name).await?;
-    Ok((StatusCode::CREATED, Json(project)))
+    Ok((StatusCode::CREATED, Json(project.into())))
 }
 
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, body = [Project])))]
 pub async fn list_projects(State(state): State<AppState>, principal: Principal) -> Answer<Vec<Project>> {
     let projects = state.store.list_projects().await?;
-    Ok(Json(projects.into_iter().filter(|p| principal.sees(&p.slug)).collect()))
+    Ok(Json(
+        projects
+            .into_iter()
+            .filter(|p| principal.sees(&p.slug))
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}", tag = "projects", responses((status = 200, body = Project)))]
@@ -51,7 +57,7 @@ pub async fn get_project(
     Path(project): Path<String>,
 ) -> Answer<Project> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(state.store.project(&project).await?))
+    Ok(Json(state.store.project(&project).await?.into()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,7 +79,8 @@ pub async fn update_project(
         state
             .store
             .rename_project(&principal.subject, &project, &req.name)
-            .await?,
+            .await?
+            .into(),
     ))
 }
 

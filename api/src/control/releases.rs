@@ -1,10 +1,12 @@
 //! Releases: list, build a commit, read one with its provenance; a project's pipeline runs and
 //! GitHub deliveries.
 
+use crate::views;
+use crate::views::{Delivery, Release, ReleaseStep};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use enclii_store::{BuildTrigger, Delivery, Release, ReleaseStep, ReleaseTrigger};
+use enclii_store::{BuildTrigger, ReleaseTrigger};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -31,12 +33,12 @@ pub async fn list_project_releases(
     Query(paging): Query<Paging>,
 ) -> Answer<Vec<Release>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(
+    Ok(Json(views::all(
         state
             .store
             .list_releases(&project, None, paging.limit.unwrap_or(50))
             .await?,
-    ))
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases", params(Paging),
@@ -48,12 +50,12 @@ pub async fn list_releases(
     Query(paging): Query<Paging>,
 ) -> Answer<Vec<Release>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(
+    Ok(Json(views::all(
         state
             .store
             .list_releases(&project, Some(&service), paging.limit.unwrap_or(50))
             .await?,
-    ))
+    )))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,7 +117,7 @@ pub async fn build_release(
     Ok((
         StatusCode::ACCEPTED,
         Json(BuildStarted {
-            release,
+            release: release.into(),
             pipeline: pipeline.id,
             duplicate: pipeline.duplicate,
         }),
@@ -149,7 +151,10 @@ pub async fn list_pipelines(
             Some(id) => state.backend.pipeline(id).await?.map(|p| json!(p)),
             None => None,
         };
-        runs.push(PipelineSummary { release, pipeline });
+        runs.push(PipelineSummary {
+            release: release.into(),
+            pipeline,
+        });
     }
     Ok(Json(runs))
 }
@@ -165,12 +170,12 @@ pub async fn list_deliveries(
 ) -> Answer<Vec<Delivery>> {
     principal.require(Permission::Read, Some(&project))?;
     state.store.project(&project).await?;
-    Ok(Json(
+    Ok(Json(views::all(
         state
             .store
             .list_deliveries(Some(&project), paging.limit.unwrap_or(50))
             .await?,
-    ))
+    )))
 }
 
 /// A release with its provenance: the pipeline's steps, their timings, failures and archived logs.
@@ -190,5 +195,8 @@ pub async fn get_release(
     let release = state.store.release(id).await?;
     principal.require_on(Permission::Read, &release.project, &format!("release {id}"))?;
     let steps = state.store.release_steps(id).await?;
-    Ok(Json(ReleaseDetail { release, steps }))
+    Ok(Json(ReleaseDetail {
+        release: release.into(),
+        steps: views::all(steps),
+    }))
 }

@@ -1,10 +1,12 @@
 //! Routes (host and path to a service): add, list, delete.
 
+use crate::views;
+use crate::views::Route;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use enclii_domain::spec::validate_hostname;
-use enclii_store::{NewRoute, Route};
+use enclii_store::NewRoute;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -68,7 +70,7 @@ pub async fn add_route(
     };
     Ok((
         StatusCode::CREATED,
-        Json(state.store.add_route(&principal.subject, &route).await?),
+        Json(state.store.add_route(&principal.subject, &route).await?.into()),
     ))
 }
 
@@ -79,7 +81,7 @@ pub async fn list_routes(
     Path(project): Path<String>,
 ) -> Answer<Vec<Route>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(state.store.list_routes(&project).await?))
+    Ok(Json(views::all(state.store.list_routes(&project).await?)))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{project}/routes/{id}", tag = "routes", responses((status = 204)))]

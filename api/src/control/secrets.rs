@@ -1,10 +1,12 @@
 //! Secrets scoped to a project, an environment or a service: set, list (names and versions, never
 //! values), delete.
 
+use crate::views;
+use crate::views::SecretMeta;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use enclii_store::{SecretMeta, SecretScope};
+use enclii_store::SecretScope;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -85,7 +87,8 @@ pub async fn set_secret(
         state
             .store
             .set_secret(&principal.subject, &scope, &name, req.value.as_bytes())
-            .await?,
+            .await?
+            .into(),
     ))
 }
 
@@ -98,12 +101,12 @@ pub async fn list_secrets(
     Query(place): Query<SecretPlace>,
 ) -> Answer<Vec<SecretMeta>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(
+    Ok(Json(views::all(
         state
             .store
             .list_secrets(&project, place.environment.as_deref(), place.service.as_deref())
             .await?,
-    ))
+    )))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets", params(SecretPlace),

@@ -1,11 +1,12 @@
 //! Services from Service Specs (YAML or JSON): apply, list, read, delete, and the spec history.
 
+use crate::views::{Service, SpecVersion};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat};
-use enclii_store::{Service, ServiceDraft, SpecVersion};
+use enclii_store::ServiceDraft;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -24,11 +25,11 @@ pub struct ServiceView {
     spec: serde_json::Value,
 }
 
-impl From<Service> for ServiceView {
-    fn from(service: Service) -> Self {
+impl From<enclii_store::Service> for ServiceView {
+    fn from(service: enclii_store::Service) -> Self {
         ServiceView {
             spec: service.spec_json(),
-            service,
+            service: service.into(),
         }
     }
 }
@@ -202,7 +203,7 @@ pub async fn spec_versions(
             .into_iter()
             .map(|version| SpecVersionView {
                 spec: version.spec_json(),
-                version,
+                version: version.into(),
             })
             .collect(),
     ))

@@ -1,10 +1,11 @@
 //! Identity (`whoami`) and personal access tokens: create (never more than the holder), list,
 //! revoke.
 
+use crate::views;
+use crate::views::{RoleBinding, TokenRecord};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use enclii_store::{RoleBinding, TokenRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -33,7 +34,7 @@ pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
             .as_ref()
             .map(|s| s.iter().map(|p| p.scope().to_string()).collect()),
         subject: principal.subject,
-        roles: principal.bindings,
+        roles: views::all(principal.bindings),
         project: principal.project,
     })
 }
@@ -67,11 +68,11 @@ pub struct TokenView {
     scopes: Vec<String>,
 }
 
-impl From<TokenRecord> for TokenView {
-    fn from(record: TokenRecord) -> Self {
+impl From<enclii_store::TokenRecord> for TokenView {
+    fn from(record: enclii_store::TokenRecord) -> Self {
         TokenView {
             scopes: record.scope_list(),
-            record,
+            record: record.into(),
         }
     }
 }
@@ -140,7 +141,7 @@ pub async fn create_token(
         Some(parent) => parent.min(now + i64::from(days) * 86_400_000),
         None => now + i64::from(days) * 86_400_000,
     };
-    let record = TokenRecord {
+    let record = enclii_store::TokenRecord {
         id: token.id.clone(),
         secret_hash: token.secret_hash.clone(),
         subject: principal.subject.clone(),

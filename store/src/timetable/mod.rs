@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::vocabulary::{JobRunStatus, JobRunTrigger};
 
 /// A cron job of a service's spec and when it fires next (epoch ms, UTC).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct CronSchedule {
     pub project: String,
     pub service: String,
@@ -38,7 +38,7 @@ pub struct CronSync {
 }
 
 /// One run of a service's job: fired by cron or started by hand.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct JobRunRecord {
     pub id: i64,
     pub project: String,

@@ -1,0 +1,736 @@
+//! What the API answers: its own types, apart from the store's rows. Each view has the fields the
+//! API shows (never a secret's hash, a token's scopes as stored, a spec's text or an audit diff) and
+//! is made from its row with `From`. The names are the OpenAPI schemas' names.
+
+use enclii_store as store;
+use enclii_store::{
+    DeploymentStatus, JobRunStatus, JobRunTrigger, ReleaseStatus, ReleaseTrigger, StepStatus, Strategy,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Rows as their views.
+pub fn all<R, V: From<R>>(rows: Vec<R>) -> Vec<V> {
+    rows.into_iter().map(V::from).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Project {
+    pub slug: String,
+    pub name: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl From<store::Project> for Project {
+    fn from(row: store::Project) -> Self {
+        let store::Project {
+            slug,
+            name,
+            created_at,
+            created_by,
+            ..
+        } = row;
+        Self {
+            slug,
+            name,
+            created_at,
+            created_by,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Environment {
+    pub project: String,
+    pub name: String,
+    pub region: Option<String>,
+    /// Monthly budget in cents; `None` means no budget.
+    pub budget_cents: Option<i64>,
+    pub created_at: i64,
+    /// Quota: the most CPU (millicores), memory and volume storage (MiB) and replicas the
+    /// environment's services may ask for together; `None` is unlimited.
+    pub quota_cpu_millis: Option<i64>,
+    pub quota_memory_mib: Option<i64>,
+    pub quota_storage_mib: Option<i64>,
+    pub quota_pods: Option<i64>,
+    /// When the environment was paused (a budget at 100%, or by hand); `None` while it runs.
+    /// A paused environment runs no cron or one-off jobs and takes no cost samples.
+    pub paused_at: Option<i64>,
+}
+
+impl From<store::Environment> for Environment {
+    fn from(row: store::Environment) -> Self {
+        let store::Environment {
+            project,
+            name,
+            region,
+            budget_cents,
+            created_at,
+            quota_cpu_millis,
+            quota_memory_mib,
+            quota_storage_mib,
+            quota_pods,
+            paused_at,
+            ..
+        } = row;
+        Self {
+            project,
+            name,
+            region,
+            budget_cents,
+            created_at,
+            quota_cpu_millis,
+            quota_memory_mib,
+            quota_storage_mib,
+            quota_pods,
+            paused_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Service {
+    pub project: String,
+    pub name: String,
+    pub environment: String,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub spec_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<store::Service> for Service {
+    fn from(row: store::Service) -> Self {
+        let store::Service {
+            project,
+            name,
+            environment,
+            repository,
+            branch,
+            spec_version,
+            created_at,
+            updated_at,
+            ..
+        } = row;
+        Self {
+            project,
+            name,
+            environment,
+            repository,
+            branch,
+            spec_version,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SpecVersion {
+    pub version: i64,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl From<store::SpecVersion> for SpecVersion {
+    fn from(row: store::SpecVersion) -> Self {
+        let store::SpecVersion {
+            version,
+            created_at,
+            created_by,
+            ..
+        } = row;
+        Self {
+            version,
+            created_at,
+            created_by,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Release {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub git_sha: String,
+    pub repository: String,
+    pub branch: String,
+    pub image: String,
+    pub digest: Option<String>,
+    pub sbom_uri: Option<String>,
+    pub signature: Option<String>,
+    pub status: ReleaseStatus,
+    pub failure: Option<String>,
+    pub pipeline_id: Option<i64>,
+    /// What started the build.
+    pub trigger: ReleaseTrigger,
+    /// What built the image (provenance), e.g. `docker-buildkit 20.10.24`.
+    pub builder: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<store::Release> for Release {
+    fn from(row: store::Release) -> Self {
+        let store::Release {
+            id,
+            project,
+            service,
+            environment,
+            git_sha,
+            repository,
+            branch,
+            image,
+            digest,
+            sbom_uri,
+            signature,
+            status,
+            failure,
+            pipeline_id,
+            trigger,
+            builder,
+            created_at,
+            updated_at,
+            ..
+        } = row;
+        Self {
+            id,
+            project,
+            service,
+            environment,
+            git_sha,
+            repository,
+            branch,
+            image,
+            digest,
+            sbom_uri,
+            signature,
+            status,
+            failure,
+            pipeline_id,
+            trigger,
+            builder,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Deployment {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub release_id: i64,
+    pub strategy: Strategy,
+    pub status: DeploymentStatus,
+    /// `deploy` or `rollback`.
+    pub reason: String,
+    pub job_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub created_by: String,
+    /// Why it ended as it did, or which canary step it is on.
+    pub detail: Option<String>,
+    /// The canary's share of the traffic while the deployment is a canary.
+    pub canary_percent: Option<i32>,
+    /// Where the service answers (the first route), e.g. a preview's URL.
+    pub url: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
+impl From<store::Deployment> for Deployment {
+    fn from(row: store::Deployment) -> Self {
+        let store::Deployment {
+            id,
+            project,
+            service,
+            environment,
+            release_id,
+            strategy,
+            status,
+            reason,
+            job_id,
+            created_at,
+            updated_at,
+            created_by,
+            detail,
+            canary_percent,
+            url,
+            finished_at,
+            ..
+        } = row;
+        Self {
+            id,
+            project,
+            service,
+            environment,
+            release_id,
+            strategy,
+            status,
+            reason,
+            job_id,
+            created_at,
+            updated_at,
+            created_by,
+            detail,
+            canary_percent,
+            url,
+            finished_at,
+        }
+    }
+}
+
+/// A secret's metadata. Values are never part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SecretMeta {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub name: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl From<store::SecretMeta> for SecretMeta {
+    fn from(row: store::SecretMeta) -> Self {
+        let store::SecretMeta {
+            project,
+            environment,
+            service,
+            name,
+            version,
+            created_at,
+            created_by,
+            ..
+        } = row;
+        Self {
+            project,
+            environment,
+            service,
+            name,
+            version,
+            created_at,
+            created_by,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Route {
+    pub id: i64,
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    pub path: String,
+    pub tls: bool,
+    pub created_at: i64,
+}
+
+impl From<store::Route> for Route {
+    fn from(row: store::Route) -> Self {
+        let store::Route {
+            id,
+            project,
+            environment,
+            service,
+            host,
+            path,
+            tls,
+            created_at,
+            ..
+        } = row;
+        Self {
+            id,
+            project,
+            environment,
+            service,
+            host,
+            path,
+            tls,
+            created_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RoleBinding {
+    pub subject: String,
+    /// A project slug, or `*` for every project.
+    pub project: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+impl From<store::RoleBinding> for RoleBinding {
+    fn from(row: store::RoleBinding) -> Self {
+        let store::RoleBinding {
+            subject,
+            project,
+            role,
+            created_at,
+            ..
+        } = row;
+        Self {
+            subject,
+            project,
+            role,
+            created_at,
+        }
+    }
+}
+
+/// A personal access token as stored: the secret part only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TokenRecord {
+    pub id: String,
+    pub subject: String,
+    pub name: String,
+    pub project: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl From<store::TokenRecord> for TokenRecord {
+    fn from(row: store::TokenRecord) -> Self {
+        let store::TokenRecord {
+            id,
+            subject,
+            name,
+            project,
+            created_at,
+            expires_at,
+            revoked_at,
+            ..
+        } = row;
+        Self {
+            id,
+            subject,
+            name,
+            project,
+            created_at,
+            expires_at,
+            revoked_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub repository: Option<String>,
+    pub project: Option<String>,
+    /// What became of it: `pipelines`, `teardown`, `ignored: …`, `pong`.
+    pub outcome: String,
+    pub received_at: i64,
+}
+
+impl From<store::Delivery> for Delivery {
+    fn from(row: store::Delivery) -> Self {
+        let store::Delivery {
+            delivery_id,
+            event,
+            action,
+            repository,
+            project,
+            outcome,
+            received_at,
+            ..
+        } = row;
+        Self {
+            delivery_id,
+            event,
+            action,
+            repository,
+            project,
+            outcome,
+            received_at,
+        }
+    }
+}
+
+/// The result of accepting a delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct WebhookOutcome {
+    pub delivery_id: String,
+    /// The delivery id was seen before: nothing was done this time.
+    pub duplicate: bool,
+    pub outcome: String,
+    pub pipelines: Vec<i64>,
+    pub releases: Vec<i64>,
+}
+
+impl From<store::WebhookOutcome> for WebhookOutcome {
+    fn from(row: store::WebhookOutcome) -> Self {
+        let store::WebhookOutcome {
+            delivery_id,
+            duplicate,
+            outcome,
+            pipelines,
+            releases,
+            ..
+        } = row;
+        Self {
+            delivery_id,
+            duplicate,
+            outcome,
+            pipelines,
+            releases,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub entity_type: String,
+    pub entity: String,
+    pub project: Option<String>,
+}
+
+impl From<store::AuditEvent> for AuditEvent {
+    fn from(row: store::AuditEvent) -> Self {
+        let store::AuditEvent {
+            id,
+            at,
+            actor,
+            action,
+            entity_type,
+            entity,
+            project,
+            ..
+        } = row;
+        Self {
+            id,
+            at,
+            actor,
+            action,
+            entity_type,
+            entity,
+            project,
+        }
+    }
+}
+
+/// One step of a release's pipeline (`clone`, `build`, `push`, `sbom`, `sign`): when it ran, how it
+/// ended and where its log is archived — the release's step timings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReleaseStep {
+    pub release_id: i64,
+    pub step: String,
+    pub job_id: i64,
+    pub attempt: i32,
+    pub status: StepStatus,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// The failure (or a short result, such as the digest) of the step.
+    pub detail: Option<String>,
+    /// Where the step's whole log was archived when it ended (`s3://bucket/key`).
+    pub log_uri: Option<String>,
+}
+
+impl From<store::ReleaseStep> for ReleaseStep {
+    fn from(row: store::ReleaseStep) -> Self {
+        let store::ReleaseStep {
+            release_id,
+            step,
+            job_id,
+            attempt,
+            status,
+            started_at,
+            finished_at,
+            detail,
+            log_uri,
+            ..
+        } = row;
+        Self {
+            release_id,
+            step,
+            job_id,
+            attempt,
+            status,
+            started_at,
+            finished_at,
+            detail,
+            log_uri,
+        }
+    }
+}
+
+/// One line of a job's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct LogLine {
+    pub job_id: i64,
+    /// 1-based, increasing across the job's attempts.
+    pub seq: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub line: String,
+}
+
+impl From<store::LogLine> for LogLine {
+    fn from(row: store::LogLine) -> Self {
+        let store::LogLine {
+            job_id, seq, at, line, ..
+        } = row;
+        Self { job_id, seq, at, line }
+    }
+}
+
+/// A project's queue limits as operators set them, and whether its queue is paused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct QueueControl {
+    pub project: String,
+    /// Jobs of the project running at once; `null`: unlimited.
+    pub max_running: Option<i64>,
+    /// Jobs started per minute; `null`: unlimited.
+    pub jobs_per_minute: Option<i64>,
+    /// No job of the project starts while paused (running ones finish; enqueues are kept).
+    pub paused: bool,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+impl From<store::QueueControl> for QueueControl {
+    fn from(row: store::QueueControl) -> Self {
+        let store::QueueControl {
+            project,
+            max_running,
+            jobs_per_minute,
+            paused,
+            updated_at,
+            updated_by,
+            ..
+        } = row;
+        Self {
+            project,
+            max_running,
+            jobs_per_minute,
+            paused,
+            updated_at,
+            updated_by,
+        }
+    }
+}
+
+/// One run of a service's job: fired by cron or started by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobRunRecord {
+    pub id: i64,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    /// The job's name in `spec.jobs`.
+    pub job: String,
+    pub trigger: JobRunTrigger,
+    pub status: JobRunStatus,
+    /// The queue's `job-run` job (its logs are the run's logs).
+    pub queue_job_id: Option<i64>,
+    /// Attempts started so far.
+    pub attempts: i32,
+    pub exit_code: Option<i64>,
+    /// Why it ended as it did (or why it was skipped).
+    pub detail: Option<String>,
+    /// The fire time it stands for (cron), or when it was asked for (manual).
+    pub scheduled_for: i64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// `scheduler` for cron runs, the caller for manual ones.
+    pub created_by: String,
+}
+
+impl From<store::JobRunRecord> for JobRunRecord {
+    fn from(row: store::JobRunRecord) -> Self {
+        let store::JobRunRecord {
+            id,
+            project,
+            service,
+            environment,
+            job,
+            trigger,
+            status,
+            queue_job_id,
+            attempts,
+            exit_code,
+            detail,
+            scheduled_for,
+            created_at,
+            started_at,
+            finished_at,
+            created_by,
+            ..
+        } = row;
+        Self {
+            id,
+            project,
+            service,
+            environment,
+            job,
+            trigger,
+            status,
+            queue_job_id,
+            attempts,
+            exit_code,
+            detail,
+            scheduled_for,
+            created_at,
+            started_at,
+            finished_at,
+            created_by,
+        }
+    }
+}
+
+/// Usage and cost of one service in one environment over a report's period.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct CostLine {
+    pub environment: String,
+    pub service: String,
+    pub cpu_seconds: f64,
+    pub ram_gib_hours: f64,
+    pub volume_gib_hours: f64,
+    pub egress_gib: f64,
+    pub cost_cents: f64,
+    /// Samples summed (one per 5 minutes of a running service by default).
+    pub samples: i64,
+}
+
+impl From<store::CostLine> for CostLine {
+    fn from(row: store::CostLine) -> Self {
+        let store::CostLine {
+            environment,
+            service,
+            cpu_seconds,
+            ram_gib_hours,
+            volume_gib_hours,
+            egress_gib,
+            cost_cents,
+            samples,
+            ..
+        } = row;
+        Self {
+            environment,
+            service,
+            cpu_seconds,
+            ram_gib_hours,
+            volume_gib_hours,
+            egress_gib,
+            cost_cents,
+            samples,
+        }
+    }
+}
