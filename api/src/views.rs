@@ -9,6 +9,17 @@ use enclii_store::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// `From<store::X> for X`, moving the fields the view shows (the rest of the row stays behind).
+macro_rules! from_row {
+    ($view:ident { $($field:ident),+ $(,)? }) => {
+        impl From<store::$view> for $view {
+            fn from(row: store::$view) -> Self {
+                Self { $($field: row.$field),+ }
+            }
+        }
+    };
+}
+
 /// Rows as their views.
 pub fn all<R, V: From<R>>(rows: Vec<R>) -> Vec<V> {
     rows.into_iter().map(V::from).collect()
@@ -22,23 +33,12 @@ pub struct Project {
     pub created_by: String,
 }
 
-impl From<store::Project> for Project {
-    fn from(row: store::Project) -> Self {
-        let store::Project {
-            slug,
-            name,
-            created_at,
-            created_by,
-            ..
-        } = row;
-        Self {
-            slug,
-            name,
-            created_at,
-            created_by,
-        }
-    }
-}
+from_row!(Project {
+    slug,
+    name,
+    created_at,
+    created_by
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Environment {
@@ -59,35 +59,18 @@ pub struct Environment {
     pub paused_at: Option<i64>,
 }
 
-impl From<store::Environment> for Environment {
-    fn from(row: store::Environment) -> Self {
-        let store::Environment {
-            project,
-            name,
-            region,
-            budget_cents,
-            created_at,
-            quota_cpu_millis,
-            quota_memory_mib,
-            quota_storage_mib,
-            quota_pods,
-            paused_at,
-            ..
-        } = row;
-        Self {
-            project,
-            name,
-            region,
-            budget_cents,
-            created_at,
-            quota_cpu_millis,
-            quota_memory_mib,
-            quota_storage_mib,
-            quota_pods,
-            paused_at,
-        }
-    }
-}
+from_row!(Environment {
+    project,
+    name,
+    region,
+    budget_cents,
+    created_at,
+    quota_cpu_millis,
+    quota_memory_mib,
+    quota_storage_mib,
+    quota_pods,
+    paused_at
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Service {
@@ -101,31 +84,16 @@ pub struct Service {
     pub updated_at: i64,
 }
 
-impl From<store::Service> for Service {
-    fn from(row: store::Service) -> Self {
-        let store::Service {
-            project,
-            name,
-            environment,
-            repository,
-            branch,
-            spec_version,
-            created_at,
-            updated_at,
-            ..
-        } = row;
-        Self {
-            project,
-            name,
-            environment,
-            repository,
-            branch,
-            spec_version,
-            created_at,
-            updated_at,
-        }
-    }
-}
+from_row!(Service {
+    project,
+    name,
+    environment,
+    repository,
+    branch,
+    spec_version,
+    created_at,
+    updated_at
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SpecVersion {
@@ -134,21 +102,11 @@ pub struct SpecVersion {
     pub created_by: String,
 }
 
-impl From<store::SpecVersion> for SpecVersion {
-    fn from(row: store::SpecVersion) -> Self {
-        let store::SpecVersion {
-            version,
-            created_at,
-            created_by,
-            ..
-        } = row;
-        Self {
-            version,
-            created_at,
-            created_by,
-        }
-    }
-}
+from_row!(SpecVersion {
+    version,
+    created_at,
+    created_by
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Release {
@@ -174,51 +132,26 @@ pub struct Release {
     pub updated_at: i64,
 }
 
-impl From<store::Release> for Release {
-    fn from(row: store::Release) -> Self {
-        let store::Release {
-            id,
-            project,
-            service,
-            environment,
-            git_sha,
-            repository,
-            branch,
-            image,
-            digest,
-            sbom_uri,
-            signature,
-            status,
-            failure,
-            pipeline_id,
-            trigger,
-            builder,
-            created_at,
-            updated_at,
-            ..
-        } = row;
-        Self {
-            id,
-            project,
-            service,
-            environment,
-            git_sha,
-            repository,
-            branch,
-            image,
-            digest,
-            sbom_uri,
-            signature,
-            status,
-            failure,
-            pipeline_id,
-            trigger,
-            builder,
-            created_at,
-            updated_at,
-        }
-    }
-}
+from_row!(Release {
+    id,
+    project,
+    service,
+    environment,
+    git_sha,
+    repository,
+    branch,
+    image,
+    digest,
+    sbom_uri,
+    signature,
+    status,
+    failure,
+    pipeline_id,
+    trigger,
+    builder,
+    created_at,
+    updated_at
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Deployment {
@@ -244,47 +177,24 @@ pub struct Deployment {
     pub finished_at: Option<i64>,
 }
 
-impl From<store::Deployment> for Deployment {
-    fn from(row: store::Deployment) -> Self {
-        let store::Deployment {
-            id,
-            project,
-            service,
-            environment,
-            release_id,
-            strategy,
-            status,
-            reason,
-            job_id,
-            created_at,
-            updated_at,
-            created_by,
-            detail,
-            canary_percent,
-            url,
-            finished_at,
-            ..
-        } = row;
-        Self {
-            id,
-            project,
-            service,
-            environment,
-            release_id,
-            strategy,
-            status,
-            reason,
-            job_id,
-            created_at,
-            updated_at,
-            created_by,
-            detail,
-            canary_percent,
-            url,
-            finished_at,
-        }
-    }
-}
+from_row!(Deployment {
+    id,
+    project,
+    service,
+    environment,
+    release_id,
+    strategy,
+    status,
+    reason,
+    job_id,
+    created_at,
+    updated_at,
+    created_by,
+    detail,
+    canary_percent,
+    url,
+    finished_at
+});
 
 /// A secret's metadata. Values are never part of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -298,29 +208,15 @@ pub struct SecretMeta {
     pub created_by: String,
 }
 
-impl From<store::SecretMeta> for SecretMeta {
-    fn from(row: store::SecretMeta) -> Self {
-        let store::SecretMeta {
-            project,
-            environment,
-            service,
-            name,
-            version,
-            created_at,
-            created_by,
-            ..
-        } = row;
-        Self {
-            project,
-            environment,
-            service,
-            name,
-            version,
-            created_at,
-            created_by,
-        }
-    }
-}
+from_row!(SecretMeta {
+    project,
+    environment,
+    service,
+    name,
+    version,
+    created_at,
+    created_by
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Route {
@@ -334,31 +230,16 @@ pub struct Route {
     pub created_at: i64,
 }
 
-impl From<store::Route> for Route {
-    fn from(row: store::Route) -> Self {
-        let store::Route {
-            id,
-            project,
-            environment,
-            service,
-            host,
-            path,
-            tls,
-            created_at,
-            ..
-        } = row;
-        Self {
-            id,
-            project,
-            environment,
-            service,
-            host,
-            path,
-            tls,
-            created_at,
-        }
-    }
-}
+from_row!(Route {
+    id,
+    project,
+    environment,
+    service,
+    host,
+    path,
+    tls,
+    created_at
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RoleBinding {
@@ -369,23 +250,12 @@ pub struct RoleBinding {
     pub created_at: i64,
 }
 
-impl From<store::RoleBinding> for RoleBinding {
-    fn from(row: store::RoleBinding) -> Self {
-        let store::RoleBinding {
-            subject,
-            project,
-            role,
-            created_at,
-            ..
-        } = row;
-        Self {
-            subject,
-            project,
-            role,
-            created_at,
-        }
-    }
-}
+from_row!(RoleBinding {
+    subject,
+    project,
+    role,
+    created_at
+});
 
 /// A personal access token as stored: the secret part only as a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -399,29 +269,15 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
-impl From<store::TokenRecord> for TokenRecord {
-    fn from(row: store::TokenRecord) -> Self {
-        let store::TokenRecord {
-            id,
-            subject,
-            name,
-            project,
-            created_at,
-            expires_at,
-            revoked_at,
-            ..
-        } = row;
-        Self {
-            id,
-            subject,
-            name,
-            project,
-            created_at,
-            expires_at,
-            revoked_at,
-        }
-    }
-}
+from_row!(TokenRecord {
+    id,
+    subject,
+    name,
+    project,
+    created_at,
+    expires_at,
+    revoked_at
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Delivery {
@@ -435,29 +291,15 @@ pub struct Delivery {
     pub received_at: i64,
 }
 
-impl From<store::Delivery> for Delivery {
-    fn from(row: store::Delivery) -> Self {
-        let store::Delivery {
-            delivery_id,
-            event,
-            action,
-            repository,
-            project,
-            outcome,
-            received_at,
-            ..
-        } = row;
-        Self {
-            delivery_id,
-            event,
-            action,
-            repository,
-            project,
-            outcome,
-            received_at,
-        }
-    }
-}
+from_row!(Delivery {
+    delivery_id,
+    event,
+    action,
+    repository,
+    project,
+    outcome,
+    received_at
+});
 
 /// The result of accepting a delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -470,25 +312,13 @@ pub struct WebhookOutcome {
     pub releases: Vec<i64>,
 }
 
-impl From<store::WebhookOutcome> for WebhookOutcome {
-    fn from(row: store::WebhookOutcome) -> Self {
-        let store::WebhookOutcome {
-            delivery_id,
-            duplicate,
-            outcome,
-            pipelines,
-            releases,
-            ..
-        } = row;
-        Self {
-            delivery_id,
-            duplicate,
-            outcome,
-            pipelines,
-            releases,
-        }
-    }
-}
+from_row!(WebhookOutcome {
+    delivery_id,
+    duplicate,
+    outcome,
+    pipelines,
+    releases
+});
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AuditEvent {
@@ -501,29 +331,15 @@ pub struct AuditEvent {
     pub project: Option<String>,
 }
 
-impl From<store::AuditEvent> for AuditEvent {
-    fn from(row: store::AuditEvent) -> Self {
-        let store::AuditEvent {
-            id,
-            at,
-            actor,
-            action,
-            entity_type,
-            entity,
-            project,
-            ..
-        } = row;
-        Self {
-            id,
-            at,
-            actor,
-            action,
-            entity_type,
-            entity,
-            project,
-        }
-    }
-}
+from_row!(AuditEvent {
+    id,
+    at,
+    actor,
+    action,
+    entity_type,
+    entity,
+    project
+});
 
 /// One step of a release's pipeline (`clone`, `build`, `push`, `sbom`, `sign`): when it ran, how it
 /// ended and where its log is archived — the release's step timings.
@@ -542,33 +358,17 @@ pub struct ReleaseStep {
     pub log_uri: Option<String>,
 }
 
-impl From<store::ReleaseStep> for ReleaseStep {
-    fn from(row: store::ReleaseStep) -> Self {
-        let store::ReleaseStep {
-            release_id,
-            step,
-            job_id,
-            attempt,
-            status,
-            started_at,
-            finished_at,
-            detail,
-            log_uri,
-            ..
-        } = row;
-        Self {
-            release_id,
-            step,
-            job_id,
-            attempt,
-            status,
-            started_at,
-            finished_at,
-            detail,
-            log_uri,
-        }
-    }
-}
+from_row!(ReleaseStep {
+    release_id,
+    step,
+    job_id,
+    attempt,
+    status,
+    started_at,
+    finished_at,
+    detail,
+    log_uri
+});
 
 /// One line of a job's output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -581,14 +381,7 @@ pub struct LogLine {
     pub line: String,
 }
 
-impl From<store::LogLine> for LogLine {
-    fn from(row: store::LogLine) -> Self {
-        let store::LogLine {
-            job_id, seq, at, line, ..
-        } = row;
-        Self { job_id, seq, at, line }
-    }
-}
+from_row!(LogLine { job_id, seq, at, line });
 
 /// A project's queue limits as operators set them, and whether its queue is paused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -604,27 +397,14 @@ pub struct QueueControl {
     pub updated_by: String,
 }
 
-impl From<store::QueueControl> for QueueControl {
-    fn from(row: store::QueueControl) -> Self {
-        let store::QueueControl {
-            project,
-            max_running,
-            jobs_per_minute,
-            paused,
-            updated_at,
-            updated_by,
-            ..
-        } = row;
-        Self {
-            project,
-            max_running,
-            jobs_per_minute,
-            paused,
-            updated_at,
-            updated_by,
-        }
-    }
-}
+from_row!(QueueControl {
+    project,
+    max_running,
+    jobs_per_minute,
+    paused,
+    updated_at,
+    updated_by
+});
 
 /// One run of a service's job: fired by cron or started by hand.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -653,47 +433,24 @@ pub struct JobRunRecord {
     pub created_by: String,
 }
 
-impl From<store::JobRunRecord> for JobRunRecord {
-    fn from(row: store::JobRunRecord) -> Self {
-        let store::JobRunRecord {
-            id,
-            project,
-            service,
-            environment,
-            job,
-            trigger,
-            status,
-            queue_job_id,
-            attempts,
-            exit_code,
-            detail,
-            scheduled_for,
-            created_at,
-            started_at,
-            finished_at,
-            created_by,
-            ..
-        } = row;
-        Self {
-            id,
-            project,
-            service,
-            environment,
-            job,
-            trigger,
-            status,
-            queue_job_id,
-            attempts,
-            exit_code,
-            detail,
-            scheduled_for,
-            created_at,
-            started_at,
-            finished_at,
-            created_by,
-        }
-    }
-}
+from_row!(JobRunRecord {
+    id,
+    project,
+    service,
+    environment,
+    job,
+    trigger,
+    status,
+    queue_job_id,
+    attempts,
+    exit_code,
+    detail,
+    scheduled_for,
+    created_at,
+    started_at,
+    finished_at,
+    created_by
+});
 
 /// Usage and cost of one service in one environment over a report's period.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -709,28 +466,13 @@ pub struct CostLine {
     pub samples: i64,
 }
 
-impl From<store::CostLine> for CostLine {
-    fn from(row: store::CostLine) -> Self {
-        let store::CostLine {
-            environment,
-            service,
-            cpu_seconds,
-            ram_gib_hours,
-            volume_gib_hours,
-            egress_gib,
-            cost_cents,
-            samples,
-            ..
-        } = row;
-        Self {
-            environment,
-            service,
-            cpu_seconds,
-            ram_gib_hours,
-            volume_gib_hours,
-            egress_gib,
-            cost_cents,
-            samples,
-        }
-    }
-}
+from_row!(CostLine {
+    environment,
+    service,
+    cpu_seconds,
+    ram_gib_hours,
+    volume_gib_hours,
+    egress_gib,
+    cost_cents,
+    samples
+});
