@@ -476,3 +476,20 @@ from_row!(CostLine {
     cost_cents,
     samples
 });
+
+/// A repository a project holds (it claimed it first) or was granted, and who may build from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RepositoryAccess {
+    /// Normalised: `github.com/org/shop`.
+    pub repository: String,
+    /// The project that claimed it first; only it can grant access.
+    pub owner: String,
+    /// Projects the owner granted access (a grantee sees only itself).
+    pub granted_to: Vec<String>,
+}
+
+from_row!(RepositoryAccess {
+    repository,
+    owner,
+    granted_to
+});

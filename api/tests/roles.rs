@@ -267,6 +267,27 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/v1/projects/shop/repositories",
+            "/v1/projects/{project}/repositories",
+            None,
+            Project(Read),
+        ),
+        case(
+            "POST",
+            "/v1/projects/shop/repositories/grant",
+            "/v1/projects/{project}/repositories/grant",
+            Some(r#"{"repository":"github.com/org/shop","project":"shop"}"#),
+            Project(ProjectSecrets),
+        ),
+        case(
+            "POST",
+            "/v1/projects/shop/repositories/revoke",
+            "/v1/projects/{project}/repositories/revoke",
+            Some(r#"{"repository":"github.com/org/shop","project":"shop"}"#),
+            Project(ProjectSecrets),
+        ),
+        case(
+            "GET",
             "/v1/projects/shop/members",
             "/v1/projects/{project}/members",
             None,

@@ -77,9 +77,14 @@ async fn a_push_enqueues_one_pipeline_and_redelivery_changes_nothing(db: Db) {
     let again = t.webhook("push", "delivery-1", &body).await;
     assert_eq!((again.status, &again.body["duplicate"]), (StatusCode::OK, &json!(true)));
     assert_eq!(again.body["pipelines"], first.body["pipelines"]);
-    // The same commit under a new delivery id (a manual redelivery of another hook) is one release.
+    // The same commit under a new delivery id (a manual redelivery of another hook, or a replay)
+    // builds nothing: the branch already points at it.
     let other = t.webhook("push", "delivery-2", &body).await;
-    assert_eq!(other.body["pipelines"], first.body["pipelines"]);
+    assert_eq!(other.body["pipelines"], json!([]));
+    assert!(
+        other.body["outcome"].as_str().unwrap().contains("already points at"),
+        "{other:?}"
+    );
     let releases = t.admin("GET", "/v1/projects/shop/services/api/releases", None).await;
     assert_eq!(releases.body.as_array().unwrap().len(), 1);
     assert_eq!(deliveries(&t).await, 2);
@@ -259,7 +264,138 @@ async fn bad_payloads_are_refused_and_change_nothing(db: Db) {
     );
 }
 
+/// A push of `after` on main continuing from `before`, its head commit made at `time`.
+fn push_at(before: &str, after: &str, time: &str) -> String {
+    let mut body: Value = serde_json::from_str(&push_payload("org/shop", "main", after)).unwrap();
+    body["before"] = before.into();
+    body["head_commit"]["timestamp"] = time.into();
+    body.to_string()
+}
+
+/// A pull request event whose `updated_at` is `time`.
+fn pull_request_at(action: &str, head: &str, time: &str) -> String {
+    let mut body: Value = serde_json::from_str(&pull_request_payload("org/shop", action, 7, "feature", head)).unwrap();
+    body["pull_request"]["updated_at"] = time.into();
+    body.to_string()
+}
+
+async fn release_status(t: &TestApi, outcome: &support::Response) -> Value {
+    t.admin("GET", &format!("/v1/releases/{}", outcome.body["releases"][0]), None)
+        .await
+        .body["status"]
+        .clone()
+}
+
+async fn replayed_deliveries_never_move_a_branch_backwards(db: Db) {
+    let t = api(db).await;
+    t.project_with_service("shop", "org/shop").await;
+    let first = t
+        .webhook("push", "p-1", &push_at(&sha(0), &sha(1), "2026-12-01T10:00:00Z"))
+        .await;
+    let second = t
+        .webhook("push", "p-2", &push_at(&sha(1), &sha(2), "2026-12-01T11:05:00+01:00"))
+        .await;
+    assert_eq!(release_status(&t, &first).await, "superseded");
+
+    // The captured first push, re-sent under a fresh delivery id: its signed body says it is
+    // older than the branch's head. Nothing is built and the newer release stands.
+    let replay = t
+        .webhook("push", "replay-1", &push_at(&sha(0), &sha(1), "2026-12-01T10:00:00Z"))
+        .await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "{replay:?}");
+    assert_eq!(replay.body["pipelines"], json!([]));
+    let outcome = replay.body["outcome"].as_str().unwrap();
+    assert!(outcome.contains("stale") && outcome.contains(&sha(2)), "{outcome}");
+    assert_eq!(release_status(&t, &second).await, "building");
+    let releases = t.admin("GET", "/v1/projects/shop/services/api/releases", None).await;
+    assert_eq!(releases.body.as_array().unwrap().len(), 2);
+
+    // A force-push back to the old commit continues from the head: a deliberate rollback builds.
+    let rollback = t
+        .webhook("push", "p-3", &push_at(&sha(2), &sha(1), "2026-12-01T10:00:00Z"))
+        .await;
+    assert_eq!(rollback.body["pipelines"].as_array().unwrap().len(), 1, "{rollback:?}");
+    assert_eq!(release_status(&t, &second).await, "superseded");
+
+    // Pull requests: a replay for the head SHA the preview already has does not rebuild; a replay
+    // of an older event neither rebuilds nor tears down; a reopen after the close does rebuild.
+    let opened = t
+        .webhook(
+            "pull_request",
+            "pr-1",
+            &pull_request_at("opened", &sha(10), "2026-12-01T11:00:00Z"),
+        )
+        .await;
+    assert_eq!(opened.body["pipelines"].as_array().unwrap().len(), 1);
+    let again = t
+        .webhook(
+            "pull_request",
+            "pr-1b",
+            &pull_request_at("opened", &sha(10), "2026-12-01T11:00:00Z"),
+        )
+        .await;
+    assert_eq!(again.body["pipelines"], json!([]), "{again:?}");
+    let sync = t
+        .webhook(
+            "pull_request",
+            "pr-2",
+            &pull_request_at("synchronize", &sha(11), "2026-12-01T11:10:00Z"),
+        )
+        .await;
+    assert_eq!(sync.body["pipelines"].as_array().unwrap().len(), 1);
+    let old = t
+        .webhook(
+            "pull_request",
+            "pr-1c",
+            &pull_request_at("opened", &sha(10), "2026-12-01T11:00:00Z"),
+        )
+        .await;
+    assert_eq!(old.body["pipelines"], json!([]), "{old:?}");
+    assert_eq!(pipeline(&t, &sync.body["pipelines"][0]).await["state"], "running");
+    let closed = t
+        .webhook(
+            "pull_request",
+            "pr-3",
+            &pull_request_at("closed", &sha(11), "2026-12-01T12:00:00Z"),
+        )
+        .await;
+    assert_eq!(closed.body["pipelines"].as_array().unwrap().len(), 1);
+    let late = t
+        .webhook(
+            "pull_request",
+            "pr-2b",
+            &pull_request_at("synchronize", &sha(11), "2026-12-01T11:10:00Z"),
+        )
+        .await;
+    assert_eq!(
+        late.body["pipelines"],
+        json!([]),
+        "a replayed push to a closed pull request: {late:?}"
+    );
+    let reopened = t
+        .webhook(
+            "pull_request",
+            "pr-4",
+            &pull_request_at("reopened", &sha(11), "2026-12-02T09:00:00Z"),
+        )
+        .await;
+    assert_eq!(reopened.body["pipelines"].as_array().unwrap().len(), 1, "{reopened:?}");
+    let old_close = t
+        .webhook(
+            "pull_request",
+            "pr-3b",
+            &pull_request_at("closed", &sha(11), "2026-12-01T12:00:00Z"),
+        )
+        .await;
+    assert_eq!(
+        old_close.body["pipelines"],
+        json!([]),
+        "a replayed close tears nothing down: {old_close:?}"
+    );
+}
+
 on_both_databases!(
+    replayed_deliveries_never_move_a_branch_backwards,
     signatures_are_verified,
     a_push_enqueues_one_pipeline_and_redelivery_changes_nothing,
     a_newer_push_supersedes_the_running_pipeline,

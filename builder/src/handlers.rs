@@ -12,6 +12,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bollard::Docker;
 use enclii_domain::jobs;
+use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{BuildType, ServiceSpec};
 use enclii_signing::{Secret, SigningKey};
 use enclii_store::{
@@ -104,12 +105,14 @@ pub async fn lockbox_secret(store: &Store, release: &Release, name: &str) -> Res
     };
     let env = Some(release.environment.as_str());
     let service = Some(release.service.as_str());
-    for scope in [
-        scope(env, service),
-        scope(None, service),
-        scope(env, None),
-        scope(None, None),
-    ] {
+    // Platform secrets are reserved to the project and environment scopes: a service-scoped one
+    // (set before that rule, or directly in the database) is never read.
+    let service_scopes = if is_platform_secret(name) {
+        vec![]
+    } else {
+        vec![scope(env, service), scope(None, service)]
+    };
+    for scope in service_scopes.into_iter().chain([scope(env, None), scope(None, None)]) {
         if let Some(value) = store.reveal_secret(&scope, name).await? {
             let value = String::from_utf8(value)
                 .map_err(|_| StepError::fatal(format!("secret {name} is not UTF-8 text; set it again as text")))?;
@@ -307,6 +310,26 @@ impl BuildSteps {
         lockbox_secret(&self.store, release, name).await
     }
 
+    /// The platform's git token, for a clone of `repository` by `project`: only to the hosts it
+    /// is for, not to any URL a spec names, and only for a repository the project holds (its
+    /// claim or a grant), never for another project's.
+    async fn platform_git_token(&self, project: &str, repository: &str) -> Result<Option<Secret>, StepError> {
+        let Some(token) = &self.config.git_token else {
+            return Ok(None);
+        };
+        let host = git::host(repository);
+        if !self
+            .config
+            .git_token_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+        {
+            return Ok(None);
+        }
+        let key = enclii_domain::pipeline::repository_key(repository);
+        Ok(self.store.holds_repository(project, &key).await?.then(|| token.clone()))
+    }
+
     async fn spec(&self, release: &Release) -> Result<ServiceSpec, StepError> {
         let service = self.store.service(&release.project, &release.service).await?;
         serde_json::from_value(service.spec_json()).map_err(|e| {
@@ -338,14 +361,7 @@ impl BuildSteps {
     ) -> Result<StepDone, StepError> {
         let token = match self.secret(&release, "GIT_TOKEN").await? {
             Some(token) => Some(token),
-            // The platform's token goes only to the hosts it is for, not to any URL a spec names.
-            None => self.config.git_token.clone().filter(|_| {
-                let host = git::host(&job.repository);
-                self.config
-                    .git_token_hosts
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(&host))
-            }),
+            None => self.platform_git_token(&release.project, &job.repository).await?,
         };
         if let Some(token) = &token {
             log.mask(token.expose());

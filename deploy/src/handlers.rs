@@ -17,6 +17,7 @@ use enclii_deploy_contract::model::{
 };
 use enclii_deploy_contract::target::Target;
 use enclii_domain::jobs;
+use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
 use enclii_queue::{JobKind, NewJob};
 use enclii_store::{
@@ -27,10 +28,6 @@ use tracing::{info, warn};
 
 /// Who the deployer is in the audit trail.
 const ACTOR: &str = "system:deployer";
-
-/// Names of Lockbox secrets that are for the platform (the clone's token, the project's image
-/// signing key), never for the running service.
-const PLATFORM_SECRETS: [&str; 3] = ["GIT_TOKEN", "COSIGN_PRIVATE_KEY", "COSIGN_PASSWORD"];
 
 #[derive(Clone, Debug)]
 pub struct DeployerConfig {
@@ -485,7 +482,7 @@ fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Ve
     let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let mut out = Vec::new();
     for (index, from) in spec.spec.env_from.iter().enumerate() {
-        if PLATFORM_SECRETS.contains(&from.secret_ref.as_str()) || spec.spec.build.secrets.contains(&from.secret_ref) {
+        if is_platform_secret(&from.secret_ref) || spec.spec.build.secrets.contains(&from.secret_ref) {
             return Err(JobError::Abort(format!(
                 "spec.envFrom[{index}].secretRef: `{}` is a platform or build secret and is never given to a \
                  running service; store what the service needs under another name",
@@ -508,7 +505,7 @@ fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Ve
     let own: Vec<(String, SecretValue)> = all
         .iter()
         .filter(|(name, _)| scoped.iter().any(|m| m.name == *name))
-        .filter(|(name, _)| !PLATFORM_SECRETS.contains(&name.as_str()) && !spec.spec.build.secrets.contains(name))
+        .filter(|(name, _)| !is_platform_secret(name) && !spec.spec.build.secrets.contains(name))
         .filter(|(name, _)| !spec.spec.env_from.iter().any(|f| f.secret_ref == *name))
         .filter(|(name, _)| enclii_domain::spec::validate_env_name(name).is_ok())
         .map(|(name, bytes)| (name.clone(), SecretValue::new(value(bytes))))

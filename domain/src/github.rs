@@ -4,6 +4,7 @@
 //! in the payload (`pull_request.head.sha`). Signature checking (`X-Hub-Signature-256`) is the
 //! caller's job and must happen before this.
 
+use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 
 use crate::pipeline::repository_key;
@@ -84,6 +85,9 @@ impl PushEvent {
 pub struct HeadCommit {
     #[serde(default)]
     pub message: Option<String>,
+    /// When the commit was made, as GitHub reports it (RFC 3339 with an offset).
+    #[serde(default)]
+    pub timestamp: Option<DateTime<FixedOffset>>,
     #[serde(default)]
     pub author: Option<CommitAuthor>,
 }
@@ -150,6 +154,8 @@ pub struct PullRequestEvent {
     pub base: PullRequestBase,
     /// Whether a `closed` pull request was merged.
     pub merged: bool,
+    /// When the pull request last changed (every event GitHub sends for it moves this forward).
+    pub updated_at: Option<DateTime<FixedOffset>>,
 }
 
 impl PullRequestEvent {
@@ -197,6 +203,8 @@ struct PullRequestBody {
     base: BaseWire,
     #[serde(default)]
     merged: Option<bool>,
+    #[serde(default)]
+    updated_at: Option<DateTime<FixedOffset>>,
 }
 
 #[derive(Deserialize)]
@@ -256,7 +264,12 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<GithubEvent, WebhookPaylo
                 return Err(fail("number", "must be greater than 0".into()));
             }
             check_repository(&pr.repository).map_err(|(p, m)| fail(&p, m))?;
-            let PullRequestBody { head, base, merged } = pr.pull_request;
+            let PullRequestBody {
+                head,
+                base,
+                merged,
+                updated_at,
+            } = pr.pull_request;
             check_sha(&head.sha).map_err(|m| fail("pull_request.head.sha", m))?;
             if head.git_ref.is_empty() {
                 return Err(fail("pull_request.head.ref", "must not be empty".into()));
@@ -275,6 +288,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<GithubEvent, WebhookPaylo
                 },
                 base: PullRequestBase { git_ref: base.git_ref },
                 merged: merged.unwrap_or(false),
+                updated_at,
             }))
         }
         other => Ok(GithubEvent::Other {
@@ -327,6 +341,10 @@ pub enum WebhookIntent {
         repository: String,
         branch: String,
         sha: String,
+        /// The branch's commit before the push (all zeros for a new branch).
+        before: String,
+        /// The head commit's time, from the signed body.
+        at_ms: Option<i64>,
     },
     /// A pull request opened, reopened or synchronised: build and deploy its preview.
     Preview {
@@ -334,15 +352,34 @@ pub enum WebhookIntent {
         number: u64,
         branch: String,
         sha: String,
+        /// The pull request's `updated_at`, from the signed body.
+        at_ms: Option<i64>,
     },
     /// A pull request closed: tear its preview down.
     Teardown {
         repository: String,
         number: u64,
         branch: String,
+        /// The pull request's `updated_at`, from the signed body.
+        at_ms: Option<i64>,
     },
     /// Nothing to do (ping, other events, tags, branch deletions).
     Ignore { outcome: String },
+}
+
+/// Where a delivery moves a ref. The delivery id is not signed, the body is: a captured delivery
+/// re-sent with a fresh id carries its old body, so what the body says about the ref's history
+/// tells a replayed or late delivery from a new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefMove {
+    /// `refs/heads/<branch>` for a push, `refs/pull/<n>/head` for a pull request.
+    pub git_ref: String,
+    /// The ref's commit after the event; empty for a closed pull request.
+    pub sha: String,
+    /// The commit the ref held before, when the event says (a push's `before`).
+    pub before: Option<String>,
+    /// When it happened, as the signed body says (milliseconds since the epoch).
+    pub at_ms: Option<i64>,
 }
 
 /// The SHA GitHub sends as `after` when a ref is deleted.
@@ -355,6 +392,38 @@ impl WebhookIntent {
             WebhookIntent::Push { repository, .. }
             | WebhookIntent::Preview { repository, .. }
             | WebhookIntent::Teardown { repository, .. } => Some(repository),
+            WebhookIntent::Ignore { .. } => None,
+        }
+    }
+
+    /// The ref this intent moves, and how; `None` for [`WebhookIntent::Ignore`].
+    pub fn ref_move(&self) -> Option<RefMove> {
+        let pull = |number: &u64| format!("refs/pull/{number}/head");
+        match self {
+            WebhookIntent::Push {
+                branch,
+                sha,
+                before,
+                at_ms,
+                ..
+            } => Some(RefMove {
+                git_ref: format!("refs/heads/{branch}"),
+                sha: sha.clone(),
+                before: Some(before.clone()),
+                at_ms: *at_ms,
+            }),
+            WebhookIntent::Preview { number, sha, at_ms, .. } => Some(RefMove {
+                git_ref: pull(number),
+                sha: sha.clone(),
+                before: None,
+                at_ms: *at_ms,
+            }),
+            WebhookIntent::Teardown { number, at_ms, .. } => Some(RefMove {
+                git_ref: pull(number),
+                sha: String::new(),
+                before: None,
+                at_ms: *at_ms,
+            }),
             WebhookIntent::Ignore { .. } => None,
         }
     }
@@ -379,10 +448,17 @@ impl From<GithubEvent> for WebhookIntent {
                     repository: repository_key(&push.repository.html_url),
                     branch: branch.to_string(),
                     sha: push.after.to_ascii_lowercase(),
+                    before: push.before.to_ascii_lowercase(),
+                    at_ms: push
+                        .head_commit
+                        .as_ref()
+                        .and_then(|c| c.timestamp)
+                        .map(|t| t.timestamp_millis()),
                 },
             },
             GithubEvent::PullRequest(pr) => {
                 let repository = repository_key(&pr.repository.html_url);
+                let at_ms = pr.updated_at.map(|t| t.timestamp_millis());
                 match pr.action {
                     PullRequestAction::Opened | PullRequestAction::Reopened | PullRequestAction::Synchronize => {
                         WebhookIntent::Preview {
@@ -390,12 +466,14 @@ impl From<GithubEvent> for WebhookIntent {
                             number: pr.number,
                             branch: pr.head.git_ref,
                             sha: pr.head.sha.to_ascii_lowercase(),
+                            at_ms,
                         }
                     }
                     PullRequestAction::Closed => WebhookIntent::Teardown {
                         repository,
                         number: pr.number,
                         branch: pr.head.git_ref,
+                        at_ms,
                     },
                     other => WebhookIntent::Ignore {
                         outcome: format!("ignored: pull_request action `{}`", other.as_str()),
@@ -706,6 +784,8 @@ mod tests {
                 repository: "github.com/org/shop".into(),
                 branch: "main".into(),
                 sha: "a".repeat(40),
+                before: "0".repeat(40),
+                at_ms: None,
             }
         );
         assert_eq!(intent.repository(), Some("github.com/org/shop"));
@@ -713,5 +793,20 @@ mod tests {
         assert!(matches!(deletion, WebhookIntent::Ignore { .. }), "{deletion:?}");
         assert_eq!(deletion.repository(), None);
         assert!(matches!(push(&sha, "refs/tags/v1"), WebhookIntent::Ignore { .. }));
+    }
+
+    #[test]
+    fn intents_carry_the_signed_history_of_their_ref() {
+        let mut body = push("refs/heads/main", SHA_A, SHA_B, false);
+        body["head_commit"]["timestamp"] = "2015-05-05T19:40:15-04:00".into();
+        let intent = WebhookIntent::from(parse_event("push", body.to_string().as_bytes()).unwrap());
+        let moved = intent.ref_move().unwrap();
+        assert_eq!(moved.git_ref, "refs/heads/main");
+        assert_eq!((moved.sha.as_str(), moved.before.as_deref()), (SHA_B, Some(SHA_A)));
+        assert_eq!(moved.at_ms, Some(1_430_869_215_000));
+
+        body["head_commit"]["timestamp"] = "yesterday".into();
+        let err = parse_event("push", body.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.path, "head_commit.timestamp", "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod github;
 pub mod image;
 pub mod jobs;
 pub mod pipeline;
+pub mod secrets;
 mod service_key;
 pub mod spec;
 

@@ -164,6 +164,8 @@ impl Sender {
                             repository,
                             branch: BRANCH.into(),
                             sha: d.sha.clone(),
+                            before: "0".repeat(40),
+                            at_ms: None,
                         },
                         rate_limited: vec![],
                     })

@@ -268,6 +268,17 @@ pub struct SecretMeta {
     pub created_by: String,
 }
 
+/// A repository a project holds or was granted, and who else may build from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RepositoryAccess {
+    /// As `repository_key` normalises it (`github.com/org/shop`).
+    pub repository: String,
+    /// The project that claimed it first.
+    pub owner: String,
+    /// Projects the owner granted access (to a grantee: only itself).
+    pub granted_to: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Route {
     pub id: i64,

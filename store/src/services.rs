@@ -7,6 +7,7 @@ use crate::db::{Conn, query, query_as};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
+use crate::repositories::hold_repository;
 use crate::routes::{find_route, insert_route, route_label, route_owner};
 use crate::{Store, now_ms};
 
@@ -22,6 +23,9 @@ pub(crate) async fn apply_service(
     require_project(conn, project).await?;
     get_environment(conn, project, &draft.environment).await?;
     let before = get_service(conn, project, name).await?;
+    if let Some(repository) = &draft.repository {
+        hold_repository(conn, actor, project, repository).await?;
+    }
     let now = now_ms();
     // The version comes from the row itself, so concurrent applies get consecutive versions.
     let service = query_as::<Service>(
@@ -126,10 +130,18 @@ pub(crate) async fn delete_service(conn: &mut Conn<'_>, actor: &str, project: &s
 }
 
 pub(crate) async fn services_for_repository(conn: &mut Conn<'_>, repository: &str) -> Result<Vec<Service>> {
-    query_as::<Service>("SELECT * FROM services WHERE repository = $1 ORDER BY project, name")
-        .bind(repository)
-        .fetch_all(&mut *conn)
-        .await
+    // Only projects that hold the repository (its claim or a grant) build from it.
+    query_as::<Service>(
+        "SELECT s.* FROM services s
+         WHERE s.repository = $1
+           AND EXISTS (SELECT 1 FROM repository_claims c WHERE c.repository = $1 AND c.project = s.project
+                       UNION ALL
+                       SELECT 1 FROM repository_grants g WHERE g.repository = $1 AND g.project = s.project)
+         ORDER BY s.project, s.name",
+    )
+    .bind(repository)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 impl Store {

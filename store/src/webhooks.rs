@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::audit::{audit, change};
 use crate::db::{Conn, query, query_as, query_scalar};
 use crate::error::{Result, StoreError};
+use crate::heads::{RefAdvance, advance};
 use crate::model::*;
 use crate::projects::{get_environment, insert_environment};
 use crate::releases::{build_service, mark_superseded};
@@ -44,13 +45,36 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
     let mut pipelines = Vec::new();
     let mut releases = Vec::new();
     let mut projects = Vec::new();
-    let outcome = match &delivery.intent {
-        WebhookIntent::Ignore { outcome } => outcome.clone(),
-        WebhookIntent::Push {
-            repository,
-            branch,
-            sha,
-        } => {
+    let held_back = match (repository, delivery.intent.ref_move()) {
+        (Some(repository), Some(moved)) => match advance(conn, repository, &moved).await? {
+            RefAdvance::Forward => None,
+            RefAdvance::Current => Some(format!(
+                "ignored: {} already points at {} (a redelivered or replayed event; to build it again, \
+                 POST …/releases)",
+                moved.git_ref,
+                shown(&moved.sha)
+            )),
+            RefAdvance::Stale { newest } => Some(format!(
+                "ignored: a stale event: {} has moved on to {} since {} (a replayed or late delivery)",
+                moved.git_ref,
+                shown(&newest),
+                shown(&moved.sha)
+            )),
+        },
+        _ => None,
+    };
+    let outcome = match (held_back, &delivery.intent) {
+        (Some(ignored), _) => ignored,
+        (None, WebhookIntent::Ignore { outcome }) => outcome.clone(),
+        (
+            None,
+            WebhookIntent::Push {
+                repository,
+                branch,
+                sha,
+                ..
+            },
+        ) => {
             for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 if service.branch.as_deref() != Some(branch.as_str()) {
                     continue;
@@ -74,12 +98,16 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
                 &delivery.rate_limited,
             )
         }
-        WebhookIntent::Preview {
-            repository,
-            number,
-            branch,
-            sha,
-        } => {
+        (
+            None,
+            WebhookIntent::Preview {
+                repository,
+                number,
+                branch,
+                sha,
+                ..
+            },
+        ) => {
             let environment = format!("preview-{number}");
             for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 insert_environment(conn, &service.project, &environment, &EnvironmentChange::default()).await?;
@@ -102,11 +130,15 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
                 &delivery.rate_limited,
             )
         }
-        WebhookIntent::Teardown {
-            repository,
-            number,
-            branch,
-        } => {
+        (
+            None,
+            WebhookIntent::Teardown {
+                repository,
+                number,
+                branch,
+                ..
+            },
+        ) => {
             let environment = format!("preview-{number}");
             for service in admitted(conn, repository, &delivery.rate_limited).await? {
                 match get_environment(conn, &service.project, &environment).await {
@@ -153,6 +185,11 @@ pub(crate) async fn accept_webhook(conn: &mut Conn<'_>, delivery: &WebhookDelive
         pipelines,
         releases,
     })
+}
+
+/// A ref's commit as outcomes show it: `closed` for a closed pull request's empty head.
+fn shown(sha: &str) -> &str {
+    if sha.is_empty() { "closed" } else { sha }
 }
 
 /// The services building from `repository`, without those of rate-limited projects.

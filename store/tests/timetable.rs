@@ -466,6 +466,7 @@ async fn idle_previews_expire_once(db: Db) {
             number: 7,
             branch: "feature".into(),
             sha: "7".repeat(40),
+            at_ms: None,
         },
         rate_limited: vec![],
     };

@@ -5,7 +5,7 @@ use crate::views::Environment;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use enclii_domain::spec::validate_environment_name;
+use enclii_domain::spec::{validate_environment_name, validate_word};
 use enclii_store::EnvironmentChange;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -16,6 +16,11 @@ use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, Created, check};
+
+/// A region is a provider's word for a place (`us-east-1`, `fra1`): 1–63 characters, no spaces.
+fn check_region(region: Option<&str>) -> Result<(), ApiError> {
+    region.map_or(Ok(()), |r| check("region", validate_word(r, 63)))
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +106,7 @@ pub async fn create_environment(
         principal.require(Permission::Govern, Some(&project))?;
     }
     check("name", validate_environment_name(&req.name))?;
+    check_region(req.region.as_deref())?;
     check_budget(req.budget_cents)?;
     let mut settings = EnvironmentChange {
         region: req.region,
@@ -145,6 +151,7 @@ pub async fn update_environment(
 ) -> Answer<Environment> {
     // Budgets are governance; the region is project configuration.
     principal.require(Permission::Govern, Some(&project))?;
+    check_region(req.region.as_deref())?;
     check_budget(req.budget_cents)?;
     let mut settings = EnvironmentChange {
         region: req.region,

@@ -10,6 +10,7 @@ pub mod environments;
 pub mod members;
 pub mod projects;
 pub mod releases;
+pub mod repositories;
 pub mod routes;
 pub mod secrets;
 pub mod services;

@@ -4,7 +4,7 @@ use crate::views::Project;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use enclii_domain::spec::validate_slug;
+use enclii_domain::spec::{validate_display_name, validate_slug};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -15,12 +15,15 @@ use crate::state::AppState;
 
 use super::{Answer, Created, check};
 
+/// Longest display name of a project, in characters.
+const MAX_PROJECT_NAME: usize = 100;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
     /// Lowercase DNS label: `a-z`, `0-9`, `-`; starts with a letter.
     slug: String,
-    /// Display name (defaults to the slug).
+    /// Display name (defaults to the slug): 1–100 printable characters.
     name: Option<String>,
 }
 
@@ -34,6 +37,7 @@ pub async fn create_project(
     principal.require(Permission::ProjectWrite, None)?;
     check("slug", validate_slug(&req.slug))?;
     let name = req.name.unwrap_or_else(|| req.slug.clone());
+    check("name", validate_display_name(&name, MAX_PROJECT_NAME))?;
     let project = state.store.create_project(&principal.subject, &req.slug, &name).await?;
     Ok((StatusCode::CREATED, Json(project.into())))
 }
@@ -75,6 +79,7 @@ pub async fn update_project(
     Body(req): Body<ProjectChange>,
 ) -> Answer<Project> {
     principal.require(Permission::ProjectWrite, Some(&project))?;
+    check("name", validate_display_name(&req.name, MAX_PROJECT_NAME))?;
     Ok(Json(
         state
             .store

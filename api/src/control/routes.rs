@@ -5,7 +5,7 @@ use crate::views::Route;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use enclii_domain::spec::validate_hostname;
+use enclii_domain::spec::{validate_hostname, validate_url_path};
 use enclii_store::NewRoute;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -48,14 +48,7 @@ pub async fn add_route(
 ) -> Created<Route> {
     principal.require(Permission::Routes, Some(&project))?;
     check("host", validate_hostname(&req.host))?;
-    check(
-        "path",
-        if req.path.starts_with('/') {
-            Ok(())
-        } else {
-            Err(format!("must start with `/` (got `{}`)", req.path))
-        },
-    )?;
+    check("path", validate_url_path(&req.path))?;
     let environment = match req.environment {
         Some(env) => env,
         None => state.store.service(&project, &req.service).await?.environment,

@@ -6,6 +6,7 @@ use crate::views::SecretMeta;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use enclii_domain::secrets::is_platform_secret;
 use enclii_store::SecretScope;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -42,8 +43,20 @@ fn secret_permission(scope: &SecretScope) -> Permission {
     }
 }
 
-fn check_secret_name(name: &str) -> Result<(), ApiError> {
-    check("name", enclii_domain::spec::validate_env_name(name))
+fn check_secret_name(name: &str, scope: &SecretScope) -> Result<(), ApiError> {
+    check("name", enclii_domain::spec::validate_env_name(name))?;
+    if scope.service.is_some() && is_platform_secret(name) {
+        let message = format!(
+            "`{name}` is a platform secret (the clone's token or the project's signing key) and cannot be set \
+             for one service"
+        );
+        return Err(ApiError::invalid(
+            format!("service: {message}"),
+            "set it for the project or an environment (omit `service`); that takes the project secrets permission (Admin)",
+            vec![field("service", message)],
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -75,7 +88,7 @@ pub async fn set_secret(
     }
     .scope(&project);
     principal.require(secret_permission(&scope), Some(&project))?;
-    check_secret_name(&name)?;
+    check_secret_name(&name, &scope)?;
     if req.value.len() > 64 * 1024 {
         return Err(ApiError::invalid(
             "value: longer than 64 KiB",

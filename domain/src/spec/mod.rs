@@ -16,7 +16,9 @@
 //! assert_eq!(err.to_string(), "spec.runtime.replicas.min: must be ≤ max (got 5 > 2)");
 //! ```
 
+mod budget;
 mod rules;
+mod text;
 mod types;
 mod validate;
 
@@ -31,6 +33,7 @@ pub use rules::{
     parse_cpu_millis, parse_duration, parse_memory_bytes, validate_cron, validate_env_name, validate_environment_name,
     validate_git_ref, validate_git_url, validate_hostname, validate_slug,
 };
+pub use text::{MAX_GIT_REF, MAX_URL_PATH, validate_display_name, validate_url_path, validate_word};
 pub use types::*;
 
 /// The Service Spec example of the product brief, verbatim: a starting point for new services
@@ -151,9 +154,11 @@ impl ServiceSpec {
     }
 }
 
-/// Deserializes one YAML document, locating any error as `(path, message)`.
+/// Deserializes one YAML document, locating any error as `(path, message)`. What the document
+/// may expand to through aliases is bounded ([`budget`]).
 fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-    let de = serde_yaml::Deserializer::from_str(text);
+    let budget = budget::Budget::default();
+    let de = budget::Bounded::new(serde_yaml::Deserializer::from_str(text), &budget);
     serde_path_to_error::deserialize(de).map_err(|e| {
         // serde_yaml starts its messages with its own idea of the path (some ancestor of the
         // field serde_path_to_error tracked); drop it, the error carries the precise path.

@@ -102,20 +102,6 @@ pub fn validate_absolute_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a URL path (routes, HTTP probes): starts with `/`, no whitespace, query or fragment.
-pub fn validate_url_path(s: &str) -> Result<(), String> {
-    if !s.starts_with('/') {
-        return Err(format!("must start with '/' (got {s:?})"));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
-    {
-        return Err(format!("must not contain {c:?} (got {s:?})"));
-    }
-    Ok(())
-}
-
 /// Checks a DNS hostname as used by a route: lowercase labels of `a-z0-9-` (1–63 characters, not
 /// starting or ending with `-`), at most 253 characters, an optional leading `*.` wildcard, not
 /// an IP address.
@@ -185,6 +171,18 @@ pub fn validate_git_url(s: &str) -> Result<(), String> {
         .find_map(|scheme| s.strip_prefix(scheme));
     if let Some(rest) = remote {
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if let Some((userinfo, host_port)) = authority.rsplit_once('@') {
+            // A user name alone is how ssh:// names its account (`ssh://git@host/…`); anything
+            // else before the `@` is a credential, stored and shown with the spec if accepted.
+            let credential = !s.starts_with("ssh://") || userinfo.contains(':');
+            if credential {
+                let scheme = &s[..s.len() - rest.len()];
+                return Err(format!(
+                    "must not carry credentials (got {scheme}***@{host_port}/…): remove them from the URL \
+                     and store the token as the project secret GIT_TOKEN, which Enclii sends when it clones"
+                ));
+            }
+        }
         let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let (host, port) = split_host_port(host_port);
         if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
@@ -252,6 +250,7 @@ fn valid_url_host(host: &str) -> bool {
 /// whitespace or control characters, none of `~^:?*[\`, no `..`, `@{` or `//`, not starting with
 /// `-` or `/`, no component starting with `.`, not ending with `/`, `.` or `.lock`, not `@`.
 pub fn validate_git_ref(s: &str) -> Result<(), String> {
+    super::text::check_git_ref_text(s)?;
     if s.is_empty() {
         return Err("must not be empty".into());
     }
@@ -466,6 +465,7 @@ pub fn validate_cron(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::text::validate_url_path;
 
     fn ok(f: fn(&str) -> Result<(), String>, good: &[&str], bad: &[&str]) {
         for s in good {
@@ -607,8 +607,24 @@ mod tests {
                 "@github.com:org/repo",
                 "file://relative",
                 "file://",
+                "https://user:pass@github.com/org/repo",
+                "https://ghp_token@github.com/org/repo",
+                "ssh://git:pass@github.com/org/repo",
             ],
         );
+    }
+
+    #[test]
+    fn credentials_in_git_urls_are_refused_without_being_echoed() {
+        for url in [
+            "https://user:hunter2@github.com/org/repo",
+            "http://hunter2@git.local/org/repo",
+            "ssh://git:hunter2@github.com/org/repo",
+        ] {
+            let message = validate_git_url(url).unwrap_err();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("GIT_TOKEN") && message.contains("***@"), "{message}");
+        }
     }
 
     #[test]

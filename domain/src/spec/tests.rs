@@ -551,3 +551,47 @@ fn parse_any_sniffs_the_format() {
     let e = ServiceSpec::parse_any("{ not json").unwrap_err();
     assert!(e.0[0].message.contains("line 1"), "{e}");
 }
+
+/// `MINIMAL` with `runtime.cmd` holding `aliases` aliases of one anchored scalar of `len` bytes.
+fn aliased_cmd(len: usize, aliases: usize) -> String {
+    let mut text = format!(
+        "{MINIMAL}  runtime:\n    image: nginx\n    cmd:\n      - &big {}\n",
+        "x".repeat(len)
+    );
+    text.push_str(&"      - *big\n".repeat(aliases));
+    text
+}
+
+#[test]
+fn aliases_that_expand_past_the_budget_are_refused_at_the_field() {
+    // 20 KiB of text that would build 20 MB of strings (the probe's 186 KiB took 2.9 GiB).
+    let text = aliased_cmd(10_000, 2_000);
+    assert!(text.len() < 40_000);
+    let e = yaml_err(&text);
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert!(e.0[0].path.starts_with("spec.runtime.cmd["), "{e}");
+    assert!(e.0[0].message.contains("YAML aliases"), "{e}");
+}
+
+#[test]
+fn aliases_that_expand_to_too_many_values_are_refused() {
+    // Small strings, many of them: 300 jobs sharing one 1,000-argument list through an alias.
+    let args = vec!["a"; 1_000].join(", ");
+    let mut text = format!("{MINIMAL}  runtime: {{ image: nginx }}\n  jobs:\n");
+    text.push_str(&format!(
+        "    - {{ name: j0, schedule: '0 2 * * *', args: &args [{args}] }}\n"
+    ));
+    for n in 1..300 {
+        text.push_str(&format!("    - {{ name: j{n}, schedule: '0 2 * * *', args: *args }}\n"));
+    }
+    assert!(text.len() < 25_000);
+    let e = yaml_err(&text);
+    assert!(e.0[0].path.starts_with("spec.jobs["), "{e}");
+    assert!(e.0[0].message.contains("250000 values"), "{e}");
+}
+
+#[test]
+fn modest_aliases_still_parse() {
+    let spec = ServiceSpec::parse(&aliased_cmd(100, 50), SpecFormat::Yaml).unwrap();
+    assert_eq!(spec.spec.runtime.cmd.map(|c| c.len()), Some(51));
+}

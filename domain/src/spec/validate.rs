@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 
-use super::rules;
 use super::types::*;
 use super::{SpecError, SpecErrors};
+use super::{rules, text};
 
 /// Collects errors while walking the spec, tracking the current field path.
 #[derive(Default)]
@@ -153,7 +153,7 @@ fn spec(c: &mut Checker, s: &Spec) {
         let mut seen = Unique::new();
         c.each(&s.routes, |c, _, r| {
             c.check("host", rules::validate_hostname(&r.host));
-            c.check("path", rules::validate_url_path(&r.path));
+            c.check("path", text::validate_url_path(&r.path));
             let key = (r.host.as_str(), r.path.as_str());
             c.check("host", seen.check(key, || format!("route {} {}", r.host, r.path)));
         });
@@ -279,7 +279,7 @@ fn probe(c: &mut Checker, p: &Probe, runtime_ports: &[u32]) {
         (Some(_), Some(_)) => c.error("set only one of `httpGet` and `tcpSocket`"),
         (None, None) => c.error("set `httpGet` (a path) or `tcpSocket` (a port)"),
         (Some(path), None) => {
-            c.check("httpGet", rules::validate_url_path(path));
+            c.check("httpGet", text::validate_url_path(path));
             match p.port {
                 Some(n) => c.check("port", port(n)),
                 None if runtime_ports.is_empty() => {
