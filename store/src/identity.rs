@@ -9,6 +9,56 @@ use crate::model::*;
 use crate::projects::require_project;
 use crate::{Store, now_ms};
 
+/// The role that governs the platform when bound on `*`. Role names are the API's (`Role::as_str`);
+/// the store compares them without regard to case, as `Role::parse` does.
+pub const OWNER_ROLE: &str = "Owner";
+
+fn is_owner(role: &str) -> bool {
+    role.eq_ignore_ascii_case(OWNER_ROLE)
+}
+
+/// The subjects bound Owner on `*`. On PostgreSQL their rows stay locked until the transaction
+/// ends, so two Owners removing each other at once cannot both see the other one remain: the
+/// second waits, then reads the first's removal. (On SQLite, `BEGIN IMMEDIATE` already
+/// serialises writers.)
+async fn platform_owners(conn: &mut Conn<'_>) -> Result<Vec<String>> {
+    let lock = match conn.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!("SELECT subject FROM role_bindings WHERE project = '*' AND LOWER(role) = LOWER($1){lock}");
+    let rows = query_as::<(String,)>(sql)
+        .bind(OWNER_ROLE)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Refuses to remove or demote (`new_role` not Owner) the last Owner on `*`: without one nobody
+/// can govern the platform, and the bootstrap never runs again once any role exists. Checked in
+/// the transaction of the change itself.
+async fn keep_a_platform_owner(
+    conn: &mut Conn<'_>,
+    subject: &str,
+    project: &str,
+    new_role: Option<&str>,
+) -> Result<()> {
+    if project != "*" || new_role.is_some_and(is_owner) {
+        return Ok(());
+    }
+    let owners = platform_owners(conn).await?;
+    if owners.len() == 1 && owners[0] == subject {
+        let change = if new_role.is_some() { "demoted" } else { "removed" };
+        return Err(StoreError::Conflict(format!(
+            "`{subject}` is the last platform Owner (Owner on `*`) and cannot be {change}: nobody could govern \
+             the platform any more, and no new bootstrap token is ever issued once roles exist. Make another \
+             subject Owner on `*` first (PUT /v1/projects/*/members/<subject> with {{\"role\":\"Owner\"}}), then \
+             change this one; an operator with access to the database can also run `enclii server recover-owner`"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn bind_role(
     conn: &mut Conn<'_>,
     actor: &str,
@@ -19,6 +69,7 @@ pub(crate) async fn bind_role(
     if project != "*" {
         require_project(conn, project).await?;
     }
+    keep_a_platform_owner(conn, subject, project, Some(role)).await?;
     let before = query_as::<(String,)>("SELECT role FROM role_bindings WHERE subject = $1 AND project = $2")
         .binds((subject, project))
         .fetch_optional(&mut *conn)
@@ -38,6 +89,7 @@ pub(crate) async fn bind_role(
 }
 
 pub(crate) async fn unbind_role(conn: &mut Conn<'_>, actor: &str, subject: &str, project: &str) -> Result<()> {
+    keep_a_platform_owner(conn, subject, project, None).await?;
     let removed = query("DELETE FROM role_bindings WHERE subject = $1 AND project = $2")
         .binds((subject, project))
         .execute(&mut *conn)
@@ -177,6 +229,17 @@ impl Store {
                 insert_token(conn, "bootstrap", token).await?;
                 Ok(true)
             }
+        })
+        .await
+    }
+    /// Makes `token.subject` Owner on `*` (again) and gives it `token`: the operator's way back
+    /// when no Owner can sign in any more (`enclii server recover-owner`). Both changes are
+    /// audited as `actor`, in one transaction.
+    pub async fn recover_owner(&self, actor: &str, token: &TokenRecord) -> Result<RoleBinding> {
+        self.write(async |conn| {
+            let binding = bind_role(conn, actor, &token.subject, "*", OWNER_ROLE).await?;
+            insert_token(conn, actor, token).await?;
+            Ok(binding)
         })
         .await
     }

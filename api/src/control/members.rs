@@ -1,5 +1,7 @@
 //! Members: role bindings on a project (or `*`); nobody grants above their own role or changes
-//! someone ranked above them.
+//! someone ranked above them, and the last Owner on `*` stays (the store refuses, with `409`, to
+//! remove or demote it in the transaction of the change, so two Owners cannot remove each other
+//! at once; `enclii server recover-owner` is the operators' way back).
 
 use crate::views;
 use crate::views::RoleBinding;
@@ -34,9 +36,11 @@ pub struct MemberBody {
     role: Role,
 }
 
-/// Grants `subject` a role on a project (`*` for every project). Nobody grants above their own role.
+/// Grants `subject` a role on a project (`*` for every project). Nobody grants above their own role;
+/// the last Owner on `*` cannot be demoted.
 #[utoipa::path(put, path = "/v1/projects/{project}/members/{subject}", tag = "members", request_body = MemberBody,
-    responses((status = 200, body = RoleBinding)))]
+    responses((status = 200, body = RoleBinding),
+              (status = 409, body = crate::Problem, description = "it would demote the last Owner on `*`")))]
 pub async fn put_member(
     State(state): State<AppState>,
     principal: Principal,
@@ -61,7 +65,10 @@ pub async fn put_member(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/members/{subject}", tag = "members", responses((status = 204)))]
+/// Removes `subject`'s role on a project (`*`: its platform-wide role); never the last Owner on `*`.
+#[utoipa::path(delete, path = "/v1/projects/{project}/members/{subject}", tag = "members",
+    responses((status = 204),
+              (status = 409, body = crate::Problem, description = "it would remove the last Owner on `*`")))]
 pub async fn delete_member(
     State(state): State<AppState>,
     principal: Principal,
