@@ -1,5 +1,6 @@
 //! Who is calling and what they may do: bearer tokens (personal access tokens or OIDC), roles per
-//! project from role bindings, token scopes, and the per-token rate limit.
+//! project from role bindings, token scopes, the per-token rate limit, and the per-address limit
+//! on failed authentications (`crate::throttle`), checked before a token is looked up.
 //!
 //! Roles and permissions follow the product's matrix:
 //!
@@ -13,7 +14,14 @@
 //! | `read` (view, logs, metrics, cost, audit) | ✓ | ✓ | ✓ |   ✓      |
 //! | `govern` (budgets, roles, limits)|   ✓   |   ✓   |           |          |
 //! | `project.delete`                 |   ✓   |       |           |          |
+//! | `tokens` (create, list, revoke your tokens) | ✓ | ✓ | ✓ |     ✓     |
+//!
+//! `tokens` is a scope of its own so that a narrow token (say `read`, for CI) cannot revoke or
+//! mint its holder's other tokens; a token restricted to a project never manages tokens, and a
+//! token holding every other scope holds `tokens` too (all-scope tokens, also those created before
+//! the scope existed).
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -24,6 +32,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::throttle::AddressThrottle;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Role {
@@ -52,7 +61,7 @@ impl Role {
     pub fn allows(self, permission: Permission) -> bool {
         use Permission::*;
         match permission {
-            Read => true,
+            Read | Tokens => true,
             Deploy | ServiceSecrets | Routes => self >= Role::Developer,
             ProjectWrite | ProjectSecrets | Govern => self >= Role::Admin,
             ProjectDelete => self == Role::Owner,
@@ -70,10 +79,12 @@ pub enum Permission {
     ProjectWrite,
     Govern,
     ProjectDelete,
+    /// Create, list and revoke the caller's own tokens.
+    Tokens,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::Read,
         Permission::Deploy,
         Permission::ServiceSecrets,
@@ -82,6 +93,7 @@ impl Permission {
         Permission::ProjectWrite,
         Permission::Govern,
         Permission::ProjectDelete,
+        Permission::Tokens,
     ];
 
     /// The scope name a token lists to be allowed this permission.
@@ -95,11 +107,27 @@ impl Permission {
             Permission::ProjectWrite => "project.write",
             Permission::Govern => "govern",
             Permission::ProjectDelete => "project.delete",
+            Permission::Tokens => "tokens",
         }
     }
 
     pub fn from_scope(scope: &str) -> Option<Permission> {
         Permission::ALL.into_iter().find(|p| p.scope() == scope)
+    }
+
+    /// A token's permissions from its stored scope names: unknown names are ignored, and a token
+    /// holding every other scope holds `tokens` too (so that all-scope tokens created before the
+    /// scope existed still manage tokens).
+    pub fn from_scopes(names: &[String]) -> Vec<Permission> {
+        let mut scopes: Vec<Permission> = names.iter().filter_map(|s| Permission::from_scope(s)).collect();
+        let all_others = Permission::ALL
+            .iter()
+            .filter(|p| **p != Permission::Tokens)
+            .all(|p| scopes.contains(p));
+        if all_others && !scopes.contains(&Permission::Tokens) {
+            scopes.push(Permission::Tokens);
+        }
+        scopes
     }
 }
 
@@ -190,6 +218,27 @@ impl Principal {
         })
     }
 
+    /// Allows managing the caller's tokens (create, list, revoke): a token needs the `tokens`
+    /// scope and no project restriction; OIDC sessions may. No role is needed — what a new token
+    /// may carry is still bounded by the caller's roles.
+    pub fn require_token_management(&self) -> Result<(), ApiError> {
+        if let Some(only) = &self.project {
+            return Err(ApiError::forbidden(
+                format!("this token is restricted to project `{only}` and cannot manage tokens"),
+                "use a token without a project restriction that has the `tokens` scope",
+            ));
+        }
+        if let Some(scopes) = &self.scopes
+            && !scopes.contains(&Permission::Tokens)
+        {
+            return Err(ApiError::forbidden(
+                "this token lacks the `tokens` scope, which creating, listing and revoking tokens needs",
+                "use a token created with `--scopes tokens` (or one with every scope)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the caller can see a project at all.
     pub fn sees(&self, project: &str) -> bool {
         self.require(Permission::Read, Some(project)).is_ok()
@@ -200,6 +249,8 @@ impl Principal {
 pub struct Authenticator {
     pub oidc: Option<OidcVerifier>,
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Failed authentications per client address.
+    failures: AddressThrottle,
 }
 
 /// The per-token request budget: `per_minute` sustained with bursts up to `burst`.
@@ -213,6 +264,12 @@ impl RateLimit {
     pub const DEFAULT: RateLimit = RateLimit {
         per_minute: 60,
         burst: 120,
+    };
+
+    /// Failed authentications per client address: 30 at once, then one every 2 s.
+    pub const AUTH_FAILURES: RateLimit = RateLimit {
+        per_minute: 30,
+        burst: 30,
     };
 
     pub(crate) fn limiter<K: Clone + std::hash::Hash + Eq>(self) -> DefaultKeyedRateLimiter<K> {
@@ -233,19 +290,53 @@ pub(crate) fn check_rate<K: Clone + std::hash::Hash + Eq>(
         ApiError::RateLimited {
             retry_after: wait.max(Duration::from_secs(1)),
             detail: format!("too many requests for {what}"),
+            hint: None,
         }
     })
 }
 
 impl Authenticator {
-    pub fn new(oidc: Option<OidcVerifier>, limit: RateLimit) -> Self {
+    /// `limit`: requests per token; `failures`: failed authentications per client address.
+    pub fn new(oidc: Option<OidcVerifier>, limit: RateLimit, failures: RateLimit) -> Self {
         Self {
             oidc,
             limiter: limit.limiter(),
+            failures: AddressThrottle::new(failures, crate::throttle::MAX_ADDRESSES),
         }
     }
 
-    pub async fn authenticate(&self, store: &Store, header: Option<&str>) -> Result<Principal, ApiError> {
+    /// The caller of a request from `client` (when known) with this `Authorization` header. An
+    /// address that failed too often is refused before its token is looked up; each `401`
+    /// counts against it, except when the identity provider is unreachable (not its fault).
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        header: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        if let Some(client) = client {
+            self.failures.admit(client).map_err(|wait| ApiError::RateLimited {
+                retry_after: wait,
+                detail: "too many failed authentications from your address".into(),
+                hint: Some(
+                    "check the token you send (`enclii auth login`, or create a new one); until the wait is over \
+                     every request from this address is refused, also with a valid token"
+                        .into(),
+                ),
+            })?;
+        }
+        let identified = self.identify(store, header).await;
+        if let (Some(client), Err(ApiError::Unauthorized { code, .. })) = (client, &identified)
+            && *code != "oidc_unavailable"
+        {
+            self.failures.failed(client);
+        }
+        let principal = identified?;
+        check_rate(&self.limiter, &principal.rate_key, "this token")?;
+        Ok(principal)
+    }
+
+    async fn identify(&self, store: &Store, header: Option<&str>) -> Result<Principal, ApiError> {
         let header = header.ok_or_else(|| {
             ApiError::unauthorized(
                 "unauthenticated",
@@ -265,13 +356,11 @@ impl Authenticator {
                     "send `Authorization: Bearer <token>`",
                 )
             })?;
-        let principal = if token.starts_with(enclii_auth::token::PREFIX) {
-            self.personal_token(store, token).await?
+        if token.starts_with(enclii_auth::token::PREFIX) {
+            self.personal_token(store, token).await
         } else {
-            self.oidc_token(store, token).await?
-        };
-        check_rate(&self.limiter, &principal.rate_key, "this token")?;
-        Ok(principal)
+            self.oidc_token(store, token).await
+        }
     }
 
     async fn personal_token(&self, store: &Store, token: &str) -> Result<Principal, ApiError> {
@@ -304,11 +393,7 @@ impl Authenticator {
                 "create a new token (POST /v1/tokens)",
             ));
         }
-        let scopes = record
-            .scope_list()
-            .iter()
-            .filter_map(|s| Permission::from_scope(s))
-            .collect();
+        let scopes = Permission::from_scopes(&record.scope_list());
         Ok(Principal {
             bindings: store.roles_of(&record.subject).await?,
             subject: record.subject,
@@ -373,6 +458,19 @@ mod tests {
         assert_eq!(row(Read), [true, true, true, true]);
         assert_eq!(row(Govern), [true, true, false, false]);
         assert_eq!(row(ProjectDelete), [true, false, false, false]);
+        assert_eq!(row(Tokens), [true, true, true, true]);
+    }
+
+    #[test]
+    fn every_other_scope_implies_tokens_and_nothing_less_does() {
+        let names = |ps: &[Permission]| ps.iter().map(|p| p.scope().to_string()).collect::<Vec<_>>();
+        let legacy_all: Vec<_> = Permission::ALL
+            .into_iter()
+            .filter(|p| *p != Permission::Tokens)
+            .collect();
+        assert!(Permission::from_scopes(&names(&legacy_all)).contains(&Permission::Tokens));
+        let narrow = [Permission::Read, Permission::Deploy, Permission::Govern];
+        assert!(!Permission::from_scopes(&names(&narrow)).contains(&Permission::Tokens));
     }
 
     #[test]

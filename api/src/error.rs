@@ -9,6 +9,9 @@ use enclii_queue::QueueError;
 use enclii_store::StoreError;
 use serde::Serialize;
 
+/// The media type of every error answer.
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+
 /// One field that failed validation, e.g. `spec.runtime.replicas.min: must be ≤ max (got 5 > 2)`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
@@ -58,11 +61,17 @@ pub enum ApiError {
     RateLimited {
         retry_after: std::time::Duration,
         detail: String,
+        /// What to do beside waiting, if anything.
+        hint: Option<String>,
     },
     #[error("{0}")]
     NotFound(String),
-    #[error("this route does not accept that HTTP method")]
-    MethodNotAllowed,
+    /// No route matches the request (`METHOD /path`).
+    #[error("no route {0}")]
+    NoRoute(String),
+    /// The route exists but not with this method (`METHOD /path`).
+    #[error("{0}: this route does not accept that HTTP method")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -184,23 +193,41 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited {
                 retry_after: wait,
                 detail,
+                hint,
             } => {
-                let seconds = wait.as_secs_f64().ceil() as u64;
+                let seconds = (wait.as_secs_f64().ceil() as u64).max(1);
                 retry_after = Some(seconds);
+                let wait = format!("retry after {seconds} s (see the Retry-After header)");
                 (
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     "Too many requests",
                     detail,
-                    Some(format!("retry after {seconds} s (see the Retry-After header)")),
+                    Some(match hint {
+                        Some(hint) => format!("{hint}; {wait}"),
+                        None => wait,
+                    }),
                 )
             }
-            ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", "Not found", detail, None),
-            ApiError::MethodNotAllowed => (
+            ApiError::NotFound(detail) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found",
+                detail,
+                Some("check the name or id; listing the collection shows what exists".into()),
+            ),
+            ApiError::NoRoute(place) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found",
+                format!("no route {place}"),
+                Some("check the path; /v1/openapi.json lists the API's routes".into()),
+            ),
+            ApiError::MethodNotAllowed(place) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "Method not allowed",
-                "this route does not accept that HTTP method".into(),
+                format!("{place}: this route does not accept that HTTP method"),
                 Some("see /v1/openapi.json for the methods each route takes".into()),
             ),
             ApiError::Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", detail, None),
@@ -239,24 +266,170 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let problem = Problem {
-            kind: format!("https://enclii.dev/problems/{code}"),
-            title,
-            status: status.as_u16(),
-            code,
-            detail,
-            hint,
-            errors,
-        };
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            Json(problem),
-        )
-            .into_response();
+        let mut response = problem_response(status, code, title, detail, hint, errors);
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
         }
         response
     }
+}
+
+/// One problem+json answer.
+fn problem_response(
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+    hint: Option<String>,
+    errors: Vec<FieldError>,
+) -> Response {
+    let problem = Problem {
+        kind: format!("https://enclii.dev/problems/{code}"),
+        title,
+        status: status.as_u16(),
+        code,
+        detail,
+        hint,
+        errors,
+    };
+    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(problem)).into_response()
+}
+
+/// Makes every error answer problem+json. Handlers answer [`ApiError`]s, but some errors are
+/// written below them in plain text — rejections of axum's own extractors (`Path`, `Query`,
+/// `Json`) in handlers not using `crate::extract`'s, and layers' refusals; this rewrites those
+/// with the request's method and path (where), the reason (what) and a hint (how to fix), keeping
+/// the status and headers such as `Allow` and `Retry-After`.
+pub(crate) async fn problems_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let place = format!("{} {}", request.method(), request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejection texts are a line; a larger body is not one of them and is not echoed.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut rewritten = plain_problem(status, &place, text);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
+/// A plain-text error answer as a problem: axum's rejection texts by their wording, the rest by
+/// status.
+fn plain_problem(status: StatusCode, place: &str, text: String) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let known = [
+        (
+            "Invalid URL: ",
+            "invalid_path",
+            "a path parameter is not valid",
+            "fix the named path segment (ids are numbers); /v1/openapi.json lists each route's parameters",
+        ),
+        (
+            "Failed to deserialize query string: ",
+            "invalid_query",
+            "the query string is not valid",
+            "fix the named query parameter; /v1/openapi.json lists each route's parameters and their types",
+        ),
+        (
+            "Failed to parse the request body as JSON: ",
+            "malformed_json",
+            "the body is not valid JSON",
+            "send a valid JSON document",
+        ),
+        (
+            "Failed to deserialize the JSON body into the target type: ",
+            "invalid_body",
+            "the body does not match the expected fields",
+            "fix the named field and send again",
+        ),
+        (
+            "Expected request with `Content-Type: application/json`",
+            "unsupported_media_type",
+            "the request body must be JSON",
+            "send the header `Content-Type: application/json`",
+        ),
+    ];
+    if let Some((prefix, code, what, hint)) = known.iter().find(|(prefix, ..)| text.starts_with(prefix)) {
+        let why = text[prefix.len()..].trim();
+        let detail = if why.is_empty() {
+            format!("{place}: {what}")
+        } else {
+            format!("{place}: {what}: {why}")
+        };
+        return problem_response(status, code, title, detail, Some((*hint).into()), Vec::new());
+    }
+    let (code, detail, hint) = match status {
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            format!("{place}: no such route"),
+            "see /v1/openapi.json for the API's routes",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{place}: this route does not accept that HTTP method"),
+            "see the `Allow` header, or /v1/openapi.json for the methods each route takes",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            format!("{place}: the request body is too large"),
+            "keep payloads small: store large data elsewhere and pass a reference",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            format!("{place}: the request body's media type is not accepted"),
+            "send the Content-Type this route documents in /v1/openapi.json",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "request_timeout",
+            format!("{place}: the request was not received in time"),
+            "send the whole request promptly, then retry",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "rate_limited",
+            format!("{place}: too many requests"),
+            "retry after the time in the Retry-After header",
+        ),
+        s if s.is_server_error() => {
+            // Plain server errors may carry internals: logged, never returned.
+            tracing::error!(status = s.as_u16(), place, error = %text, "plain-text server error");
+            return problem_response(
+                status,
+                "internal",
+                title,
+                "an internal error occurred; it has been logged".into(),
+                None,
+                Vec::new(),
+            );
+        }
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "unavailable",
+            format!("{place}: the server cannot answer now"),
+            "retry later",
+        ),
+        _ if text.is_empty() => (
+            "bad_request",
+            format!("{place}: {title}"),
+            "see /v1/openapi.json for what this route accepts",
+        ),
+        _ => (
+            "bad_request",
+            format!("{place}: {text}"),
+            "see /v1/openapi.json for what this route accepts",
+        ),
+    };
+    problem_response(status, code, title, detail, Some(hint.into()), Vec::new())
 }

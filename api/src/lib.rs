@@ -1,7 +1,8 @@
 //! Switchyard, the HTTP API (axum). Handlers authenticate, authorise, validate, make one store or
 //! queue call and answer; they never do the work inline and know nothing of SQL.
 //!
-//! - [`auth`]: bearer tokens (personal access tokens, OIDC), roles, scopes, rate limits.
+//! - [`auth`]: bearer tokens (personal access tokens, OIDC), roles, scopes, rate limits;
+//!   `throttle`: failed authentications per client address.
 //! - `control`: projects, environments, services, releases, deployments, secrets, routes,
 //!   members, tokens, audit (one module each).
 //! - `jobs`: the queue's jobs and pipeline runs (enqueue, read, cancel, retry) and its depth.
@@ -32,6 +33,7 @@ mod operators;
 mod routes;
 mod runtime;
 mod state;
+mod throttle;
 mod timetable;
 mod trace;
 mod views;
@@ -39,4 +41,4 @@ mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};
 pub use routes::{openapi, router};
-pub use state::{ApiConfig, AppState, SignaturePolicy};
+pub use state::{ApiConfig, AppState, ClientLimits, SignaturePolicy};

@@ -1,6 +1,6 @@
-//! What every handler shares: the application state ([`AppState`], built from [`ApiConfig`]), the
-//! slot of the operators' shared queue snapshot loop ([`QueueWatch`]), and the lookups of queue
-//! records that answer 404 when they are gone (`find_job`, `find_pipeline`).
+//! What every handler shares: the application state ([`AppState`], built from [`ApiConfig`] and
+//! [`ClientLimits`]), the slot of the operators' shared queue snapshot loop ([`QueueWatch`]), and
+//! the lookups of queue records that answer 404 when they are gone (`find_job`, `find_pipeline`).
 
 use std::sync::Arc;
 
@@ -32,6 +32,10 @@ pub struct AppState {
     pub(crate) runtime: Option<Arc<dyn enclii_deploy_contract::Target>>,
     /// The operators' live queue view, shared by every watcher of this process.
     pub(crate) queue_watch: Arc<QueueWatch>,
+    /// Take the client's address from `X-Forwarded-For` (see [`ClientLimits`]).
+    pub(crate) trust_forwarded_for: bool,
+    /// Live job-log streams: one poller per job, and how many streams a token may hold.
+    pub(crate) log_tails: Arc<crate::logs::LogTails>,
 }
 
 /// API settings beyond the store.
@@ -52,6 +56,33 @@ pub struct ApiConfig {
 
 pub use enclii_store::SignaturePolicy;
 
+/// Limits on what one client may cost the API beside the per-token request rate
+/// ([`ApiConfig::rate_limit`]). Separate from `ApiConfig` so that existing callers that build
+/// it field by field keep compiling; pass them with [`AppState::with_limits`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// Failed authentications (`401`s) per client address; past them its requests are refused
+    /// with `429` before their token is looked up. Needs the client's address: serve the router
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`, or set `trust_forwarded_for`.
+    pub auth_failures: RateLimit,
+    /// The API is reached only through a proxy that appends the client's address to
+    /// `X-Forwarded-For`: take the client's address from its last entry. Leave it off when
+    /// clients can reach the API directly, or they could pick the address they are counted as.
+    pub trust_forwarded_for: bool,
+    /// Live job-log streams (`GET /v1/jobs/{id}/logs/stream`) one token may hold open at once.
+    pub log_streams_per_token: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            auth_failures: RateLimit::AUTH_FAILURES,
+            trust_forwarded_for: false,
+            log_streams_per_token: 16,
+        }
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -70,19 +101,26 @@ impl Default for ApiConfig {
 }
 
 impl AppState {
+    /// The state with the default [`ClientLimits`].
     pub fn new(store: Arc<Store>, metrics: PrometheusHandle, config: ApiConfig) -> Self {
+        Self::with_limits(store, metrics, config, ClientLimits::default())
+    }
+
+    pub fn with_limits(store: Arc<Store>, metrics: PrometheusHandle, config: ApiConfig, limits: ClientLimits) -> Self {
         Self {
             backend: store.queue(),
             store,
             metrics,
             gauges: Arc::default(),
-            auth: Arc::new(Authenticator::new(config.oidc, config.rate_limit)),
+            auth: Arc::new(Authenticator::new(config.oidc, config.rate_limit, limits.auth_failures)),
             webhook_secret: config.webhook_secret.map(Arc::from),
             webhook_limiter: Arc::new(config.webhook_rate_limit.limiter()),
             api: config.serve_api,
             signatures: config.signatures,
             runtime: config.runtime,
             queue_watch: Arc::default(),
+            trust_forwarded_for: limits.trust_forwarded_for,
+            log_tails: Arc::new(crate::logs::LogTails::new(limits.log_streams_per_token)),
         }
     }
 }

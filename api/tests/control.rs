@@ -495,7 +495,7 @@ async fn tokens_scopes_expiry_and_revocation(db: Db) {
         .admin(
             "POST",
             "/v1/tokens",
-            Some(r#"{"name":"short","scopes":["read"],"expires_in_days":1}"#),
+            Some(r#"{"name":"short","scopes":["read","tokens"],"expires_in_days":1}"#),
         )
         .await;
     let short_token = short.body["token"].as_str().unwrap().to_string();

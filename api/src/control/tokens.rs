@@ -1,10 +1,11 @@
 //! Identity (`whoami`) and personal access tokens: create (never more than the holder), list,
-//! revoke.
+//! revoke. Managing tokens needs the `tokens` scope and a token without a project restriction
+//! ([`Principal::require_token_management`]), so a narrow token cannot touch its holder's others.
 
 use crate::views;
 use crate::views::{RoleBinding, TokenRecord};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -12,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
+use crate::extract::{Body, Path};
 use crate::state::AppState;
 
 use super::{Answer, Created, field};
@@ -44,7 +45,8 @@ pub async fn whoami(principal: Principal) -> Json<WhoAmI> {
 pub struct NewTokenBody {
     name: String,
     /// Permission scopes: `read`, `deploy`, `secrets.service`, `secrets.project`, `routes`,
-    /// `project.write`, `govern`, `project.delete`. Default: `read`.
+    /// `project.write`, `govern`, `project.delete`, `tokens` (manage your tokens; not with
+    /// `project`). Default: `read`.
     #[serde(default)]
     scopes: Vec<String>,
     /// Restrict the token to one project.
@@ -78,12 +80,15 @@ impl From<enclii_store::TokenRecord> for TokenView {
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewTokenBody,
-    responses((status = 201, body = CreatedToken)))]
+    responses((status = 201, body = CreatedToken),
+              (status = 403, body = crate::Problem, content_type = "application/problem+json", description = "the token lacks the `tokens` scope or is restricted to a project"),
+              (status = 422, body = crate::Problem, content_type = "application/problem+json")))]
 pub async fn create_token(
     State(state): State<AppState>,
     principal: Principal,
     Body(req): Body<NewTokenBody>,
 ) -> Created<CreatedToken> {
+    principal.require_token_management()?;
     let scopes = if req.scopes.is_empty() {
         vec!["read".to_string()]
     } else {
@@ -98,6 +103,10 @@ pub async fn create_token(
                     "unknown scope `{scope}`; known: {}",
                     crate::auth::Permission::ALL.map(|p| p.scope()).join(", ")
                 ),
+            )),
+            Some(Permission::Tokens) if req.project.is_some() => errors.push(field(
+                &format!("scopes[{i}]"),
+                "a token restricted to a project cannot manage tokens; drop `tokens` or `project`",
             )),
             // A token never carries more than its holder: each scope must be held somewhere.
             Some(p) => {
@@ -125,14 +134,6 @@ pub async fn create_token(
             .collect::<Vec<_>>()
             .join("; ");
         return Err(ApiError::invalid(detail, "fix the named fields and send again", errors));
-    }
-    if let Some(only) = &principal.project
-        && req.project.as_ref() != Some(only)
-    {
-        return Err(ApiError::forbidden(
-            format!("this token is restricted to project `{only}`; a token it creates must be too"),
-            format!("add \"project\": \"{only}\""),
-        ));
     }
     let token = enclii_auth::token::generate();
     let now = chrono::Utc::now().timestamp_millis();
@@ -162,19 +163,26 @@ pub async fn create_token(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = [TokenView])))]
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = [TokenView]),
+              (status = 403, body = crate::Problem, content_type = "application/problem+json", description = "the token lacks the `tokens` scope or is restricted to a project")))]
 pub async fn list_tokens(State(state): State<AppState>, principal: Principal) -> Answer<Vec<TokenView>> {
+    principal.require_token_management()?;
     let tokens = state.store.list_tokens(&principal.subject).await?;
     Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
 }
 
 /// Revokes one of your tokens (Admins and Owners of the platform may revoke anyone's).
-#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    responses((status = 204),
+              (status = 403, body = crate::Problem, content_type = "application/problem+json", description = "the token lacks the `tokens` scope or is restricted to a project"),
+              (status = 404, body = crate::Problem, content_type = "application/problem+json")))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    principal.require_token_management()?;
     let token = state
         .store
         .token(&id)
