@@ -493,3 +493,18 @@ from_row!(RepositoryAccess {
     owner,
     granted_to
 });
+
+/// What a deletion started: the resource's rows are gone; these jobs remove what it ran on the
+/// deploy target (`GET /v1/jobs/{id}` follows them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Deletion {
+    /// Its queued or running jobs, cancelled first.
+    pub cancelled_jobs: Vec<i64>,
+    /// One `teardown` job per environment and service that ran on the target.
+    pub teardown_jobs: Vec<i64>,
+}
+
+from_row!(Deletion {
+    cancelled_jobs,
+    teardown_jobs
+});

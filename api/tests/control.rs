@@ -118,9 +118,10 @@ async fn projects_environments_and_services(db: Db) {
             .contains("project `nope` does not exist")
     );
     let r = t.admin("DELETE", "/v1/projects/shop/services/api", None).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.body["teardown_jobs"].as_array().map(Vec::len), Some(1), "{r:?}");
     let r = t.admin("DELETE", "/v1/projects/shop", None).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
     assert_eq!(
         t.admin("GET", "/v1/projects/shop", None).await.status,
         StatusCode::NOT_FOUND
@@ -607,7 +608,7 @@ async fn nobody_acts_above_their_rank_and_deleted_projects_leave_nothing_behind(
     let scoped = scoped.body["token"].as_str().unwrap().to_string();
     assert_eq!(
         t.call(&owner, "DELETE", "/v1/projects/shop", None).await.status,
-        StatusCode::NO_CONTENT
+        StatusCode::ACCEPTED
     );
     t.admin("POST", "/v1/projects", Some(r#"{"slug":"shop"}"#)).await;
     let r = t.call(&scoped, "GET", "/v1/projects/shop", None).await;

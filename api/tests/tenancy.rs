@@ -216,7 +216,36 @@ async fn free_text_is_bounded_and_printable(db: Db) {
     );
 }
 
+async fn platform_generated_hosts_are_reserved(db: Db) {
+    let t = api(db).await;
+    t.project_with_service("shop", "org/shop").await;
+    for host in [
+        "api-preview-7.preview.localhost",
+        "*.localhost",
+        "*.preview.localhost",
+        "preview.localhost",
+    ] {
+        let body = json!({"service": "api", "host": host}).to_string();
+        let r = t.admin("POST", "/v1/projects/shop/routes", Some(&body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{host}: {r:?}");
+        assert_eq!(r.body["errors"][0]["path"], "host", "{r:?}");
+    }
+    let yaml = service_yaml("shop", "web", "org/shop").replace(
+        "  deploy:",
+        "  routes: [ { host: web-preview-1.preview.localhost } ]\n  deploy:",
+    );
+    let r = t.apply_yaml(&t.admin.clone(), "shop", &yaml).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    assert_eq!(r.body["errors"][0]["path"], "spec.routes[0].host", "{r:?}");
+    let ok = json!({"service": "api", "host": "shop.localhost"}).to_string();
+    assert_eq!(
+        t.admin("POST", "/v1/projects/shop/routes", Some(&ok)).await.status,
+        StatusCode::CREATED
+    );
+}
+
 on_both_databases!(
+    platform_generated_hosts_are_reserved,
     a_repository_belongs_to_the_first_project_until_it_grants_access,
     credentials_in_repository_urls_are_refused_and_never_echoed,
     platform_secrets_are_reserved_to_project_and_environment_scopes,

@@ -360,6 +360,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         serve_api: args.runs(ServerRole::Api),
         signatures: api_signatures.clone(),
         runtime: connected.as_ref().map(|c| c.target.clone()),
+        preview_domain: args.deploy.deployer_config().preview_domain,
     };
     let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
     let http_shutdown = shutdown.clone();

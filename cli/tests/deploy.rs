@@ -122,11 +122,16 @@ fn head(p: &Platform) -> String {
 
 /// Builds `sha` without deploying it; returns the ready release's id.
 fn ready_release(p: &Platform, sha: &str) -> i64 {
+    ready_release_of(p, "api", sha)
+}
+
+/// [`ready_release`] of another service of the project.
+fn ready_release_of(p: &Platform, service: &str, sha: &str) -> i64 {
     let server = &p.server;
     let (status, body) = call(
         server,
         "POST",
-        &format!("/v1/projects/{}/services/api/releases", p.project),
+        &format!("/v1/projects/{}/services/{service}/releases", p.project),
         json!({"git_sha": sha, "deploy": false}),
     );
     assert_eq!(status, 202, "{body}");
@@ -137,10 +142,14 @@ fn ready_release(p: &Platform, sha: &str) -> i64 {
 }
 
 fn deploy(p: &Platform, release: i64, path: &str) -> Value {
+    deploy_of(p, "api", release, path)
+}
+
+fn deploy_of(p: &Platform, service: &str, release: i64, path: &str) -> Value {
     let (status, body) = call(
         &p.server,
         "POST",
-        &format!("/v1/projects/{}/services/api/{path}", p.project),
+        &format!("/v1/projects/{}/services/{service}/{path}", p.project),
         json!({if path == "rollback" { "to" } else { "release" }: release}),
     );
     assert_eq!(status, 202, "{body}");
@@ -464,6 +473,98 @@ fn a_pull_request_gets_a_preview_url_and_closing_it_tears_the_preview_down() {
     assert_eq!(d["status"], "torn_down", "{d}");
     let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "label=dev.enclii.project=preview"]));
     assert!(out.trim().is_empty(), "preview containers left: {out}");
+}
+
+/// Volumes of `project` on the engine.
+fn volumes_of(project: &str) -> Vec<String> {
+    let out = run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
+    out.lines()
+        .map(str::to_string)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// Waits for each `teardown` job of a deletion to complete.
+fn wait_teardown(server: &Server, deletion: &Value) {
+    let jobs = deletion["teardown_jobs"].as_array().unwrap();
+    assert!(!jobs.is_empty(), "{deletion}");
+    for job in jobs {
+        wait_until(Duration::from_secs(60), "the teardown job completes", || {
+            call(server, "GET", &format!("/v1/jobs/{job}"), Value::Null).1["state"] == "completed"
+        });
+    }
+}
+
+/// Deleting a service or a project leaves nothing on the engine: no container, no route, no
+/// volume — except the volumes a deletion was asked to keep.
+#[test]
+fn deleting_a_service_or_a_project_leaves_nothing_behind() {
+    let _cleanup = Cleanup("lifecycle");
+    let volume = json!([{"name": "data", "mountPath": "/data", "size": "64Mi"}]);
+    let p = platform(
+        "lifecycle",
+        json!({"routes": [{"host": "api.life.test"}], "volumes": volume}),
+    );
+    let (server, router) = (&p.server, p.router.as_str());
+    let (_, api) = call(server, "GET", "/v1/projects/lifecycle/services/api", Value::Null);
+    let mut worker = api["spec"].clone();
+    worker["metadata"]["name"] = "worker".into();
+    worker["spec"]["routes"] = json!([{"host": "worker.life.test"}]);
+    let (status, body) = call(server, "POST", "/v1/projects/lifecycle/services", worker);
+    assert_eq!(status, 201, "{body}");
+    let sha = head(&p);
+    for service in ["api", "worker"] {
+        let release = ready_release_of(&p, service, &sha);
+        let d = deploy_of(&p, service, release, "deployments");
+        let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+        assert_eq!(d["status"], "succeeded", "{d}");
+    }
+    assert_eq!(get(router, "api.life.test", "/").0, 200);
+    assert_eq!(get(router, "worker.life.test", "/").0, 200);
+    assert_eq!(volumes_of("lifecycle").len(), 2, "{:?}", volumes_of("lifecycle"));
+
+    // The service goes, its volume stays (asked for); the other service is untouched.
+    let (status, deletion) = call(
+        server,
+        "DELETE",
+        "/v1/projects/lifecycle/services/api?keep_volumes=true",
+        Value::Null,
+    );
+    assert_eq!(status, 202, "{deletion}");
+    wait_teardown(server, &deletion);
+    assert_eq!(get(router, "api.life.test", "/").0, 404);
+    assert_eq!(get(router, "worker.life.test", "/").0, 200);
+    let api_containers = run(Command::new(DOCKER).args([
+        "ps",
+        "-aq",
+        "--filter",
+        "label=dev.enclii.project=lifecycle",
+        "--filter",
+        "label=dev.enclii.service=api",
+    ]));
+    assert!(
+        api_containers.trim().is_empty(),
+        "api containers left: {api_containers}"
+    );
+    assert_eq!(
+        volumes_of("lifecycle"),
+        ["enclii-lifecycle-prod-api-data", "enclii-lifecycle-prod-worker-data"]
+    );
+
+    // The project goes: every container, route and (not kept) volume with it.
+    let (status, deletion) = call(server, "DELETE", "/v1/projects/lifecycle", Value::Null);
+    assert_eq!(status, 202, "{deletion}");
+    wait_teardown(server, &deletion);
+    assert_eq!(get(router, "worker.life.test", "/").0, 404);
+    let left = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "label=dev.enclii.project=lifecycle"]));
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    assert_eq!(
+        volumes_of("lifecycle"),
+        ["enclii-lifecycle-prod-api-data"],
+        "only the kept volume"
+    );
+    let (_, audit) = call(server, "GET", "/v1/audit?action=service.delete", Value::Null);
+    assert_eq!(audit[0]["diff"]["keep_volumes"], true, "{audit}");
 }
 
 /// TC-04: a cron job fires on schedule with the deployed release's image, its output is in the

@@ -15,7 +15,7 @@ use enclii_deploy_contract::error::DeployError;
 use enclii_deploy_contract::model::{
     Quota, Rollout, RouteBinding, SecretEnv, SecretValue, ServiceKey, Track, Workload,
 };
-use enclii_deploy_contract::target::Target;
+use enclii_deploy_contract::target::{Removal, Target};
 use enclii_domain::jobs;
 use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
@@ -52,12 +52,13 @@ pub struct Deployer {
 }
 
 /// Registers the handlers that need a target: `deploy`, `canary-analyze`, `preview-teardown`,
-/// `job-run` and `cost-sample`.
+/// `teardown`, `job-run` and `cost-sample`.
 pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii_store::Prices) {
     registry
         .register_typed::<jobs::Deploy, _>(Handle(deployer.clone()))
         .register_typed::<jobs::CanaryAnalyze, _>(Handle(deployer.clone()))
-        .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer.clone()));
+        .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer.clone()))
+        .register_typed::<jobs::Teardown, _>(Handle(deployer.clone()));
     crate::timetable::register(registry, deployer, prices);
 }
 
@@ -453,9 +454,28 @@ impl Deployer {
             ))));
         }
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
-        self.target.remove(&key, true).await.map_err(job_error)?;
+        let removal = Removal::Environment { keep_volumes: false };
+        self.target.remove(&key, removal).await.map_err(job_error)?;
         self.store.forget_preview(ACTOR, &key).await?;
         info!(service = %key, pull_request = job.pull_request, "preview torn down");
+        Ok(())
+    }
+}
+
+impl Deployer {
+    /// Removes a deleted service from the target (its rows went with the deletion).
+    async fn remove_deleted(&self, job: jobs::Teardown, ctx: &JobContext) -> Result<(), Failure> {
+        let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
+        let removal = match job.whole_environment {
+            true => Removal::Environment {
+                keep_volumes: job.keep_volumes,
+            },
+            false => Removal::Service {
+                keep_volumes: job.keep_volumes,
+            },
+        };
+        self.target.remove(&key, removal).await.map_err(job_error)?;
+        info!(service = %key, ?removal, "deleted service removed from the target");
         Ok(())
     }
 }
@@ -555,6 +575,13 @@ impl TypedHandler<jobs::CanaryAnalyze> for Handle {
 impl TypedHandler<jobs::PreviewTeardown> for Handle {
     async fn handle(&self, job: jobs::PreviewTeardown, ctx: &JobContext) -> Result<(), JobError> {
         Ok(self.0.teardown(job, ctx).await?)
+    }
+}
+
+#[async_trait]
+impl TypedHandler<jobs::Teardown> for Handle {
+    async fn handle(&self, job: jobs::Teardown, ctx: &JobContext) -> Result<(), JobError> {
+        Ok(self.0.remove_deleted(job, ctx).await?)
     }
 }
 

@@ -128,6 +128,23 @@ pub struct PreviewTeardown {
 }
 job_kind!(PreviewTeardown, "preview-teardown", policy(2, 5, 600, 10));
 
+/// Remove what a deleted service (or every service of a deleted environment or project) has on
+/// the deploy target: containers or Kubernetes objects, routes, and volumes unless kept. Its rows
+/// are already gone; the job is idempotent, so a retry after a crash finishes the work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Teardown {
+    pub service: String,
+    pub environment: String,
+    /// The whole environment goes (an environment or project deleted), not only the service.
+    #[serde(default)]
+    pub whole_environment: bool,
+    /// Leave the service's volumes and their data in place.
+    #[serde(default)]
+    pub keep_volumes: bool,
+}
+job_kind!(Teardown, "teardown", policy(2, 10, 600, 10));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +175,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (Deploy::KIND, Deploy::policy()),
         (CanaryAnalyze::KIND, CanaryAnalyze::policy()),
         (PreviewTeardown::KIND, PreviewTeardown::policy()),
+        (Teardown::KIND, Teardown::policy()),
         (CostSample::KIND, CostSample::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
@@ -197,6 +215,7 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         Deploy::KIND => decode::<Deploy>(payload),
         CanaryAnalyze::KIND => decode::<CanaryAnalyze>(payload),
         PreviewTeardown::KIND => decode::<PreviewTeardown>(payload),
+        Teardown::KIND => decode::<Teardown>(payload),
         CostSample::KIND => decode::<CostSample>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),

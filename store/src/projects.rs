@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::audit::{audit, change};
-use crate::db::{Conn, query, query_as};
+use crate::db::{Conn, query_as};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::{Store, now_ms};
@@ -58,29 +58,6 @@ pub(crate) async fn rename_project(conn: &mut Conn<'_>, actor: &str, slug: &str,
     let diff = json!({"name": {"from": before.name, "to": name}});
     audit(conn, actor, change("project.update", "project", slug, Some(slug), diff)).await?;
     Ok(project)
-}
-
-pub(crate) async fn delete_project(conn: &mut Conn<'_>, actor: &str, slug: &str) -> Result<()> {
-    require_project(conn, slug).await?;
-    query("DELETE FROM projects WHERE slug = $1")
-        .bind(slug)
-        .execute(&mut *conn)
-        .await?;
-    // Whoever creates the slug again must not inherit its members or its tokens.
-    query("DELETE FROM role_bindings WHERE project = $1")
-        .bind(slug)
-        .execute(&mut *conn)
-        .await?;
-    query("UPDATE api_tokens SET revoked_at = $2 WHERE project = $1 AND revoked_at IS NULL")
-        .binds((slug, now_ms()))
-        .execute(&mut *conn)
-        .await?;
-    audit(
-        conn,
-        actor,
-        change("project.delete", "project", slug, Some(slug), json!({})),
-    )
-    .await
 }
 
 pub(crate) async fn insert_environment(
@@ -213,9 +190,6 @@ impl Store {
     pub async fn rename_project(&self, actor: &str, slug: &str, name: &str) -> Result<Project> {
         self.write(async |conn| rename_project(conn, actor, slug, name).await)
             .await
-    }
-    pub async fn delete_project(&self, actor: &str, slug: &str) -> Result<()> {
-        self.write(async |conn| delete_project(conn, actor, slug).await).await
     }
     pub async fn create_environment(
         &self,

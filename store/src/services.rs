@@ -109,26 +109,6 @@ pub(crate) async fn spec_versions(conn: &mut Conn<'_>, project: &str, name: &str
     .await
 }
 
-pub(crate) async fn delete_service(conn: &mut Conn<'_>, actor: &str, project: &str, name: &str) -> Result<()> {
-    require_service(conn, project, name).await?;
-    query("DELETE FROM services WHERE project = $1 AND name = $2")
-        .binds((project, name))
-        .execute(&mut *conn)
-        .await?;
-    // A service created again under the name starts without the old one's secrets.
-    query("DELETE FROM secrets WHERE project = $1 AND service = $2")
-        .binds((project, name))
-        .execute(&mut *conn)
-        .await?;
-    let entity = format!("{project}/{name}");
-    audit(
-        conn,
-        actor,
-        change("service.delete", "service", &entity, Some(project), json!({})),
-    )
-    .await
-}
-
 pub(crate) async fn services_for_repository(conn: &mut Conn<'_>, repository: &str) -> Result<Vec<Service>> {
     // Only projects that hold the repository (its claim or a grant) build from it.
     query_as::<Service>(
@@ -164,10 +144,6 @@ impl Store {
     }
     pub async fn spec_versions(&self, project: &str, name: &str) -> Result<Vec<SpecVersion>> {
         self.read(async |conn| spec_versions(conn, project, name).await).await
-    }
-    pub async fn delete_service(&self, actor: &str, project: &str, name: &str) -> Result<()> {
-        self.write(async |conn| delete_service(conn, actor, project, name).await)
-            .await
     }
     /// The projects whose services build from a repository (by [`repository_key`](enclii_domain::pipeline::repository_key)).
     pub async fn projects_for_repository(&self, repository: &str) -> Result<Vec<String>> {

@@ -196,7 +196,7 @@ async fn cron_fires_queue_runs_and_skip_overlaps(db: Db) {
     apply(store, "dev", &[("cleanup", "0 4 * * *")]).await;
     let sync = store.sync_cron_schedules().await.unwrap();
     assert_eq!((sync.added, sync.changed, sync.removed), (0, 0, 1));
-    store.delete_service("user:admin", "shop", "api").await.unwrap();
+    store.delete_service("user:admin", "shop", "api", false).await.unwrap();
     assert!(
         store.cron_schedules("shop").await.unwrap().is_empty(),
         "deleted with the service"

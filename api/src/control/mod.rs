@@ -21,6 +21,32 @@ use axum::http::StatusCode;
 
 use crate::error::{ApiError, FieldError};
 
+/// `?keep_volumes=true` on a deletion: leave the volumes and their data on the target.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Keep {
+    #[serde(default)]
+    keep_volumes: bool,
+}
+
+/// Refuses a user's route on a host the platform generates (see
+/// [`enclii_domain::spec::is_platform_host`]); `path` is where the host was given.
+fn check_not_platform_host(state: &crate::state::AppState, path: &str, host: &str) -> Result<(), ApiError> {
+    if !enclii_domain::spec::is_platform_host(host, &state.preview_domain) {
+        return Ok(());
+    }
+    let message = format!(
+        "`{host}` is or covers the preview domain `{}`, whose hosts Enclii generates for pull-request \
+         previews of every project",
+        state.preview_domain
+    );
+    Err(ApiError::invalid(
+        format!("{path}: {message}"),
+        "choose a host outside the preview domain; previews get their URL without a route",
+        vec![field(path, message)],
+    ))
+}
+
 type Answer<T> = Result<Json<T>, ApiError>;
 type Created<T> = Result<(StatusCode, Json<T>), ApiError>;
 

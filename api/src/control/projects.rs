@@ -1,8 +1,9 @@
 //! Projects: create, list, read, rename, delete.
 
+use crate::extract::{Body, Path, Query};
 use crate::views::Project;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_domain::spec::{validate_display_name, validate_slug};
 use serde::Deserialize;
@@ -10,7 +11,6 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, Created, check};
@@ -54,7 +54,8 @@ pub async fn list_projects(State(state): State<AppState>, principal: Principal) 
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}", tag = "projects", responses((status = 200, body = Project)))]
+#[utoipa::path(get, path = "/v1/projects/{project}", tag = "projects",
+    params(("project" = String, Path, description = "Project slug")), responses((status = 200, body = Project)))]
 pub async fn get_project(
     State(state): State<AppState>,
     principal: Principal,
@@ -70,7 +71,8 @@ pub struct ProjectChange {
     name: String,
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{project}", tag = "projects", request_body = ProjectChange,
+#[utoipa::path(patch, path = "/v1/projects/{project}", tag = "projects",
+    params(("project" = String, Path, description = "Project slug")), request_body = ProjectChange,
     responses((status = 200, body = Project)))]
 pub async fn update_project(
     State(state): State<AppState>,
@@ -89,13 +91,21 @@ pub async fn update_project(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects", responses((status = 204)))]
+/// Deletes a project: all its queued and running work is cancelled, its rows go at once (members
+/// and tokens with them), and `teardown` jobs remove every environment its services ran in.
+#[utoipa::path(delete, path = "/v1/projects/{project}", tag = "projects",
+    params(("project" = String, Path, description = "Project slug"), super::Keep),
+    responses((status = 202, body = crate::views::Deletion)))]
 pub async fn delete_project(
     State(state): State<AppState>,
     principal: Principal,
     Path(project): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    Query(keep): Query<super::Keep>,
+) -> Result<(StatusCode, Json<crate::views::Deletion>), ApiError> {
     principal.require(Permission::ProjectDelete, Some(&project))?;
-    state.store.delete_project(&principal.subject, &project).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let deletion = state
+        .store
+        .delete_project(&principal.subject, &project, keep.keep_volumes)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(deletion.into())))
 }

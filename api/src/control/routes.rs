@@ -38,7 +38,8 @@ fn default_tls() -> bool {
     true
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/routes", tag = "routes", request_body = RouteBody,
+#[utoipa::path(post, path = "/v1/projects/{project}/routes", tag = "routes",
+    params(("project" = String, Path, description = "Project slug")), request_body = RouteBody,
     responses((status = 201, body = Route), (status = 409, body = crate::Problem, description = "host and path taken")))]
 pub async fn add_route(
     State(state): State<AppState>,
@@ -48,6 +49,7 @@ pub async fn add_route(
 ) -> Created<Route> {
     principal.require(Permission::Routes, Some(&project))?;
     check("host", validate_hostname(&req.host))?;
+    super::check_not_platform_host(&state, "host", &req.host)?;
     check("path", validate_url_path(&req.path))?;
     let environment = match req.environment {
         Some(env) => env,
@@ -67,7 +69,8 @@ pub async fn add_route(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/routes", tag = "routes", responses((status = 200, body = [Route])))]
+#[utoipa::path(get, path = "/v1/projects/{project}/routes", tag = "routes",
+    params(("project" = String, Path, description = "Project slug")), responses((status = 200, body = [Route])))]
 pub async fn list_routes(
     State(state): State<AppState>,
     principal: Principal,
@@ -77,7 +80,8 @@ pub async fn list_routes(
     Ok(Json(views::all(state.store.list_routes(&project).await?)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/routes/{id}", tag = "routes", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/routes/{id}", tag = "routes",
+    params(("project" = String, Path, description = "Project slug"), ("id" = i64, Path, description = "Route id")), responses((status = 204)))]
 pub async fn delete_route(
     State(state): State<AppState>,
     principal: Principal,

@@ -2,7 +2,7 @@
 
 use crate::views::{Service, SpecVersion};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat};
@@ -109,6 +109,9 @@ async fn apply(
     if !spec.spec.routes.is_empty() {
         principal.require(Permission::Routes, Some(project))?;
     }
+    for (index, route) in spec.spec.routes.iter().enumerate() {
+        super::check_not_platform_host(state, &format!("spec.routes[{index}].host"), &route.host)?;
+    }
     let routes: Vec<(String, String)> = spec
         .spec
         .routes
@@ -120,6 +123,7 @@ async fn apply(
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/services", tag = "services",
+    params(("project" = String, Path, description = "Project slug")),
     request_body(content = String, description = "A Service Spec", content_type = "application/yaml"),
     responses((status = 201, body = ServiceView), (status = 422, body = crate::Problem)))]
 pub async fn create_service(
@@ -134,6 +138,7 @@ pub async fn create_service(
 }
 
 #[utoipa::path(put, path = "/v1/projects/{project}/services/{service}", tag = "services",
+    params(("project" = String, Path, description = "Project slug"), ("service" = String, Path, description = "Service name")),
     request_body(content = String, description = "A Service Spec", content_type = "application/yaml"),
     responses((status = 200, body = ServiceView), (status = 201, body = ServiceView), (status = 422, body = crate::Problem)))]
 pub async fn put_service(
@@ -148,6 +153,7 @@ pub async fn put_service(
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services", tag = "services",
+    params(("project" = String, Path, description = "Project slug")),
     responses((status = 200, body = [ServiceView])))]
 pub async fn list_services(
     State(state): State<AppState>,
@@ -160,6 +166,7 @@ pub async fn list_services(
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}", tag = "services",
+    params(("project" = String, Path, description = "Project slug"), ("service" = String, Path, description = "Service name")),
     responses((status = 200, body = ServiceView)))]
 pub async fn get_service(
     State(state): State<AppState>,
@@ -170,16 +177,24 @@ pub async fn get_service(
     Ok(Json(state.store.service(&project, &name).await?.into()))
 }
 
+/// Deletes a service: its queued and running work is cancelled, its rows go at once, and
+/// `teardown` jobs remove its containers, routes and volumes (unless `keep_volumes`) from the target.
 #[utoipa::path(delete, path = "/v1/projects/{project}/services/{service}", tag = "services",
-    responses((status = 204)))]
+    params(("project" = String, Path, description = "Project slug"), ("service" = String, Path, description = "Service name"),
+           super::Keep),
+    responses((status = 202, body = crate::views::Deletion)))]
 pub async fn delete_service(
     State(state): State<AppState>,
     principal: Principal,
     Path((project, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+    Query(keep): Query<super::Keep>,
+) -> Result<(StatusCode, Json<crate::views::Deletion>), ApiError> {
     principal.require(Permission::ProjectWrite, Some(&project))?;
-    state.store.delete_service(&principal.subject, &project, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let deletion = state
+        .store
+        .delete_service(&principal.subject, &project, &name, keep.keep_volumes)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(deletion.into())))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -190,6 +205,7 @@ pub struct SpecVersionView {
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/specs", tag = "services",
+    params(("project" = String, Path, description = "Project slug"), ("service" = String, Path, description = "Service name")),
     responses((status = 200, body = [SpecVersionView])))]
 pub async fn spec_versions(
     State(state): State<AppState>,

@@ -15,6 +15,25 @@ use crate::model::{
 /// does), so the queue retries it like any failed run.
 pub const JOB_TIMEOUT_EXIT_CODE: i64 = 124;
 
+/// How much [`Target::remove`] takes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The service alone (it was deleted); the rest of its environment stays.
+    Service { keep_volumes: bool },
+    /// The whole environment the service is in (a preview closed, an environment or a project
+    /// deleted).
+    Environment { keep_volumes: bool },
+}
+
+impl Removal {
+    /// Whether the service's volumes (and their data) survive the removal.
+    pub fn keeps_volumes(self) -> bool {
+        match self {
+            Removal::Service { keep_volumes } | Removal::Environment { keep_volumes } => keep_volumes,
+        }
+    }
+}
+
 /// A place releases run: a single Docker engine, or a Kubernetes cluster.
 ///
 /// Every method is idempotent: the queue runs a job at least once, so a retried deploy, shift or
@@ -49,9 +68,10 @@ pub trait Target: Send + Sync + 'static {
     /// Stops the service without forgetting it (budget action): no replicas, routes answer 503.
     async fn pause(&self, key: &ServiceKey) -> Result<()>;
 
-    /// Removes everything the service has in the environment: replicas, routes, secrets, and on
-    /// Kubernetes the namespace when `whole_environment` (a preview teardown).
-    async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()>;
+    /// Removes everything the service has in the environment — replicas, job containers, routes,
+    /// secrets, and its volumes with their data unless the removal keeps them; with
+    /// [`Removal::Environment`] the environment's own resources too (the Kubernetes namespace).
+    async fn remove(&self, key: &ServiceKey, removal: Removal) -> Result<()>;
 
     /// Runs one of the service's jobs to completion with `workload`'s image and environment,
     /// sending its output line by line to `log`; returns the exit code.

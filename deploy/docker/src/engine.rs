@@ -263,6 +263,76 @@ impl DockerTarget {
         }
     }
 
+    /// The labels every container and volume of the service carries.
+    pub(crate) fn service_labels(key: &ServiceKey) -> Vec<String> {
+        vec![
+            format!("{LABEL_PROJECT}={}", key.project),
+            format!("{LABEL_ENVIRONMENT}={}", key.environment),
+            format!("{LABEL_SERVICE}={}", key.service),
+        ]
+    }
+
+    /// Every container of the service, replicas and job runs, running or not: (id, mounted
+    /// volume names).
+    async fn service_containers(&self, key: &ServiceKey) -> Result<Vec<(String, Vec<String>)>> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_string(), Self::service_labels(key))]))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error("listing containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let volumes = c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m.typ.as_deref() == Some("volume"))
+                    .filter_map(|m| m.name)
+                    .collect();
+                Some((c.id?, volumes))
+            })
+            .collect())
+    }
+
+    /// The service's volumes: those labelled as its own, and those its containers mount (volumes
+    /// created before they were labelled).
+    pub(crate) async fn service_volumes(&self, key: &ServiceKey) -> Result<Vec<String>> {
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&HashMap::from([("label".to_string(), Self::service_labels(key))]))
+            .build();
+        let labelled = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(docker_error("listing volumes"))?;
+        let mut names: Vec<String> = labelled
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        let own_prefix = Self::volume_name(key, "");
+        for (_, mounted) in self.service_containers(key).await? {
+            names.extend(mounted.into_iter().filter(|name| name.starts_with(&own_prefix)));
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Removes every container of the service (replicas of every release, job runs).
+    pub(crate) async fn remove_service_containers(&self, key: &ServiceKey) -> Result<()> {
+        for (id, _) in self.service_containers(key).await? {
+            self.remove_container(&id).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the service's replicas of every release but those in `keep`.
     pub(crate) async fn remove_releases_except(&self, key: &ServiceKey, keep: &[i64]) -> Result<()> {
         for (name, release, _) in self.containers(key, None).await? {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, PortBinding, RestartPolicy,
+};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
 use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{ServiceKey, Workload};
@@ -76,6 +78,16 @@ impl DockerTarget {
                         target: Some(v.mount_path.clone()),
                         source: Some(Self::volume_name(&workload.key, &v.name)),
                         typ: Some(MountType::VOLUME),
+                        // Labelled when the mount creates it, so a removal finds it by its service.
+                        volume_options: Some(MountVolumeOptions {
+                            labels: Some(
+                                Self::service_labels(&workload.key)
+                                    .into_iter()
+                                    .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                                    .collect(),
+                            ),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     })
                     .collect(),

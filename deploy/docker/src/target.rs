@@ -10,9 +10,9 @@ use enclii_deploy_contract::model::{
     DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus,
     Track, Usage, Workload,
 };
-use enclii_deploy_contract::target::Target;
+use enclii_deploy_contract::target::{Removal, Target};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::engine::{DockerTarget, docker_error, is_not_found};
 use crate::junctions::{Backends, Binding};
@@ -180,27 +180,21 @@ impl Target for DockerTarget {
         self.save().await
     }
 
-    async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()> {
+    async fn remove(&self, key: &ServiceKey, removal: Removal) -> Result<()> {
         let _change = self.changes.lock().await;
         let binding = self.junctions.binding(key);
-        self.remove_releases_except(key, &[]).await?;
+        // Read before the containers go: their mounts name the service's volumes.
+        let volumes = self.service_volumes(key).await?;
+        self.remove_service_containers(key).await?;
         self.junctions.update(key, |binding| *binding = None);
-        let volumes = self.volume_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-        if whole_environment && volumes.is_some() {
-            let prefix = Self::volume_name(key, "");
-            let list = self
-                .docker
-                .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
-                .await
-                .map_err(docker_error("listing volumes"))?;
-            for volume in list.volumes.unwrap_or_default() {
-                if volume.name.starts_with(&prefix) {
-                    let options = RemoveVolumeOptionsBuilder::default().force(true).build();
-                    if let Err(e) = self.docker.remove_volume(&volume.name, Some(options)).await
-                        && !is_not_found(&e)
-                    {
-                        warn!(volume = %volume.name, error = %e, "volume not removed");
-                    }
+        self.volume_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        if !removal.keeps_volumes() {
+            for volume in volumes {
+                let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+                match self.docker.remove_volume(&volume, Some(options)).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(docker_error("removing a volume")(e)),
                 }
             }
         }

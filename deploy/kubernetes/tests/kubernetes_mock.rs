@@ -360,7 +360,12 @@ async fn mock_deploy_shift_promote_abort_pause_and_remove() {
     let promoted = target.promote(&key, 43).await;
     let aborted = target.abort_canary(&key, 44).await;
     let paused = target.pause(&key).await;
-    let removed = target.remove(&key, true).await;
+    let removed = target
+        .remove(
+            &key,
+            enclii_deploy_contract::Removal::Environment { keep_volumes: false },
+        )
+        .await;
     let handle = server.await.expect("the scripted API server's assertions hold");
     let outcome = outcome.unwrap();
     assert_eq!(outcome.replicas, 2);

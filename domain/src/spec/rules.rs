@@ -102,6 +102,20 @@ pub fn validate_absolute_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `host` (a route's host, maybe a `*.` wildcard) would take traffic meant for the hosts
+/// Enclii generates under `preview_domain` (`<service>-preview-<n>.<preview_domain>`): the
+/// domain itself, any host under it, or a wildcard that covers it (`*.localhost` covers
+/// `preview.localhost`). Only the platform binds those, each to its own project.
+pub fn is_platform_host(host: &str, preview_domain: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let domain = preview_domain.trim_end_matches('.').to_ascii_lowercase();
+    let under = |name: &str, parent: &str| name == parent || name.ends_with(&format!(".{parent}"));
+    match host.strip_prefix("*.") {
+        Some(base) => under(&domain, base) || under(base, &domain),
+        None => under(&host, &domain),
+    }
+}
+
 /// Checks a DNS hostname as used by a route: lowercase labels of `a-z0-9-` (1–63 characters, not
 /// starting or ending with `-`), at most 253 characters, an optional leading `*.` wildcard, not
 /// an IP address.
@@ -612,6 +626,31 @@ mod tests {
                 "ssh://git:pass@github.com/org/repo",
             ],
         );
+    }
+
+    #[test]
+    fn platform_hosts_are_those_under_or_covering_the_preview_domain() {
+        let d = "preview.localhost";
+        for host in [
+            "preview.localhost",
+            "api-preview-7.preview.localhost",
+            "*.localhost",
+            "*.preview.localhost",
+            "*.x.preview.localhost",
+            "API-PREVIEW-7.Preview.Localhost",
+        ] {
+            assert!(is_platform_host(host, d), "{host}");
+        }
+        for host in [
+            "localhost",
+            "shop.localhost",
+            "*.shop.localhost",
+            "preview.example.com",
+            "xpreview.localhost",
+            "*.example.com",
+        ] {
+            assert!(!is_platform_host(host, d), "{host}");
+        }
     }
 
     #[test]

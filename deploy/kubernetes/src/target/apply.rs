@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use enclii_deploy_contract::{DeployError, ServiceKey, Workload};
+use enclii_deploy_contract::{DeployError, Removal, ServiceKey, Workload};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -149,9 +149,11 @@ impl KubernetesTarget {
         Ok(())
     }
 
-    pub(super) async fn remove_service(&self, key: &ServiceKey, whole_environment: bool) -> Result<()> {
+    /// Deletes the service's objects; the whole namespace for an environment's removal, unless
+    /// its volumes are kept (their claims live in it).
+    pub(super) async fn remove_service(&self, key: &ServiceKey, removal: Removal) -> Result<()> {
         let ns = manifests::namespace_name(key);
-        if whole_environment {
+        if removal == (Removal::Environment { keep_volumes: false }) {
             return match Api::<Namespace>::all(self.client.clone())
                 .delete(&ns, &DeleteParams::background())
                 .await
@@ -170,6 +172,9 @@ impl KubernetesTarget {
         self.delete_matching::<Job>(&ns, &selector).await?;
         self.delete_matching::<ConfigMap>(&ns, &selector).await?;
         self.delete_matching::<Secret>(&ns, &selector).await?;
+        if removal.keeps_volumes() {
+            return Ok(());
+        }
         self.delete_matching::<PersistentVolumeClaim>(&ns, &selector).await
     }
 }

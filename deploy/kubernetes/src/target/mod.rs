@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enclii_deploy_contract::{
-    DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus,
-    Target, Track, Usage, Workload,
+    DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Removal, Rollout, ServiceKey,
+    ServiceStatus, Target, Track, Usage, Workload,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PatchParams;
@@ -101,8 +101,8 @@ impl Target for KubernetesTarget {
         self.pause_service(key).await
     }
 
-    async fn remove(&self, key: &ServiceKey, whole_environment: bool) -> Result<()> {
-        self.remove_service(key, whole_environment).await
+    async fn remove(&self, key: &ServiceKey, removal: Removal) -> Result<()> {
+        self.remove_service(key, removal).await
     }
 
     async fn run_job(&self, workload: &Workload, run: &JobRunSpec, log: UnboundedSender<String>) -> Result<i64> {
