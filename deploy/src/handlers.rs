@@ -242,9 +242,20 @@ impl Deployer {
         }
         let writer = JobLog::open(self.store.clone(), ctx.job.id, Vec::new()).await?;
         let log = writer.log().clone();
-        let result = self.run_deployment(&deployment, spec, &log, ctx).await;
+        let mut result = self.run_deployment(&deployment, spec, &log, ctx).await;
         if let Err(e) = &result {
             log.line(format!("deploy failed: {e}"));
+        }
+        // A service deleted while this deploy ran had its teardown run already: what the deploy
+        // started after it must not outlive the service (its volumes are the teardown's call).
+        if let Err(StoreError::NotFound(_)) = self.store.service(&project, &job.service).await {
+            let key = ServiceKey::new(&project, &deployment.environment, &job.service);
+            self.target
+                .remove(&key, Removal::Service { keep_volumes: true })
+                .await
+                .map_err(job_error)?;
+            log.line("the service was deleted during the deploy; what it started was removed");
+            result = Err(Failure(JobError::Abort(format!("{key} was deleted during its deploy"))));
         }
         writer.finish().await;
         result
@@ -539,21 +550,11 @@ fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Ve
     Ok(out)
 }
 
-/// `KEY=value` lines (blank lines and `#` comments skipped; `export ` and matching quotes
-/// dropped).
+/// `KEY=value` lines, parsed by [`enclii_domain::dotenv::parse`] (fuzzed there).
 fn dotenv(text: &str) -> Vec<(String, SecretValue)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let unquoted = ['"', '\'']
-                .iter()
-                .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-                .unwrap_or(v);
-            (k.trim().to_string(), SecretValue::new(unquoted))
-        })
+    enclii_domain::dotenv::parse(text)
+        .into_iter()
+        .map(|(k, v)| (k, SecretValue::new(v)))
         .collect()
 }
 
