@@ -1,4 +1,9 @@
-//! `enclii server`: one process that runs any of the api, worker and scheduler roles.
+//! `enclii server`: one process that runs any of the api, worker and scheduler roles; and
+//! `enclii server recover-owner`, which gives the platform an Owner again.
+
+mod files;
+mod http;
+mod owner;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,14 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
-use enclii_api::auth::{Permission, RateLimit, Role};
+use clap::{Args, Subcommand, ValueEnum};
+use enclii_api::auth::RateLimit;
 use enclii_auth::oidc::{OidcConfig, OidcVerifier};
 use enclii_queue::Backend;
 use enclii_store::{MasterKey, Store, StoreConfig};
 use enclii_worker::{Registry, Worker, WorkerConfig};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+pub(crate) use files::write_private;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ServerRole {
@@ -34,11 +42,12 @@ pub struct ServerArgs {
     /// runs the api role, a free port otherwise (so several workers can share a host).
     #[arg(long, env = "ENCLII_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Where the embedded SQLite database lives when no database URL is given.
-    #[arg(long, env = "ENCLII_DATA_DIR", default_value = ".enclii")]
+    /// Where the embedded SQLite database, the generated keys and the router table live. Kept
+    /// private: 0700, its files 0600 (tightened at start when found open).
+    #[arg(long, env = "ENCLII_DATA_DIR", default_value = ".enclii", global = true)]
     data_dir: PathBuf,
     /// PostgreSQL URL (`postgres://user@host/db`); without it, SQLite in the data directory.
-    #[arg(long, env = "ENCLII_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "ENCLII_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
     /// Redis URL for the job queue (`redis://host:6379`); overrides the database for queueing.
     #[arg(long, env = "ENCLII_REDIS_URL", hide_env_values = true)]
@@ -71,7 +80,7 @@ pub struct ServerArgs {
     /// Master key sealing secrets at rest (base64 of 32 bytes; `openssl rand -base64 32`).
     /// Without it, a key is generated once into `<data-dir>/master.key` (fine for one machine;
     /// give every api process the same key when several share a database).
-    #[arg(long, env = "ENCLII_MASTER_KEY", hide_env_values = true)]
+    #[arg(long, env = "ENCLII_MASTER_KEY", hide_env_values = true, global = true)]
     master_key: Option<String>,
     /// The secret GitHub signs webhook deliveries with; `/v1/webhooks/github` refuses all without it.
     #[arg(long, env = "ENCLII_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
@@ -99,9 +108,21 @@ pub struct ServerArgs {
     #[arg(long, env = "ENCLII_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
     #[command(flatten)]
+    http: http::HttpLimits,
+    #[command(flatten)]
     build: crate::build::BuildArgs,
     #[command(flatten)]
     deploy: crate::deploy::DeployArgs,
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Make a subject Owner of every project again and print a new token for it, once — for when
+    /// no Owner can sign in. Uses the server's database (same --data-dir / --database-url and
+    /// ENCLII_* variables); audited as `operator:recover-owner`.
+    RecoverOwner(owner::RecoverOwnerArgs),
 }
 
 impl ServerArgs {
@@ -115,8 +136,9 @@ impl ServerArgs {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
 
+    /// The data directory, created private or made private (see `files::private_dir`).
     fn data_dir(&self) -> anyhow::Result<&Path> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+        files::private_dir(&self.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {} (set --data-dir or ENCLII_DATA_DIR to a writable path)",
                 self.data_dir.display()
@@ -131,6 +153,8 @@ impl ServerArgs {
             return Ok((url.clone(), "postgres".into()));
         }
         let path = self.data_dir()?.join("enclii.db");
+        // Created 0600 before SQLite opens it, so its -wal and -shm files are 0600 too.
+        files::create_private(&path).with_context(|| format!("cannot create the database {}", path.display()))?;
         Ok((
             format!("sqlite://{}", path.display()),
             format!("sqlite at {}", path.display()),
@@ -139,23 +163,48 @@ impl ServerArgs {
 
     /// The configured master key, or the one kept in the data directory (created on first use).
     fn master_key(&self) -> anyhow::Result<MasterKey> {
-        if let Some(text) = &self.master_key {
-            return MasterKey::from_base64(text)
-                .map_err(|e| anyhow::anyhow!("ENCLII_MASTER_KEY: {e}; generate one with `openssl rand -base64 32`"));
-        }
-        let path = self.data_dir()?.join("master.key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => MasterKey::from_base64(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_MASTER_KEY", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match self.existing_master_key()? {
+            Some(key) => Ok(key),
+            None => {
+                let path = self.data_dir()?.join("master.key");
                 let key = MasterKey::generate();
                 write_private(&path, &key.to_base64())
                     .with_context(|| format!("cannot write the master key to {}", path.display()))?;
                 tracing::warn!(path = %path.display(), "generated a master key for sealing secrets; back it up, or set ENCLII_MASTER_KEY");
                 Ok(key)
             }
+        }
+    }
+
+    /// The configured master key, or the one in the data directory if there is one.
+    fn existing_master_key(&self) -> anyhow::Result<Option<MasterKey>> {
+        if let Some(text) = &self.master_key {
+            return MasterKey::from_base64(text)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("ENCLII_MASTER_KEY: {e}; generate one with `openssl rand -base64 32`"));
+        }
+        let path = self.data_dir.join("master.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => MasterKey::from_base64(&text)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; restore the file or set ENCLII_MASTER_KEY", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read the master key {}", path.display())),
         }
+    }
+
+    /// Opens the control plane's database (and the queue in it, or in Redis when `queue` says so).
+    async fn open_store(&self, master_key: MasterKey, queue: bool) -> anyhow::Result<(Store, String)> {
+        let (url, described) = self.database_url()?;
+        let store = Store::open(StoreConfig {
+            database_url: url,
+            queue_url: if queue { self.redis_url.clone() } else { None },
+            max_connections: 16,
+            master_key,
+        })
+        .await
+        .with_context(|| format!("cannot open the database ({described})"))?;
+        Ok((store, described))
     }
 
     fn oidc(&self) -> anyhow::Result<Option<OidcVerifier>> {
@@ -167,46 +216,6 @@ impl ServerArgs {
             .map_err(|e| anyhow::anyhow!("OIDC settings: {e}"))?;
         Ok(Some(verifier))
     }
-}
-
-/// Writes a file only its owner can read.
-pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    std::io::Write::write_all(&mut file, contents.as_bytes())
-}
-
-/// On a fresh installation (nobody holds a role), creates `user:admin` as Owner of every project
-/// with a token, and returns the token to show once.
-async fn bootstrap(store: &Store, given: Option<&str>) -> anyhow::Result<Option<String>> {
-    let (plaintext, id, secret_hash) = match given {
-        Some(token) => {
-            let (id, secret) = enclii_auth::token::parse(token)
-                .context("ENCLII_BOOTSTRAP_TOKEN is not a token of the form enclii_pat_<id>_<secret>")?;
-            (token.to_string(), id.to_string(), enclii_auth::token::hash(secret))
-        }
-        None => {
-            let token = enclii_auth::token::generate();
-            (token.plaintext, token.id, token.secret_hash)
-        }
-    };
-    let record = enclii_store::TokenRecord {
-        id,
-        secret_hash,
-        subject: "user:admin".into(),
-        name: "bootstrap".into(),
-        scopes: serde_json::to_string(&Permission::ALL.map(|p| p.scope()))?,
-        project: None,
-        created_at: chrono::Utc::now().timestamp_millis(),
-        expires_at: None,
-        revoked_at: None,
-    };
-    let created = store.bootstrap("user:admin", Role::Owner.as_str(), &record).await?;
-    Ok(created.then_some(plaintext))
 }
 
 /// Logs (human or JSON) and, when an OTLP endpoint is configured, trace export; flushed when the
@@ -280,17 +289,49 @@ impl enclii_worker::TypedHandler<enclii_domain::jobs::Ping> for PingHandler {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The provider first: the OTLP exporter's HTTP client may need it for https.
     enclii_signing::install_crypto_provider();
+    match &args.command {
+        Some(ServerCommand::RecoverOwner(recover)) => recover_owner(&args, recover).await,
+        None => start(args).await,
+    }
+}
+
+/// `enclii server recover-owner`: one transaction on the server's database, one token printed.
+async fn recover_owner(args: &ServerArgs, recover: &owner::RecoverOwnerArgs) -> anyhow::Result<()> {
+    let _telemetry = enclii_telemetry::init(&enclii_telemetry::Config {
+        json: args.log_json,
+        otlp_endpoint: None,
+        role: "recover-owner".into(),
+    })?;
+    // Recovery seals and opens nothing: the store needs a key to open, not the right one, and a
+    // missing one is not generated (that is the server's first start).
+    let key = args.existing_master_key()?.unwrap_or_else(MasterKey::generate);
+    let (store, described) = args.open_store(key, false).await?;
+    let token = owner::recover(&store, recover).await?;
+    info!(database = %described, actor = owner::RECOVERY_ACTOR, "Owner on * recovered");
+    // Shown once, on stdout only: it is never logged.
+    announce(&format!(
+        "Owner of every project: {}; new token (shown once; keep it safe): {token}",
+        recover.subject()
+    ));
+    Ok(())
+}
+
+/// Binds a listener, saying what to do when the address is taken.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what} cannot listen on {addr} (is another process using it? set {flag})"))
+}
+
+async fn start(args: ServerArgs) -> anyhow::Result<()> {
     let mut telemetry = init_telemetry(&args)?;
+    // A data directory found open is made private even when this process keeps nothing new in
+    // it (PostgreSQL and given keys); one that is missing is created private when first needed.
+    if args.data_dir.exists() {
+        args.data_dir()?;
+    }
     let metrics = enclii_api::metrics::install();
-    let (url, described) = args.database_url()?;
-    let store = Store::open(StoreConfig {
-        database_url: url,
-        queue_url: args.redis_url.clone(),
-        max_connections: 16,
-        master_key: args.master_key()?,
-    })
-    .await
-    .with_context(|| format!("cannot open the database ({described})"))?;
+    let (store, described) = args.open_store(args.master_key()?, true).await?;
     let store = Arc::new(store);
     let backend: Arc<dyn Backend> = store.queue();
     // The queue keeps only the effective limits; give it the operators' controls again (a Redis
@@ -301,12 +342,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .await?;
     }
     info!(database = %described, queue = backend.name(), roles = ?args.role, "starting");
-
-    let bootstrap_token = if args.runs(ServerRole::Api) {
-        bootstrap(&store, args.bootstrap_token.as_deref()).await?
-    } else {
-        None
-    };
 
     let build = match args.build.enabled() {
         true => args.build.config(args.data_dir()?)?,
@@ -323,14 +358,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             key: config.signing_key.verifying_key().clone(),
         }) as Arc<dyn enclii_api::SignaturePolicy>
     });
-    let listen = args.listen();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (is another process using it? set --listen)"))?;
+    // Listeners before the bootstrap: a start that cannot listen must stop before it creates
+    // the first Owner, or its token would be spent unseen.
+    let listener = bind(args.listen(), "the API", "--listen").await?;
     let addr = listener.local_addr()?;
     // The deploy target (worker role): the worker deploys with it, the API reads runtime logs
     // and status from it.
-    let connected = match args.runs(ServerRole::Worker) {
+    let mut connected = match args.runs(ServerRole::Worker) {
         true => {
             let registry_login = build.as_ref().and_then(|config| {
                 let registry = &config.registry;
@@ -345,6 +379,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .await?
         }
         false => None,
+    };
+    let router = match connected.as_mut().and_then(|c| c.router.take()) {
+        Some((listen, junctions)) => Some((bind(listen, "the router", "--router-listen").await?, junctions)),
+        None => None,
     };
     let config = enclii_api::ApiConfig {
         oidc: args.oidc()?,
@@ -363,57 +401,47 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         preview_domain: args.deploy.deployer_config().preview_domain,
     };
     let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-            .context("HTTP server failed")
-    });
+    let worker = match args.runs(ServerRole::Worker) {
+        true => {
+            let deployer = connected.map(|connected| {
+                let deployer = enclii_deploy::Deployer::new(
+                    store.clone(),
+                    connected.target,
+                    api_signatures.clone(),
+                    args.deploy.deployer_config(),
+                );
+                (Arc::new(deployer), args.deploy.prices())
+            });
+            let config = WorkerConfig {
+                lease: Duration::from_secs(args.lease_seconds.max(2)),
+                heartbeat_every: Duration::from_secs(args.lease_seconds.max(2)) / 4,
+                shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+                ..WorkerConfig::with_concurrency(args.concurrency)
+            };
+            let registry = registry(build.clone(), deployer, &store).await?;
+            Some(Worker::new(backend.clone(), registry, config))
+        }
+        false => None,
+    };
+    // Nothing below can stop the start: only now is the first Owner created, and its token is
+    // printed right after.
+    let bootstrap_token = match args.runs(ServerRole::Api) {
+        true => owner::bootstrap(&store, args.bootstrap_token.as_deref()).await?,
+        false => None,
+    };
+
+    tasks.spawn(http::serve(listener, app, args.http, shutdown.clone()).map(Ok));
     info!(%addr, "listening");
     announce(&format!("enclii listening on http://{addr}"));
     if let Some(token) = bootstrap_token {
         // Shown once, on stdout only: it is never logged.
         announce(&format!("bootstrap admin token (shown once; keep it safe): {token}"));
     }
-
-    if args.runs(ServerRole::Worker) {
-        let deployer = connected.map(|connected| {
-            if let Some((listen, junctions)) = connected.router {
-                let token = shutdown.clone();
-                tasks.spawn(async move {
-                    let listener = tokio::net::TcpListener::bind(listen)
-                        .await
-                        .with_context(|| format!("router cannot listen on {listen} (set --router-listen)"))?;
-                    info!(%listen, "Junctions router listening");
-                    axum::serve(
-                        listener,
-                        junctions.app().into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await
-                    .context("router failed")
-                });
-            }
-            let deployer = enclii_deploy::Deployer::new(
-                store.clone(),
-                connected.target,
-                api_signatures.clone(),
-                args.deploy.deployer_config(),
-            );
-            (Arc::new(deployer), args.deploy.prices())
-        });
-        let config = WorkerConfig {
-            lease: Duration::from_secs(args.lease_seconds.max(2)),
-            heartbeat_every: Duration::from_secs(args.lease_seconds.max(2)) / 4,
-            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-            ..WorkerConfig::with_concurrency(args.concurrency)
-        };
-        let worker = Worker::new(
-            backend.clone(),
-            registry(build.clone(), deployer, &store).await?,
-            config,
-        );
+    if let Some((listener, junctions)) = router {
+        info!(listen = %listener.local_addr()?, "Junctions router listening");
+        tasks.spawn(http::serve(listener, junctions.app(), args.http, shutdown.clone()).map(Ok));
+    }
+    if let Some(worker) = worker {
         tasks.spawn(heartbeats(store.clone(), &worker, shutdown.clone()));
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
