@@ -103,6 +103,18 @@ pub struct ServerArgs {
     /// Webhook deliveries per minute per project (sustained; the burst is twice this).
     #[arg(long, env = "ENCLII_WEBHOOK_RATE_PER_MINUTE", default_value_t = 600)]
     webhook_rate_per_minute: u32,
+    /// Failed authentications per minute per client address (the burst is the same); past them
+    /// the address gets 429 before any token it sends is looked up.
+    #[arg(long, env = "ENCLII_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
+    auth_failures_per_minute: u32,
+    /// The API is reached only through a proxy that appends the client's address to
+    /// X-Forwarded-For: count clients by its last entry. Leave off when clients reach the API
+    /// directly (they could pick the address they are counted as).
+    #[arg(long, env = "ENCLII_TRUST_FORWARDED_FOR", default_value_t = false)]
+    trust_forwarded_for: bool,
+    /// Live job-log streams one token may hold open at once.
+    #[arg(long, env = "ENCLII_LOG_STREAMS_PER_TOKEN", default_value_t = 16)]
+    log_streams_per_token: usize,
     /// Use this as the bootstrap admin token instead of a random one (automation and tests;
     /// format `enclii_pat_<12 chars>_<43 chars>`). Only used while nobody holds a role.
     #[arg(long, env = "ENCLII_BOOTSTRAP_TOKEN", hide_env_values = true)]
@@ -400,7 +412,15 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         runtime: connected.as_ref().map(|c| c.target.clone()),
         preview_domain: args.deploy.deployer_config().preview_domain,
     };
-    let app = enclii_api::router(enclii_api::AppState::new(store.clone(), metrics, config));
+    let limits = enclii_api::ClientLimits {
+        auth_failures: RateLimit {
+            per_minute: args.auth_failures_per_minute,
+            burst: args.auth_failures_per_minute,
+        },
+        trust_forwarded_for: args.trust_forwarded_for,
+        log_streams_per_token: args.log_streams_per_token,
+    };
+    let app = enclii_api::router(enclii_api::AppState::with_limits(store.clone(), metrics, config, limits));
     let worker = match args.runs(ServerRole::Worker) {
         true => {
             let deployer = connected.map(|connected| {

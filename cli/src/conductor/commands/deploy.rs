@@ -146,7 +146,7 @@ fn refused(e: Failure, service: &str) -> Failure {
             code: exit::DEPLOY,
             ..e
         },
-        Some(404) if e.hint.is_none() && e.message.starts_with("release") => {
+        Some(404) if e.message.starts_with("release") => {
             e.hint(format!("see the service's releases with `enclii releases {service}`"))
         }
         _ => e,
