@@ -32,12 +32,7 @@ fn the_embedded_default_runs_a_job_and_stops_gracefully_on_sigterm() {
         dir.join("enclii.db").exists(),
         "the embedded database lives in the data dir"
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
-    assert!(status.success(), "{status:?}");
+    terminate(&mut child);
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("shutting down gracefully"), "{stderr}");
@@ -116,11 +111,7 @@ fn worker_only_processes_share_one_database_any_number_of_times() {
         }
     }
     for child in [&mut api, &mut worker_a, &mut worker_b] {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(wait_exit(child, Duration::from_secs(15)).expect("exits").success());
+        terminate(child);
     }
 }
 
@@ -152,11 +143,7 @@ fn a_fresh_installation_prints_a_bootstrap_token_once_and_never_logs_it() {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(200));
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(wait_exit(&mut child, Duration::from_secs(15)).expect("exits").success());
+        terminate(&mut child);
         let (mut rest, mut stderr) = (String::new(), String::new());
         stdout.read_to_string(&mut rest).unwrap();
         child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
@@ -196,11 +183,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
 
 /// Stops a server with SIGTERM and returns what it printed on stdout after `consumed` lines.
 fn stop(mut child: std::process::Child, mut stdout: BufReader<std::process::ChildStdout>) -> String {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).expect("exits").success());
+    terminate(&mut child);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     rest
@@ -302,15 +285,7 @@ fn recover_owner_gives_the_platform_an_owner_and_a_token_again() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Owner of every project: user:admin; new token"));
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        wait_exit(&mut server, Duration::from_secs(15))
-            .expect("exits")
-            .success()
-    );
+    terminate(&mut server);
 }
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -354,15 +329,7 @@ fn the_data_dir_and_its_files_are_private() {
     let (mut server, addr) = launch(&data, &[], Stdio::piped());
     assert_eq!(http(&addr, "GET", "/health/ready", "").0, 200);
     check();
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        wait_exit(&mut server, Duration::from_secs(15))
-            .expect("exits")
-            .success()
-    );
+    terminate(&mut server);
     let mut stderr = String::new();
     server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("made the data directory private"), "{stderr}");
@@ -373,11 +340,16 @@ fn the_data_dir_and_its_files_are_private() {
 }
 
 fn stop_quietly(mut child: std::process::Child) {
+    terminate(&mut child);
+}
+
+/// Sends SIGTERM and asserts a clean exit within 15 s (the process's stderr stays readable).
+fn terminate(child: &mut std::process::Child) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).expect("exits").success());
+    assert!(wait_exit(child, Duration::from_secs(15)).expect("exits").success());
 }
 
 /// Whether the server has closed `stream`: a read that ends (EOF or reset) within `patience`.
@@ -469,15 +441,7 @@ fn slow_and_idle_connections_are_closed() {
         closed_within(&mut silent, Duration::from_secs(5)),
         "a silent connection stays open"
     );
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        wait_exit(&mut server, Duration::from_secs(15))
-            .expect("exits")
-            .success()
-    );
+    terminate(&mut server);
 }
 
 /// One client address holds at most ENCLII_HTTP_MAX_CONNS_PER_IP connections: more are closed
@@ -511,13 +475,5 @@ fn connections_beyond_the_per_address_limit_are_closed() {
     std::thread::sleep(Duration::from_millis(200));
     let mut again = std::net::TcpStream::connect(&addr).unwrap();
     assert_eq!(keep_alive_request(&mut again, &addr), 200, "a freed slot is used again");
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        wait_exit(&mut server, Duration::from_secs(15))
-            .expect("exits")
-            .success()
-    );
+    terminate(&mut server);
 }
