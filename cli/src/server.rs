@@ -420,7 +420,12 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         trust_forwarded_for: args.trust_forwarded_for,
         log_streams_per_token: args.log_streams_per_token,
     };
-    let app = enclii_api::router(enclii_api::AppState::with_limits(store.clone(), metrics, config, limits));
+    let app = enclii_api::router(enclii_api::AppState::with_limits(
+        store.clone(),
+        metrics,
+        config,
+        limits,
+    ));
     let worker = match args.runs(ServerRole::Worker) {
         true => {
             let deployer = connected.map(|connected| {
