@@ -5,6 +5,9 @@
 //! key prefix), removes it at the end, and prints exactly one JSON line on stdout. Logs go to
 //! stderr (`RUST_LOG`, default `warn`).
 
+mod chaos;
+mod chaos_check;
+mod chaos_probe;
 mod env;
 mod meter;
 mod operators;
@@ -43,6 +46,10 @@ enum Command {
     /// The operators' queue views (stats, dead jobs, throughput, workers, the live stream's first
     /// snapshot) over HTTP on a queue of --jobs jobs: latency percentiles.
     Operators(OperatorArgs),
+    /// The whole platform under faults: real `enclii server` processes (api + workers), a storm of
+    /// signed push webhooks, kill -9 of workers, PostgreSQL and Redis restarts, an API prober;
+    /// then checks that nothing was lost or done twice. Exits non-zero if a check fails.
+    Chaos(chaos::ChaosArgs),
     /// A worker process for `crash` (records completions durably); runs until killed.
     #[command(hide = true)]
     Worker(ChildArgs),
@@ -221,6 +228,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Chaos(args) => match chaos::run(args).await {
+            Ok(true) => return std::process::ExitCode::SUCCESS,
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Worker(args) => workloads::child_worker(args).await.map(|()| None),
         Command::Drain(args) => workloads::run(workloads::Workload::Drain, args).await.map(Some),
         Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
