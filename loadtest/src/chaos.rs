@@ -54,7 +54,8 @@ pub struct ChaosArgs {
     /// Length of the storm; faults are placed at fixed fractions of it.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// The `enclii` binary (default: the cargo target dir's debug build, else the release one).
+    /// The `enclii` binary (default: the one beside this program, else the cargo target dir's debug
+    /// build, else its release one).
     #[arg(long)]
     pub enclii: Option<PathBuf>,
     /// Services whose repository is a real local git repository with a tiny Dockerfile (real
@@ -214,6 +215,15 @@ async fn spawn_server(
 }
 
 fn default_binary() -> PathBuf {
+    // Beside this program first (same profile, same target dir), then $CARGO_TARGET_DIR or target.
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("enclii")))
+    {
+        if beside.exists() {
+            return beside;
+        }
+    }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let debug = PathBuf::from(&target).join("debug/enclii");
     if debug.exists() {
@@ -418,6 +428,7 @@ async fn storm_service(http: Http, svc: Arc<Svc>, plan: Plan, start: Instant, st
             tries,
             accepted,
             sent_s,
+            ms: round3((start.elapsed().as_secs_f64() - sent_s) * 1000.0),
             answer: (!accepted).then_some(answer.chars().take(300).collect()),
         });
     }
@@ -719,11 +730,13 @@ async fn drive(
         println!("{}", json!({"chaos": "check", "check": c}));
     }
     let accepted = pushed.iter().filter(|p| p.accepted).count();
+    let [p50, _, p99, max] = crate::meter::percentiles(pushed.iter().map(|p| p.ms).collect());
     let summary = json!({
         "chaos": "summary",
         "queue": format!("{:?}", args.queue).to_lowercase(),
         "services": svcs.len(), "workers": platform.workers.len(), "build_subset": args.build_subset,
-        "storm_s": round3(storm_s), "deliveries_sent": pushed.len(), "accepted": accepted,
+        "storm_s": round3(storm_s), "deliveries_planned": args.deliveries, "deliveries_sent": pushed.len(), "accepted": accepted,
+        "webhook_p50_ms": p50, "webhook_p99_ms": p99, "webhook_max_ms": max,
         "not_accepted": pushed.len() - accepted,
         "redelivered": pushed.iter().filter(|p| p.tries > 1).count(),
         "drained_after_s": drained,

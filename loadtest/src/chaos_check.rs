@@ -24,6 +24,8 @@ pub struct Pushed {
     /// Answered 202, or 200 (already had it) to a redelivery.
     pub accepted: bool,
     pub sent_s: f64,
+    /// First send → last answer, redeliveries included.
+    pub ms: f64,
     pub answer: Option<String>,
 }
 
@@ -238,6 +240,17 @@ pub async fn checks(
     let building: i64 = sqlx::query_scalar("SELECT count(*) FROM releases WHERE status = 'building'")
         .fetch_one(&mut conn)
         .await?;
+    let stuck: Vec<Value> = sqlx::query(
+        "SELECT service, git_sha, pipeline_id, created_at FROM releases WHERE status = 'building' ORDER BY id LIMIT 5",
+    )
+    .fetch_all(&mut conn)
+    .await?
+    .into_iter()
+    .map(|r| {
+        json!({"service": r.get::<String, _>(0), "sha": r.get::<String, _>(1),
+               "pipeline": r.get::<Option<i64>, _>(2), "created_at_ms": r.get::<i64, _>(3)})
+    })
+    .collect();
     let running_pipelines: Option<i64> = match args.queue {
         Queue::Postgres => Some(
             sqlx::query_scalar(
@@ -262,7 +275,7 @@ pub async fn checks(
     out.push(check(
         "every_pipeline_ended",
         Some(waiting_work(&jobs) == 0 && building == 0 && running_pipelines.unwrap_or(0) == 0),
-        json!({"unfinished_jobs_by_kind": jobs, "releases_building": building,
+        json!({"unfinished_jobs_by_kind": jobs, "releases_building": building, "first_building": stuck,
                "pipelines_running_with_work_left": running_pipelines, "dead_jobs_by_kind": dead,
                "note": "deploys are off: deploy steps of built releases wait for a deploy target and are not counted"}),
     ));

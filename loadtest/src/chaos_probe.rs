@@ -80,14 +80,19 @@ pub fn phases(probes: &[Probe], faults: &[Fault]) -> Vec<Value> {
 pub fn human_summary(summary: &Value, faults: &[Fault], probes: &[Probe], checks: &[Value]) {
     eprintln!("\n== chaos summary ==");
     eprintln!(
-        "queue {} · {} services · {} workers · {} deliveries sent, {} accepted, {} redelivered · drained: {}",
+        "queue {} · {} services · {} workers · {} of {} deliveries sent, {} accepted, {} redelivered · drained: {}",
         summary["queue"],
         summary["services"],
         summary["workers"],
         summary["deliveries_sent"],
+        summary["deliveries_planned"],
         summary["accepted"],
         summary["redelivered"],
         summary["drained_after_s"]
+    );
+    eprintln!(
+        "webhook answer (first send → last answer) p50 {} ms, p99 {} ms, max {} ms",
+        summary["webhook_p50_ms"], summary["webhook_p99_ms"], summary["webhook_max_ms"]
     );
     for f in faults {
         eprintln!("fault {:>16} at {:6.1}s ({}) {}", f.fault, f.start_s, f.target, f.note);
