@@ -219,10 +219,9 @@ fn default_binary() -> PathBuf {
     if let Some(beside) = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("enclii")))
+        .filter(|p| p.exists())
     {
-        if beside.exists() {
-            return beside;
-        }
+        return beside;
     }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let debug = PathBuf::from(&target).join("debug/enclii");
