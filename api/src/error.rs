@@ -24,6 +24,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     pub code: &'static str,
     pub detail: String,

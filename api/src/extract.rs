@@ -160,7 +160,8 @@ fn query_problem(path: &str, rejection: &QueryRejection) -> ApiError {
     ApiError::bad_request(
         "invalid_query",
         format!("the query string of {path} is not valid: {why}"),
-        "fix the named query parameter; /v1/openapi.json lists each route's parameters and their types",
+        "fix the named query parameter (numbers are whole and most are not negative, e.g. `limit=50`); \
+         /v1/openapi.json lists each route's parameters and their types",
     )
 }
 

@@ -1,8 +1,9 @@
 //! The queue's own resources: enqueue a job directly, read, cancel and retry jobs, read and
 //! cancel pipeline runs, and the queue's depth (`/v1/jobs`, `/v1/pipelines`, `/v1/queue/stats`).
 
+use crate::extract::{Body, Path};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use enclii_queue::{CancelOutcome, NewJob};
@@ -12,7 +13,6 @@ use serde_json::json;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::{AppState, find_job, find_pipeline};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -24,6 +24,7 @@ pub struct EnqueueRequest {
     payload: serde_json::Value,
     run_at: Option<DateTime<Utc>>,
     unique_key: Option<String>,
+    #[schema(minimum = -32768, maximum = 32767)]
     priority: Option<i16>,
 }
 
@@ -88,7 +89,8 @@ pub async fn enqueue(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "queue",
+    params(("id" = i64, Path, description = "Job id")), responses((status = 200, body = serde_json::Value)))]
 pub async fn job(
     State(state): State<AppState>,
     principal: Principal,
@@ -99,7 +101,8 @@ pub async fn job(
     Ok(Json(job))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "queue",
+    params(("id" = i64, Path, description = "Job id")), responses((status = 200, body = serde_json::Value)))]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -116,7 +119,8 @@ pub async fn cancel(
     Ok(Json(outcome))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "queue",
+    params(("id" = i64, Path, description = "Job id")), responses((status = 200, body = serde_json::Value)))]
 pub async fn retry(
     State(state): State<AppState>,
     principal: Principal,
@@ -130,7 +134,8 @@ pub async fn retry(
 }
 
 /// A pipeline run with the state of each step.
-#[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "queue",
+    params(("id" = i64, Path, description = "Pipeline run id")), responses((status = 200, body = serde_json::Value)))]
 pub async fn pipeline(
     State(state): State<AppState>,
     principal: Principal,
@@ -142,7 +147,8 @@ pub async fn pipeline(
 }
 
 /// Cancels every unfinished step of a pipeline (running steps are asked to stop).
-#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", tag = "queue", responses((status = 200, body = serde_json::Value)))]
+#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", tag = "queue",
+    params(("id" = i64, Path, description = "Pipeline run id")), responses((status = 200, body = serde_json::Value)))]
 pub async fn cancel_pipeline(
     State(state): State<AppState>,
     principal: Principal,

@@ -16,7 +16,8 @@
 //! - `trace`: the request middleware (an `http_request` span in the request's trace;
 //!   `traceparent` in and out).
 //! - `webhooks`: GitHub deliveries.
-//! - `routes`: the router, health, metrics and the OpenAPI document.
+//! - `routes`: the router, health, metrics and the OpenAPI document; `doc`: what every
+//!   operation of that document shares (problem+json answers).
 //! - `state`, `extract`, `error`: what handlers share — the application state and the queue
 //!   lookups, the extractors (caller, bodies), problem+json errors. Handlers import these, never
 //!   `routes`.
@@ -24,6 +25,7 @@
 pub mod auth;
 mod control;
 mod dashboard;
+mod doc;
 mod error;
 mod extract;
 mod jobs;

@@ -36,6 +36,7 @@ const POLL: Duration = Duration::from_millis(250);
 const PAGE: i64 = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Only lines after this sequence number (the last `seq` seen).
     after: Option<i64>,
@@ -50,7 +51,8 @@ async fn readable_job(state: &AppState, principal: &Principal, id: i64) -> Resul
 }
 
 /// A page of a job's log, oldest first.
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "queue", params(LogQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "queue",
+    params(("id" = i64, Path, description = "Job id"), LogQuery),
     responses((status = 200, body = [views::LogLine]),
               (status = 400, body = crate::Problem, content_type = "application/problem+json", description = "the job id or a query parameter is not a number"),
               (status = 404, body = crate::Problem, content_type = "application/problem+json")))]
@@ -69,7 +71,8 @@ pub async fn job_log(
 
 /// A job's log, live: one `line` event per line (its `id` is the line's `seq`, so a reconnecting
 /// client resumes with `Last-Event-ID`), then an `end` event with the job's final state.
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs/stream", tag = "queue", params(LogQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs/stream", tag = "queue",
+    params(("id" = i64, Path, description = "Job id"), LogQuery),
     responses((status = 200, content_type = "text/event-stream", description = "`line` events, then `end`"),
               (status = 400, body = crate::Problem, content_type = "application/problem+json", description = "the job id or a query parameter is not a number"),
               (status = 404, body = crate::Problem, content_type = "application/problem+json"),

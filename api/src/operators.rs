@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use crate::views;
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use enclii_queue::{JobFilter, JobRecord, JobState};
@@ -27,7 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
+use crate::extract::{Body, Path, Query};
 use crate::state::{AppState, Snapshot, find_pipeline};
 
 /// How often a live view is re-read.
@@ -41,6 +40,7 @@ const WORKER_ALIVE_MS: i64 = 30_000;
 const FORGET_WORKERS_MS: i64 = 3_600_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// Comma-separated states (`pending,scheduled,available,running,completed,dead,cancelled`).
     state: Option<String>,
@@ -48,25 +48,6 @@ pub struct JobsQuery {
     project: Option<String>,
     /// At most this many, newest first (default 50, at most 500).
     limit: Option<usize>,
-}
-
-/// `Query<T>` whose rejections (`limit=-1`, `limit=ten`, `minutes=99999999999`) are problem+json
-/// with the reason and a hint, like every other error of the API.
-pub struct Params<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(value)) => Ok(Params(value)),
-            Err(rejection) => Err(ApiError::bad_request(
-                "invalid_query",
-                rejection.body_text(),
-                "numbers in the query are whole and not negative (e.g. `limit=50`, `minutes=15`)",
-            )),
-        }
-    }
 }
 
 fn parse_states(states: Option<&str>) -> Result<Vec<JobState>, ApiError> {
@@ -94,7 +75,7 @@ fn parse_states(states: Option<&str>) -> Result<Vec<JobState>, ApiError> {
 pub async fn list_jobs(
     State(state): State<AppState>,
     principal: Principal,
-    Params(query): Params<JobsQuery>,
+    Query(query): Query<JobsQuery>,
 ) -> Result<Json<Vec<JobRecord>>, ApiError> {
     principal.require(Permission::Read, query.project.as_deref())?;
     let filter = JobFilter {
@@ -125,6 +106,7 @@ pub struct ThroughputBucket {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
 pub struct Throughput {
+    #[schema(value_type = i64, minimum = 1, maximum = 180)]
     pub minutes: u32,
     /// Oldest first; minutes without finished jobs are present with zero counts.
     pub buckets: Vec<ThroughputBucket>,
@@ -215,8 +197,10 @@ async fn read_throughput(state: &AppState, minutes: u32) -> Result<Throughput, A
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThroughputQuery {
     /// The window in minutes (default 15, at most 180).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_u32)]
     minutes: Option<u32>,
 }
 
@@ -226,7 +210,7 @@ pub struct ThroughputQuery {
 pub async fn get_throughput(
     State(state): State<AppState>,
     principal: Principal,
-    Params(query): Params<ThroughputQuery>,
+    Query(query): Query<ThroughputQuery>,
 ) -> Result<Json<Throughput>, ApiError> {
     principal.require(Permission::Read, None)?;
     Ok(Json(
@@ -326,13 +310,16 @@ async fn enforce(state: &AppState, control: QueueControl) -> Result<Json<views::
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
     /// Jobs of the project running at once (build concurrency); `null`: unlimited.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_u32)]
     max_running: Option<u32>,
     /// Jobs started per minute; `null`: unlimited.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_u32)]
     jobs_per_minute: Option<u32>,
 }
 
 /// Per-project limits the queue enforces at claim time (a paused project stays paused).
-#[utoipa::path(put, path = "/v1/projects/{project}/limits", tag = "queue", request_body = LimitsBody,
+#[utoipa::path(put, path = "/v1/projects/{project}/limits", tag = "queue",
+    params(("project" = String, Path, description = "Project slug")), request_body = LimitsBody,
     responses((status = 200, body = views::QueueControl)))]
 pub async fn set_limits(
     State(state): State<AppState>,
@@ -367,6 +354,7 @@ async fn set_paused(
 /// Pauses a project's queue: no job of it starts until resumed (running jobs finish; new jobs
 /// are accepted and wait).
 #[utoipa::path(post, path = "/v1/projects/{project}/queue/pause", tag = "queue",
+    params(("project" = String, Path, description = "Project slug")),
     responses((status = 200, body = views::QueueControl)))]
 pub async fn pause(
     State(state): State<AppState>,
@@ -378,6 +366,7 @@ pub async fn pause(
 
 /// Resumes a paused project's queue under its limits.
 #[utoipa::path(post, path = "/v1/projects/{project}/queue/resume", tag = "queue",
+    params(("project" = String, Path, description = "Project slug")),
     responses((status = 200, body = views::QueueControl)))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -582,6 +571,7 @@ pub async fn queue_stream(
 /// A pipeline run, live: a `snapshot` event with the run and its steps whenever a step changes;
 /// the stream ends after the run's final state.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/stream", tag = "queue",
+    params(("id" = i64, Path, description = "Pipeline run id")),
     responses((status = 200, content_type = "text/event-stream", description = "`snapshot` events")))]
 pub async fn pipeline_stream(
     State(state): State<AppState>,

@@ -124,7 +124,9 @@ fn v1() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI 3.1 document of the `/v1` API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    v1().split_for_parts().1
+    let mut doc = v1().split_for_parts().1;
+    crate::doc::complete(&mut doc);
+    doc
 }
 
 pub fn router(state: AppState) -> Router {
@@ -134,7 +136,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics));
     if state.api {
-        let (v1, doc) = v1().split_for_parts();
+        let (v1, mut doc) = v1().split_for_parts();
+        crate::doc::complete(&mut doc);
         let doc = Arc::new(doc);
         router = router.merge(v1).merge(crate::dashboard::routes()).route(
             "/v1/openapi.json",

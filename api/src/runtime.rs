@@ -10,9 +10,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::extract::{Body, Path, Query};
 use crate::views::Release;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +26,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::{ApiError, FieldError};
-use crate::extract::Body;
 use crate::state::AppState;
 
 /// Lines of each replica a log read starts with, by default and at most.
@@ -61,10 +61,12 @@ fn target(state: &AppState) -> Result<Arc<dyn Target>, ApiError> {
 // --- logs ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RuntimeLogQuery {
     /// Defaults to the service's environment.
     environment: Option<String>,
     /// The last lines of each replica to start with (default 100, at most 10000).
+    #[param(maximum = 10000)]
     tail: Option<u32>,
     /// Only lines matching this regular expression (a plain word matches as a substring).
     grep: Option<String>,
@@ -103,7 +105,9 @@ impl From<RuntimeLogLine> for RuntimeLogLineView {
 /// The runtime log of a service's replicas: the last lines (oldest first), or with
 /// `follow=true` a live stream of `line` events (each a JSON line) until the client leaves.
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/logs", tag = "runtime",
-    params(RuntimeLogQuery),
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name"),
+           RuntimeLogQuery),
     responses((status = 200, body = [RuntimeLogLineView], description = "JSON, or `text/event-stream` of `line` events with follow=true"),
               (status = 422, body = crate::Problem), (status = 503, body = crate::Problem, description = "no deploy target")))]
 pub async fn service_logs(
@@ -191,6 +195,7 @@ pub async fn service_logs(
 // --- status -------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Report every service in this environment; default: each service's own environment.
     environment: Option<String>,
@@ -206,8 +211,10 @@ pub struct ServiceRuntime {
     git_sha: Option<String>,
     image: Option<String>,
     /// Healthy replicas of the serving releases.
+    #[schema(value_type = i64, minimum = 0, maximum = 4_294_967_295_u32)]
     replicas_ready: u32,
     /// Replicas the spec asks for (`spec.runtime.replicas.min`).
+    #[schema(value_type = i64, minimum = 0, maximum = 4_294_967_295_u32)]
     replicas_desired: u32,
     /// `healthy` (every replica ready), `degraded` (some), `down` (none), `paused` or
     /// `not_deployed`.
@@ -220,6 +227,7 @@ pub struct ServiceRuntime {
     error_rate: f64,
     /// The canary release and its share of the traffic while one runs.
     canary_release: Option<i64>,
+    #[schema(maximum = 100)]
     canary_percent: Option<u8>,
     /// Where it answers (its latest deployment's URL).
     url: Option<String>,
@@ -229,7 +237,8 @@ pub struct ServiceRuntime {
 
 /// Every service of a project as it runs now: release, replicas, health, P95 latency and error
 /// rate over the last 5 minutes, canary share and URL.
-#[utoipa::path(get, path = "/v1/projects/{project}/status", tag = "runtime", params(StatusQuery),
+#[utoipa::path(get, path = "/v1/projects/{project}/status", tag = "runtime",
+    params(("project" = String, Path, description = "Project slug"), StatusQuery),
     responses((status = 200, body = [ServiceRuntime]), (status = 503, body = crate::Problem, description = "no deploy target")))]
 pub async fn project_status(
     State(state): State<AppState>,
@@ -321,6 +330,7 @@ pub struct PreviewBody {
     branch: String,
     /// The preview's number (`preview-<n>`); default: one derived from the branch, so every
     /// `enclii up` of a branch lands in the same preview.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
     number: Option<u64>,
 }
 
@@ -347,6 +357,8 @@ fn branch_preview_number(branch: &str) -> u64 {
 /// (created when missing), served on `<service>-preview-<n>.<preview domain>` — what
 /// `enclii up` runs. The same commit with a live release there is not rebuilt (`duplicate`).
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/previews", tag = "releases",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name")),
     request_body = PreviewBody, responses((status = 202, body = PreviewStarted), (status = 422, body = crate::Problem)))]
 pub async fn create_preview(
     State(state): State<AppState>,

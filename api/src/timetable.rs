@@ -2,10 +2,11 @@
 //! report, and resuming a paused environment. Each handler authorises the caller for one
 //! permission on one project, validates, and makes one store call.
 
+use crate::extract::{Path, Query};
 use crate::views;
 use crate::views::{CostLine, Environment, JobRunRecord};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,9 @@ fn invalid(path: &str, message: impl Into<String>, hint: &str) -> ApiError {
 /// Runs one of the service's jobs (`spec.jobs`) now, in the service's environment. The run is
 /// queued like a cron run (same retry policy, logs in the job's log stream).
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/jobs/{job}/runs", tag = "jobs",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name"),
+           ("job" = String, Path, description = "Job name in the Service Spec (`spec.jobs`)")),
     responses((status = 202, body = JobRunRecord), (status = 404, body = crate::Problem, description = "no such service or job"),
               (status = 409, body = crate::Problem, description = "the environment is paused")))]
 pub async fn run_job(
@@ -48,6 +52,7 @@ pub async fn run_job(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// Only this job's runs.
     job: Option<String>,
@@ -56,7 +61,10 @@ pub struct RunsQuery {
 }
 
 /// The service's job runs (cron and one-off), newest first.
-#[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/jobs/runs", tag = "jobs", params(RunsQuery),
+#[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/jobs/runs", tag = "jobs",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name"),
+           RunsQuery),
     responses((status = 200, body = [JobRunRecord])))]
 pub async fn list_job_runs(
     State(state): State<AppState>,
@@ -75,6 +83,7 @@ pub async fn list_job_runs(
 // --- cost ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CostQuery {
     /// The project to report on.
     project: Option<String>,
@@ -150,6 +159,8 @@ pub async fn cost_report(
 /// Resumes an environment paused by its budget (or by hand): cron and one-off runs and cost
 /// samples start again. The month's budget level is not reported again.
 #[utoipa::path(post, path = "/v1/projects/{project}/environments/{environment}/resume", tag = "environments",
+    params(("project" = String, Path, description = "Project slug"),
+           ("environment" = String, Path, description = "Environment name")),
     responses((status = 200, body = Environment)))]
 pub async fn resume_environment(
     State(state): State<AppState>,

@@ -669,7 +669,106 @@ async fn openapi_document_describes_the_api(db: Db) {
         assert!(paths.contains_key(path), "{path}");
     }
     assert!(r.body["components"]["schemas"]["Problem"].is_object());
+    let operations = every_operation_declares_its_parameters_and_problems(&r.body);
+    assert!(operations >= 64, "{operations} operations");
     assert_eq!(t.call("", "GET", "/health/ready", None).await.status, StatusCode::OK);
+}
+
+/// Every `{param}` of every path is declared as a path parameter (with a type and a
+/// description) by each of its operations and nothing else is `in: path`; every operation
+/// documents its failures as `application/problem+json` (at least 400, 401, 404 and 429); no error answer is plain `application/json`; no integer is
+/// declared `int32` while the handler reads a `u32` (utoipa's sign of one: `minimum: 0` and no
+/// `maximum`). Returns how many operations it checked.
+fn every_operation_declares_its_parameters_and_problems(doc: &serde_json::Value) -> usize {
+    let resolve = |value: &serde_json::Value| -> serde_json::Value {
+        match value["$ref"].as_str() {
+            Some(reference) => {
+                let pointer = reference.trim_start_matches('#');
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling {reference}"))
+                    .clone()
+            }
+            None => value.clone(),
+        }
+    };
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let template: Vec<&str> = path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let at = format!("{} {path}", method.to_uppercase());
+            let parameters: Vec<serde_json::Value> = operation["parameters"]
+                .as_array()
+                .map(|ps| ps.iter().map(&resolve).collect())
+                .unwrap_or_default();
+            let declared: Vec<&str> = parameters
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            for name in &template {
+                let p = parameters
+                    .iter()
+                    .find(|p| p["in"] == "path" && p["name"] == *name)
+                    .unwrap_or_else(|| panic!("{at}: path parameter `{name}` is not declared"));
+                assert_eq!(p["required"], true, "{at}: `{name}`");
+                assert!(p["schema"]["type"].is_string(), "{at}: `{name}` has no type: {p}");
+                assert!(
+                    p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{at}: `{name}` has no description"
+                );
+            }
+            for name in &declared {
+                assert!(
+                    template.contains(name),
+                    "{at}: `{name}` is declared in: path but is not in the path"
+                );
+            }
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["400", "401", "404", "429"] {
+                assert!(responses.contains_key(status), "{at}: no {status} documented");
+            }
+            for (status, response) in responses {
+                let response = resolve(response);
+                assert!(response["description"].is_string(), "{at} {status}: no description");
+                if status.starts_with('4') || status.starts_with('5') {
+                    let content = response["content"].as_object();
+                    assert_eq!(
+                        content.map(|c| c.keys().collect::<Vec<_>>()),
+                        Some(vec![&"application/problem+json".to_string()]),
+                        "{at} {status}: errors are problem+json only"
+                    );
+                    assert_eq!(
+                        response["content"]["application/problem+json"]["schema"]["$ref"],
+                        "#/components/schemas/Problem",
+                        "{at} {status}"
+                    );
+                }
+            }
+        }
+    }
+    fn no_unsigned_int32(at: &str, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("format").and_then(|f| f.as_str()) == Some("int32") {
+                    assert!(
+                        !(map.get("minimum").is_some_and(|m| m == 0) && map.get("maximum").is_none()),
+                        "{at}: int32 with minimum 0 and no maximum (a u32 the schema says is an i32)"
+                    );
+                }
+                for (key, child) in map {
+                    no_unsigned_int32(&format!("{at}/{key}"), child);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| no_unsigned_int32(at, i)),
+            _ => {}
+        }
+    }
+    no_unsigned_int32("", doc);
+    operations
 }
 
 on_both_databases!(

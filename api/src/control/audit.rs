@@ -1,8 +1,9 @@
 //! The audit trail, newest first.
 
+use crate::extract::Query;
 use crate::views::AuditEvent;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use enclii_store::AuditFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -21,6 +22,7 @@ pub struct AuditView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     project: Option<String>,
     actor: Option<String>,

@@ -1,10 +1,11 @@
 //! Deployments: deploy a release, roll back to an earlier one (a deploy with the rolling strategy),
 //! list and read.
 
+use crate::extract::{Body, Path, Query};
 use crate::views;
 use crate::views::Deployment;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_store::{DeploymentRequest, Strategy};
 use serde::Deserialize;
@@ -12,7 +13,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, Created, check};
@@ -74,6 +74,8 @@ async fn deploy(
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/deployments", tag = "deployments",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name")),
     request_body = DeployRequestBody, responses((status = 202, body = Deployment), (status = 409, body = crate::Problem)))]
 pub async fn create_deployment(
     State(state): State<AppState>,
@@ -93,6 +95,8 @@ pub struct RollbackBody {
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/rollback", tag = "deployments",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name")),
     request_body = RollbackBody, responses((status = 202, body = Deployment)))]
 pub async fn rollback(
     State(state): State<AppState>,
@@ -109,12 +113,14 @@ pub async fn rollback(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeploymentQuery {
     service: Option<String>,
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/deployments", tag = "deployments", params(DeploymentQuery),
+#[utoipa::path(get, path = "/v1/projects/{project}/deployments", tag = "deployments",
+    params(("project" = String, Path, description = "Project slug"), DeploymentQuery),
     responses((status = 200, body = [Deployment])))]
 pub async fn list_deployments(
     State(state): State<AppState>,
@@ -131,7 +137,8 @@ pub async fn list_deployments(
     )))
 }
 
-#[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", responses((status = 200, body = Deployment)))]
+#[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments",
+    params(("id" = i64, Path, description = "Deployment id")), responses((status = 200, body = Deployment)))]
 pub async fn get_deployment(
     State(state): State<AppState>,
     principal: Principal,

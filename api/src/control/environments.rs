@@ -1,9 +1,10 @@
 //! Environments of a project, with budgets and quotas (quota bodies parsed to millicores and MiB).
 
+use crate::extract::{Body, Path};
 use crate::views;
 use crate::views::Environment;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_domain::spec::{validate_environment_name, validate_word};
 use enclii_store::EnvironmentChange;
@@ -12,7 +13,6 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, Created, check};
@@ -94,6 +94,7 @@ fn check_budget(budget: Option<i64>) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/environments", tag = "environments",
+    params(("project" = String, Path, description = "Project slug")),
     request_body = NewEnvironment, responses((status = 201, body = Environment)))]
 pub async fn create_environment(
     State(state): State<AppState>,
@@ -122,6 +123,7 @@ pub async fn create_environment(
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/environments", tag = "environments",
+    params(("project" = String, Path, description = "Project slug")),
     responses((status = 200, body = [Environment])))]
 pub async fn list_environments(
     State(state): State<AppState>,
@@ -142,6 +144,8 @@ pub struct EnvironmentUpdate {
 }
 
 #[utoipa::path(patch, path = "/v1/projects/{project}/environments/{environment}", tag = "environments",
+    params(("project" = String, Path, description = "Project slug"),
+           ("environment" = String, Path, description = "Environment name")),
     request_body = EnvironmentUpdate, responses((status = 200, body = Environment)))]
 pub async fn update_environment(
     State(state): State<AppState>,

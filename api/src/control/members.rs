@@ -3,22 +3,23 @@
 //! remove or demote it in the transaction of the change, so two Owners cannot remove each other
 //! at once; `enclii server recover-owner` is the operators' way back).
 
+use crate::extract::{Body, Path};
 use crate::views;
 use crate::views::RoleBinding;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal, Role};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::Answer;
 
 #[utoipa::path(get, path = "/v1/projects/{project}/members", tag = "members",
+    params(("project" = String, Path, description = "Project slug")),
     responses((status = 200, body = [RoleBinding])))]
 pub async fn list_members(
     State(state): State<AppState>,
@@ -38,7 +39,9 @@ pub struct MemberBody {
 
 /// Grants `subject` a role on a project (`*` for every project). Nobody grants above their own role;
 /// the last Owner on `*` cannot be demoted.
-#[utoipa::path(put, path = "/v1/projects/{project}/members/{subject}", tag = "members", request_body = MemberBody,
+#[utoipa::path(put, path = "/v1/projects/{project}/members/{subject}", tag = "members",
+    params(("project" = String, Path, description = "Project slug"),
+           ("subject" = String, Path, description = "Member subject (as in the role binding)")), request_body = MemberBody,
     responses((status = 200, body = RoleBinding),
               (status = 409, body = crate::Problem, description = "it would demote the last Owner on `*`")))]
 pub async fn put_member(
@@ -67,6 +70,8 @@ pub async fn put_member(
 
 /// Removes `subject`'s role on a project (`*`: its platform-wide role); never the last Owner on `*`.
 #[utoipa::path(delete, path = "/v1/projects/{project}/members/{subject}", tag = "members",
+    params(("project" = String, Path, description = "Project slug"),
+           ("subject" = String, Path, description = "Member subject (as in the role binding)")),
     responses((status = 204),
               (status = 409, body = crate::Problem, description = "it would remove the last Owner on `*`")))]
 pub async fn delete_member(

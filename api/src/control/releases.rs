@@ -1,10 +1,11 @@
 //! Releases: list, build a commit, read one with its provenance; a project's pipeline runs and
 //! GitHub deliveries.
 
+use crate::extract::{Body, Path, Query};
 use crate::views;
 use crate::views::{Delivery, Release, ReleaseStep};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_store::{BuildTrigger, ReleaseTrigger};
 use serde::{Deserialize, Serialize};
@@ -13,18 +14,19 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, check};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
     /// At most this many (default 50).
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/releases", tag = "releases", params(Paging),
+#[utoipa::path(get, path = "/v1/projects/{project}/releases", tag = "releases",
+    params(("project" = String, Path, description = "Project slug"), Paging),
     responses((status = 200, body = [Release])))]
 pub async fn list_project_releases(
     State(state): State<AppState>,
@@ -41,7 +43,10 @@ pub async fn list_project_releases(
     )))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases", params(Paging),
+#[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name"),
+           Paging),
     responses((status = 200, body = [Release])))]
 pub async fn list_releases(
     State(state): State<AppState>,
@@ -83,6 +88,8 @@ pub struct BuildStarted {
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases",
+    params(("project" = String, Path, description = "Project slug"),
+           ("service" = String, Path, description = "Service name")),
     request_body = BuildRequestBody, responses((status = 202, body = BuildStarted)))]
 pub async fn build_release(
     State(state): State<AppState>,
@@ -132,7 +139,8 @@ pub struct PipelineSummary {
 }
 
 /// Recent build-and-deploy runs of a project: each release with its pipeline's state and steps.
-#[utoipa::path(get, path = "/v1/projects/{project}/pipelines", tag = "releases", params(Paging),
+#[utoipa::path(get, path = "/v1/projects/{project}/pipelines", tag = "releases",
+    params(("project" = String, Path, description = "Project slug"), Paging),
     responses((status = 200, body = [PipelineSummary])))]
 pub async fn list_pipelines(
     State(state): State<AppState>,
@@ -160,7 +168,8 @@ pub async fn list_pipelines(
 }
 
 /// GitHub deliveries that reached a project, newest first, with what became of each.
-#[utoipa::path(get, path = "/v1/projects/{project}/deliveries", tag = "webhooks", params(Paging),
+#[utoipa::path(get, path = "/v1/projects/{project}/deliveries", tag = "webhooks",
+    params(("project" = String, Path, description = "Project slug"), Paging),
     responses((status = 200, body = [Delivery])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
@@ -186,7 +195,8 @@ pub struct ReleaseDetail {
     steps: Vec<ReleaseStep>,
 }
 
-#[utoipa::path(get, path = "/v1/releases/{id}", tag = "releases", responses((status = 200, body = ReleaseDetail)))]
+#[utoipa::path(get, path = "/v1/releases/{id}", tag = "releases",
+    params(("id" = i64, Path, description = "Release id")), responses((status = 200, body = ReleaseDetail)))]
 pub async fn get_release(
     State(state): State<AppState>,
     principal: Principal,

@@ -2,8 +2,9 @@
 //! service names a repository holds it; an Admin of that project grants (and revokes) other
 //! projects' access. See `enclii_store`'s `repositories` module for where it is enforced.
 
+use crate::extract::{Body, Path};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{validate_git_url, validate_slug};
@@ -12,7 +13,6 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 use crate::views::{self, RepositoryAccess};
 

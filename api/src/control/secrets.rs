@@ -1,10 +1,11 @@
 //! Secrets scoped to a project, an environment or a service: set, list (names and versions, never
 //! values), delete.
 
+use crate::extract::{Body, Path, Query};
 use crate::views;
 use crate::views::SecretMeta;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_domain::secrets::is_platform_secret;
 use enclii_store::SecretScope;
@@ -13,12 +14,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
 use crate::state::AppState;
 
 use super::{Answer, check, field};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SecretPlace {
     environment: Option<String>,
     service: Option<String>,
@@ -74,7 +75,9 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
-#[utoipa::path(put, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets", request_body = SecretValue,
+#[utoipa::path(put, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
+    params(("project" = String, Path, description = "Project slug"),
+           ("name" = String, Path, description = "Secret name")), request_body = SecretValue,
     responses((status = 200, body = SecretMeta)))]
 pub async fn set_secret(
     State(state): State<AppState>,
@@ -105,7 +108,8 @@ pub async fn set_secret(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/secrets", tag = "secrets", params(SecretPlace),
+#[utoipa::path(get, path = "/v1/projects/{project}/secrets", tag = "secrets",
+    params(("project" = String, Path, description = "Project slug"), SecretPlace),
     responses((status = 200, body = [SecretMeta], description = "names and versions; never values")))]
 pub async fn list_secrets(
     State(state): State<AppState>,
@@ -122,7 +126,10 @@ pub async fn list_secrets(
     )))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets", params(SecretPlace),
+#[utoipa::path(delete, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
+    params(("project" = String, Path, description = "Project slug"),
+           ("name" = String, Path, description = "Secret name"),
+           SecretPlace),
     responses((status = 204)))]
 pub async fn delete_secret(
     State(state): State<AppState>,

@@ -52,6 +52,7 @@ pub struct NewTokenBody {
     /// Restrict the token to one project.
     project: Option<String>,
     /// Days until it expires (default 90, at most 365).
+    #[schema(minimum = 1, maximum = 365)]
     expires_in_days: Option<u32>,
 }
 
@@ -174,6 +175,7 @@ pub async fn list_tokens(State(state): State<AppState>, principal: Principal) ->
 
 /// Revokes one of your tokens (Admins and Owners of the platform may revoke anyone's).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id (the public part of `enclii_pat_<id>_<secret>`)")),
     responses((status = 204),
               (status = 403, body = crate::Problem, content_type = "application/problem+json", description = "the token lacks the `tokens` scope or is restricted to a project"),
               (status = 404, body = crate::Problem, content_type = "application/problem+json")))]
