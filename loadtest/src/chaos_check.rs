@@ -197,12 +197,16 @@ pub async fn checks(
         .await?
         .into_iter()
         .collect();
-    // (project, service, sha) → (id, status)
+    // (project, service, sha) → (id, status); failures by id
     let mut releases: BTreeMap<(String, String, String), (i64, String)> = BTreeMap::new();
-    let rows = sqlx::query("SELECT project, service, git_sha, id, status FROM releases")
+    let mut failures: BTreeMap<i64, String> = BTreeMap::new();
+    let rows = sqlx::query("SELECT project, service, git_sha, id, status, failure FROM releases")
         .fetch_all(&mut conn)
         .await?;
     for row in rows {
+        if let Some(failure) = row.get::<Option<String>, _>(5) {
+            failures.insert(row.get(3), failure);
+        }
         releases.insert((row.get(0), row.get(1), row.get(2)), (row.get::<i64, _>(3), row.get(4)));
     }
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
@@ -306,14 +310,15 @@ pub async fn checks(
             .iter()
             .filter(|((p, n, _), _)| p == &s.project && n == &s.name)
             .max_by_key(|(_, (id, _))| *id);
-        let Some(((_, _, sha), (_, status))) = newest else {
+        let Some(((_, _, sha), (id, status))) = newest else {
             wrong.push(json!({"service": s.name, "problem": "no release"}));
             continue;
         };
         if sha != &last.sha {
             wrong.push(json!({"service": s.name, "newest_release": sha, "newest_push": last.sha}));
         } else if s.repo_dir.is_some() && status != "ready" {
-            wrong.push(json!({"service": s.name, "newest_release_status": status}));
+            wrong.push(json!({"service": s.name, "newest_release": id, "status": status,
+                              "failure": failures.get(id).map(|f| f.chars().take(300).collect::<String>())}));
         }
     }
     out.push(check(
