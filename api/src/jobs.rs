@@ -20,7 +20,9 @@ use crate::state::{AppState, find_job, find_pipeline};
 pub struct EnqueueRequest {
     kind: String,
     project: String,
+    /// The kind's payload, a JSON object (`null` or absent: `{}`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     payload: serde_json::Value,
     run_at: Option<DateTime<Utc>>,
     unique_key: Option<String>,
