@@ -3,7 +3,7 @@
 use crate::views;
 use crate::views::Route;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_domain::spec::{validate_hostname, validate_url_path};
 use enclii_store::NewRoute;
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::Body;
+use crate::extract::{Body, Path};
 use crate::state::AppState;
 
 use super::{Answer, Created, check};

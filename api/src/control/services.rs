@@ -2,7 +2,7 @@
 
 use crate::views::{Service, SpecVersion};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat};
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::{ApiError, FieldError};
-use crate::extract::RawBody;
+use crate::extract::{Path, Query, RawBody};
 use crate::state::AppState;
 
 use super::{Answer, field};
