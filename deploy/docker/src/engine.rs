@@ -197,25 +197,14 @@ impl DockerTarget {
 
     /// The service's containers (all releases, or one), running or not: (name, release).
     pub(crate) async fn containers(&self, key: &ServiceKey, release: Option<i64>) -> Result<Vec<(String, i64, bool)>> {
-        let mut labels = vec![
-            format!("{LABEL_PROJECT}={}", key.project),
-            format!("{LABEL_ENVIRONMENT}={}", key.environment),
-            format!("{LABEL_SERVICE}={}", key.service),
-            format!("{LABEL_ROLE}=replica"),
-        ];
+        let mut labels = Self::service_labels(key);
+        labels.push(format!("{LABEL_ROLE}=replica"));
         if let Some(release) = release {
             labels.push(format!("{LABEL_RELEASE}={release}"));
         }
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([("label".to_string(), labels)]))
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(docker_error("listing containers"))?;
-        Ok(list
+        Ok(self
+            .labelled_containers(labels)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let name = c.names?.first()?.trim_start_matches('/').to_string();
@@ -224,6 +213,18 @@ impl DockerTarget {
                 Some((name, release, running))
             })
             .collect())
+    }
+
+    /// Every container, running or not, carrying all of `labels` (`key=value`).
+    async fn labelled_containers(&self, labels: Vec<String>) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_string(), labels)]))
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error("listing containers"))
     }
 
     pub(crate) async fn replica_addrs(&self, key: &ServiceKey, release: i64) -> Result<Vec<SocketAddr>> {
@@ -275,16 +276,9 @@ impl DockerTarget {
     /// Every container of the service, replicas and job runs, running or not: (id, mounted
     /// volume names).
     async fn service_containers(&self, key: &ServiceKey) -> Result<Vec<(String, Vec<String>)>> {
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([("label".to_string(), Self::service_labels(key))]))
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(docker_error("listing containers"))?;
-        Ok(list
+        Ok(self
+            .labelled_containers(Self::service_labels(key))
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let volumes = c
