@@ -44,22 +44,15 @@ impl PostgresQueue {
             return Ok(Vec::new());
         }
         self.promote_due().await?;
+        let mut tx = self.pool.begin_with(CLAIM_BEGIN).await.map_err(err)?;
+        let conn: &mut PgConnection = &mut tx;
         // Distinct projects with available work (a loose index scan, one probe per project), and
         // whether any of them has limits.
-        let rows = sqlx::query(
-            "WITH RECURSIVE p(project) AS (
-                 (SELECT project FROM roundhouse_jobs WHERE state = 'available' ORDER BY project LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT j.project FROM roundhouse_jobs j WHERE j.state = 'available' AND j.project > p.project
-                         ORDER BY j.project LIMIT 1)
-                 FROM p WHERE p.project IS NOT NULL)
-             SELECT p.project, EXISTS (SELECT 1 FROM roundhouse_project_limits l WHERE l.project = p.project) AS limited
-             FROM p WHERE p.project IS NOT NULL LIMIT $1",
-        )
-        .bind(MAX_PROJECTS_PER_CLAIM as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err)?;
+        let rows = sqlx::query(PROJECTS_WITH_WORK)
+            .bind(MAX_PROJECTS_PER_CLAIM as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err)?;
         let mut projects = Vec::with_capacity(rows.len());
         let mut any_limited = false;
         for row in &rows {
@@ -68,15 +61,15 @@ impl PostgresQueue {
         }
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
         if !any_limited {
-            // The common case: one autocommit statement; SKIP LOCKED keeps concurrent claims apart.
+            // The common case: one statement; SKIP LOCKED keeps concurrent claims apart.
             let candidates: Vec<Candidate> = projects
                 .into_iter()
                 .map(|project| Candidate { project, room: None })
                 .collect();
-            return take(&self.pool, &fair_quotas(&candidates, request.limit, rotation), request).await;
+            let jobs = take(&mut *conn, &fair_quotas(&candidates, request.limit, rotation), request).await?;
+            tx.commit().await.map_err(err)?;
+            return Ok(jobs);
         }
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let conn: &mut PgConnection = &mut tx;
         // Lock the limits of these projects first, then count their running jobs in a later
         // statement, whose snapshot sees every claim committed before the lock was granted.
         let limit_rows = sqlx::query(
@@ -200,6 +193,24 @@ impl PostgresQueue {
     }
 }
 
+/// Opens a claim's transaction. Its statements must walk the partial `available` index in
+/// (project, priority, id) order and stop after LIMIT rows: then a claim costs the same whether
+/// ten or a million jobs wait. Without statistics (autovacuum off, or not yet run after a bulk
+/// enqueue) the planner expects one available row and picks a bitmap scan that reads and sorts
+/// *every* available row instead — 111 ms a claim with 200,000 waiting (issue 21). Planner
+/// settings scoped to the transaction rule that plan out; no other statement is affected.
+pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+
+/// Distinct projects with available work: a loose index scan over the `available` index.
+pub(super) const PROJECTS_WITH_WORK: &str = "WITH RECURSIVE p(project) AS (
+         (SELECT project FROM roundhouse_jobs WHERE state = 'available' ORDER BY project LIMIT 1)
+         UNION ALL
+         SELECT (SELECT j.project FROM roundhouse_jobs j WHERE j.state = 'available' AND j.project > p.project
+                 ORDER BY j.project LIMIT 1)
+         FROM p WHERE p.project IS NOT NULL)
+     SELECT p.project, EXISTS (SELECT 1 FROM roundhouse_project_limits l WHERE l.project = p.project) AS limited
+     FROM p WHERE p.project IS NOT NULL LIMIT $1";
+
 /// Leases up to each project's quota of available jobs, by priority then age, in one statement.
 pub(super) async fn take<'c>(
     conn: impl sqlx::PgExecutor<'c>,
@@ -209,7 +220,21 @@ pub(super) async fn take<'c>(
     if quotas.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(take_sql()))
+        .bind(quotas.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
+        .bind(quotas.iter().map(|(_, n)| *n as i32).collect::<Vec<_>>())
+        .bind(&request.kinds)
+        .bind(&request.worker)
+        .bind(request.lease.as_millis() as i64)
+        .fetch_all(conn)
+        .await
+        .map_err(err)?;
+    rows.iter().map(claimed).collect()
+}
+
+/// The claim statement: $1 projects, $2 their quotas, $3 kinds, $4 worker, $5 lease in ms.
+pub(super) fn take_sql() -> String {
+    format!(
         "WITH quota AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(project, n)),
               picked AS (
                   SELECT c.id FROM quota q CROSS JOIN LATERAL (
@@ -220,17 +245,7 @@ pub(super) async fn take<'c>(
              attempted_at = now(), lease_expires_at = now() + $5 * interval '1 millisecond'
          FROM picked WHERE j.id = picked.id
          RETURNING {CLAIMED_COLUMNS}"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(quotas.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
-        .bind(quotas.iter().map(|(_, n)| *n as i32).collect::<Vec<_>>())
-        .bind(&request.kinds)
-        .bind(&request.worker)
-        .bind(request.lease.as_millis() as i64)
-        .fetch_all(conn)
-        .await
-        .map_err(err)?;
-    rows.iter().map(claimed).collect()
+    )
 }
 
 pub(super) fn claimed(row: &PgRow) -> Result<ClaimedJob> {

@@ -5,13 +5,18 @@
 //!   counts, then one `UPDATE … FROM (LATERAL … FOR UPDATE SKIP LOCKED)` per claim batch;
 //! - acknowledgements are applied in one statement per batch (`unnest` arrays);
 //! - enqueue sends one `NOTIFY roundhouse_jobs` per transaction (Postgres folds duplicates), never
-//!   one per row; workers also poll, so a lost notification only costs latency.
+//!   one per row; workers also poll, so a lost notification only costs latency;
+//! - the queue vacuums and analyzes its own tables when they need it ([`upkeep`]): claim cost
+//!   stays flat under deep backlogs whether autovacuum runs or not.
 
 mod claim;
 mod completion;
 mod enqueue;
 mod operators;
 mod reaper;
+#[cfg(test)]
+mod tests;
+pub mod upkeep;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize};
@@ -54,11 +59,13 @@ pub struct PostgresQueue {
     rotation: AtomicUsize,
     last_promotion_ms: AtomicI64,
     listener: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PostgresQueue {
     fn drop(&mut self) {
         self.listener.abort();
+        self.upkeep.abort();
     }
 }
 
@@ -88,12 +95,14 @@ impl PostgresQueue {
         })?;
         let notify = Arc::new(Wakeup::default());
         let listener = tokio::spawn(listen(pool.clone(), notify.clone()));
+        let upkeep = tokio::spawn(upkeep::upkeep_loop(pool.clone()));
         Ok(Self {
             pool,
             notify,
             rotation: AtomicUsize::new(0),
             last_promotion_ms: AtomicI64::new(0),
             listener,
+            upkeep,
         })
     }
 
