@@ -115,9 +115,21 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
     // sorts every waiting row per claim; guarded, it keeps the index walk.
     let dear = "; SET LOCAL enable_indexscan = off";
     let unguarded = plan(db.pool(), &format!("BEGIN{dear}"), &take_sql(), take_with_literals).await;
-    assert!(unguarded.contains("Sort") && unguarded.contains("Bitmap"), "{unguarded}");
-    let guarded = plan(db.pool(), &format!("{CLAIM_BEGIN}{dear}"), &take_sql(), take_with_literals).await;
-    assert!(guarded.contains("Index Scan using roundhouse_jobs_available"), "{guarded}");
+    assert!(
+        unguarded.contains("Sort") && unguarded.contains("Bitmap"),
+        "{unguarded}"
+    );
+    let guarded = plan(
+        db.pool(),
+        &format!("{CLAIM_BEGIN}{dear}"),
+        &take_sql(),
+        take_with_literals,
+    )
+    .await;
+    assert!(
+        guarded.contains("Index Scan using roundhouse_jobs_available"),
+        "{guarded}"
+    );
     assert!(!guarded.contains("Sort") && !guarded.contains("Bitmap"), "{guarded}");
 }
 
