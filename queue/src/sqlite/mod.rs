@@ -4,11 +4,13 @@
 //! serialises claims across every process sharing the file: caps and fairness are exact. The
 //! database runs in WAL mode with `synchronous = NORMAL` (durable across process crashes; a power
 //! loss may drop the last few commits). Workers in the same process are woken through an in-memory
-//! notification; other processes poll.
+//! notification, those in other processes by a doorbell ([`doorbell`]); all of them also poll.
 
 mod claim;
 mod completion;
 mod decode;
+#[cfg(unix)]
+mod doorbell;
 mod enqueue;
 mod operators;
 mod reaper;
@@ -44,6 +46,8 @@ pub struct SqliteQueue {
     notify: Arc<Wakeup>,
     rotation: AtomicUsize,
     writer: Mutex<()>,
+    #[cfg(unix)]
+    doorbells: Option<doorbell::Doorbells>,
 }
 
 impl SqliteQueue {
@@ -86,11 +90,28 @@ impl SqliteQueue {
         if in_memory {
             MIGRATOR.run(&pool).await.map_err(migration_failed)?;
         }
+        let notify = Arc::new(Wakeup::default());
+        #[cfg(unix)]
+        let doorbells = if in_memory {
+            None
+        } else {
+            let database = pool.connect_options().get_filename().to_path_buf();
+            match doorbell::Doorbells::open(&database, notify.clone()) {
+                Ok(doorbells) => Some(doorbells),
+                Err(e) => {
+                    tracing::warn!(error = %e, database = %database.display(),
+                        "cannot open the queue's doorbell; workers in other processes learn of new jobs by polling (1 s)");
+                    None
+                }
+            }
+        };
         Ok(Self {
             pool,
-            notify: Arc::new(Wakeup::default()),
+            notify,
             rotation: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            #[cfg(unix)]
+            doorbells,
         })
     }
 
@@ -108,8 +129,13 @@ impl SqliteQueue {
         Ok((guard, tx))
     }
 
+    /// Wakes waiting workers: this process's directly, other processes' through their doorbells.
     fn wake(&self) {
         self.notify.wake();
+        #[cfg(unix)]
+        if let Some(doorbells) = &self.doorbells {
+            doorbells.ring();
+        }
     }
 }
 
