@@ -26,8 +26,8 @@ use super::err;
 pub(super) const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 /// How long a VACUUM or ANALYZE waits for its table lock before giving up for this round.
 const LOCK_TIMEOUT: &str = "1s";
-/// Advisory lock key: one upkeep at a time across every process on the database.
-pub(super) const UPKEEP_LOCK: i64 = 0x726f_756e_6468_6f75; // "roundhou"
+/// Advisory lock key (session level): one upkeep at a time across every process on the database.
+pub const UPKEEP_LOCK: i64 = 0x726f_756e_6468_6f75; // "roundhou"
 /// The tables the upkeep looks after: every claim, ack and prune rewrites rows of these.
 const TABLES: [&str; 2] = ["roundhouse_jobs", "roundhouse_pipelines"];
 
