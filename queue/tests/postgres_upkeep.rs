@@ -7,19 +7,13 @@ use std::time::Duration;
 
 use enclii_queue::postgres::PostgresQueue;
 use enclii_queue::postgres::upkeep::{UPKEEP_LOCK, Upkeep, UpkeepPolicy, upkeep_once};
-use enclii_queue::{Ack, Backend, ClaimRequest, Outcome};
+use enclii_queue::{Ack, Backend, ClaimRequest, NewJob, Outcome};
+use serde_json::json;
 
-/// `n` available jobs of one project, inserted in one statement.
-async fn backlog(queue: &PostgresQueue, n: i64) {
-    sqlx::query(
-        "INSERT INTO roundhouse_jobs (kind, project, payload, state, priority, max_attempts, timeout_ms,
-                                      backoff_base_ms, backoff_max_ms)
-         SELECT 'noop', 'acme', '{}', 'available', 2, 3, 60000, 1000, 60000 FROM generate_series(1, $1)",
-    )
-    .bind(n)
-    .execute(queue.pool())
-    .await
-    .unwrap();
+/// `n` available jobs of one project.
+async fn backlog(queue: &PostgresQueue, n: usize) {
+    let jobs = (0..n).map(|i| NewJob::new("noop", "acme", json!({ "n": i }))).collect();
+    queue.enqueue(jobs).await.unwrap();
 }
 
 #[tokio::test]
