@@ -160,6 +160,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Returns when new work may be available (a notification), or after `timeout`.
     async fn wait_for_work(&self, timeout: Duration);
+
+    /// Makes every pipeline id handed out from now on greater than `pipeline`, and every job id
+    /// greater than `job`; never lowers them. A queue that can lose its data while the caller
+    /// keeps ids (Redis restarted without persistence, while the control plane still names runs
+    /// and jobs by id) implements it; a queue whose sequences live with the caller's data (the
+    /// SQL backends, in the control plane's own database) has nothing to do.
+    async fn ensure_ids_above(&self, pipeline: PipelineId, job: JobId) -> Result<()> {
+        let _ = (pipeline, job);
+        Ok(())
+    }
 }
 
 /// Wakes a waiting claim loop when work may have arrived.

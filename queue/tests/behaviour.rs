@@ -460,6 +460,51 @@ async fn a_newer_pipeline_supersedes_the_older(q: Arc<dyn Backend>) {
     assert!(other.superseded.is_empty(), "another branch is not superseded");
 }
 
+/// A step still running when its run is superseded may finish afterwards (its worker had not yet
+/// heard of the cancel): its completion must not release the superseded run's later steps, which
+/// stay cancelled, whether it completes, fails or is handed back, and wherever the run stood
+/// (before a fan-out, inside it).
+async fn a_superseded_runs_step_finishing_late_releases_nothing(q: Arc<dyn Backend>) {
+    let key = Some("svc:late:branch:main");
+    let old = q.enqueue_pipeline(diamond(key)).await.unwrap();
+    let a = claim(&q, 10).await.remove(0);
+    let new = q.enqueue_pipeline(diamond(key)).await.unwrap();
+    ack(&q, &a, Outcome::Completed).await;
+    let record = q.pipeline(old.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Superseded);
+    for s in record.steps.iter().filter(|s| s.name != "a") {
+        assert_eq!(s.state, JobState::Cancelled, "step `{}` of the superseded run", s.name);
+    }
+    // Only the new run's first step is claimable.
+    let next = claim_eventually(&q, 2, Duration::from_millis(500)).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!((next[0].pipeline, next[0].step.as_deref()), (Some(new.id), Some("a")));
+
+    // Inside a fan-out: `b` completes and `c` fails after the run was superseded.
+    ack(&q, &next[0], Outcome::Completed).await;
+    let mut bc = claim_eventually(&q, 2, Duration::from_secs(2)).await;
+    bc.sort_by_key(|j| j.step.clone());
+    let newer = q.enqueue_pipeline(diamond(key)).await.unwrap();
+    assert_eq!(newer.superseded, vec![new.id]);
+    ack(&q, &bc[0], Outcome::Completed).await;
+    let policy = JobPolicy::default();
+    ack(&q, &bc[1], Outcome::failure(1, &policy, "flaky".into(), Utc::now())).await;
+    let record = q.pipeline(new.id).await.unwrap().unwrap();
+    assert_eq!(record.state, PipelineState::Superseded);
+    let by_name = |name: &str| record.steps.iter().find(|s| s.name == name).unwrap().state;
+    assert_eq!(by_name("b"), JobState::Completed);
+    assert_eq!(
+        by_name("c"),
+        JobState::Cancelled,
+        "a retry of a superseded step is cancelled"
+    );
+    assert_eq!(by_name("d"), JobState::Cancelled);
+    assert_eq!(by_name("e"), JobState::Cancelled);
+    let next = claim_eventually(&q, 3, Duration::from_millis(500)).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!((next[0].pipeline, next[0].step.as_deref()), (Some(newer.id), Some("a")));
+}
+
 async fn pipeline_unique_key_gives_one_run(q: Arc<dyn Backend>) {
     let mut p = diamond(None);
     p.unique_key = Some("gh-delivery-42".into());
@@ -806,6 +851,7 @@ on_every_backend!(
     pipelines_fan_out_and_fan_in,
     a_failed_step_fails_the_run_and_retry_resumes_it,
     a_newer_pipeline_supersedes_the_older,
+    a_superseded_runs_step_finishing_late_releases_nothing,
     pipeline_unique_key_gives_one_run,
     invalid_input_is_rejected_with_the_field,
     finished_jobs_are_pruned_after_retention,

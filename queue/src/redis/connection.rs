@@ -1,4 +1,5 @@
-//! The connection: the eviction policy check, the wake-up listener, errors without credentials.
+//! The connection: the eviction policy and persistence checks, the wake-up listener, errors
+//! without credentials.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,15 +17,20 @@ use super::decode::*;
 /// The server's `maxmemory-policy`; `None` when it cannot be read (managed Redis services often
 /// disable CONFIG).
 pub(super) async fn maxmemory_policy(con: &mut ConnectionManager) -> Option<String> {
-    let reply: Value = match ::redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(con)
-        .await
-    {
+    config_value(con, "maxmemory-policy").await
+}
+
+/// The server's persistence settings: (`appendonly`, `save`); each `None` when it cannot be read.
+pub(super) async fn persistence(con: &mut ConnectionManager) -> (Option<String>, Option<String>) {
+    (config_value(con, "appendonly").await, config_value(con, "save").await)
+}
+
+/// One `CONFIG GET` value; `None` when it cannot be read.
+async fn config_value(con: &mut ConnectionManager, name: &str) -> Option<String> {
+    let reply: Value = match ::redis::cmd("CONFIG").arg("GET").arg(name).query_async(con).await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::debug!(error = %e, "cannot read the Redis maxmemory-policy");
+            tracing::debug!(error = %e, setting = name, "cannot read a Redis setting");
             return None;
         }
     };
@@ -46,6 +52,27 @@ pub(super) fn warn_if_evicting(policy: Option<&str>) {
             maxmemory_policy = policy,
             "Redis may evict keys (maxmemory-policy is `{policy}`): evicted keys lose jobs and can make \
              job ids be reused; the Redis used for the queue must run with `maxmemory-policy noeviction`"
+        );
+    }
+}
+
+/// A server with neither an append-only file nor snapshots keeps the queue only in memory: its
+/// restart empties it. Enclii notices releases whose pipeline was lost and builds them again, and
+/// raises the id sequences above the ids the control plane holds, but every other queued job is
+/// gone. Not refused (tests and benchmarks run such a server), but said loudly. Settings that
+/// cannot be read (CONFIG disabled) say nothing.
+pub(super) fn warn_if_volatile(appendonly: Option<&str>, save: Option<&str>) {
+    let (Some(appendonly), Some(save)) = (appendonly, save) else {
+        return;
+    };
+    if appendonly.eq_ignore_ascii_case("no") && save.trim().is_empty() {
+        tracing::warn!(
+            appendonly,
+            save,
+            "Redis persists nothing (appendonly no, no save points): a Redis restart loses every queued job. \
+             Enclii rebuilds releases whose pipeline was lost, but jobs outside releases (cron runs, deploys \
+             and rollbacks, teardowns, cost samples, …) are lost; run the Redis used for the queue with \
+             `appendonly yes`"
         );
     }
 }

@@ -1,9 +1,10 @@
-//! Enqueueing jobs and pipelines: one script call per chunk of jobs, one per pipeline.
+//! Enqueueing jobs and pipelines: one script call per chunk of jobs, one per pipeline; and the id
+//! sequences they draw from, raised after a data loss so that ids are never handed out again.
 
 use ::redis::Value;
 
 use crate::error::{QueueError, Result};
-use crate::job::{Enqueued, NewJob};
+use crate::job::{Enqueued, JobId, NewJob, PipelineId};
 use crate::pipeline::{NewPipeline, PipelineEnqueued};
 
 use super::decode::*;
@@ -128,5 +129,24 @@ impl RedisQueue {
             }
             _ => Err(corrupt("enqueue_pipeline reply has the wrong shape")),
         }
+    }
+
+    /// Raises `pseq` and `seq` to at least the floors in one script (never lowers them), so that
+    /// the next pipeline and job ids are above every id the caller still holds.
+    pub(super) async fn raise_id_floors(&self, pipeline: PipelineId, job: JobId) -> Result<()> {
+        let v: Value = self
+            .scripts
+            .ensure_ids
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(pipeline.max(0))
+            .arg(job.max(0))
+            .invoke_async(&mut self.con())
+            .await?;
+        let raised = strings(v, "ensure_ids reply")?;
+        if raised.len() != 2 {
+            return Err(corrupt("ensure_ids reply has the wrong shape"));
+        }
+        Ok(())
     }
 }

@@ -8,7 +8,9 @@
 //!   reset, unlike attempt), run_at_ms, created_at_ms, attempted_at_ms, finished_at_ms,
 //!   lease_expires_at_ms and worker (meaningful only while running), cancel_requested,
 //!   unique_key, pipeline, step, needs / dependents (JSON arrays), deps_remaining, last_error.
-//!   Ids come from `INCRBY seq`.
+//!   Ids come from `INCRBY seq`. The sequences live only here: a Redis restart without
+//!   persistence starts them again from 1, so the control plane raises them above the ids it
+//!   still holds (`ensure_ids.lua`, [`Backend::ensure_ids_above`]).
 //! - `avail:{len(kind)}:{kind}:{project}` zset of available jobs, scored `priority * 2^36 + id`
 //!   (lower priority first, then oldest); `projects:{kind}` set of projects with available jobs of
 //!   that kind; `avail_at:{kind}` zset of available jobs by `run_at` (oldest-available stats).
@@ -61,7 +63,7 @@ use crate::error::Result;
 use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobRecord, Lease, NewJob, PipelineId};
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord};
 
-use connection::{listen, maxmemory_policy, unavailable, warn_if_evicting};
+use connection::{listen, maxmemory_policy, persistence, unavailable, warn_if_evicting, warn_if_volatile};
 use scripts::Scripts;
 
 const NAME: &str = "redis";
@@ -115,6 +117,8 @@ impl RedisQueue {
             .await
             .map_err(|e| unavailable(url, &e))?;
         warn_if_evicting(maxmemory_policy(&mut con).await.as_deref());
+        let (appendonly, save) = persistence(&mut con).await;
+        warn_if_volatile(appendonly.as_deref(), save.as_deref());
         let scripts = Scripts::new();
         for script in scripts.all() {
             script.load_async(&mut con).await.map_err(|e| unavailable(url, &e))?;
@@ -215,5 +219,9 @@ impl Backend for RedisQueue {
 
     async fn wait_for_work(&self, timeout: Duration) {
         self.notify.wait(timeout).await;
+    }
+
+    async fn ensure_ids_above(&self, pipeline: PipelineId, job: JobId) -> Result<()> {
+        self.raise_id_floors(pipeline, job).await
     }
 }

@@ -71,6 +71,10 @@ const LUA_STATS: &str = include_str!("stats.lua");
 /// ARGV: prefix, project, max_running ('' = none), jobs_per_minute ('' = none).
 const LUA_SET_LIMITS: &str = include_str!("set_limits.lua");
 
+/// ARGV: prefix, pipeline floor, job floor. Raises `pseq` and `seq` to at least the floors (never
+/// lowers them). Returns the two sequences after.
+const LUA_ENSURE_IDS: &str = include_str!("ensure_ids.lua");
+
 pub(super) struct Scripts {
     pub(super) enqueue: Script,
     pub(super) enqueue_pipeline: Script,
@@ -85,6 +89,7 @@ pub(super) struct Scripts {
     pub(super) pipeline_read: Script,
     pub(super) stats: Script,
     pub(super) set_limits: Script,
+    pub(super) ensure_ids: Script,
 }
 
 impl Scripts {
@@ -106,10 +111,11 @@ impl Scripts {
             pipeline_read: s(LUA_PIPELINE_READ),
             stats: s(LUA_STATS),
             set_limits: s(LUA_SET_LIMITS),
+            ensure_ids: s(LUA_ENSURE_IDS),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 13] {
+    pub(super) fn all(&self) -> [&Script; 14] {
         [
             &self.enqueue,
             &self.enqueue_pipeline,
@@ -124,6 +130,7 @@ impl Scripts {
             &self.pipeline_read,
             &self.stats,
             &self.set_limits,
+            &self.ensure_ids,
         ]
     }
 }

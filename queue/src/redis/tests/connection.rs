@@ -68,3 +68,23 @@ async fn an_evicting_redis_is_warned_about() {
     assert_eq!(maxmemory_policy(&mut con).await, expected.get(1).cloned());
     assert!(expected.get(1).is_some());
 }
+
+#[tokio::test]
+async fn a_redis_without_persistence_is_warned_about() {
+    let warned = warnings_of(|| warn_if_volatile(Some("no"), Some("")));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    for words in ["restart loses every queued job", "rebuilds releases", "appendonly yes"] {
+        assert!(warned[0].contains(words), "{words}: {warned:?}");
+    }
+    // Either kind of persistence is enough; settings that cannot be read say nothing.
+    assert!(warnings_of(|| warn_if_volatile(Some("yes"), Some(""))).is_empty());
+    assert!(warnings_of(|| warn_if_volatile(Some("no"), Some("3600 1 300 100"))).is_empty());
+    assert!(warnings_of(|| warn_if_volatile(None, Some(""))).is_empty());
+    assert!(warnings_of(|| warn_if_volatile(Some("no"), None)).is_empty());
+    // connect reads both settings of the server.
+    let q = queue().await;
+    let mut con = q.con();
+    let (appendonly, save) = persistence(&mut con).await;
+    assert!(matches!(appendonly.as_deref(), Some("yes" | "no")), "{appendonly:?}");
+    assert!(save.is_some());
+}

@@ -3,6 +3,7 @@
 
 mod claims;
 mod connection;
+mod ids;
 mod leases;
 mod pipelines;
 mod prune;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::connection::{maxmemory_policy, warn_if_evicting};
+use super::connection::{maxmemory_policy, persistence, warn_if_evicting, warn_if_volatile};
 use super::*;
 use crate::backend::{Candidate, MAX_PROJECTS_PER_CLAIM, fair_quotas};
 use crate::error::QueueError;
