@@ -112,12 +112,20 @@ pub async fn cancel(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let job = find_job(&state, id).await?;
     principal.require_on(Permission::Deploy, &job.project, &format!("job {id}"))?;
-    let outcome = match state.backend.cancel(id).await? {
+    let cancelled = state.backend.cancel(id).await?;
+    let outcome = match cancelled {
         CancelOutcome::Cancelled => json!({"id": id, "result": "cancelled"}),
         CancelOutcome::Requested => json!({"id": id, "result": "cancel_requested"}),
         CancelOutcome::AlreadyFinished(s) => json!({"id": id, "result": "already_finished", "state": s}),
     };
     audit_queue(&state, &principal, "job.cancel", id.to_string(), &job.project).await;
+    // Cancelling a step cancels its run: the release it was building ends with it.
+    if let Some(pipeline) = job.pipeline
+        && !matches!(cancelled, CancelOutcome::AlreadyFinished(_))
+        && let Some(run) = state.backend.pipeline(pipeline).await?
+    {
+        fail_release_of_cancelled_run(&state, &run, &principal).await;
+    }
     Ok(Json(outcome))
 }
 
@@ -172,8 +180,14 @@ pub async fn cancel_pipeline(
         diff: json!({"steps": cancelled}),
     };
     state.store.audit(&principal.subject, change).await?;
-    // The release the run was building ends here too (a finished release is left alone).
-    if let Ok(release) = state.store.release_for_pipeline(id).await
+    fail_release_of_cancelled_run(&state, &pipeline, &principal).await;
+    Ok(Json(json!({"id": id, "cancelled_steps": cancelled})))
+}
+
+/// The release a cancelled run was building ends with it (a finished release is left alone, and
+/// so is a release that is not this run's: a queue that lost its data hands ids out again).
+async fn fail_release_of_cancelled_run(state: &AppState, run: &enclii_queue::PipelineRecord, principal: &Principal) {
+    if let Ok(Some(release)) = state.store.release_of_pipeline(run).await
         && release.status == enclii_store::ReleaseStatus::Building
     {
         let outcome = enclii_store::ReleaseOutcome {
@@ -182,7 +196,6 @@ pub async fn cancel_pipeline(
         };
         let _ = state.store.finish_release(release.id, &outcome).await;
     }
-    Ok(Json(json!({"id": id, "cancelled_steps": cancelled})))
 }
 
 /// Depth per kind, project and state: platform-wide, for operators.

@@ -1,5 +1,5 @@
 //! The job handlers of the build steps, and what every step does around its work: find the
-//! release, record the step's start and end, keep its log, archive the log, and on the last failed
+//! release (its run's, `run.rs`), record the step's start and end, keep its log, archive the log, and on the last failed
 //! attempt fail the release with the step's message.
 
 use std::collections::BTreeMap;
@@ -12,14 +12,14 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bollard::Docker;
 use enclii_domain::jobs;
+use enclii_domain::pipeline::RunSubject;
 use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{BuildType, ServiceSpec};
 use enclii_signing::{Secret, SigningKey};
-use enclii_store::{
-    Artefact, Release, ReleaseOutcome, ReleaseStatus, SecretScope, StepEnd, StepStatus, Store, StoreError,
-};
+use enclii_store::{Artefact, Release, ReleaseOutcome, SecretScope, StepEnd, StepStatus, Store};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 
+use crate::run::{RECORD_WAIT, StepRelease, release_for_step, stop_rest_of_run};
 use crate::workspace::{Workspace, contained};
 use crate::{ArtefactStore, BuildConfig, JobLog, StepError, detect, docker, git, lockfiles, sbom};
 
@@ -176,7 +176,9 @@ impl BuildSteps {
     }
 
     /// Runs one step of a release's pipeline around `work`, which returns the step's detail.
-    async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, work: F) -> Result<(), JobError>
+    /// `run` is what the step's payload says its run builds: the release is the run's only if it
+    /// is that service and commit ([`release_for_step`]).
+    async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, run: RunSubject, work: F) -> Result<(), JobError>
     where
         F: FnOnce(Release, JobLog) -> Fut,
         Fut: Future<Output = Result<StepDone, StepError>>,
@@ -187,19 +189,17 @@ impl BuildSteps {
                 "a `{step}` job runs as a step of a release's pipeline; build a commit (POST /v1/projects/{{p}}/services/{{s}}/releases) instead of enqueueing it alone"
             )));
         };
-        let release = match self.store.release_for_pipeline(pipeline).await {
-            Ok(release) => release,
-            // A rebuild of the commit moved the release to a newer run: this one has nothing to do.
-            Err(StoreError::NotFound(why)) => {
-                tracing::info!(pipeline, step, %why, "no release for this run any more; step skipped");
+        let release = match release_for_step(&self.store, pipeline, job, &run, RECORD_WAIT).await {
+            Ok(StepRelease::Work(release)) => *release,
+            Ok(StepRelease::Skip { reason, stop_run }) => {
+                tracing::info!(pipeline, step, %reason, "step skipped");
+                if stop_run && let Err(e) = stop_rest_of_run(self.store.queue().as_ref(), pipeline, job.id).await {
+                    tracing::warn!(pipeline, error = %e, "could not stop the rest of a run without a release");
+                }
                 return Ok(());
             }
             Err(e) => return Err(StepError::from(e).into_job_error()),
         };
-        if release.status != ReleaseStatus::Building {
-            tracing::info!(release = release.id, status = %release.status, step, "release no longer building; step skipped");
-            return Ok(());
-        }
         let attempt = job.attempt as i32;
         self.store
             .start_release_step(release.id, step, job.id, attempt)
@@ -644,21 +644,26 @@ impl BuildSteps {
 impl TypedHandler<jobs::Clone> for Steps {
     async fn handle(&self, job: jobs::Clone, ctx: &JobContext) -> Result<(), JobError> {
         self.0
-            .step(ctx, "clone", |release, log| {
-                self.0.clone_commit(&job, ctx, release, log)
-            })
+            .step(
+                ctx,
+                "clone",
+                RunSubject::new(&job.service, &job.commit),
+                |release, log| self.0.clone_commit(&job, ctx, release, log),
+            )
             .await
     }
 }
 
-/// The steps after `clone` need nothing from their payload: the release says it all.
+/// The steps after `clone` need nothing from their payload but what it builds: the release says
+/// the rest.
 macro_rules! release_step {
     ($kind:ty, $name:literal, |$steps:ident, $ctx:ident, $release:ident, $log:ident| $work:expr) => {
         #[async_trait]
         impl TypedHandler<$kind> for Steps {
-            async fn handle(&self, _job: $kind, $ctx: &JobContext) -> Result<(), JobError> {
+            async fn handle(&self, job: $kind, $ctx: &JobContext) -> Result<(), JobError> {
                 let $steps = &self.0;
-                $steps.step($ctx, $name, |$release, $log| $work).await
+                let run = RunSubject::new(&job.service, &job.commit);
+                $steps.step($ctx, $name, run, |$release, $log| $work).await
             }
         }
     };

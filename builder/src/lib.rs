@@ -16,6 +16,7 @@ mod git;
 mod handlers;
 mod limits;
 mod lockfiles;
+mod run;
 mod sbom;
 mod workspace;
 
@@ -25,4 +26,5 @@ pub use docker::{image_name, image_reference};
 pub use enclii_store::JobLog;
 pub use error::StepError;
 pub use handlers::{BuildSteps, lockbox_secret, project_signing_key, register};
+pub use run::{RECORD_WAIT, StepRelease, release_for_step, stop_rest_of_run};
 pub use sbom::{Inventory, Package, cyclonedx_json};

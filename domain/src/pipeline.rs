@@ -111,6 +111,36 @@ pub fn build_and_deploy(req: &BuildRequest) -> Result<NewPipeline, QueueError> {
     })
 }
 
+/// What a build-and-deploy run builds, as every one of its steps' payloads says (`service`,
+/// `commit`). A pipeline id alone does not name a release safely: a queue that lost its data
+/// (Redis restarted without persistence) hands ids out again, so a release is a run's only when
+/// its service and commit are the run's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSubject {
+    pub service: String,
+    pub commit: String,
+}
+
+impl RunSubject {
+    pub fn new(service: &str, commit: &str) -> Self {
+        Self {
+            service: service.to_string(),
+            commit: commit.to_string(),
+        }
+    }
+
+    /// Read from a step's payload; `None` for a job that is not a step of a build.
+    pub fn of_payload(payload: &serde_json::Value) -> Option<Self> {
+        let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
+        Some(Self::new(field("service")?, field("commit")?))
+    }
+
+    /// Whether a release of `service` at `commit` is this run's.
+    pub fn builds(&self, service: &str, commit: &str) -> bool {
+        self.service == service && self.commit.eq_ignore_ascii_case(commit)
+    }
+}
+
 /// Runs for the same service, branch and target environment supersede each other: a newer push
 /// cancels the older run, and closing a pull request cancels its preview's run.
 pub fn supersede_key(project: &str, service: &str, branch: &str, environment: Option<&str>) -> String {
@@ -191,6 +221,23 @@ mod tests {
             assert_eq!(trace::from_payload(&step.job.payload), Some(ctx), "{}", step.name);
             crate::jobs::validate(&step.job.kind, &step.job.payload).unwrap();
         }
+    }
+
+    #[test]
+    fn every_step_names_the_service_and_commit_it_builds() {
+        let p = build_and_deploy(&request(Some("prod"))).unwrap();
+        let subject = RunSubject::new("api", "0123abcd");
+        for step in &p.steps {
+            assert_eq!(
+                RunSubject::of_payload(&step.job.payload),
+                Some(subject.clone()),
+                "{}",
+                step.name
+            );
+        }
+        assert!(subject.builds("api", "0123ABCD"));
+        assert!(!subject.builds("web", "0123abcd") && !subject.builds("api", "fedc"));
+        assert_eq!(RunSubject::of_payload(&serde_json::json!({"deployment": 3})), None);
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //!   service and interval so that a second scheduler or a restart never doubles one, then checks
 //!   the budgets of environments that have one (warn at 80%, pause non-prod at 100%);
 //! - enqueues the teardown of previews idle past `preview_ttl` (72 h);
-//! - prunes finished jobs and job log lines past the retention.
+//! - prunes finished jobs and job log lines past the retention;
+//! - every `reconcile_every` (15 s), reconciles releases with the queue: raises a separate
+//!   queue's id sequences above the ids the control plane holds, and builds again (or marks
+//!   superseded) releases `building` for longer than `orphan_grace` whose run is missing from the
+//!   queue, over, or another release's — what a Redis restart without persistence leaves behind
+//!   ([`enclii_store::Store::reconcile_orphans`]; a page of `reconcile_batch` releases a pass).
 //!
 //! Lease rescue is not here: it runs in every worker process, so a worker-only deployment still
 //! recovers from crashes.
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use enclii_domain::jobs::CostSample;
 use enclii_queue::{Backend, NewJob};
-use enclii_store::{BudgetLevel, Store};
+use enclii_store::{BudgetLevel, Settlement, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -44,6 +49,13 @@ pub struct SchedulerConfig {
     pub preview_ttl: Duration,
     /// How often expired previews are looked for.
     pub preview_every: Duration,
+    /// How often releases are reconciled with the queue.
+    pub reconcile_every: Duration,
+    /// A release building at least this long (since it last changed) without a live run is
+    /// orphaned: the step that ends a run may record its release a moment after the run ended.
+    pub orphan_grace: Duration,
+    /// Most building releases examined per reconciliation pass.
+    pub reconcile_batch: usize,
     /// This process's name on the lease; unique per process.
     pub holder: String,
 }
@@ -58,6 +70,9 @@ impl Default for SchedulerConfig {
             cost_every: Duration::from_secs(300),
             preview_ttl: Duration::from_secs(72 * 3600),
             preview_every: Duration::from_secs(60),
+            reconcile_every: Duration::from_secs(15),
+            orphan_grace: Duration::from_secs(60),
+            reconcile_batch: 50,
             holder: default_holder(),
         }
     }
@@ -82,6 +97,9 @@ pub struct Scheduler {
     cost_bucket: Option<i64>,
     next_prune: Instant,
     next_preview_check: Instant,
+    next_reconcile: Instant,
+    /// Where the next reconciliation pass continues.
+    reconcile_cursor: i64,
 }
 
 /// What one tick did.
@@ -92,6 +110,8 @@ pub struct TickReport {
     pub cron_skipped: usize,
     pub cost_samples: usize,
     pub teardowns: usize,
+    /// Orphaned releases built again or marked superseded.
+    pub orphans: usize,
 }
 
 impl Scheduler {
@@ -106,6 +126,8 @@ impl Scheduler {
             cost_bucket: None,
             next_prune: now,
             next_preview_check: now,
+            next_reconcile: now,
+            reconcile_cursor: 0,
         }
     }
 
@@ -157,6 +179,10 @@ impl Scheduler {
         if self.is_leader() && Instant::now() >= self.next_preview_check {
             self.next_preview_check = Instant::now() + self.config.preview_every;
             self.expire_previews(now_ms, &mut report).await;
+        }
+        if self.is_leader() && Instant::now() >= self.next_reconcile {
+            self.next_reconcile = Instant::now() + self.config.reconcile_every;
+            self.reconcile(&mut report).await;
         }
         if self.is_leader() && Instant::now() >= self.next_prune {
             self.next_prune = Instant::now() + self.config.prune_every;
@@ -289,6 +315,41 @@ impl Scheduler {
                                 "cannot enqueue a preview's teardown"),
             }
         }
+    }
+
+    /// One reconciliation pass; each orphan is logged once, with why and what became of it.
+    async fn reconcile(&mut self, report: &mut TickReport) {
+        let config = (self.config.orphan_grace, self.config.reconcile_batch);
+        let pass = match self
+            .store
+            .reconcile_orphans(config.0, self.reconcile_cursor, config.1)
+            .await
+        {
+            Ok(pass) => pass,
+            Err(e) => return warn!(error = %e, "cannot reconcile releases with the queue; will try again"),
+        };
+        self.reconcile_cursor = pass.cursor;
+        for orphan in &pass.orphans {
+            let release = &orphan.release;
+            let reason = orphan.reason.to_string();
+            let settled = match orphan.settled {
+                Settlement::Rebuilt { .. } => "rebuilt",
+                Settlement::Superseded { .. } => "superseded",
+            };
+            metrics::counter!("enclii_orphaned_releases_total", "settled" => settled).increment(1);
+            match orphan.settled {
+                Settlement::Rebuilt { pipeline } => warn!(release = release.id, project = %release.project,
+                    service = %release.service, git_sha = %release.git_sha, old_pipeline = release.pipeline_id,
+                    pipeline, %reason, "building release had no live run; built again"),
+                Settlement::Superseded { by } => warn!(release = release.id, project = %release.project,
+                    service = %release.service, old_pipeline = release.pipeline_id, superseded_by = by, %reason,
+                    "building release had no live run; a newer release supersedes it"),
+            }
+        }
+        for (release, error) in &pass.failed {
+            warn!(release, %error, "cannot settle a release without a live run; will try again");
+        }
+        report.orphans += pass.orphans.len();
     }
 
     async fn prune(&self) {

@@ -1,5 +1,6 @@
 //! Two schedulers on one database (two processes, each with its own store): only the leader acts,
-//! so a due cron job fires once; when the leader goes, the other takes over.
+//! so a due cron job fires once and an orphaned release is rebuilt once; when the leader goes,
+//! the other takes over.
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
@@ -99,4 +100,65 @@ async fn postgres_only_the_leader_fires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_only_the_leader_fires() {
     only_the_leader_fires(common::fresh_sqlite_url()).await;
+}
+
+/// The leader's reconciliation pass settles a release left `building` without a live run (here:
+/// its run cancelled in the queue alone, its release never told) — once, and only the leader's.
+async fn only_the_leader_reconciles_orphaned_releases(url: String) {
+    let (a, b) = (store(&url).await, store(&url).await);
+    a.create_project("user:admin", "shop", "Shop").await.unwrap();
+    let spec = serde_json::json!({
+        "apiVersion": "enclii.dev/v1",
+        "kind": "Service",
+        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
+        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}}},
+    });
+    let draft = ServiceDraft {
+        project: "shop".into(),
+        name: "api".into(),
+        environment: "dev".into(),
+        repository: Some("github.com/org/shop".into()),
+        branch: Some("main".into()),
+        spec: spec.to_string(),
+    };
+    a.apply_service("user:dev", &draft, &[]).await.unwrap();
+    let trigger = enclii_store::BuildTrigger {
+        project: "shop".into(),
+        service: "api".into(),
+        git_sha: "a".repeat(40),
+        branch: "main".into(),
+        deploy_to: None,
+        trigger: enclii_store::ReleaseTrigger::Api,
+    };
+    let (release, run) = a.trigger_build("user:dev", &trigger).await.unwrap();
+    let clone = a.queue().pipeline(run.id).await.unwrap().unwrap().steps[0].job;
+    a.queue().cancel(clone).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let eager = |holder: &str| SchedulerConfig {
+        orphan_grace: Duration::ZERO,
+        ..config(holder)
+    };
+    let mut first = Scheduler::new(a.clone(), eager("first"));
+    let mut second = Scheduler::new(b.clone(), eager("second"));
+    let now = chrono::Utc::now().timestamp_millis();
+    let (r1, r2) = tokio::join!(first.tick(now), second.tick(now));
+    assert_eq!(
+        (r1.orphans + r2.orphans, r1.leading as usize + r2.leading as usize),
+        (1, 1),
+        "{r1:?} {r2:?}"
+    );
+    let rebuilt = a.release(release.id).await.unwrap();
+    assert!(rebuilt.pipeline_id > Some(run.id), "{rebuilt:?}");
+    assert_eq!(first.tick(now).await.orphans + second.tick(now).await.orphans, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_only_the_leader_reconciles_orphaned_releases() {
+    let db = common::test_database().await;
+    only_the_leader_reconciles_orphaned_releases(db.url.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_only_the_leader_reconciles_orphaned_releases() {
+    only_the_leader_reconciles_orphaned_releases(common::fresh_sqlite_url()).await;
 }

@@ -109,13 +109,10 @@ pub(crate) async fn pipeline_deployment(
     deploy: &enclii_domain::jobs::Deploy,
     strategy: &str,
 ) -> Result<Deployment> {
-    if let Some(existing) = query_as::<Deployment>("SELECT * FROM deployments WHERE job_id = $1")
+    let existing = query_as::<Deployment>("SELECT * FROM deployments WHERE job_id = $1")
         .bind(job_id)
         .fetch_optional(&mut *conn)
-        .await?
-    {
-        return Ok(existing);
-    }
+        .await?;
     let release = query_as::<Release>(
         "SELECT * FROM releases WHERE project = $1 AND service = $2 AND environment = $3 AND git_sha = $4",
     )
@@ -128,6 +125,25 @@ pub(crate) async fn pipeline_deployment(
             deploy.service, deploy.commit, deploy.environment
         ))
     })?;
+    if let Some(existing) = existing {
+        if existing.project == project
+            && existing.environment == deploy.environment
+            && existing.release_id == release.id
+        {
+            return Ok(existing);
+        }
+        // Another job's deployment: a queue that lost its data handed this job id out again.
+        // The id only serves a retry's lookup; the old deployment keeps everything else.
+        tracing::warn!(
+            job = job_id,
+            deployment = existing.id,
+            "a reused job id named another deployment; detached from it"
+        );
+        query("UPDATE deployments SET job_id = NULL WHERE id = $1")
+            .bind(existing.id)
+            .execute(&mut *conn)
+            .await?;
+    }
     check_deployable(&release)?;
     let now = now_ms();
     let deployment = query_as::<Deployment>(

@@ -4,9 +4,11 @@
 //!
 //! Every mutating operation is one transaction that also writes its audit event and, where work
 //! follows, enqueues the jobs: a webhook's delivery row, its releases and its pipelines commit
-//! together or not at all. (With a Redis queue the jobs are enqueued just before the commit; a
-//! failed commit can leave a pipeline whose rows are missing, which the unique keys make harmless
-//! on GitHub's redelivery.)
+//! together or not at all. (With a Redis queue the jobs are enqueued just before the commit: a
+//! worker may claim a step before its rows are visible — build steps wait for their release — and
+//! a failed commit can leave a pipeline whose rows are missing, which the unique keys make
+//! harmless on GitHub's redelivery. A Redis that lost its data is reconciled: `runs.rs`,
+//! `orphans.rs`.)
 //!
 //! Each resource has its module: the operations are `async fn`s over one connection type,
 //! [`db::Conn`], written once for both databases, and the `Store` methods that run them in a
@@ -22,10 +24,12 @@ mod joblog;
 mod lifecycle;
 pub mod model;
 mod operators;
+mod orphans;
 mod projects;
 mod releases;
 mod repositories;
 mod routes;
+mod runs;
 pub mod sealing;
 mod secrets;
 mod services;
@@ -47,6 +51,8 @@ pub use joblog::{JobLog, JobLogWriter};
 pub use lifecycle::Deletion;
 pub use model::*;
 pub use operators::*;
+pub use orphans::{Orphan, OrphanReason, RECONCILER, ReconcilePass, Settlement};
+pub use runs::RunRelease;
 pub use sealing::MasterKey;
 pub use timetable::*;
 pub use waybill::*;
@@ -99,6 +105,18 @@ impl Store {
     /// Opens (and migrates) the database, and the queue: in the same database unless
     /// `queue_url` names another.
     pub async fn open(config: StoreConfig) -> Result<Self> {
+        let queue = match &config.queue_url {
+            Some(url) => Some(enclii_queue::open(url, config.max_connections).await?),
+            None => None,
+        };
+        Self::open_with_queue(config, queue).await
+    }
+
+    /// [`open`](Self::open) with a separate queue already connected (`None`: the database's
+    /// own); `config.queue_url` is not read. Tests give each store a Redis key prefix this way.
+    /// A separate queue's id sequences are raised above every pipeline and job id the control
+    /// plane holds, so that a queue that lost its data never hands out an id twice.
+    pub async fn open_with_queue(config: StoreConfig, queue: Option<Arc<dyn Backend>>) -> Result<Self> {
         let scheme = config.database_url.split(':').next().unwrap_or_default();
         let (db, sql_backend): (Db, Arc<dyn Backend>) = match scheme {
             "postgres" | "postgresql" => {
@@ -117,16 +135,20 @@ impl Store {
                 )));
             }
         };
-        let (backend, same_database) = match &config.queue_url {
-            Some(url) => (enclii_queue::open(url, config.max_connections).await?, false),
+        let (backend, same_database) = match queue {
+            Some(queue) => (queue, false),
             None => (sql_backend, true),
         };
-        Ok(Self {
+        let store = Self {
             db,
             backend,
             same_database,
             key: config.master_key,
-        })
+        };
+        if !same_database {
+            store.raise_queue_ids().await?;
+        }
+        Ok(store)
     }
 
     /// The job queue (the database's own, or the separate one).

@@ -91,6 +91,20 @@ pub(crate) async fn build_service(
         };
         return Ok((release.clone(), pipeline));
     }
+    start_build(conn, service, trigger, &environment, rebuild || existing.is_some()).await
+}
+
+/// Enqueues the pipeline of a commit and points the commit's release for `environment` at it:
+/// created, or — a rebuild — reset to `building` without the artefacts and steps of its earlier
+/// run; the releases of the runs it superseded are marked. Also how an orphaned release is built
+/// again (`orphans.rs`), so every build of a release starts here.
+pub(crate) async fn start_build(
+    conn: &mut Conn<'_>,
+    service: &Service,
+    trigger: &BuildTrigger,
+    environment: &str,
+    rebuild: bool,
+) -> Result<(Release, PipelineEnqueued)> {
     let spec = service.typed_spec()?.spec;
     let repository = spec.source.map(|source| source.git.repository).ok_or_else(|| {
         StoreError::Invalid(format!(
@@ -121,8 +135,8 @@ pub(crate) async fn build_service(
     let mut pipeline = build_and_deploy(&request)?;
     // Per incarnation of the service: one deleted and created again builds its commits anew.
     pipeline.unique_key = pipeline.unique_key.map(|key| format!("{key}@{}", service.created_at));
-    if rebuild || existing.is_some() {
-        // Release-level dedup above decides; the per-commit key would refuse a deliberate rebuild.
+    if rebuild {
+        // Release-level dedup decides; the per-commit key would refuse a deliberate rebuild.
         pipeline.unique_key = None;
     }
     let enqueued = conn.enqueue_pipeline(pipeline).await?;
@@ -139,7 +153,7 @@ pub(crate) async fn build_service(
     .binds((
         &trigger.project,
         &trigger.service,
-        &environment,
+        environment,
         &trigger.git_sha,
         &repository,
         &trigger.branch,

@@ -155,10 +155,20 @@ pub async fn list_pipelines(
         .await?;
     let mut runs = Vec::with_capacity(releases.len());
     for release in releases {
-        let pipeline = match release.pipeline_id {
-            Some(id) => state.backend.pipeline(id).await?.map(|p| json!(p)),
+        // Only the release's own run: a queue that lost its data hands ids out again.
+        let run = match release.pipeline_id {
+            Some(id) => state.backend.pipeline(id).await?,
             None => None,
         };
+        let own = match &run {
+            Some(run) => state
+                .store
+                .release_of_pipeline(run)
+                .await?
+                .is_some_and(|r| r.id == release.id),
+            None => false,
+        };
+        let pipeline = run.filter(|_| own).map(|run| json!(run));
         runs.push(PipelineSummary {
             release: release.into(),
             pipeline,
