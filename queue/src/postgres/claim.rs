@@ -194,12 +194,16 @@ impl PostgresQueue {
 }
 
 /// Opens a claim's transaction. Its statements must walk the partial `available` index in
-/// (project, priority, id) order and stop after LIMIT rows: then a claim costs the same whether
-/// ten or a million jobs wait. Without statistics (autovacuum off, or not yet run after a bulk
-/// enqueue) the planner expects one available row and picks a bitmap scan that reads and sorts
-/// *every* available row instead — 111 ms a claim with 200,000 waiting (issue 21). Planner
-/// settings scoped to the transaction rule that plan out; no other statement is affected.
-pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+/// (project, priority, id) order, stop after LIMIT rows, and reach each picked row through the
+/// primary key: then a claim costs the same whether ten or a million jobs wait or are done.
+/// The planner cannot know how many rows `LIMIT q.n` yields (it guesses a tenth of the backlog)
+/// and, without fresh statistics, how many rows are available; under a deep backlog it then
+/// picks plans linear in the table: a hash join that reads the *whole* jobs table to update the
+/// picked rows (74 ms a claim with 200,000 jobs, issue 21), or a bitmap scan that reads and sorts
+/// every waiting row. Planner settings scoped to the transaction leave only the ordered index
+/// walk and a nested loop over the primary key; no other statement is affected.
+pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+     SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// Distinct projects with available work: a loose index scan over the `available` index.
 pub(super) const PROJECTS_WITH_WORK: &str = "WITH RECURSIVE p(project) AS (
