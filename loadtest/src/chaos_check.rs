@@ -3,6 +3,7 @@
 //! or the API's queue views for Redis).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,24 +11,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
-use crate::chaos::{ChaosArgs, Http, Queue, Svc, sh};
-
-/// One push delivery as the storm sent it.
-#[derive(Clone, Debug)]
-pub struct Pushed {
-    pub service: usize,
-    pub delivery: String,
-    pub sha: String,
-    /// The last answer's status (0: no answer).
-    pub status: u16,
-    pub tries: u32,
-    /// Answered 202, or 200 (already had it) to a redelivery.
-    pub accepted: bool,
-    pub sent_s: f64,
-    /// First send → last answer, redeliveries included.
-    pub ms: f64,
-    pub answer: Option<String>,
-}
+use crate::chaos::{ChaosArgs, Http, Queue, sh};
+use crate::chaos_deploys::Newest;
+use crate::chaos_faults::{FaultKind, FaultLog, HitJob, schedule};
+use crate::chaos_storm::{Pushed, Svc};
 
 const UNFINISHED: [&str; 4] = ["pending", "scheduled", "available", "running"];
 
@@ -42,7 +29,7 @@ pub async fn free_redis_db() -> Result<u32> {
     bail!("no empty Redis database among 8..15")
 }
 
-/// Unfinished jobs by kind (deploy jobs wait forever when no worker has a deploy target).
+/// Unfinished jobs by kind.
 async fn unfinished(http: &Http, db_url: &str, queue: Queue) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     match queue {
@@ -85,15 +72,10 @@ async fn building_releases(db_url: &str) -> Result<i64> {
 }
 
 fn waiting_work(unfinished: &BTreeMap<String, u64>) -> u64 {
-    // Deploys are off in this harness: `deploy` jobs of built releases wait for a deploy target.
-    unfinished
-        .iter()
-        .filter(|(k, _)| k.as_str() != "deploy")
-        .map(|(_, n)| n)
-        .sum()
+    unfinished.values().sum()
 }
 
-/// Waits until no job is left to run (but deploys, see above) and no release is building; the
+/// Waits until no job is left to run and no release is building; the
 /// seconds since the start when that happened, or null after `--drain-seconds`.
 pub async fn drain(http: &Http, db_url: &str, args: &ChaosArgs, start: Instant) -> Value {
     let deadline = Instant::now() + Duration::from_secs(args.drain_seconds);
@@ -187,6 +169,7 @@ pub async fn checks(
     args: &ChaosArgs,
     svcs: &[Arc<Svc>],
     pushed: &[Pushed],
+    router: SocketAddr,
 ) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut conn = sqlx::PgConnection::connect(db_url)
@@ -259,7 +242,7 @@ pub async fn checks(
         Queue::Postgres => Some(
             sqlx::query_scalar(
                 "SELECT count(*) FROM roundhouse_pipelines p WHERE state = 'running' AND EXISTS \
-                 (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = p.id AND j.kind <> 'deploy' \
+                 (SELECT 1 FROM roundhouse_jobs j WHERE j.pipeline_id = p.id \
                   AND j.state IN ('pending','scheduled','available','running'))",
             )
             .fetch_one(&mut conn)
@@ -267,21 +250,25 @@ pub async fn checks(
         ),
         Queue::Redis => None,
     };
-    let dead: BTreeMap<String, i64> = match args.queue {
-        Queue::Postgres => sqlx::query("SELECT kind, count(*) FROM roundhouse_jobs WHERE state = 'dead' GROUP BY kind")
-            .fetch_all(&mut conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-            .collect(),
-        Queue::Redis => BTreeMap::new(),
-    };
+    // Dead jobs by kind (for Redis the newest 500), and why those beyond `clone` died (the
+    // missing repositories' clones die by design).
+    let (_, dead_jobs) = http.json("GET", "/v1/queue/jobs?state=dead&limit=500", None).await?;
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_dead = Vec::new();
+    for job in dead_jobs.as_array().into_iter().flatten() {
+        let kind = job["kind"].as_str().unwrap_or("").to_string();
+        if kind != "clone" && first_dead.len() < 5 {
+            first_dead.push(json!({"job": job["id"], "kind": kind, "attempt": job["attempt"],
+                "error": job["last_error"].as_str().map(|e| e.chars().take(300).collect::<String>())}));
+        }
+        *dead.entry(kind).or_default() += 1;
+    }
     out.push(check(
         "every_pipeline_ended",
         Some(waiting_work(&jobs) == 0 && building == 0 && running_pipelines.unwrap_or(0) == 0),
         json!({"unfinished_jobs_by_kind": jobs, "releases_building": building, "first_building": stuck,
                "pipelines_running_with_work_left": running_pipelines, "dead_jobs_by_kind": dead,
-               "note": "deploys are off: deploy steps of built releases wait for a deploy target and are not counted"}),
+               "first_dead_beyond_clone": first_dead}),
     ));
 
     // 3. Each (service, commit) has at most one release (also a UNIQUE constraint).
@@ -298,6 +285,7 @@ pub async fn checks(
 
     // 4. Each service's newest release is its newest accepted push; built services' is ready.
     let mut wrong = Vec::new();
+    let mut newest_built: BTreeMap<usize, Newest> = BTreeMap::new();
     for (k, s) in svcs.iter().enumerate() {
         let Some(last) = accepted
             .iter()
@@ -314,9 +302,13 @@ pub async fn checks(
             wrong.push(json!({"service": s.name, "problem": "no release"}));
             continue;
         };
+        if s.built() {
+            let (id, sha, status) = (*id, sha.clone(), status.clone());
+            newest_built.insert(k, Newest { id, sha, status });
+        }
         if sha != &last.sha {
             wrong.push(json!({"service": s.name, "newest_release": sha, "newest_push": last.sha}));
-        } else if s.repo_dir.is_some() && status != "ready" {
+        } else if s.built() && status != "ready" {
             wrong.push(json!({"service": s.name, "newest_release": id, "status": status,
                               "failure": failures.get(id).map(|f| f.chars().take(300).collect::<String>())}));
         }
@@ -337,19 +329,100 @@ pub async fn checks(
         .collect();
     let reruns: u64 = done.values().map(|(_, r)| r).sum();
     let pushes = done.keys().filter(|(k, ..)| k == "push").count();
+    let deploys = done.keys().filter(|(k, ..)| k == "deploy").count();
     out.push(check(
         "no_push_or_deploy_completed_twice",
         Some(twice.is_empty()),
-        json!({"completed_push_commits": pushes, "twice": twice.len(), "first_twice": twice.iter().take(5).collect::<Vec<_>>(),
+        json!({"completed_push_commits": pushes, "completed_deploy_commits": deploys, "twice": twice.len(), "first_twice": twice.iter().take(5).collect::<Vec<_>>(),
                "completed_after_more_than_one_claim": reruns,
                "note": "a job claimed again after its worker was killed is a rerun, not a double completion; the job table keeps one final state per job"}),
     ));
 
-    // 6. Orphan containers: only with deploys on, which this harness does not do yet.
-    out.push(check(
-        "no_orphan_container",
-        None,
-        json!("skipped: deploys are off (ENCLII_DEPLOY_TARGET=none)"),
-    ));
+    // 6, 7. Each built service serves its newest ready release; no orphan container.
+    out.extend(crate::chaos_deploys::checks(http, router, svcs, pushed, &newest_built).await?);
     Ok(out)
+}
+
+/// Every scheduled fault happened and did what it aimed at (an aimed kill found its job, the
+/// engine's replicas came back after its restart, the cut worker held jobs).
+pub fn faults_hit(args: &ChaosArgs, log: &FaultLog) -> Value {
+    let planned: Vec<FaultKind> = if args.no_faults {
+        Vec::new()
+    } else {
+        schedule(args.queue).into_iter().map(|(_, kind)| kind).collect()
+    };
+    let done: Vec<FaultKind> = log.faults.iter().map(|f| f.fault).collect();
+    let missed: Vec<Value> = log
+        .faults
+        .iter()
+        .filter(|f| !f.hit)
+        .map(|f| json!({"fault": f.fault, "target": f.target, "note": f.note}))
+        .collect();
+    let cut_held = log.cut.as_ref().map(|c| c.held.len());
+    let ok = planned == done && missed.is_empty() && cut_held != Some(0);
+    check(
+        "every_fault_hit",
+        Some(ok),
+        json!({"planned": planned, "done": done.len(), "missed": missed, "cut_worker_held_jobs": cut_held}),
+    )
+}
+
+/// The check `jobs_hit_by_faults_finished`: every job a fault hit while it ran (aimed kills, the
+/// deploys in flight when the engine stopped) still ended well: completed, or cancelled by a
+/// newer push; else (dead, or its record lost with Redis's data) what it was for is judged in the
+/// control plane: the build's release ready or superseded, the deploy's deployment succeeded or
+/// superseded.
+pub async fn hit_jobs_finished(http: &Http, db_url: &str, hit: &[HitJob]) -> Result<Value> {
+    let mut conn = sqlx::PgConnection::connect(db_url).await?;
+    let mut jobs = Vec::new();
+    let mut bad = 0;
+    for job in hit {
+        let record = match http.json("GET", &format!("/v1/jobs/{}", job.id), None).await {
+            Ok((200, r)) if r["kind"] == job.kind.as_str() && r["payload"]["commit"] == job.commit.as_str() => Some(r),
+            _ => None,
+        };
+        let release: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, status FROM releases WHERE project = $1 AND service = $2 AND git_sha = $3")
+                .bind(&job.project)
+                .bind(&job.service)
+                .bind(&job.commit)
+                .fetch_optional(&mut conn)
+                .await?;
+        let deployment: Option<(String, Option<String>)> = match &release {
+            Some((id, _)) => {
+                sqlx::query_as("SELECT status, detail FROM deployments WHERE release_id = $1 ORDER BY id DESC LIMIT 1")
+                    .bind(id)
+                    .fetch_optional(&mut conn)
+                    .await?
+            }
+            None => None,
+        };
+        let release_status = release.as_ref().map(|(_, s)| s.as_str());
+        // Completed or cancelled is fine; a job that died (two faults can spend a build's two
+        // attempts) or was lost is judged by what it was for.
+        let ok = match &record {
+            Some(r) if matches!(r["state"].as_str(), Some("completed" | "cancelled")) => true,
+            _ if job.kind == "deploy" => {
+                matches!(
+                    deployment.as_ref().map(|d| d.0.as_str()),
+                    Some("succeeded" | "superseded")
+                ) || release_status == Some("superseded")
+            }
+            _ => matches!(release_status, Some("ready" | "superseded")),
+        };
+        bad += usize::from(!ok);
+        jobs.push(json!({"fault": job.fault, "job": job.id, "kind": job.kind, "service": job.service,
+            "job_state": record.as_ref().map(|r| r["state"].clone()),
+            "job_record": if record.is_some() { "found" } else { "lost with the queue's data" },
+            "attempt": record.as_ref().map(|r| r["attempt"].clone()),
+            "error": record.as_ref().and_then(|r| r["last_error"].as_str().map(|e| e.chars().take(300).collect::<String>())),
+            "release_status": release_status, "deployment_status": deployment.as_ref().map(|d| d.0.clone()),
+            "deployment_detail": deployment.and_then(|d| d.1).map(|d| d.chars().take(300).collect::<String>()), "ok": ok}));
+    }
+    let _ = conn.close().await;
+    Ok(check(
+        "jobs_hit_by_faults_finished",
+        (!hit.is_empty()).then_some(bad == 0),
+        json!({"jobs": jobs, "bad": bad}),
+    ))
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::chaos::{Fault, Http};
+use crate::chaos::Http;
+use crate::chaos_faults::Fault;
 use crate::meter::{percentiles, round3};
 
 /// One probe answer: seconds since the start, which endpoint, answered 200, latency.

@@ -7,7 +7,14 @@
 
 mod chaos;
 mod chaos_check;
+mod chaos_cut;
+mod chaos_deploys;
+mod chaos_docker;
+mod chaos_faults;
+mod chaos_platform;
 mod chaos_probe;
+mod chaos_proxy;
+mod chaos_storm;
 mod env;
 mod meter;
 mod operators;
@@ -47,8 +54,10 @@ enum Command {
     /// snapshot) over HTTP on a queue of --jobs jobs: latency percentiles.
     Operators(OperatorArgs),
     /// The whole platform under faults: real `enclii server` processes (api + workers), a storm of
-    /// signed push webhooks, kill -9 of workers, PostgreSQL and Redis restarts, an API prober;
-    /// then checks that nothing was lost or done twice. Exits non-zero if a check fails.
+    /// signed push webhooks, real builds and Docker deploys for a subset, kill -9 of workers (on a
+    /// clock, mid-build, mid-deploy), PostgreSQL, Redis and Docker engine restarts, a worker cut
+    /// off from the database, an API prober; then checks that nothing was lost or done twice.
+    /// Exits non-zero if a check fails.
     Chaos(chaos::ChaosArgs),
     /// A worker process for `crash` (records completions durably); runs until killed.
     #[command(hide = true)]
