@@ -47,6 +47,9 @@ enum Command {
     /// Project A enqueues N (10,000) 1 ms jobs, then project B --b-jobs (100); reports when each
     /// project finished.
     Fairness(RunArgs),
+    /// A worker in another process: one job per enqueue call at --rate (500/s) for N (5,000)
+    /// jobs; enqueue→start latency there, and that worker's CPU while idle.
+    Wake(RunArgs),
     /// Signed GitHub `push` webhooks over HTTP on loopback into the API (in this process), each
     /// durably accepted with its release and pipeline: throughput and request latency.
     Webhooks(WebhookArgs),
@@ -128,6 +131,10 @@ pub struct RunArgs {
     /// How often workers look for expired leases (default 1000 ms).
     #[arg(long, hide = true)]
     pub rescue_ms: Option<u64>,
+    /// wake, SQLite: block the doorbells (a plain file where their directory goes), so that the
+    /// worker learns of jobs from its poll only, as before doorbells existed (the baseline).
+    #[arg(long)]
+    pub no_doorbell: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -247,6 +254,7 @@ async fn main() -> std::process::ExitCode {
         Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
         Command::Crash(args) => workloads::run(workloads::Workload::Crash, args).await.map(Some),
         Command::Fairness(args) => workloads::run(workloads::Workload::Fairness, args).await.map(Some),
+        Command::Wake(args) => workloads::run(workloads::Workload::Wake, args).await.map(Some),
         Command::Operators(args) => operators::run(&args)
             .await
             .map(|fields| Some(workloads::json_line("enclii", "operators", fields))),

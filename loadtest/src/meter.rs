@@ -396,20 +396,23 @@ pub fn percentiles(mut values: Vec<f64>) -> [Option<f64>; 4] {
 
 /// This process's CPU seconds (user + system) and peak RSS in MiB, from /proc.
 pub fn process_usage() -> (Option<f64>, Option<f64>) {
-    let cpu = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some(round3((utime + stime) / 100.0))
-    });
     let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(round3(kb / 1024.0))
     });
-    (cpu, rss)
+    (process_cpu_s("self"), rss)
+}
+
+/// CPU seconds (user + system) of process `pid` (or `self`) so far, from /proc.
+pub fn process_cpu_s(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(round3((utime + stime) / 100.0))
 }
 
 #[cfg(test)]

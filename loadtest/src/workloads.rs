@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{Env, open_backend};
 use crate::meter::{
     Bench, Meter, Metered, NOOP, Payload, RunState, SLEEP, UNFINISHED, count_in, job, now_us, percentiles,
-    process_usage, round3,
+    process_cpu_s, process_usage, round3,
 };
 use crate::store::Store;
 use crate::{ChildArgs, RunArgs, worker_config};
@@ -25,6 +25,7 @@ pub enum Workload {
     Steady,
     Crash,
     Fairness,
+    Wake,
 }
 
 impl Workload {
@@ -34,6 +35,7 @@ impl Workload {
             Workload::Steady => "steady",
             Workload::Crash => "crash",
             Workload::Fairness => "fairness",
+            Workload::Wake => "wake",
         }
     }
 }
@@ -46,6 +48,7 @@ pub async fn run(workload: Workload, args: RunArgs) -> Result<String> {
         Workload::Steady => steady(&args, &env).await,
         Workload::Crash => crash(&args, &env).await,
         Workload::Fairness => fairness(&args, &env).await,
+        Workload::Wake => wake(&args, &env).await,
     };
     env.destroy().await;
     let system = format!("roundhouse-{}", args.backend.as_str());
@@ -616,6 +619,79 @@ async fn crash(args: &RunArgs, env: &Env) -> Result<Fields> {
         "heartbeat_ms": config.heartbeat_every.as_millis() as u64,
         "rescue_ms": config.rescue_every.as_millis() as u64,
         "kill_after_ms": args.kill_after_ms,
+    })));
+    Ok(out)
+}
+
+/// A worker in another process than the producer (the `worker` child): one job per enqueue call
+/// at --rate; enqueue→start latency from the child's durable completions, and the child's CPU
+/// while it waits with nothing to do (a hot poll would show there).
+async fn wake(args: &RunArgs, env: &Env) -> Result<Fields> {
+    let rate = args.rate.max(1) as u64;
+    let n = args.jobs.unwrap_or(5_000);
+    let concurrency = args.concurrency.unwrap_or(32);
+    let deadline_s = args.deadline_s.unwrap_or(60);
+    let backend = env.open(args.max_conns).await?;
+    let store = Store::connect(env.kind, &env.url, &env.prefix).await?;
+    store.init().await?;
+    if args.no_doorbell {
+        let database = env
+            .url
+            .strip_prefix("sqlite://")
+            .context("--no-doorbell is for SQLite")?;
+        // The producer's queue (opened above) has its bell already; the child's cannot bind one.
+        let bells = format!("{database}.doorbells");
+        std::fs::remove_dir_all(&bells)?;
+        std::fs::write(&bells, b"")?;
+    }
+    let child = Child::spawn(args, env, concurrency)?;
+    let pid = child.process.id().context("the worker child has no pid")?.to_string();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = Duration::from_secs(5);
+    let idle_from = process_cpu_s(&pid);
+    tokio::time::sleep(idle).await;
+    let idle_cpu_percent = idle_from
+        .zip(process_cpu_s(&pid))
+        .map(|(from, to)| round3((to - from) / idle.as_secs_f64() * 100.0));
+
+    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let produce_start = Instant::now();
+    for i in 0..n {
+        interval.tick().await;
+        let payload = Payload { i, t: now_us(), ms: 0 };
+        backend.enqueue(vec![job(NOOP, "loadtest", payload)]).await?;
+    }
+    let produced = produce_start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(deadline_s);
+    let completions = loop {
+        let all = retrying("reading completions", || store.all()).await?;
+        if all.len() >= n || Instant::now() >= deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().await?;
+    store.close().await;
+    if let Some(database) = env.url.strip_prefix("sqlite://") {
+        let bells = std::path::PathBuf::from(format!("{database}.doorbells"));
+        let _ = std::fs::remove_dir_all(&bells).or_else(|_| std::fs::remove_file(&bells));
+    }
+    let latencies = completions
+        .iter()
+        .map(|c| c.latency_us.max(0) as f64 / 1000.0)
+        .collect();
+    let mut out = fields(json!({
+        "n": n,
+        "target_rate": rate,
+        "enqueue_jobs_per_s": per_s(n, produced),
+        "completed": completions.len(),
+        "worker_idle_cpu_percent": idle_cpu_percent,
+        "doorbell": !args.no_doorbell,
+    }));
+    out.append(&mut fields(latency_fields(latencies)));
+    out.append(&mut fields(json!({
+        "latency": "enqueue call (wall time in payload) -> handler start in another process",
     })));
     Ok(out)
 }
