@@ -67,7 +67,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 2)]
     pub build_subset: usize,
     /// Seconds between two pushes to a built service (time for its pipeline to reach the deploy).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     pub build_push_every: u64,
     /// How long to wait after the storm for every pipeline to end.
     #[arg(long, default_value_t = 180)]

@@ -250,18 +250,28 @@ pub async fn checks(
         ),
         Queue::Redis => None,
     };
-    // Dead jobs by kind (for Redis the newest 500), and why those beyond `clone` died (the
-    // missing repositories' clones die by design).
-    let (_, dead_jobs) = http.json("GET", "/v1/queue/jobs?state=dead&limit=500", None).await?;
+    // Dead jobs by kind (the newest 500 of each; exact counts on PostgreSQL), and why those
+    // beyond `clone` died (the missing repositories' clones die by design).
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_dead = Vec::new();
-    for job in dead_jobs.as_array().into_iter().flatten() {
-        let kind = job["kind"].as_str().unwrap_or("").to_string();
-        if kind != "clone" && first_dead.len() < 5 {
-            first_dead.push(json!({"job": job["id"], "kind": kind, "attempt": job["attempt"],
-                "error": job["last_error"].as_str().map(|e| e.chars().take(300).collect::<String>())}));
+    for kind in ["clone", "build", "push", "sbom", "sign", "deploy"] {
+        let path = format!("/v1/queue/jobs?state=dead&kind={kind}&limit=500");
+        let (_, jobs) = http.json("GET", &path, None).await?;
+        for job in jobs.as_array().into_iter().flatten() {
+            if kind != "clone" && first_dead.len() < 5 {
+                first_dead.push(json!({"job": job["id"], "kind": kind, "attempt": job["attempt"],
+                    "error": job["last_error"].as_str().map(|e| e.chars().take(300).collect::<String>())}));
+            }
+            *dead.entry(kind.to_string()).or_default() += 1;
         }
-        *dead.entry(kind).or_default() += 1;
+    }
+    if args.queue == Queue::Postgres {
+        dead = sqlx::query("SELECT kind, count(*) FROM roundhouse_jobs WHERE state = 'dead' GROUP BY kind")
+            .fetch_all(&mut conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect();
     }
     out.push(check(
         "every_pipeline_ended",

@@ -118,23 +118,23 @@ pub struct HitJob {
     pub commit: String,
 }
 
-/// The schedule: fractions of the storm. Kills are spread over the slots; the cut comes early
-/// enough to be over before the storm ends.
+/// The schedule: fractions of the storm (a fault starts no earlier than the previous one ended,
+/// and the storm lasts until the last one is over). The Redis restart comes early: releases it
+/// orphans are rebuilt by the scheduler's reconciler only after 60 s (`orphan_grace`).
 pub fn schedule(queue: Queue) -> Vec<(f64, FaultKind)> {
     use FaultKind::*;
-    let mut plan = vec![
-        (0.05, KillWorker),
-        (0.12, KillMidBuild),
+    let mut plan = vec![(0.05, KillWorker), (0.12, KillMidBuild)];
+    if queue == Queue::Redis {
+        plan.push((0.17, RestartRedis));
+    }
+    plan.extend([
         (0.22, RestartPostgres),
         (0.30, CutWorker),
         (0.50, KillMidDeploy),
         // Aimed at another deploy than the one just killed: each fault gets a job of its own.
         (0.60, RestartDocker),
-    ];
-    plan.push(match queue {
-        Queue::Redis => (0.80, RestartRedis),
-        Queue::Postgres => (0.80, KillWorker),
-    });
+        (0.80, KillWorker),
+    ]);
     plan
 }
 
@@ -146,6 +146,7 @@ pub struct Running {
     pub project: String,
     pub service: String,
     pub commit: String,
+    pub attempted_at: Option<DateTime<Utc>>,
 }
 
 impl Running {
@@ -180,6 +181,7 @@ pub async fn running_jobs(http: &Http, kind: Option<&str>) -> Vec<Running> {
                 project: j["project"].as_str().unwrap_or("").to_string(),
                 service: j["payload"]["service"].as_str().unwrap_or("").to_string(),
                 commit: j["payload"]["commit"].as_str().unwrap_or("").to_string(),
+                attempted_at: j["attempted_at"].as_str().and_then(|t| t.parse().ok()),
             })
         })
         .collect()
@@ -350,8 +352,8 @@ async fn restart_redis(start_s: f64) -> (String, bool, String) {
     ("redis 127.0.0.1:6379".into(), up, note)
 }
 
-/// Cuts a worker off from the database for lease + 4 s: preferably one running a build that
-/// another worker can take over (not slot 0, the only one that deploys).
+/// Cuts a worker off from the database for lease + 4 s: preferably one that has just started a
+/// build another worker can take over (not slot 0, the only one that deploys); after 20 s any.
 /// A job another fault hit already is not aimed at again (a build has two attempts).
 async fn cut_worker(
     platform: &mut Platform,
@@ -362,14 +364,20 @@ async fn cut_worker(
 ) -> (String, String, CutRecord) {
     let others: BTreeSet<u32> = platform.slots.iter().skip(1).filter_map(|s| s.pid()).collect();
     let (prefer_build, give_up) = (
-        Instant::now() + Duration::from_secs(10),
+        Instant::now() + Duration::from_secs(20),
         Instant::now() + Duration::from_secs(30),
     );
     let mut chosen = None;
     while chosen.is_none() && Instant::now() < give_up {
         let jobs = running_jobs(http, None).await;
+        // A build that started within the last second still runs when the worker stops its jobs.
+        let fresh = |j: &&Running| {
+            j.attempted_at
+                .is_some_and(|at| Utc::now() - at < chrono::Duration::seconds(1))
+        };
         let build = jobs
             .iter()
+            .filter(fresh)
             .find(|j| j.kind == "build" && others.contains(&j.pid) && !hit.contains(&j.id));
         let any = jobs.iter().find(|j| others.contains(&j.pid));
         chosen = build.or(any.filter(|_| Instant::now() >= prefer_build)).map(|j| j.pid);

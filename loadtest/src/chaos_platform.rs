@@ -1,4 +1,5 @@
-//! `chaos`'s processes: one `enclii server --role api` and worker slots, each slot a
+//! `chaos`'s processes: one `enclii server --role api,scheduler` (the scheduler reconciles
+//! releases a lost queue orphaned) and worker slots, each slot a
 //! `--role worker` process respawned after every kill. Slot 0 runs the Docker deploy target and
 //! the Junctions router (one Docker-target process per host, as the README says); the others
 //! deploy nothing. Every worker reaches PostgreSQL (and Redis) through its slot's own proxy
@@ -103,7 +104,8 @@ impl Platform {
             api_env.push(("ENCLII_REDIS_URL".into(), format!("redis://{REDIS}/{n}")));
         }
         api_env.push(("ENCLII_DEPLOY_TARGET".into(), "none".into()));
-        let (api, api_addr) = spawn_server(bin, &api_env, &dir.join("api"), &dir.join("api.log"), "api").await?;
+        let (api, api_addr) =
+            spawn_server(bin, &api_env, &dir.join("api"), &dir.join("api.log"), "api,scheduler").await?;
         let mut slots = Vec::new();
         for _ in 0..workers.max(1) {
             let pg = Proxy::start(PG.parse()?).await?;
@@ -243,7 +245,7 @@ async fn spawn_server(
     let log_file = std::fs::File::create(log)?;
     let mut command = tokio::process::Command::new(bin);
     command.args(["server", "--role", role]);
-    if role == "api" {
+    if role.starts_with("api") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
     let mut child = command

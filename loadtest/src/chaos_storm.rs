@@ -4,8 +4,9 @@
 //!
 //! Built services (`--build-subset`) are real local git repositories with a busybox `httpd` app:
 //! every push is a real commit whose `www/index.html` is the push's delivery id, so the router's
-//! answer names the release it serves. They push every `--build-push-every` seconds, slow enough
-//! for a pipeline to reach its deploy between pushes (a newer push supersedes the older one).
+//! answer names the release it serves. They push every `--build-push-every` (15) seconds, slow
+//! enough for a pipeline (~10 s: a 7 s build, then push, sbom, sign and a ~2 s deploy) to reach
+//! its end between pushes (a newer push supersedes the older one).
 //! The other services point at a missing repository: their pipelines fail at `clone`, cheaply,
 //! and carry the webhook storm (`--deliveries` spread over them).
 
@@ -22,8 +23,10 @@ use crate::chaos::{BASE_IMAGE, Http, SECRET, sh};
 use crate::meter::round3;
 
 /// The app: busybox httpd on port 3000 after a second (so that a deploy lasts long enough to be
-/// caught), stopped cleanly on SIGTERM (PID 1 ignores signals it has no handler for).
-const DOCKERFILE: &str = "COPY www /www\n\
+/// caught), stopped cleanly on SIGTERM (PID 1 ignores signals it has no handler for). Its build
+/// takes ~7 s (`RUN sleep`, after the COPY so never cached), as a real one would: long enough
+/// for a build to still run when a cut worker stops its jobs (2–6 s into the cut).
+const DOCKERFILE: &str = "COPY www /www\nRUN sleep 7\n\
 CMD trap 'kill $p 2>/dev/null; exit 0' TERM; sleep 1 & wait $!; httpd -f -p 3000 -h /www & p=$!; wait $p\n";
 
 /// One service of the run.
