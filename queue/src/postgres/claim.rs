@@ -44,7 +44,7 @@ impl PostgresQueue {
             return Ok(Vec::new());
         }
         self.promote_due().await?;
-        let mut tx = self.pool.begin_with(CLAIM_BEGIN).await.map_err(err)?;
+        let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
         let conn: &mut PgConnection = &mut tx;
         // Distinct projects with available work (a loose index scan, one probe per project), and
         // whether any of them has limits.
@@ -166,6 +166,7 @@ impl PostgresQueue {
         // Rows are locked in id order everywhere, so concurrent batches cannot deadlock.
         let mut sorted = leases.to_vec();
         sorted.sort_unstable_by_key(|l| l.job);
+        let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
         let rows = sqlx::query(
             "UPDATE roundhouse_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
              FROM unnest($1::bigint[], $2::int4[]) AS l(id, token)
@@ -176,9 +177,10 @@ impl PostgresQueue {
         .bind(sorted.iter().map(|l| l.token as i32).collect::<Vec<_>>())
         .bind(lease.as_millis() as i64)
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         let mut held = std::collections::HashSet::new();
         let mut reply = HeartbeatReply::default();
         for row in &rows {
@@ -193,16 +195,17 @@ impl PostgresQueue {
     }
 }
 
-/// Opens a claim's transaction. Its statements must walk the partial `available` index in
-/// (project, priority, id) order, stop after LIMIT rows, and reach each picked row through the
-/// primary key: then a claim costs the same whether ten or a million jobs wait or are done.
-/// The planner cannot know how many rows `LIMIT q.n` yields (it guesses a tenth of the backlog)
-/// and, without fresh statistics, how many rows are available; under a deep backlog it then
-/// picks plans linear in the table: a hash join that reads the *whole* jobs table to update the
-/// picked rows (74 ms a claim with 200,000 jobs, issue 21), or a bitmap scan that reads and sorts
-/// every waiting row. Planner settings scoped to the transaction leave only the ordered index
-/// walk and a nested loop over the primary key; no other statement is affected.
-pub(super) const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+/// Opens the transaction of a claim, an acknowledgement batch or a heartbeat — the statements
+/// every worker runs all the time. They must walk the partial `available` index in (project,
+/// priority, id) order, stopped by `LIMIT`, and reach each row they update through the primary
+/// key: then they cost the same whether ten or a million jobs wait or are done. The planner cannot
+/// know how many rows `LIMIT q.n` or an `unnest` of ids yields (it guesses) and, without fresh
+/// statistics, how many rows are available; under a deep backlog it then picks plans linear in the
+/// table: a hash join that reads the *whole* jobs table to update a batch (74 ms a claim with
+/// 200,000 jobs, issue 21; heartbeats that slow let leases lapse and jobs run twice), or a bitmap
+/// scan that sorts every waiting row. Planner settings scoped to the transaction leave only the
+/// ordered index walks and nested loops over the primary key; no other statement is affected.
+pub(super) const HOT_PATH_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
      SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// Distinct projects with available work: a loose index scan over the `available` index.

@@ -3,7 +3,7 @@
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::claim::{CLAIM_BEGIN, PROJECTS_WITH_WORK, take_sql};
+use super::claim::{HOT_PATH_BEGIN, PROJECTS_WITH_WORK, take_sql};
 use super::*;
 
 fn admin_url() -> String {
@@ -78,13 +78,13 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
     let (queue, name) = database().await;
     let pool = queue.pool().clone();
     backlog(&pool, 20_000).await;
-    let take = plan(&pool, CLAIM_BEGIN, &take_sql(), take_with_literals).await;
+    let take = plan(&pool, HOT_PATH_BEGIN, &take_sql(), take_with_literals).await;
     assert!(take.contains("Index Scan using roundhouse_jobs_available"), "{take}");
     assert!(take.contains("Index Scan using roundhouse_jobs_pkey"), "{take}");
     for linear in ["Sort", "Bitmap", "Seq Scan", "Hash", "Merge"] {
         assert!(!take.contains(linear), "{linear}: {take}");
     }
-    let projects = plan(&pool, CLAIM_BEGIN, PROJECTS_WITH_WORK, |s| s.replace("$1", "100")).await;
+    let projects = plan(&pool, HOT_PATH_BEGIN, PROJECTS_WITH_WORK, |s| s.replace("$1", "100")).await;
     for linear in ["Sort", "Bitmap", "Seq Scan on roundhouse_jobs"] {
         assert!(!projects.contains(linear), "{linear}: {projects}");
     }
@@ -97,7 +97,13 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
         unguarded.contains("Sort") && unguarded.contains("Bitmap"),
         "{unguarded}"
     );
-    let guarded = plan(&pool, &format!("{CLAIM_BEGIN}{dear}"), &take_sql(), take_with_literals).await;
+    let guarded = plan(
+        &pool,
+        &format!("{HOT_PATH_BEGIN}{dear}"),
+        &take_sql(),
+        take_with_literals,
+    )
+    .await;
     assert!(
         guarded.contains("Index Scan using roundhouse_jobs_available"),
         "{guarded}"
