@@ -81,12 +81,13 @@ pub fn phases(probes: &[Probe], faults: &[Fault]) -> Vec<Value> {
 pub fn human_summary(summary: &Value, faults: &[Fault], probes: &[Probe], checks: &[Value]) {
     eprintln!("\n== chaos summary ==");
     eprintln!(
-        "queue {} · {} services · {} workers · {} of {} deliveries sent, {} accepted, {} redelivered · drained: {}",
+        "queue {} · {} services · {} workers · {} deliveries sent ({} planned for the storm, {} to built services), {} accepted, {} redelivered · drained: {}",
         summary["queue"],
         summary["services"],
         summary["workers"],
         summary["deliveries_sent"],
         summary["deliveries_planned"],
+        summary["built_pushes"],
         summary["accepted"],
         summary["redelivered"],
         summary["drained_after_s"]
