@@ -75,6 +75,10 @@ pub struct ChaosArgs {
     /// No faults (a baseline run).
     #[arg(long)]
     pub no_faults: bool,
+    /// Leave this fault out of the schedule (repeatable), e.g. one the platform is known not to
+    /// survive yet; the run and its checks are then about the others.
+    #[arg(long, value_enum)]
+    pub skip: Vec<crate::chaos_faults::FaultKind>,
     /// Lease of the workers, seconds (the server's default is 8); the cut lasts this plus 4 s.
     #[arg(long, default_value_t = 8)]
     pub lease_seconds: u64,

@@ -13,7 +13,7 @@ use sqlx::{Connection, Row};
 
 use crate::chaos::{ChaosArgs, Http, Queue, sh};
 use crate::chaos_deploys::Newest;
-use crate::chaos_faults::{FaultKind, FaultLog, HitJob, schedule};
+use crate::chaos_faults::{FaultKind, FaultLog, HitJob, planned};
 use crate::chaos_storm::{Pushed, Svc};
 
 const UNFINISHED: [&str; 4] = ["pending", "scheduled", "available", "running"];
@@ -356,11 +356,7 @@ pub async fn checks(
 /// Every scheduled fault happened and did what it aimed at (an aimed kill found its job, the
 /// engine's replicas came back after its restart, the cut worker held jobs).
 pub fn faults_hit(args: &ChaosArgs, log: &FaultLog) -> Value {
-    let planned: Vec<FaultKind> = if args.no_faults {
-        Vec::new()
-    } else {
-        schedule(args.queue).into_iter().map(|(_, kind)| kind).collect()
-    };
+    let planned: Vec<FaultKind> = planned(args).into_iter().map(|(_, kind)| kind).collect();
     let done: Vec<FaultKind> = log.faults.iter().map(|f| f.fault).collect();
     let missed: Vec<Value> = log
         .faults

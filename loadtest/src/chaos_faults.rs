@@ -20,7 +20,7 @@ use crate::chaos_docker::{DockerRestart, restart_docker};
 use crate::chaos_platform::{Platform, pid_of_worker_id};
 use crate::meter::round3;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// `kill -9` of the next worker slot in turn, whatever it runs; respawned 3 s later.
@@ -121,6 +121,18 @@ pub struct HitJob {
 /// The schedule: fractions of the storm (a fault starts no earlier than the previous one ended,
 /// and the storm lasts until the last one is over). The Redis restart comes early: releases it
 /// orphans are rebuilt by the scheduler's reconciler only after 60 s (`orphan_grace`).
+/// The faults this run injects: the queue's schedule without those `--skip`ped (none with
+/// `--no-faults`).
+pub fn planned(args: &ChaosArgs) -> Vec<(f64, FaultKind)> {
+    if args.no_faults {
+        return Vec::new();
+    }
+    schedule(args.queue)
+        .into_iter()
+        .filter(|(_, kind)| !args.skip.contains(kind))
+        .collect()
+}
+
 pub fn schedule(queue: Queue) -> Vec<(f64, FaultKind)> {
     use FaultKind::*;
     let mut plan = vec![(0.05, KillWorker), (0.12, KillMidBuild)];
@@ -193,11 +205,8 @@ const AIM_S: u64 = 45;
 
 pub async fn run(args: &ChaosArgs, platform: &mut Platform, http: &Http, start: Instant) -> FaultLog {
     let mut log = FaultLog::default();
-    if args.no_faults {
-        return log;
-    }
     let mut kills = 0usize;
-    for (fraction, kind) in schedule(args.queue) {
+    for (fraction, kind) in planned(args) {
         let due = start + Duration::from_secs_f64(args.seconds as f64 * fraction);
         tokio::time::sleep_until(due.into()).await;
         let start_s = start.elapsed().as_secs_f64();
