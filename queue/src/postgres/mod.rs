@@ -171,7 +171,7 @@ impl Backend for PostgresQueue {
     }
 
     async fn acknowledge(&self, acks: Vec<Ack>) -> Result<()> {
-        let mut tx = self.pool.begin_with(claim::HOT_PATH_BEGIN).await.map_err(err)?;
+        let mut tx = self.pool.begin().await.map_err(err)?;
         apply_acks(&mut tx, &acks, false).await?;
         tx.commit().await.map_err(err)?;
         Ok(())

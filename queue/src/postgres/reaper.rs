@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::job::Lease;
 use crate::progress::expired_lease_ack;
 
-use super::claim::{HOT_PATH_BEGIN, policy};
+use super::claim::policy;
 use super::completion::apply_acks;
 use super::{PostgresQueue, err};
 
@@ -44,7 +44,7 @@ impl PostgresQueue {
                 &mut report,
             ));
         }
-        let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
+        let mut tx = self.pool.begin().await.map_err(err)?;
         apply_acks(&mut tx, &acks, true).await?;
         tx.commit().await.map_err(err)?;
         Ok(report)
