@@ -16,7 +16,7 @@ use enclii_build::{StepRelease, release_for_step, stop_rest_of_run};
 use enclii_domain::pipeline::{BuildRequest, RunSubject, build_and_deploy};
 use enclii_queue::redis::RedisQueue;
 use enclii_queue::{Ack, Backend, ClaimRequest, ClaimedJob, JobState, Outcome, PipelineState};
-use enclii_store::{BuildTrigger, MasterKey, ReleaseStatus, ReleaseTrigger, ServiceDraft, Store, StoreConfig};
+use enclii_store::{BuildTrigger, MasterKey, ReleaseStatus, ReleaseTrigger, Store, StoreConfig};
 use sqlx::Connection;
 
 struct Platform {
@@ -42,22 +42,7 @@ async fn platform() -> Platform {
         master_key: MasterKey::generate(),
     };
     let store = Arc::new(Store::open_with_queue(config, Some(queue.clone())).await.unwrap());
-    store.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1",
-        "kind": "Service",
-        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}}},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "api".into(),
-        environment: "dev".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    enclii_store::fixtures::shop_api(&store).await.unwrap();
     Platform { store, queue, db }
 }
 

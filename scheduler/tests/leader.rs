@@ -106,22 +106,7 @@ async fn sqlite_only_the_leader_fires() {
 /// its run cancelled in the queue alone, its release never told) — once, and only the leader's.
 async fn only_the_leader_reconciles_orphaned_releases(url: String) {
     let (a, b) = (store(&url).await, store(&url).await);
-    a.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1",
-        "kind": "Service",
-        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}}},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "api".into(),
-        environment: "dev".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    a.apply_service("user:dev", &draft, &[]).await.unwrap();
+    enclii_store::fixtures::shop_api(&a).await.unwrap();
     let trigger = enclii_store::BuildTrigger {
         project: "shop".into(),
         service: "api".into(),

@@ -18,6 +18,8 @@ mod audit;
 mod db;
 mod deployments;
 mod error;
+#[doc(hidden)]
+pub mod fixtures;
 mod heads;
 mod identity;
 mod joblog;

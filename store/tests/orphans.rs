@@ -17,7 +17,7 @@ use enclii_queue::redis::RedisQueue;
 use enclii_queue::{Backend, PipelineRecord};
 use enclii_store::{
     AuditFilter, BuildTrigger, MasterKey, OrphanReason, RECONCILER, ReleaseStatus, ReleaseTrigger, RunRelease,
-    ServiceDraft, Settlement, Store, StoreConfig,
+    Settlement, Store, StoreConfig,
 };
 use support::Db;
 
@@ -99,22 +99,7 @@ fn config(url: &str) -> StoreConfig {
 
 /// Project `shop`, service `api` building `github.com/org/shop` on `main` for `dev`.
 async fn service(store: &Store) {
-    store.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1",
-        "kind": "Service",
-        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}}},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "api".into(),
-        environment: "dev".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    enclii_store::fixtures::shop_api(store).await.unwrap();
 }
 
 /// A push of `sha` to `main`, as a webhook records it (deployed to `dev` when ready).

@@ -4,7 +4,7 @@
 
 use sqlx::Connection;
 
-use enclii_store::{BuildTrigger, MasterKey, ReleaseStatus, ReleaseTrigger, ServiceDraft, Store, StoreConfig};
+use enclii_store::{BuildTrigger, MasterKey, ReleaseStatus, ReleaseTrigger, Store, StoreConfig};
 
 #[tokio::test]
 async fn an_unknown_release_status_in_the_database_is_an_error_naming_it() {
@@ -22,22 +22,7 @@ async fn an_unknown_release_status_in_the_database_is_an_error_naming_it() {
     })
     .await
     .unwrap();
-    store.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1",
-        "kind": "Service",
-        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}}},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "api".into(),
-        environment: "dev".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    enclii_store::fixtures::shop_api(&store).await.unwrap();
     let trigger = BuildTrigger {
         project: "shop".into(),
         service: "api".into(),
