@@ -58,7 +58,10 @@ fn v1() -> OpenApiRouter<AppState> {
             control::environments::list_environments,
             control::environments::create_environment
         ))
-        .routes(routes!(control::environments::update_environment))
+        .routes(routes!(
+            control::environments::update_environment,
+            control::environments::delete_environment
+        ))
         .routes(routes!(
             control::services::list_services,
             control::services::create_service

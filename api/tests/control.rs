@@ -622,6 +622,218 @@ async fn nobody_acts_above_their_rank_and_deleted_projects_leave_nothing_behind(
     );
 }
 
+/// Deleting an environment: refused while a service is at home in it (naming it) and to roles
+/// below Admin; otherwise its work is cancelled (deploys, runs building for it — never a pending
+/// teardown), its deployments end torn down, its routes and secrets go, a `teardown` job per
+/// service deployed there is queued, and the deletion is audited. Created again, it starts empty.
+async fn deleting_an_environment_cancels_its_work_and_leaves_nothing_behind(db: Db) {
+    let t = &api(db).await;
+    t.project_with_service("shop", "org/shop").await;
+    let web_in = |environment: &str| {
+        service_yaml("shop", "web", "org/shop").replace("environment: prod", &format!("environment: {environment}"))
+    };
+    let r = t.apply_yaml(&t.admin, "shop", &web_in("stage")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // A build of `web` for stage, still running when the environment goes.
+    let build = |n: u32| format!(r#"{{"git_sha":"{}"}}"#, sha(n));
+    let web_build = t
+        .admin("POST", "/v1/projects/shop/services/web/releases", Some(&build(1)))
+        .await;
+    assert_eq!(web_build.status, StatusCode::ACCEPTED, "{web_build:?}");
+    let web_release = web_build.body["release"]["id"].as_i64().unwrap();
+    let web_pipeline = web_build.body["pipeline"].as_i64().unwrap();
+
+    let r = t.admin("DELETE", "/v1/projects/shop/environments/stage", None).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{r:?}"
+    );
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("home to service `web`") && detail.contains("metadata.environment"),
+        "{detail}"
+    );
+    for role in ["ReadOnly", "Developer"] {
+        let token = t.user(&format!("user:{role}"), role, "shop").await;
+        let r = t
+            .call(&token, "DELETE", "/v1/projects/shop/environments/stage", None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{role}: {r:?}");
+    }
+    for uri in [
+        "/v1/projects/shop/environments/preview-9",
+        "/v1/projects/nope/environments/stage",
+    ] {
+        assert_eq!(
+            t.admin("DELETE", uri, None).await.status,
+            StatusCode::NOT_FOUND,
+            "{uri}"
+        );
+    }
+
+    // `web` moves to prod (its build for stage keeps running); `api` is deployed to stage, with a
+    // route and secrets there, and a route and a secret in prod.
+    assert_eq!(
+        t.apply_yaml(&t.admin, "shop", &web_in("prod")).await.status,
+        StatusCode::OK
+    );
+    let api_build = t
+        .admin("POST", "/v1/projects/shop/services/api/releases", Some(&build(2)))
+        .await;
+    let release = api_build.body["release"]["id"].as_i64().unwrap();
+    let api_pipeline = api_build.body["pipeline"].as_i64().unwrap();
+    t.finish_signed(release).await;
+    let deployment = t
+        .admin(
+            "POST",
+            "/v1/projects/shop/services/api/deployments",
+            Some(&format!(r#"{{"release":{release},"environment":"stage"}}"#)),
+        )
+        .await;
+    assert_eq!(deployment.status, StatusCode::ACCEPTED, "{deployment:?}");
+    let deploy_job = deployment.body["job_id"].as_i64().unwrap();
+    for (body, status) in [
+        (
+            r#"{"service":"api","environment":"stage","host":"api.stage.shop.dev"}"#,
+            StatusCode::CREATED,
+        ),
+        (r#"{"service":"api","host":"api.shop.dev"}"#, StatusCode::CREATED),
+    ] {
+        assert_eq!(
+            t.admin("POST", "/v1/projects/shop/routes", Some(body)).await.status,
+            status
+        );
+    }
+    let secret_value = "stage-only-value-do-not-leak";
+    for (name, place) in [
+        ("SHARED", r#""environment":"stage""#),
+        ("DATABASE_URL", r#""environment":"stage","service":"api""#),
+        ("PROD_ONLY", r#""environment":"prod""#),
+    ] {
+        let body = format!(r#"{{"value":"{secret_value}",{place}}}"#);
+        let r = t
+            .admin("PUT", &format!("/v1/projects/shop/secrets/{name}"), Some(&body))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {r:?}");
+    }
+    // A teardown an earlier deletion queued in stage is never cancelled.
+    let r = t
+        .apply_yaml(
+            &t.admin,
+            "shop",
+            &service_yaml("shop", "old", "org/shop").replace("environment: prod", "environment: stage"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let old = t.admin("DELETE", "/v1/projects/shop/services/old", None).await;
+    let old_teardown = old.body["teardown_jobs"][0].as_i64().unwrap();
+
+    let r = t.admin("DELETE", "/v1/projects/shop/environments/stage", None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let ids = |value: &serde_json::Value| -> Vec<i64> {
+        value.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+    };
+    let cancelled = ids(&r.body["cancelled_jobs"]);
+    let teardown = ids(&r.body["teardown_jobs"]);
+    assert!(cancelled.contains(&deploy_job), "the deploy to stage: {cancelled:?}");
+    assert!(!cancelled.contains(&old_teardown), "{cancelled:?}");
+    let steps = |pipeline: i64| async move {
+        let run = t.admin("GET", &format!("/v1/pipelines/{pipeline}"), None).await;
+        run.body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["job"].as_i64().unwrap())
+            .collect::<Vec<i64>>()
+    };
+    for job in steps(web_pipeline).await {
+        assert!(
+            cancelled.contains(&job),
+            "the build for stage, step {job}: {cancelled:?}"
+        );
+    }
+    for job in steps(api_pipeline).await {
+        assert!(
+            !cancelled.contains(&job),
+            "prod's build, step {job}, goes on: {cancelled:?}"
+        );
+    }
+    assert_eq!(teardown.len(), 1, "api was deployed to stage: {r:?}");
+    let job = t.admin("GET", &format!("/v1/jobs/{}", teardown[0]), None).await;
+    assert_eq!(job.body["kind"], "teardown");
+    let payload = &job.body["payload"];
+    assert_eq!(
+        [
+            &payload["service"],
+            &payload["environment"],
+            &payload["whole_environment"],
+            &payload["keep_volumes"]
+        ],
+        [&json!("api"), &json!("stage"), &json!(true), &json!(false)],
+        "{payload}"
+    );
+    let state = |id: i64| async move { t.admin("GET", &format!("/v1/jobs/{id}"), None).await.body["state"].clone() };
+    assert_eq!(state(deploy_job).await, "cancelled");
+    assert_eq!(state(old_teardown).await, "available");
+    let d = t
+        .admin("GET", &format!("/v1/deployments/{}", deployment.body["id"]), None)
+        .await;
+    assert_eq!(d.body["status"], "torn_down", "{d:?}");
+    let web = t.admin("GET", &format!("/v1/releases/{web_release}"), None).await;
+    assert_eq!(
+        web.body["status"], "superseded",
+        "not rebuilt by the reconciler: {web:?}"
+    );
+
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let envs = t.admin("GET", "/v1/projects/shop/environments", None).await;
+    assert_eq!(names(&envs.body), ["dev", "prod"]);
+    let audit = t
+        .admin("GET", "/v1/audit?project=shop&action=environment.delete", None)
+        .await;
+    assert_eq!(audit.body.as_array().unwrap().len(), 1, "{audit:?}");
+    assert_eq!(audit.body[0]["entity"], "shop/stage");
+    assert_eq!(audit.body[0]["diff"]["keep_volumes"], false);
+    assert_eq!(ids(&audit.body[0]["diff"]["teardown_jobs"]), teardown);
+    assert_eq!(ids(&audit.body[0]["diff"]["cancelled_jobs"]), cancelled);
+    let everything = t.admin("GET", "/v1/audit?project=shop", None).await;
+    assert!(!everything.body.to_string().contains(secret_value));
+
+    // Created again under the name, it has none of the old routes or secrets; prod keeps its own.
+    let r = t
+        .admin("POST", "/v1/projects/shop/environments", Some(r#"{"name":"stage"}"#))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let secrets = t
+        .admin("GET", "/v1/projects/shop/secrets?environment=stage", None)
+        .await;
+    assert_eq!(secrets.body, json!([]));
+    let secrets = t.admin("GET", "/v1/projects/shop/secrets", None).await;
+    assert_eq!(names(&secrets.body), ["PROD_ONLY"]);
+    let routes = t.admin("GET", "/v1/projects/shop/routes", None).await;
+    let hosts: Vec<&str> = routes
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["api.shop.dev"]);
+    let scope = SecretScope {
+        project: "shop".into(),
+        environment: Some("stage".into()),
+        service: None,
+    };
+    assert!(t.store.reveal_secret(&scope, "SHARED").await.unwrap().is_none());
+}
+
 async fn audit_records_every_change_immutably(db: Db) {
     let t = api(db).await;
     t.project_with_service("shop", "org/shop").await;
@@ -778,6 +990,7 @@ on_both_databases!(
     routes_refuse_conflicts,
     tokens_scopes_expiry_and_revocation,
     nobody_acts_above_their_rank_and_deleted_projects_leave_nothing_behind,
+    deleting_an_environment_cancels_its_work_and_leaves_nothing_behind,
     rate_limits_answer_429_with_retry_after,
     audit_records_every_change_immutably,
     openapi_document_describes_the_api,

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 
 use axum::http::StatusCode;
 use enclii_api::auth::{Permission, Role};
-use enclii_store::ReleaseOutcome;
 use support::{Db, TestApi, api, sha};
 
 /// Who may call a route.
@@ -467,6 +466,13 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "DELETE",
+            "/v1/projects/shop/environments/stage",
+            "/v1/projects/{project}/environments/{environment}",
+            None,
+            Project(ProjectWrite),
+        ),
+        case(
+            "DELETE",
             "/v1/projects/shop/services/api",
             "/v1/projects/{project}/services/{service}",
             None,
@@ -520,12 +526,7 @@ async fn fixture(t: &TestApi) -> Fixture {
     let pipeline = build.body["pipeline"].as_i64().unwrap();
     let run = t.admin("GET", &format!("/v1/pipelines/{pipeline}"), None).await;
     let job = run.body["steps"][0]["job"].as_i64().unwrap();
-    let signed = ReleaseOutcome {
-        digest: Some(format!("sha256:{}", "0".repeat(64))),
-        signature: Some("registry.example/shop/api:sha256-0.sig".into()),
-        ..Default::default()
-    };
-    t.store.finish_release(release, &signed).await.unwrap();
+    t.finish_signed(release).await;
     let deployment = t
         .admin(
             "POST",

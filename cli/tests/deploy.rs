@@ -3,7 +3,8 @@
 //! containers behind the Junctions router, which the tests call by host name. Covers a first
 //! deploy, a canary that passes and is promoted, a canary whose release answers 500s and is rolled
 //! back automatically (TC-02, with a short analysis window), rollback to an earlier release,
-//! quota refusal, and a pull request's preview from webhook to URL to teardown.
+//! quota refusal, a pull request's preview from webhook to URL to teardown, and deleting a
+//! service, an environment or a project.
 
 mod support;
 
@@ -565,6 +566,120 @@ fn deleting_a_service_or_a_project_leaves_nothing_behind() {
     );
     let (_, audit) = call(server, "GET", "/v1/audit?action=service.delete", Value::Null);
     assert_eq!(audit[0]["diff"]["keep_volumes"], true, "{audit}");
+}
+
+/// The project's containers labelled with `environment`.
+fn containers_in(project: &str, environment: &str) -> String {
+    run(Command::new(DOCKER).args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.enclii.project={project}"),
+        "--filter",
+        &format!("label=dev.enclii.environment={environment}"),
+    ]))
+}
+
+/// Deleting an environment leaves nothing of it on the engine — no container, no route, no
+/// volume unless kept on request — while the service keeps serving in the others.
+#[test]
+fn deleting_an_environment_leaves_nothing_behind_and_the_others_serving() {
+    let _cleanup = Cleanup("envdel");
+    let volume = json!([{"name": "data", "mountPath": "/data", "size": "64Mi"}]);
+    let p = platform(
+        "envdel",
+        json!({"routes": [{"host": "api.envdel.test"}], "volumes": volume}),
+    );
+    let (server, router) = (&p.server, p.router.as_str());
+    let release = ready_release(&p, &head(&p));
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    // The same release in stage, behind a route of its own there.
+    let to_stage = || {
+        let (status, body) = call(
+            server,
+            "POST",
+            "/v1/projects/envdel/routes",
+            json!({"service": "api", "environment": "stage", "host": "api.stage.envdel.test"}),
+        );
+        assert_eq!(status, 201, "{body}");
+        let (status, d) = call(
+            server,
+            "POST",
+            "/v1/projects/envdel/services/api/deployments",
+            json!({"release": release, "environment": "stage"}),
+        );
+        assert_eq!(status, 202, "{d}");
+        let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+        assert_eq!(d["status"], "succeeded", "{d}");
+        assert_eq!(get(router, "api.stage.envdel.test", "/"), (200, "v1".into()));
+        assert!(!containers_in("envdel", "stage").trim().is_empty());
+        d
+    };
+    let staged = to_stage();
+    let both = ["enclii-envdel-prod-api-data", "enclii-envdel-stage-api-data"];
+    assert_eq!(volumes_of("envdel"), both);
+    let prod_containers = containers_in("envdel", "prod");
+    assert!(!prod_containers.trim().is_empty());
+    let prod_untouched = || {
+        assert_eq!(get(router, "api.envdel.test", "/"), (200, "v1".into()));
+        assert_eq!(
+            containers_in("envdel", "prod"),
+            prod_containers,
+            "prod's replicas are the same"
+        );
+    };
+
+    // Stage goes; its volume stays (asked for).
+    let (status, deletion) = call(
+        server,
+        "DELETE",
+        "/v1/projects/envdel/environments/stage?keep_volumes=true",
+        Value::Null,
+    );
+    assert_eq!(status, 202, "{deletion}");
+    wait_teardown(server, &deletion);
+    assert_eq!(get(router, "api.stage.envdel.test", "/").0, 404);
+    let left = containers_in("envdel", "stage");
+    assert!(left.trim().is_empty(), "stage containers left: {left}");
+    assert_eq!(volumes_of("envdel"), both, "the kept volume");
+    assert_eq!(
+        deployment(server, staged["id"].as_i64().unwrap())["status"],
+        "torn_down"
+    );
+    prod_untouched();
+
+    // Created and deployed again, then deleted without keeping: its volume goes too.
+    let (status, body) = call(
+        server,
+        "POST",
+        "/v1/projects/envdel/environments",
+        json!({"name": "stage"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    to_stage();
+    let (status, deletion) = call(server, "DELETE", "/v1/projects/envdel/environments/stage", Value::Null);
+    assert_eq!(status, 202, "{deletion}");
+    wait_teardown(server, &deletion);
+    assert_eq!(get(router, "api.stage.envdel.test", "/").0, 404);
+    let left = containers_in("envdel", "stage");
+    assert!(left.trim().is_empty(), "stage containers left: {left}");
+    assert_eq!(volumes_of("envdel"), ["enclii-envdel-prod-api-data"]);
+    prod_untouched();
+    let (_, audit) = call(
+        server,
+        "GET",
+        "/v1/audit?project=envdel&action=environment.delete",
+        Value::Null,
+    );
+    let kept: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["diff"]["keep_volumes"])
+        .collect();
+    assert_eq!(kept, [&json!(false), &json!(true)], "{audit}");
 }
 
 /// TC-04: a cron job fires on schedule with the deployed release's image, its output is in the

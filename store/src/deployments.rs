@@ -330,6 +330,46 @@ pub(crate) async fn service_secrets(
     Ok(chosen.into_iter().map(|(name, (_, value))| (name, value)).collect())
 }
 
+/// Ends the deployments in `environment` (of one `service` only, if given) that run or still
+/// serve as `torn_down`: what they started is being removed from the target. Returns how many.
+pub(crate) async fn tear_down_deployments(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    service: Option<&str>,
+) -> Result<u64> {
+    Ok(query(
+        "UPDATE deployments SET status = 'torn_down', updated_at = $4, finished_at = COALESCE(finished_at, $4)
+         WHERE project = $1 AND environment = $2 AND ($3 IS NULL OR service = $3)
+           AND status IN ('pending', 'running', 'canary', 'succeeded')",
+    )
+    .binds((project, environment, service, now_ms()))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Removes an environment's rows: its routes, its secrets (every scope within it) and the
+/// environment itself. Returns whether the environment was there. Its deployments, releases and
+/// job runs stay as history; no service may be at home in it (the foreign key refuses).
+pub(crate) async fn forget_environment(conn: &mut Conn<'_>, project: &str, environment: &str) -> Result<bool> {
+    for statement in [
+        "DELETE FROM routes WHERE project = $1 AND environment = $2",
+        "DELETE FROM secrets WHERE project = $1 AND environment = $2",
+    ] {
+        query(statement)
+            .binds((project, environment))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let deleted = query("DELETE FROM environments WHERE project = $1 AND name = $2")
+        .binds((project, environment))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(deleted > 0)
+}
+
 /// Forgets what a torn-down preview held for one service: its routes, and its deployments end
 /// as torn down. When no other service runs there any more, the environment itself goes with
 /// its secrets. Releases stay (their provenance is history).
@@ -343,13 +383,7 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
         .binds((project, environment, service))
         .execute(&mut *conn)
         .await?;
-    query(
-        "UPDATE deployments SET status = 'torn_down', updated_at = $4, finished_at = COALESCE(finished_at, $4)
-         WHERE project = $1 AND environment = $2 AND service = $3 AND status IN ('pending', 'running', 'canary', 'succeeded')",
-    )
-    .binds((project, environment, service, now_ms()))
-    .execute(&mut *conn)
-    .await?;
+    tear_down_deployments(conn, project, environment, Some(service.as_str())).await?;
     let still_running: i64 = query_scalar(
         "SELECT COUNT(*) FROM deployments WHERE project = $1 AND environment = $2
            AND status IN ('pending', 'running', 'canary', 'succeeded')",
@@ -359,21 +393,7 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
     .await?;
     let mut diff = json!({"service": service});
     if still_running == 0 {
-        for statement in [
-            "DELETE FROM routes WHERE project = $1 AND environment = $2",
-            "DELETE FROM secrets WHERE project = $1 AND environment = $2",
-        ] {
-            query(statement)
-                .binds((project, environment))
-                .execute(&mut *conn)
-                .await?;
-        }
-        let deleted = query("DELETE FROM environments WHERE project = $1 AND name = $2")
-            .binds((project, environment))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        diff["environment_removed"] = json!(deleted > 0);
+        diff["environment_removed"] = json!(forget_environment(conn, project, environment).await?);
     }
     let entity = format!("{project}/{environment}");
     audit(

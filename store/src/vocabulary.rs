@@ -159,7 +159,7 @@ vocabulary! {
         RolledBack = "rolled_back",
         /// A newer deployment of the same service took over before this one finished.
         Superseded = "superseded",
-        /// Its preview environment was torn down.
+        /// Its environment was torn down: a preview closed or expired, or the environment deleted.
         TornDown = "torn_down",
     }
 }

@@ -1,6 +1,7 @@
-//! Environments of a project, with budgets and quotas (quota bodies parsed to millicores and MiB).
+//! Environments of a project, with budgets and quotas (quota bodies parsed to millicores and MiB);
+//! deleting one tears down what was deployed there.
 
-use crate::extract::{Body, Path};
+use crate::extract::{Body, Path, Query};
 use crate::views;
 use crate::views::Environment;
 use axum::Json;
@@ -179,4 +180,30 @@ pub async fn update_environment(
             .await?
             .into(),
     ))
+}
+
+/// Deletes an environment. Refused (409, naming them) while services are at home in it
+/// (`metadata.environment`): delete or move them first. Otherwise its queued and running work is
+/// cancelled, its rows go at once — routes, secrets of every scope within it; its deployments end
+/// `torn_down` —, and `teardown` jobs remove what each service deployed there runs on the target,
+/// volumes too unless `keep_volumes`. An environment created again under the name starts empty.
+#[utoipa::path(delete, path = "/v1/projects/{project}/environments/{environment}", tag = "environments",
+    params(("project" = String, Path, description = "Project slug"),
+           ("environment" = String, Path, description = "Environment name"),
+           super::Keep),
+    responses((status = 202, body = crate::views::Deletion),
+              (status = 409, body = crate::Problem, description = "services are at home in the environment")))]
+pub async fn delete_environment(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((project, environment)): Path<(String, String)>,
+    Query(keep): Query<super::Keep>,
+) -> Result<(StatusCode, Json<crate::views::Deletion>), ApiError> {
+    // As deleting a service: project configuration, an Admin's (not a Developer's).
+    principal.require(Permission::ProjectWrite, Some(&project))?;
+    let deletion = state
+        .store
+        .delete_environment(&principal.subject, &project, &environment, keep.keep_volumes)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(deletion.into())))
 }

@@ -200,6 +200,16 @@ impl TestApi {
         self.send(req.body(Body::from(body.to_string())).unwrap()).await
     }
 
+    /// Records `release` as built, pushed and signed by its pipeline: ready to deploy.
+    pub async fn finish_signed(&self, release: i64) {
+        let signed = enclii_store::ReleaseOutcome {
+            digest: Some(format!("sha256:{}", "0".repeat(64))),
+            signature: Some(format!("registry.example/shop/api:sha256-{}.sig", "0".repeat(64))),
+            ..Default::default()
+        };
+        self.store.finish_release(release, &signed).await.unwrap();
+    }
+
     /// Creates a project and a service `api` building from `repo` (`org/name` on GitHub).
     pub async fn project_with_service(&self, project: &str, repo: &str) {
         let r = self
