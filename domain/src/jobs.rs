@@ -104,6 +104,15 @@ pub struct CanaryAnalyze {
 }
 job_kind!(CanaryAnalyze, "canary-analyze", policy(1, 5, 600, 5));
 
+impl CanaryAnalyze {
+    /// One analysis per deployment and step: `canary-analyze:<deployment>:<step>`. The deploy
+    /// handler enqueues each step's analysis under it, and the reconciler enqueues a lost one
+    /// again under the same key (so it never doubles a live one).
+    pub fn unique_key(&self) -> String {
+        format!("{}:{}:{}", Self::KIND, self.deployment, self.step)
+    }
+}
+
 /// Run one of a service's jobs (`spec.jobs`) once, on schedule or on demand, with the image of
 /// the release deployed in the environment. A failed run is retried by the queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

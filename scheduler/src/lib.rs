@@ -16,7 +16,12 @@
 //!   queue's id sequences above the ids the control plane holds, and builds again (or marks
 //!   superseded) releases `building` for longer than `orphan_grace` whose run is missing from the
 //!   queue, over, or another release's — what a Redis restart without persistence leaves behind
-//!   ([`enclii_store::Store::reconcile_orphans`]; a page of `reconcile_batch` releases a pass).
+//!   ([`enclii_store::Store::reconcile_orphans`]; a page of `reconcile_batch` releases a pass);
+//!   then, the same way, deployments left `pending` or `running` (or a canary under analysis)
+//!   without a live job for longer than `orphan_grace`: a lost deploy job is enqueued again, a
+//!   dead or cancelled one fails its deployment with the reason
+//!   ([`enclii_store::Store::reconcile_deployments`]; a page of `reconcile_batch` a pass, with a
+//!   cursor of its own).
 //!
 //! Lease rescue is not here: it runs in every worker process, so a worker-only deployment still
 //! recovers from crashes.
@@ -26,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use enclii_domain::jobs::CostSample;
 use enclii_queue::{Backend, NewJob};
-use enclii_store::{BudgetLevel, Settlement, Store};
+use enclii_store::{BudgetLevel, DeploymentSettlement, Settlement, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -51,10 +56,12 @@ pub struct SchedulerConfig {
     pub preview_every: Duration,
     /// How often releases are reconciled with the queue.
     pub reconcile_every: Duration,
-    /// A release building at least this long (since it last changed) without a live run is
-    /// orphaned: the step that ends a run may record its release a moment after the run ended.
+    /// A release building (or a deployment pending, running or under canary analysis) at least
+    /// this long (since it last changed) without a live run (job) is orphaned: the step that ends
+    /// a run may record its release a moment after the run ended.
     pub orphan_grace: Duration,
-    /// Most building releases examined per reconciliation pass.
+    /// Most building releases (and, apart, unfinished deployments) examined per reconciliation
+    /// pass.
     pub reconcile_batch: usize,
     /// This process's name on the lease; unique per process.
     pub holder: String,
@@ -100,6 +107,8 @@ pub struct Scheduler {
     next_reconcile: Instant,
     /// Where the next reconciliation pass continues.
     reconcile_cursor: i64,
+    /// Where the next reconciliation pass over deployments continues.
+    deployment_cursor: i64,
 }
 
 /// What one tick did.
@@ -112,6 +121,8 @@ pub struct TickReport {
     pub teardowns: usize,
     /// Orphaned releases built again or marked superseded.
     pub orphans: usize,
+    /// Orphaned deployments deployed again, failed, superseded or given their analysis again.
+    pub orphaned_deployments: usize,
 }
 
 impl Scheduler {
@@ -128,6 +139,7 @@ impl Scheduler {
             next_preview_check: now,
             next_reconcile: now,
             reconcile_cursor: 0,
+            deployment_cursor: 0,
         }
     }
 
@@ -183,6 +195,9 @@ impl Scheduler {
         if self.is_leader() && Instant::now() >= self.next_reconcile {
             self.next_reconcile = Instant::now() + self.config.reconcile_every;
             self.reconcile(&mut report).await;
+            if self.is_leader() {
+                self.reconcile_deployments(&mut report).await;
+            }
         }
         if self.is_leader() && Instant::now() >= self.next_prune {
             self.next_prune = Instant::now() + self.config.prune_every;
@@ -350,6 +365,50 @@ impl Scheduler {
             warn!(release, %error, "cannot settle a release without a live run; will try again");
         }
         report.orphans += pass.orphans.len();
+    }
+
+    /// One reconciliation pass over unfinished deployments; each orphan is logged once, with why
+    /// and what became of it.
+    async fn reconcile_deployments(&mut self, report: &mut TickReport) {
+        let config = (self.config.orphan_grace, self.config.reconcile_batch);
+        let pass = match self
+            .store
+            .reconcile_deployments(config.0, self.deployment_cursor, config.1)
+            .await
+        {
+            Ok(pass) => pass,
+            Err(e) => return warn!(error = %e, "cannot reconcile deployments with the queue; will try again"),
+        };
+        self.deployment_cursor = pass.cursor;
+        for orphan in &pass.orphans {
+            let deployment = &orphan.deployment;
+            let reason = orphan.reason.to_string();
+            let settled = match orphan.settled {
+                DeploymentSettlement::Redeployed { .. } => "redeployed",
+                DeploymentSettlement::Superseded { .. } => "superseded",
+                DeploymentSettlement::Failed => "failed",
+                DeploymentSettlement::Reanalyzed { .. } => "reanalyzed",
+            };
+            metrics::counter!("enclii_orphaned_deployments_total", "settled" => settled).increment(1);
+            let (project, service, environment) = (&deployment.project, &deployment.service, &deployment.environment);
+            match orphan.settled {
+                DeploymentSettlement::Redeployed { job } => warn!(deployment = deployment.id, %project, %service,
+                    %environment, old_job = deployment.job_id, job, %reason,
+                    "unfinished deployment had no live deploy job; deploying it again"),
+                DeploymentSettlement::Superseded { by } => warn!(deployment = deployment.id, %project, %service,
+                    %environment, old_job = deployment.job_id, superseded_by = by, %reason,
+                    "unfinished deployment had no live deploy job; a newer deployment supersedes it"),
+                DeploymentSettlement::Failed => warn!(deployment = deployment.id, %project, %service,
+                    %environment, job = deployment.job_id, %reason,
+                    "unfinished deployment's deploy job ended without it; marked failed"),
+                DeploymentSettlement::Reanalyzed { job } => warn!(deployment = deployment.id, %project, %service,
+                    %environment, job, %reason, "canary had no analysis of its step; enqueued it again"),
+            }
+        }
+        for (deployment, error) in &pass.failed {
+            warn!(deployment, %error, "cannot settle a deployment without a live job; will try again");
+        }
+        report.orphaned_deployments += pass.orphans.len();
     }
 
     async fn prune(&self) {

@@ -1,6 +1,6 @@
 //! Two schedulers on one database (two processes, each with its own store): only the leader acts,
-//! so a due cron job fires once and an orphaned release is rebuilt once; when the leader goes,
-//! the other takes over.
+//! so a due cron job fires once, an orphaned release is rebuilt once and an orphaned deployment
+//! settled once; when the leader goes, the other takes over.
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
@@ -141,6 +141,69 @@ async fn only_the_leader_reconciles_orphaned_releases(url: String) {
 async fn postgres_only_the_leader_reconciles_orphaned_releases() {
     let db = common::test_database().await;
     only_the_leader_reconciles_orphaned_releases(db.url.clone()).await;
+}
+
+/// The leader's reconciliation pass also settles a deployment left `pending` without a live
+/// deploy job (here: the job cancelled through the queue) — once, and only the leader's.
+async fn only_the_leader_reconciles_orphaned_deployments(url: String) {
+    let (a, b) = (store(&url).await, store(&url).await);
+    enclii_store::fixtures::shop_api(&a).await.unwrap();
+    let trigger = enclii_store::BuildTrigger {
+        project: "shop".into(),
+        service: "api".into(),
+        git_sha: "a".repeat(40),
+        branch: "main".into(),
+        deploy_to: None,
+        trigger: enclii_store::ReleaseTrigger::Api,
+    };
+    let (release, _) = a.trigger_build("user:dev", &trigger).await.unwrap();
+    let outcome = enclii_store::ReleaseOutcome {
+        digest: Some(format!("sha256:{}", "a".repeat(64))),
+        signature: Some(format!("registry.example/shop/api:sha256-{}.sig", "a".repeat(64))),
+        ..Default::default()
+    };
+    a.finish_release(release.id, &outcome).await.unwrap();
+    let request = enclii_store::DeploymentRequest {
+        project: "shop".into(),
+        service: "api".into(),
+        environment: "dev".into(),
+        release_id: release.id,
+        strategy: enclii_store::Strategy::Rolling,
+        reason: "deploy".into(),
+    };
+    let deployment = a.create_deployment("user:dev", &request).await.unwrap();
+    a.queue().cancel(deployment.job_id.unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let eager = |holder: &str| SchedulerConfig {
+        orphan_grace: Duration::ZERO,
+        ..config(holder)
+    };
+    let mut first = Scheduler::new(a.clone(), eager("first"));
+    let mut second = Scheduler::new(b.clone(), eager("second"));
+    let now = chrono::Utc::now().timestamp_millis();
+    let (r1, r2) = tokio::join!(first.tick(now), second.tick(now));
+    assert_eq!(
+        (
+            r1.orphaned_deployments + r2.orphaned_deployments,
+            r1.leading as usize + r2.leading as usize
+        ),
+        (1, 1),
+        "{r1:?} {r2:?}"
+    );
+    let failed = a.deployment(deployment.id).await.unwrap();
+    assert_eq!(failed.status, enclii_store::DeploymentStatus::Failed, "{failed:?}");
+    assert!(failed.detail.unwrap().contains("its deploy job was cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_only_the_leader_reconciles_orphaned_deployments() {
+    let db = common::test_database().await;
+    only_the_leader_reconciles_orphaned_deployments(db.url.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_only_the_leader_reconciles_orphaned_deployments() {
+    only_the_leader_reconciles_orphaned_deployments(common::fresh_sqlite_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! worker may claim a step before its rows are visible — build steps wait for their release — and
 //! a failed commit can leave a pipeline whose rows are missing, which the unique keys make
 //! harmless on GitHub's redelivery. A Redis that lost its data is reconciled: `runs.rs`,
-//! `orphans.rs`.)
+//! `orphans.rs`, `deployment_orphans.rs`.)
 //!
 //! Each resource has its module: the operations are `async fn`s over one connection type,
 //! [`db::Conn`], written once for both databases, and the `Store` methods that run them in a
@@ -16,6 +16,7 @@
 
 mod audit;
 mod db;
+mod deployment_orphans;
 mod deployments;
 mod error;
 #[doc(hidden)]
@@ -48,6 +49,7 @@ use enclii_queue::sqlite::SqliteQueue;
 use sqlx::migrate::Migrator;
 
 pub use db::Dialect;
+pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};
 pub use error::{Result, StoreError};
 pub use joblog::{JobLog, JobLogWriter};
 pub use lifecycle::Deletion;
