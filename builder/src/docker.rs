@@ -163,11 +163,34 @@ pub async fn build(
         return Ok(id.trim().to_string());
     }
     let tail: Vec<String> = tail.lock().expect("log tail").iter().cloned().collect();
+    if let Some(sign) = engine_went_away(&tail) {
+        return Err(StepError::transient(format!(
+            "build: the Docker engine stopped answering during the build ({sign}); retrying"
+        )));
+    }
     Err(StepError::fatal(explain_failure(
         req.dockerfile_name,
         req.dockerfile_text,
         &tail,
     )))
+}
+
+/// The line of a failed build's log saying the engine itself failed — it stopped or restarted
+/// during the build — rather than the Dockerfile: worth a retry, not the release's failure.
+fn engine_went_away(tail: &[String]) -> Option<&str> {
+    const SIGNS: [&str; 4] = [
+        "cannot connect to the docker daemon",
+        "error during connect",
+        "rpc error: code = unavailable",
+        "/var/run/docker.sock",
+    ];
+    tail.iter()
+        .rev()
+        .find(|line| {
+            let line = line.to_ascii_lowercase();
+            SIGNS.iter().any(|sign| line.contains(sign))
+        })
+        .map(String::as_str)
 }
 
 /// `build failed at Dockerfile:7: RUN make: exit code: 2` from the end of BuildKit's plain log.
@@ -361,4 +384,34 @@ pub async fn read_image_files(
         )
         .await;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::engine_went_away;
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|l| l.to_string()).collect()
+    }
+
+    /// The two endings chaos's engine restart gave a build (issue 14) are the engine's; a failing
+    /// `RUN` is the Dockerfile's, even when its output talks about connections.
+    #[test]
+    fn an_engine_that_went_away_is_told_from_a_failing_dockerfile() {
+        let cli = lines(&[
+            "#5 [2/3] COPY www /www",
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+        ]);
+        assert!(engine_went_away(&cli).is_some());
+        let grpc = lines(&[
+            "ERROR: failed to dial gRPC: cannot connect to the Docker daemon. Is 'docker daemon' running on this host?: dial unix /var/run/docker.sock: connect: no such file or directory",
+        ]);
+        assert!(engine_went_away(&grpc).is_some());
+        let dockerfile = lines(&[
+            "#6 [3/3] RUN curl https://example.test",
+            "#6 0.2 curl: (7) Failed to connect: connection refused",
+            "ERROR: failed to solve: process \"/bin/sh -c curl https://example.test\" did not complete successfully: exit code: 7",
+        ]);
+        assert_eq!(engine_went_away(&dockerfile), None);
+    }
 }

@@ -157,7 +157,7 @@ impl DeployArgs {
                 config.registry_login = registry_login;
                 match DockerTarget::connect(docker_host, junctions.clone(), config).await {
                     Ok(target) => Ok(Some(DeployTarget {
-                        target: Arc::new(target),
+                        target,
                         router: Some((self.router_listen, junctions)),
                     })),
                     Err(e) if self.target == TargetKind::Auto => {

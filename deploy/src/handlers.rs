@@ -19,9 +19,10 @@ use enclii_deploy_contract::target::{Removal, Target};
 use enclii_domain::jobs;
 use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
-use enclii_queue::{JobKind, NewJob};
+use enclii_queue::NewJob;
 use enclii_store::{
     DeployPlan, Deployment, DeploymentStatus, DeploymentUpdate, JobLog, SignaturePolicy, Store, StoreError,
+    Supersession,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
@@ -153,7 +154,12 @@ impl Deployer {
     }
 
     /// Everything the target needs for the plan's release of the service in its environment.
-    pub(crate) async fn workload(&self, plan: &DeployPlan, spec: ServiceSpec) -> Result<Workload, Failure> {
+    pub(crate) async fn workload(
+        &self,
+        deployment: &Deployment,
+        plan: &DeployPlan,
+        spec: ServiceSpec,
+    ) -> Result<Workload, Failure> {
         let (release, environment) = (&plan.release, &plan.environment);
         let key = ServiceKey::new(&release.project, &environment.name, &release.service);
         let digest = release
@@ -181,6 +187,7 @@ impl Deployer {
         let mib = |v: Option<i64>| v.map(|m| m.max(0) as u64 * 1024 * 1024);
         Ok(Workload {
             release: release.id,
+            deployment: deployment.id,
             image: enclii_domain::image::pinned(&release.image, digest),
             git_sha: release.git_sha.clone(),
             spec: spec.spec,
@@ -246,16 +253,28 @@ impl Deployer {
         if let Err(e) = &result {
             log.line(format!("deploy failed: {e}"));
         }
-        // A service deleted while this deploy ran had its teardown run already: what the deploy
-        // started after it must not outlive the service (its volumes are the teardown's call).
-        if let Err(StoreError::NotFound(_)) = self.store.service(&project, &job.service).await {
+        // A service or environment deleted while this deploy ran had its teardown run already:
+        // what the deploy started after it must not outlive it (volumes are the teardown's call).
+        let deleted = match (
+            self.store.service(&project, &job.service).await,
+            self.store.environment(&project, &deployment.environment).await,
+        ) {
+            (Err(StoreError::NotFound(_)), _) => Some("service"),
+            (_, Err(StoreError::NotFound(_))) => Some("environment"),
+            _ => None,
+        };
+        if let Some(what) = deleted {
             let key = ServiceKey::new(&project, &deployment.environment, &job.service);
             self.target
                 .remove(&key, Removal::Service { keep_volumes: true })
                 .await
                 .map_err(job_error)?;
-            log.line("the service was deleted during the deploy; what it started was removed");
-            result = Err(Failure(JobError::Abort(format!("{key} was deleted during its deploy"))));
+            log.line(format!(
+                "the {what} was deleted during the deploy; what it started was removed"
+            ));
+            result = Err(Failure(JobError::Abort(format!(
+                "{key} was deleted during its deploy (its {what})"
+            ))));
         }
         writer.finish().await;
         result
@@ -268,9 +287,15 @@ impl Deployer {
         log: &JobLog,
         ctx: &JobContext,
     ) -> Result<(), Failure> {
-        let superseded = self.store.supersede_deployments(deployment).await?;
-        if !superseded.is_empty() {
-            log.line(format!("superseding deployments {superseded:?}"));
+        match self.store.supersede_deployments(deployment).await? {
+            Supersession::SupersededBy(newer) => {
+                log.line(format!("deployment {newer} is newer: this one ended as superseded"));
+                return Ok(());
+            }
+            Supersession::Supersedes(older) if !older.is_empty() => {
+                log.line(format!("superseding deployments {older:?}"));
+            }
+            Supersession::Supersedes(_) => {}
         }
         let deployment = if deployment.status == DeploymentStatus::Pending {
             let running = DeploymentUpdate {
@@ -303,7 +328,7 @@ impl Deployer {
         }
         let steps = spec.spec.deploy.steps.clone();
         let analysis = spec.spec.deploy.analysis.clone();
-        let workload = match self.workload(&plan, spec).await {
+        let workload = match self.workload(&deployment, &plan, spec).await {
             Ok(w) => w,
             Err(e) => return Err(self.fail(&deployment, e.to_string(), e).await),
         };
@@ -319,6 +344,20 @@ impl Deployer {
         ));
         let outcome = match self.target.deploy(&workload, rollout).await {
             Ok(outcome) => outcome,
+            Err(DeployError::Superseded { applied, .. }) => {
+                let why = format!("superseded by deployment {applied}, which the target applied first");
+                log.line(&why);
+                let update = DeploymentUpdate {
+                    status: DeploymentStatus::Superseded,
+                    detail: Some(why),
+                    ..DeploymentUpdate::default()
+                };
+                // Ended already (superseded by that deployment's start) is as good.
+                if let Err(e) = self.update(&deployment, update, None).await {
+                    info!(deployment = deployment.id, error = %e, "superseded deployment already ended");
+                }
+                return Ok(());
+            }
             Err(e) => {
                 let permanent = e.is_permanent();
                 let why = e.to_string();
@@ -346,7 +385,7 @@ impl Deployer {
                     canary_percent: Some(i32::from(percent)),
                     url: outcome.url,
                 };
-                self.update(&deployment, update, Some(next)).await?;
+                self.record_end(&deployment, update, Some(next)).await?;
             }
             _ => {
                 let detail = format!("serving all traffic with {} replica(s)", outcome.replicas);
@@ -360,10 +399,29 @@ impl Deployer {
                     canary_percent: None,
                     url: outcome.url,
                 };
-                self.update(&deployment, update, None).await?;
+                self.record_end(&deployment, update, None).await?;
             }
         }
         Ok(())
+    }
+
+    /// Records what the deploy did. A deployment that a newer one superseded meanwhile stays
+    /// superseded (the newer one's deploy follows it on the target, or was applied first and
+    /// refused it): the job has nothing left to do, it is not a failure.
+    async fn record_end(
+        &self,
+        deployment: &Deployment,
+        update: DeploymentUpdate,
+        then: Option<NewJob>,
+    ) -> Result<(), Failure> {
+        match self.store.update_deployment(ACTOR, deployment.id, &update, then).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict(why)) => {
+                info!(deployment = deployment.id, %why, "deployment ended meanwhile; nothing recorded");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn analyze(&self, job: jobs::CanaryAnalyze, ctx: &JobContext) -> Result<(), Failure> {
@@ -501,7 +559,7 @@ fn analyze_job(deployment: &Deployment, step: u32, window: Duration) -> Result<N
     Ok(NewJob::typed(&deployment.project, &job)
         .map_err(|e| JobError::Abort(e.to_string()))?
         .run_at(run_at)
-        .unique_key(format!("{}:{}:{step}", jobs::CanaryAnalyze::KIND, deployment.id)))
+        .unique_key(job.unique_key()))
 }
 
 /// The secrets the service reads: each `envFrom` secret (a Lockbox secret holding `KEY=value`

@@ -76,7 +76,7 @@ impl Timetable {
         };
         let plan = store.deploy_plan(&deployment).await?;
         let release = &plan.release;
-        let workload = self.deployer.workload(&plan, spec).await?;
+        let workload = self.deployer.workload(&deployment, &plan, spec).await?;
         let secrets: Vec<String> = workload
             .secrets
             .iter()

@@ -16,6 +16,15 @@ use crate::services::require_service;
 use crate::{Store, now_ms};
 use enclii_queue::NewJob;
 
+/// What starting a deployment did to the service's other deployments in its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Supersession {
+    /// It superseded these older unfinished ones and goes ahead.
+    Supersedes(Vec<i64>),
+    /// A newer deployment (this id, the oldest of them) exists: this one ended as superseded.
+    SupersededBy(i64),
+}
+
 pub(crate) async fn create_deployment(
     conn: &mut Conn<'_>,
     actor: &str,
@@ -223,10 +232,28 @@ pub(crate) async fn update_deployment(
 }
 
 /// Marks the service's other unfinished deployments in the environment superseded by `by`.
-pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) -> Result<Vec<i64>> {
+pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) -> Result<Supersession> {
+    // A deployment created after this one (a newer push, a rollback) decides what serves: this
+    // one is stale, however late its job came to run.
+    let newer: Option<i64> = query_scalar(
+        "SELECT MIN(id) FROM deployments WHERE project = $1 AND environment = $2 AND service = $3 AND id > $4",
+    )
+    .binds((&by.project, &by.environment, &by.service, by.id))
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(newer) = newer {
+        query(
+            "UPDATE deployments SET status = 'superseded', detail = $2, updated_at = $3, finished_at = $3
+             WHERE id = $1 AND status IN ('pending', 'running', 'canary')",
+        )
+        .binds((by.id, format!("superseded by deployment {newer}"), now_ms()))
+        .execute(&mut *conn)
+        .await?;
+        return Ok(Supersession::SupersededBy(newer));
+    }
     let ids: Vec<i64> = query_scalar(
         "UPDATE deployments SET status = 'superseded', detail = $5, updated_at = $6, finished_at = $6
-         WHERE project = $1 AND environment = $2 AND service = $3 AND id <> $4
+         WHERE project = $1 AND environment = $2 AND service = $3 AND id < $4
            AND status IN ('pending', 'running', 'canary')
          RETURNING id",
     )
@@ -240,7 +267,7 @@ pub(crate) async fn supersede_deployments(conn: &mut Conn<'_>, by: &Deployment) 
     ))
     .fetch_all(&mut *conn)
     .await?;
-    Ok(ids)
+    Ok(Supersession::Supersedes(ids))
 }
 
 /// The deployment serving the service in the environment now: the latest that succeeded.
@@ -485,8 +512,9 @@ impl Store {
         })
         .await
     }
-    /// Marks the service's other unfinished deployments in the environment superseded.
-    pub async fn supersede_deployments(&self, by: &Deployment) -> Result<Vec<i64>> {
+    /// Marks the service's older unfinished deployments in the environment superseded — or `by`
+    /// itself, when a newer deployment of the service exists there.
+    pub async fn supersede_deployments(&self, by: &Deployment) -> Result<Supersession> {
         self.write(async |conn| supersede_deployments(conn, by).await).await
     }
     /// The deployment serving the service in the environment now, if any.

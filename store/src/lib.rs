@@ -50,6 +50,7 @@ use sqlx::migrate::Migrator;
 
 pub use db::Dialect;
 pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};
+pub use deployments::Supersession;
 pub use error::{Result, StoreError};
 pub use joblog::{JobLog, JobLogWriter};
 pub use lifecycle::Deletion;

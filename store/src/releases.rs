@@ -189,6 +189,17 @@ pub(crate) async fn mark_superseded(conn: &mut Conn<'_>, pipelines: &[i64], by_r
         .binds((pipeline, &reason, now_ms(), by_release.unwrap_or(0)))
         .execute(&mut *conn)
         .await?;
+        // The run's own deploy step, cancelled with the run, ends its deployment no more: it
+        // would stay `running` for ever. (Deployments made through the API have jobs of their
+        // own and go on; the newer release's deploy supersedes them when it starts.)
+        query(
+            "UPDATE deployments SET status = 'superseded', detail = $2, updated_at = $3, finished_at = $3
+             WHERE created_by = 'system:pipeline' AND status IN ('pending', 'running')
+               AND release_id IN (SELECT id FROM releases WHERE pipeline_id = $1 AND id <> $4)",
+        )
+        .binds((pipeline, &reason, now_ms(), by_release.unwrap_or(0)))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

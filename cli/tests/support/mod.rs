@@ -1,6 +1,7 @@
 //! Helpers shared by the binary's tests: start `enclii server`, talk HTTP to it, wait for it.
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod pipeline;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -24,6 +24,10 @@ pub enum DeployError {
     /// The target named has nothing for this service or release.
     #[error("{0}")]
     NotFound(String),
+    /// A newer deployment of the service was applied already: this older one must not replace
+    /// it (its job came late — retried, or claimed after the newer one's).
+    #[error("deployment {deployment} is older than deployment {applied}, which the target applied already")]
+    Superseded { deployment: i64, applied: i64 },
     /// The Docker engine failed or could not be reached.
     #[error("docker engine: {message}")]
     Docker {
@@ -52,7 +56,10 @@ impl DeployError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            DeployError::Refused(_) | DeployError::Unhealthy { .. } | DeployError::NotFound(_)
+            DeployError::Refused(_)
+                | DeployError::Unhealthy { .. }
+                | DeployError::NotFound(_)
+                | DeployError::Superseded { .. }
         )
     }
 

@@ -63,6 +63,11 @@ pub struct Quota {
 pub struct Workload {
     pub key: ServiceKey,
     pub release: i64,
+    /// The deployment applying it. Deployment ids grow with creation: a target that remembers
+    /// the id it applied last refuses an older deployment ([`DeployError::Superseded`]).
+    ///
+    /// [`DeployError::Superseded`]: crate::error::DeployError::Superseded
+    pub deployment: i64,
     /// The image pinned by digest (`registry/project/service@sha256:…`).
     pub image: String,
     /// The git commit the release was built from (a label, for people and cost reports).

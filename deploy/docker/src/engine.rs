@@ -26,6 +26,9 @@ pub(crate) const LABEL_ENVIRONMENT: &str = "dev.enclii.environment";
 pub(crate) const LABEL_SERVICE: &str = "dev.enclii.service";
 pub(crate) const LABEL_RELEASE: &str = "dev.enclii.release";
 pub(crate) const LABEL_ROLE: &str = "dev.enclii.role";
+/// Which target created a replica (its router table's path): the sweep removes only its own, so
+/// targets of other data directories on the same engine (tests, a second install) are left alone.
+pub(crate) const LABEL_OWNER: &str = "dev.enclii.owner";
 
 /// Login for pulling release images the engine does not have yet.
 #[derive(Clone)]
@@ -95,8 +98,13 @@ pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl DockerTarget {
-    /// Connects to the engine and restores the router table saved by an earlier run.
-    pub async fn connect(docker_host: &str, junctions: Arc<Junctions>, config: DockerTargetConfig) -> Result<Self> {
+    /// Connects to the engine, restores the router table saved by an earlier run and starts
+    /// following the engine (`watch.rs`) for as long as the target lives.
+    pub async fn connect(
+        docker_host: &str,
+        junctions: Arc<Junctions>,
+        config: DockerTargetConfig,
+    ) -> Result<Arc<Self>> {
         let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
         let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
             .map_err(|e| DeployError::docker(format!("engine at {docker_host} unreachable: {e}"), e))?;
@@ -114,7 +122,14 @@ impl DockerTarget {
             volume_bytes: std::sync::Mutex::new(HashMap::new()),
         };
         target.restore().await?;
+        let target = Arc::new(target);
+        target.watch();
         Ok(target)
+    }
+
+    /// The value of this target's [`LABEL_OWNER`].
+    pub(crate) fn owner(&self) -> String {
+        self.config.state_file.display().to_string()
     }
 
     pub fn junctions(&self) -> &Arc<Junctions> {
@@ -216,7 +231,10 @@ impl DockerTarget {
     }
 
     /// Every container, running or not, carrying all of `labels` (`key=value`).
-    async fn labelled_containers(&self, labels: Vec<String>) -> Result<Vec<bollard::models::ContainerSummary>> {
+    pub(crate) async fn labelled_containers(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&HashMap::from([("label".to_string(), labels)]))

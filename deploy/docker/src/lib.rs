@@ -7,7 +7,9 @@
 //! interface for the router. A replica is healthy when the spec's readiness probe (HTTP GET or
 //! TCP connect, run from the host against the published port) passes; a service without ports
 //! is healthy when its container runs. The router's table is saved to `state_file` after every
-//! change and reloaded (with the replicas' current ports) at start-up.
+//! change and reloaded (with the replicas' current ports) at start-up; while the target lives it
+//! follows the engine's container events (a replica restarted on a new port, an engine restart)
+//! and sweeps away replicas no binding serves (`watch.rs`).
 
 pub mod junctions;
 
@@ -16,6 +18,7 @@ mod jobs;
 mod observe;
 mod replicas;
 mod target;
+mod watch;
 
 pub use engine::{DockerTarget, DockerTargetConfig, RegistryLogin};
 pub use junctions::Junctions;

@@ -14,7 +14,15 @@ use enclii_deploy_contract::model::{ServiceKey, Workload};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine::DockerTarget;
+use crate::engine::{DockerTarget, LABEL_OWNER, is_not_found};
+
+/// Why a replica did not become ready.
+pub(crate) enum Unready {
+    /// The release's fault (it exited, or its probe kept failing): permanent, what ran is removed.
+    Unhealthy(String),
+    /// The engine's (unreachable, the replica removed under the deploy): worth a retry.
+    Engine(DeployError),
+}
 
 impl DockerTarget {
     pub(crate) fn replica_name(key: &ServiceKey, release: i64, index: u32) -> String {
@@ -119,7 +127,7 @@ impl DockerTarget {
         for name in &names {
             match self.wait_healthy(workload, name).await {
                 Ok(addr) => addrs.extend(addr),
-                Err(detail) => {
+                Err(Unready::Unhealthy(detail)) => {
                     for name in &names {
                         self.remove_container(name).await.ok();
                     }
@@ -129,6 +137,9 @@ impl DockerTarget {
                         detail,
                     });
                 }
+                // The engine, not the release, failed: a retry finds what runs and waits again;
+                // if none comes, the sweep (`watch.rs`) removes what no binding owns.
+                Err(Unready::Engine(e)) => return Err(e),
             }
         }
         Ok(addrs)
@@ -141,7 +152,11 @@ impl DockerTarget {
             // Like Kubernetes `args`: replaces the image's CMD, keeps its ENTRYPOINT.
             cmd: runtime.cmd.clone(),
             env: Some(Self::environment(workload)),
-            labels: Some(Self::labels(&workload.key, workload.release, "replica")),
+            labels: Some({
+                let mut labels = Self::labels(&workload.key, workload.release, "replica");
+                labels.insert(LABEL_OWNER.to_string(), self.owner());
+                labels
+            }),
             exposed_ports: runtime.ports.first().map(|p| vec![format!("{p}/tcp")]),
             host_config: Some(self.host_config(workload, true)),
             ..Default::default()
@@ -159,49 +174,85 @@ impl DockerTarget {
     }
 
     /// Polls the replica until its readiness probe passes: `Ok(addr)` (None without a port), or
-    /// `Err(why)` when it exits or the health timeout passes.
-    pub(crate) async fn wait_healthy(&self, workload: &Workload, name: &str) -> Result<Option<SocketAddr>, String> {
+    /// why not: the replica exited or stayed unready past the health timeout, or the engine
+    /// stopped answering (then it is the engine's failure, not the release's).
+    ///
+    /// A replica stopped by SIGTERM or SIGKILL (exit 143/137, not OOM) was stopped from outside —
+    /// usually by an engine shutting down, which restarts it by its restart policy when it comes
+    /// back — so it is waited for rather than judged; so is any stopped replica once the engine
+    /// has been seen down during the wait.
+    pub(crate) async fn wait_healthy(&self, workload: &Workload, name: &str) -> Result<Option<SocketAddr>, Unready> {
         let deadline = tokio::time::Instant::now() + self.config.health_timeout;
         let spec = &workload.spec;
         let probe = spec.health.readiness.as_ref();
+        let mut engine_down: Option<String> = None;
+        let mut last = String::from("not probed yet");
         loop {
-            let inspect = self
-                .docker
-                .inspect_container(name, None)
-                .await
-                .map_err(|e| format!("replica {name} vanished: {e}"))?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(match engine_down {
+                    Some(why) => Unready::Engine(DeployError::docker_message(format!(
+                        "the engine stopped answering while {name} started ({why}); retrying"
+                    ))),
+                    None => {
+                        let tail = self.log_tail(name).await;
+                        Unready::Unhealthy(format!("readiness probe of {name} still failing: {last}{tail}"))
+                    }
+                });
+            }
+            let inspect = match self.docker.inspect_container(name, None).await {
+                Ok(inspect) => inspect,
+                Err(e) if is_not_found(&e) => {
+                    return Err(Unready::Engine(DeployError::docker(
+                        format!("replica {name} was removed from the engine while it started; retrying"),
+                        e,
+                    )));
+                }
+                Err(e) => {
+                    last = format!("engine unreachable: {e}");
+                    engine_down = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
             let state = inspect.state.clone().unwrap_or_default();
             if state.running != Some(true) {
-                let tail = self.log_tail(name).await;
-                return Err(format!(
-                    "replica {name} exited with code {}{tail}",
-                    state.exit_code.unwrap_or_default()
-                ));
+                let code = state.exit_code.unwrap_or_default();
+                let stopped_from_outside = matches!(code, 137 | 143) && state.oom_killed != Some(true);
+                if engine_down.is_none() && !stopped_from_outside {
+                    let tail = self.log_tail(name).await;
+                    return Err(Unready::Unhealthy(format!(
+                        "replica {name} exited with code {code}{tail}"
+                    )));
+                }
+                last = format!("replica {name} stopped (exit code {code}), waiting for it to start again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
             }
             let Some(&port) = spec.runtime.ports.first() else {
                 return Ok(None);
             };
-            let Some(addr) = self.published_addr(name).await.map_err(|e| e.to_string())? else {
-                return Err(format!("replica {name} has no published port"));
+            let addr = match self.published_addr(name).await {
+                Ok(Some(addr)) => addr,
+                Ok(None) => return Err(Unready::Unhealthy(format!("replica {name} has no published port"))),
+                Err(e) => {
+                    last = e.to_string();
+                    engine_down = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
             };
             let result = match probe {
-                Some(p) if p.tcp_socket.is_some() => tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("TCP connect to port {port}: {e}")),
-                Some(p) => http_probe(addr, p.http_get.as_deref().unwrap_or("/"), p.timeout_seconds).await,
-                None => tokio::net::TcpStream::connect(addr)
+                Some(p) if p.tcp_socket.is_none() => {
+                    http_probe(addr, p.http_get.as_deref().unwrap_or("/"), p.timeout_seconds).await
+                }
+                _ => tokio::net::TcpStream::connect(addr)
                     .await
                     .map(drop)
                     .map_err(|e| format!("TCP connect to port {port}: {e}")),
             };
-            let last = match result {
+            match result {
                 Ok(()) => return Ok(Some(addr)),
-                Err(why) => why,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                let tail = self.log_tail(name).await;
-                return Err(format!("readiness probe of {name} still failing: {last}{tail}"));
+                Err(why) => last = why,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

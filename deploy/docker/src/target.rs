@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::query_parameters::{RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder};
-use enclii_deploy_contract::error::Result;
+use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{
     DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus,
     Track, Usage, Workload,
@@ -28,6 +28,17 @@ impl Target for DockerTarget {
         self.junctions.check_routes(&workload.key, &workload.routes)?;
         let key = &workload.key;
         let _change = self.changes.lock().await;
+        if let Some(applied) = self
+            .junctions
+            .binding(key)
+            .map(|b| b.deployment)
+            .filter(|applied| *applied > workload.deployment)
+        {
+            return Err(DeployError::Superseded {
+                deployment: workload.deployment,
+                applied,
+            });
+        }
         self.ensure_image(&workload.image).await?;
         let addrs = self.start_replicas(workload).await?;
         let replicas = addrs.len().max(workload.spec.runtime.replicas.min as usize) as u32;
@@ -48,6 +59,7 @@ impl Target for DockerTarget {
             let binding = binding.get_or_insert_with(Binding::default);
             binding.routes = workload.routes.clone();
             binding.paused = false;
+            binding.deployment = workload.deployment;
             match (track, rollout) {
                 (Track::Canary, Rollout::Canary { percent }) => binding.canary = Some((backends, percent)),
                 _ => {

@@ -42,6 +42,9 @@ pub struct Binding {
     /// The canary and its share of the traffic, 0–100.
     pub canary: Option<(Backends, u8)>,
     pub paused: bool,
+    /// The newest deployment applied (0: none recorded, as in tables saved before it was kept).
+    #[serde(default)]
+    pub deployment: i64,
 }
 
 #[derive(Default)]
@@ -441,6 +444,7 @@ mod tests {
                 stable: Some(backends(1, 1000)),
                 canary: Some((backends(2, 2000), 20)),
                 paused: false,
+                deployment: 2,
             })
         });
         let canary = (0..5000)

@@ -23,6 +23,7 @@ pub fn example_workload(release: i64) -> Workload {
         .expect("the example spec is valid")
         .spec;
     Workload {
+        deployment: release,
         key: ServiceKey::new("solarpunk-saas", "prod", "api"),
         release,
         image: format!(
@@ -58,6 +59,7 @@ pub fn minimal_workload(release: i64) -> Workload {
                 metadata: { project: solarpunk-saas, environment: prod, name: web }\n\
                 spec: { runtime: { image: nginx, ports: [8080] }, health: { readiness: { tcpSocket: 8080 } } }\n";
     Workload {
+        deployment: release,
         key: ServiceKey::new("solarpunk-saas", "prod", "web"),
         release,
         image: "registry.example/solarpunk-saas/web@sha256:".to_string() + &"ab".repeat(32),

@@ -1,0 +1,115 @@
+//! The Docker target keeps up with the engine between deploys (through the `enclii` binary, real
+//! builds and containers, as in `deploy.rs`): the router follows a replica the engine started
+//! again on another host port, and replicas no deployment serves — left by a deploy stopped
+//! mid-way — are swept away. (An engine restart as a whole is `.ci/chaos.sh`'s `restart-docker`
+//! fault: it restarts the engine every test here shares.)
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::deploy::*;
+use support::pipeline::*;
+
+/// The replica's published `host:port` (`docker port`).
+fn published(container: &str) -> String {
+    run(Command::new(DOCKER).args(["port", container, "3000/tcp"]))
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The names of the project's replicas of `release`, running or not.
+fn replica_names(project: &str, release: i64) -> Vec<String> {
+    run(Command::new(DOCKER).args([
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=dev.enclii.project={project}"),
+        "--filter",
+        &format!("label=dev.enclii.release={release}"),
+    ]))
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .map(str::to_string)
+    .collect()
+}
+
+/// A replica the engine starts again gets a new host port (here: its old one is taken); the
+/// router follows the engine's events and serves it there, with no deploy in between. (The same
+/// happens to every replica when the engine itself restarts: `.ci/chaos.sh`'s `restart-docker`.)
+#[test]
+fn a_replica_started_again_on_a_new_port_is_served_there_without_a_deploy() {
+    let _cleanup = Cleanup("ports");
+    let p = platform("ports", json!({"routes": [{"host": "api.ports.test"}]}));
+    let (server, router, host) = (&p.server, p.router.as_str(), "api.ports.test");
+    let release = ready_release(&p, &head(&p));
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(get(router, host, "/"), (200, "v1".into()));
+
+    let [replica] = &replica_names("ports", release)[..] else {
+        panic!("one replica expected: {:?}", replica_names("ports", release));
+    };
+    let before = published(replica);
+    run(Command::new(DOCKER).args(["stop", "-t", "1", replica]));
+    // Whoever connects to the old port now is hung up on: the engine must publish elsewhere.
+    let squatter = std::net::TcpListener::bind(&before).unwrap();
+    std::thread::spawn(move || squatter.incoming().for_each(drop));
+    run(Command::new(DOCKER).args(["start", replica]));
+    let after = published(replica);
+    assert_ne!(after, before, "the engine published the replica on a new port");
+    wait_until(
+        Duration::from_secs(15),
+        "the router serves the replica on its new port",
+        || get(router, host, "/") == (200, "v1".into()),
+    );
+}
+
+/// A deploy stopped mid-way (its job cancelled while the new release waits for readiness)
+/// leaves no replica: the target sweeps away what no deployment serves, and the release that
+/// served before serves on.
+#[test]
+fn a_deploy_stopped_mid_way_leaves_no_replica_behind() {
+    let _cleanup = Cleanup("sweep");
+    let p = platform_in(
+        "sweep",
+        "prod",
+        json!({"routes": [{"host": "api.sweep.test"}]}),
+        &[("ENCLII_DEPLOY_HEALTH_TIMEOUT_SECONDS", "300")],
+    );
+    let (server, router, host) = (&p.server, p.router.as_str(), "api.sweep.test");
+    let v1 = ready_release(&p, &head(&p));
+    let d = deploy(&p, v1, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+
+    // v2 never passes its readiness probe (no /healthz): its deploy waits for it.
+    let v2_sha = commit(&p.url, &files(&app_files("v2")), &["www/healthz"]);
+    let v2 = ready_release(&p, &v2_sha);
+    let second = deploy(&p, v2, "deployments");
+    wait_until(Duration::from_secs(60), "v2's replica is started", || {
+        !replica_names("sweep", v2).is_empty()
+    });
+    let (status, body) = call(
+        server,
+        "POST",
+        &format!("/v1/jobs/{}/cancel", second["job_id"]),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(30),
+        "the stopped deploy's replica is removed",
+        || replica_names("sweep", v2).is_empty(),
+    );
+    assert_eq!(get(router, host, "/"), (200, "v1".into()));
+    assert_eq!(replica_names("sweep", v1).len(), 1);
+}
