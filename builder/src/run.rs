@@ -16,8 +16,7 @@ use enclii_domain::pipeline::RunSubject;
 use enclii_queue::{Backend, CancelOutcome, ClaimedJob, PipelineId};
 use enclii_store::{Release, ReleaseStatus, RunRelease, Store, StoreError};
 
-/// How long after its job was enqueued a step waits for its release to be recorded.
-pub const RECORD_WAIT: Duration = Duration::from_secs(15);
+pub use enclii_store::RECORD_WAIT;
 const POLL: Duration = Duration::from_millis(50);
 
 /// What a step does.

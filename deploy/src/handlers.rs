@@ -236,7 +236,12 @@ impl Deployer {
             DeployStrategy::Rolling => "rolling",
         };
         let deployment = match job.deployment {
-            Some(id) => self.store.deployment(id).await,
+            // Created through the API: the row may commit just after the job (separate queue).
+            Some(id) => {
+                self.store
+                    .read_enqueued_with(ctx.job.created_at, || self.store.deployment(id))
+                    .await
+            }
             None => {
                 self.store
                     .pipeline_deployment(ctx.job.id, &project, &job, strategy)

@@ -39,7 +39,10 @@ struct Timetable {
 impl Timetable {
     async fn run(&self, job: jobs::JobRun, ctx: &JobContext) -> Result<(), Failure> {
         let store = self.deployer.store();
-        let record = store.job_run(job.run).await?;
+        // The run's row may commit just after its job (separate queue).
+        let record = store
+            .read_enqueued_with(ctx.job.created_at, || store.job_run(job.run))
+            .await?;
         if record.status.is_final() {
             info!(run = record.id, status = %record.status, "job run already ended");
             return Ok(());

@@ -33,6 +33,7 @@ mod releases;
 mod repositories;
 mod routes;
 mod runs;
+mod scrub;
 pub mod sealing;
 mod secrets;
 mod services;
@@ -57,7 +58,7 @@ pub use lifecycle::Deletion;
 pub use model::*;
 pub use operators::*;
 pub use orphans::{Orphan, OrphanReason, RECONCILER, ReconcilePass, Settlement};
-pub use runs::RunRelease;
+pub use runs::{RECORD_WAIT, RunRelease};
 pub use sealing::MasterKey;
 pub use timetable::*;
 pub use waybill::*;
@@ -152,6 +153,15 @@ impl Store {
         };
         if !same_database {
             store.raise_queue_ids().await?;
+        }
+        let scrubbed = store
+            .write(async |conn| scrub::scrub_url_credentials(conn).await)
+            .await?;
+        if scrubbed > 0 {
+            tracing::warn!(
+                rows = scrubbed,
+                "removed credentials an older version stored in repository URLs; store tokens as the project secret GIT_TOKEN"
+            );
         }
         Ok(store)
     }

@@ -390,8 +390,11 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// The diff, without credentials an older version wrote into URLs there (the audit trail is
+    /// append-only, so they are removed when shown: `enclii_domain::credentials`).
     pub fn diff_json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.diff).unwrap_or(serde_json::Value::Null)
+        let diff = enclii_domain::credentials::strip_url_credentials(&self.diff);
+        serde_json::from_str(&diff).unwrap_or(serde_json::Value::Null)
     }
 }
 

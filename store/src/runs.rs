@@ -7,6 +7,9 @@
 //! pipeline and job id stored here ([`Store::raise_queue_ids`]) when the store opens and at every
 //! reconciliation pass (`orphans.rs`).
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use enclii_domain::pipeline::RunSubject;
 use enclii_queue::PipelineRecord;
 
@@ -58,11 +61,36 @@ pub(crate) async fn id_floors(conn: &mut Conn<'_>) -> Result<(i64, i64)> {
     Ok((pipeline.unwrap_or(0), job))
 }
 
+/// How long after its job was enqueued a worker waits for the rows that job belongs to (with a
+/// separate queue the job can be claimed before the transaction that enqueued it commits).
+pub const RECORD_WAIT: Duration = Duration::from_secs(15);
+const RECORD_POLL: Duration = Duration::from_millis(50);
+
 impl Store {
     /// Whether the queue lives outside the control plane's database (Redis): its jobs are
     /// enqueued just before the rows they belong to commit, and it can lose its data alone.
     pub fn separate_queue(&self) -> bool {
         !self.same_database
+    }
+
+    /// `read`, retried while it finds nothing ([`StoreError::NotFound`]) and the job that names
+    /// the record was enqueued less than [`RECORD_WAIT`] ago, with a separate queue only (in the
+    /// same database a job commits with its rows). A record still missing then was never
+    /// committed (its transaction rolled back): the last `NotFound` is returned.
+    pub async fn read_enqueued_with<T, F, Fut>(&self, enqueued_at: DateTime<Utc>, mut read: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = enqueued_at + chrono::Duration::from_std(RECORD_WAIT).unwrap_or_default();
+        loop {
+            match read().await {
+                Err(StoreError::NotFound(_)) if self.separate_queue() && Utc::now() < deadline => {
+                    tokio::time::sleep(RECORD_POLL).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The release `pipeline` builds, if it is the release of `run` (see [`RunRelease`]).
