@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::deploy::{get, remove_containers};
 use support::pipeline::{BASE_IMAGE, git, repository, server as build_server, wait_until};
 use support::{TOKEN, data_dir, free_port, http, launch};
 
@@ -484,33 +485,7 @@ fn get_via(router: &str, url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let host = authority.split(':').next().unwrap();
-    let mut stream = TcpStream::connect(router).unwrap();
-    let path = if path.is_empty() { "/" } else { path };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (
-        status,
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.trim().to_string())
-            .unwrap_or_default(),
-    )
-}
-
-fn remove_containers(project: &str) {
-    let out = Command::new(support::pipeline::DOCKER)
-        .args(["ps", "-aq", "--filter", &format!("label=dev.enclii.project={project}")])
-        .output()
-        .unwrap();
-    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = Command::new(support::pipeline::DOCKER).args(["rm", "-f", id]).output();
-    }
+    get(router, host, if path.is_empty() { "/" } else { path })
 }
 
 #[test]

@@ -148,30 +148,10 @@ async fn postgres_only_the_leader_reconciles_orphaned_releases() {
 async fn only_the_leader_reconciles_orphaned_deployments(url: String) {
     let (a, b) = (store(&url).await, store(&url).await);
     enclii_store::fixtures::shop_api(&a).await.unwrap();
-    let trigger = enclii_store::BuildTrigger {
-        project: "shop".into(),
-        service: "api".into(),
-        git_sha: "a".repeat(40),
-        branch: "main".into(),
-        deploy_to: None,
-        trigger: enclii_store::ReleaseTrigger::Api,
-    };
-    let (release, _) = a.trigger_build("user:dev", &trigger).await.unwrap();
-    let outcome = enclii_store::ReleaseOutcome {
-        digest: Some(format!("sha256:{}", "a".repeat(64))),
-        signature: Some(format!("registry.example/shop/api:sha256-{}.sig", "a".repeat(64))),
-        ..Default::default()
-    };
-    a.finish_release(release.id, &outcome).await.unwrap();
-    let request = enclii_store::DeploymentRequest {
-        project: "shop".into(),
-        service: "api".into(),
-        environment: "dev".into(),
-        release_id: release.id,
-        strategy: enclii_store::Strategy::Rolling,
-        reason: "deploy".into(),
-    };
-    let deployment = a.create_deployment("user:dev", &request).await.unwrap();
+    let release = enclii_store::fixtures::ready_release(&a, 'a').await.unwrap();
+    let deployment = enclii_store::fixtures::deploy(&a, release, enclii_store::Strategy::Rolling)
+        .await
+        .unwrap();
     a.queue().cancel(deployment.job_id.unwrap()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let eager = |holder: &str| SchedulerConfig {

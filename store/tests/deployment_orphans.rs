@@ -17,9 +17,8 @@ use std::time::Duration;
 use enclii_queue::redis::RedisQueue;
 use enclii_queue::{Ack, Backend, ClaimRequest, ClaimedJob, JobState, NewJob, Outcome};
 use enclii_store::{
-    AuditFilter, BuildTrigger, Deployment, DeploymentOrphanReason, DeploymentPass, DeploymentRequest,
-    DeploymentSettlement, DeploymentStatus, DeploymentUpdate, MasterKey, RECONCILER, ReleaseOutcome, ReleaseTrigger,
-    ServiceDraft, Store, StoreConfig, Strategy,
+    AuditFilter, Deployment, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement, DeploymentStatus,
+    DeploymentUpdate, MasterKey, RECONCILER, Store, StoreConfig, Strategy,
 };
 use support::Db;
 
@@ -133,37 +132,12 @@ async fn open(url: &str, prefix: Option<&str>) -> Arc<Store> {
 
 const NOW: Duration = Duration::ZERO;
 
-/// A ready, signed release of `shop/api` built from `sha`.
 async fn ready_release(store: &Store, sha: char) -> i64 {
-    let trigger = BuildTrigger {
-        project: "shop".into(),
-        service: "api".into(),
-        git_sha: sha.to_string().repeat(40),
-        branch: "main".into(),
-        deploy_to: None,
-        trigger: ReleaseTrigger::Api,
-    };
-    let (release, _) = store.trigger_build("user:dev", &trigger).await.unwrap();
-    let digest = sha.to_string().repeat(64);
-    let outcome = ReleaseOutcome {
-        digest: Some(format!("sha256:{digest}")),
-        signature: Some(format!("registry.example/shop/api:sha256-{digest}.sig")),
-        ..Default::default()
-    };
-    store.finish_release(release.id, &outcome).await.unwrap();
-    release.id
+    enclii_store::fixtures::ready_release(store, sha).await.unwrap()
 }
 
 async fn deploy(store: &Store, release: i64, strategy: Strategy) -> Deployment {
-    let request = DeploymentRequest {
-        project: "shop".into(),
-        service: "api".into(),
-        environment: "dev".into(),
-        release_id: release,
-        strategy,
-        reason: "deploy".into(),
-    };
-    store.create_deployment("user:dev", &request).await.unwrap()
+    enclii_store::fixtures::deploy(store, release, strategy).await.unwrap()
 }
 
 /// A worker claims the deploy job.
@@ -478,24 +452,9 @@ async fn a_deployment_with_a_live_job_or_within_the_grace_is_left_alone(db: Db, 
 
 /// Service `api` deploying as a canary in steps of 10, 50 and 100%, each judged after 100 ms.
 async fn canary_spec(store: &Store) {
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1",
-        "kind": "Service",
-        "metadata": {"project": "shop", "environment": "dev", "name": "api"},
-        "spec": {
-            "source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
-            "deploy": {"strategy": "canary", "steps": [10, 50, 100], "analysis": {"window": "100ms"}},
-        },
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "api".into(),
-        environment: "dev".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    let deploy =
+        serde_json::json!({"deploy": {"strategy": "canary", "steps": [10, 50, 100], "analysis": {"window": "100ms"}}});
+    enclii_store::fixtures::apply_shop_api(store, deploy).await.unwrap();
 }
 
 async fn a_canary_whose_analysis_was_lost_is_analysed_again_once(db: Db) {

@@ -15,45 +15,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::Utc;
 use enclii_queue::redis::RedisQueue;
-use enclii_store::{
-    BuildTrigger, Deployment, DeploymentRequest, DeploymentStatus, MasterKey, ReleaseOutcome, ReleaseTrigger, Store,
-    StoreConfig, StoreError, Strategy, Supersession,
-};
+use enclii_store::{Deployment, DeploymentStatus, MasterKey, Store, StoreConfig, StoreError, Strategy, Supersession};
 use support::{Db, open_store};
 
-/// A ready release of `shop/api` built from `sha`.
 async fn ready_release(store: &Store, sha: char) -> i64 {
-    let trigger = BuildTrigger {
-        project: "shop".into(),
-        service: "api".into(),
-        git_sha: sha.to_string().repeat(40),
-        branch: "main".into(),
-        deploy_to: None,
-        trigger: ReleaseTrigger::Api,
-    };
-    let (release, _) = store.trigger_build("user:dev", &trigger).await.unwrap();
-    let outcome = ReleaseOutcome {
-        digest: Some(format!("sha256:{}", sha.to_string().repeat(64))),
-        signature: Some(format!(
-            "registry.example/shop/api:sha256-{}.sig",
-            sha.to_string().repeat(64)
-        )),
-        ..Default::default()
-    };
-    store.finish_release(release.id, &outcome).await.unwrap();
-    release.id
+    enclii_store::fixtures::ready_release(store, sha).await.unwrap()
 }
 
 async fn deploy(store: &Store, release: i64) -> Deployment {
-    let request = DeploymentRequest {
-        project: "shop".into(),
-        service: "api".into(),
-        environment: "dev".into(),
-        release_id: release,
-        strategy: Strategy::Rolling,
-        reason: "api".into(),
-    };
-    store.create_deployment("user:dev", &request).await.unwrap()
+    enclii_store::fixtures::deploy(store, release, Strategy::Rolling)
+        .await
+        .unwrap()
 }
 
 async fn a_deployment_started_after_a_newer_one_exists_is_superseded_by_it(db: Db) {
