@@ -102,6 +102,18 @@ async fn sqlite_only_the_leader_fires() {
     only_the_leader_fires(common::fresh_sqlite_url()).await;
 }
 
+/// Two schedulers on one database that settle orphans without a grace period, and the instant
+/// both tick at.
+fn eager_pair(a: &Arc<Store>, b: &Arc<Store>) -> (Scheduler, Scheduler, i64) {
+    let eager = |holder: &str| SchedulerConfig {
+        orphan_grace: Duration::ZERO,
+        ..config(holder)
+    };
+    let first = Scheduler::new(a.clone(), eager("first"));
+    let second = Scheduler::new(b.clone(), eager("second"));
+    (first, second, chrono::Utc::now().timestamp_millis())
+}
+
 /// The leader's reconciliation pass settles a release left `building` without a live run (here:
 /// its run cancelled in the queue alone, its release never told) — once, and only the leader's.
 async fn only_the_leader_reconciles_orphaned_releases(url: String) {
@@ -119,13 +131,7 @@ async fn only_the_leader_reconciles_orphaned_releases(url: String) {
     let clone = a.queue().pipeline(run.id).await.unwrap().unwrap().steps[0].job;
     a.queue().cancel(clone).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let eager = |holder: &str| SchedulerConfig {
-        orphan_grace: Duration::ZERO,
-        ..config(holder)
-    };
-    let mut first = Scheduler::new(a.clone(), eager("first"));
-    let mut second = Scheduler::new(b.clone(), eager("second"));
-    let now = chrono::Utc::now().timestamp_millis();
+    let (mut first, mut second, now) = eager_pair(&a, &b);
     let (r1, r2) = tokio::join!(first.tick(now), second.tick(now));
     assert_eq!(
         (r1.orphans + r2.orphans, r1.leading as usize + r2.leading as usize),
@@ -154,13 +160,7 @@ async fn only_the_leader_reconciles_orphaned_deployments(url: String) {
         .unwrap();
     a.queue().cancel(deployment.job_id.unwrap()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let eager = |holder: &str| SchedulerConfig {
-        orphan_grace: Duration::ZERO,
-        ..config(holder)
-    };
-    let mut first = Scheduler::new(a.clone(), eager("first"));
-    let mut second = Scheduler::new(b.clone(), eager("second"));
-    let now = chrono::Utc::now().timestamp_millis();
+    let (mut first, mut second, now) = eager_pair(&a, &b);
     let (r1, r2) = tokio::join!(first.tick(now), second.tick(now));
     assert_eq!(
         (
