@@ -178,11 +178,13 @@ pub async fn build(
 /// The line of a failed build's log saying the engine itself failed — it stopped or restarted
 /// during the build — rather than the Dockerfile: worth a retry, not the release's failure.
 fn engine_went_away(tail: &[String]) -> Option<&str> {
-    const SIGNS: [&str; 4] = [
+    const SIGNS: [&str; 5] = [
         "cannot connect to the docker daemon",
         "error during connect",
         "rpc error: code = unavailable",
         "/var/run/docker.sock",
+        // The CLI's ending when the engine stopped as the build finished.
+        "server did not provide an image id",
     ];
     tail.iter()
         .rev()
@@ -394,7 +396,7 @@ mod tests {
         text.iter().map(|l| l.to_string()).collect()
     }
 
-    /// The two endings chaos's engine restart gave a build (issue 14) are the engine's; a failing
+    /// The endings chaos's engine restart gave a build (issue 14) are the engine's; a failing
     /// `RUN` is the Dockerfile's, even when its output talks about connections.
     #[test]
     fn an_engine_that_went_away_is_told_from_a_failing_dockerfile() {
@@ -407,6 +409,9 @@ mod tests {
             "ERROR: failed to dial gRPC: cannot connect to the Docker daemon. Is 'docker daemon' running on this host?: dial unix /var/run/docker.sock: connect: no such file or directory",
         ]);
         assert!(engine_went_away(&grpc).is_some());
+        let no_image =
+            lines(&["ERROR: cannot write /tmp/w/job-309-1/image.id because server did not provide an image ID"]);
+        assert!(engine_went_away(&no_image).is_some());
         let dockerfile = lines(&[
             "#6 [3/3] RUN curl https://example.test",
             "#6 0.2 curl: (7) Failed to connect: connection refused",
