@@ -1,4 +1,5 @@
-//! Roundhouse load test: `loadtest <drain|steady|crash|fairness> --backend postgres|sqlite|redis`,
+//! Roundhouse load test: `loadtest <drain|steady|crash|fairness|wake|soak|skew> --backend
+//! postgres|sqlite|redis` (`drain --workers K` with K worker processes),
 //! and the API's `loadtest webhooks [--backend postgres|sqlite]`.
 //!
 //! Each run gets a fresh queue store (a new PostgreSQL database, a temp SQLite file, or a new Redis
@@ -15,10 +16,14 @@ mod chaos_platform;
 mod chaos_probe;
 mod chaos_proxy;
 mod chaos_storm;
+mod dbstats;
 mod env;
 mod meter;
 mod operators;
+mod scale;
+mod soak;
 mod store;
+mod track;
 mod webhooks;
 mod workloads;
 
@@ -37,7 +42,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enqueue N (20,000) no-op jobs in bulk, then one worker (concurrency 32) drains them.
+    /// Enqueue N (20,000) no-op jobs in bulk, then one worker (concurrency 32) drains them; with
+    /// --workers K, K worker processes (concurrency 32 each) do, and the database's and the
+    /// workers' CPU are reported.
     Drain(RunArgs),
     /// Enqueue one job per call at --rate (500/s) for N/rate (20 s) while one worker runs them.
     Steady(RunArgs),
@@ -50,6 +57,15 @@ enum Command {
     /// A worker in another process: one job per enqueue call at --rate (500/s) for N (5,000)
     /// jobs; enqueue→start latency there, and that worker's CPU while idle.
     Wake(RunArgs),
+    /// A deep backlog of N (1,000,000) low-priority jobs, then for --duration-s (600) fresh jobs
+    /// at --rate (500/s, one per call, high and normal priority in turn) while one worker
+    /// (concurrency 32) works everything: throughput, the fresh jobs' enqueue→start by priority,
+    /// backlog left, table and index sizes before and after, database CPU per job.
+    Soak(RunArgs),
+    /// 1,000 (--projects) projects: one holds 90% of N (200,000) jobs, the others get a few each
+    /// at --rate (500/s) while it drains: the small projects' enqueue→start, the big one's
+    /// throughput.
+    Skew(RunArgs),
     /// Signed GitHub `push` webhooks over HTTP on loopback into the API (in this process), each
     /// durably accepted with its release and pipeline: throughput and request latency.
     Webhooks(WebhookArgs),
@@ -62,7 +78,8 @@ enum Command {
     /// off from the database, an API prober; then checks that nothing was lost or done twice.
     /// Exits non-zero if a check fails.
     Chaos(chaos::ChaosArgs),
-    /// A worker process for `crash` (records completions durably); runs until killed.
+    /// A worker process for `crash` (records completions durably) or, with --report, for
+    /// `drain --workers` (records nothing, prints progress lines); runs until killed.
     #[command(hide = true)]
     Worker(ChildArgs),
 }
@@ -109,7 +126,7 @@ pub struct RunArgs {
     /// Jobs per bulk `enqueue` call (drain, fairness).
     #[arg(long, default_value_t = 5_000)]
     pub chunk: usize,
-    /// Jobs per second (steady).
+    /// Jobs per second (steady, wake, soak; skew: the small projects' jobs).
     #[arg(long, default_value_t = 500)]
     pub rate: u32,
     /// How long each job sleeps (default: crash 2000, fairness 1, otherwise no-op jobs).
@@ -135,6 +152,15 @@ pub struct RunArgs {
     /// worker learns of jobs from its poll only, as before doorbells existed (the baseline).
     #[arg(long)]
     pub no_doorbell: bool,
+    /// drain: K worker processes instead of one worker in this process.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// soak: how long fresh jobs arrive (default 600 s).
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// skew: projects in all (one big, the rest small).
+    #[arg(long, default_value_t = 1_000)]
+    pub projects: usize,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -212,6 +238,12 @@ pub struct ChildArgs {
     pub lease_ms: Option<u64>,
     #[arg(long)]
     pub rescue_ms: Option<u64>,
+    /// Record nothing; print progress lines (JSON) on stdout (`drain --workers`).
+    #[arg(long)]
+    pub report: bool,
+    /// With --report: where to write the positions of the jobs run, one a line, on stopping.
+    #[arg(long)]
+    pub runs_file: Option<std::path::PathBuf>,
 }
 
 /// The load test's worker tuning: the defaults for `concurrency` (adaptive prefetch of at most
@@ -249,12 +281,15 @@ async fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Worker(args) if args.report => scale::report_worker(args).await.map(|()| None),
         Command::Worker(args) => workloads::child_worker(args).await.map(|()| None),
         Command::Drain(args) => workloads::run(workloads::Workload::Drain, args).await.map(Some),
         Command::Steady(args) => workloads::run(workloads::Workload::Steady, args).await.map(Some),
         Command::Crash(args) => workloads::run(workloads::Workload::Crash, args).await.map(Some),
         Command::Fairness(args) => workloads::run(workloads::Workload::Fairness, args).await.map(Some),
         Command::Wake(args) => workloads::run(workloads::Workload::Wake, args).await.map(Some),
+        Command::Soak(args) => workloads::run(workloads::Workload::Soak, args).await.map(Some),
+        Command::Skew(args) => workloads::run(workloads::Workload::Skew, args).await.map(Some),
         Command::Operators(args) => operators::run(&args)
             .await
             .map(|fields| Some(workloads::json_line("enclii", "operators", fields))),

@@ -26,6 +26,8 @@ pub enum Workload {
     Crash,
     Fairness,
     Wake,
+    Soak,
+    Skew,
 }
 
 impl Workload {
@@ -36,6 +38,8 @@ impl Workload {
             Workload::Crash => "crash",
             Workload::Fairness => "fairness",
             Workload::Wake => "wake",
+            Workload::Soak => "soak",
+            Workload::Skew => "skew",
         }
     }
 }
@@ -44,11 +48,16 @@ impl Workload {
 pub async fn run(workload: Workload, args: RunArgs) -> Result<String> {
     let env = Env::create(args.backend, args.url.as_deref()).await?;
     let result = match workload {
-        Workload::Drain => drain(&args, &env).await,
+        Workload::Drain => match args.workers {
+            Some(k) => crate::scale::drain_workers(&args, &env, k.max(1)).await,
+            None => drain(&args, &env).await,
+        },
         Workload::Steady => steady(&args, &env).await,
         Workload::Crash => crash(&args, &env).await,
         Workload::Fairness => fairness(&args, &env).await,
         Workload::Wake => wake(&args, &env).await,
+        Workload::Soak => crate::soak::soak(&args, &env).await,
+        Workload::Skew => crate::scale::skew(&args, &env).await,
     };
     env.destroy().await;
     let system = format!("roundhouse-{}", args.backend.as_str());
@@ -104,7 +113,7 @@ fn ordered_line(mut line: Fields) -> String {
 
 pub type Fields = serde_json::Map<String, Value>;
 
-fn fields(value: Value) -> Fields {
+pub(crate) fn fields(value: Value) -> Fields {
     match value {
         Value::Object(map) => map,
         _ => unreachable!("fields are built from json!({{..}})"),
@@ -190,13 +199,19 @@ async fn settle(backend: &dyn Backend, deadline: Instant) -> Result<u64> {
 }
 
 /// Jobs of `kind` for positions `range` of `project`, in chunks of `chunk`.
-fn build_chunks(kind: &str, project: &str, range: std::ops::Range<usize>, chunk: usize, ms: u64) -> Vec<Vec<NewJob>> {
+pub(crate) fn build_chunks(
+    kind: &str,
+    project: &str,
+    range: std::ops::Range<usize>,
+    chunk: usize,
+    ms: u64,
+) -> Vec<Vec<NewJob>> {
     let jobs: Vec<NewJob> = range.map(|i| job(kind, project, Payload { i, t: 0, ms })).collect();
     jobs.chunks(chunk.max(1)).map(<[NewJob]>::to_vec).collect()
 }
 
 /// Enqueues pre-built chunks one `enqueue` call each, stamping the enqueue time into each payload.
-async fn enqueue_chunks(backend: &dyn Backend, chunks: Vec<Vec<NewJob>>) -> Result<(Duration, Vec<i64>)> {
+pub(crate) async fn enqueue_chunks(backend: &dyn Backend, chunks: Vec<Vec<NewJob>>) -> Result<(Duration, Vec<i64>)> {
     let mut busy = Duration::ZERO;
     let mut ids = Vec::new();
     for mut chunk in chunks {
@@ -223,7 +238,7 @@ async fn finish(backend: &dyn Backend, meter: &Meter, n: usize, deadline: Instan
 }
 
 /// The job kind and sleep the run uses: no-op jobs unless `--sleep-ms` asks for more.
-fn job_shape(args: &RunArgs) -> (&'static str, u64) {
+pub(crate) fn job_shape(args: &RunArgs) -> (&'static str, u64) {
     match args.sleep_ms {
         Some(ms) if ms > 0 => (SLEEP, ms),
         _ => (NOOP, 0),
@@ -438,7 +453,7 @@ async fn fairness(args: &RunArgs, env: &Env) -> Result<Fields> {
 
 /// The path of this program. When it was rebuilt while running (cargo replaces the file), the
 /// link names a deleted file: use the new one at the same path.
-fn this_binary() -> Result<std::path::PathBuf> {
+pub(crate) fn this_binary() -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe().context("locating this binary")?;
     if exe.exists() {
         return Ok(exe);
