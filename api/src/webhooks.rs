@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use enclii_domain::github::{GithubEvent, parse_event};
-use enclii_store::{WebhookDelivery, WebhookIntent};
+use enclii_store::{WebhookAcceptance, WebhookDelivery, WebhookIntent};
 
 use crate::auth::check_rate;
 use crate::error::ApiError;
@@ -82,37 +82,37 @@ pub async fn github(
         GithubEvent::PullRequest(pr) => Some(pr.action.as_str().to_string()),
         _ => None,
     };
-    let intent = WebhookIntent::from(parsed);
-    // Per-project webhook budgets: projects over theirs are skipped; only when every project the
-    // delivery concerns is over budget is it refused (429, not recorded, so GitHub can redeliver).
-    let mut rate_limited = Vec::new();
-    if let Some(repository) = intent.repository() {
-        let projects = state.store.projects_for_repository(repository).await?;
-        let mut refusal = None;
-        for project in &projects {
-            if let Err(e) = check_rate(
-                &state.webhook_limiter,
-                project,
-                &format!("project `{project}`'s webhooks"),
-            ) {
-                rate_limited.push(project.clone());
-                refusal = Some(e);
-            }
-        }
-        if let Some(refusal) = refusal
-            && rate_limited.len() == projects.len()
-        {
-            return Err(refusal);
-        }
-    }
     let delivery = WebhookDelivery {
         delivery_id: delivery_id.to_string(),
         event: event.to_string(),
         action,
-        intent,
-        rate_limited,
+        intent: WebhookIntent::from(parsed),
     };
-    let outcome = state.store.accept_webhook(&delivery).await?;
+    // Per-project webhook budgets, asked by the store once per project the delivery concerns
+    // (inside its transaction, where it reads the repository's services anyway).
+    let refusal = std::sync::Mutex::new(None);
+    let budget = |project: &str| match check_rate(
+        &state.webhook_limiter,
+        &project.to_string(),
+        &format!("project `{project}`'s webhooks"),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            *refusal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(e);
+            false
+        }
+    };
+    let outcome = match state.store.accept_webhook_within(&delivery, &budget).await? {
+        WebhookAcceptance::Accepted(outcome) => outcome,
+        WebhookAcceptance::Refused { projects } => {
+            let refusal = refusal.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+            return Err(refusal.unwrap_or_else(|| ApiError::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+                detail: format!("too many requests for the webhooks of {}", projects.join(", ")),
+                hint: None,
+            }));
+        }
+    };
     tracing::info!(delivery = %outcome.delivery_id, event, outcome = %outcome.outcome,
                    duplicate = outcome.duplicate, "GitHub delivery");
     let status = if outcome.duplicate {

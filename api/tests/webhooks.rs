@@ -394,7 +394,34 @@ async fn replayed_deliveries_never_move_a_branch_backwards(db: Db) {
     );
 }
 
+/// The delivery row is written last, with its outcome, and its primary key decides: copies of
+/// one delivery arriving together act once, and every copy answers with that one outcome.
+async fn concurrent_copies_of_a_delivery_act_once(db: Db) {
+    let t = api(db).await;
+    t.project_with_service("shop", "org/shop").await;
+    let body = push_payload("org/shop", "main", &sha(1));
+    let answers = futures::future::join_all((0..8).map(|_| t.webhook("push", "same-delivery", &body))).await;
+    let accepted: Vec<_> = answers.iter().filter(|r| r.status == StatusCode::ACCEPTED).collect();
+    assert_eq!(accepted.len(), 1, "{answers:?}");
+    let first = &accepted[0].body;
+    assert_eq!(first["pipelines"].as_array().unwrap().len(), 1, "{first}");
+    for r in answers.iter().filter(|r| r.status != StatusCode::ACCEPTED) {
+        assert_eq!(
+            (r.status, &r.body["duplicate"]),
+            (StatusCode::OK, &json!(true)),
+            "{r:?}"
+        );
+        assert_eq!(r.body["pipelines"], first["pipelines"], "the first outcome: {r:?}");
+    }
+    assert_eq!(deliveries(&t).await, 1);
+    let releases = t.admin("GET", "/v1/projects/shop/services/api/releases", None).await;
+    assert_eq!(releases.body.as_array().unwrap().len(), 1);
+    let audit = t.admin("GET", "/v1/audit?action=webhook.receive", None).await;
+    assert_eq!(audit.body.as_array().unwrap().len(), 1);
+}
+
 on_both_databases!(
+    concurrent_copies_of_a_delivery_act_once,
     replayed_deliveries_never_move_a_branch_backwards,
     signatures_are_verified,
     a_push_enqueues_one_pipeline_and_redelivery_changes_nothing,

@@ -153,8 +153,6 @@ impl Sender {
             }
             Sender::Store(store) => {
                 let repository = enclii_domain::pipeline::repository_key(&html_url(d.repo));
-                // The handler's per-project rate-limit lookup.
-                store.projects_for_repository(&repository).await?;
                 let outcome = store
                     .accept_webhook(&WebhookDelivery {
                         delivery_id: d.id.clone(),
@@ -167,7 +165,6 @@ impl Sender {
                             before: "0".repeat(40),
                             at_ms: None,
                         },
-                        rate_limited: vec![],
                     })
                     .await?;
                 Ok(if outcome.duplicate {

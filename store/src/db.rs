@@ -44,6 +44,12 @@ enum Link<'s> {
     SqlitePooled(PoolConnection<Sqlite>),
 }
 
+/// What a [`Store::write_deciding`] operation decided about its transaction.
+pub(crate) enum Decided<T> {
+    Commit(T),
+    RollBack(T),
+}
+
 /// The driver connection under a [`Conn`].
 enum Raw<'c> {
     Postgres(&'c mut PgConnection),
@@ -53,6 +59,17 @@ enum Raw<'c> {
 impl Store {
     /// Runs `op` in a write transaction, committed when it returns `Ok` (rolled back otherwise).
     pub(crate) async fn write<T>(&self, op: impl for<'c, 's> AsyncFnOnce(&'c mut Conn<'s>) -> Result<T>) -> Result<T> {
+        self.write_deciding(async |conn| op(conn).await.map(Decided::Commit))
+            .await
+    }
+
+    /// [`write`](Self::write) whose `op` decides, without failing, that nothing it did may stay:
+    /// its transaction is committed on [`Decided::Commit`], rolled back on [`Decided::RollBack`]
+    /// (and on an error).
+    pub(crate) async fn write_deciding<T>(
+        &self,
+        op: impl for<'c, 's> AsyncFnOnce(&'c mut Conn<'s>) -> Result<Decided<T>>,
+    ) -> Result<T> {
         let link = match &self.db {
             Db::Postgres(queue) => Link::PostgresTx(queue.pool().begin().await?),
             Db::Sqlite(queue) => {
@@ -61,11 +78,16 @@ impl Store {
             }
         };
         let mut conn = Conn { link, store: self };
-        let out = op(&mut conn).await?;
-        match conn.link {
-            Link::PostgresTx(tx) => tx.commit().await?,
-            Link::SqliteTx(_writer, tx) => tx.commit().await?,
-            Link::PostgresPooled(_) | Link::SqlitePooled(_) => {}
+        let (out, commit) = match op(&mut conn).await? {
+            Decided::Commit(out) => (out, true),
+            Decided::RollBack(out) => (out, false),
+        };
+        match (conn.link, commit) {
+            (Link::PostgresTx(tx), true) => tx.commit().await?,
+            (Link::PostgresTx(tx), false) => tx.rollback().await?,
+            (Link::SqliteTx(_writer, tx), true) => tx.commit().await?,
+            (Link::SqliteTx(_writer, tx), false) => tx.rollback().await?,
+            (Link::PostgresPooled(_) | Link::SqlitePooled(_), _) => {}
         }
         Ok(out)
     }
@@ -95,6 +117,12 @@ impl Conn<'_> {
             Link::SqliteTx(_, tx) => Raw::Sqlite(tx),
             Link::SqlitePooled(conn) => Raw::Sqlite(conn),
         }
+    }
+
+    /// Whether jobs enqueued on this connection commit (or roll back) with its transaction: the
+    /// queue lives in the same database. Otherwise (Redis) they are enqueued at once and stay.
+    pub(crate) fn jobs_roll_back(&self) -> bool {
+        self.store.same_database
     }
 
     /// Enqueues a pipeline: in this transaction when the queue lives in the same database,

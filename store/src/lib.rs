@@ -62,6 +62,7 @@ pub use runs::{RECORD_WAIT, RunRelease};
 pub use sealing::MasterKey;
 pub use timetable::*;
 pub use waybill::*;
+pub use webhooks::{WebhookAcceptance, WebhookBudget};
 
 /// The control plane's own migrations, tracked apart from the queue's.
 fn migrator(mut migrator: Migrator) -> Migrator {

@@ -360,9 +360,6 @@ pub struct WebhookDelivery {
     pub event: String,
     pub action: Option<String>,
     pub intent: WebhookIntent,
-    /// Projects whose webhook rate limit is exhausted: their services are skipped (and named in
-    /// the outcome), so one project's burst never blocks another's deliveries.
-    pub rate_limited: Vec<String>,
 }
 
 /// The result of accepting a delivery.

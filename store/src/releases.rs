@@ -166,10 +166,16 @@ pub(crate) async fn start_build(
     .fetch_one(&mut *conn)
     .await?;
     // A rebuild starts its provenance afresh: no step of the earlier run stays on the release.
-    query("DELETE FROM release_steps WHERE release_id = $1")
-        .bind(release.id)
-        .execute(&mut *conn)
-        .await?;
+    // A first build under a fresh unique key has no earlier run: any other build of this commit
+    // would hold the same key (and find it taken) or was a rebuild of a release already there,
+    // which `build_service` would have seen.
+    let first_build = !rebuild && !enqueued.duplicate;
+    if !first_build {
+        query("DELETE FROM release_steps WHERE release_id = $1")
+            .bind(release.id)
+            .execute(&mut *conn)
+            .await?;
+    }
     mark_superseded(conn, &enqueued.superseded, Some(release.id)).await?;
     Ok((release, enqueued))
 }

@@ -468,7 +468,6 @@ async fn idle_previews_expire_once(db: Db) {
             sha: "7".repeat(40),
             at_ms: None,
         },
-        rate_limited: vec![],
     };
     store.accept_webhook(&delivery).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis();
