@@ -1,5 +1,6 @@
 //! Claims (the project scan, limits, the fair split and the claim statement) and heartbeats.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use crate::backend::{
 use crate::error::Result;
 use crate::job::{ClaimedJob, JobPolicy, Lease};
 
-use super::{PostgresQueue, err};
+use super::cursor::{ClaimCursors, Notice, Position};
+use super::{CHANNEL, PostgresQueue, err};
 
 impl PostgresQueue {
     /// Makes due `scheduled` jobs available; at most every 50 ms per process.
@@ -28,14 +30,22 @@ impl PostgresQueue {
         {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE roundhouse_jobs SET state = 'available' WHERE id IN (
-                 SELECT id FROM roundhouse_jobs WHERE state = 'scheduled' AND run_at <= now()
-                 ORDER BY run_at LIMIT 5000 FOR UPDATE SKIP LOCKED)",
-        )
-        .execute(&self.pool)
+        // Promoted rows keep their ids, behind claim cursors: every process walks in full next.
+        let promoted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH promoted AS (
+                 UPDATE roundhouse_jobs SET state = 'available' WHERE id IN (
+                     SELECT id FROM roundhouse_jobs WHERE state = 'scheduled' AND run_at <= now()
+                     ORDER BY run_at LIMIT 5000 FOR UPDATE SKIP LOCKED)
+                 RETURNING 1),
+             n AS (SELECT count(*) AS n FROM promoted)
+             SELECT n.n FROM n LEFT JOIN LATERAL (SELECT pg_notify('{CHANNEL}', '') WHERE n.n > 0) w ON true"
+        )))
+        .fetch_one(&self.pool)
         .await
         .map_err(err)?;
+        if promoted > 0 {
+            self.cursors.notice(Notice::Reset);
+        }
         Ok(())
     }
 
@@ -44,31 +54,67 @@ impl PostgresQueue {
             return Ok(Vec::new());
         }
         self.promote_due().await?;
+        let kinds = ClaimCursors::kinds_key(&request.kinds);
+        let plan = self.cursors.plan(&kinds);
         let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
         let conn: &mut PgConnection = &mut tx;
-        // Distinct projects with available work (a loose index scan, one probe per project), and
-        // whether any of them has limits.
-        let rows = sqlx::query(PROJECTS_WITH_WORK)
-            .bind(MAX_PROJECTS_PER_CLAIM as i64)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
+        // Projects with available work, and whether any of them has limits: a loose index scan
+        // from the front (a full walk), or one probe after each known project's cursor.
+        let rows = match &plan.from {
+            None => sqlx::query(PROJECTS_WITH_WORK).bind(MAX_PROJECTS_PER_CLAIM as i64),
+            Some(from) => {
+                let (projects, after): (Vec<&str>, Vec<Position>) = from
+                    .iter()
+                    .take(MAX_PROJECTS_PER_CLAIM)
+                    .map(|(p, at)| (p.as_str(), *at))
+                    .unzip();
+                sqlx::query(PROJECTS_AFTER_CURSORS)
+                    .bind(projects)
+                    .bind(after.iter().map(|a| a.priority).collect::<Vec<_>>())
+                    .bind(after.iter().map(|a| a.id).collect::<Vec<_>>())
+            }
+        }
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
         let mut projects = Vec::with_capacity(rows.len());
         let mut any_limited = false;
         for row in &rows {
             projects.push(row.try_get::<String, _>("project").map_err(err)?);
             any_limited |= row.try_get::<bool, _>("limited").map_err(err)?;
         }
+        let starts = |quotas: Vec<(String, u32)>| -> Vec<Quota> {
+            quotas
+                .into_iter()
+                .map(|(project, n)| {
+                    let after = plan
+                        .from
+                        .as_ref()
+                        .and_then(|from| from.iter().find(|(p, _)| *p == project))
+                        .map_or(Position::START, |(_, at)| *at);
+                    Quota { project, n, after }
+                })
+                .collect()
+        };
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
         if !any_limited {
             // The common case: one statement; SKIP LOCKED keeps concurrent claims apart.
             let candidates: Vec<Candidate> = projects
-                .into_iter()
-                .map(|project| Candidate { project, room: None })
+                .iter()
+                .map(|project| Candidate {
+                    project: project.clone(),
+                    room: None,
+                })
                 .collect();
-            let jobs = take(&mut *conn, &fair_quotas(&candidates, request.limit, rotation), request).await?;
+            let jobs = take(
+                &mut *conn,
+                &starts(fair_quotas(&candidates, request.limit, rotation)),
+                request,
+            )
+            .await?;
             tx.commit().await.map_err(err)?;
-            return Ok(jobs);
+            self.cursors.record(&kinds, &plan, &projects, &last_taken(&jobs));
+            return Ok(jobs.into_iter().map(|t| t.job).collect());
         }
         // Lock the limits of these projects first, then count their running jobs in a later
         // statement, whose snapshot sees every claim committed before the lock was granted.
@@ -132,13 +178,18 @@ impl PostgresQueue {
                     .and_then(|(limits, tokens, _)| room(limits, running.get(project).copied().unwrap_or(0), *tokens)),
             })
             .collect();
-        let jobs = take(&mut *conn, &fair_quotas(&candidates, request.limit, rotation), request).await?;
+        let jobs = take(
+            &mut *conn,
+            &starts(fair_quotas(&candidates, request.limit, rotation)),
+            request,
+        )
+        .await?;
         // Spend rate-limit tokens for what was claimed.
         let spent: Vec<(String, f64, DateTime<Utc>)> = limited
             .iter()
             .filter(|(_, (l, _, _))| l.jobs_per_minute.is_some())
             .map(|(project, (_, tokens, now))| {
-                let used = jobs.iter().filter(|j| &j.project == project).count() as f64;
+                let used = jobs.iter().filter(|t| &t.job.project == project).count() as f64;
                 (project.clone(), tokens - used, *now)
             })
             .collect();
@@ -156,7 +207,8 @@ impl PostgresQueue {
             .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
-        Ok(jobs)
+        self.cursors.record(&kinds, &plan, &projects, &last_taken(&jobs));
+        Ok(jobs.into_iter().map(|t| t.job).collect())
     }
 
     pub(super) async fn renew_leases(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<HeartbeatReply> {
@@ -167,19 +219,14 @@ impl PostgresQueue {
         let mut sorted = leases.to_vec();
         sorted.sort_unstable_by_key(|l| l.job);
         let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
-        let rows = sqlx::query(
-            "UPDATE roundhouse_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::bigint[], $2::int4[]) AS l(id, token)
-             WHERE j.id = l.id AND j.claims = l.token AND j.state = 'running' AND j.worker_id = $4
-             RETURNING j.id, j.cancel_requested",
-        )
-        .bind(sorted.iter().map(|l| l.job).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|l| l.token as i32).collect::<Vec<_>>())
-        .bind(lease.as_millis() as i64)
-        .bind(worker)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(heartbeat_sql()))
+            .bind(sorted.iter().map(|l| l.job).collect::<Vec<_>>())
+            .bind(sorted.iter().map(|l| l.token as i32).collect::<Vec<_>>())
+            .bind(lease.as_millis() as i64)
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         let mut held = std::collections::HashSet::new();
         let mut reply = HeartbeatReply::default();
@@ -195,7 +242,7 @@ impl PostgresQueue {
     }
 }
 
-/// Opens the transaction of a claim or a heartbeat. A claim must walk the partial `available`
+/// Opens the transaction of a claim, a heartbeat or an acknowledgement. A claim must walk the partial `available`
 /// index in (project, priority, id) order, stopped by `LIMIT`, and both must reach each row they
 /// update through the primary key: then they cost the same whether ten or a million jobs wait or
 /// are done. The planner cannot know how many rows `LIMIT q.n` yields (it guesses) and, without
@@ -203,11 +250,20 @@ impl PostgresQueue {
 /// linear in the table: a hash join that reads the *whole* jobs table to update a batch (74 ms a
 /// claim with 200,000 jobs, issue 21; heartbeats that slow let leases lapse and jobs ran twice),
 /// or a bitmap scan that sorts every waiting row. Planner settings scoped to the transaction leave
-/// only the ordered index walk and nested loops; no other statement is affected. Not for
-/// acknowledgements: with hash joins ruled out and statistics that say nothing runs, their
-/// planner loops over the `running` index once per acknowledged job (19 s for 4,096 acks).
+/// only the ordered index walk and nested loops; no other statement is affected. Heartbeats and
+/// acknowledgements also need [`STILL_RUNNING`]: with hash joins ruled out and statistics that
+/// say nothing runs, their planner otherwise looped over a `running` partial index once per row.
 pub(super) const HOT_PATH_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
      SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+/// The condition that a leased row (reached by its primary key) is still running, written so that
+/// the planner cannot prove the `running` partial indexes' predicate from it and so cannot walk
+/// them: their fronts fill with the dead entries of every job finished since the last VACUUM, and
+/// with statistics saying few jobs run (gathered while they all waited) a heartbeat or an
+/// acknowledgement preferred a nested loop over a whole partial index to one probe of the primary
+/// key per row — 23–35 s a heartbeat in a million-job drain, leases lapsed, jobs ran twice
+/// (issue 21). Tested: `heartbeats_and_acknowledgements_reach_rows_by_their_primary_key`.
+pub(super) const STILL_RUNNING: &str = "(j.state = 'running') IS TRUE";
 
 /// Distinct projects with available work: a loose index scan over the `available` index.
 pub(super) const PROJECTS_WITH_WORK: &str = "WITH RECURSIVE p(project) AS (
@@ -219,35 +275,91 @@ pub(super) const PROJECTS_WITH_WORK: &str = "WITH RECURSIVE p(project) AS (
      SELECT p.project, EXISTS (SELECT 1 FROM roundhouse_project_limits l WHERE l.project = p.project) AS limited
      FROM p WHERE p.project IS NOT NULL LIMIT $1";
 
-/// Leases up to each project's quota of available jobs, by priority then age, in one statement.
+/// Distinct projects with available work after each known project's cursor: $1 projects, $2
+/// and $3 their cursors' (priority, id). One index descent per project, past its dead front.
+pub(super) const PROJECTS_AFTER_CURSORS: &str = "SELECT c.project,
+         EXISTS (SELECT 1 FROM roundhouse_project_limits l WHERE l.project = c.project) AS limited
+     FROM unnest($1::text[], $2::int2[], $3::int8[]) AS c(project, priority, id)
+     WHERE EXISTS (SELECT 1 FROM roundhouse_jobs j
+                   WHERE j.state = 'available' AND j.project = c.project AND (j.priority, j.id) > (c.priority, c.id))";
+
+/// A project's share of a claim, and where its walk starts.
+pub(super) struct Quota {
+    pub project: String,
+    pub n: u32,
+    pub after: Position,
+}
+
+/// A claimed job and its place in the `available` index (for the claim cursor).
+pub(super) struct Taken {
+    pub job: ClaimedJob,
+    pub at: Position,
+}
+
+/// The last position taken in each project.
+fn last_taken(jobs: &[Taken]) -> HashMap<String, Position> {
+    let mut last: HashMap<String, Position> = HashMap::new();
+    for t in jobs {
+        let at = last.entry(t.job.project.clone()).or_insert(t.at);
+        *at = (*at).max(t.at);
+    }
+    last
+}
+
+/// Leases up to each project's quota of available jobs after its start, by priority then age,
+/// in one statement.
 pub(super) async fn take<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    quotas: &[(String, u32)],
+    quotas: &[Quota],
     request: &ClaimRequest,
-) -> Result<Vec<ClaimedJob>> {
+) -> Result<Vec<Taken>> {
     if quotas.is_empty() {
         return Ok(Vec::new());
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(take_sql()))
-        .bind(quotas.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
-        .bind(quotas.iter().map(|(_, n)| *n as i32).collect::<Vec<_>>())
+        .bind(quotas.iter().map(|q| q.project.as_str()).collect::<Vec<_>>())
+        .bind(quotas.iter().map(|q| q.n as i32).collect::<Vec<_>>())
         .bind(&request.kinds)
         .bind(&request.worker)
         .bind(request.lease.as_millis() as i64)
+        .bind(quotas.iter().map(|q| q.after.priority).collect::<Vec<_>>())
+        .bind(quotas.iter().map(|q| q.after.id).collect::<Vec<_>>())
         .fetch_all(conn)
         .await
         .map_err(err)?;
-    rows.iter().map(claimed).collect()
+    rows.iter()
+        .map(|row| {
+            let job = claimed(row)?;
+            let at = Position {
+                priority: row.try_get("priority").map_err(err)?,
+                id: job.id,
+            };
+            Ok(Taken { job, at })
+        })
+        .collect()
 }
 
-/// The claim statement: $1 projects, $2 their quotas, $3 kinds, $4 worker, $5 lease in ms.
+/// The heartbeat: $1 job ids, $2 their lease tokens, $3 the lease in ms, $4 the worker.
+pub(super) fn heartbeat_sql() -> String {
+    format!(
+        "UPDATE roundhouse_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+         FROM unnest($1::bigint[], $2::int4[]) AS l(id, token)
+         WHERE j.id = l.id AND j.claims = l.token AND {STILL_RUNNING} AND j.worker_id = $4
+         RETURNING j.id, j.cancel_requested"
+    )
+}
+
+/// The claim statement: $1 projects, $2 their quotas, $3 kinds, $4 worker, $5 lease in ms, $6
+/// and $7 the (priority, id) each project's walk starts after.
 pub(super) fn take_sql() -> String {
     format!(
-        "WITH quota AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(project, n)),
+        "WITH quota AS (SELECT * FROM unnest($1::text[], $2::int4[], $6::int2[], $7::int8[])
+                        AS q(project, n, after_priority, after_id)),
               picked AS (
                   SELECT c.id FROM quota q CROSS JOIN LATERAL (
                       SELECT id FROM roundhouse_jobs
                       WHERE state = 'available' AND project = q.project AND kind = ANY($3)
+                        AND (priority, id) > (q.after_priority, q.after_id)
                       ORDER BY priority, id LIMIT q.n FOR UPDATE SKIP LOCKED) c)
          UPDATE roundhouse_jobs j SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1, worker_id = $4,
              attempted_at = now(), lease_expires_at = now() + $5 * interval '1 millisecond'

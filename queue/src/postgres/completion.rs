@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::job::Ack;
 use crate::progress::{AckedRow, Progress};
 
+use super::claim::STILL_RUNNING;
 use super::{err, notify_workers};
 
 /// Stops a run's jobs in one statement: queued ones are cancelled, running ones asked to stop. A
@@ -29,10 +30,11 @@ pub(super) async fn stop_pipeline_jobs(conn: &mut PgConnection, pipeline: i64, r
 }
 
 /// Applies finished attempts and moves their pipelines on. With `expired_only`, only jobs whose
-/// lease has run out are touched (the reaper's path, racing live heartbeats safely).
-pub(super) async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -> Result<()> {
+/// lease has run out are touched (the reaper's path, racing live heartbeats safely). Returns
+/// whether jobs became available or scheduled (workers were notified; claim cursors must reset).
+pub(super) async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_only: bool) -> Result<bool> {
     if acks.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut pipelines: Vec<i64> = acks.iter().filter_map(|a| a.pipeline).collect();
     pipelines.sort_unstable();
@@ -49,23 +51,7 @@ pub(super) async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_on
     acks.sort_unstable_by_key(|a| a.lease.job);
     // A job whose cancellation was requested while it ran is cancelled, not run again, even
     // when its attempt failed, was handed back, or its worker died.
-    let sql = format!(
-        "UPDATE roundhouse_jobs j SET
-             state = {EFFECTIVE},
-             attempt = CASE WHEN {EFFECTIVE} = 'available' THEN j.attempt - 1 ELSE j.attempt END,
-             run_at = coalesce(a.run_at, j.run_at),
-             last_error = CASE WHEN {EFFECTIVE} <> a.state THEN 'cancelled while running'
-                               ELSE coalesce(a.error, j.last_error) END,
-             finished_at = CASE WHEN {EFFECTIVE} IN ('completed', 'dead', 'cancelled') THEN now() END,
-             lease_expires_at = NULL,
-             worker_id = NULL,
-             cancel_requested = false
-         FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[])
-              AS a(id, token, state, run_at, error)
-         WHERE j.id = a.id AND j.claims = a.token AND j.state = 'running'
-           AND (NOT $6 OR j.lease_expires_at < now())
-         RETURNING j.pipeline_id, j.state, j.dependents, j.step"
-    );
+    let sql = ack_sql();
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(acks.iter().map(|a| a.lease.job).collect::<Vec<_>>())
         .bind(acks.iter().map(|a| a.lease.token as i32).collect::<Vec<_>>())
@@ -134,7 +120,29 @@ pub(super) async fn apply_acks(conn: &mut PgConnection, acks: &[Ack], expired_on
     if wake {
         notify_workers(conn).await?;
     }
-    Ok(())
+    Ok(wake)
+}
+
+/// The acknowledgement of a batch: $1 job ids, $2 lease tokens, $3 outcome states, $4 retry
+/// times, $5 errors, $6 only if the lease has expired (the reaper).
+pub(super) fn ack_sql() -> String {
+    format!(
+        "UPDATE roundhouse_jobs j SET
+             state = {EFFECTIVE},
+             attempt = CASE WHEN {EFFECTIVE} = 'available' THEN j.attempt - 1 ELSE j.attempt END,
+             run_at = coalesce(a.run_at, j.run_at),
+             last_error = CASE WHEN {EFFECTIVE} <> a.state THEN 'cancelled while running'
+                               ELSE coalesce(a.error, j.last_error) END,
+             finished_at = CASE WHEN {EFFECTIVE} IN ('completed', 'dead', 'cancelled') THEN now() END,
+             lease_expires_at = NULL,
+             worker_id = NULL,
+             cancel_requested = false
+         FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[])
+              AS a(id, token, state, run_at, error)
+         WHERE j.id = a.id AND j.claims = a.token AND {STILL_RUNNING}
+           AND (NOT $6 OR j.lease_expires_at < now())
+         RETURNING j.pipeline_id, j.state, j.dependents, j.step"
+    )
 }
 
 /// The state an acked job ends in: a requested cancellation overrides a retry or a hand-back.

@@ -1,6 +1,8 @@
 //! Enqueueing: bulk inserts of jobs (also inside a caller's transaction) and pipelines with their
 //! supersede and unique keys.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, Row};
 
 use crate::error::{QueueError, Result};
@@ -8,7 +10,8 @@ use crate::job::{Enqueued, NewJob};
 use crate::pipeline::{NewPipeline, PipelineEnqueued};
 
 use super::completion::stop_pipeline_jobs;
-use super::{CHANNEL, INSERT_CHUNK, PostgresQueue, err, notify_workers, step_key_taken};
+use super::cursor::{Notice, Position};
+use super::{CHANNEL, INSERT_CHUNK, PostgresQueue, err, step_key_taken};
 
 impl PostgresQueue {
     /// Enqueues inside the caller's transaction: the jobs commit with the caller's rows or not at all.
@@ -18,9 +21,8 @@ impl PostgresQueue {
         }
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            out.extend(insert_jobs(conn, chunk, false).await?);
+            out.extend(insert_jobs(conn, chunk).await?);
         }
-        notify_workers(conn).await?;
         Ok(out)
     }
 
@@ -151,12 +153,35 @@ impl PostgresQueue {
                 job.validate()?;
             }
             let mut conn = self.pool.acquire().await.map_err(err)?;
-            return insert_jobs(&mut conn, &jobs, true).await;
+            let out = insert_jobs(&mut conn, &jobs).await?;
+            self.enqueued_here(jobs.iter().map(|j| (j.project.as_str(), j.policy.priority)), &out);
+            return Ok(out);
         }
+        let places: Vec<(String, i16)> = jobs.iter().map(|j| (j.project.clone(), j.policy.priority)).collect();
         let mut tx = self.pool.begin().await.map_err(err)?;
         let out = self.enqueue_in(&mut tx, jobs).await?;
         tx.commit().await.map_err(err)?;
+        self.enqueued_here(places.iter().map(|(p, priority)| (p.as_str(), *priority)), &out);
         Ok(out)
+    }
+
+    /// After this process committed an enqueue: its own claim cursors move as the enqueue's
+    /// notifications will say (a claim right after the enqueue sees an urgent job first).
+    fn enqueued_here<'a>(&self, jobs: impl Iterator<Item = (&'a str, i16)>, out: &[Enqueued]) {
+        let mut first: HashMap<&str, Position> = HashMap::new();
+        for ((project, priority), enqueued) in jobs.zip(out).filter(|(_, e)| !e.duplicate) {
+            let at = Position {
+                priority,
+                id: enqueued.id,
+            };
+            first.entry(project).and_modify(|p| *p = (*p).min(at)).or_insert(at);
+        }
+        for (project, at) in first {
+            self.cursors.notice(Notice::Rewind {
+                project: project.to_string(),
+                first: at,
+            });
+        }
     }
 }
 
@@ -170,19 +195,20 @@ pub(super) const INSERT_JOBS: &str =
                      $9::timestamptz[], $10::text[])
               AS t(kind, project, payload, priority, max_attempts, timeout_ms, base_ms, max_ms, run_at, unique_key)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-         RETURNING id, unique_key";
+         RETURNING id, unique_key, project, priority, state";
 
 /// Inserts one chunk of jobs with a single statement; resolves unique-key conflicts to the
-/// existing job. With `notify`, the same statement wakes workers (one round trip in autocommit).
-pub(super) async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob], notify: bool) -> Result<Vec<Enqueued>> {
-    let sql = if notify {
-        format!(
-            "WITH ins AS ({INSERT_JOBS})
-             SELECT ins.id, ins.unique_key FROM ins LEFT JOIN (SELECT pg_notify('{CHANNEL}', '')) n ON true"
-        )
-    } else {
-        INSERT_JOBS.to_string()
-    };
+/// existing job. The same statement wakes workers (one round trip in autocommit) with, per
+/// project, the place of its first new available row in the claim order (`priority \t id \t
+/// project`, see [`super::cursor`]); notifications are delivered when the transaction commits.
+pub(super) async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+    let sql = format!(
+        "WITH ins AS ({INSERT_JOBS}),
+              first AS (SELECT DISTINCT ON (project) project, priority, id FROM ins WHERE state = 'available'
+                        ORDER BY project, priority, id),
+              woke AS (SELECT count(pg_notify('{CHANNEL}', priority || E'\\t' || id || E'\\t' || project)) FROM first)
+         SELECT ins.id, ins.unique_key FROM ins, woke"
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.project.as_str()).collect::<Vec<_>>())

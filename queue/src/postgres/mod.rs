@@ -1,16 +1,19 @@
 //! PostgreSQL backend: the production store.
 //!
 //! - claims run in one short transaction: distinct projects with due work (a recursive skip-scan
-//!   of the partial `available` index), row locks on the limits of those projects, their running
-//!   counts, then one `UPDATE … FROM (LATERAL … FOR UPDATE SKIP LOCKED)` per claim batch;
+//!   of the partial `available` index, or one probe after each project's claim cursor, see
+//!   [`cursor`]), row locks on the limits of those projects, their running counts, then one
+//!   `UPDATE … FROM (LATERAL … FOR UPDATE SKIP LOCKED)` per claim batch;
 //! - acknowledgements are applied in one statement per batch (`unnest` arrays);
-//! - enqueue sends one `NOTIFY roundhouse_jobs` per transaction (Postgres folds duplicates), never
-//!   one per row; workers also poll, so a lost notification only costs latency;
+//! - enqueue sends one `NOTIFY roundhouse_jobs` per project and statement (where its first new
+//!   row is, for claim cursors), never one per row; workers also poll, and a full walk every
+//!   second bounds what a lost notification costs;
 //! - the queue vacuums and analyzes its own tables when they need it ([`upkeep`]): claim cost
 //!   stays flat under deep backlogs whether autovacuum runs or not.
 
 mod claim;
 mod completion;
+mod cursor;
 mod enqueue;
 mod operators;
 mod reaper;
@@ -35,6 +38,7 @@ use crate::job::{Ack, ClaimedJob, Enqueued, JobId, JobRecord, Lease, NewJob, Pip
 use crate::pipeline::{NewPipeline, PipelineEnqueued, PipelineRecord};
 
 use completion::apply_acks;
+use cursor::{ClaimCursors, Notice};
 
 const NAME: &str = "postgres";
 const CHANNEL: &str = "roundhouse_jobs";
@@ -56,6 +60,7 @@ pub(crate) fn step_key_taken(step: &str) -> QueueError {
 pub struct PostgresQueue {
     pool: PgPool,
     notify: Arc<Wakeup>,
+    cursors: Arc<ClaimCursors>,
     rotation: AtomicUsize,
     last_promotion_ms: AtomicI64,
     listener: tokio::task::JoinHandle<()>,
@@ -94,11 +99,13 @@ impl PostgresQueue {
             source: Some(Box::new(e)),
         })?;
         let notify = Arc::new(Wakeup::default());
-        let listener = tokio::spawn(listen(pool.clone(), notify.clone()));
+        let cursors = Arc::new(ClaimCursors::new(cursor::FULL_WALK_EVERY));
+        let listener = tokio::spawn(listen(pool.clone(), notify.clone(), cursors.clone()));
         let upkeep = tokio::spawn(upkeep::upkeep_loop(pool.clone()));
         Ok(Self {
             pool,
             notify,
+            cursors,
             rotation: AtomicUsize::new(0),
             last_promotion_ms: AtomicI64::new(0),
             listener,
@@ -109,21 +116,36 @@ impl PostgresQueue {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// After this process committed rows made available behind claim cursors (anything but a
+    /// plain enqueue): its own next claim walks in full at once, not when the notification that
+    /// tells every process comes back through LISTEN.
+    fn made_available(&self, any: bool) {
+        if any {
+            self.cursors.notice(Notice::Reset);
+        }
+    }
 }
 
-async fn listen(pool: PgPool, notify: Arc<Wakeup>) {
+/// Wakes workers on every notification and moves claim cursors back as it says
+/// ([`cursor::Notice`]).
+async fn listen(pool: PgPool, notify: Arc<Wakeup>, cursors: Arc<ClaimCursors>) {
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
                 if let Err(e) = listener.listen(CHANNEL).await {
                     tracing::warn!(error = %e, "LISTEN failed; workers fall back to polling");
                 } else {
-                    // Wake pollers after a (re)connect: notifications may have been missed.
+                    // After a (re)connect notifications may have been missed: wake pollers and
+                    // walk in full.
+                    cursors.notice(Notice::Reset);
                     notify.wake();
-                    while listener.recv().await.is_ok() {
+                    while let Ok(notification) = listener.recv().await {
+                        cursors.notice(Notice::parse(notification.payload()));
                         notify.wake();
                     }
                 }
+                cursors.notice(Notice::Reset);
             }
             Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying"),
         }
@@ -159,6 +181,7 @@ impl Backend for PostgresQueue {
         let mut tx = self.pool.begin().await.map_err(err)?;
         let out = self.enqueue_pipeline_in(&mut tx, pipeline).await?;
         tx.commit().await.map_err(err)?;
+        self.made_available(true);
         Ok(out)
     }
 
@@ -171,9 +194,10 @@ impl Backend for PostgresQueue {
     }
 
     async fn acknowledge(&self, acks: Vec<Ack>) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        apply_acks(&mut tx, &acks, false).await?;
+        let mut tx = self.pool.begin_with(claim::HOT_PATH_BEGIN).await.map_err(err)?;
+        let woke = apply_acks(&mut tx, &acks, false).await?;
         tx.commit().await.map_err(err)?;
+        self.made_available(woke);
         Ok(())
     }
 

@@ -123,6 +123,7 @@ impl PostgresQueue {
         }
         notify_workers(&mut tx).await?;
         tx.commit().await.map_err(err)?;
+        self.made_available(true);
         Ok(())
     }
 

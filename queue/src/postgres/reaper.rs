@@ -44,9 +44,10 @@ impl PostgresQueue {
                 &mut report,
             ));
         }
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        apply_acks(&mut tx, &acks, true).await?;
+        let mut tx = self.pool.begin_with(super::claim::HOT_PATH_BEGIN).await.map_err(err)?;
+        let woke = apply_acks(&mut tx, &acks, true).await?;
         tx.commit().await.map_err(err)?;
+        self.made_available(woke);
         Ok(report)
     }
 

@@ -3,7 +3,8 @@
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::claim::{HOT_PATH_BEGIN, PROJECTS_WITH_WORK, take_sql};
+use super::claim::{HOT_PATH_BEGIN, PROJECTS_AFTER_CURSORS, PROJECTS_WITH_WORK, heartbeat_sql, take_sql};
+use super::completion::ack_sql;
 use super::*;
 
 fn admin_url() -> String {
@@ -71,6 +72,8 @@ fn take_with_literals(statement: &str) -> String {
         .replace("$3", "ARRAY['noop']")
         .replace("$4", "'w1'")
         .replace("$5", "30000")
+        .replace("$6::int2[]", "ARRAY[2]::int2[]")
+        .replace("$7::int8[]", "ARRAY[100]::int8[]")
 }
 
 #[tokio::test]
@@ -81,12 +84,28 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
     let take = plan(&pool, HOT_PATH_BEGIN, &take_sql(), take_with_literals).await;
     assert!(take.contains("Index Scan using roundhouse_jobs_available"), "{take}");
     assert!(take.contains("Index Scan using roundhouse_jobs_pkey"), "{take}");
+    // The walk starts at the claim cursor by descending the index, not by filtering the front.
+    let starts_at_cursor = |plan: &str, cursor: &str| {
+        plan.lines()
+            .any(|l| l.contains("Index Cond") && l.contains(&format!("(ROW(priority, id) > ROW({cursor}))")))
+    };
+    assert!(starts_at_cursor(&take, "q.after_priority, q.after_id"), "{take}");
     for linear in ["Sort", "Bitmap", "Seq Scan", "Hash", "Merge"] {
         assert!(!take.contains(linear), "{linear}: {take}");
     }
     let projects = plan(&pool, HOT_PATH_BEGIN, PROJECTS_WITH_WORK, |s| s.replace("$1", "100")).await;
     for linear in ["Sort", "Bitmap", "Seq Scan on roundhouse_jobs"] {
         assert!(!projects.contains(linear), "{linear}: {projects}");
+    }
+    let after_cursors = plan(&pool, HOT_PATH_BEGIN, PROJECTS_AFTER_CURSORS, |s| {
+        s.replace("$1::text[]", "ARRAY['acme']")
+            .replace("$2::int2[]", "ARRAY[2]::int2[]")
+            .replace("$3::int8[]", "ARRAY[100]::int8[]")
+    })
+    .await;
+    assert!(starts_at_cursor(&after_cursors, "c.priority, c.id"), "{after_cursors}");
+    for linear in ["Sort", "Bitmap", "Seq Scan on roundhouse_jobs"] {
+        assert!(!after_cursors.contains(linear), "{linear}: {after_cursors}");
     }
     // Estimates that make the ordered index scan look dear (stale or missing statistics do this
     // under deep backlogs; here the strongest such preference): unguarded, the planner reads and
@@ -109,5 +128,139 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
         "{guarded}"
     );
     assert!(!guarded.contains("Sort") && !guarded.contains("Bitmap"), "{guarded}");
+    drop_database(queue, &name).await;
+}
+
+/// Statistics gathered while every job waited say that nothing runs; the planner then preferred
+/// to walk a whole `running` partial index (and the dead entries of every job finished since the
+/// last VACUUM) once per heartbeat or acknowledgement row: 23–35 s a heartbeat in a million-job
+/// drain. Both must reach their rows by the primary key.
+#[tokio::test]
+async fn heartbeats_and_acknowledgements_reach_rows_by_their_primary_key() {
+    let (queue, name) = database().await;
+    let pool = queue.pool().clone();
+    backlog(&pool, 20_000).await;
+    sqlx::query("ANALYZE roundhouse_jobs").execute(&pool).await.unwrap();
+    sqlx::query(
+        "UPDATE roundhouse_jobs SET state = 'running', worker_id = 'w1', claims = 1,
+             lease_expires_at = now() + interval '30 seconds' WHERE id <= 300",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let leases = "(SELECT array_agg(g)::bigint[] FROM generate_series(1, 300) g)";
+    let tokens = "array_fill(1, ARRAY[300])::int4[]";
+    let heartbeat = plan(&pool, HOT_PATH_BEGIN, &heartbeat_sql(), |s| {
+        s.replace("$1::bigint[]", leases)
+            .replace("$2::int4[]", tokens)
+            .replace("$3", "30000")
+            .replace("$4", "'w1'")
+    })
+    .await;
+    let ack = plan(&pool, HOT_PATH_BEGIN, &ack_sql(), |s| {
+        s.replace("$1::bigint[]", leases)
+            .replace("$2::int4[]", tokens)
+            .replace("$3::text[]", "array_fill('completed'::text, ARRAY[300])")
+            .replace("$4::timestamptz[]", "array_fill(NULL::timestamptz, ARRAY[300])")
+            .replace("$5::text[]", "array_fill(NULL::text, ARRAY[300])")
+            .replace("$6", "false")
+    })
+    .await;
+    for statement in [heartbeat, ack] {
+        assert!(
+            statement.contains("Index Scan using roundhouse_jobs_pkey"),
+            "{statement}"
+        );
+        for walk in [
+            "roundhouse_jobs_running_project",
+            "roundhouse_jobs_lease",
+            "Seq Scan on roundhouse_jobs",
+            "Hash",
+        ] {
+            assert!(!statement.contains(walk), "{walk}: {statement}");
+        }
+    }
+    drop_database(queue, &name).await;
+}
+
+fn noop(project: &str, priority: i16) -> NewJob {
+    NewJob::new("noop", project, serde_json::json!({})).with_priority(priority)
+}
+
+fn request(limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        worker: "w1".into(),
+        kinds: vec!["noop".into()],
+        limit,
+        lease: Duration::from_secs(30),
+    }
+}
+
+/// Waits until the listener has applied the notifications that `done` looks for.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "no notification: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The claim cursor (`cursor.rs`) skips the dead front of the `available` index; a row that
+/// becomes available behind it must still be claimed, in priority order, without waiting for the
+/// periodic full walk (switched off here): an urgent job, a transaction that commits after a
+/// later one, a job handed back — the first and last by another process (another queue handle),
+/// so that only the notification can tell this one.
+#[tokio::test]
+async fn rows_that_become_available_behind_the_claim_cursor_are_still_claimed_in_order() {
+    let (queue, name) = database().await;
+    let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+    let other = PostgresQueue::connect(&url, 2).await.unwrap();
+    queue.wait_for_work(Duration::from_secs(10)).await; // LISTEN is up
+    queue.cursors.set_full_walk_every(Duration::from_secs(3600));
+    let kinds = ClaimCursors::kinds_key(&["noop".to_string()]);
+    let ids = |jobs: &[ClaimedJob]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    let normal = queue.enqueue((0..10).map(|_| noop("acme", 5)).collect()).await.unwrap();
+    let first = queue.claim(&request(3)).await.unwrap();
+    assert_eq!(ids(&first), normal[..3].iter().map(|e| e.id).collect::<Vec<_>>());
+    let cursor_claim = || queue.cursors.plan(&kinds);
+    until("the first full walk recorded", || !cursor_claim().is_full()).await;
+
+    // An urgent job: its id is the newest, its priority puts it before the cursor.
+    let urgent = other.enqueue(vec![noop("acme", 1)]).await.unwrap()[0].id;
+    until("urgent job", || {
+        cursor_claim().from.is_some_and(|from| from[0].1.priority == 1)
+    })
+    .await;
+    assert_eq!(ids(&queue.claim(&request(1)).await.unwrap()), vec![urgent]);
+
+    // A transaction that took its ids first and commits after a later one.
+    let mut late = queue.pool().begin().await.unwrap();
+    let late_ids = queue.enqueue_in(&mut late, vec![noop("acme", 5)]).await.unwrap();
+    let later = queue.enqueue(vec![noop("acme", 5)]).await.unwrap()[0].id;
+    let mut rest: Vec<i64> = Vec::new();
+    while rest.last() != Some(&later) {
+        let got = queue.claim(&request(4)).await.unwrap();
+        assert!(!got.is_empty(), "the committed jobs are all claimed: {rest:?}");
+        rest.extend(ids(&got));
+    }
+    late.commit().await.unwrap();
+    until("late commit", || {
+        cursor_claim().from.is_some_and(|from| from[0].1.id < late_ids[0].id)
+    })
+    .await;
+    assert_eq!(ids(&queue.claim(&request(4)).await.unwrap()), vec![late_ids[0].id]);
+
+    // A job handed back (a worker's shutdown) keeps its id, behind the cursor.
+    let again = queue.enqueue(vec![noop("acme", 5), noop("acme", 5)]).await.unwrap();
+    let held = queue.claim(&request(2)).await.unwrap();
+    assert_eq!(ids(&held), again.iter().map(|e| e.id).collect::<Vec<_>>());
+    other
+        .acknowledge(vec![Ack::new(&held[0], crate::job::Outcome::Released)])
+        .await
+        .unwrap();
+    until("hand-back", || cursor_claim().is_full()).await;
+    assert_eq!(ids(&queue.claim(&request(4)).await.unwrap()), vec![held[0].id]);
+    other.pool().close().await;
+    drop(other);
     drop_database(queue, &name).await;
 }
