@@ -402,7 +402,7 @@ async fn run_in(args: &WebhookArgs, env: &Env) -> Result<serde_json::Map<String,
     let [p50, p95, p99, max] = percentiles(main.latencies_ms);
     let mode = match args.mode {
         WebhookMode::Http => "http",
-        WebhookMode::Store => "store (no HTTP: the handler's two store calls)",
+        WebhookMode::Store => "store (no HTTP: the handler's store call)",
         WebhookMode::BadSignature => "http, bad signatures (401 after the HMAC check, no database)",
     };
     let out = json!({
