@@ -55,28 +55,32 @@ impl PostgresQueue {
         }
         self.promote_due().await?;
         let kinds = ClaimCursors::kinds_key(&request.kinds);
-        let plan = self.cursors.plan(&kinds);
+        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+        // Successive claims from cursors look at successive windows of the known projects, each
+        // served from its first; a full walk's scan moves on by itself, and its claims take turns
+        // within it.
+        let plan = self
+            .cursors
+            .plan(&kinds, turn.wrapping_mul(request.limit), MAX_PROJECTS_PER_CLAIM);
+        let rotation = if plan.from.is_some() { 0 } else { turn };
         let mut tx = self.pool.begin_with(HOT_PATH_BEGIN).await.map_err(err)?;
         let conn: &mut PgConnection = &mut tx;
         // Projects with available work, and whether any of them has limits: a loose index scan
-        // from the front (a full walk), or one probe after each known project's cursor.
+        // (a full walk), or one probe after each known project's cursor.
         let rows = match &plan.from {
-            None => sqlx::query(PROJECTS_WITH_WORK).bind(MAX_PROJECTS_PER_CLAIM as i64),
+            None => self.projects_with_work(&mut *conn).await?,
             Some(from) => {
-                let (projects, after): (Vec<&str>, Vec<Position>) = from
-                    .iter()
-                    .take(MAX_PROJECTS_PER_CLAIM)
-                    .map(|(p, at)| (p.as_str(), *at))
-                    .unzip();
+                let (projects, after): (Vec<&str>, Vec<Position>) =
+                    from.iter().map(|(p, at)| (p.as_str(), *at)).unzip();
                 sqlx::query(PROJECTS_AFTER_CURSORS)
                     .bind(projects)
                     .bind(after.iter().map(|a| a.priority).collect::<Vec<_>>())
                     .bind(after.iter().map(|a| a.id).collect::<Vec<_>>())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(err)?
             }
-        }
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
+        };
         let mut projects = Vec::with_capacity(rows.len());
         let mut any_limited = false;
         for row in &rows {
@@ -96,7 +100,6 @@ impl PostgresQueue {
                 })
                 .collect()
         };
-        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
         if !any_limited {
             // The common case: one statement; SKIP LOCKED keeps concurrent claims apart.
             let candidates: Vec<Candidate> = projects
@@ -211,6 +214,39 @@ impl PostgresQueue {
         Ok(jobs.into_iter().map(|t| t.job).collect())
     }
 
+    /// Up to [`MAX_PROJECTS_PER_CLAIM`] projects with available work, in name order from where the
+    /// previous full walk stopped (wrapping round), so that with more projects than that every one
+    /// gets its turn; the front of the order alone would starve the rest for as long as it has work.
+    async fn projects_with_work(&self, conn: &mut PgConnection) -> Result<Vec<PgRow>> {
+        let start = self.walk_from.lock().expect("walk start poisoned").clone();
+        let mut rows = sqlx::query(PROJECTS_WITH_WORK)
+            .bind(MAX_PROJECTS_PER_CLAIM as i64)
+            .bind(&start)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err)?;
+        if rows.len() < MAX_PROJECTS_PER_CLAIM && !start.is_empty() {
+            let wrapped = sqlx::query(PROJECTS_WITH_WORK)
+                .bind((MAX_PROJECTS_PER_CLAIM - rows.len()) as i64)
+                .bind("")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(err)?;
+            for row in wrapped {
+                if row.try_get::<String, _>("project").map_err(err)? > start {
+                    break;
+                }
+                rows.push(row);
+            }
+        }
+        let next = match rows.last() {
+            Some(last) if rows.len() == MAX_PROJECTS_PER_CLAIM => last.try_get::<String, _>("project").map_err(err)?,
+            _ => String::new(),
+        };
+        *self.walk_from.lock().expect("walk start poisoned") = next;
+        Ok(rows)
+    }
+
     pub(super) async fn renew_leases(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<HeartbeatReply> {
         if leases.is_empty() {
             return Ok(HeartbeatReply::default());
@@ -265,9 +301,10 @@ pub(super) const HOT_PATH_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; 
 /// (issue 21). Tested: `heartbeats_and_acknowledgements_reach_rows_by_their_primary_key`.
 pub(super) const STILL_RUNNING: &str = "(j.state = 'running') IS TRUE";
 
-/// Distinct projects with available work: a loose index scan over the `available` index.
+/// Distinct projects with available work after project $2 (`''`: from the first), at most $1: a
+/// loose index scan over the `available` index.
 pub(super) const PROJECTS_WITH_WORK: &str = "WITH RECURSIVE p(project) AS (
-         (SELECT project FROM roundhouse_jobs WHERE state = 'available' ORDER BY project LIMIT 1)
+         (SELECT project FROM roundhouse_jobs WHERE state = 'available' AND project > $2 ORDER BY project LIMIT 1)
          UNION ALL
          SELECT (SELECT j.project FROM roundhouse_jobs j WHERE j.state = 'available' AND j.project > p.project
                  ORDER BY j.project LIMIT 1)

@@ -90,6 +90,8 @@ pub(super) struct Plan {
     pub from: Option<Vec<(String, Position)>>,
     generation: u64,
     started: Instant,
+    /// The most projects one claim considers.
+    max: usize,
 }
 
 impl Plan {
@@ -112,6 +114,9 @@ struct KindsCursors {
     /// When the last full walk was planned (a reset after it forces the next one).
     full_walk_at: Instant,
     full_walk_generation: u64,
+    /// Whether the last full walk found every project with work (fewer than a claim considers);
+    /// if not, the others are known only to later full walks, so every claim walks in full.
+    complete: bool,
 }
 
 #[derive(Debug, Default)]
@@ -153,26 +158,36 @@ impl ClaimCursors {
     }
 
     /// Where the next claim for `kinds` starts: a full walk when nothing is known, a reset came,
-    /// or the last full walk is older than the interval; otherwise from each known project's
-    /// cursor, projects in name order.
-    pub fn plan(&self, kinds: &str) -> Plan {
+    /// or the last full walk is older than the interval; otherwise from the cursors of at most
+    /// `max` known projects, in name order from the `rotation`-th on (wrapping), so that every
+    /// project gets its turn however many there are.
+    pub fn plan(&self, kinds: &str, rotation: usize, max: usize) -> Plan {
         let now = Instant::now();
         let full_walk_every = Duration::from_millis(self.full_walk_every_ms.load(Ordering::Relaxed));
         let state = self.state.lock().expect("claim cursors poisoned");
         let generation = state.generation;
         let from = state.by_kinds.get(kinds).and_then(|k| {
-            let fresh = k.full_walk_generation >= state.reset
+            let fresh = k.complete
+                && k.full_walk_generation >= state.reset
                 && now.duration_since(k.full_walk_at) < full_walk_every
                 && !k.projects.is_empty();
             fresh.then(|| {
                 let sorted: BTreeMap<&String, Position> = k.projects.iter().map(|(p, c)| (p, c.after)).collect();
-                sorted.into_iter().map(|(p, at)| (p.clone(), at)).collect()
+                let start = rotation % sorted.len();
+                sorted
+                    .iter()
+                    .cycle()
+                    .skip(start)
+                    .take(max.min(k.projects.len()))
+                    .map(|(p, at)| ((*p).clone(), *at))
+                    .collect()
             })
         });
         Plan {
             from,
             generation,
             started: now,
+            max,
         }
     }
 
@@ -202,6 +217,7 @@ impl ClaimCursors {
                         projects,
                         full_walk_at: plan.started,
                         full_walk_generation: plan.generation,
+                        complete: with_work.len() < plan.max,
                     },
                 );
             }
@@ -268,7 +284,7 @@ mod tests {
 
     /// A full walk that took `last` in project `a`.
     fn walked(c: &ClaimCursors, last: Position) {
-        let plan = c.plan(KINDS);
+        let plan = c.plan(KINDS, 0, 256);
         assert!(plan.is_full());
         c.record(KINDS, &plan, &["a".into()], &taken(&[("a", last)]));
     }
@@ -277,29 +293,29 @@ mod tests {
     fn the_first_claim_walks_in_full_and_later_ones_start_after_what_was_taken() {
         let c = cursors();
         walked(&c, at(5, 128));
-        let plan = c.plan(KINDS);
+        let plan = c.plan(KINDS, 0, 256);
         assert_eq!(plan.from, Some(vec![("a".into(), at(5, 128))]));
         c.record(KINDS, &plan, &["a".into()], &taken(&[("a", at(5, 256))]));
-        assert_eq!(c.plan(KINDS).from, Some(vec![("a".into(), at(5, 256))]));
+        assert_eq!(c.plan(KINDS, 0, 256).from, Some(vec![("a".into(), at(5, 256))]));
     }
 
     #[test]
     fn an_urgent_or_late_row_moves_the_cursor_back_and_a_claim_in_flight_cannot_undo_it() {
         let c = cursors();
         walked(&c, at(5, 128));
-        let in_flight = c.plan(KINDS);
+        let in_flight = c.plan(KINDS, 0, 256);
         c.notice(Notice::Rewind {
             project: "a".into(),
             first: at(1, 900),
         });
         c.record(KINDS, &in_flight, &["a".into()], &taken(&[("a", at(5, 256))]));
-        assert_eq!(c.plan(KINDS).from, Some(vec![("a".into(), at(1, 899))]));
+        assert_eq!(c.plan(KINDS, 0, 256).from, Some(vec![("a".into(), at(1, 899))]));
         // An ordinary enqueue behind the cursor's position changes nothing.
         c.notice(Notice::Rewind {
             project: "a".into(),
             first: at(5, 5000),
         });
-        assert_eq!(c.plan(KINDS).from, Some(vec![("a".into(), at(1, 899))]));
+        assert_eq!(c.plan(KINDS, 0, 256).from, Some(vec![("a".into(), at(1, 899))]));
     }
 
     #[test]
@@ -307,24 +323,51 @@ mod tests {
         let c = cursors();
         walked(&c, at(5, 128));
         c.notice(Notice::parse("3\t7000\tbeta"));
-        let from = c.plan(KINDS).from.unwrap();
+        let from = c.plan(KINDS, 0, 256).from.unwrap();
         // A project this process knows nothing of may hold older rows too: from its front.
         assert_eq!(from, vec![("a".into(), at(5, 128)), ("beta".into(), Position::START)]);
         c.notice(Notice::parse(""));
-        assert!(c.plan(KINDS).is_full());
+        assert!(c.plan(KINDS, 0, 256).is_full());
     }
 
     #[test]
     fn projects_without_work_are_forgotten_and_the_interval_forces_full_walks() {
         let c = cursors();
         walked(&c, at(5, 128));
-        let plan = c.plan(KINDS);
+        let plan = c.plan(KINDS, 0, 256);
         c.record(KINDS, &plan, &[], &HashMap::new());
-        assert!(c.plan(KINDS).is_full(), "no project known: walk in full");
+        assert!(c.plan(KINDS, 0, 256).is_full(), "no project known: walk in full");
 
         let c = ClaimCursors::new(Duration::ZERO);
         walked(&c, at(5, 128));
-        assert!(c.plan(KINDS).is_full());
+        assert!(c.plan(KINDS, 0, 256).is_full());
+    }
+
+    #[test]
+    fn more_projects_than_a_claim_considers_take_turns() {
+        let c = cursors();
+        let plan = c.plan(KINDS, 0, 256);
+        let with_work: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        c.record(KINDS, &plan, &with_work, &HashMap::new());
+        let names = |rotation| {
+            c.plan(KINDS, rotation, 2)
+                .from
+                .unwrap()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["a", "b"]);
+        assert_eq!(names(1), ["b", "c"]);
+        assert_eq!(names(2), ["c", "a"]);
+        // A full walk that found as many projects as a claim considers may have missed some.
+        let c = cursors();
+        let plan = c.plan(KINDS, 0, 3);
+        c.record(KINDS, &plan, &with_work, &HashMap::new());
+        let plan = c.plan(KINDS, 0, 3);
+        assert!(plan.is_full());
+        c.record(KINDS, &plan, &with_work[..2], &HashMap::new());
+        assert!(!c.plan(KINDS, 0, 3).is_full());
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct PostgresQueue {
     notify: Arc<Wakeup>,
     cursors: Arc<ClaimCursors>,
     rotation: AtomicUsize,
+    /// Where the next full walk's project scan starts (`claim.rs`).
+    walk_from: std::sync::Mutex<String>,
     last_promotion_ms: AtomicI64,
     listener: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
@@ -107,6 +109,7 @@ impl PostgresQueue {
             notify,
             cursors,
             rotation: AtomicUsize::new(0),
+            walk_from: std::sync::Mutex::new(String::new()),
             last_promotion_ms: AtomicI64::new(0),
             listener,
             upkeep,

@@ -93,7 +93,10 @@ async fn claims_walk_the_available_index_in_order_whatever_the_planner_estimates
     for linear in ["Sort", "Bitmap", "Seq Scan", "Hash", "Merge"] {
         assert!(!take.contains(linear), "{linear}: {take}");
     }
-    let projects = plan(&pool, HOT_PATH_BEGIN, PROJECTS_WITH_WORK, |s| s.replace("$1", "100")).await;
+    let projects = plan(&pool, HOT_PATH_BEGIN, PROJECTS_WITH_WORK, |s| {
+        s.replace("$1", "100").replace("$2", "''")
+    })
+    .await;
     for linear in ["Sort", "Bitmap", "Seq Scan on roundhouse_jobs"] {
         assert!(!projects.contains(linear), "{linear}: {projects}");
     }
@@ -222,7 +225,7 @@ async fn rows_that_become_available_behind_the_claim_cursor_are_still_claimed_in
     let normal = queue.enqueue((0..10).map(|_| noop("acme", 5)).collect()).await.unwrap();
     let first = queue.claim(&request(3)).await.unwrap();
     assert_eq!(ids(&first), normal[..3].iter().map(|e| e.id).collect::<Vec<_>>());
-    let cursor_claim = || queue.cursors.plan(&kinds);
+    let cursor_claim = || queue.cursors.plan(&kinds, 0, 256);
     until("the first full walk recorded", || !cursor_claim().is_full()).await;
 
     // An urgent job: its id is the newest, its priority puts it before the cursor.
@@ -263,4 +266,34 @@ async fn rows_that_become_available_behind_the_claim_cursor_are_still_claimed_in
     other.pool().close().await;
     drop(other);
     drop_database(queue, &name).await;
+}
+
+/// More projects with work than a claim considers (`MAX_PROJECTS_PER_CLAIM`): every project gets
+/// its turn long before the first ones in name order run dry — with full walks (the project scan
+/// starts where the last one stopped) and with claim cursors (a rotating window).
+#[tokio::test]
+async fn with_more_projects_than_a_claim_considers_every_project_gets_its_turn() {
+    for full_walk_every in [Duration::ZERO, Duration::from_secs(3600)] {
+        let (queue, name) = database().await;
+        queue.wait_for_work(Duration::from_secs(10)).await; // LISTEN is up
+        queue.cursors.set_full_walk_every(full_walk_every);
+        let projects = 300;
+        let jobs: Vec<NewJob> = (0..projects)
+            .flat_map(|p| (0..20).map(move |_| noop(&format!("p{p:03}"), 5)))
+            .collect();
+        queue.enqueue(jobs).await.unwrap();
+        let mut served = std::collections::HashSet::new();
+        // 40 claims of 64 are 2,560 jobs: half of what the first 256 projects hold.
+        for _ in 0..40 {
+            for job in queue.claim(&request(64)).await.unwrap() {
+                served.insert(job.project);
+            }
+        }
+        assert_eq!(
+            served.len(),
+            projects,
+            "full walk every {full_walk_every:?}: {served:?}"
+        );
+        drop_database(queue, &name).await;
+    }
 }
