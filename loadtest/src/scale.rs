@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dbstats::{DbCpu, autovacuum, cpu_fields};
 use crate::env::{Env, open_backend};
 use crate::meter::{Meter, Metered, NOOP, Payload, SLEEP, UNFINISHED, count_in, now_us, process_cpu_s, round3};
-use crate::track::{Track, paced, registry, stamped, summary};
+use crate::track::{Track, paced, stamped, start_worker, summary};
 use crate::workloads::{Fields, build_chunks, enqueue_chunks, fields, job_shape, this_binary};
 use crate::{ChildArgs, RunArgs, worker_config};
 
@@ -311,14 +311,7 @@ pub async fn skew(args: &RunArgs, env: &Env) -> Result<Fields> {
     let (enqueue_busy, _) = enqueue_chunks(&*backend, chunks).await?;
     let db = DbCpu::find(env).await;
 
-    let meter = Meter::new(Instant::now());
-    let metered: Arc<dyn Backend> = Arc::new(Metered {
-        inner: backend.clone(),
-        meter: meter.clone(),
-    });
-    let config = worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms);
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(Worker::new(metered, registry(&track), config).run(shutdown.clone()));
+    let (meter, shutdown, worker) = start_worker(&backend, &track, concurrency, args);
     let db_from = db.cpu_s();
     let started = Instant::now();
     let produced = paced(

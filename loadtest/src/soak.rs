@@ -4,21 +4,19 @@
 //! works everything. Reports the throughput, the fresh jobs' enqueue→start latency per priority,
 //! the backlog left, the queue's storage before and after, and the database's CPU per job.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use enclii_queue::{Backend, NewJob};
-use enclii_worker::Worker;
+use enclii_queue::NewJob;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::RunArgs;
 use crate::dbstats::{DbCpu, autovacuum, cpu_fields, sizes};
 use crate::env::Env;
-use crate::meter::{Meter, Metered, UNFINISHED, count_in, now_us, percentiles, process_cpu_s, round3};
-use crate::track::{Track, paced, registry, stamped, summary};
+use crate::meter::{UNFINISHED, count_in, now_us, percentiles, process_cpu_s, round3};
+use crate::track::{Track, paced, stamped, start_worker, summary};
 use crate::workloads::{Fields, fields, job_shape};
-use crate::{RunArgs, worker_config};
 
 /// The backlog's priority (lower runs first; 5 is the default).
 pub const BACKLOG_PRIORITY: i16 = 9;
@@ -50,14 +48,7 @@ pub async fn soak(args: &RunArgs, env: &Env) -> Result<Fields> {
     let sizes_before = sizes(env).await?;
     let db = DbCpu::find(env).await;
 
-    let meter = Meter::new(Instant::now());
-    let metered: Arc<dyn Backend> = Arc::new(Metered {
-        inner: backend.clone(),
-        meter: meter.clone(),
-    });
-    let config = worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms);
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(Worker::new(metered, registry(&track), config).run(shutdown.clone()));
+    let (meter, shutdown, worker) = start_worker(&backend, &track, concurrency, args);
     let db_from = db.cpu_s();
     let load_from = process_cpu_s("self");
     let window_start = Instant::now();

@@ -138,6 +138,29 @@ impl Handler for Tracked {
     }
 }
 
+/// A worker in this process running `track`'s jobs on a metered view of `backend`: its meter,
+/// the token that stops it, and its task.
+pub fn start_worker(
+    backend: &Arc<dyn enclii_queue::Backend>,
+    track: &Arc<Track>,
+    concurrency: usize,
+    args: &crate::RunArgs,
+) -> (
+    Arc<crate::meter::Meter>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), enclii_worker::WorkerError>>,
+) {
+    let meter = crate::meter::Meter::new(std::time::Instant::now());
+    let metered: Arc<dyn enclii_queue::Backend> = Arc::new(crate::meter::Metered {
+        inner: backend.clone(),
+        meter: meter.clone(),
+    });
+    let config = crate::worker_config(concurrency, args.prefetch, args.lease_ms, args.rescue_ms);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(enclii_worker::Worker::new(metered, registry(track), config).run(shutdown.clone()));
+    (meter, shutdown, worker)
+}
+
 pub fn registry(track: &Arc<Track>) -> Registry {
     let mut registry = Registry::new();
     registry.register(NOOP, Tracked(track.clone()));

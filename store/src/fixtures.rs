@@ -4,7 +4,25 @@
 
 use crate::{
     BuildTrigger, Deployment, DeploymentRequest, ReleaseOutcome, ReleaseTrigger, Result, ServiceDraft, Store, Strategy,
+    WebhookDelivery, WebhookIntent,
 };
+
+/// GitHub's `pull_request` `opened` delivery `delivery_id` for pull request 7 of
+/// `github.com/org/shop` (branch `feature`, commit `777…`).
+pub fn pull_request_opened(delivery_id: &str) -> WebhookDelivery {
+    WebhookDelivery {
+        delivery_id: delivery_id.into(),
+        event: "pull_request".into(),
+        action: Some("opened".into()),
+        intent: WebhookIntent::Preview {
+            repository: "github.com/org/shop".into(),
+            number: 7,
+            branch: "feature".into(),
+            sha: "7".repeat(40),
+            at_ms: None,
+        },
+    }
+}
 
 /// Project `shop` and its service `api`, built from `github.com/org/shop` on `main` for `dev`.
 pub async fn shop_api(store: &Store) -> Result<()> {

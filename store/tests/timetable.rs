@@ -13,7 +13,7 @@ use enclii_domain::jobs::JobRun;
 use enclii_queue::{JobKind, JobState};
 use enclii_store::{
     AuditFilter, BudgetLevel, CronOutcome, EnvironmentChange, JobRunStatus, NewCostSample, Prices, ServiceDraft,
-    ServiceKey, Store, StoreError, WebhookDelivery, WebhookIntent, next_fire,
+    ServiceKey, Store, StoreError, next_fire,
 };
 use support::Db;
 
@@ -457,18 +457,7 @@ async fn budget_levels_are_reported_once_a_month(db: Db) {
 async fn idle_previews_expire_once(db: Db) {
     let t = shop(db, "dev", &[]).await;
     let store = &t.store;
-    let delivery = WebhookDelivery {
-        delivery_id: "d-1".into(),
-        event: "pull_request".into(),
-        action: Some("opened".into()),
-        intent: WebhookIntent::Preview {
-            repository: "github.com/org/shop".into(),
-            number: 7,
-            branch: "feature".into(),
-            sha: "7".repeat(40),
-            at_ms: None,
-        },
-    };
+    let delivery = enclii_store::fixtures::pull_request_opened("d-1");
     store.accept_webhook(&delivery).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let ttl = Duration::from_secs(3600);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use enclii_queue::redis::RedisQueue;
 use enclii_queue::{Backend, JobFilter};
-use enclii_store::{MasterKey, Store, StoreConfig, WebhookDelivery, WebhookIntent};
+use enclii_store::{MasterKey, Store, StoreConfig};
 
 async fn copies_of_a_delivery_enqueue_once_on_redis(url: String) {
     let prefix = format!("webhooks_{:016x}", rand::random::<u64>());
@@ -27,18 +27,7 @@ async fn copies_of_a_delivery_enqueue_once_on_redis(url: String) {
     };
     let store = Arc::new(Store::open_with_queue(config, Some(queue.clone())).await.unwrap());
     enclii_store::fixtures::shop_api(&store).await.unwrap();
-    let delivery = WebhookDelivery {
-        delivery_id: "pr-opened".into(),
-        event: "pull_request".into(),
-        action: Some("opened".into()),
-        intent: WebhookIntent::Preview {
-            repository: "github.com/org/shop".into(),
-            number: 7,
-            branch: "feature".into(),
-            sha: "7".repeat(40),
-            at_ms: None,
-        },
-    };
+    let delivery = enclii_store::fixtures::pull_request_opened("pr-opened");
     let mut copies = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let (store, delivery) = (store.clone(), delivery.clone());
