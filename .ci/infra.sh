@@ -12,6 +12,8 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# skopeo: one of the real clients the embedded registry's tests drive (registry/tests/clients.rs).
+command -v skopeo >/dev/null || need_apt+=(skopeo)
 # The dashboard's browser test: Debian's Chromium (playwright-core cannot download a browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -48,6 +50,8 @@ if ! python3 -c 'import moto.server, cyclonedx.validation.json, boto3' 2>/dev/nu
 fi
 # The Kubernetes manifests' schema check (deploy/kubernetes tests; no API server runs here).
 command -v kubernetes-validate >/dev/null || { log "installing kubernetes-validate"; pip install -q 'kubernetes-validate==1.37.0'; }
+# oras-py, the ORAS client the embedded registry's tests drive (registry/tests/oras/roundtrip.py).
+python3 -c 'import oras.provider' 2>/dev/null || { log "installing oras"; pip install -q 'oras==0.2.43'; }
 # playwright-core for the dashboard's browser test (cli/tests/dashboard.rs), from its lock file.
 e2e="$(dirname "${BASH_SOURCE[0]}")/../api/dashboard/e2e"
 if [ ! -d "$e2e/node_modules/playwright-core" ]; then
