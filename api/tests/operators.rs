@@ -121,6 +121,7 @@ async fn dead_jobs_throughput_and_workers(db: Db) {
             pid: 42,
             kinds: &["ping".to_string()],
             concurrency: 8,
+            unavailable: &Default::default(),
         })
         .await
         .unwrap();

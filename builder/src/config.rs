@@ -72,7 +72,10 @@ pub struct BuildConfig {
     pub build_cpus: Option<f64>,
     pub build_memory_bytes: Option<u64>,
     pub registry: RegistryConfig,
-    pub s3: S3Config,
+    /// Where source archives, logs and SBOMs are kept.
+    pub artefacts: crate::ArtefactConfig,
+    /// How long archived logs and source archives are kept (SBOMs stay with their releases).
+    pub artefact_retention: Duration,
     /// Signs images unless the project has its own `COSIGN_PRIVATE_KEY` secret.
     pub signing_key: SigningKey,
 }

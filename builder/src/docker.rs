@@ -40,12 +40,25 @@ pub fn registry_host(reference: &str) -> &str {
 }
 
 pub fn connect(config: &BuildConfig) -> Result<Docker, StepError> {
-    let socket = config
-        .docker_host
-        .strip_prefix("unix://")
-        .unwrap_or(&config.docker_host);
+    connect_host(&config.docker_host)
+}
+
+fn connect_host(docker_host: &str) -> Result<Docker, StepError> {
+    let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
     Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| StepError::transient(format!("Docker engine at {} unreachable: {e}", config.docker_host)))
+        .map_err(|e| StepError::transient(format!("Docker engine at {docker_host} unreachable: {e}")))
+}
+
+/// The engine's version, when an engine answers at `docker_host` within a few seconds.
+pub async fn engine_version(docker_host: &str) -> Result<String, StepError> {
+    let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
+    let docker = Docker::connect_with_unix(socket, 5, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| StepError::transient(e.to_string()))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), docker.version()).await {
+        Ok(Ok(version)) => Ok(version.version.unwrap_or_else(|| "unknown".into())),
+        Ok(Err(e)) => Err(StepError::transient(e.to_string())),
+        Err(_) => Err(StepError::transient("no answer within 5 s")),
+    }
 }
 
 /// `docker-buildkit <engine version>`, the builder named in a release's provenance.
@@ -245,10 +258,15 @@ pub async fn retag(docker: &Docker, local: &str, reference: &str) -> Result<(), 
         .repo(repo)
         .tag(tag)
         .build();
-    docker.tag_image(local, Some(options)).await.map_err(|e| {
-        StepError::fatal(format!(
+    docker.tag_image(local, Some(options)).await.map_err(|e| match e {
+        // Only the engine saying "no such image" means the build ran elsewhere; an engine that
+        // is restarting or unreachable answers nothing, and the push is worth another attempt.
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => StepError::fatal(format!(
             "push failed: the built image {local} is not on this builder ({e}); build and push must run on workers sharing one Docker engine — retry the pipeline"
-        ))
+        )),
+        e => StepError::transient(format!(
+            "push failed: the Docker engine did not answer while tagging {local} ({e}); the push is retried"
+        )),
     })
 }
 

@@ -159,7 +159,7 @@ use enclii_domain::image::pinned;
 impl BuildSteps {
     /// Connects to the artefact store (creating its bucket) and the Docker engine.
     pub async fn new(store: Arc<Store>, config: BuildConfig) -> Result<Self, StepError> {
-        let artefacts = ArtefactStore::connect(&config.s3).await?;
+        let artefacts = ArtefactStore::connect(&config.artefacts).await?;
         let docker = docker::connect(&config)?;
         std::fs::create_dir_all(&config.workspace_root).map_err(|e| {
             StepError::fatal(format!(
@@ -176,6 +176,14 @@ impl BuildSteps {
     }
 
     /// Runs one step of a release's pipeline around `work`, which returns the step's detail.
+    /// Deletes archived step logs and source archives older than the retention; SBOMs stay
+    /// (a release's inventory lives as long as the release). Returns how many went.
+    pub async fn prune_artefacts(&self) -> Result<usize, StepError> {
+        self.artefacts
+            .prune(&["logs/", "sources/"], self.config.artefact_retention)
+            .await
+    }
+
     /// `run` is what the step's payload says its run builds: the release is the run's only if it
     /// is that service and commit ([`release_for_step`]).
     async fn step<F, Fut>(&self, ctx: &JobContext, step: &'static str, run: RunSubject, work: F) -> Result<(), JobError>

@@ -1,11 +1,11 @@
 //! Roundhouse's build handlers: the steps that turn a commit into a signed, inventoried image.
 //!
-//! `clone` fetches the exact commit with git2 and archives its tree in the artefact store (S3), so
+//! `clone` fetches the exact commit with git2 and archives its tree in the artefact store (S3, or a directory on one node), so
 //! that the steps after it can run on any worker; `build` unpacks the archive and builds it with
 //! BuildKit on the Docker engine; `push` sends the image to the registry and records its digest;
 //! `sbom` (CycloneDX 1.5: the image's OS packages and the repository's lockfiles) and `sign`
 //! (cosign format) run in parallel on the pushed digest. Each step records its timings, its log
-//! (live in the database, archived in S3) and, on its last failed attempt, the release's failure.
+//! (live in the database, archived in the artefact store) and, on its last failed attempt, the release's failure.
 
 mod artefacts;
 mod config;
@@ -20,9 +20,9 @@ mod run;
 mod sbom;
 mod workspace;
 
-pub use artefacts::ArtefactStore;
+pub use artefacts::{ArtefactConfig, ArtefactStore, StoredArtefact};
 pub use config::{BuildConfig, RegistryConfig, S3Config};
-pub use docker::{image_name, image_reference};
+pub use docker::{engine_version, image_name, image_reference};
 pub use enclii_store::JobLog;
 pub use error::StepError;
 pub use handlers::{BuildSteps, lockbox_secret, project_signing_key, register};

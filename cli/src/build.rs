@@ -4,18 +4,38 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use enclii_build::{BuildConfig, RegistryConfig, S3Config};
+use clap::{Args, ValueEnum};
+use enclii_build::{ArtefactConfig, BuildConfig, RegistryConfig, S3Config};
 use enclii_signing::{RegistryAuth, Secret, SigningError, SigningKey, VerifyingKey};
 
-/// Settings of the build steps (`clone`, `build`, `push`, `sbom`, `sign`). A worker runs them
-/// when a registry and an S3 bucket are configured; without them their jobs wait for a worker that
-/// has them.
+/// Whether this process runs the build steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BuildSteps {
+    /// When a Docker engine answers on the Docker host.
+    Auto,
+    /// Never: build jobs wait for another worker (their releases say so).
+    Off,
+}
+
+/// Settings of the build steps (`clone`, `build`, `push`, `sbom`, `sign`). A worker runs them when
+/// a Docker engine answers; images go to `ENCLII_REGISTRY`, or without it to the registry the
+/// server embeds; artefacts go to `ENCLII_S3_BUCKET`, or without it to the data directory.
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// The OCI registry images are pushed to (`host[:port]`).
+    #[arg(long = "build-steps", env = "ENCLII_BUILD_STEPS", value_enum, default_value = "auto")]
+    build_steps: BuildSteps,
+    /// The OCI registry images are pushed to (`host[:port]`). Without it the server serves its
+    /// own from `<data-dir>/registry` on `--registry-listen`.
     #[arg(long = "registry", env = "ENCLII_REGISTRY")]
     registry: Option<String>,
+    /// Where the embedded registry listens when no `ENCLII_REGISTRY` is set (keep it on loopback:
+    /// the Docker engine on this host pushes and pulls there over plain HTTP).
+    #[arg(
+        long = "registry-listen",
+        env = "ENCLII_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
+    registry_listen: std::net::SocketAddr,
     /// Speak plain HTTP to the registry (a registry on loopback or a private network).
     #[arg(long = "registry-insecure", env = "ENCLII_REGISTRY_INSECURE")]
     registry_insecure: bool,
@@ -29,7 +49,8 @@ pub struct BuildArgs {
     s3_endpoint: Option<String>,
     #[arg(long = "s3-region", env = "ENCLII_S3_REGION", default_value = "us-east-1")]
     s3_region: String,
-    /// The bucket (created when missing).
+    /// The bucket (created when missing). Without it artefacts are kept in `<data-dir>/artefacts`
+    /// (one node).
     #[arg(long = "s3-bucket", env = "ENCLII_S3_BUCKET")]
     s3_bucket: Option<String>,
     #[arg(long = "s3-access-key", env = "ENCLII_S3_ACCESS_KEY", default_value = "")]
@@ -90,6 +111,13 @@ pub struct BuildArgs {
     /// Memory a build's `RUN` steps may use, in MiB.
     #[arg(long = "build-memory-mib", env = "ENCLII_BUILD_MEMORY_MIB")]
     build_memory_mib: Option<u64>,
+    /// Archived step logs and source archives older than this are deleted (S3 or directory).
+    #[arg(
+        long = "artefact-retention-days",
+        env = "ENCLII_ARTEFACT_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    artefact_retention_days: u64,
     /// Where per-job workspaces are made. Default: `<data-dir>/workspaces`.
     #[arg(long = "build-workspace", env = "ENCLII_BUILD_WORKSPACE")]
     build_workspace: Option<PathBuf>,
@@ -107,30 +135,55 @@ pub struct BuildArgs {
 }
 
 impl BuildArgs {
-    /// Whether a registry and a bucket are configured (the build steps run only then).
     /// The Docker engine builds (and the Docker deploy target) use.
     pub fn docker_host(&self) -> &str {
         &self.docker_host
     }
 
-    pub fn enabled(&self) -> bool {
-        self.registry.is_some() && self.s3_bucket.is_some()
+    pub fn registry_listen(&self) -> std::net::SocketAddr {
+        self.registry_listen
     }
 
-    /// The build configuration, or `None` when no registry or bucket is configured.
-    pub fn config(&self, data_dir: &Path) -> anyhow::Result<Option<BuildConfig>> {
-        let (Some(registry), Some(bucket)) = (&self.registry, &self.s3_bucket) else {
-            return Ok(None);
-        };
-        let docker_cli = self.docker_cli.clone().unwrap_or_else(|| {
+    /// The registry named by `ENCLII_REGISTRY`, if any.
+    pub fn external_registry(&self) -> Option<RegistryConfig> {
+        Some(RegistryConfig {
+            host: self.registry.clone()?,
+            insecure: self.registry_insecure,
+            username: self.registry_username.clone(),
+            password: self.registry_password.clone().map(Secret::new),
+        })
+    }
+
+    /// `ENCLII_S3_BUCKET`, or the data directory's `artefacts` folder without it.
+    pub fn artefacts(&self, data_dir: &Path) -> ArtefactConfig {
+        match &self.s3_bucket {
+            Some(bucket) => ArtefactConfig::S3(S3Config {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                bucket: bucket.clone(),
+                access_key: self.s3_access_key.clone(),
+                secret_key: Secret::new(self.s3_secret_key.clone()),
+            }),
+            None => ArtefactConfig::Directory(data_dir.join("artefacts")),
+        }
+    }
+
+    /// The Docker CLI that drives builds: the configured one, else `/usr/bin/docker` when present,
+    /// else `docker` on the PATH.
+    fn docker_cli(&self) -> PathBuf {
+        self.docker_cli.clone().unwrap_or_else(|| {
             let debian = PathBuf::from("/usr/bin/docker");
             if debian.exists() {
                 debian
             } else {
                 PathBuf::from("docker")
             }
-        });
-        Ok(Some(BuildConfig {
+        })
+    }
+
+    /// The build configuration pushing to `registry`.
+    pub fn config(&self, data_dir: &Path, registry: RegistryConfig) -> anyhow::Result<BuildConfig> {
+        Ok(BuildConfig {
             workspace_root: self
                 .build_workspace
                 .clone()
@@ -143,26 +196,40 @@ impl BuildArgs {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
             clone_timeout: Duration::from_secs(self.clone_timeout_seconds),
-            docker_cli,
+            docker_cli: self.docker_cli(),
             docker_host: self.docker_host.clone(),
             build_timeout: Duration::from_secs(self.build_timeout_seconds),
             build_cpus: self.build_cpus,
             build_memory_bytes: self.build_memory_mib.map(|m| m << 20),
-            registry: RegistryConfig {
-                host: registry.clone(),
-                insecure: self.registry_insecure,
-                username: self.registry_username.clone(),
-                password: self.registry_password.clone().map(Secret::new),
-            },
-            s3: S3Config {
-                endpoint: self.s3_endpoint.clone(),
-                region: self.s3_region.clone(),
-                bucket: bucket.clone(),
-                access_key: self.s3_access_key.clone(),
-                secret_key: Secret::new(self.s3_secret_key.clone()),
-            },
+            registry,
+            artefacts: self.artefacts(data_dir),
+            artefact_retention: Duration::from_secs(self.artefact_retention_days.saturating_mul(86_400)),
             signing_key: self.signing_key(data_dir)?,
-        }))
+        })
+    }
+
+    /// Why this process cannot build, or `None` when it can: build steps turned off, no Docker
+    /// engine answering, or no Docker CLI to drive BuildKit.
+    pub async fn cannot_build(&self) -> Option<String> {
+        if self.build_steps == BuildSteps::Off {
+            return Some("build steps are off here (ENCLII_BUILD_STEPS=off)".into());
+        }
+        if let Err(e) = enclii_build::engine_version(&self.docker_host).await {
+            return Some(format!(
+                "no Docker engine at {} ({e}); start Docker or set ENCLII_DOCKER_HOST",
+                self.docker_host
+            ));
+        }
+        let cli = self.docker_cli();
+        let found = cli.components().count() > 1 && cli.exists()
+            || std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(&cli).is_file()));
+        (!found).then(|| {
+            format!(
+                "no Docker CLI at {} to drive BuildKit; install docker-cli or set ENCLII_DOCKER_CLI",
+                cli.display()
+            )
+        })
     }
 
     /// The configured signing key, or the one kept in the data directory (created on first use).

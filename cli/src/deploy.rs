@@ -105,6 +105,16 @@ pub struct DeployTarget {
 }
 
 impl DeployArgs {
+    /// Why this process has no deploy target, and what to set to have one.
+    pub fn why_off(&self, docker_host: &str) -> String {
+        match self.target {
+            TargetKind::None => "ENCLII_DEPLOY_TARGET=none; set it to auto, docker or kubernetes".into(),
+            _ => format!(
+                "no Docker engine answers at {docker_host}; start Docker, set ENCLII_DOCKER_HOST, or ENCLII_DEPLOY_TARGET=kubernetes"
+            ),
+        }
+    }
+
     /// What usage costs, for cost samples and budgets.
     pub fn prices(&self) -> Prices {
         Prices {

@@ -1,6 +1,7 @@
 //! `enclii server`: one process that runs any of the api, worker and scheduler roles; and
 //! `enclii server recover-owner`, which gives the platform an Owner again.
 
+mod builds;
 mod files;
 mod http;
 mod owner;
@@ -249,14 +250,14 @@ fn init_telemetry(args: &ServerArgs) -> anyhow::Result<enclii_telemetry::Telemet
     Ok(telemetry)
 }
 
-/// The job handlers this process runs: `ping` always; the build steps when a registry and an
-/// artefact bucket are configured; the deploy kinds when a deploy target is connected. Until a
-/// worker has a handler for a kind, its jobs wait in the queue.
+/// The job handlers this process runs: `ping` always; the build steps when it can build (see
+/// `builds.rs`); the deploy kinds when a deploy target is connected. Until a worker has a handler
+/// for a kind, its jobs wait in the queue (and their releases say why).
 async fn registry(
     build: Option<enclii_build::BuildConfig>,
     deployer: Option<(Arc<enclii_deploy::Deployer>, enclii_store::Prices)>,
     store: &Arc<Store>,
-) -> anyhow::Result<Registry> {
+) -> anyhow::Result<(Registry, Option<Arc<enclii_build::BuildSteps>>)> {
     let mut registry = Registry::new();
     match deployer {
         Some((deployer, prices)) => {
@@ -269,19 +270,49 @@ async fn registry(
         None => info!("deploys disabled: no deploy target in this process"),
     }
     registry.register_typed::<enclii_domain::jobs::Ping, _>(PingHandler);
-    match build {
+    let steps = match build {
         Some(config) => {
             let steps = enclii_build::BuildSteps::new(store.clone(), config)
                 .await
                 .map_err(|e| anyhow::anyhow!("build steps: {e}"))?;
-            enclii_build::register(&mut registry, Arc::new(steps));
+            let steps = Arc::new(steps);
+            enclii_build::register(&mut registry, steps.clone());
             info!("build steps enabled (clone, build, push, sbom, sign)");
+            Some(steps)
         }
-        None => info!(
-            "build steps disabled: set ENCLII_REGISTRY and ENCLII_S3_BUCKET to run clone, build, push, sbom and sign jobs here"
-        ),
+        None => None,
+    };
+    Ok((registry, steps))
+}
+
+/// The deploy kinds, which a worker without a deploy target cannot run.
+fn deploy_kinds() -> [&'static str; 5] {
+    use enclii_domain::jobs;
+    use enclii_queue::JobKind;
+    [
+        jobs::Deploy::KIND,
+        jobs::CanaryAnalyze::KIND,
+        jobs::PreviewTeardown::KIND,
+        jobs::JobRun::KIND,
+        jobs::CostSample::KIND,
+    ]
+}
+
+/// Deletes artefacts past their retention once an hour, until shutdown. A failed pass is logged;
+/// the next one tries again.
+async fn prune_artefacts(steps: Arc<enclii_build::BuildSteps>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        match steps.prune_artefacts().await {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "pruned artefacts past their retention"),
+            Err(e) => tracing::warn!(error = %e, "could not prune artefacts; will try again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(EVERY) => {}
+        }
     }
-    Ok(registry)
 }
 
 struct PingHandler;
@@ -355,10 +386,14 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     }
     info!(database = %described, queue = backend.name(), roles = ?args.role, "starting");
 
-    let build = match args.build.enabled() {
-        true => args.build.config(args.data_dir()?)?,
-        false => None,
-    };
+    let builds = builds::plan(
+        &args.build,
+        args.data_dir()?,
+        args.runs(ServerRole::Api),
+        args.runs(ServerRole::Worker),
+    )
+    .await?;
+    let build = builds.config.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -378,20 +413,24 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     // and status from it.
     let mut connected = match args.runs(ServerRole::Worker) {
         true => {
-            let registry_login = build.as_ref().and_then(|config| {
-                let registry = &config.registry;
-                Some(enclii_deploy_docker::RegistryLogin {
-                    host: registry.host.clone(),
-                    username: registry.username.clone()?,
-                    password: registry.password.as_ref()?.expose().to_string(),
-                })
-            });
+            let registry = &builds.registry;
+            let registry_login =
+                registry
+                    .username
+                    .clone()
+                    .zip(registry.password.as_ref())
+                    .map(|(username, password)| enclii_deploy_docker::RegistryLogin {
+                        host: registry.host.clone(),
+                        username,
+                        password: password.expose().to_string(),
+                    });
             args.deploy
                 .connect(args.build.docker_host(), args.data_dir()?, registry_login)
                 .await?
         }
         false => None,
     };
+    let deploy_target = connected.as_ref().map(|c| c.target.name().to_string());
     let router = match connected.as_mut().and_then(|c| c.router.take()) {
         Some((listen, junctions)) => Some((bind(listen, "the router", "--router-listen").await?, junctions)),
         None => None,
@@ -443,8 +482,16 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
                 ..WorkerConfig::with_concurrency(args.concurrency)
             };
-            let registry = registry(build.clone(), deployer, &store).await?;
-            Some(Worker::new(backend.clone(), registry, config))
+            let mut unavailable = builds.unavailable();
+            if deployer.is_none() {
+                let reason = format!(
+                    "no deploy target here ({})",
+                    args.deploy.why_off(args.build.docker_host())
+                );
+                unavailable.extend(deploy_kinds().map(|kind| (kind.to_string(), reason.clone())));
+            }
+            let (registry, steps) = registry(build.clone(), deployer, &store).await?;
+            Some((Worker::new(backend.clone(), registry, config), steps, unavailable))
         }
         false => None,
     };
@@ -457,17 +504,51 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
 
     tasks.spawn(http::serve(listener, app, args.http, shutdown.clone()).map(Ok));
     info!(%addr, "listening");
+    // The first line is the address (scripts and tests read it); the summary follows.
     announce(&format!("enclii listening on http://{addr}"));
+    let mut summary = vec![("database", described.clone()), ("queue", backend.name().to_string())];
+    summary.extend(builds.summary.iter().cloned());
+    if let Some(embedded) = builds.embedded {
+        info!(listen = %embedded.listener.local_addr()?, "embedded registry listening");
+        tasks.spawn(http::serve(embedded.listener, embedded.router, args.http, shutdown.clone()).map(Ok));
+    }
+    if args.runs(ServerRole::Worker) {
+        summary.push((
+            "deploys",
+            match &deploy_target {
+                Some(name) => format!("on, to {name}"),
+                None => format!("off: {}", args.deploy.why_off(args.build.docker_host())),
+            },
+        ));
+    }
+    if let Some((listener, junctions)) = router {
+        let listen = listener.local_addr()?;
+        info!(%listen, "Junctions router listening");
+        summary.push((
+            "router",
+            format!(
+                "http://{listen} (routes by Host header; previews at <service>-preview-<n>.{})",
+                args.deploy.deployer_config().preview_domain
+            ),
+        ));
+        tasks.spawn(http::serve(listener, junctions.app(), args.http, shutdown.clone()).map(Ok));
+    }
+    if args.runs(ServerRole::Api) {
+        summary.push(("dashboard", format!("http://{addr}/ui/")));
+    }
     if let Some(token) = bootstrap_token {
         // Shown once, on stdout only: it is never logged.
         announce(&format!("bootstrap admin token (shown once; keep it safe): {token}"));
     }
-    if let Some((listener, junctions)) = router {
-        info!(listen = %listener.local_addr()?, "Junctions router listening");
-        tasks.spawn(http::serve(listener, junctions.app(), args.http, shutdown.clone()).map(Ok));
+    for (what, line) in &summary {
+        info!(what, "{line}");
+        announce(&format!("  {what:<10} {line}"));
     }
-    if let Some(worker) = worker {
-        tasks.spawn(heartbeats(store.clone(), &worker, shutdown.clone()));
+    if let Some((worker, steps, unavailable)) = worker {
+        tasks.spawn(heartbeats(store.clone(), &worker, unavailable, shutdown.clone()));
+        if let Some(steps) = steps {
+            tasks.spawn(prune_artefacts(steps, shutdown.clone()));
+        }
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("worker failed") });
     }
@@ -503,6 +584,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
 fn heartbeats(
     store: Arc<Store>,
     worker: &Worker,
+    unavailable: std::collections::BTreeMap<String, String>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
     const EVERY: Duration = Duration::from_secs(5);
@@ -519,6 +601,7 @@ fn heartbeats(
             pid: std::process::id(),
             kinds: &kinds,
             concurrency,
+            unavailable: &unavailable,
         };
         loop {
             if let Err(e) = store.worker_heartbeat(&beat).await {

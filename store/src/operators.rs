@@ -50,6 +50,9 @@ pub struct WorkerRecord {
     /// JSON array of the job kinds it handles.
     pub kinds: String,
     pub concurrency: i64,
+    /// JSON object: the job kinds it cannot run, each with the reason (`{"build": "no Docker
+    /// engine at …"}`).
+    pub unavailable: String,
     pub started_at: i64,
     pub last_seen: i64,
     /// Set when it shut down cleanly.
@@ -63,6 +66,8 @@ pub struct WorkerBeat<'a> {
     pub pid: u32,
     pub kinds: &'a [String],
     pub concurrency: usize,
+    /// Job kinds this process cannot run, each with the reason and what to set to run it.
+    pub unavailable: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl Store {
@@ -153,11 +158,12 @@ impl Store {
     pub async fn worker_heartbeat(&self, beat: &WorkerBeat<'_>) -> Result<()> {
         let now = now_ms();
         let kinds = serde_json::Value::from(beat.kinds).to_string();
+        let unavailable = serde_json::to_string(beat.unavailable).unwrap_or_else(|_| "{}".into());
         self.write(async |conn| {
             query(
-                "INSERT INTO workers (id, host, pid, kinds, concurrency, started_at, last_seen)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)
-                 ON CONFLICT (id) DO UPDATE SET last_seen = $6, kinds = $4, concurrency = $5",
+                "INSERT INTO workers (id, host, pid, kinds, concurrency, started_at, last_seen, unavailable)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET last_seen = $6, kinds = $4, concurrency = $5, unavailable = $7",
             )
             .binds((
                 beat.id,
@@ -166,6 +172,7 @@ impl Store {
                 &kinds,
                 beat.concurrency as i64,
                 now,
+                &unavailable,
             ))
             .execute(&mut *conn)
             .await?;

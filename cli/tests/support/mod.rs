@@ -49,6 +49,10 @@ pub fn launch(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> (Child, Str
         // Deploys only where a test asks for them (and never on a shared router port).
         .env("ENCLII_DEPLOY_TARGET", "none")
         .env("ENCLII_ROUTER_LISTEN", "127.0.0.1:0")
+        // Builds only where a test asks for them (`pipeline.rs`), and each server's embedded
+        // registry on a port of its own.
+        .env("ENCLII_BUILD_STEPS", "off")
+        .env("ENCLII_REGISTRY_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)

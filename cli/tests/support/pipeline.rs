@@ -148,6 +148,7 @@ pub fn server(extra: &[(&str, &str)]) -> Server {
         ("ENCLII_GIT_SCHEMES", "file"),
         ("ENCLII_DOCKER_CLI", DOCKER),
         ("ENCLII_LOG", "info,enclii_build=debug"),
+        ("ENCLII_BUILD_STEPS", "auto"),
     ];
     env.extend_from_slice(extra);
     std::fs::create_dir_all(&data).unwrap();
