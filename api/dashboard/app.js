@@ -34,6 +34,8 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const badge = (state) => h("span", { class: `badge s-${state}`, "data-state": state }, state);
+/** A release's status, with why it waits when no worker can run its next step (the API's `waiting`). */
+const releaseStatus = (r) => [badge(r.status), r.waiting ? h("div", { class: "waiting" }, r.waiting) : null];
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
 const whenIso = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 const secs = (s) => (s === null || s === undefined ? "—" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`);
@@ -288,7 +290,7 @@ function pipelineRows(runs) {
       h("td", {}, release.service),
       h("td", {}, release.environment),
       h("td", { class: "mono" }, release.git_sha.slice(0, 10)),
-      h("td", {}, badge(release.status)),
+      h("td", {}, releaseStatus(release)),
       h("td", {}, pipeline ? badge(pipeline.state) : "pruned"),
       h("td", {}, when(release.created_at)),
     ),
@@ -429,11 +431,11 @@ async function serviceView(project, service) {
   const releaseRows = releases.map((r) =>
     h(
       "tr",
-      {},
+      { dataset: { release: r.id } },
       h("td", {}, r.id),
       h("td", {}, r.environment),
       h("td", { class: "mono" }, r.git_sha.slice(0, 10)),
-      h("td", {}, badge(r.status)),
+      h("td", {}, releaseStatus(r)),
       h("td", { class: "mono" }, r.digest ? r.digest.slice(0, 19) : "—"),
       h("td", {}, r.signature ? "signed" : "—"),
       h("td", {}, r.pipeline_id ? h("a", { href: `#/pipeline/${r.pipeline_id}` }, `#${r.pipeline_id}`) : "—"),
@@ -659,6 +661,14 @@ function focusedRowButton(within) {
   return `tr[data-${attr}="${CSS.escape(row.dataset[key])}"] button`;
 }
 
+/** What a worker cannot run, kinds grouped by reason ("clone, build: no Docker engine at …"). */
+function cannotRun(unavailable) {
+  const byReason = new Map();
+  for (const [kind, why] of Object.entries(unavailable ?? {})) byReason.set(why, [...(byReason.get(why) ?? []), kind]);
+  if (!byReason.size) return "—";
+  return [...byReason].map(([why, kinds]) => h("div", { class: "unavailable" }, h("b", {}, kinds.join(", ")), `: ${why}`));
+}
+
 async function queueView() {
   const status = h("span", { class: "live off" }, "○ connecting…");
   const body = h("div", { id: "queue" }, h("p", { class: "muted" }, "Waiting for the first snapshot…"));
@@ -730,7 +740,7 @@ async function queueView() {
       ),
       h("h2", {}, "Workers"),
       table(
-        ["Worker", "Host", "Status", "Running#", "Concurrency#", "Kinds", "Last heartbeat", "Started"],
+        ["Worker", "Host", "Status", "Running#", "Concurrency#", "Kinds", "Cannot run", "Last heartbeat", "Started"],
         snap.workers.map((w) =>
           h(
             "tr",
@@ -741,6 +751,7 @@ async function queueView() {
             h("td", { class: "num" }, w.running),
             h("td", { class: "num" }, w.concurrency),
             h("td", { class: "muted" }, w.kinds.join(", ")),
+            h("td", {}, cannotRun(w.unavailable)),
             h("td", {}, whenIso(w.last_seen)),
             h("td", {}, whenIso(w.started_at)),
           ),

@@ -5,7 +5,7 @@
 //! Live views are snapshots taken every [`WATCH_EVERY`] and sent only when they changed: every API
 //! process can serve them from the shared database and queue, with no fan-out channel to keep.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -232,15 +232,28 @@ pub struct WorkerView {
     pub last_seen: DateTime<Utc>,
     /// `alive`, `lost` (no heartbeat for 30 s: its leases will expire and its jobs rerun) or `stopped`.
     pub status: &'static str,
+    /// The job kinds it cannot run, each with the reason and what to set to run it, e.g.
+    /// `{"build": "no Docker engine at unix:///var/run/docker.sock; start Docker or set ENCLII_DOCKER_HOST"}`.
+    pub unavailable: BTreeMap<String, String>,
 }
 
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-async fn read_workers(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
+/// Whether a worker beat within [`WORKER_ALIVE_MS`] of `now` and has not shut down.
+pub(crate) fn is_alive(worker: &WorkerRecord, now: i64) -> bool {
+    worker.stopped_at.is_none() && now - worker.last_seen <= WORKER_ALIVE_MS
+}
+
+/// The workers seen in the last hour (older ones are forgotten), with the time they were read at.
+pub(crate) async fn recent_workers(state: &AppState) -> Result<(i64, Vec<WorkerRecord>), ApiError> {
     let now = Utc::now().timestamp_millis();
-    let records: Vec<WorkerRecord> = state.store.workers(now - FORGET_WORKERS_MS).await?;
+    Ok((now, state.store.workers(now - FORGET_WORKERS_MS).await?))
+}
+
+async fn read_workers(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
+    let (now, records) = recent_workers(state).await?;
     let running_jobs = state
         .backend
         .list_jobs(&JobFilter {
@@ -260,12 +273,13 @@ async fn read_workers(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
         .map(|w| WorkerView {
             running: running.get(w.id.as_str()).copied().unwrap_or(0),
             kinds: serde_json::from_str(&w.kinds).unwrap_or_default(),
+            unavailable: serde_json::from_str(&w.unavailable).unwrap_or_default(),
             status: if w.stopped_at.is_some() {
                 "stopped"
-            } else if now - w.last_seen > WORKER_ALIVE_MS {
-                "lost"
-            } else {
+            } else if is_alive(&w, now) {
                 "alive"
+            } else {
+                "lost"
             },
             started_at: at(w.started_at),
             last_seen: at(w.last_seen),

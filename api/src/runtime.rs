@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Permission, Principal};
+use crate::control::waiting::Lookup;
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
@@ -408,7 +409,7 @@ pub async fn create_preview(
         StatusCode::ACCEPTED,
         Json(PreviewStarted {
             environment,
-            release: release.into(),
+            release: Lookup::new(&state).view(release).await,
             pipeline: pipeline.id,
             duplicate: pipeline.duplicate,
         }),

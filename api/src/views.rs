@@ -9,12 +9,13 @@ use enclii_store::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// `From<store::X> for X`, moving the fields the view shows (the rest of the row stays behind).
+/// `From<store::X> for X`, moving the fields the view shows (the rest of the row stays behind);
+/// fields the row does not have follow the braces with their value (`waiting = None`).
 macro_rules! from_row {
-    ($view:ident { $($field:ident),+ $(,)? }) => {
+    ($view:ident { $($field:ident),+ $(,)? } $(, $extra:ident = $value:expr)*) => {
         impl From<store::$view> for $view {
             fn from(row: store::$view) -> Self {
-                Self { $($field: row.$field),+ }
+                Self { $($field: row.$field,)+ $($extra: $value),* }
             }
         }
     };
@@ -130,28 +131,36 @@ pub struct Release {
     pub builder: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Why a `building` release does not move: its run's next step waits for a worker and no
+    /// alive worker can run that step's kind, e.g. `waiting: no worker can run clone (no Docker
+    /// engine at unix:///var/run/docker.sock; start Docker or set ENCLII_DOCKER_HOST)`. `null`
+    /// when nothing stops it.
+    pub waiting: Option<String>,
 }
 
-from_row!(Release {
-    id,
-    project,
-    service,
-    environment,
-    git_sha,
-    repository,
-    branch,
-    image,
-    digest,
-    sbom_uri,
-    signature,
-    status,
-    failure,
-    pipeline_id,
-    trigger,
-    builder,
-    created_at,
-    updated_at
-});
+from_row!(
+    Release {
+        id,
+        project,
+        service,
+        environment,
+        git_sha,
+        repository,
+        branch,
+        image,
+        digest,
+        sbom_uri,
+        signature,
+        status,
+        failure,
+        pipeline_id,
+        trigger,
+        builder,
+        created_at,
+        updated_at
+    },
+    waiting = None
+);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Deployment {

@@ -448,6 +448,52 @@ fn runtime_routes_without_a_deploy_target_say_so() {
     );
 }
 
+/// A server that runs no build step (no Docker engine here, or build steps off) says so in its
+/// worker's heartbeat; `enclii up` prints why its release waits once, instead of waiting
+/// silently, and `releases` and `queue workers` show it.
+#[test]
+fn a_build_no_worker_can_run_says_why_instead_of_waiting_silently() {
+    let server = server(false);
+    let addr = server.addr.as_str();
+    let (status, body) = http(addr, "POST", "/v1/projects", r#"{"slug":"shop"}"#);
+    assert_eq!(status, 201, "{body}");
+    // The worker has beaten, saying what it cannot run.
+    wait_until(Duration::from_secs(30), "the worker's first heartbeat", || {
+        let (_, workers) = http(addr, "GET", "/v1/queue/workers", "");
+        serde_json::from_str::<Value>(&workers).unwrap()[0]["unavailable"]["clone"].is_string()
+    });
+    let mut cli = Conductor::new(addr);
+    cli.dir = checkout("shop", &format!("FROM {BASE_IMAGE}\n"));
+    let env = [("ENCLII_TOKEN", TOKEN), ("ENCLII_PROJECT", "shop")];
+
+    let out = cli.run_with(&["up", "--timeout", "3"], &env, None);
+    assert_eq!(out.code, 40, "{out:?}");
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("• waiting: "))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {out:?}");
+    assert!(said[0].starts_with("no worker can run clone ("), "{out:?}");
+
+    let releases = cli.ok("shop", &["releases", "web", "--output", "json"]).json();
+    assert_eq!(
+        releases[0]["waiting"].as_str(),
+        Some(format!("waiting: {}", said[0]).as_str()),
+        "{releases}"
+    );
+    let out = cli.ok("shop", &["releases", "web"]);
+    assert!(
+        out.stdout.contains("REASON") && out.stdout.contains("waiting: no worker can run clone ("),
+        "{out:?}"
+    );
+    let out = cli.ok("shop", &["queue", "workers"]);
+    assert!(
+        out.stdout.contains(" cannot run ") && out.stdout.contains("clone"),
+        "{out:?}"
+    );
+}
+
 // --- real builds and deploys ---------------------------------------------------------------------
 
 /// A git checkout of the app (busybox httpd on port 3000) with its Service Spec for `project`.

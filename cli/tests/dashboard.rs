@@ -1,10 +1,10 @@
 //! The web dashboard in a real headless Chromium (Debian's `chromium`, driven by npm's
 //! `playwright-core`: `api/dashboard/e2e/dashboard.mjs`), against a real server running a real
 //! build (BuildKit, registry, S3): load, sign in, watch the pipeline progress step by step, read a
-//! step's live log, retry a dead job, pause and resume a project's queue; signed in again with a
-//! read-only (`read` scope) token, see Pause and Retry refused by the API and nothing change (no
-//! audit event, the project still running). Screenshots are kept in
-//! `artifacts/dashboard/` (or `$ENCLII_ARTIFACTS_DIR`).
+//! step's live log, retry a dead job, pause and resume a project's queue, see what each worker
+//! cannot run and why a release waits; signed in again with a read-only (`read` scope) token, see
+//! Pause and Retry refused by the API and nothing change (no audit event, the project still
+//! running). Screenshots are kept in `artifacts/dashboard/` (or `$ENCLII_ARTIFACTS_DIR`).
 
 mod support;
 
@@ -160,6 +160,17 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         "{seen}"
     );
     assert_eq!(seen["logLines"], 2000, "{seen}");
+    // What each worker cannot run (no deploy target here), and why a release waits.
+    let cannot_run = seen["cannotRun"].to_string();
+    assert!(
+        cannot_run.contains("deploy") && cannot_run.contains("no deploy target"),
+        "the workers view shows what a worker cannot run: {seen}"
+    );
+    assert_eq!(
+        seen["releaseWaiting"],
+        "waiting: no worker can run clone (no Docker engine at unix:///var/run/docker.sock; start Docker or set ENCLII_DOCKER_HOST)",
+        "{seen}"
+    );
     let r = release(&server, seen["release"].as_i64().unwrap());
     assert_eq!(r["status"], "ready", "{r}");
 

@@ -1,7 +1,8 @@
 // Drives the Enclii dashboard in a real headless Chromium (Debian's /usr/bin/chromium) with
 // playwright-core: load, sign in, watch a pipeline progress, open a step's log, retry a dead job,
-// pause and resume a project's queue; then, signed in with a read-only token, see Pause and Retry
-// refused with the API's reason. Screenshots go to $ARTIFACTS_DIR.
+// pause and resume a project's queue, see what each worker cannot run; then, signed in with a
+// read-only token, see Pause and Retry refused with the API's reason; a release no worker can
+// build shows why it waits. Screenshots go to $ARTIFACTS_DIR.
 //
 // Run by cli/tests/dashboard.rs, which starts a real server, a real build and a dead job first.
 // Input (environment): ENCLII_URL, ENCLII_TOKEN, PROJECT, SERVICE, GIT_SHA (the commit to build once
@@ -128,6 +129,8 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll("#throughput-chart rect")].some((r) => Number(r.getAttribute("height")) > 0));
   seen.workers = await page.locator("tr[data-worker]").count();
   seen.aliveWorkers = await page.locator("tr[data-worker] [data-state=alive]").count();
+  // What each worker cannot run, and why (this server has no deploy target).
+  seen.cannotRun = await page.locator("tr[data-worker] .unavailable").allTextContents();
   await shot(page, "06-queue");
   await page.click(`tr[data-job="${deadJob}"] button.primary`);
   await page.waitForFunction(() => document.querySelector("#flash")?.textContent.startsWith("Retry: done"));
@@ -192,6 +195,11 @@ try {
     body: JSON.stringify([deployment(1, "javascript:alert(document.domain)"), deployment(2, "https://shop.example.test/")]) }));
   const lines = Array.from({ length: 2500 }, (_, i) => `event: line\ndata: ${JSON.stringify({ replica: "r0", line: `line ${i}` })}\n\n`).join("");
   await page.route(/\/logs\?follow=true/, (route) => route.fulfill({ status: 200, contentType: "text/event-stream", body: lines }));
+  // A release no worker can build says why, under its status.
+  const waiting = "waiting: no worker can run clone (no Docker engine at unix:///var/run/docker.sock; start Docker or set ENCLII_DOCKER_HOST)";
+  await page.route(/\/services\/[^/]+\/releases\?/, (route) => route.fulfill({ status: 200, contentType: "application/json",
+    body: JSON.stringify([{ id: 77, environment: "prod", git_sha: "0123456789abcdef", status: "building", digest: null, signature: null,
+      pipeline_id: 9, created_at: Date.now(), failure: null, waiting }]) }));
   await page.click('a[href="#/projects"]');
   await page.click(`a[href="#/p/${project}"]`);
   await page.click(`a[href="#/p/${project}/s/${service}"]`);
@@ -199,6 +207,7 @@ try {
   seen.javascriptLinks = await page.locator('a[href^="javascript:"]').count();
   seen.httpsLinks = await page.locator('a[href="https://shop.example.test/"]').count();
   seen.logLines = await page.evaluate(() => document.querySelector("#runtime-log").childNodes.length);
+  seen.releaseWaiting = await page.textContent('tr[data-release="77"] .waiting');
   await shot(page, "11-untrusted-data");
 
   seen.consoleErrors = consoleErrors;

@@ -15,6 +15,7 @@ pub mod routes;
 pub mod secrets;
 pub mod services;
 pub mod tokens;
+pub mod waiting;
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -1,5 +1,6 @@
 //! Releases: list, build a commit, read one with its provenance; a project's pipeline runs and
-//! GitHub deliveries.
+//! GitHub deliveries. A `building` release is shown with why it waits, when no worker can run
+//! its next step (`waiting`).
 
 use crate::extract::{Body, Path, Query};
 use crate::views;
@@ -16,6 +17,7 @@ use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+use super::waiting::Lookup;
 use super::{Answer, check};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -35,12 +37,11 @@ pub async fn list_project_releases(
     Query(paging): Query<Paging>,
 ) -> Answer<Vec<Release>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(views::all(
-        state
-            .store
-            .list_releases(&project, None, paging.limit.unwrap_or(50))
-            .await?,
-    )))
+    let releases = state
+        .store
+        .list_releases(&project, None, paging.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(Lookup::new(&state).views(releases).await))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/releases", tag = "releases",
@@ -55,12 +56,11 @@ pub async fn list_releases(
     Query(paging): Query<Paging>,
 ) -> Answer<Vec<Release>> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(views::all(
-        state
-            .store
-            .list_releases(&project, Some(&service), paging.limit.unwrap_or(50))
-            .await?,
-    )))
+    let releases = state
+        .store
+        .list_releases(&project, Some(&service), paging.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(Lookup::new(&state).views(releases).await))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,7 +124,7 @@ pub async fn build_release(
     Ok((
         StatusCode::ACCEPTED,
         Json(BuildStarted {
-            release: release.into(),
+            release: Lookup::new(&state).view(release).await,
             pipeline: pipeline.id,
             duplicate: pipeline.duplicate,
         }),
@@ -153,25 +153,17 @@ pub async fn list_pipelines(
         .store
         .list_releases(&project, None, paging.limit.unwrap_or(20).min(100))
         .await?;
+    let mut lookup = Lookup::new(&state);
     let mut runs = Vec::with_capacity(releases.len());
     for release in releases {
-        // Only the release's own run: a queue that lost its data hands ids out again.
-        let run = match release.pipeline_id {
-            Some(id) => state.backend.pipeline(id).await?,
-            None => None,
-        };
-        let own = match &run {
-            Some(run) => state
-                .store
-                .release_of_pipeline(run)
-                .await?
-                .is_some_and(|r| r.id == release.id),
-            None => false,
-        };
-        let pipeline = run.filter(|_| own).map(|run| json!(run));
+        let run = lookup.own_run(&release).await?;
+        let waiting = lookup.of_run(&release, run.as_ref()).await?;
         runs.push(PipelineSummary {
-            release: release.into(),
-            pipeline,
+            release: views::Release {
+                waiting,
+                ..release.into()
+            },
+            pipeline: run.map(|run| json!(run)),
         });
     }
     Ok(Json(runs))
@@ -216,7 +208,7 @@ pub async fn get_release(
     principal.require_on(Permission::Read, &release.project, &format!("release {id}"))?;
     let steps = state.store.release_steps(id).await?;
     Ok(Json(ReleaseDetail {
-        release: release.into(),
+        release: Lookup::new(&state).view(release).await,
         steps: views::all(steps),
     }))
 }

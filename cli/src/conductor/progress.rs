@@ -1,6 +1,7 @@
 //! Waiting for a build and a deployment: each pipeline step as its state changes and the live
-//! log of running steps (SSE), then the deployment's status, all on stderr; a deadline
-//! (`--timeout`) turns into exit code 40, a failed build into 20, a failed deployment into 30.
+//! log of running steps (SSE), why the release waits when no worker can run its next step, then
+//! the deployment's status, all on stderr; a deadline (`--timeout`) turns into exit code 40, a
+//! failed build into 20, a failed deployment into 30.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -113,6 +114,7 @@ impl Waiter {
     /// Follows release `id`'s pipeline until the release is `ready` (returned) or not.
     pub async fn build(&mut self, release: i64, pipeline: i64) -> Result<Value, Failure> {
         let mut states: HashMap<String, String> = HashMap::new();
+        let mut waiting: Option<String> = None;
         loop {
             let what = format!("release {release} to build");
             if pipeline > 0
@@ -137,6 +139,7 @@ impl Waiter {
                 }
             }
             let record = self.get(&format!("/v1/releases/{release}"), &[], &what).await?;
+            self.say_waiting(&record, &mut waiting);
             match record["status"].as_str().unwrap_or("") {
                 "ready" => {
                     self.say(&format!(
@@ -158,6 +161,18 @@ impl Waiter {
             self.check_deadline(&what)?;
             self.pause().await;
         }
+    }
+
+    /// Says why the release does not move (the API's `waiting`: no worker can run its next step)
+    /// once, and again when the reason changes.
+    fn say_waiting(&self, record: &Value, last: &mut Option<String>) {
+        let now = record["waiting"].as_str();
+        if let Some(reason) = now
+            && last.as_deref() != Some(reason)
+        {
+            self.say(&format!("• {reason}"));
+        }
+        *last = now.map(str::to_string);
     }
 
     /// The deployment of `release` in `environment` (made by the pipeline's deploy step), once

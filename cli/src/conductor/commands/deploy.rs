@@ -285,10 +285,15 @@ pub(super) async fn releases(settings: &Settings, args: ReleasesArgs) -> Done {
                 cell(&r["branch"]),
                 sha.get(..12).unwrap_or(sha).to_string(),
                 time(&r["created_at"]),
-                cell(&r["failure"]),
+                // A failed release's failure; a building one's reason to wait, if any.
+                cell(if r["failure"].is_null() {
+                    &r["waiting"]
+                } else {
+                    &r["failure"]
+                }),
             ]
         });
-        print_rows(&["id", "status", "env", "branch", "commit", "created", "failure"], rows);
+        print_rows(&["id", "status", "env", "branch", "commit", "created", "reason"], rows);
     });
     Ok(())
 }

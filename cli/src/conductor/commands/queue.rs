@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::conductor::client::Client;
 use crate::conductor::config::Settings;
-use crate::conductor::output::{cell, emit, number, outln, print_rows, rows, table, time};
+use crate::conductor::output::{cell, emit, items, number, outln, print_rows, printable, rows, table, time};
 
 use super::{Done, project_path};
 
@@ -78,6 +78,35 @@ fn jobs_query(settings: &Settings, state: String, kind: Option<String>, limit: u
         query.push(("kind", k));
     }
     query
+}
+
+/// What each worker cannot run and why (its `unavailable`), one line per worker and reason:
+/// `w-1 cannot run clone, build: no Docker engine at …`.
+fn cannot_run(workers: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for worker in items(workers) {
+        let Some(unavailable) = worker["unavailable"].as_object() else {
+            continue;
+        };
+        // Kinds in the order the server sent them, grouped by reason.
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (kind, reason) in unavailable {
+            let reason = reason.as_str().unwrap_or("-");
+            match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, kinds)) => kinds.push(kind),
+                None => reasons.push((reason, vec![kind])),
+            }
+        }
+        for (reason, kinds) in reasons {
+            lines.push(format!(
+                "{} cannot run {}: {}",
+                cell(&worker["id"]),
+                printable(&kinds.join(", ")),
+                printable(reason)
+            ));
+        }
+    }
+    lines
 }
 
 /// Seconds as text with one decimal, `-` when there is no value.
@@ -175,7 +204,10 @@ pub(super) async fn queue(settings: &Settings, command: QueueCommand) -> Done {
                     w,
                     &["id", "host", "status", "running", "concurrency", "last seen"],
                     &["/id", "/host", "/status", "/running", "/concurrency", "/last_seen"],
-                )
+                );
+                for line in cannot_run(w) {
+                    outln!("{line}");
+                }
             });
         }
         QueueCommand::Controls => {
@@ -245,4 +277,27 @@ pub(super) async fn queue(settings: &Settings, command: QueueCommand) -> Done {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn workers_say_what_they_cannot_run_grouped_by_reason() {
+        let workers = json!([
+            {"id": "w-1", "unavailable": {"build": "no Docker engine", "clone": "no Docker engine",
+                                          "deploy": "no deploy target"}},
+            {"id": "w-2", "unavailable": {}},
+            {"id": "w-3"},
+        ]);
+        assert_eq!(
+            cannot_run(&workers),
+            [
+                "w-1 cannot run build, clone: no Docker engine",
+                "w-1 cannot run deploy: no deploy target"
+            ]
+        );
+    }
 }
