@@ -111,6 +111,10 @@ pub struct BuildArgs {
     /// Memory a build's `RUN` steps may use, in MiB.
     #[arg(long = "build-memory-mib", env = "ENCLII_BUILD_MEMORY_MIB")]
     build_memory_mib: Option<u64>,
+    /// The embedded registry keeps the images of each service's newest this many releases (and of
+    /// every release a recent deployment ran); older ones are pruned hourly.
+    #[arg(long = "image-keep", env = "ENCLII_IMAGE_KEEP", default_value_t = 10)]
+    image_keep: usize,
     /// Archived step logs and source archives older than this are deleted (S3 or directory).
     #[arg(
         long = "artefact-retention-days",
@@ -138,6 +142,10 @@ impl BuildArgs {
     /// The Docker engine builds (and the Docker deploy target) use.
     pub fn docker_host(&self) -> &str {
         &self.docker_host
+    }
+
+    pub fn image_keep(&self) -> usize {
+        self.image_keep.max(1)
     }
 
     pub fn registry_listen(&self) -> std::net::SocketAddr {

@@ -4,6 +4,7 @@
 mod builds;
 mod files;
 mod http;
+mod images;
 mod owner;
 
 use std::net::SocketAddr;
@@ -510,7 +511,15 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     summary.extend(builds.summary.iter().cloned());
     if let Some(embedded) = builds.embedded {
         info!(listen = %embedded.listener.local_addr()?, "embedded registry listening");
-        tasks.spawn(http::serve(embedded.listener, embedded.router, args.http, shutdown.clone()).map(Ok));
+        let router = embedded.registry.router();
+        tasks.spawn(http::serve(embedded.listener, router, args.http, shutdown.clone()).map(Ok));
+        tasks.spawn(images::prune(
+            embedded.registry,
+            store.clone(),
+            embedded.host,
+            args.build.image_keep(),
+            shutdown.clone(),
+        ));
     }
     if args.runs(ServerRole::Worker) {
         summary.push((

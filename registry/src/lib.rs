@@ -148,6 +148,30 @@ impl Registry {
         manifests::delete(&self.inner, &name, &reference).await
     }
 
+    /// Deletes image `digest` of repository `name` and what the pipeline attached to it by the
+    /// cosign tag scheme (`sha256-<hex>.sig`, `.sbom`, `.att`): pruning a release's image. What is
+    /// already gone is not an error; the blobs go at the next [`Registry::collect_garbage`].
+    pub async fn delete_image(&self, name: &str, digest: &str) -> Result<(), RegistryError> {
+        let name = Name::parse(name)?;
+        let image = Digest::parse(digest)?;
+        let gone = |e: &RegistryError| e.code() == Some(ErrorCode::ManifestUnknown);
+        for suffix in ["sig", "sbom", "att"] {
+            let tag = Reference::parse(&format!("{}.{suffix}", digest.replace(':', "-")))?;
+            match manifests::find(&self.inner, &name, &tag).await {
+                Ok(found) => match manifests::delete(&self.inner, &name, &Reference::Digest(found.digest)).await {
+                    Err(e) if !gone(&e) => return Err(e),
+                    _ => {}
+                },
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match manifests::delete(&self.inner, &name, &Reference::Digest(image)).await {
+            Err(e) if !gone(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes blobs no manifest of any repository references and upload sessions idle for more
     /// than [`GC_GRACE`]; blobs written or used within that hour are kept, so a push running
     /// meanwhile is safe.

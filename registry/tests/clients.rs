@@ -338,4 +338,29 @@ async fn cosign_signatures_and_sboms_round_trip_through_the_signing_crate() {
         matches!(err, enclii_signing::SigningError::Unauthorized { .. }),
         "{err:?}"
     );
+
+    // Pruning the image takes its signature and SBOM (and its own tag) with it.
+    let digest = format!("sha256:{hex}");
+    registry
+        .registry
+        .delete_image("project/service", &digest)
+        .await
+        .unwrap();
+    registry
+        .registry
+        .delete_image("project/service", &digest)
+        .await
+        .expect("deleting what is gone is fine");
+    assert!(verify(&auth, &image, key.verifying_key()).await.is_err());
+    assert!(fetch_sbom(&auth, &image).await.is_err());
+    let tags: serde_json::Value = reqwest::Client::new()
+        .get(registry.url("/v2/project/service/tags/list"))
+        .basic_auth(registry.user(), Some(registry.password()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tags["tags"].as_array().is_none_or(Vec::is_empty), "{tags}");
 }

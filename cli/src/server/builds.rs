@@ -34,7 +34,9 @@ pub fn build_kinds() -> [&'static str; 5] {
 /// The registry this host serves from its data directory, ready to be served.
 pub struct EmbeddedRegistry {
     pub listener: tokio::net::TcpListener,
-    pub router: axum::Router,
+    pub registry: enclii_registry::Registry,
+    /// `127.0.0.1:<port>`: how images in it are named.
+    pub host: String,
 }
 
 /// This process's build setup.
@@ -79,8 +81,7 @@ pub async fn plan(args: &BuildArgs, data_dir: &Path, serves_api: bool, runs_work
             let password = registry_password(data_dir)?;
             let (host, embedded) = if serves_api {
                 let served = serve_registry(args.registry_listen(), data_dir, &password).await?;
-                let host = loopback_host(served.listener.local_addr()?);
-                (host, Some(served))
+                (served.host.clone(), Some(served))
             } else {
                 (loopback_host(args.registry_listen()), None)
             };
@@ -189,9 +190,11 @@ async fn serve_registry(listen: SocketAddr, data_dir: &Path, password: &str) -> 
             "the embedded registry cannot listen on {listen} (is another process using it? set ENCLII_REGISTRY_LISTEN, or ENCLII_REGISTRY to use another registry)"
         )
     })?;
+    let host = loopback_host(listener.local_addr()?);
     Ok(EmbeddedRegistry {
         listener,
-        router: registry.router(),
+        registry,
+        host,
     })
 }
 
