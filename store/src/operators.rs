@@ -59,6 +59,9 @@ pub struct WorkerRecord {
     pub stopped_at: Option<i64>,
 }
 
+/// Workers not seen for this long are forgotten (their rows deleted by the next heartbeat).
+const FORGET_WORKERS_AFTER_MS: i64 = 24 * 3_600_000;
+
 /// A heartbeat's description of a worker process.
 pub struct WorkerBeat<'a> {
     pub id: &'a str,
@@ -176,6 +179,10 @@ impl Store {
             ))
             .execute(&mut *conn)
             .await?;
+            query("DELETE FROM workers WHERE last_seen < $1")
+                .bind(now - FORGET_WORKERS_AFTER_MS)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         })
         .await
@@ -193,14 +200,12 @@ impl Store {
         .await
     }
 
-    /// Workers seen since `since_ms` (epoch ms), most recently seen first; older rows are deleted.
+    /// Workers seen since `since_ms` (epoch ms), most recently seen first. A read: release views
+    /// call it (their `waiting` reason); heartbeats delete the rows of long-gone workers.
     pub async fn workers(&self, since_ms: i64) -> Result<Vec<WorkerRecord>> {
-        self.write(async |conn| {
-            query("DELETE FROM workers WHERE last_seen < $1")
+        self.read(async |conn| {
+            query_as::<WorkerRecord>("SELECT * FROM workers WHERE last_seen >= $1 ORDER BY last_seen DESC, id")
                 .bind(since_ms)
-                .execute(&mut *conn)
-                .await?;
-            query_as::<WorkerRecord>("SELECT * FROM workers ORDER BY last_seen DESC, id")
                 .fetch_all(&mut *conn)
                 .await
         })
