@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{ErrorCode, RegistryError, Result, io};
 use crate::names::{Digest, Name, Reference};
+use crate::storage::file_names;
 use crate::{Inner, MAX_MANIFEST_BYTES, referrers};
 
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -339,18 +340,7 @@ pub(crate) async fn list_tags(inner: &Inner, name: &Name) -> Result<Vec<String>>
             format!("repository {name} is not known to this registry; push an image to it first"),
         ));
     }
-    let dir = inner.storage.tags_dir(name);
-    let mut entries = match tokio::fs::read_dir(&dir).await {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("list", &dir)(e)),
-    };
-    let mut tags = Vec::new();
-    while let Some(entry) = entries.next_entry().await.map_err(io("list", &dir))? {
-        if let Some(tag) = entry.file_name().to_str() {
-            tags.push(tag.to_owned());
-        }
-    }
+    let mut tags = file_names(&inner.storage.tags_dir(name)).await?;
     tags.sort();
     Ok(tags)
 }

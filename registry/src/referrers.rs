@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::Inner;
 use crate::error::{Result, io};
 use crate::names::{Digest, Name};
+use crate::storage::file_names;
 
 pub(crate) async fn add(
     inner: &Inner,
@@ -40,17 +41,12 @@ pub(crate) async fn list(
     artifact_type: Option<&str>,
 ) -> Result<Vec<Value>> {
     let dir = inner.storage.referrers_dir(name, subject);
-    let mut entries = match tokio::fs::read_dir(&dir).await {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("list", &dir)(e)),
-    };
     let mut found = Vec::new();
-    while let Some(entry) = entries.next_entry().await.map_err(io("list", &dir))? {
-        let Some(referrer) = entry.file_name().to_str().and_then(Digest::from_hex) else {
+    for file in file_names(&dir).await? {
+        let Some(referrer) = Digest::from_hex(&file) else {
             continue;
         };
-        let path = entry.path();
+        let path = dir.join(file);
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             // Deleted since the listing.

@@ -209,6 +209,23 @@ pub(crate) async fn append_body(
     Ok(written)
 }
 
+/// The names of the entries of `dir` (those that are UTF-8), unsorted; none if `dir` does not
+/// exist.
+pub(crate) async fn file_names(dir: &Path) -> Result<Vec<String>> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("list", dir)(e)),
+    };
+    let mut names = Vec::new();
+    while let Some(entry) = entries.next_entry().await.map_err(io("list", dir))? {
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
 /// Reads and drops up to 1 MiB of a body that is refused before it is read, so that a small
 /// chunk does not break the connection under the client's feet (larger bodies are cut off).
 pub(crate) async fn drain(body: Body) {

@@ -31,6 +31,9 @@ pub(crate) struct Running {
     hash: Option<(u64, Sha256)>,
 }
 
+/// A request's turn on a session: while it is held, no other request works on the session.
+pub(crate) type Turn = tokio::sync::OwnedMutexGuard<Running>;
+
 #[derive(Serialize, Deserialize)]
 struct Info {
     repository: String,
@@ -49,7 +52,7 @@ impl Sessions {
 
     /// Takes the session's turn if no request is working on it right now (for GC, which then
     /// removes it and calls [`Sessions::forget`]).
-    pub(crate) fn claim_idle(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<Running>> {
+    pub(crate) fn claim_idle(&self, id: &str) -> Option<Turn> {
         self.lock_of(id).try_lock_owned().ok()
     }
 }
@@ -106,26 +109,45 @@ async fn check(inner: &Inner, name: &Name, id: &str) -> Result<u64> {
     }
 }
 
+/// Waits for session `id`'s turn, then [`check`]s it; returns the turn and the size so far.
+async fn turn(inner: &Inner, name: &Name, id: &str) -> Result<(Turn, u64)> {
+    let running = inner.uploads.lock_of(id).lock_owned().await;
+    let size = check(inner, name, id).await?;
+    Ok((running, size))
+}
+
+/// [`turn`] for a request with a body (PATCH, PUT): a refused request's body is [`drain`]ed
+/// first; otherwise the body comes back with the turn.
+async fn turn_with_body(inner: &Inner, name: &Name, id: &str, body: Body) -> Result<(Turn, u64, Body)> {
+    match turn(inner, name, id).await {
+        Ok((running, size)) => Ok((running, size, body)),
+        Err(e) => {
+            drain(body).await;
+            Err(e)
+        }
+    }
+}
+
+/// Ends a session (finished or cancelled): removes its files, then gives up the turn and forgets
+/// its lock.
+async fn end_session(inner: &Inner, id: &str, running: Turn) -> Result<()> {
+    remove(inner, id).await?;
+    drop(running);
+    inner.uploads.forget(id);
+    Ok(())
+}
+
 /// The number of bytes received so far.
 pub(crate) async fn size(inner: &Inner, name: &Name, id: &str) -> Result<u64> {
-    let session = inner.uploads.lock_of(id);
-    let _turn = session.lock().await;
-    check(inner, name, id).await
+    let (_turn, size) = turn(inner, name, id).await?;
+    Ok(size)
 }
 
 /// Appends a chunk (PATCH). With `range` (`Content-Range: <start>-<end>`), the chunk must start
 /// where the data ends (else 416) and be as long as it says. A chunk is all or nothing: a body
 /// that breaks off leaves the session as it was. Returns the new size.
 pub(crate) async fn append(inner: &Inner, name: &Name, id: &str, range: Option<(u64, u64)>, body: Body) -> Result<u64> {
-    let session = inner.uploads.lock_of(id);
-    let mut running = session.lock().await;
-    let size = match check(inner, name, id).await {
-        Ok(size) => size,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
+    let (mut running, size, body) = turn_with_body(inner, name, id, body).await?;
     if let Some((start, _)) = range
         && start != size
     {
@@ -201,15 +223,7 @@ async fn truncate(inner: &Inner, id: &str, size: u64, running: &mut Running) -> 
 /// Completes the upload (PUT `?digest=`): appends the last chunk, checks the digest, moves the
 /// data to `blobs/sha256/<hex>` and ends the session. A wrong digest ends the session too.
 pub(crate) async fn finish(inner: &Inner, name: &Name, id: &str, digest: &Digest, body: Body) -> Result<u64> {
-    let session = inner.uploads.lock_of(id);
-    let mut running = session.lock().await;
-    let size = match check(inner, name, id).await {
-        Ok(size) => size,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
+    let (mut running, size, body) = turn_with_body(inner, name, id, body).await?;
     let written = write_chunk(inner, id, size, body, &mut running).await?;
     let size = size + written;
     let dir = inner.storage.upload_dir(id);
@@ -235,21 +249,14 @@ pub(crate) async fn finish(inner: &Inner, name: &Name, id: &str, digest: &Digest
             ),
         ))
     };
-    remove(inner, id).await?;
-    drop(running);
-    inner.uploads.forget(id);
+    end_session(inner, id, running).await?;
     result
 }
 
 /// Cancels a session (DELETE).
 pub(crate) async fn cancel(inner: &Inner, name: &Name, id: &str) -> Result<()> {
-    let session = inner.uploads.lock_of(id);
-    let running = session.lock().await;
-    check(inner, name, id).await?;
-    remove(inner, id).await?;
-    drop(running);
-    inner.uploads.forget(id);
-    Ok(())
+    let (running, _) = turn(inner, name, id).await?;
+    end_session(inner, id, running).await
 }
 
 async fn remove(inner: &Inner, id: &str) -> Result<()> {

@@ -5,30 +5,19 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use enclii_signing::{RegistryAuth, Secret, SigningKey, attach_sbom, fetch_sbom, sign, verify};
-use support::{TestRegistry, random_hex, require, run};
+use support::api::Api;
+use support::{TempDir, TestRegistry, random_hex, require, run};
 use tokio::process::Command;
 
 const DOCKER: &str = "/usr/bin/docker";
 const INSTALL: &str = "run `bash .ci/infra.sh` (installs and starts the Docker engine, skopeo and oras-py)";
 
 /// A scratch folder for one test, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("enclii-registry-client-{test}-{}", random_hex(6)));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch(test: &str) -> TempDir {
+    TempDir::new(&format!("enclii-registry-client-{test}"))
 }
 
 /// Local image tags this test made, removed from the engine at the end (also on failure).
@@ -86,15 +75,15 @@ fn pushed_digest(output: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_pushes_and_pulls_by_tag_and_digest() {
     let registry = TestRegistry::start("docker").await;
-    let scratch = Scratch::new("docker");
+    let scratch = scratch("docker");
     let host = registry.host();
     let stamp = random_hex(16);
     let image = format!("{host}/project/busybox:v1");
     let copy = format!("{host}/other/busybox:v1");
     let mut local = LocalImages(vec![image.clone(), copy.clone()]);
-    build_image(&scratch.0, &image, &stamp).await;
+    build_image(&scratch, &image, &stamp).await;
 
-    let config = scratch.0.join("docker-config");
+    let config = scratch.join("docker-config");
     std::fs::create_dir_all(&config).unwrap();
     // Without credentials the engine is refused.
     let refused = docker(&config).args(["push", &image]).output().await.unwrap();
@@ -143,15 +132,7 @@ async fn docker_pushes_and_pulls_by_tag_and_digest() {
     let out = run(docker(&config).args(["run", "--rm", &by_digest])).await;
     assert_eq!(out.trim(), stamp);
 
-    let tags: serde_json::Value = reqwest::Client::new()
-        .get(registry.url("/v2/project/busybox/tags/list"))
-        .basic_auth(registry.user(), Some(registry.password()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = Api::new(&registry).tags("project/busybox").await;
     assert_eq!(tags["tags"], serde_json::json!(["v1"]));
 }
 
@@ -164,11 +145,11 @@ async fn skopeo_copies_inspects_and_deletes() {
     )
     .await;
     let registry = TestRegistry::start("skopeo").await;
-    let scratch = Scratch::new("skopeo");
+    let scratch = scratch("skopeo");
     let host = registry.host();
     let local_tag = format!("enclii-registry-test/skopeo:{}", random_hex(6));
     let _local = LocalImages(vec![local_tag.clone()]);
-    build_image(&scratch.0, &local_tag, &random_hex(16)).await;
+    build_image(&scratch, &local_tag, &random_hex(16)).await;
     let creds = format!("{}:{}", registry.user(), registry.password());
     let skopeo = || {
         let mut command = Command::new("skopeo");
@@ -193,7 +174,7 @@ async fn skopeo_copies_inspects_and_deletes() {
     assert!(digest.starts_with("sha256:"), "{inspected}");
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2, "{inspected}");
 
-    let layout = scratch.0.join("layout");
+    let layout = scratch.join("layout");
     run(skopeo()
         .args(["copy", "--src-creds", &creds, "--src-tls-verify=false"])
         .arg(&pushed)
@@ -242,12 +223,12 @@ async fn oras_pushes_pulls_and_attaches_a_referrer() {
     )
     .await;
     let registry = TestRegistry::start("oras").await;
-    let scratch = Scratch::new("oras");
+    let scratch = scratch("oras");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oras/roundtrip.py");
     let out = run(Command::new("python3")
         .arg(&script)
         .args([&registry.host(), registry.user(), registry.password()])
-        .arg(&scratch.0))
+        .arg(&*scratch))
     .await;
     let seen: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("roundtrip.py printed no JSON ({e}):\n{out}"));
@@ -255,15 +236,7 @@ async fn oras_pushes_pulls_and_attaches_a_referrer() {
 
     // The referrer, read back here too.
     let subject = seen["subject"].as_str().unwrap();
-    let index: serde_json::Value = reqwest::Client::new()
-        .get(registry.url(&format!("/v2/oras/artifact/referrers/{subject}")))
-        .basic_auth(registry.user(), Some(registry.password()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let index = Api::new(&registry).referrers("oras/artifact", subject).await;
     assert_eq!(index["manifests"][0]["digest"], seen["referrer"], "{index}");
 }
 
@@ -314,15 +287,8 @@ async fn cosign_signatures_and_sboms_round_trip_through_the_signing_crate() {
     assert!(attached.ends_with(".sbom"), "{attached}");
     assert_eq!(fetch_sbom(&auth, &image).await.unwrap(), sbom);
 
-    let tags: serde_json::Value = reqwest::Client::new()
-        .get(registry.url("/v2/project/service/tags/list"))
-        .basic_auth(registry.user(), Some(registry.password()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = Api::new(&registry);
+    let tags = api.tags("project/service").await;
     assert_eq!(
         tags["tags"],
         serde_json::json!([format!("sha256-{hex}.sbom"), format!("sha256-{hex}.sig"), "v1"])
@@ -353,14 +319,6 @@ async fn cosign_signatures_and_sboms_round_trip_through_the_signing_crate() {
         .expect("deleting what is gone is fine");
     assert!(verify(&auth, &image, key.verifying_key()).await.is_err());
     assert!(fetch_sbom(&auth, &image).await.is_err());
-    let tags: serde_json::Value = reqwest::Client::new()
-        .get(registry.url("/v2/project/service/tags/list"))
-        .basic_auth(registry.user(), Some(registry.password()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = api.tags("project/service").await;
     assert!(tags["tags"].as_array().is_none_or(Vec::is_empty), "{tags}");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::api::{Api, OCI_INDEX, OCI_MANIFEST, code, header};
+use support::api::{Api, OCI_INDEX, OCI_MANIFEST, header, refused};
 use support::{TestRegistry, age, sha256};
 
 #[tokio::test]
@@ -18,42 +18,29 @@ async fn manifests_are_checked_stored_listed_and_deleted() {
     // A manifest naming a blob the registry does not have.
     let mut dangling = manifest.clone();
     dangling["layers"][0]["digest"] = json!(format!("sha256:{}", "4".repeat(64)));
-    let (status, code_, message) = code(api.manifest("project/service", "v0", &dangling).await).await;
-    assert_eq!(
-        (status, code_.as_str()),
-        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
-        "{message}"
-    );
-    let (_, code_, _) = code(
-        api.request(Method::PUT, "/v2/project/service/manifests/v0")
-            .header("Content-Type", OCI_MANIFEST)
-            .body("{not json")
-            .send()
-            .await
-            .unwrap(),
+    let bad = StatusCode::BAD_REQUEST;
+    refused(
+        api.manifest("project/service", "v0", &dangling).await,
+        bad,
+        "MANIFEST_BLOB_UNKNOWN",
     )
     .await;
-    assert_eq!(code_, "MANIFEST_INVALID");
+    let not_json = api
+        .put_manifest("project/service", "v0", OCI_MANIFEST, "{not json")
+        .await;
+    refused(not_json, bad, "MANIFEST_INVALID").await;
     let oversized = vec![b' '; 4 * 1024 * 1024 + 1];
-    let response = api
-        .request(Method::PUT, "/v2/project/service/manifests/big")
-        .header("Content-Type", OCI_MANIFEST)
-        .body(oversized)
-        .send()
-        .await
-        .unwrap();
-    let (status, code_, message) = code(response).await;
-    assert_eq!(
-        (status, code_.as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID")
-    );
+    let oversized = api
+        .put_manifest("project/service", "big", OCI_MANIFEST, oversized)
+        .await;
+    let message = refused(oversized, StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID").await;
     assert!(message.contains("4 MiB"), "{message}");
 
     let body = serde_json::to_vec(&manifest).unwrap();
     let digest = sha256(&body);
     let wrong_digest = format!("sha256:{}", "5".repeat(64));
-    let (_, code_, _) = code(api.manifest("project/service", &wrong_digest, &manifest).await).await;
-    assert_eq!(code_, "DIGEST_INVALID");
+    let misnamed = api.manifest("project/service", &wrong_digest, &manifest).await;
+    refused(misnamed, bad, "DIGEST_INVALID").await;
 
     let pushed = api.manifest("project/service", "v1", &manifest).await;
     assert_eq!(pushed.status(), StatusCode::CREATED);
@@ -69,27 +56,16 @@ async fn manifests_are_checked_stored_listed_and_deleted() {
         );
     }
     for reference in ["v1", digest.as_str()] {
-        let got = api
-            .request(Method::GET, &format!("/v2/project/service/manifests/{reference}"))
-            .send()
-            .await
-            .unwrap();
+        let path = format!("/v2/project/service/manifests/{reference}");
+        let got = api.send(Method::GET, &path).await;
         assert_eq!(header(&got, "content-type"), OCI_MANIFEST);
         assert_eq!(header(&got, "docker-content-digest"), digest);
         assert_eq!(got.bytes().await.unwrap(), body);
-        let head = api
-            .request(Method::HEAD, &format!("/v2/project/service/manifests/{reference}"))
-            .send()
-            .await
-            .unwrap();
+        let head = api.send(Method::HEAD, &path).await;
         assert_eq!(header(&head, "content-length"), body.len().to_string());
     }
     // Not visible from another repository, though the blob is global.
-    let elsewhere = api
-        .request(Method::GET, &format!("/v2/other/manifests/{digest}"))
-        .send()
-        .await
-        .unwrap();
+    let elsewhere = api.send(Method::GET, &format!("/v2/other/manifests/{digest}")).await;
     assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
 
     // An index must name manifests the repository has.
@@ -97,94 +73,46 @@ async fn manifests_are_checked_stored_listed_and_deleted() {
         json!({ "schemaVersion": 2, "mediaType": OCI_INDEX,
                 "manifests": [{ "mediaType": OCI_MANIFEST, "digest": child, "size": body.len() }] })
     };
-    let put_index = |value: Value| {
-        api.request(Method::PUT, "/v2/project/service/manifests/multi")
-            .header("Content-Type", OCI_INDEX)
-            .body(serde_json::to_vec(&value).unwrap())
-            .send()
+    let put_index = |child: &str| {
+        let index = serde_json::to_vec(&index(child)).unwrap();
+        api.put_manifest("project/service", "multi", OCI_INDEX, index)
     };
-    let (_, code_, _) = code(put_index(index(&wrong_digest)).await.unwrap()).await;
-    assert_eq!(code_, "MANIFEST_BLOB_UNKNOWN");
-    assert_eq!(put_index(index(&digest)).await.unwrap().status(), StatusCode::CREATED);
+    refused(put_index(&wrong_digest).await, bad, "MANIFEST_BLOB_UNKNOWN").await;
+    assert_eq!(put_index(&digest).await.status(), StatusCode::CREATED);
 
     // Tags, paginated.
-    let list: Value = api
-        .request(Method::GET, "/v2/project/service/tags/list")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = api.tags("project/service").await;
     assert_eq!(
         list,
         json!({ "name": "project/service", "tags": ["latest", "multi", "v1", "v2"] })
     );
-    let page = api
-        .request(Method::GET, "/v2/project/service/tags/list?n=2")
-        .send()
-        .await
-        .unwrap();
+    let page = api.send(Method::GET, "/v2/project/service/tags/list?n=2").await;
     assert_eq!(
         header(&page, "link"),
         "</v2/project/service/tags/list?n=2&last=multi>; rel=\"next\""
     );
     assert_eq!(page.json::<Value>().await.unwrap()["tags"], json!(["latest", "multi"]));
-    let page: Value = api
-        .request(Method::GET, "/v2/project/service/tags/list?n=2&last=multi")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = api.json("/v2/project/service/tags/list?n=2&last=multi").await;
     assert_eq!(page["tags"], json!(["v1", "v2"]));
-    let (_, code_, _) = code(
-        api.request(Method::GET, "/v2/project/service/tags/list?n=x")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(code_, "PAGINATION_NUMBER_INVALID");
+    let path = "/v2/project/service/tags/list?n=x";
+    api.refused(Method::GET, path, bad, "PAGINATION_NUMBER_INVALID").await;
 
     // Untag, then delete by digest: every tag pointing at it goes.
-    let untag = api
-        .request(Method::DELETE, "/v2/project/service/manifests/v2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(untag.status(), StatusCode::ACCEPTED);
-    let delete = api
-        .request(Method::DELETE, &format!("/v2/project/service/manifests/{digest}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(delete.status(), StatusCode::ACCEPTED);
-    let list: Value = api
-        .request(Method::GET, "/v2/project/service/tags/list")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["tags"], json!(["multi"]));
-    let gone = api
-        .request(Method::GET, "/v2/project/service/manifests/v1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(code(gone).await.1, "MANIFEST_UNKNOWN");
+    for reference in ["v2", digest.as_str()] {
+        let path = format!("/v2/project/service/manifests/{reference}");
+        assert_eq!(api.send(Method::DELETE, &path).await.status(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(api.tags("project/service").await["tags"], json!(["multi"]));
+    let path = "/v2/project/service/manifests/v1";
+    api.refused(Method::GET, path, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+        .await;
 }
 
 #[tokio::test]
 async fn referrers_list_the_manifests_naming_a_subject() {
     let registry = TestRegistry::start("referrers").await;
     let api = Api::new(&registry);
-    let image = api.image("app").await;
-    let subject = sha256(&serde_json::to_vec(&image).unwrap());
-    assert_eq!(api.manifest("app", "v1", &image).await.status(), StatusCode::CREATED);
+    let (image, subject) = api.push_image("app", "v1").await;
 
     let empty = api.blob("app", b"{}").await;
     let sbom = api.blob("app", br#"{"bomFormat":"CycloneDX"}"#).await;
@@ -202,11 +130,7 @@ async fn referrers_list_the_manifests_naming_a_subject() {
     assert_eq!(pushed.status(), StatusCode::CREATED);
     assert_eq!(header(&pushed, "oci-subject"), subject);
 
-    let listed = api
-        .request(Method::GET, &format!("/v2/app/referrers/{subject}"))
-        .send()
-        .await
-        .unwrap();
+    let listed = api.send(Method::GET, &format!("/v2/app/referrers/{subject}")).await;
     assert_eq!(header(&listed, "content-type"), OCI_INDEX);
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["mediaType"], OCI_INDEX);
@@ -221,13 +145,11 @@ async fn referrers_list_the_manifests_naming_a_subject() {
         }])
     );
     let filtered = api
-        .request(
+        .send(
             Method::GET,
             &format!("/v2/app/referrers/{subject}?artifactType=application/vnd.cyclonedx%2Bjson"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(header(&filtered, "oci-filters-applied"), "artifactType");
     assert_eq!(
         filtered.json::<Value>().await.unwrap()["manifests"]
@@ -236,17 +158,9 @@ async fn referrers_list_the_manifests_naming_a_subject() {
             .len(),
         1
     );
-    let other: Value = api
-        .request(
-            Method::GET,
-            &format!("/v2/app/referrers/{subject}?artifactType=text/plain"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = api
+        .json(&format!("/v2/app/referrers/{subject}?artifactType=text/plain"))
+        .await;
     assert_eq!(other["manifests"], json!([]));
 
     registry
@@ -254,40 +168,19 @@ async fn referrers_list_the_manifests_naming_a_subject() {
         .delete_manifest("app", &artifact_digest)
         .await
         .unwrap();
-    let after: Value = api
-        .request(Method::GET, &format!("/v2/app/referrers/{subject}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = api.referrers("app", &subject).await;
     assert_eq!(after["manifests"], json!([]));
 }
+
 #[tokio::test]
 async fn garbage_collection_removes_orphans_and_keeps_what_is_referenced_or_recent() {
     let registry = TestRegistry::start("gc").await;
     let api = Api::new(&registry);
-    let manifest = api.image("kept").await;
-    let manifest_digest = sha256(&serde_json::to_vec(&manifest).unwrap());
-    assert_eq!(
-        api.manifest("kept", "v1", &manifest).await.status(),
-        StatusCode::CREATED
-    );
+    let (manifest, manifest_digest) = api.push_image("kept", "v1").await;
     let orphan = api.blob("kept", b"nobody references me").await;
     let young_orphan = api.blob("kept", b"pushed a moment ago").await;
-    let stale = api
-        .request(Method::POST, "/v2/kept/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let stale_id = header(&stale, "docker-upload-uuid");
-    let fresh = api
-        .request(Method::POST, "/v2/kept/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let fresh_id = header(&fresh, "docker-upload-uuid");
+    let stale_id = header(&api.start_upload("kept").await, "docker-upload-uuid");
+    let fresh_id = header(&api.start_upload("kept").await, "docker-upload-uuid");
 
     let hour = Duration::from_secs(2 * 3600);
     for blob in registry.files("blobs/sha256") {
@@ -299,14 +192,9 @@ async fn garbage_collection_removes_orphans_and_keeps_what_is_referenced_or_rece
 
     // A referenced blob still cannot be deleted by hand; an unreferenced one can.
     let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
-    let (status, code_, _) = code(
-        api.request(Method::DELETE, &format!("/v2/kept/blobs/{layer}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code_.as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+    let path = format!("/v2/kept/blobs/{layer}");
+    api.refused(Method::DELETE, &path, StatusCode::FORBIDDEN, "DENIED")
+        .await;
 
     let report = registry.registry.collect_garbage().await.unwrap();
     assert_eq!(report.blobs_removed, 1, "{report:?}");
@@ -316,11 +204,12 @@ async fn garbage_collection_removes_orphans_and_keeps_what_is_referenced_or_rece
         "config, layer, manifest, young orphan: {report:?}"
     );
     assert_eq!(report.uploads_removed, 1);
-    let head = |digest: String| api.request(Method::HEAD, &format!("/v2/kept/blobs/{digest}")).send();
-    assert_eq!(head(orphan).await.unwrap().status(), StatusCode::NOT_FOUND);
-    assert_eq!(head(layer.clone()).await.unwrap().status(), StatusCode::OK);
+    for (digest, status) in [(&orphan, StatusCode::NOT_FOUND), (&layer, StatusCode::OK)] {
+        let head = api.send(Method::HEAD, &format!("/v2/kept/blobs/{digest}")).await;
+        assert_eq!(head.status(), status, "{digest}");
+    }
     assert_eq!(registry.files("uploads"), vec![fresh_id]);
-    let pulled = api.request(Method::GET, "/v2/kept/manifests/v1").send().await.unwrap();
+    let pulled = api.send(Method::GET, "/v2/kept/manifests/v1").await;
     assert_eq!(pulled.status(), StatusCode::OK);
 
     // Once the manifest is deleted, its blobs go too (after their grace period).
@@ -360,10 +249,8 @@ async fn garbage_collection_spares_an_old_blob_a_push_is_about_to_reference() {
     // What docker does before pushing a manifest over layers it finds present: HEAD them.
     for digest in [&manifest["config"]["digest"], &manifest["layers"][0]["digest"]] {
         let head = api
-            .request(Method::HEAD, &format!("/v2/racing/blobs/{}", digest.as_str().unwrap()))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::HEAD, &format!("/v2/racing/blobs/{}", digest.as_str().unwrap()))
+            .await;
         assert_eq!(head.status(), StatusCode::OK);
     }
     let report = registry.registry.collect_garbage().await.unwrap();

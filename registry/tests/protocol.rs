@@ -4,8 +4,8 @@
 mod support;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-use support::api::{Api, code, header, raw_get};
+use serde_json::json;
+use support::api::{Api, code, header, raw_get, raw_request, refused};
 use support::{TestRegistry, random_hex, sha256};
 
 #[tokio::test]
@@ -16,12 +16,7 @@ async fn every_request_needs_the_credentials_and_gets_a_basic_challenge() {
         let response = http.get(registry.url(path)).send().await.unwrap();
         assert_eq!(header(&response, "www-authenticate"), r#"Basic realm="enclii""#);
         assert_eq!(header(&response, "docker-distribution-api-version"), "registry/2.0");
-        let (status, code, message) = code(response).await;
-        assert_eq!(
-            (status, code.as_str()),
-            (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            "{path}"
-        );
+        let message = refused(response, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
         assert!(message.contains("docker login"), "{message}");
     }
     let wrong = http
@@ -35,7 +30,7 @@ async fn every_request_needs_the_credentials_and_gets_a_basic_challenge() {
     let bearer = http.get(registry.url("/v2/")).bearer_auth("x").send().await.unwrap();
     assert_eq!(bearer.status(), StatusCode::UNAUTHORIZED);
 
-    let ok = Api::new(&registry).request(Method::GET, "/v2/").send().await.unwrap();
+    let ok = Api::new(&registry).send(Method::GET, "/v2/").await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(header(&ok, "docker-distribution-api-version"), "registry/2.0");
     assert!(!format!("{:?}", registry.credentials).contains(registry.password()));
@@ -46,44 +41,49 @@ async fn bad_names_tags_digests_and_paths_are_refused_with_their_codes() {
     let registry = TestRegistry::start("names").await;
     let api = Api::new(&registry);
     let zeros = "0".repeat(64);
+    let (bad, missing) = (StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND);
     let cases = [
-        ("/v2/Upper/manifests/latest", StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("/v2/a__-b/tags/list", StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("/v2/a/manifests/.hidden", StatusCode::BAD_REQUEST, "TAG_INVALID"),
+        (Method::GET, "/v2/Upper/manifests/latest", bad, "NAME_INVALID"),
+        (Method::GET, "/v2/a__-b/tags/list", bad, "NAME_INVALID"),
+        (Method::GET, "/v2/a/manifests/.hidden", bad, "TAG_INVALID"),
         (
+            Method::GET,
             &format!("/v2/a/manifests/{}", "t".repeat(129)),
-            StatusCode::BAD_REQUEST,
+            bad,
             "TAG_INVALID",
         ),
         (
+            Method::GET,
             &format!("/v2/a/blobs/sha512:{zeros}"),
-            StatusCode::BAD_REQUEST,
+            bad,
             "DIGEST_INVALID",
         ),
         (
+            Method::GET,
             &format!("/v2/a/blobs/sha256:{}", "A".repeat(64)),
-            StatusCode::BAD_REQUEST,
+            bad,
             "DIGEST_INVALID",
         ),
         (
+            Method::GET,
             "/v2/a/blobs/uploads/not-an-id",
-            StatusCode::NOT_FOUND,
+            missing,
             "BLOB_UPLOAD_UNKNOWN",
         ),
-        ("/v2/a/elsewhere", StatusCode::NOT_FOUND, "UNSUPPORTED"),
+        (Method::GET, "/v2/a/elsewhere", missing, "UNSUPPORTED"),
+        (
+            Method::PATCH,
+            "/v2/a/tags/list",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
     ];
-    for (path, status, expected) in cases {
-        let (got_status, got_code, message) = code(api.request(Method::GET, path).send().await.unwrap()).await;
-        assert_eq!((got_status, got_code.as_str()), (status, expected), "{path}: {message}");
+    for (method, path, status, expected) in cases {
+        let message = api.refused(method, path, status, expected).await;
         if expected == "DIGEST_INVALID" {
             assert!(message.contains("only sha256"), "{message}");
         }
     }
-    let (status, code_, _) = code(api.request(Method::PATCH, "/v2/a/tags/list").send().await.unwrap()).await;
-    assert_eq!(
-        (status, code_.as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
-    );
 
     // Traversal: sent raw, as HTTP clients would normalise `..` away.
     for path in [
@@ -110,48 +110,20 @@ async fn unknown_things_are_reported_as_unknown() {
     let registry = TestRegistry::start("unknown").await;
     let api = Api::new(&registry);
     let digest = format!("sha256:{}", "1".repeat(64));
-    let (status, code_, _) = code(
-        api.request(Method::GET, &format!("/v2/a/blobs/{digest}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code_.as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
-    let head = api
-        .request(Method::HEAD, &format!("/v2/a/blobs/{digest}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
-    for path in ["/v2/a/manifests/latest".to_owned(), format!("/v2/a/manifests/{digest}")] {
-        let (status, code_, _) = code(api.request(Method::GET, &path).send().await.unwrap()).await;
-        assert_eq!(
-            (status, code_.as_str()),
-            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            "{path}"
-        );
-    }
-    let (status, code_, _) = code(api.request(Method::GET, "/v2/a/tags/list").send().await.unwrap()).await;
-    assert_eq!((status, code_.as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
     let id = "f".repeat(32);
-    let (status, code_, _) = code(
-        api.request(Method::GET, &format!("/v2/a/blobs/uploads/{id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code_.as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    for (path, expected) in [
+        (format!("/v2/a/blobs/{digest}"), "BLOB_UNKNOWN"),
+        ("/v2/a/manifests/latest".to_owned(), "MANIFEST_UNKNOWN"),
+        (format!("/v2/a/manifests/{digest}"), "MANIFEST_UNKNOWN"),
+        ("/v2/a/tags/list".to_owned(), "NAME_UNKNOWN"),
+        (format!("/v2/a/blobs/uploads/{id}"), "BLOB_UPLOAD_UNKNOWN"),
+    ] {
+        api.refused(Method::GET, &path, StatusCode::NOT_FOUND, expected).await;
+    }
+    let head = api.send(Method::HEAD, &format!("/v2/a/blobs/{digest}")).await;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
     // A referrers list of an unknown subject is empty, not an error.
-    let referrers: Value = api
-        .request(Method::GET, &format!("/v2/a/referrers/{digest}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let referrers = api.referrers("a", &digest).await;
     assert_eq!(referrers["manifests"], json!([]));
 }
 
@@ -162,46 +134,25 @@ async fn chunked_uploads_follow_ranges_and_verify_the_digest() {
     let data = random_hex(500).into_bytes();
     let digest = sha256(&data);
 
-    let start = api
-        .request(Method::POST, "/v2/p/s/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+    let start = api.start_upload("p/s").await;
     assert_eq!(start.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&start, "range"), "0-0");
     let location = header(&start, "location");
     let id = header(&start, "docker-upload-uuid");
     assert_eq!(location, format!("/v2/p/s/blobs/uploads/{id}"));
 
-    let first = api
-        .request(Method::PATCH, &location)
-        .header("Content-Range", "0-599")
-        .body(data[..600].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let first = api.patch(&location, Some("0-599"), &data[..600]).await;
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&first, "range"), "0-599");
     // A chunk at the wrong offset: 416, and where to resume.
-    let wrong = api
-        .request(Method::PATCH, &location)
-        .header("Content-Range", "500-599")
-        .body(data[500..600].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let wrong = api.patch(&location, Some("500-599"), &data[500..600]).await;
     assert_eq!(wrong.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&wrong, "range"), "0-599");
-    let status = api.request(Method::GET, &location).send().await.unwrap();
+    let status = api.send(Method::GET, &location).await;
     assert_eq!(status.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&status, "range"), "0-599");
     // The rest without Content-Range (as docker sends), the end with the PUT.
-    let second = api
-        .request(Method::PATCH, &location)
-        .body(data[600..900].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let second = api.patch(&location, None, &data[600..900]).await;
     assert_eq!(header(&second, "range"), "0-899");
     let done = api
         .request(Method::PUT, &format!("{location}?digest={digest}"))
@@ -213,18 +164,10 @@ async fn chunked_uploads_follow_ranges_and_verify_the_digest() {
     assert_eq!(header(&done, "docker-content-digest"), digest);
     assert_eq!(header(&done, "location"), format!("/v2/p/s/blobs/{digest}"));
 
-    let got = api
-        .request(Method::GET, &format!("/v2/p/s/blobs/{digest}"))
-        .send()
-        .await
-        .unwrap();
+    let got = api.send(Method::GET, &format!("/v2/p/s/blobs/{digest}")).await;
     assert_eq!(header(&got, "docker-content-digest"), digest);
     assert_eq!(got.bytes().await.unwrap(), data);
-    let head = api
-        .request(Method::HEAD, &format!("/v2/other/blobs/{digest}"))
-        .send()
-        .await
-        .unwrap();
+    let head = api.send(Method::HEAD, &format!("/v2/other/blobs/{digest}")).await;
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(header(&head, "content-length"), "1000");
     let part = api
@@ -237,8 +180,8 @@ async fn chunked_uploads_follow_ranges_and_verify_the_digest() {
     assert_eq!(header(&part, "content-range"), "bytes 10-19/1000");
     assert_eq!(part.bytes().await.unwrap(), data[10..20]);
     // The session is gone.
-    let (status, code_, _) = code(api.request(Method::GET, &location).send().await.unwrap()).await;
-    assert_eq!((status, code_.as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    api.refused(Method::GET, &location, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
+        .await;
     assert!(registry.files("uploads").is_empty());
     assert!(registry.files("tmp").is_empty());
 
@@ -250,35 +193,18 @@ async fn chunked_uploads_follow_ranges_and_verify_the_digest() {
         .send()
         .await
         .unwrap();
-    let (status, code_, message) = code(response).await;
-    assert_eq!(
-        (status, code_.as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-        "{message}"
-    );
+    refused(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     assert!(!registry.files("blobs/sha256").contains(&"2".repeat(64)));
     assert!(registry.files("uploads").is_empty());
 
     // A session of one repository is unknown to another; a cancelled one is gone.
-    let other = api
-        .request(Method::POST, "/v2/p/s/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let other = header(&other, "docker-upload-uuid");
-    let (_, code_, _) = code(
-        api.request(Method::GET, &format!("/v2/elsewhere/blobs/uploads/{other}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(code_, "BLOB_UPLOAD_UNKNOWN");
+    let other = header(&api.start_upload("p/s").await, "docker-upload-uuid");
+    let elsewhere = format!("/v2/elsewhere/blobs/uploads/{other}");
+    api.refused(Method::GET, &elsewhere, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
+        .await;
     let cancel = api
-        .request(Method::DELETE, &format!("/v2/p/s/blobs/uploads/{other}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/v2/p/s/blobs/uploads/{other}"))
+        .await;
     assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
     assert!(registry.files("uploads").is_empty());
 }
@@ -288,25 +214,12 @@ async fn a_stored_blob_mounts_into_any_repository() {
     let registry = TestRegistry::start("mount").await;
     let api = Api::new(&registry);
     let digest = api.blob("from/repo", b"shared layer").await;
-    let mounted = api
-        .request(
-            Method::POST,
-            &format!("/v2/to/repo/blobs/uploads/?mount={digest}&from=from/repo"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let mount = |digest: &str| format!("/v2/to/repo/blobs/uploads/?mount={digest}&from=from/repo");
+    let mounted = api.send(Method::POST, &mount(&digest)).await;
     assert_eq!(mounted.status(), StatusCode::CREATED);
     assert_eq!(header(&mounted, "location"), format!("/v2/to/repo/blobs/{digest}"));
     let missing = format!("sha256:{}", "3".repeat(64));
-    let session = api
-        .request(
-            Method::POST,
-            &format!("/v2/to/repo/blobs/uploads/?mount={missing}&from=from/repo"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let session = api.send(Method::POST, &mount(&missing)).await;
     assert_eq!(session.status(), StatusCode::ACCEPTED);
     assert!(!header(&session, "docker-upload-uuid").is_empty());
 }
@@ -322,38 +235,20 @@ async fn concurrent_uploads_of_the_same_blob_all_succeed() {
         let digest = digest.clone();
         async move {
             let name = format!("repo{}", i % 2);
-            let start = api
-                .request(Method::POST, &format!("/v2/{name}/blobs/uploads/"))
-                .send()
-                .await
-                .unwrap();
-            let location = header(&start, "location");
+            let location = header(&api.start_upload(&name).await, "location");
             for (n, chunk) in data.chunks(100_000).enumerate() {
                 let from = n * 100_000;
-                let patch = api
-                    .request(Method::PATCH, &location)
-                    .header("Content-Range", format!("{from}-{}", from + chunk.len() - 1))
-                    .body(chunk.to_vec())
-                    .send()
-                    .await
-                    .unwrap();
+                let range = format!("{from}-{}", from + chunk.len() - 1);
+                let patch = api.patch(&location, Some(&range), chunk).await;
                 assert_eq!(patch.status(), StatusCode::ACCEPTED);
             }
-            let done = api
-                .request(Method::PUT, &format!("{location}?digest={digest}"))
-                .send()
-                .await
-                .unwrap();
+            let done = api.send(Method::PUT, &format!("{location}?digest={digest}")).await;
             assert_eq!(done.status(), StatusCode::CREATED, "{}", done.text().await.unwrap());
         }
     });
     futures::future::join_all(uploads).await;
     let api = Api::new(&registry);
-    let got = api
-        .request(Method::GET, &format!("/v2/repo0/blobs/{digest}"))
-        .send()
-        .await
-        .unwrap();
+    let got = api.send(Method::GET, &format!("/v2/repo0/blobs/{digest}")).await;
     assert_eq!(sha256(&got.bytes().await.unwrap()), digest);
     assert_eq!(
         registry.files("blobs/sha256"),
@@ -364,33 +259,22 @@ async fn concurrent_uploads_of_the_same_blob_all_succeed() {
 
 #[tokio::test]
 async fn a_chunk_that_breaks_off_is_cut_back_off() {
-    use base64::Engine as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let registry = TestRegistry::start("broken").await;
     let api = Api::new(&registry);
     let data = random_hex(100).into_bytes();
-    let start = api.request(Method::POST, "/v2/p/blobs/uploads/").send().await.unwrap();
-    let location = header(&start, "location");
-    let first = api
-        .request(Method::PATCH, &location)
-        .body(data[..100].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let location = header(&api.start_upload("p").await, "location");
+    let first = api.patch(&location, None, &data[..100]).await;
     assert_eq!(header(&first, "range"), "0-99");
 
     // 1000 bytes announced, 50 sent, then the client goes away.
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", registry.user(), registry.password()));
-    let mut stream = tokio::net::TcpStream::connect(registry.addr).await.unwrap();
-    let request =
-        format!("PATCH {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Length: 1000\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = raw_request(&registry, "PATCH", &location, &["Content-Length: 1000"]).await;
     stream.write_all(&data[100..150]).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut ignored = Vec::new();
     let _ = stream.read_to_end(&mut ignored).await;
 
-    let status = api.request(Method::GET, &location).send().await.unwrap();
+    let status = api.send(Method::GET, &location).await;
     assert_eq!(header(&status, "range"), "0-99", "the broken chunk was kept");
     let done = api
         .request(Method::PUT, &format!("{location}?digest={}", sha256(&data)))

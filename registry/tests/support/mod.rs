@@ -13,16 +13,16 @@ use enclii_registry::{Credentials, Registry};
 pub struct TestRegistry {
     pub registry: Registry,
     pub addr: SocketAddr,
-    pub root: PathBuf,
+    pub root: TempDir,
     pub credentials: Credentials,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl TestRegistry {
     pub async fn start(test: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("enclii-registry-{test}-{}", random_hex(6)));
+        let root = TempDir::new(&format!("enclii-registry-{test}"));
         let credentials = Credentials::generate("enclii");
-        let registry = Registry::open(root.clone(), credentials.clone()).expect("opening the registry");
+        let registry = Registry::open(root.to_path_buf(), credentials.clone()).expect("opening the registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = registry.router();
@@ -71,9 +71,35 @@ impl TestRegistry {
 }
 
 impl Drop for TestRegistry {
+    /// Stops the server; the root goes after, with the field.
     fn drop(&mut self) {
         self.server.abort();
-        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A fresh folder under the system's temp folder (`<prefix>-<random>`), removed on drop; reads
+/// as its path.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
