@@ -62,14 +62,11 @@ pub struct BuildArgs {
         default_value = ""
     )]
     s3_secret_key: String,
-    /// URL schemes `clone` may fetch from, comma-separated.
-    #[arg(
-        long = "git-schemes",
-        env = "ENCLII_GIT_SCHEMES",
-        value_delimiter = ',',
-        default_value = "https"
-    )]
-    git_schemes: Vec<String>,
+    /// URL schemes `clone` may fetch from, comma-separated. Default: `https`, and `file` too when
+    /// the API listens on loopback only (everyone who can ask for a build is on this host, and
+    /// `enclii init` in a checkout without a remote names it `file://…`).
+    #[arg(long = "git-schemes", env = "ENCLII_GIT_SCHEMES", value_delimiter = ',')]
+    git_schemes: Option<Vec<String>>,
     /// Token for private repositories (projects can set their own secret `GIT_TOKEN`).
     #[arg(long = "git-token", env = "ENCLII_GIT_TOKEN", hide_env_values = true)]
     git_token: Option<String>,
@@ -189,14 +186,28 @@ impl BuildArgs {
         })
     }
 
+    /// The URL schemes `clone` may fetch from (see `git_schemes`).
+    pub fn git_schemes(&self, api_on_loopback: bool) -> Vec<String> {
+        match &self.git_schemes {
+            Some(schemes) => schemes.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+            None if api_on_loopback => vec!["https".into(), "file".into()],
+            None => vec!["https".into()],
+        }
+    }
+
     /// The build configuration pushing to `registry`.
-    pub fn config(&self, data_dir: &Path, registry: RegistryConfig) -> anyhow::Result<BuildConfig> {
+    pub fn config(
+        &self,
+        data_dir: &Path,
+        registry: RegistryConfig,
+        api_on_loopback: bool,
+    ) -> anyhow::Result<BuildConfig> {
         Ok(BuildConfig {
             workspace_root: self
                 .build_workspace
                 .clone()
                 .unwrap_or_else(|| data_dir.join("workspaces")),
-            allowed_git_schemes: self.git_schemes.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+            allowed_git_schemes: self.git_schemes(api_on_loopback),
             git_token: self.git_token.clone().map(Secret::new),
             git_token_hosts: self
                 .git_token_hosts

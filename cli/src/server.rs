@@ -392,6 +392,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         args.data_dir()?,
         args.runs(ServerRole::Api),
         args.runs(ServerRole::Worker),
+        args.listen().ip().is_loopback(),
     )
     .await?;
     let build = builds.config.clone();

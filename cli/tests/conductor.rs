@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::deploy::{get, remove_containers};
-use support::pipeline::{BASE_IMAGE, git, repository, server as build_server, wait_until};
+use support::pipeline::{BASE_IMAGE, app_checkout as checkout, git, server as build_server, wait_until};
 use support::{TOKEN, data_dir, free_port, http, launch};
 
 struct Out {
@@ -495,28 +495,6 @@ fn a_build_no_worker_can_run_says_why_instead_of_waiting_silently() {
 }
 
 // --- real builds and deploys ---------------------------------------------------------------------
-
-/// A git checkout of the app (busybox httpd on port 3000) with its Service Spec for `project`.
-fn checkout(project: &str, dockerfile: &str) -> PathBuf {
-    let files = [
-        ("Dockerfile", dockerfile.to_string()),
-        ("www/healthz", "ok\n".to_string()),
-        ("www/index.html", "hello from up\n".to_string()),
-    ];
-    let list: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
-    let (url, _) = repository(&list);
-    let dir = PathBuf::from(url.strip_prefix("file://").unwrap());
-    let spec = format!(
-        "apiVersion: enclii.dev/v1\nkind: Service\nmetadata: {{ project: {project}, environment: prod, name: web }}\n\
-         spec:\n  source: {{ git: {{ repository: \"{url}\", branch: main }} }}\n\
-         \x20 runtime: {{ ports: [3000], memory: 64Mi, cpu: 250m }}\n\
-         \x20 health: {{ readiness: {{ httpGet: /healthz }} }}\n"
-    );
-    std::fs::write(dir.join("enclii.yaml"), spec).unwrap();
-    git(&dir, &["add", "."]);
-    git(&dir, &["commit", "-q", "-m", "spec"]);
-    dir
-}
 
 fn deploy_server(router: &str) -> support::pipeline::Server {
     build_server(&[

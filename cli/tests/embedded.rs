@@ -2,18 +2,18 @@
 //! directory and a Docker engine — no `ENCLII_REGISTRY`, no `ENCLII_S3_*` — keeps artefacts in
 //! its data directory and images in the registry it serves itself. `enclii up` in a checkout with
 //! a Dockerfile gets a preview URL that answers through the router; the release carries a digest,
-//! an SBOM and a signature that `enclii verify` accepts against the embedded registry. The only
-//! setting given beyond the defaults: `file` among the clone schemes (the repository is a local
-//! git directory), and ports of the test's own.
+//! an SBOM and a signature that `enclii verify` accepts against the embedded registry. No setting
+//! beyond the defaults but ports of the test's own: the repository is a local git directory
+//! (`file://`), which a server whose API listens on loopback clones without being told.
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 use support::deploy::{get, remove_containers};
-use support::pipeline::{BASE_IMAGE, base_image, git, repository};
+use support::pipeline::{BASE_IMAGE, app_checkout, base_image};
 use support::{TOKEN, data_dir, free_port, http, launch};
 
 /// `enclii <args>` in `cwd`, talking to `server` with the test's Owner token.
@@ -38,29 +38,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A checkout of a busybox httpd app with its Service Spec.
-fn checkout(project: &str) -> PathBuf {
-    let dockerfile =
-        format!("FROM {BASE_IMAGE}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"3000\", \"-h\", \"/www\"]\n");
-    let files = [
-        ("Dockerfile", dockerfile.as_str()),
-        ("www/healthz", "ok\n"),
-        ("www/index.html", "hello from the embedded default\n"),
-    ];
-    let (url, _) = repository(&files);
-    let dir = PathBuf::from(url.strip_prefix("file://").unwrap());
-    let spec = format!(
-        "apiVersion: enclii.dev/v1\nkind: Service\nmetadata: {{ project: {project}, environment: prod, name: web }}\n\
-         spec:\n  source: {{ git: {{ repository: \"{url}\", branch: main }} }}\n\
-         \x20 runtime: {{ ports: [3000], memory: 64Mi, cpu: 250m }}\n\
-         \x20 health: {{ readiness: {{ httpGet: /healthz }} }}\n"
-    );
-    std::fs::write(dir.join("enclii.yaml"), spec).unwrap();
-    git(&dir, &["add", "."]);
-    git(&dir, &["commit", "-q", "-m", "spec"]);
-    dir
 }
 
 /// `host:port/project/service` of an image reference, without its tag or digest.
@@ -91,7 +68,6 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
             ("ENCLII_DEPLOY_TARGET", "auto"),
             ("ENCLII_ROUTER_LISTEN", router.as_str()),
             ("ENCLII_REGISTRY_LISTEN", registry_listen.as_str()),
-            ("ENCLII_GIT_SCHEMES", "file"),
         ],
         Stdio::from(log),
     );
@@ -99,7 +75,9 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
     assert_eq!(status, 201, "{body}");
 
     // `up` in the checkout: created from enclii.yaml, built, pushed, signed, deployed.
-    let dir = checkout(project);
+    let dockerfile =
+        format!("FROM {BASE_IMAGE}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"3000\", \"-h\", \"/www\"]\n");
+    let dir = app_checkout(project, &dockerfile);
     let out = enclii(&addr, &dir, &["up", "--timeout", "10m"]);
     let server_log = || std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
     assert!(out.status.success(), "{}\n--- server log\n{}", text(&out), server_log());
@@ -107,7 +85,7 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
     let rest = url.strip_prefix("http://").unwrap();
     let host = rest.split([':', '/']).next().unwrap();
     let (status, body) = get(&router, host, "/");
-    assert_eq!((status, body.trim()), (200, "hello from the embedded default"), "{url}");
+    assert_eq!((status, body.trim()), (200, "hello from up"), "{url}");
 
     // The release: an image in the embedded registry, pinned by digest, with its SBOM kept in
     // the data directory.

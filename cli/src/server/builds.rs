@@ -70,7 +70,15 @@ impl BuildPlan {
 /// Decides the build setup. The embedded registry is served by the process that runs the API
 /// (one per host); a worker-only process on the same host uses it through the shared data
 /// directory's credentials.
-pub async fn plan(args: &BuildArgs, data_dir: &Path, serves_api: bool, runs_worker: bool) -> anyhow::Result<BuildPlan> {
+/// `api_on_loopback`: the API is reachable from this host only (local repositories may be cloned
+/// unless `ENCLII_GIT_SCHEMES` says otherwise).
+pub async fn plan(
+    args: &BuildArgs,
+    data_dir: &Path,
+    serves_api: bool,
+    runs_worker: bool,
+    api_on_loopback: bool,
+) -> anyhow::Result<BuildPlan> {
     let mut summary = Vec::new();
     let (registry, embedded) = match args.external_registry() {
         Some(registry) => {
@@ -119,14 +127,18 @@ pub async fn plan(args: &BuildArgs, data_dir: &Path, serves_api: bool, runs_work
         true => args.cannot_build().await,
     };
     let config = match &off {
-        None => Some(args.config(data_dir, registry.clone())?),
+        None => Some(args.config(data_dir, registry.clone(), api_on_loopback)?),
         Some(_) => None,
     };
     if runs_worker {
         summary.push((
             "builds",
             match &off {
-                None => format!("on (BuildKit on the Docker engine at {})", args.docker_host()),
+                None => format!(
+                    "on (BuildKit on the Docker engine at {}; clones {})",
+                    args.docker_host(),
+                    args.git_schemes(api_on_loopback).join(", ")
+                ),
                 Some(reason) => format!("off: {reason}"),
             },
         ));

@@ -295,3 +295,26 @@ pub fn wait_until(patience: Duration, what: &str, mut check: impl FnMut() -> boo
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A git checkout of the app (busybox httpd on port 3000: `/` answers `hello from up`) with its
+/// Service Spec for `project` (service `web` in `prod`), for `enclii up`.
+pub fn app_checkout(project: &str, dockerfile: &str) -> PathBuf {
+    let files = [
+        ("Dockerfile", dockerfile.to_string()),
+        ("www/healthz", "ok\n".to_string()),
+        ("www/index.html", "hello from up\n".to_string()),
+    ];
+    let list: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let (url, _) = repository(&list);
+    let dir = PathBuf::from(url.strip_prefix("file://").unwrap());
+    let spec = format!(
+        "apiVersion: enclii.dev/v1\nkind: Service\nmetadata: {{ project: {project}, environment: prod, name: web }}\n\
+         spec:\n  source: {{ git: {{ repository: \"{url}\", branch: main }} }}\n\
+         \x20 runtime: {{ ports: [3000], memory: 64Mi, cpu: 250m }}\n\
+         \x20 health: {{ readiness: {{ httpGet: /healthz }} }}\n"
+    );
+    std::fs::write(dir.join("enclii.yaml"), spec).unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "spec"]);
+    dir
+}
