@@ -151,3 +151,49 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+/// Builds on, deploys off (`ENCLII_DEPLOY_TARGET=none`): `enclii up` builds the release, then
+/// says once why it is not deployed instead of waiting in silence, and gives up at its timeout
+/// (exit 40); the release says the same.
+#[test]
+fn a_release_no_worker_can_deploy_says_why() {
+    base_image();
+    let project = "embedded-no-deploys";
+    let data = data_dir();
+    let data_str = data.display().to_string();
+    let registry_listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let (mut child, addr) = launch(
+        &[],
+        &[
+            ("ENCLII_DATA_DIR", data_str.as_str()),
+            ("ENCLII_BUILD_STEPS", "auto"),
+            ("ENCLII_REGISTRY_LISTEN", registry_listen.as_str()),
+        ],
+        Stdio::from(log),
+    );
+    let (status, body) = http(&addr, "POST", "/v1/projects", &json!({"slug": project}).to_string());
+    assert_eq!(status, 201, "{body}");
+    let dockerfile = format!("FROM {BASE_IMAGE}\nCOPY www /www\n");
+    let dir = app_checkout(project, &dockerfile);
+    let out = enclii(&addr, &dir, &["up", "--timeout", "30"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(40), "{}", text(&out));
+    let expected = "waiting: no worker can run deploy (no deploy target here (ENCLII_DEPLOY_TARGET=none";
+    assert_eq!(stderr.matches(expected).count(), 1, "said once: {}", text(&out));
+    assert!(stderr.contains("ready"), "the build itself finished: {}", text(&out));
+
+    let out = enclii(&addr, &dir, &["releases", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let releases: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = releases[0]["id"].as_i64().unwrap();
+    let (status, body) = http(&addr, "GET", &format!("/v1/releases/{id}"), "");
+    assert_eq!(status, 200, "{body}");
+    let release: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(release["status"], "ready", "{release}");
+    assert!(release["waiting"].as_str().unwrap().starts_with(expected), "{release}");
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -208,7 +208,7 @@ pub async fn get_release(
     principal.require_on(Permission::Read, &release.project, &format!("release {id}"))?;
     let steps = state.store.release_steps(id).await?;
     Ok(Json(ReleaseDetail {
-        release: Lookup::new(&state).view(release).await,
+        release: Lookup::new(&state).view_one(release).await,
         steps: views::all(steps),
     }))
 }

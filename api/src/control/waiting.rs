@@ -1,5 +1,6 @@
-//! Why a `building` release does not move: a step of its run waits to be claimed (available or
-//! scheduled) and no alive worker handles that step's kind. The answer names the kind and the
+//! Why a `building` release does not move — or, asked about one release, a `ready` one whose
+//! deploy step has not started: a step of its run waits to be claimed (available or scheduled)
+//! and no alive worker handles that step's kind. The answer names the kind and the
 //! reason an alive worker gave for not running it (its heartbeat's `unavailable`), or says that
 //! no worker runs at all, or that none handles the kind.
 //!
@@ -9,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use enclii_queue::{JobState, PipelineRecord};
+use enclii_queue::{JobKind, JobState, PipelineRecord};
 use enclii_store::{Release, ReleaseStatus, WorkerRecord};
 
 use crate::error::ApiError;
@@ -96,9 +97,10 @@ fn claimable(run: &PipelineRecord) -> impl Iterator<Item = &str> {
         .map(|s| s.kind.as_str())
 }
 
-/// The first step of `run` waiting to be claimed that no alive worker can run.
-pub fn waiting(run: &PipelineRecord, capacity: &Capacity) -> Option<Waiting> {
-    claimable(run).find_map(|kind| {
+/// The first step of `run` whose kind `counts`, waiting to be claimed, that no alive worker can
+/// run.
+fn waiting_among(run: &PipelineRecord, capacity: &Capacity, counts: impl Fn(&str) -> bool) -> Option<Waiting> {
+    claimable(run).filter(|kind| counts(kind)).find_map(|kind| {
         capacity.stall(kind).map(|stall| Waiting {
             kind: kind.to_string(),
             stall,
@@ -136,21 +138,36 @@ impl<'a> Lookup<'a> {
         Ok(ours.then_some(run))
     }
 
-    /// Why `release`, whose own run is `run`, does not move; `None` unless it is `building`
-    /// with a step no alive worker can run.
+    /// Why `release`, whose own run is `run`, does not move; `None` unless it is `building` — or
+    /// `ready` with its deploy step still to come — with a step no alive worker can run.
     pub async fn of_run(
         &mut self,
         release: &Release,
         run: Option<&PipelineRecord>,
     ) -> Result<Option<String>, ApiError> {
-        let Some(run) = run.filter(|_| release.status == ReleaseStatus::Building) else {
-            return Ok(None);
+        self.of_run_after(release, run, false).await
+    }
+
+    /// [`Lookup::of_run`]; with `deploy_too`, a `ready` release whose deploy step waits to be
+    /// claimed by a worker that can run it also says why.
+    async fn of_run_after(
+        &mut self,
+        release: &Release,
+        run: Option<&PipelineRecord>,
+        deploy_too: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(run) = run else { return Ok(None) };
+        let only_deploy = match release.status {
+            ReleaseStatus::Building => false,
+            ReleaseStatus::Ready if deploy_too => true,
+            _ => return Ok(None),
         };
-        if claimable(run).next().is_none() {
+        let counts = |kind: &str| !only_deploy || kind == enclii_domain::jobs::Deploy::KIND;
+        if !claimable(run).any(counts) {
             return Ok(None);
         }
         let capacity = self.capacity().await?;
-        Ok(waiting(run, capacity).map(|w| w.to_string()))
+        Ok(waiting_among(run, capacity, counts).map(|w| w.to_string()))
     }
 
     /// Why `release` does not move (reading its run when it is `building`).
@@ -160,6 +177,30 @@ impl<'a> Lookup<'a> {
         }
         let run = self.own_run(release).await?;
         self.of_run(release, run.as_ref()).await
+    }
+
+    /// Why `release` does not move, for an answer about this one release: a `ready` release's
+    /// run is read too (its deploy step may be what waits — `enclii up` asks while it waits for
+    /// the deployment), which lists do not pay for.
+    async fn of_one(&mut self, release: &Release) -> Result<Option<String>, ApiError> {
+        if !matches!(release.status, ReleaseStatus::Building | ReleaseStatus::Ready) {
+            return Ok(None);
+        }
+        let run = self.own_run(release).await?;
+        self.of_run_after(release, run.as_ref(), true).await
+    }
+
+    /// One release as the API shows it, with its waiting reason — of its build or of its deploy
+    /// step (see [`Lookup::of_one`]).
+    pub async fn view_one(&mut self, release: Release) -> views::Release {
+        let waiting = self.of_one(&release).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, release = release.id, "cannot tell why the release waits");
+            None
+        });
+        views::Release {
+            waiting,
+            ..release.into()
+        }
     }
 
     /// `release` as the API shows it, with its waiting reason. The reason is advice: when the

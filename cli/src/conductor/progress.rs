@@ -139,7 +139,10 @@ impl Waiter {
                 }
             }
             let record = self.get(&format!("/v1/releases/{release}"), &[], &what).await?;
-            self.say_waiting(&record, &mut waiting);
+            // A ready release's own reason (its deploy step waits) is the deployment wait's to say.
+            if record["status"] == "building" {
+                self.say_waiting(&record, &mut waiting);
+            }
             match record["status"].as_str().unwrap_or("") {
                 "ready" => {
                     self.say(&format!(
@@ -186,6 +189,7 @@ impl Waiter {
     ) -> Result<Value, Failure> {
         let path = format!("/v1/projects/{}/deployments", segment(project));
         let what = format!("release {release} to start deploying");
+        let mut waiting = None;
         loop {
             let list = self
                 .get(
@@ -199,6 +203,9 @@ impl Waiter {
             if let Some(deployment) = found {
                 return Ok(deployment.clone());
             }
+            // No deployment yet: its deploy step may wait for a worker that can run it.
+            let record = self.get(&format!("/v1/releases/{release}"), &[], &what).await?;
+            self.say_waiting(&record, &mut waiting);
             self.check_deadline(&what)?;
             self.pause().await;
         }
