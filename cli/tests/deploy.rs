@@ -603,6 +603,14 @@ fn a_non_prod_environment_over_its_budget_is_paused() {
         ],
     );
     let (server, router) = (&p.server, p.router.as_str());
+    let sha = head(&p);
+    let release = ready_release(&p, &sha);
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(get(router, "api.budget.test", "/").0, 200);
+    // The budget once it serves: set before, a cost sample (every 10 s) may pause the
+    // environment between the deployment's success and the request above (a loaded machine).
     let (status, body) = call(
         server,
         "PATCH",
@@ -610,12 +618,6 @@ fn a_non_prod_environment_over_its_budget_is_paused() {
         json!({"budget_cents": 5}),
     );
     assert_eq!(status, 200, "{body}");
-    let sha = head(&p);
-    let release = ready_release(&p, &sha);
-    let d = deploy(&p, release, "deployments");
-    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
-    assert_eq!(d["status"], "succeeded", "{d}");
-    assert_eq!(get(router, "api.budget.test", "/").0, 200);
 
     wait_until(
         Duration::from_secs(60),
