@@ -40,6 +40,26 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A server of the test's own with build steps on (the test harness turns them off for other
+/// tests), its log beside its data directory, and `project` created: (child, API address, data
+/// directory, embedded registry address).
+fn start(project: &str, env: &[(&str, &str)]) -> (std::process::Child, String, std::path::PathBuf, String) {
+    let data = data_dir();
+    let data_str = data.display().to_string();
+    let registry_listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let mut settings = vec![
+        ("ENCLII_DATA_DIR", data_str.as_str()),
+        ("ENCLII_BUILD_STEPS", "auto"),
+        ("ENCLII_REGISTRY_LISTEN", registry_listen.as_str()),
+    ];
+    settings.extend_from_slice(env);
+    let (child, addr) = launch(&[], &settings, Stdio::from(log));
+    let (status, body) = http(&addr, "POST", "/v1/projects", &json!({"slug": project}).to_string());
+    assert_eq!(status, 201, "{body}");
+    (child, addr, data, registry_listen)
+}
+
 /// `host:port/project/service` of an image reference, without its tag or digest.
 fn repository_of(image: &str) -> &str {
     let name = image.split('@').next().unwrap();
@@ -54,25 +74,16 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
     base_image();
     let project = "embedded-default";
     remove_containers(project);
-    let data = data_dir();
-    let data_str = data.display().to_string();
     let router = format!("127.0.0.1:{}", free_port());
-    let registry_listen = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let (mut child, addr) = launch(
-        &[],
+    // The default deploy target, which the test harness turns off for other tests.
+    let (mut child, addr, data, registry_listen) = start(
+        project,
         &[
-            ("ENCLII_DATA_DIR", data_str.as_str()),
-            // The defaults the test harness turns off for other tests.
-            ("ENCLII_BUILD_STEPS", "auto"),
             ("ENCLII_DEPLOY_TARGET", "auto"),
             ("ENCLII_ROUTER_LISTEN", router.as_str()),
-            ("ENCLII_REGISTRY_LISTEN", registry_listen.as_str()),
         ],
-        Stdio::from(log),
     );
-    let (status, body) = http(&addr, "POST", "/v1/projects", &json!({"slug": project}).to_string());
-    assert_eq!(status, 201, "{body}");
+    let data_str = data.display().to_string();
 
     // `up` in the checkout: created from enclii.yaml, built, pushed, signed, deployed.
     let dockerfile =
@@ -159,21 +170,7 @@ fn the_embedded_default_builds_signs_and_serves_with_only_a_docker_engine() {
 fn a_release_no_worker_can_deploy_says_why() {
     base_image();
     let project = "embedded-no-deploys";
-    let data = data_dir();
-    let data_str = data.display().to_string();
-    let registry_listen = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let (mut child, addr) = launch(
-        &[],
-        &[
-            ("ENCLII_DATA_DIR", data_str.as_str()),
-            ("ENCLII_BUILD_STEPS", "auto"),
-            ("ENCLII_REGISTRY_LISTEN", registry_listen.as_str()),
-        ],
-        Stdio::from(log),
-    );
-    let (status, body) = http(&addr, "POST", "/v1/projects", &json!({"slug": project}).to_string());
-    assert_eq!(status, 201, "{body}");
+    let (mut child, addr, data, _) = start(project, &[]);
     let dockerfile = format!("FROM {BASE_IMAGE}\nCOPY www /www\n");
     let dir = app_checkout(project, &dockerfile);
     let out = enclii(&addr, &dir, &["up", "--timeout", "30"]);
