@@ -108,6 +108,19 @@ fn waiting_among(run: &PipelineRecord, capacity: &Capacity, counts: impl Fn(&str
     })
 }
 
+/// `release` with its waiting reason. The reason is advice: when the queue or the workers cannot
+/// be read, the release is shown without it (and a warning logged) rather than not at all.
+fn shown(release: Release, waiting: Result<Option<String>, ApiError>) -> views::Release {
+    let waiting = waiting.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, release = release.id, "cannot tell why the release waits");
+        None
+    });
+    views::Release {
+        waiting,
+        ..release.into()
+    }
+}
+
 /// Finds the waiting reasons of the releases of one answer; reads the workers at most once.
 pub struct Lookup<'a> {
     state: &'a AppState,
@@ -193,28 +206,14 @@ impl<'a> Lookup<'a> {
     /// One release as the API shows it, with its waiting reason — of its build or of its deploy
     /// step (see [`Lookup::of_one`]).
     pub async fn view_one(&mut self, release: Release) -> views::Release {
-        let waiting = self.of_one(&release).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, release = release.id, "cannot tell why the release waits");
-            None
-        });
-        views::Release {
-            waiting,
-            ..release.into()
-        }
+        let waiting = self.of_one(&release).await;
+        shown(release, waiting)
     }
 
-    /// `release` as the API shows it, with its waiting reason. The reason is advice: when the
-    /// queue or the workers cannot be read, the release is shown without it (and a warning
-    /// logged) rather than not at all.
+    /// `release` as the API shows it, with its waiting reason (of its build).
     pub async fn view(&mut self, release: Release) -> views::Release {
-        let waiting = self.of(&release).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, release = release.id, "cannot tell why the release waits");
-            None
-        });
-        views::Release {
-            waiting,
-            ..release.into()
-        }
+        let waiting = self.of(&release).await;
+        shown(release, waiting)
     }
 
     /// `releases` as the API shows them, each with its waiting reason.

@@ -110,18 +110,12 @@ pub async fn plan(
             (registry, embedded)
         }
     };
-    summary.push((
-        "artefacts",
-        format!(
-            "{}{}",
-            args.artefacts(data_dir).describe(),
-            if matches!(args.artefacts(data_dir), enclii_build::ArtefactConfig::Directory(_)) {
-                " (set ENCLII_S3_BUCKET for several hosts)"
-            } else {
-                ""
-            }
-        ),
-    ));
+    let artefacts = args.artefacts(data_dir);
+    let hint = match artefacts {
+        enclii_build::ArtefactConfig::Directory(_) => " (set ENCLII_S3_BUCKET for several hosts)",
+        enclii_build::ArtefactConfig::S3(_) => "",
+    };
+    summary.push(("artefacts", format!("{}{hint}", artefacts.describe())));
     let off = match runs_worker {
         false => Some("this process runs no worker (--role)".to_string()),
         true => args.cannot_build().await,
