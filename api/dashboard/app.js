@@ -299,11 +299,12 @@ function pipelineRows(runs) {
 
 async function projectView(project) {
   const p = enc(project);
-  const [environments, services, runs, deployments] = await Promise.all([
+  const [environments, services, runs, deployments, domains] = await Promise.all([
     get(`/v1/projects/${p}/environments`),
     get(`/v1/projects/${p}/services`),
     get(`/v1/projects/${p}/pipelines?limit=15`),
     get(`/v1/projects/${p}/deployments?limit=15`),
+    get(`/v1/projects/${p}/domains`),
   ]);
   return h(
     "section",
@@ -342,10 +343,39 @@ async function projectView(project) {
         ),
       ),
     ),
+    h("h2", {}, "Domains"),
+    domainTable(project, domains),
     h("h2", {}, "Pipelines"),
     table(["Run", "Service", "Environment", "Commit", "Release", "Pipeline", "Started"], pipelineRows(runs)),
     h("h2", {}, "Deployments"),
     deploymentTable(deployments),
+  );
+}
+
+/** Custom domains: state (with what the last check found) and, until proven, the records to create. */
+function domainTable(project, domains) {
+  const record = (r) => h("div", { class: "mono" }, `${r.type} ${r.name} → ${r.value}`);
+  return table(
+    ["Host", "Service", "Environment", "State", "DNS records", ""],
+    domains.map((d) =>
+      h(
+        "tr",
+        { dataset: { domain: d.host } },
+        h("td", { class: "mono" }, `${d.host}${d.path === "/" ? "" : d.path}`),
+        h("td", {}, d.service),
+        h("td", {}, d.environment),
+        h("td", {}, badge(d.status), d.detail ? h("div", { class: "waiting" }, d.detail) : null),
+        h("td", {}, d.status === "verified" ? null : record(d.ownership), record(d.target)),
+        h(
+          "td",
+          {},
+          d.status === "verified"
+            ? null
+            : action("Check now", null, () => api("POST", `/v1/projects/${enc(project)}/domains/${d.id}/verify`), render),
+        ),
+      ),
+    ),
+    "No custom domains: add one with `enclii domains add <host> --service <name>`.",
   );
 }
 

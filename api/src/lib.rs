@@ -43,4 +43,4 @@ mod webhooks;
 
 pub use error::{ApiError, FieldError, Problem};
 pub use routes::{openapi, router};
-pub use state::{ApiConfig, AppState, ClientLimits, SignaturePolicy};
+pub use state::{ApiConfig, AppState, ClientLimits, DomainSettings, SignaturePolicy};

@@ -250,6 +250,65 @@ from_row!(Route {
     created_at
 });
 
+/// A DNS record a domain's owner creates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DomainRecord {
+    /// `TXT`, `CNAME` or `A`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// A custom domain: routed once `ownership` is found in DNS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Domain {
+    pub id: i64,
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    pub path: String,
+    pub status: enclii_store::DomainStatus,
+    /// What the last check found, or why the domain failed.
+    pub detail: Option<String>,
+    pub checks: i64,
+    pub checked_at: Option<i64>,
+    pub verified_at: Option<i64>,
+    /// Checks stop after this instant (epoch ms); re-check for a new one.
+    pub deadline: i64,
+    /// The route its verification created.
+    pub route: Option<i64>,
+    pub created_at: i64,
+    /// Prove ownership: create this TXT record.
+    pub ownership: DomainRecord,
+    /// Send traffic: point the host at the router.
+    pub target: DomainRecord,
+}
+
+impl Domain {
+    pub fn new(row: store::Domain, ownership: DomainRecord, target: DomainRecord) -> Self {
+        Self {
+            id: row.id,
+            project: row.project,
+            environment: row.environment,
+            service: row.service,
+            host: row.host,
+            path: row.path,
+            status: row.status,
+            detail: row.detail,
+            checks: row.checks,
+            checked_at: row.checked_at,
+            verified_at: row.verified_at,
+            deadline: row.deadline,
+            route: row.route_id,
+            created_at: row.created_at,
+            ownership,
+            target,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RoleBinding {
     pub subject: String,

@@ -26,7 +26,7 @@ enum Access {
 
 struct Case {
     method: &'static str,
-    /// The concrete URI; `{release}`, `{deployment}`, `{job}`, `{pipeline}`, `{route}`, `{token}`
+    /// The concrete URI; `{release}`, `{deployment}`, `{job}`, `{pipeline}`, `{route}`, `{domain}`, `{token}`
     /// are filled in from the fixture.
     uri: &'static str,
     /// The OpenAPI path this exercises.
@@ -261,6 +261,41 @@ fn cases() -> Vec<Case> {
             "DELETE",
             "/v1/projects/shop/routes/{route}",
             "/v1/projects/{project}/routes/{id}",
+            None,
+            Project(Routes),
+        ),
+        case(
+            "GET",
+            "/v1/projects/shop/domains",
+            "/v1/projects/{project}/domains",
+            None,
+            Project(Read),
+        ),
+        case(
+            "POST",
+            "/v1/projects/shop/domains",
+            "/v1/projects/{project}/domains",
+            Some(r#"{"service":"api","host":"new.shop.dev"}"#),
+            Project(Routes),
+        ),
+        case(
+            "GET",
+            "/v1/projects/shop/domains/{domain}",
+            "/v1/projects/{project}/domains/{id}",
+            None,
+            Project(Read),
+        ),
+        case(
+            "POST",
+            "/v1/projects/shop/domains/{domain}/verify",
+            "/v1/projects/{project}/domains/{id}/verify",
+            None,
+            Project(Routes),
+        ),
+        case(
+            "DELETE",
+            "/v1/projects/shop/domains/{domain}",
+            "/v1/projects/{project}/domains/{id}",
             None,
             Project(Routes),
         ),
@@ -510,6 +545,7 @@ struct Fixture {
     job: i64,
     pipeline: i64,
     route: i64,
+    domain: i64,
     service_json: String,
 }
 
@@ -541,8 +577,16 @@ async fn fixture(t: &TestApi) -> Fixture {
             Some(r#"{"service":"api","host":"api.shop.dev"}"#),
         )
         .await;
+    let domain = t
+        .admin(
+            "POST",
+            "/v1/projects/shop/domains",
+            Some(r#"{"service":"api","host":"app.shop.dev"}"#),
+        )
+        .await;
     let service = t.admin("GET", "/v1/projects/shop/services/api", None).await;
     Fixture {
+        domain: domain.body["id"].as_i64().unwrap(),
         release,
         deployment: deployment.body["id"].as_i64().unwrap(),
         job,
@@ -558,6 +602,7 @@ fn fill(text: &str, f: &Fixture, token_id: &str) -> String {
         .replace("{job}", &f.job.to_string())
         .replace("{pipeline}", &f.pipeline.to_string())
         .replace("{route}", &f.route.to_string())
+        .replace("{domain}", &f.domain.to_string())
         .replace("{token}", token_id)
         .replace(SERVICE_JSON, &f.service_json)
 }

@@ -2,6 +2,7 @@
 //! `enclii server recover-owner`, which gives the platform an Owner again.
 
 mod builds;
+mod domains;
 mod files;
 mod http;
 mod images;
@@ -127,6 +128,8 @@ pub struct ServerArgs {
     build: crate::build::BuildArgs,
     #[command(flatten)]
     deploy: crate::deploy::DeployArgs,
+    #[command(flatten)]
+    domains: domains::DomainArgs,
     #[command(subcommand)]
     command: Option<ServerCommand>,
 }
@@ -251,15 +254,17 @@ fn init_telemetry(args: &ServerArgs) -> anyhow::Result<enclii_telemetry::Telemet
     Ok(telemetry)
 }
 
-/// The job handlers this process runs: `ping` always; the build steps when it can build (see
+/// The job handlers this process runs: `ping` and `domain-verify` always; the build steps when it can build (see
 /// `builds.rs`); the deploy kinds when a deploy target is connected. Until a worker has a handler
 /// for a kind, its jobs wait in the queue (and their releases say why).
 async fn registry(
     build: Option<enclii_build::BuildConfig>,
     deployer: Option<(Arc<enclii_deploy::Deployer>, enclii_store::Prices)>,
+    verifier: enclii_deploy::domains::DomainVerifier,
     store: &Arc<Store>,
 ) -> anyhow::Result<(Registry, Option<Arc<enclii_build::BuildSteps>>)> {
     let mut registry = Registry::new();
+    enclii_deploy::domains::register(&mut registry, verifier);
     match deployer {
         Some((deployer, prices)) => {
             info!(
@@ -452,6 +457,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         signatures: api_signatures.clone(),
         runtime: connected.as_ref().map(|c| c.target.clone()),
         preview_domain: args.deploy.deployer_config().preview_domain,
+        domains: args.domains.settings(),
     };
     let limits = enclii_api::ClientLimits {
         auth_failures: RateLimit {
@@ -492,7 +498,9 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
                 );
                 unavailable.extend(deploy_kinds().map(|kind| (kind.to_string(), reason.clone())));
             }
-            let (registry, steps) = registry(build.clone(), deployer, &store).await?;
+            let verifier = enclii_deploy::domains::DomainVerifier::new(store.clone(), &args.domains.resolver()?)
+                .map_err(anyhow::Error::msg)?;
+            let (registry, steps) = registry(build.clone(), deployer, verifier, &store).await?;
             Some((Worker::new(backend.clone(), registry, config), steps, unavailable))
         }
         false => None,

@@ -4,8 +4,10 @@
 //! join the control plane (the store) and a deploy target, which they know only through the
 //! [`Target`] trait of `enclii-deploy-contract` (re-exported here). The targets live in crates of
 //! their own: `enclii-deploy-docker` (one engine behind the Junctions router) and
-//! `enclii-deploy-kubernetes`.
+//! `enclii-deploy-kubernetes`. `domain-verify` (custom domains' proof of ownership) lives here
+//! too: it makes routes, though it needs no target.
 
+pub mod domains;
 pub mod handlers;
 pub mod timetable;
 

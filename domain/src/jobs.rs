@@ -154,6 +154,18 @@ pub struct Teardown {
 }
 job_kind!(Teardown, "teardown", policy(2, 10, 600, 10));
 
+/// Check a custom domain's ownership record (`_enclii-challenge.<host>`). `round` is the domain's
+/// check round when the job was enqueued: a re-check starts a new round, and a job of an older
+/// round does nothing. A record not found yet is not a failure: the handler schedules the next
+/// check itself, with backoff, until the domain's deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainVerify {
+    pub domain: i64,
+    pub round: i64,
+}
+job_kind!(DomainVerify, "domain-verify", policy(4, 5, 60, 10));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +198,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (PreviewTeardown::KIND, PreviewTeardown::policy()),
         (Teardown::KIND, Teardown::policy()),
         (CostSample::KIND, CostSample::policy()),
+        (DomainVerify::KIND, DomainVerify::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
@@ -226,6 +239,7 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         PreviewTeardown::KIND => decode::<PreviewTeardown>(payload),
         Teardown::KIND => decode::<Teardown>(payload),
         CostSample::KIND => decode::<CostSample>(payload),
+        DomainVerify::KIND => decode::<DomainVerify>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
         other => Err(JobPayloadError::UnknownKind {

@@ -8,6 +8,7 @@ pub mod dotenv;
 pub mod github;
 pub mod image;
 pub mod jobs;
+pub mod ownership;
 pub mod pipeline;
 pub mod secrets;
 mod service_key;

@@ -18,6 +18,7 @@ mod audit;
 mod db;
 mod deployment_orphans;
 mod deployments;
+mod domains;
 mod error;
 #[doc(hidden)]
 pub mod fixtures;
@@ -52,6 +53,7 @@ use sqlx::migrate::Migrator;
 pub use db::Dialect;
 pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};
 pub use deployments::Supersession;
+pub use domains::{Domain, DomainCheck, DomainCheckOutcome, NewDomain, check_delay};
 pub use error::{Result, StoreError};
 pub use joblog::{JobLog, JobLogWriter};
 pub use lifecycle::Deletion;

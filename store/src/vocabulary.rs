@@ -268,3 +268,15 @@ mod tests {
         );
     }
 }
+
+vocabulary! {
+    /// Where a custom domain's proof of ownership is.
+    DomainStatus ("domain status") {
+        /// Waiting for its TXT record; checked with backoff until its deadline.
+        Pending = "pending",
+        /// Proven: routed to its service.
+        Verified = "verified",
+        /// Not proven before its deadline; re-check to try again.
+        Failed = "failed",
+    }
+}

@@ -132,6 +132,9 @@ pub enum Command {
     /// Routes: hosts and paths to services.
     #[command(subcommand)]
     Routes(commands::RoutesCommand),
+    /// Custom domains: add (with the DNS records that prove you own it), list, verify, remove.
+    #[command(subcommand)]
+    Domains(commands::DomainsCommand),
     /// A service's jobs (spec.jobs): run one now, list runs.
     #[command(subcommand)]
     Jobs(commands::JobsCommand),

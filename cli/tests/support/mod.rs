@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod dns;
 pub mod pipeline;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,6 +3,7 @@
 mod auth;
 mod cost;
 mod deploy;
+mod domains;
 mod init;
 mod jobs;
 mod logs;
@@ -30,6 +31,8 @@ pub use cost::CostArgs;
 use cost::cost;
 pub use deploy::{DeployArgs, ReleasesArgs, RollbackArgs, UpArgs};
 use deploy::{deploy, releases, rollback, up};
+pub use domains::DomainsCommand;
+use domains::domains;
 pub use init::InitArgs;
 use init::init;
 pub use jobs::JobsCommand;
@@ -63,6 +66,7 @@ pub async fn run<C: CommandFactory>(global: Global, command: Command) -> anyhow:
         Command::Secrets(command) => secrets(&settings, command).await,
         Command::Scale(args) => scale(&settings, args).await,
         Command::Routes(command) => routes(&settings, command).await,
+        Command::Domains(command) => domains(&settings, command).await,
         Command::Jobs(command) => jobs(&settings, command).await,
         Command::Rollback(args) => rollback(&settings, args).await,
         Command::Releases(args) => releases(&settings, args).await,

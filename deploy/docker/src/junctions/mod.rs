@@ -68,12 +68,20 @@ impl Table {
         }
     }
 
+    /// The service for `host` and `path`: the host's own routes, else a wildcard one label up
+    /// (`*.example.com` serves `app.example.com`, not `a.b.example.com`).
     fn lookup(&self, host: &str, path: &str) -> Option<&ServiceKey> {
-        self.hosts
-            .get(host)?
-            .iter()
-            .find(|(prefix, _)| path_matches(prefix, path))
-            .map(|(_, key)| key)
+        let in_host = |host: &str| {
+            self.hosts
+                .get(host)?
+                .iter()
+                .find(|(prefix, _)| path_matches(prefix, path))
+                .map(|(_, key)| key)
+        };
+        in_host(host).or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            in_host(&format!("*.{parent}"))
+        })
     }
 }
 
@@ -409,6 +417,30 @@ mod tests {
         assert_eq!(table.lookup("shop.test", "/api"), Some(&api));
         assert_eq!(table.lookup("shop.test", "/apiary"), Some(&web));
         assert_eq!(table.lookup("other.test", "/"), None);
+    }
+
+    #[test]
+    fn a_wildcard_serves_one_label_below_it_and_exact_hosts_win() {
+        let j = Junctions::new(8080);
+        let any = ServiceKey::new("p", "prod", "any");
+        let app = ServiceKey::new("p", "prod", "app");
+        j.update(&any, |b| {
+            *b = Some(Binding {
+                routes: vec![route("*.shop.test", "/")],
+                ..Binding::default()
+            })
+        });
+        j.update(&app, |b| {
+            *b = Some(Binding {
+                routes: vec![route("app.shop.test", "/")],
+                ..Binding::default()
+            })
+        });
+        let table = j.table.read().unwrap();
+        assert_eq!(table.lookup("app.shop.test", "/"), Some(&app));
+        assert_eq!(table.lookup("blog.shop.test", "/x"), Some(&any));
+        assert_eq!(table.lookup("a.blog.shop.test", "/"), None);
+        assert_eq!(table.lookup("shop.test", "/"), None);
     }
 
     #[test]
