@@ -52,6 +52,12 @@ pub struct DeployArgs {
         default_value = "preview.localhost"
     )]
     preview_domain: String,
+    /// Every deployment also answers on a host under this domain, no proof of ownership needed:
+    /// `<service>.<project>.<domain>` in the service's home environment,
+    /// `<service>-<env>.<project>.<domain>` in others. Point a wildcard DNS record
+    /// `*.<domain>` at the router. Unset: no such hosts.
+    #[arg(long = "base-domain", env = "ENCLII_BASE_DOMAIN")]
+    base_domain: Option<String>,
     /// How long a new release may take to pass its readiness probe (Docker) or to roll out
     /// (Kubernetes).
     #[arg(
@@ -128,6 +134,11 @@ impl DeployArgs {
     pub fn deployer_config(&self) -> enclii_deploy::DeployerConfig {
         enclii_deploy::DeployerConfig {
             preview_domain: self.preview_domain.clone(),
+            base_domain: self
+                .base_domain
+                .as_deref()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty()),
         }
     }
 

@@ -269,7 +269,7 @@ async fn registry(
         Some((deployer, prices)) => {
             info!(
                 target = deployer.target().name(),
-                "deploys enabled (deploy, canary-analyze, preview-teardown, job-run, cost-sample)"
+                "deploys enabled (deploy, canary-analyze, preview-teardown, teardown, route-sync, job-run, cost-sample)"
             );
             enclii_deploy::register(&mut registry, deployer, prices);
         }
@@ -292,13 +292,14 @@ async fn registry(
 }
 
 /// The deploy kinds, which a worker without a deploy target cannot run.
-fn deploy_kinds() -> [&'static str; 5] {
+fn deploy_kinds() -> [&'static str; 6] {
     use enclii_domain::jobs;
     use enclii_queue::JobKind;
     [
         jobs::Deploy::KIND,
         jobs::CanaryAnalyze::KIND,
         jobs::PreviewTeardown::KIND,
+        jobs::RouteSync::KIND,
         jobs::JobRun::KIND,
         jobs::CostSample::KIND,
     ]
@@ -457,6 +458,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         signatures: api_signatures.clone(),
         runtime: connected.as_ref().map(|c| c.target.clone()),
         preview_domain: args.deploy.deployer_config().preview_domain,
+        base_domain: args.deploy.deployer_config().base_domain,
         domains: args.domains.settings(),
     };
     let limits = enclii_api::ClientLimits {
@@ -542,13 +544,17 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     if let Some((listener, junctions)) = router {
         let listen = listener.local_addr()?;
         info!(%listen, "Junctions router listening");
-        summary.push((
-            "router",
+        summary.push(("router", {
+            let hosts = args.deploy.deployer_config();
+            let base = hosts
+                .base_domain
+                .map(|d| format!(", deployments at <service>.<project>.{d}"))
+                .unwrap_or_default();
             format!(
-                "http://{listen} (routes by Host header; previews at <service>-preview-<n>.{})",
-                args.deploy.deployer_config().preview_domain
-            ),
-        ));
+                "http://{listen} (routes by Host header; previews at <service>-preview-<n>.{}{base})",
+                hosts.preview_domain
+            )
+        }));
         tasks.spawn(http::serve(listener, junctions.app(), args.http, shutdown.clone()).map(Ok));
     }
     if args.runs(ServerRole::Api) {

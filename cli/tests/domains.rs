@@ -279,14 +279,17 @@ fn a_domain_never_proven_fails_at_its_deadline_and_a_recheck_revives_it() {
 }
 
 #[test]
-fn a_verified_domain_answers_through_the_router_and_an_unproven_one_does_not() {
+fn verified_domains_generated_hosts_and_route_changes_reach_the_router_live_and_unproven_ones_do_not() {
     let _cleanup = Cleanup("domainsrouted");
     let dns = TestDns::start();
     let p = platform_in(
         "domainsrouted",
         "prod",
         json!({}),
-        &[("ENCLII_DNS_RESOLVER", dns.resolver.as_str())],
+        &[
+            ("ENCLII_DNS_RESOLVER", dns.resolver.as_str()),
+            ("ENCLII_BASE_DOMAIN", "apps.test"),
+        ],
     );
     let project = p.project;
     let add = |host: &str| {
@@ -299,6 +302,18 @@ fn a_verified_domain_answers_through_the_router_and_an_unproven_one_does_not() {
         assert_eq!(status, 201, "{body}");
         body
     };
+    // Hosts under the base domain are the platform's: generated, never claimed.
+    let (status, body) = call(
+        &p.server,
+        "POST",
+        &format!("/v1/projects/{project}/domains"),
+        json!({"host": "api.other.apps.test", "service": "api"}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("base domain `apps.test`"),
+        "{body}"
+    );
     let proven = add("www.routed.example");
     add("www.unproven.example");
     dns.set_txt(
@@ -329,4 +344,58 @@ fn a_verified_domain_answers_through_the_router_and_an_unproven_one_does_not() {
     assert_eq!(status, 200, "{body}");
     let (status, _) = get(&p.router, "www.unproven.example", "/");
     assert_eq!(status, 404);
+    // The generated host needs no proof: `<service>.<project>.<base domain>`.
+    let (status, body) = get(&p.router, &format!("api.{project}.apps.test"), "/");
+    assert_eq!(status, 200, "{body}");
+
+    // Live, without a deploy: a domain verified now is served, a removed one no longer.
+    let later = add("later.routed.example");
+    dns.set_txt(
+        "_enclii-challenge.later.routed.example",
+        later["ownership"]["value"].as_str().unwrap(),
+    );
+    let later_id = later["id"].as_i64().unwrap();
+    call(
+        &p.server,
+        "POST",
+        &format!("/v1/projects/{project}/domains/{later_id}/verify"),
+        Value::Null,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the verified domain served without a deploy",
+        || get(&p.router, "later.routed.example", "/").0 == 200,
+    );
+    let (status, body) = call(
+        &p.server,
+        "DELETE",
+        &format!("/v1/projects/{project}/domains/{id}"),
+        Value::Null,
+    );
+    assert_eq!(status, 204, "{body}");
+    wait_until(Duration::from_secs(30), "the removed domain no longer served", || {
+        get(&p.router, "www.routed.example", "/").0 == 404
+    });
+    // So is a route added or removed through the API.
+    let (status, route) = call(
+        &p.server,
+        "POST",
+        &format!("/v1/projects/{project}/routes"),
+        json!({"host": "plain.routed.example", "service": "api"}),
+    );
+    assert_eq!(status, 201, "{route}");
+    wait_until(Duration::from_secs(30), "the new route served without a deploy", || {
+        get(&p.router, "plain.routed.example", "/").0 == 200
+    });
+    let route_id = route["id"].as_i64().unwrap();
+    call(
+        &p.server,
+        "DELETE",
+        &format!("/v1/projects/{project}/routes/{route_id}"),
+        Value::Null,
+    );
+    wait_until(Duration::from_secs(30), "the removed route no longer served", || {
+        get(&p.router, "plain.routed.example", "/").0 == 404
+    });
+    assert_eq!(get(&p.router, "later.routed.example", "/").0, 200);
 }

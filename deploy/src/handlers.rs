@@ -34,12 +34,16 @@ const ACTOR: &str = "system:deployer";
 pub struct DeployerConfig {
     /// Previews answer on `<service>-<environment>.<preview_domain>`.
     pub preview_domain: String,
+    /// Every other deployment answers on `<service>.<project>.<base_domain>` in the service's home
+    /// environment and `<service>-<environment>.<project>.<base_domain>` elsewhere.
+    pub base_domain: Option<String>,
 }
 
 impl Default for DeployerConfig {
     fn default() -> Self {
         Self {
             preview_domain: "preview.localhost".into(),
+            base_domain: None,
         }
     }
 }
@@ -53,13 +57,14 @@ pub struct Deployer {
 }
 
 /// Registers the handlers that need a target: `deploy`, `canary-analyze`, `preview-teardown`,
-/// `teardown`, `job-run` and `cost-sample`.
+/// `teardown`, `route-sync`, `job-run` and `cost-sample`.
 pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii_store::Prices) {
     registry
         .register_typed::<jobs::Deploy, _>(Handle(deployer.clone()))
         .register_typed::<jobs::CanaryAnalyze, _>(Handle(deployer.clone()))
         .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer.clone()))
         .register_typed::<jobs::Teardown, _>(Handle(deployer.clone()));
+    crate::routes::register(registry, deployer.clone());
     crate::timetable::register(registry, deployer, prices);
 }
 
@@ -67,7 +72,7 @@ struct Handle(Arc<Deployer>);
 
 /// A failure of one attempt: permanent failures end the deployment now, others when the last
 /// attempt fails.
-fn job_error(e: DeployError) -> JobError {
+pub(crate) fn job_error(e: DeployError) -> JobError {
     if e.is_permanent() {
         JobError::Abort(e.to_string())
     } else {
@@ -153,6 +158,20 @@ impl Deployer {
             .then(|| format!("{service}-{environment}.{}", self.config.preview_domain))
     }
 
+    /// The host the platform generates for the service in `key`'s environment, needing no proof
+    /// of ownership: the preview host in a preview, else one under the base domain (if set).
+    pub fn generated_host(&self, key: &ServiceKey, home_environment: &str) -> Option<String> {
+        if let Some(host) = self.preview_host(&key.environment, &key.service) {
+            return Some(host);
+        }
+        let base = self.config.base_domain.as_deref()?;
+        Some(if key.environment == home_environment {
+            format!("{}.{}.{base}", key.service, key.project)
+        } else {
+            format!("{}-{}.{}.{base}", key.service, key.environment, key.project)
+        })
+    }
+
     /// Everything the target needs for the plan's release of the service in its environment.
     pub(crate) async fn workload(
         &self,
@@ -167,8 +186,8 @@ impl Deployer {
             .as_deref()
             .ok_or_else(|| JobError::Abort(format!("release {} has no image digest; rebuild it", release.id)))?;
         let mut routes = plan.routes.clone();
-        if let Some(host) = self.preview_host(&key.environment, &key.service) {
-            let bound = self.store.bind_preview_route(&key, &host).await?;
+        if let Some(host) = self.generated_host(&key, &spec.metadata.environment) {
+            let bound = self.store.bind_generated_route(&key, &host).await?;
             // The plan was read before the binding; a route bound just now is the newest (routes
             // are in id order).
             if !routes.iter().any(|r| r.id == bound.id) {

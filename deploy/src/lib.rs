@@ -9,6 +9,7 @@
 
 pub mod domains;
 pub mod handlers;
+mod routes;
 pub mod timetable;
 
 pub use enclii_deploy_contract::model::*;

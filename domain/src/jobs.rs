@@ -166,6 +166,17 @@ pub struct DomainVerify {
 }
 job_kind!(DomainVerify, "domain-verify", policy(4, 5, 60, 10));
 
+/// Apply a service's routes in one environment to the deploy target now, without a deploy: a
+/// route or a domain's route was added or removed. The handler reads the routes when it runs, so
+/// the newest of several changes wins whatever order they ran in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSync {
+    pub service: String,
+    pub environment: String,
+}
+job_kind!(RouteSync, "route-sync", policy(1, 5, 60, 5));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +210,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (Teardown::KIND, Teardown::policy()),
         (CostSample::KIND, CostSample::policy()),
         (DomainVerify::KIND, DomainVerify::policy()),
+        (RouteSync::KIND, RouteSync::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
@@ -240,6 +252,7 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         Teardown::KIND => decode::<Teardown>(payload),
         CostSample::KIND => decode::<CostSample>(payload),
         DomainVerify::KIND => decode::<DomainVerify>(payload),
+        RouteSync::KIND => decode::<RouteSync>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
         other => Err(JobPayloadError::UnknownKind {

@@ -299,8 +299,9 @@ pub(crate) async fn service_routes(conn: &mut Conn<'_>, key: &ServiceKey) -> Res
         .await
 }
 
-/// Binds a preview's host to the service (idempotent); refused if another service holds it.
-pub(crate) async fn bind_preview_route(conn: &mut Conn<'_>, key: &ServiceKey, host: &str) -> Result<Route> {
+/// Binds a host the platform generated (a preview's, or one under the base domain) to the
+/// service (idempotent); refused if another service holds it.
+pub(crate) async fn bind_generated_route(conn: &mut Conn<'_>, key: &ServiceKey, host: &str) -> Result<Route> {
     let ServiceKey {
         project,
         environment,
@@ -311,7 +312,8 @@ pub(crate) async fn bind_preview_route(conn: &mut Conn<'_>, key: &ServiceKey, ho
             Ok(route)
         }
         Some(route) => Err(StoreError::Conflict(format!(
-            "{} is already routed to {}; the preview domain must be reserved for previews",
+            "{} is already routed to {}; the platform's generated hosts (preview and base domain) are \
+             reserved for it",
             route_label(host, "/"),
             route_owner(&route, project)
         ))),
@@ -524,8 +526,9 @@ impl Store {
     pub async fn service_routes(&self, key: &ServiceKey) -> Result<Vec<Route>> {
         self.read(async |conn| service_routes(conn, key).await).await
     }
-    pub async fn bind_preview_route(&self, key: &ServiceKey, host: &str) -> Result<Route> {
-        self.write(async |conn| bind_preview_route(conn, key, host).await).await
+    pub async fn bind_generated_route(&self, key: &ServiceKey, host: &str) -> Result<Route> {
+        self.write(async |conn| bind_generated_route(conn, key, host).await)
+            .await
     }
     /// The secret values a service reads in an environment (narrowest scope wins), for the
     /// deployer that injects them. The API never calls this.

@@ -19,7 +19,7 @@ use crate::db::{Conn, query, query_as};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
-use crate::routes::{find_route, insert_route, route_owner};
+use crate::routes::{find_route, insert_route, route_owner, sync_routes};
 use crate::services::require_service;
 use crate::{Store, now_ms};
 
@@ -269,6 +269,7 @@ pub(crate) async fn record_domain_check(
             .binds((DomainStatus::Verified, checks, now, route.id, id))
             .fetch_one(&mut *conn)
             .await?;
+            sync_routes(conn, &domain.project, &domain.environment, &domain.service).await?;
             let diff = json!({"host": domain.host, "route": route.id, "checks": checks});
             audit(
                 conn,
@@ -348,6 +349,7 @@ pub(crate) async fn delete_domain(conn: &mut Conn<'_>, actor: &str, project: &st
             .binds((route, project, &domain.host))
             .execute(&mut *conn)
             .await?;
+        sync_routes(conn, project, &domain.environment, &domain.service).await?;
     }
     let diff = json!({"host": domain.host, "status": domain.status, "route": domain.route_id});
     audit(

@@ -2,8 +2,11 @@
 
 use serde_json::json;
 
+use enclii_domain::jobs::RouteSync;
+use enclii_queue::NewJob;
+
 use crate::audit::{audit, change};
-use crate::db::{Conn, query_as};
+use crate::db::{Conn, query_as, query_scalar};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
@@ -51,6 +54,25 @@ pub(crate) async fn insert_route(
     .await
 }
 
+/// Enqueues applying the service's routes in `environment` to the deploy target now (a
+/// `route-sync` job, in the same transaction as the change), if it was ever deployed there;
+/// otherwise its first deploy binds them.
+pub(crate) async fn sync_routes(conn: &mut Conn<'_>, project: &str, environment: &str, service: &str) -> Result<()> {
+    let deployed: Option<i64> =
+        query_scalar("SELECT MAX(id) FROM deployments WHERE project = $1 AND environment = $2 AND service = $3")
+            .binds((project, environment, service))
+            .fetch_one(&mut *conn)
+            .await?;
+    if deployed.is_some() {
+        let job = RouteSync {
+            service: service.to_string(),
+            environment: environment.to_string(),
+        };
+        conn.enqueue(NewJob::typed(project, &job)?).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn add_route(conn: &mut Conn<'_>, actor: &str, new: &NewRoute) -> Result<Route> {
     require_service(conn, &new.project, &new.service).await?;
     get_environment(conn, &new.project, &new.environment).await?;
@@ -80,6 +102,7 @@ pub(crate) async fn add_route(conn: &mut Conn<'_>, actor: &str, new: &NewRoute) 
         change("route.create", "route", &entity, Some(&new.project), diff),
     )
     .await?;
+    sync_routes(conn, &route.project, &route.environment, &route.service).await?;
     Ok(route)
 }
 
@@ -103,7 +126,8 @@ pub(crate) async fn delete_route(conn: &mut Conn<'_>, actor: &str, project: &str
         actor,
         change("route.delete", "route", &id.to_string(), Some(project), diff),
     )
-    .await
+    .await?;
+    sync_routes(conn, project, &route.environment, &route.service).await
 }
 
 impl Store {

@@ -31,20 +31,23 @@ pub struct Keep {
     keep_volumes: bool,
 }
 
-/// Refuses a user's route on a host the platform generates (see
-/// [`enclii_domain::spec::is_platform_host`]); `path` is where the host was given.
+/// Refuses a user's route or domain on a host the platform generates (see
+/// [`enclii_domain::spec::is_platform_host`]): under the preview domain or the base domain;
+/// `path` is where the host was given.
 fn check_not_platform_host(state: &crate::state::AppState, path: &str, host: &str) -> Result<(), ApiError> {
-    if !enclii_domain::spec::is_platform_host(host, &state.preview_domain) {
+    let platform = std::iter::once(("preview domain", &*state.preview_domain))
+        .chain(state.base_domain.as_deref().map(|d| ("base domain", d)))
+        .find(|(_, domain)| enclii_domain::spec::is_platform_host(host, domain));
+    let Some((which, domain)) = platform else {
         return Ok(());
-    }
+    };
     let message = format!(
-        "`{host}` is or covers the preview domain `{}`, whose hosts Enclii generates for pull-request \
-         previews of every project",
-        state.preview_domain
+        "`{host}` is or covers the {which} `{domain}`, whose hosts Enclii generates for the deployments \
+         of every project"
     );
     Err(ApiError::invalid(
         format!("{path}: {message}"),
-        "choose a host outside the preview domain; previews get their URL without a route",
+        format!("choose a host outside the {which}; deployments get their generated host without a route"),
         vec![field(path, message)],
     ))
 }

@@ -197,7 +197,7 @@ pub fn replicas_of(project: &str, release: i64) -> usize {
     out.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
-/// Removes the project's containers and volumes (so that a rerun starts clean).
+/// Removes the project's containers, volumes and networks (so that a rerun starts clean).
 pub fn remove_containers(project: &str) {
     let out = run(Command::new(DOCKER).args(["ps", "-aq", "--filter", &format!("label=dev.enclii.project={project}")]));
     for id in out.lines().filter(|l| !l.trim().is_empty()) {
@@ -207,6 +207,17 @@ pub fn remove_containers(project: &str) {
         run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
     for volume in volumes.lines().filter(|l| !l.trim().is_empty()) {
         let _ = Command::new(DOCKER).args(["volume", "rm", "-f", volume]).output();
+    }
+    // Its environments' networks: the engine has room for a few dozen bridge networks only.
+    let networks = run(Command::new(DOCKER).args([
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=dev.enclii.project={project}"),
+    ]));
+    for network in networks.lines().filter(|l| !l.trim().is_empty()) {
+        let _ = Command::new(DOCKER).args(["network", "rm", network]).output();
     }
 }
 

@@ -7,8 +7,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
 use crate::model::{
-    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Rollout, ServiceKey, ServiceStatus, Usage,
-    Workload,
+    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Rollout, RouteBinding, ServiceKey, ServiceStatus,
+    Usage, Workload,
 };
 
 /// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
@@ -76,6 +76,15 @@ pub trait Target: Send + Sync + 'static {
     /// Runs one of the service's jobs to completion with `workload`'s image and environment,
     /// sending its output line by line to `log`; returns the exit code.
     async fn run_job(&self, workload: &Workload, run: &JobRunSpec, log: UnboundedSender<String>) -> Result<i64>;
+
+    /// Serves the service's routes (every route of the service in its environment) from now on,
+    /// without a deploy, when a release of it runs; with none running, the next deploy binds them.
+    /// Refuses routes another service holds, with nothing changed. `Ok(false)`: this target
+    /// applies routes only at the next deploy.
+    async fn apply_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<bool> {
+        let _ = (key, routes);
+        Ok(false)
+    }
 
     /// The service's resource usage now, for cost sampling.
     async fn usage(&self, key: &ServiceKey) -> Result<Usage>;

@@ -27,12 +27,14 @@ impl DockerTarget {
             key.project, key.environment, key.service, run.job, run.run, run.attempt
         );
         self.remove_container(&name).await?;
+        let network = self.ensure_network(key).await?;
         let body = ContainerCreateBody {
             image: Some(workload.image.clone()),
             cmd: Some(run.args.clone()),
             env: Some(Self::environment(workload)),
             labels: Some(Self::labels(key, workload.release, "job")),
-            host_config: Some(self.host_config(workload, false)),
+            host_config: Some(self.host_config(workload, false, &network)),
+            networking_config: Some(Self::network_endpoint(&network, None)),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();

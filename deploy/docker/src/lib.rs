@@ -4,7 +4,8 @@
 //! Each replica is a container named `enclii-<project>-<environment>-<service>-r<release>-<i>`,
 //! labelled with its project, environment, service and release, with the spec's CPU and memory
 //! limits, restart policy `unless-stopped`, and its first port published on the loopback
-//! interface for the router. A replica is healthy when the spec's readiness probe (HTTP GET or
+//! interface for the router, and it joins its environment's own network under its service's
+//! name (`network.rs`). A replica is healthy when the spec's readiness probe (HTTP GET or
 //! TCP connect, run from the host against the published port) passes; a service without ports
 //! is healthy when its container runs. The router's table is saved to `state_file` after every
 //! change and reloaded (with the replicas' current ports) at start-up; while the target lives it
@@ -15,6 +16,7 @@ pub mod junctions;
 
 mod engine;
 mod jobs;
+mod network;
 mod observe;
 mod replicas;
 mod target;

@@ -52,7 +52,7 @@ impl DockerTarget {
         format!("enclii-{}-{}-{}-{volume}", key.project, key.environment, key.service)
     }
 
-    pub(crate) fn host_config(&self, workload: &Workload, publish: bool) -> HostConfig {
+    pub(crate) fn host_config(&self, workload: &Workload, publish: bool, network: &str) -> HostConfig {
         let runtime = &workload.spec.runtime;
         let port_bindings = publish.then(|| {
             runtime
@@ -71,6 +71,7 @@ impl DockerTarget {
         });
         HostConfig {
             port_bindings,
+            network_mode: Some(network.to_string()),
             nano_cpus: runtime.cpu_millis().map(|m| (m * 1_000_000) as i64),
             memory: runtime.memory_bytes().map(|b| b as i64),
             restart_policy: publish.then_some(RestartPolicy {
@@ -147,6 +148,7 @@ impl DockerTarget {
 
     pub(crate) async fn create_replica(&self, workload: &Workload, name: &str) -> Result<()> {
         let runtime = &workload.spec.runtime;
+        let network = self.ensure_network(&workload.key).await?;
         let body = ContainerCreateBody {
             image: Some(workload.image.clone()),
             // Like Kubernetes `args`: replaces the image's CMD, keeps its ENTRYPOINT.
@@ -158,7 +160,8 @@ impl DockerTarget {
                 labels
             }),
             exposed_ports: runtime.ports.first().map(|p| vec![format!("{p}/tcp")]),
-            host_config: Some(self.host_config(workload, true)),
+            host_config: Some(self.host_config(workload, true, &network)),
+            networking_config: Some(Self::network_endpoint(&network, Some(&workload.key.service))),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(name).build();

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bollard::query_parameters::{RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder};
 use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{
-    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout, ServiceKey, ServiceStatus,
-    Track, Usage, Workload,
+    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout, RouteBinding, ServiceKey,
+    ServiceStatus, Track, Usage, Workload,
 };
 use enclii_deploy_contract::target::{Removal, Target};
 use tokio::sync::mpsc::UnboundedSender;
@@ -215,7 +215,26 @@ impl Target for DockerTarget {
                 self.junctions.forget(key, release.release);
             }
         }
+        // The environment's last service takes its network with it. (A deploy of another service
+        // racing this finds the network gone, fails its attempt, and its retry creates it again.)
+        self.remove_network_if_unused(key).await?;
         self.save().await
+    }
+
+    async fn apply_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<bool> {
+        let _change = self.changes.lock().await;
+        if self.junctions.binding(key).is_none() {
+            // Nothing deployed here: the next deploy binds the routes.
+            return Ok(true);
+        }
+        self.junctions.check_routes(key, routes)?;
+        self.junctions.update(key, |binding| {
+            if let Some(binding) = binding {
+                binding.routes = routes.to_vec();
+            }
+        });
+        self.save().await?;
+        Ok(true)
     }
 
     async fn run_job(&self, workload: &Workload, run: &JobRunSpec, log: UnboundedSender<String>) -> Result<i64> {
