@@ -1,7 +1,7 @@
 //! The web dashboard in a real headless Chromium (Debian's `chromium`, driven by npm's
 //! `playwright-core`: `api/dashboard/e2e/dashboard.mjs`), against a real server running a real
 //! build (BuildKit, registry, S3): load, sign in, watch the pipeline progress step by step, read a
-//! step's live log, retry a dead job, pause and resume a project's queue, see what each worker
+//! step's live log, see a pending custom domain's DNS records and check it again, retry a dead job, pause and resume a project's queue, see what each worker
 //! cannot run and why a release waits; signed in again with a read-only (`read` scope) token, see
 //! Pause and Retry refused by the API and nothing change (no audit event, the project still
 //! running). Screenshots are kept in `artifacts/dashboard/` (or `$ENCLII_ARTIFACTS_DIR`).
@@ -121,6 +121,16 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
         "the build step was seen running, then completed: {build_states:?}"
     );
     assert!(seen["stepLog"].as_str().unwrap().trim().len() > 10, "{seen}");
+    // A pending custom domain shows the record that proves it, and "Check now" queued a check.
+    let domain_row = seen["domainRow"].as_str().unwrap();
+    assert!(
+        domain_row.contains("pending") && domain_row.contains("TXT _enclii-challenge.shop.example.com"),
+        "{seen}"
+    );
+    assert!(
+        seen["domainChecked"].as_str().unwrap().contains("Check now: done"),
+        "{seen}"
+    );
     assert!(
         seen["wrongTokenMessage"].as_str().unwrap().contains("Sign-in failed"),
         "{seen}"

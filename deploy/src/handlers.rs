@@ -70,6 +70,18 @@ pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii
 
 struct Handle(Arc<Deployer>);
 
+/// The store's routes as the target binds them.
+pub(crate) fn route_bindings(routes: Vec<enclii_store::Route>) -> Vec<RouteBinding> {
+    routes
+        .into_iter()
+        .map(|r| RouteBinding {
+            host: r.host,
+            path: r.path,
+            tls: r.tls,
+        })
+        .collect()
+}
+
 /// A failure of one attempt: permanent failures end the deployment now, others when the last
 /// attempt fails.
 pub(crate) fn job_error(e: DeployError) -> JobError {
@@ -194,14 +206,7 @@ impl Deployer {
                 routes.push(bound);
             }
         }
-        let routes = routes
-            .into_iter()
-            .map(|r| RouteBinding {
-                host: r.host,
-                path: r.path,
-                tls: r.tls,
-            })
-            .collect();
+        let routes = route_bindings(routes);
         let secrets = secrets(&key, &spec, plan)?;
         let mib = |v: Option<i64>| v.map(|m| m.max(0) as u64 * 1024 * 1024);
         Ok(Workload {

@@ -5,30 +5,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use enclii_deploy_contract::model::{RouteBinding, ServiceKey};
+use enclii_deploy_contract::model::ServiceKey;
 use enclii_domain::jobs::RouteSync;
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::info;
 
-use crate::handlers::{Deployer, Failure, job_error};
+use crate::handlers::{Deployer, Failure, job_error, route_bindings};
 
 struct Routes(Arc<Deployer>);
 
 impl Routes {
     async fn sync(&self, job: RouteSync, ctx: &JobContext) -> Result<(), Failure> {
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);
-        let routes: Vec<RouteBinding> = self
-            .0
-            .store()
-            .service_routes(&key)
-            .await?
-            .into_iter()
-            .map(|r| RouteBinding {
-                host: r.host,
-                path: r.path,
-                tls: r.tls,
-            })
-            .collect();
+        let routes = route_bindings(self.0.store().service_routes(&key).await?);
         let live = self.0.target().apply_routes(&key, &routes).await.map_err(job_error)?;
         if live {
             info!(service = %key.service, environment = %key.environment, routes = routes.len(), "routes applied");

@@ -378,12 +378,13 @@ pub(crate) async fn tear_down_deployments(
     .rows_affected())
 }
 
-/// Removes an environment's rows: its routes, its secrets (every scope within it) and the
-/// environment itself. Returns whether the environment was there. Its deployments, releases and
+/// Removes an environment's rows: its routes and custom domains, its secrets (every scope within
+/// it) and the environment itself. Returns whether the environment was there. Its deployments, releases and
 /// job runs stay as history; no service may be at home in it (the foreign key refuses).
 pub(crate) async fn forget_environment(conn: &mut Conn<'_>, project: &str, environment: &str) -> Result<bool> {
     for statement in [
         "DELETE FROM routes WHERE project = $1 AND environment = $2",
+        "DELETE FROM domains WHERE project = $1 AND environment = $2",
         "DELETE FROM secrets WHERE project = $1 AND environment = $2",
     ] {
         query(statement)
@@ -399,7 +400,7 @@ pub(crate) async fn forget_environment(conn: &mut Conn<'_>, project: &str, envir
     Ok(deleted > 0)
 }
 
-/// Forgets what a torn-down preview held for one service: its routes, and its deployments end
+/// Forgets what a torn-down preview held for one service: its routes and domains, and its deployments end
 /// as torn down. When no other service runs there any more, the environment itself goes with
 /// its secrets. Releases stay (their provenance is history).
 pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &ServiceKey) -> Result<()> {
@@ -408,10 +409,15 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
         environment,
         service,
     } = key;
-    query("DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3")
-        .binds((project, environment, service))
-        .execute(&mut *conn)
-        .await?;
+    for statement in [
+        "DELETE FROM routes WHERE project = $1 AND environment = $2 AND service = $3",
+        "DELETE FROM domains WHERE project = $1 AND environment = $2 AND service = $3",
+    ] {
+        query(statement)
+            .binds((project, environment, service))
+            .execute(&mut *conn)
+            .await?;
+    }
     tear_down_deployments(conn, project, environment, Some(service.as_str())).await?;
     let still_running: i64 = query_scalar(
         "SELECT COUNT(*) FROM deployments WHERE project = $1 AND environment = $2

@@ -80,10 +80,24 @@ try {
   seen.pipeline = pipeline;
   seen.release = started.release.id;
 
-  // Projects → project: its services and pipelines.
+  // A custom domain, pending: the project page shows the records to create, and checks it again.
+  const domain = await fetch(`${url}/v1/projects/${project}/domains`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ host: "shop.example.com", service }),
+  });
+  if (domain.status !== 201) throw new Error(`the domain was not added: ${domain.status} ${await domain.text()}`);
+
+  // Projects → project: its services, domains and pipelines.
   await page.click(`a[href="#/p/${project}"]`);
   await page.waitForSelector(`a[href="#/pipeline/${pipeline}"]`);
   await shot(page, "03-project");
+  const domainRow = 'tr[data-domain="shop.example.com"]';
+  seen.domainRow = await page.textContent(domainRow);
+  await page.click(`${domainRow} button`);
+  await page.waitForFunction(() => document.querySelector("#flash")?.textContent.includes("Check now: done"));
+  seen.domainChecked = await page.textContent("#flash");
+  await page.waitForSelector(`a[href="#/pipeline/${pipeline}"]`);
   // An environment: its services and what runs there (no deploy target in this run: it says so).
   await page.click(`a[href="#/p/${project}/e/prod"]`);
   await page.waitForFunction(() => document.querySelector("#view h2")?.textContent === "Runtime");
