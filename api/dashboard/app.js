@@ -390,7 +390,7 @@ async function environmentView(project, environment) {
   try {
     const status = await get(`/v1/projects/${p}/status?environment=${enc(environment)}`);
     runtime = table(
-      ["Service", "Release", "Replicas", "Health", "P95", "Errors", "Canary", "URL"],
+      ["Service", "Release", "Replicas", "Restarts", "Health", "P95", "Errors", "Canary", "URL"],
       status.map((r) =>
         h(
           "tr",
@@ -398,6 +398,7 @@ async function environmentView(project, environment) {
           h("td", {}, h("a", { href: `#/p/${p}/s/${enc(r.service)}` }, r.service)),
           h("td", {}, r.release ?? "—"),
           h("td", {}, `${r.replicas_ready}/${r.replicas_desired}`),
+          h("td", {}, r.restarts ?? "—"),
           h("td", {}, badge(r.health)),
           h("td", {}, r.p95_ms === null ? "—" : `${Math.round(r.p95_ms)} ms`),
           h("td", {}, `${(r.error_rate * 100).toFixed(1)}%`),

@@ -217,6 +217,11 @@ pub struct ServiceRuntime {
     /// Replicas the spec asks for (`spec.runtime.replicas.min`).
     #[schema(value_type = i64, minimum = 0, maximum = 4_294_967_295_u32)]
     replicas_desired: u32,
+    /// Restarts of the serving releases' replicas (after exiting or failing their liveness
+    /// probe); a number that keeps growing is a crash loop. `null` where the target does not
+    /// count them (Kubernetes).
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_u32)]
+    restarts: Option<u32>,
     /// `healthy` (every replica ready), `degraded` (some), `down` (none), `paused` or
     /// `not_deployed`.
     health: String,
@@ -262,6 +267,11 @@ pub async fn project_status(
         let canary = status.releases.iter().find(|r| r.track == Track::Canary);
         let ready: u32 = status.releases.iter().map(|r| r.healthy).sum();
         let running: u32 = status.releases.iter().map(|r| r.replicas).sum();
+        let restarts = status
+            .releases
+            .iter()
+            .map(|r| r.restarts)
+            .try_fold(0u32, |sum, r| r.map(|r| sum.saturating_add(r)));
         let desired = service.typed_spec().map_or(1, |spec| spec.spec.runtime.replicas.min);
         let health = match stable {
             None => "not_deployed",
@@ -299,6 +309,7 @@ pub async fn project_status(
             }),
             replicas_ready: ready,
             replicas_desired: desired,
+            restarts,
             health: health.to_string(),
             requests: metrics.requests,
             p95_ms: metrics.p95.map(|d| d.as_secs_f64() * 1000.0),

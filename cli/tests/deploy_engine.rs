@@ -113,3 +113,62 @@ fn a_deploy_stopped_mid_way_leaves_no_replica_behind() {
     assert_eq!(get(router, host, "/"), (200, "v1".into()));
     assert_eq!(replica_names("sweep", v1).len(), 1);
 }
+
+/// The project's runtime status of `service` (`GET …/status`).
+fn runtime(server: &Server, project: &str, service: &str) -> Value {
+    let (status, body) = call(server, "GET", &format!("/v1/projects/{project}/status"), Value::Null);
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == service)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {service} in {body}"))
+}
+
+/// Liveness (issue 16, item 4): a replica failing its liveness probe is restarted, one that keeps
+/// exiting is restarted by the engine, and both are counted in the runtime status (`enclii ps`,
+/// the dashboard) — a crash loop shows — while the router follows the replicas.
+#[test]
+fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted() {
+    let _cleanup = Cleanup("liveness");
+    // `/live` does not exist: every liveness probe fails, readiness (`/healthz`) passes.
+    let p = platform(
+        "liveness",
+        json!({
+            "routes": [{"host": "api.liveness.test"}],
+            "health": {"readiness": {"httpGet": "/healthz"},
+                       "liveness": {"httpGet": "/live", "periodSeconds": 1, "failureThreshold": 2}}
+        }),
+    );
+    let server = &p.server;
+    let release = ready_release(&p, &head(&p));
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    wait_until(Duration::from_secs(60), "a liveness restart", || {
+        runtime(server, "liveness", "api")["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    wait_until(Duration::from_secs(30), "the restarted replica served", || {
+        get(&p.router, "api.liveness.test", "/") == (200, "v1".into())
+    });
+
+    // A second service whose process exits 2 s after it started serving: restarted, counted.
+    let mut spec = json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": "liveness", "environment": "prod", "name": "crashy"},
+        "spec": {"source": {"git": {"repository": p.url, "branch": "main"}},
+                 "runtime": {"ports": [3000], "memory": "64Mi", "cpu": "250m",
+                             "cmd": ["sh", "-c", "httpd -p 3000 -h /www; sleep 2; exit 1"]},
+                 "health": {"readiness": {"httpGet": "/healthz"}}}
+    });
+    let (status, body) = call(server, "POST", "/v1/projects/liveness/services", spec.take());
+    assert_eq!(status, 201, "{body}");
+    let crashy = ready_release_of(&p, "crashy", &head(&p));
+    let d = deploy_of(&p, "crashy", crashy, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    wait_until(Duration::from_secs(60), "the crash loop counted", || {
+        runtime(server, "liveness", "crashy")["restarts"].as_u64().unwrap_or(0) >= 2
+    });
+}

@@ -143,6 +143,10 @@ pub struct ReleaseStatus {
     pub percent: u8,
     pub replicas: u32,
     pub healthy: u32,
+    /// How often its replicas were restarted (after exiting or failing their liveness probe);
+    /// `None` where the target does not count them (Kubernetes: see the pods).
+    #[serde(default)]
+    pub restarts: Option<u32>,
 }
 
 /// A one-off run of one of the service's jobs (`spec.jobs`), with the workload's image and

@@ -84,6 +84,8 @@ pub struct DockerTarget {
     /// Deploys, shifts and removals run one at a time: each reads and rewrites the table.
     pub(crate) changes: tokio::sync::Mutex<()>,
     pub(crate) volume_bytes: std::sync::Mutex<HashMap<ServiceKey, u64>>,
+    /// Liveness of the replicas with a liveness probe, by container name (`liveness.rs`).
+    pub(crate) liveness: std::sync::Mutex<HashMap<String, crate::liveness::Liveness>>,
 }
 
 pub(crate) fn docker_error(what: &str) -> impl Fn(bollard::errors::Error) -> DeployError + '_ {
@@ -120,10 +122,12 @@ impl DockerTarget {
             config,
             changes: tokio::sync::Mutex::new(()),
             volume_bytes: std::sync::Mutex::new(HashMap::new()),
+            liveness: std::sync::Mutex::new(HashMap::new()),
         };
         target.restore().await?;
         let target = Arc::new(target);
         target.watch();
+        target.watch_liveness();
         Ok(target)
     }
 

@@ -10,12 +10,14 @@
 //! is healthy when its container runs. The router's table is saved to `state_file` after every
 //! change and reloaded (with the replicas' current ports) at start-up; while the target lives it
 //! follows the engine's container events (a replica restarted on a new port, an engine restart)
-//! and sweeps away replicas no binding serves (`watch.rs`).
+//! and sweeps away replicas no binding serves (`watch.rs`); replicas with a liveness probe are probed
+//! and restarted after failing it (`liveness.rs`).
 
 pub mod junctions;
 
 mod engine;
 mod jobs;
+mod liveness;
 mod network;
 mod observe;
 mod replicas;

@@ -11,6 +11,7 @@ use bollard::models::{
 use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
 use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{ServiceKey, Workload};
+use enclii_domain::spec::Probe;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -244,16 +245,7 @@ impl DockerTarget {
                     continue;
                 }
             };
-            let result = match probe {
-                Some(p) if p.tcp_socket.is_none() => {
-                    http_probe(addr, p.http_get.as_deref().unwrap_or("/"), p.timeout_seconds).await
-                }
-                _ => tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("TCP connect to port {port}: {e}")),
-            };
-            match result {
+            match check(addr, probe, port).await {
                 Ok(()) => return Ok(Some(addr)),
                 Err(why) => last = why,
             }
@@ -278,6 +270,20 @@ impl DockerTarget {
         } else {
             format!("; last log lines: {}", lines.join(" | "))
         }
+    }
+}
+
+/// One check of a replica at its published `addr` (its container `port`): the probe's HTTP GET,
+/// or a TCP connect for a TCP probe or none.
+pub(crate) async fn check(addr: SocketAddr, probe: Option<&Probe>, port: u32) -> Result<(), String> {
+    match probe {
+        Some(p) if p.tcp_socket.is_none() => {
+            http_probe(addr, p.http_get.as_deref().unwrap_or("/"), p.timeout_seconds).await
+        }
+        _ => tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("TCP connect to port {port}: {e}")),
     }
 }
 

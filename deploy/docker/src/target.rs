@@ -60,6 +60,7 @@ impl Target for DockerTarget {
             binding.routes = workload.routes.clone();
             binding.paused = false;
             binding.deployment = workload.deployment;
+            binding.liveness = workload.spec.health.liveness.clone();
             match (track, rollout) {
                 (Track::Canary, Rollout::Canary { percent }) => binding.canary = Some((backends, percent)),
                 _ => {
@@ -148,6 +149,13 @@ impl Target for DockerTarget {
             let all = containers.iter().filter(|c| c.1 == release);
             (all.clone().count() as u32, all.filter(|c| c.2).count() as u32)
         };
+        let restarts = async |release: i64| -> Result<Option<u32>> {
+            let mut total = 0u32;
+            for (name, _, _) in containers.iter().filter(|c| c.1 == release) {
+                total = total.saturating_add(self.restarts(name).await?);
+            }
+            Ok(Some(total))
+        };
         let canary_share = binding.canary.as_ref().map_or(0, |(_, p)| *p);
         let mut releases = Vec::new();
         if let Some(stable) = &binding.stable {
@@ -158,6 +166,7 @@ impl Target for DockerTarget {
                 percent: if binding.paused { 0 } else { 100 - canary_share },
                 replicas,
                 healthy,
+                restarts: restarts(stable.release).await?,
             });
         }
         if let Some((canary, share)) = &binding.canary {
@@ -168,6 +177,7 @@ impl Target for DockerTarget {
                 percent: *share,
                 replicas,
                 healthy,
+                restarts: restarts(canary.release).await?,
             });
         }
         Ok(ServiceStatus { releases })

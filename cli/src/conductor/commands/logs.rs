@@ -102,6 +102,7 @@ pub(super) async fn ps(settings: &Settings, args: PsArgs) -> Done {
                 cell(&s["environment"]),
                 cell(&s["release"]),
                 format!("{}/{}", cell(&s["replicas_ready"]), cell(&s["replicas_desired"])),
+                s["restarts"].as_u64().map_or("-".into(), |r| r.to_string()),
                 cell(&s["health"]),
                 s["p95_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.0}ms")),
                 s["error_rate"]
@@ -113,7 +114,7 @@ pub(super) async fn ps(settings: &Settings, args: PsArgs) -> Done {
         });
         print_rows(
             &[
-                "service", "env", "release", "replicas", "health", "p95", "errors", "canary", "url",
+                "service", "env", "release", "replicas", "restarts", "health", "p95", "errors", "canary", "url",
             ],
             rows,
         );

@@ -45,6 +45,9 @@ pub struct Binding {
     /// The newest deployment applied (0: none recorded, as in tables saved before it was kept).
     #[serde(default)]
     pub deployment: i64,
+    /// The spec's liveness probe of the releases it serves (`liveness.rs`).
+    #[serde(default)]
+    pub liveness: Option<enclii_domain::spec::Probe>,
 }
 
 #[derive(Default)]
@@ -475,8 +478,8 @@ mod tests {
                 routes: vec![route("a.test", "/")],
                 stable: Some(backends(1, 1000)),
                 canary: Some((backends(2, 2000), 20)),
-                paused: false,
                 deployment: 2,
+                ..Binding::default()
             })
         });
         let canary = (0..5000)

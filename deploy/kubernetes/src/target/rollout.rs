@@ -181,6 +181,7 @@ impl KubernetesTarget {
                     },
                     replicas: count(status.replicas),
                     healthy: count(status.ready_replicas),
+                    restarts: None,
                 })
             })
             .collect();
