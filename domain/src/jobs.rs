@@ -46,7 +46,10 @@ pub struct Build {
     pub dockerfile: String,
     pub context: String,
 }
-job_kind!(Build, "build", policy(3, 2, 1800, 10));
+// Three attempts: a broken Dockerfile fails at once (`StepError::fatal`), so the attempts are
+// spent only by infrastructure (a worker killed, the engine restarting); two such faults in one
+// build are not rare on a busy host (the chaos run hits that).
+job_kind!(Build, "build", policy(3, 3, 1800, 10));
 
 /// Push the built image to the registry; its digest goes on the Release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
