@@ -172,3 +172,82 @@ fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted
         runtime(server, "liveness", "crashy")["restarts"].as_u64().unwrap_or(0) >= 2
     });
 }
+
+/// The newest deployment of the project with `reason`, once it ended.
+fn ended_deployment(server: &Server, project: &str, reason: &str) -> Option<Value> {
+    let (status, body) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{project}/deployments?limit=20"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    body.as_array()?
+        .iter()
+        .find(|d| d["reason"] == reason)
+        .filter(|d| d["status"] == "succeeded" || d["status"] == "failed")
+        .cloned()
+}
+
+/// Scaling (issue 16, item 3): a new replica range rolls the release that runs — a deployment
+/// with reason `scale`, no build — and the router answers throughout the scale-up.
+#[test]
+fn scaling_a_deployed_service_rolls_its_running_release() {
+    let _cleanup = Cleanup("scaling");
+    let p = platform("scaling", json!({"routes": [{"host": "api.scaling.test"}]}));
+    let (server, router, host) = (&p.server, p.router.as_str(), "api.scaling.test");
+    let release = ready_release(&p, &head(&p));
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(replica_names("scaling", release).len(), 1);
+
+    let scale = |min: u32| {
+        let (status, service) = call(server, "GET", "/v1/projects/scaling/services/api", Value::Null);
+        assert_eq!(status, 200, "{service}");
+        let mut spec = service["spec"].clone();
+        spec["spec"]["runtime"]["replicas"] = json!({"min": min, "max": 2});
+        let (status, body) = call(server, "PUT", "/v1/projects/scaling/services/api", spec);
+        assert_eq!(status, 200, "{body}");
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, router) = (stop.clone(), router.to_string());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = get(&router, "api.scaling.test", "/");
+                sent += 1;
+                if answer.0 != 200 {
+                    failed.push(answer);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (sent, failed)
+        })
+    };
+    scale(2);
+    wait_until(Duration::from_secs(60), "the scale-up deployment", || {
+        ended_deployment(server, "scaling", "scale").is_some()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = client.join().unwrap();
+    let d = ended_deployment(server, "scaling", "scale").unwrap();
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["release_id"], release, "the running release, not a new build: {d}");
+    assert_eq!(replica_names("scaling", release).len(), 2);
+    assert!(
+        sent > 10 && failed.is_empty(),
+        "{} of {sent} requests failed while scaling up: {failed:?}",
+        failed.len()
+    );
+
+    // Down again: the extra replica goes, the first one serves on.
+    let before = d["id"].as_i64().unwrap();
+    scale(1);
+    wait_until(Duration::from_secs(60), "the scale-down deployment", || {
+        ended_deployment(server, "scaling", "scale").is_some_and(|d| d["id"].as_i64().unwrap() > before)
+    });
+    assert_eq!(replica_names("scaling", release).len(), 1);
+    assert_eq!(get(router, host, "/"), (200, "v1".into()));
+}

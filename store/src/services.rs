@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::audit::{audit, change};
 use crate::db::{Conn, query, query_as};
+use crate::deployments::create_deployment;
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
@@ -72,7 +73,48 @@ pub(crate) async fn apply_service(
     });
     let entity = format!("{project}/{name}");
     audit(conn, actor, change(action, "service", &entity, Some(project), diff)).await?;
+    if let Some(before) = &before
+        && replicas_changed(before, &service)
+    {
+        roll_current_releases(conn, actor, &service, "scale").await?;
+    }
     Ok((service, before.is_none()))
+}
+
+/// Whether the replica range differs between two versions of a service's spec (a spec that does
+/// not parse counts as unchanged: nothing is rolled for it).
+fn replicas_changed(before: &Service, after: &Service) -> bool {
+    match (before.typed_spec(), after.typed_spec()) {
+        (Ok(b), Ok(a)) => b.spec.runtime.replicas != a.spec.runtime.replicas,
+        _ => false,
+    }
+}
+
+/// Deploys again, with its current spec, the release each environment serves (its newest
+/// succeeded deployment), as a deployment with `reason` — a change of the spec that applies to the
+/// running service (a new replica range) without a new build.
+async fn roll_current_releases(conn: &mut Conn<'_>, actor: &str, service: &Service, reason: &str) -> Result<()> {
+    let serving: Vec<Deployment> = query_as::<Deployment>(
+        "SELECT d.* FROM deployments d
+         WHERE d.project = $1 AND d.service = $2 AND d.status = 'succeeded'
+           AND d.id = (SELECT MAX(id) FROM deployments n
+                       WHERE n.project = d.project AND n.service = d.service AND n.environment = d.environment)",
+    )
+    .binds((&service.project, &service.name))
+    .fetch_all(&mut *conn)
+    .await?;
+    for current in serving {
+        let request = DeploymentRequest {
+            project: service.project.clone(),
+            service: service.name.clone(),
+            environment: current.environment.clone(),
+            release_id: current.release_id,
+            strategy: Strategy::Rolling,
+            reason: reason.to_string(),
+        };
+        create_deployment(conn, actor, &request).await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn get_service(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Option<Service>> {

@@ -127,7 +127,8 @@ pub enum Command {
     /// Secrets (Lockbox): set, list, remove. Values are never printed.
     #[command(subcommand)]
     Secrets(commands::SecretsCommand),
-    /// Change a service's replica range (a new spec version; applies at its next deploy).
+    /// Change a service's replica range (a new spec version; the running release is deployed again
+    /// with it, reason `scale`).
     Scale(commands::ScaleArgs),
     /// Routes: hosts and paths to services.
     #[command(subcommand)]

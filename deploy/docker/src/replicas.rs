@@ -147,6 +147,20 @@ impl DockerTarget {
         Ok(addrs)
     }
 
+    /// Removes the release's replicas beyond the spec's count (its `replicas.min` was lowered);
+    /// the router no longer sends them anything (the binding lists the wanted ones only).
+    pub(crate) async fn remove_extra_replicas(&self, workload: &Workload) -> Result<()> {
+        let wanted: Vec<String> = (0..workload.spec.runtime.replicas.min.max(1))
+            .map(|index| Self::replica_name(&workload.key, workload.release, index))
+            .collect();
+        for (name, _, _) in self.containers(&workload.key, Some(workload.release)).await? {
+            if !wanted.contains(&name) {
+                self.remove_container(&name).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn create_replica(&self, workload: &Workload, name: &str) -> Result<()> {
         let runtime = &workload.spec.runtime;
         let network = self.ensure_network(&workload.key).await?;

@@ -82,6 +82,7 @@ impl Target for DockerTarget {
             &keep[..]
         };
         self.remove_releases_except(key, keep).await?;
+        self.remove_extra_replicas(workload).await?;
         self.save().await?;
         info!(service = %key, release = workload.release, ?track, replicas, "release deployed");
         Ok(DeployOutcome {

@@ -50,7 +50,7 @@ pub(super) async fn scale(settings: &Settings, args: ScaleArgs) -> Done {
     let updated = client.put(&path, &spec).await?;
     emit(settings.output, &updated, |u| {
         outln!(
-            "{}: replicas {}..{} (spec version {}); running replicas change at the next deploy",
+            "{}: replicas {}..{} (spec version {}); where it runs, its release is deployed again with them (reason scale)",
             args.service,
             cell(&u["spec"]["spec"]["runtime"]["replicas"]["min"]),
             cell(&u["spec"]["spec"]["runtime"]["replicas"]["max"]),
