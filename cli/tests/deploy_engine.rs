@@ -251,3 +251,91 @@ fn scaling_a_deployed_service_rolls_its_running_release() {
     assert_eq!(replica_names("scaling", release).len(), 1);
     assert_eq!(get(router, host, "/"), (200, "v1".into()));
 }
+
+/// The environment a replica runs with (`docker inspect`).
+fn replica_env(name: &str) -> String {
+    run(Command::new(DOCKER).args(["inspect", "-f", "{{json .Config.Env}}", name]))
+}
+
+/// Spec TC-03: rotating a secret rolls the running release — new replicas with the new value
+/// start and pass readiness before the old ones stop — and a client loop through the router sees
+/// no failed request. A changed `env` rolls it the same way (reason `config`).
+#[test]
+fn a_rotated_secret_rolls_the_running_release_with_no_failed_request() {
+    let _cleanup = Cleanup("rotation");
+    let p = platform("rotation", json!({"routes": [{"host": "api.rotation.test"}]}));
+    let (server, router) = (&p.server, p.router.as_str());
+    let set_secret = |value: &str| {
+        let (status, body) = call(
+            server,
+            "PUT",
+            "/v1/projects/rotation/secrets/API_KEY",
+            json!({"value": value, "service": "api"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    set_secret("first-value");
+    let release = ready_release(&p, &head(&p));
+    let d = deploy(&p, release, "deployments");
+    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let [first] = &replica_names("rotation", release)[..] else {
+        panic!("one replica expected")
+    };
+    assert!(replica_env(first).contains("API_KEY=first-value"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, router) = (stop.clone(), router.to_string());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = get(&router, "api.rotation.test", "/");
+                sent += 1;
+                if answer.0 != 200 {
+                    failed.push(answer);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, failed)
+        })
+    };
+    set_secret("second-value");
+    wait_until(Duration::from_secs(60), "the secret's deployment", || {
+        ended_deployment(server, "rotation", "secret").is_some()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = client.join().unwrap();
+    let d = ended_deployment(server, "rotation", "secret").unwrap();
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["release_id"], release, "the running release, not a new build: {d}");
+    let [second] = &replica_names("rotation", release)[..] else {
+        panic!("one replica expected after the roll")
+    };
+    assert_ne!(second, first, "a new replica runs");
+    assert!(replica_env(second).contains("API_KEY=second-value"));
+    assert!(
+        sent > 10 && failed.is_empty(),
+        "{} of {sent} requests failed during the rotation: {failed:?}",
+        failed.len()
+    );
+
+    // The spec's env changed: rolled as `config`.
+    let (_, service) = call(server, "GET", "/v1/projects/rotation/services/api", Value::Null);
+    let mut spec = service["spec"].clone();
+    spec["spec"]["env"] = json!([{"name": "GREETING", "value": "hello"}]);
+    let (status, body) = call(server, "PUT", "/v1/projects/rotation/services/api", spec);
+    assert_eq!(status, 200, "{body}");
+    wait_until(Duration::from_secs(60), "the config deployment", || {
+        ended_deployment(server, "rotation", "config").is_some()
+    });
+    assert_eq!(
+        ended_deployment(server, "rotation", "config").unwrap()["status"],
+        "succeeded"
+    );
+    let [third] = &replica_names("rotation", release)[..] else {
+        panic!("one replica expected")
+    };
+    assert!(replica_env(third).contains("GREETING=hello") && replica_env(third).contains("API_KEY=second-value"));
+    assert_eq!(get(router, "api.rotation.test", "/"), (200, "v1".into()));
+}

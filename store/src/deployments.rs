@@ -286,6 +286,44 @@ pub(crate) async fn current_deployment(conn: &mut Conn<'_>, key: &ServiceKey) ->
     .await
 }
 
+/// Deploys again, with the service's current spec and secrets, the release each matching
+/// environment serves (its newest deployment, succeeded), as a deployment with `reason`: a change
+/// that applies to what runs without a build — a secret (`secret`), the spec's environment or
+/// limits (`config`), its replica range (`scale`). `service` and `environment` narrow the set.
+pub(crate) async fn roll_serving(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    project: &str,
+    service: Option<&str>,
+    environment: Option<&str>,
+    reason: &str,
+) -> Result<Vec<Deployment>> {
+    let serving: Vec<Deployment> = query_as::<Deployment>(
+        "SELECT d.* FROM deployments d
+         WHERE d.project = $1 AND ($2 = '' OR d.service = $2) AND ($3 = '' OR d.environment = $3)
+           AND d.status = 'succeeded'
+           AND d.id = (SELECT MAX(id) FROM deployments n
+                       WHERE n.project = d.project AND n.service = d.service AND n.environment = d.environment)
+         ORDER BY d.id",
+    )
+    .binds((project, service.unwrap_or(""), environment.unwrap_or("")))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rolled = Vec::with_capacity(serving.len());
+    for current in serving {
+        let request = DeploymentRequest {
+            project: current.project.clone(),
+            service: current.service.clone(),
+            environment: current.environment.clone(),
+            release_id: current.release_id,
+            strategy: Strategy::Rolling,
+            reason: reason.to_string(),
+        };
+        rolled.push(create_deployment(conn, actor, &request).await?);
+    }
+    Ok(rolled)
+}
+
 /// The routes bound to the service in one environment.
 pub(crate) async fn service_routes(conn: &mut Conn<'_>, key: &ServiceKey) -> Result<Vec<Route>> {
     let ServiceKey {

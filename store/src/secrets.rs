@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::audit::{audit, change};
 use crate::db::{Conn, query_as};
+use crate::deployments::roll_serving;
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
@@ -69,7 +70,22 @@ pub(crate) async fn set_secret(
         change("secret.set", "secret", &entity, Some(&scope.project), diff),
     )
     .await?;
+    roll_scope(conn, actor, scope).await?;
     Ok(meta)
+}
+
+/// Rolls what runs in the secret's scope, so that the new value (or its absence) reaches it.
+async fn roll_scope(conn: &mut Conn<'_>, actor: &str, scope: &SecretScope) -> Result<()> {
+    roll_serving(
+        conn,
+        actor,
+        &scope.project,
+        scope.service.as_deref(),
+        scope.environment.as_deref(),
+        "secret",
+    )
+    .await
+    .map(drop)
 }
 
 pub(crate) async fn insert_secret_version(
@@ -126,7 +142,8 @@ pub(crate) async fn delete_secret(conn: &mut Conn<'_>, actor: &str, scope: &Secr
         actor,
         change("secret.delete", "secret", &entity, Some(&scope.project), diff),
     )
-    .await
+    .await?;
+    roll_scope(conn, actor, scope).await
 }
 
 /// The latest version of each live secret, narrowed by environment and service when given.

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::audit::{audit, change};
 use crate::db::{Conn, query, query_as};
-use crate::deployments::create_deployment;
+use crate::deployments::roll_serving;
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
@@ -73,48 +73,31 @@ pub(crate) async fn apply_service(
     });
     let entity = format!("{project}/{name}");
     audit(conn, actor, change(action, "service", &entity, Some(project), diff)).await?;
-    if let Some(before) = &before
-        && replicas_changed(before, &service)
-    {
-        roll_current_releases(conn, actor, &service, "scale").await?;
+    if let Some(reason) = before.as_ref().and_then(|before| live_change(before, &service)) {
+        roll_serving(conn, actor, project, Some(name), None, reason).await?;
     }
     Ok((service, before.is_none()))
 }
 
-/// Whether the replica range differs between two versions of a service's spec (a spec that does
-/// not parse counts as unchanged: nothing is rolled for it).
-fn replicas_changed(before: &Service, after: &Service) -> bool {
-    match (before.typed_spec(), after.typed_spec()) {
-        (Ok(b), Ok(a)) => b.spec.runtime.replicas != a.spec.runtime.replicas,
-        _ => false,
+/// What of a service's spec changed that applies to what runs, as a deployment's reason: its
+/// environment, command or limits (`config`), else its replica range (`scale`). A spec that does
+/// not parse counts as unchanged: nothing is rolled for it.
+fn live_change(before: &Service, after: &Service) -> Option<&'static str> {
+    let (Ok(b), Ok(a)) = (before.typed_spec(), after.typed_spec()) else {
+        return None;
+    };
+    let (b, a) = (&b.spec, &a.spec);
+    let runtime = |s: &enclii_domain::spec::Spec| {
+        let r = &s.runtime;
+        (r.cmd.clone(), r.cpu.clone(), r.memory.clone())
+    };
+    if b.env != a.env || b.env_from != a.env_from || runtime(b) != runtime(a) {
+        Some("config")
+    } else if b.runtime.replicas != a.runtime.replicas {
+        Some("scale")
+    } else {
+        None
     }
-}
-
-/// Deploys again, with its current spec, the release each environment serves (its newest
-/// succeeded deployment), as a deployment with `reason` — a change of the spec that applies to the
-/// running service (a new replica range) without a new build.
-async fn roll_current_releases(conn: &mut Conn<'_>, actor: &str, service: &Service, reason: &str) -> Result<()> {
-    let serving: Vec<Deployment> = query_as::<Deployment>(
-        "SELECT d.* FROM deployments d
-         WHERE d.project = $1 AND d.service = $2 AND d.status = 'succeeded'
-           AND d.id = (SELECT MAX(id) FROM deployments n
-                       WHERE n.project = d.project AND n.service = d.service AND n.environment = d.environment)",
-    )
-    .binds((&service.project, &service.name))
-    .fetch_all(&mut *conn)
-    .await?;
-    for current in serving {
-        let request = DeploymentRequest {
-            project: service.project.clone(),
-            service: service.name.clone(),
-            environment: current.environment.clone(),
-            release_id: current.release_id,
-            strategy: Strategy::Rolling,
-            reason: reason.to_string(),
-        };
-        create_deployment(conn, actor, &request).await?;
-    }
-    Ok(())
 }
 
 pub(crate) async fn get_service(conn: &mut Conn<'_>, project: &str, name: &str) -> Result<Option<Service>> {

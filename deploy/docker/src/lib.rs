@@ -1,7 +1,8 @@
 //! The single-node target: releases run as containers on one Docker engine (through bollard),
 //! behind the [`Junctions`] router.
 //!
-//! Each replica is a container named `enclii-<project>-<environment>-<service>-r<release>-<i>`,
+//! Each replica is a container named `enclii-<project>-<environment>-<service>-r<release>-g<gen>-<i>`
+//! (`gen`: a digest of its environment, command, limits and volumes),
 //! labelled with its project, environment, service and release, with the spec's CPU and memory
 //! limits, restart policy `unless-stopped`, and its first port published on the loopback
 //! interface for the router, and it joins its environment's own network under its service's

@@ -26,11 +26,43 @@ pub(crate) enum Unready {
 }
 
 impl DockerTarget {
-    pub(crate) fn replica_name(key: &ServiceKey, release: i64, index: u32) -> String {
+    /// `enclii-<project>-<environment>-<service>-r<release>-g<generation>-<index>`: the
+    /// generation changes with what the replica runs with besides its image — environment
+    /// (secrets included), command, limits, volumes — so a deploy of the same release with a new
+    /// secret or spec starts new replicas (and removes the others once they serve), while a
+    /// retried deploy finds its own.
+    pub(crate) fn replica_name(workload: &Workload, index: u32) -> String {
+        let key = &workload.key;
         format!(
-            "enclii-{}-{}-{}-r{release}-{index}",
-            key.project, key.environment, key.service
+            "enclii-{}-{}-{}-r{}-g{}-{index}",
+            key.project,
+            key.environment,
+            key.service,
+            workload.release,
+            Self::generation(workload)
         )
+    }
+
+    /// A short digest of everything a replica runs with but its image (which the release fixes).
+    fn generation(workload: &Workload) -> String {
+        use sha2::{Digest, Sha256};
+        let runtime = &workload.spec.runtime;
+        let mut env = Self::environment(workload);
+        env.sort();
+        let mut hash = Sha256::new();
+        for part in env
+            .iter()
+            .map(String::as_str)
+            .chain(runtime.cmd.iter().flatten().map(String::as_str))
+        {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        hash.update(format!("{:?}/{:?}", runtime.cpu_millis(), runtime.memory_bytes()).as_bytes());
+        for volume in &workload.spec.volumes {
+            hash.update(format!("{}={}", volume.name, volume.mount_path).as_bytes());
+        }
+        hash.finalize()[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub(crate) fn environment(workload: &Workload) -> Vec<String> {
@@ -114,7 +146,7 @@ impl DockerTarget {
         let existing = self.containers(key, Some(workload.release)).await?;
         let mut names = Vec::new();
         for index in 0..runtime.replicas.min.max(1) {
-            let name = Self::replica_name(key, workload.release, index);
+            let name = Self::replica_name(workload, index);
             match existing.iter().find(|(n, _, _)| *n == name) {
                 Some((_, _, true)) => {}
                 Some(_) => {
@@ -147,11 +179,12 @@ impl DockerTarget {
         Ok(addrs)
     }
 
-    /// Removes the release's replicas beyond the spec's count (its `replicas.min` was lowered);
-    /// the router no longer sends them anything (the binding lists the wanted ones only).
+    /// Removes the release's replicas this deploy does not run: beyond the spec's count (its
+    /// `replicas.min` was lowered) or of an earlier generation (a new secret or spec); the router
+    /// no longer sends them anything (the binding lists this deploy's replicas only).
     pub(crate) async fn remove_extra_replicas(&self, workload: &Workload) -> Result<()> {
         let wanted: Vec<String> = (0..workload.spec.runtime.replicas.min.max(1))
-            .map(|index| Self::replica_name(&workload.key, workload.release, index))
+            .map(|index| Self::replica_name(workload, index))
             .collect();
         for (name, _, _) in self.containers(&workload.key, Some(workload.release)).await? {
             if !wanted.contains(&name) {
