@@ -48,11 +48,8 @@ fn replica_names(project: &str, release: i64) -> Vec<String> {
 fn a_replica_started_again_on_a_new_port_is_served_there_without_a_deploy() {
     let _cleanup = Cleanup("ports");
     let p = platform("ports", json!({"routes": [{"host": "api.ports.test"}]}));
-    let (server, router, host) = (&p.server, p.router.as_str(), "api.ports.test");
-    let release = ready_release(&p, &head(&p));
-    let d = deploy(&p, release, "deployments");
-    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
-    assert_eq!(d["status"], "succeeded", "{d}");
+    let (router, host) = (p.router.as_str(), "api.ports.test");
+    let release = deployed(&p);
     assert_eq!(get(router, host, "/"), (200, "v1".into()));
 
     let [replica] = &replica_names("ports", release)[..] else {
@@ -142,10 +139,7 @@ fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted
         }),
     );
     let server = &p.server;
-    let release = ready_release(&p, &head(&p));
-    let d = deploy(&p, release, "deployments");
-    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
-    assert_eq!(d["status"], "succeeded", "{d}");
+    deployed(&p);
     wait_until(Duration::from_secs(60), "a liveness restart", || {
         runtime(server, "liveness", "api")["restarts"].as_u64().unwrap_or(0) >= 1
     });
@@ -173,6 +167,47 @@ fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted
     });
 }
 
+/// Builds the platform's head commit and deploys it; returns the release, serving.
+fn deployed(p: &Platform) -> i64 {
+    let release = ready_release(p, &head(p));
+    let d = deploy(p, release, "deployments");
+    let d = wait_status(&p.server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    release
+}
+
+/// A client sending `GET /` through the router every 10 ms until [`ClientLoop::finish`], which
+/// returns how many it sent and the answers that were not `200`.
+struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<(u16, String)>)>,
+}
+
+impl ClientLoop {
+    fn start(router: &str, host: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, router, host) = (stop.clone(), router.to_string(), host.to_string());
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = get(&router, &host, "/");
+                sent += 1;
+                if answer.0 != 200 {
+                    failed.push(answer);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, failed)
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<(u16, String)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// The newest deployment of the project with `reason`, once it ended.
 fn ended_deployment(server: &Server, project: &str, reason: &str) -> Option<Value> {
     let (status, body) = call(
@@ -196,10 +231,7 @@ fn scaling_a_deployed_service_rolls_its_running_release() {
     let _cleanup = Cleanup("scaling");
     let p = platform("scaling", json!({"routes": [{"host": "api.scaling.test"}]}));
     let (server, router, host) = (&p.server, p.router.as_str(), "api.scaling.test");
-    let release = ready_release(&p, &head(&p));
-    let d = deploy(&p, release, "deployments");
-    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
-    assert_eq!(d["status"], "succeeded", "{d}");
+    let release = deployed(&p);
     assert_eq!(replica_names("scaling", release).len(), 1);
 
     let scale = |min: u32| {
@@ -210,28 +242,12 @@ fn scaling_a_deployed_service_rolls_its_running_release() {
         let (status, body) = call(server, "PUT", "/v1/projects/scaling/services/api", spec);
         assert_eq!(status, 200, "{body}");
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let (stop, router) = (stop.clone(), router.to_string());
-        std::thread::spawn(move || {
-            let (mut sent, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let answer = get(&router, "api.scaling.test", "/");
-                sent += 1;
-                if answer.0 != 200 {
-                    failed.push(answer);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (sent, failed)
-        })
-    };
+    let client = ClientLoop::start(router, host);
     scale(2);
     wait_until(Duration::from_secs(60), "the scale-up deployment", || {
         ended_deployment(server, "scaling", "scale").is_some()
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, failed) = client.join().unwrap();
+    let (sent, failed) = client.finish();
     let d = ended_deployment(server, "scaling", "scale").unwrap();
     assert_eq!(d["status"], "succeeded", "{d}");
     assert_eq!(d["release_id"], release, "the running release, not a new build: {d}");
@@ -275,37 +291,18 @@ fn a_rotated_secret_rolls_the_running_release_with_no_failed_request() {
         assert_eq!(status, 200, "{body}");
     };
     set_secret("first-value");
-    let release = ready_release(&p, &head(&p));
-    let d = deploy(&p, release, "deployments");
-    let d = wait_status(server, d["id"].as_i64().unwrap(), &["succeeded", "failed"], None);
-    assert_eq!(d["status"], "succeeded", "{d}");
+    let release = deployed(&p);
     let [first] = &replica_names("rotation", release)[..] else {
         panic!("one replica expected")
     };
     assert!(replica_env(first).contains("API_KEY=first-value"));
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let (stop, router) = (stop.clone(), router.to_string());
-        std::thread::spawn(move || {
-            let (mut sent, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let answer = get(&router, "api.rotation.test", "/");
-                sent += 1;
-                if answer.0 != 200 {
-                    failed.push(answer);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            (sent, failed)
-        })
-    };
+    let client = ClientLoop::start(router, "api.rotation.test");
     set_secret("second-value");
     wait_until(Duration::from_secs(60), "the secret's deployment", || {
         ended_deployment(server, "rotation", "secret").is_some()
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, failed) = client.join().unwrap();
+    let (sent, failed) = client.finish();
     let d = ended_deployment(server, "rotation", "secret").unwrap();
     assert_eq!(d["status"], "succeeded", "{d}");
     assert_eq!(d["release_id"], release, "the running release, not a new build: {d}");

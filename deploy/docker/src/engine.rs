@@ -163,10 +163,10 @@ impl DockerTarget {
         for (key, mut binding) in saved.services {
             // Ports may have changed if the engine restarted the containers.
             if let Some(stable) = &mut binding.stable {
-                stable.addrs = self.replica_addrs(&key, stable.release).await?;
+                stable.addrs = self.replica_addrs(&key, stable.release, &stable.generation).await?;
             }
             if let Some((canary, _)) = &mut binding.canary {
-                canary.addrs = self.replica_addrs(&key, canary.release).await?;
+                canary.addrs = self.replica_addrs(&key, canary.release, &canary.generation).await?;
             }
             services.insert(key, binding);
         }
@@ -249,9 +249,21 @@ impl DockerTarget {
             .map_err(docker_error("listing containers"))
     }
 
-    pub(crate) async fn replica_addrs(&self, key: &ServiceKey, release: i64) -> Result<Vec<SocketAddr>> {
+    /// Where the running replicas of `release`'s `generation` (all of them for an empty one)
+    /// answer: a replica of another generation — one a roll is starting, not yet ready, or one it
+    /// is about to remove — is not the router's.
+    pub(crate) async fn replica_addrs(
+        &self,
+        key: &ServiceKey,
+        release: i64,
+        generation: &str,
+    ) -> Result<Vec<SocketAddr>> {
         let mut addrs = Vec::new();
+        let marker = format!("-g{generation}-");
         for (name, _, running) in self.containers(key, Some(release)).await? {
+            if !generation.is_empty() && !name.contains(&marker) {
+                continue;
+            }
             if running && let Some(addr) = self.published_addr(&name).await? {
                 addrs.push(addr);
             }

@@ -44,7 +44,7 @@ impl DockerTarget {
     }
 
     /// A short digest of everything a replica runs with but its image (which the release fixes).
-    fn generation(workload: &Workload) -> String {
+    pub(crate) fn generation(workload: &Workload) -> String {
         use sha2::{Digest, Sha256};
         let runtime = &workload.spec.runtime;
         let mut env = Self::environment(workload);

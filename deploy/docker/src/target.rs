@@ -17,6 +17,10 @@ use tracing::info;
 use crate::engine::{DockerTarget, docker_error, is_not_found};
 use crate::junctions::{Backends, Binding};
 
+/// How long replicas the router stopped using keep running before they are removed: requests in
+/// flight to them finish. (A request slower than this to a replica being replaced is cut off.)
+const DRAIN: Duration = Duration::from_secs(1);
+
 #[async_trait]
 impl Target for DockerTarget {
     fn name(&self) -> &'static str {
@@ -45,6 +49,7 @@ impl Target for DockerTarget {
         let backends = Backends {
             release: workload.release,
             addrs,
+            generation: Self::generation(workload),
         };
         let stable = self.junctions.binding(key).and_then(|b| b.stable);
         let track = match rollout {
@@ -81,6 +86,11 @@ impl Target for DockerTarget {
         } else {
             &keep[..]
         };
+        if stable.is_some() {
+            // Requests the router sent to the replicas about to go finish first (it sends them
+            // nothing new since the binding changed above).
+            tokio::time::sleep(DRAIN).await;
+        }
         self.remove_releases_except(key, keep).await?;
         self.remove_extra_replicas(workload).await?;
         self.save().await?;

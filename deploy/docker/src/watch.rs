@@ -62,21 +62,24 @@ impl DockerTarget {
     /// Re-reads the addresses of `release`'s replicas into its binding (when it is the service's
     /// stable or canary release); saves the table when they changed.
     pub(crate) async fn refresh_backends(&self, key: &ServiceKey, release: i64) -> Result<()> {
-        let serves = |binding: &Option<crate::junctions::Binding>| {
-            binding.as_ref().is_some_and(|b| {
-                b.stable.as_ref().is_some_and(|s| s.release == release)
-                    || b.canary.as_ref().is_some_and(|(c, _)| c.release == release)
-            })
-        };
-        if !serves(&self.junctions.binding(key)) {
+        let serving = self.junctions.binding(key).and_then(|b| {
+            b.stable
+                .into_iter()
+                .chain(b.canary.map(|(c, _)| c))
+                .find(|backends| backends.release == release)
+        });
+        let Some(serving) = serving else {
             return Ok(());
-        }
-        let addrs = self.replica_addrs(key, release).await?;
+        };
+        let addrs = self.replica_addrs(key, release, &serving.generation).await?;
         let changed = self.junctions.update(key, |binding| {
             let Some(b) = binding else { return false };
             let mut changed = false;
             for backends in b.stable.iter_mut().chain(b.canary.iter_mut().map(|(c, _)| c)) {
-                if backends.release == release && backends.addrs != addrs {
+                // Only over what was read: a deploy that changed the backends meanwhile (a roll
+                // to a new generation, a new replica count) set them itself, and this read is
+                // older than its.
+                if *backends == serving && backends.addrs != addrs {
                     backends.addrs = addrs.clone();
                     changed = true;
                 }

@@ -32,6 +32,10 @@ use window::Window;
 pub struct Backends {
     pub release: i64,
     pub addrs: Vec<SocketAddr>,
+    /// The generation of the release's replicas that serve (see the Docker target's replica
+    /// names); empty in tables saved before generations: every replica of the release.
+    #[serde(default)]
+    pub generation: String,
 }
 
 /// What one service has in the router: its routes, its stable release, maybe a canary.
@@ -472,6 +476,7 @@ mod tests {
         let backends = |release, port| Backends {
             release,
             addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            generation: String::new(),
         };
         j.update(&key, |b| {
             *b = Some(Binding {
