@@ -106,6 +106,14 @@ async fn find_domain(conn: &mut Conn<'_>, host: &str) -> Result<Option<Domain>> 
         .await
 }
 
+/// Any project's domain by id (the check job's read; `get_domain` is the API's, by project).
+async fn domain_by_id(conn: &mut Conn<'_>, id: i64) -> Result<Option<Domain>> {
+    query_as::<Domain>("SELECT * FROM domains WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
 pub(crate) async fn get_domain(conn: &mut Conn<'_>, project: &str, id: i64) -> Result<Domain> {
     query_as::<Domain>("SELECT * FROM domains WHERE id = $1 AND project = $2")
         .binds((id, project))
@@ -242,10 +250,7 @@ pub(crate) async fn record_domain_check(
     round: i64,
     check: DomainCheck,
 ) -> Result<DomainCheckOutcome> {
-    let current = query_as::<Domain>("SELECT * FROM domains WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let current = domain_by_id(conn, id).await?;
     let Some(domain) = current.filter(|d| d.round == round && d.status == DomainStatus::Pending) else {
         return Ok(DomainCheckOutcome::Stale);
     };
@@ -374,13 +379,7 @@ impl Store {
     }
     /// Any project's domain, for the check job.
     pub async fn domain_by_id(&self, id: i64) -> Result<Option<Domain>> {
-        self.read(async |conn| {
-            query_as::<Domain>("SELECT * FROM domains WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await
-        })
-        .await
+        self.read(async |conn| domain_by_id(conn, id).await).await
     }
     pub async fn recheck_domain(&self, actor: &str, project: &str, id: i64, window: Duration) -> Result<Domain> {
         self.write(async |conn| recheck_domain(conn, actor, project, id, window).await)
