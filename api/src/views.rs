@@ -284,10 +284,39 @@ pub struct Domain {
     pub ownership: DomainRecord,
     /// Send traffic: point the host at the router.
     pub target: DomainRecord,
+    /// Its TLS certificate, once one was ordered (HTTPS on).
+    pub certificate: Option<Certificate>,
 }
 
+/// A host's TLS certificate from the ACME server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Certificate {
+    /// `ordering`, `issued` or `failed` (a failed renewal still serves the last certificate).
+    pub status: enclii_store::CertificateStatus,
+    /// When the certificate served expires (epoch ms); none before the first issue.
+    pub not_after: Option<i64>,
+    pub issued_at: Option<i64>,
+    /// Why the last order failed: the ACME server's problem, or why it could not be reached.
+    pub error: Option<String>,
+    /// How many orders this host has had (renewals included).
+    pub orders: i64,
+}
+
+from_row!(Certificate {
+    status,
+    not_after,
+    issued_at,
+    error,
+    orders
+});
+
 impl Domain {
-    pub fn new(row: store::Domain, ownership: DomainRecord, target: DomainRecord) -> Self {
+    pub fn new(
+        row: store::Domain,
+        ownership: DomainRecord,
+        target: DomainRecord,
+        certificate: Option<store::Certificate>,
+    ) -> Self {
         Self {
             id: row.id,
             project: row.project,
@@ -305,6 +334,7 @@ impl Domain {
             created_at: row.created_at,
             ownership,
             target,
+            certificate: certificate.map(Certificate::from),
         }
     }
 }

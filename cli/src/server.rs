@@ -7,6 +7,7 @@ mod files;
 mod http;
 mod images;
 mod owner;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,8 @@ pub struct ServerArgs {
     deploy: crate::deploy::DeployArgs,
     #[command(flatten)]
     domains: domains::DomainArgs,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     #[command(subcommand)]
     command: Option<ServerCommand>,
 }
@@ -261,10 +264,15 @@ async fn registry(
     build: Option<enclii_build::BuildConfig>,
     deployer: Option<(Arc<enclii_deploy::Deployer>, enclii_store::Prices)>,
     verifier: enclii_deploy::domains::DomainVerifier,
+    issuer: Option<enclii_deploy::certificates::CertificateIssuer>,
     store: &Arc<Store>,
 ) -> anyhow::Result<(Registry, Option<Arc<enclii_build::BuildSteps>>)> {
     let mut registry = Registry::new();
     enclii_deploy::domains::register(&mut registry, verifier);
+    if let Some(issuer) = issuer {
+        enclii_deploy::certificates::register(&mut registry, issuer);
+        info!("certificate orders enabled (cert-order)");
+    }
     match deployer {
         Some((deployer, prices)) => {
             info!(
@@ -443,6 +451,21 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         Some((listen, junctions)) => Some((bind(listen, "the router", "--router-listen").await?, junctions)),
         None => None,
     };
+    args.tls.validate()?;
+    let tls_router = match (&router, args.tls.listen()) {
+        (Some((_, junctions)), Some(listen)) => {
+            let listener = bind(listen, "the router's HTTPS listener", "--router-tls-listen").await?;
+            let (config, certificates, misses) = args.tls.enable(junctions, store.clone())?;
+            Some((listener, config, certificates, misses, junctions.clone()))
+        }
+        (None, Some(_)) => {
+            tracing::warn!(
+                "ENCLII_ROUTER_TLS_LISTEN is set, but this process runs no Junctions router (Docker target, worker role): ignored"
+            );
+            None
+        }
+        _ => None,
+    };
     let config = enclii_api::ApiConfig {
         oidc: args.oidc()?,
         webhook_secret: args.github_webhook_secret.clone(),
@@ -501,8 +524,13 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
                 unavailable.extend(deploy_kinds().map(|kind| (kind.to_string(), reason.clone())));
             }
             let verifier = enclii_deploy::domains::DomainVerifier::new(store.clone(), &args.domains.resolver()?)
-                .map_err(anyhow::Error::msg)?;
-            let (registry, steps) = registry(build.clone(), deployer, verifier, &store).await?;
+                .map_err(anyhow::Error::msg)?
+                .ordering_certificates(args.tls.acme().is_some());
+            let issuer = args
+                .tls
+                .acme()
+                .map(|acme| enclii_deploy::certificates::CertificateIssuer::new(store.clone(), acme));
+            let (registry, steps) = registry(build.clone(), deployer, verifier, issuer, &store).await?;
             Some((Worker::new(backend.clone(), registry, config), steps, unavailable))
         }
         false => None,
@@ -557,6 +585,34 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         }));
         tasks.spawn(http::serve(listener, junctions.app(), args.http, shutdown.clone()).map(Ok));
     }
+    if let Some((listener, config, certificates, misses, junctions)) = tls_router {
+        let listen = listener.local_addr()?;
+        info!(%listen, "Junctions router listening for HTTPS");
+        let source = match args.tls.acme() {
+            Some(acme) => format!("certificates from {}", acme.directory),
+            None => "certificates from ENCLII_ROUTER_TLS_CERT only".to_string(),
+        };
+        summary.push((
+            "https",
+            format!("https://{listen} ({source}; HTTP redirects to HTTPS once a host has one)"),
+        ));
+        tasks.spawn(tls::sync(store.clone(), certificates, Duration::from_secs(2), shutdown.clone()).map(Ok));
+        if args.tls.acme().is_some() {
+            let hosts = args.deploy.deployer_config();
+            let generated = std::iter::once(hosts.preview_domain).chain(hosts.base_domain).collect();
+            let per_hour = args.tls.on_demand_per_hour();
+            let order = tls::order_on_first_use(
+                store.clone(),
+                junctions.clone(),
+                misses,
+                generated,
+                per_hour,
+                shutdown.clone(),
+            );
+            tasks.spawn(order.map(Ok));
+        }
+        tasks.spawn(http::serve_tls(listener, junctions.tls_app(), args.http, config, shutdown.clone()).map(Ok));
+    }
     if args.runs(ServerRole::Api) {
         summary.push(("dashboard", format!("http://{addr}/ui/")));
     }
@@ -582,6 +638,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
             retention: Duration::from_secs(args.job_retention_hours * 3600),
             cost_every: Duration::from_secs(args.cost_every_seconds.max(10)),
             preview_ttl: Duration::from_secs(args.preview_ttl_hours * 3600),
+            renew_certificates_before: args.tls.renew_before(),
             ..Default::default()
         };
         let (store, token) = (store.clone(), shutdown.clone());

@@ -84,6 +84,8 @@ impl DnsResolver {
 pub struct DomainVerifier {
     store: Arc<Store>,
     resolver: TokioResolver,
+    /// Whether a verified domain's certificate is ordered at once (HTTPS is on).
+    orders_certificates: bool,
 }
 
 impl DomainVerifier {
@@ -91,7 +93,16 @@ impl DomainVerifier {
         Ok(Self {
             store,
             resolver: resolver.connect()?,
+            orders_certificates: false,
         })
+    }
+
+    /// Orders each verified domain's certificate right away (a wildcard's needs a certificate
+    /// file: HTTP-01 cannot prove one). Without this, or if the order cannot be enqueued now,
+    /// the scheduler's certificate pass orders it.
+    pub fn ordering_certificates(mut self, on: bool) -> Self {
+        self.orders_certificates = on;
+        self
     }
 
     /// What the TXT records at `name` say about `token`.
@@ -140,7 +151,12 @@ impl DomainVerifier {
             .record_domain_check(ACTOR, domain.id, job.round, check)
             .await?
         {
-            DomainCheckOutcome::Verified(d) => info!(domain = d.id, host = %d.host, "domain verified and routed"),
+            DomainCheckOutcome::Verified(d) => {
+                info!(domain = d.id, host = %d.host, "domain verified and routed");
+                if self.orders_certificates && !d.host.starts_with("*.") {
+                    self.store.request_certificate(ACTOR, &d.project, &d.host).await?;
+                }
+            }
             DomainCheckOutcome::Retrying(d, next) => {
                 info!(domain = d.id, host = %d.host, next_at_ms = next, found = ?d.detail, "domain not verified yet")
             }

@@ -4,9 +4,11 @@
 //! join the control plane (the store) and a deploy target, which they know only through the
 //! [`Target`] trait of `enclii-deploy-contract` (re-exported here). The targets live in crates of
 //! their own: `enclii-deploy-docker` (one engine behind the Junctions router) and
-//! `enclii-deploy-kubernetes`. `domain-verify` (custom domains' proof of ownership) lives here
-//! too: it makes routes, though it needs no target.
+//! `enclii-deploy-kubernetes`. `domain-verify` (custom domains' proof of ownership) and
+//! `cert-order` (their certificates from an ACME server) live here too: they make routes and
+//! what the routers serve, though they need no target.
 
+pub mod certificates;
 pub mod domains;
 pub mod handlers;
 mod routes;

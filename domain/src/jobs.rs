@@ -180,6 +180,18 @@ pub struct RouteSync {
 }
 job_kind!(RouteSync, "route-sync", policy(1, 5, 60, 5));
 
+/// Get (or renew) a TLS certificate for a host from the ACME server, answering its HTTP-01
+/// challenge through the router. `order` is the host's order number when it was enqueued: a
+/// job of an older order does nothing. An ACME server that is down is retried with backoff; the
+/// host keeps serving its last certificate meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertOrder {
+    pub host: String,
+    pub order: i64,
+}
+job_kind!(CertOrder, "cert-order", policy(3, 6, 300, 30));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +226,7 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (CostSample::KIND, CostSample::policy()),
         (DomainVerify::KIND, DomainVerify::policy()),
         (RouteSync::KIND, RouteSync::policy()),
+        (CertOrder::KIND, CertOrder::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
@@ -256,6 +269,7 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         CostSample::KIND => decode::<CostSample>(payload),
         DomainVerify::KIND => decode::<DomainVerify>(payload),
         RouteSync::KIND => decode::<RouteSync>(payload),
+        CertOrder::KIND => decode::<CertOrder>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
         other => Err(JobPayloadError::UnknownKind {

@@ -219,7 +219,7 @@ prop_compose! {
                     replicas: Replicas { min, max },
                 },
                 health: Health::default(),
-                routes: hosts.into_iter().map(|host| Route { host, path: "/".into() }).collect(),
+                routes: hosts.into_iter().map(|host| Route { host, path: "/".into(), tls: None }).collect(),
                 env: env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
                 env_from: secrets.into_iter().map(|secret_ref| EnvFrom { secret_ref }).collect(),
                 volumes: volumes

@@ -11,6 +11,9 @@
 //!   service and interval so that a second scheduler or a restart never doubles one, then checks
 //!   the budgets of environments that have one (warn at 80%, pause non-prod at 100%);
 //! - enqueues the teardown of previews idle past `preview_ttl` (72 h);
+//! - with HTTPS on, every `certificates_every` (1 min) orders the certificates due: verified
+//!   domains without one, renewals `renew_certificates_before` expiry (30 days), and orders that
+//!   failed or stalled an hour ago;
 //! - prunes finished jobs and job log lines past the retention;
 //! - every `reconcile_every` (15 s), reconciles releases with the queue: raises a separate
 //!   queue's id sequences above the ids the control plane holds, and builds again (or marks
@@ -63,6 +66,11 @@ pub struct SchedulerConfig {
     /// Most building releases (and, apart, unfinished deployments) examined per reconciliation
     /// pass.
     pub reconcile_batch: usize,
+    /// With HTTPS on: certificates are (re)ordered this long before they expire, and verified
+    /// domains without one are ordered; `None` orders nothing.
+    pub renew_certificates_before: Option<Duration>,
+    /// How often certificates due an order are looked for.
+    pub certificates_every: Duration,
     /// This process's name on the lease; unique per process.
     pub holder: String,
 }
@@ -80,6 +88,8 @@ impl Default for SchedulerConfig {
             reconcile_every: Duration::from_secs(15),
             orphan_grace: Duration::from_secs(60),
             reconcile_batch: 50,
+            renew_certificates_before: None,
+            certificates_every: Duration::from_secs(60),
             holder: default_holder(),
         }
     }
@@ -105,6 +115,7 @@ pub struct Scheduler {
     next_prune: Instant,
     next_preview_check: Instant,
     next_reconcile: Instant,
+    next_certificates: Instant,
     /// Where the next reconciliation pass continues.
     reconcile_cursor: i64,
     /// Where the next reconciliation pass over deployments continues.
@@ -123,6 +134,8 @@ pub struct TickReport {
     pub orphans: usize,
     /// Orphaned deployments deployed again, failed, superseded or given their analysis again.
     pub orphaned_deployments: usize,
+    /// Certificates ordered (new, renewed, or ordered again after a failure).
+    pub certificate_orders: usize,
 }
 
 impl Scheduler {
@@ -138,6 +151,7 @@ impl Scheduler {
             next_prune: now,
             next_preview_check: now,
             next_reconcile: now,
+            next_certificates: now,
             reconcile_cursor: 0,
             deployment_cursor: 0,
         }
@@ -198,6 +212,13 @@ impl Scheduler {
             if self.is_leader() {
                 self.reconcile_deployments(&mut report).await;
             }
+        }
+        if let Some(renew_before) = self.config.renew_certificates_before
+            && self.is_leader()
+            && Instant::now() >= self.next_certificates
+        {
+            self.next_certificates = Instant::now() + self.config.certificates_every;
+            self.order_certificates(now_ms, renew_before, &mut report).await;
         }
         if self.is_leader() && Instant::now() >= self.next_prune {
             self.next_prune = Instant::now() + self.config.prune_every;
@@ -307,6 +328,20 @@ impl Scheduler {
                     paused = env.name != "prod", "budget exceeded this month"),
                 Err(e) => warn!(error = %e, project = %env.project, environment = %env.name, "budget check failed"),
             }
+        }
+    }
+
+    /// Orders the certificates due: verified domains without one, renewals, failed orders an
+    /// hour on (a renewal that fails keeps the last certificate serving until it expires).
+    async fn order_certificates(&self, now_ms: i64, renew_before: Duration, report: &mut TickReport) {
+        match self.store.order_due_certificates(now_ms, renew_before, 50).await {
+            Ok(hosts) => {
+                report.certificate_orders += hosts.len();
+                for host in hosts {
+                    info!(%host, "certificate ordered");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot order the certificates due; will try again"),
         }
     }
 

@@ -342,8 +342,15 @@ async fn route_domain(conn: &mut Conn<'_>, domain: &Domain) -> Result<Route> {
     .await
 }
 
-/// Removes the domain and the route its verification created.
-pub(crate) async fn delete_domain(conn: &mut Conn<'_>, actor: &str, project: &str, id: i64) -> Result<Domain> {
+/// Removes the domain and the route its verification created; its certificate too when
+/// `delete_certificate` (else it stays until it expires).
+pub(crate) async fn delete_domain(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    project: &str,
+    id: i64,
+    delete_certificate: bool,
+) -> Result<Domain> {
     let domain = get_domain(conn, project, id).await?;
     query("DELETE FROM domains WHERE id = $1")
         .bind(id)
@@ -363,6 +370,9 @@ pub(crate) async fn delete_domain(conn: &mut Conn<'_>, actor: &str, project: &st
         change("domain.delete", "domain", &id.to_string(), Some(project), diff),
     )
     .await?;
+    if delete_certificate {
+        crate::certificates::delete_certificate(conn, actor, project, &domain.host).await?;
+    }
     Ok(domain)
 }
 
@@ -395,8 +405,8 @@ impl Store {
         self.write(async |conn| record_domain_check(conn, actor, id, round, check).await)
             .await
     }
-    pub async fn delete_domain(&self, actor: &str, project: &str, id: i64) -> Result<Domain> {
-        self.write(async |conn| delete_domain(conn, actor, project, id).await)
+    pub async fn delete_domain(&self, actor: &str, project: &str, id: i64, delete_certificate: bool) -> Result<Domain> {
+        self.write(async |conn| delete_domain(conn, actor, project, id, delete_certificate).await)
             .await
     }
 }

@@ -15,6 +15,7 @@
 //! transaction (or on a pooled connection, for reads) sit beside them.
 
 mod audit;
+mod certificates;
 mod db;
 mod deployment_orphans;
 mod deployments;
@@ -50,6 +51,7 @@ use enclii_queue::postgres::PostgresQueue;
 use enclii_queue::sqlite::SqliteQueue;
 use sqlx::migrate::Migrator;
 
+pub use certificates::{ACME_ACTOR, Certificate, OrderOutcome, ServingCertificate};
 pub use db::Dialect;
 pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};
 pub use deployments::Supersession;

@@ -9,7 +9,7 @@ use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
 use crate::repositories::hold_repository;
-use crate::routes::{find_route, insert_route, route_label, route_owner};
+use crate::routes::{find_route, insert_route, route_label, route_owner, sync_routes};
 use crate::{Store, now_ms};
 
 /// Creates or updates a service from its spec; every apply is a new spec version. Routes in the
@@ -18,7 +18,7 @@ pub(crate) async fn apply_service(
     conn: &mut Conn<'_>,
     actor: &str,
     draft: &ServiceDraft,
-    routes: &[(String, String)],
+    routes: &[(String, String, bool)],
 ) -> Result<(Service, bool)> {
     let (project, name) = (draft.project.as_str(), draft.name.as_str());
     require_project(conn, project).await?;
@@ -47,9 +47,17 @@ pub(crate) async fn apply_service(
     .binds((project, name, version, &draft.spec, now, actor))
     .execute(&mut *conn)
     .await?;
-    for (index, (host, path)) in routes.iter().enumerate() {
+    for (index, (host, path, redirect)) in routes.iter().enumerate() {
         match find_route(conn, host, path).await? {
-            Some(route) if route.project == project && route.service == name => {}
+            Some(route) if route.project == project && route.service == name => {
+                if route.tls != *redirect {
+                    query("UPDATE routes SET tls = $1 WHERE id = $2")
+                        .binds((*redirect, route.id))
+                        .execute(&mut *conn)
+                        .await?;
+                    sync_routes(conn, project, &route.environment, name).await?;
+                }
+            }
             Some(route) => {
                 return Err(StoreError::Conflict(format!(
                     "spec.routes[{index}]: {} is already routed to {}; remove that route or choose another host or path",
@@ -58,7 +66,7 @@ pub(crate) async fn apply_service(
                 )));
             }
             None => {
-                insert_route(conn, project, &draft.environment, name, host, path, true).await?;
+                insert_route(conn, project, &draft.environment, name, host, path, *redirect).await?;
             }
         }
     }
@@ -156,7 +164,7 @@ impl Store {
         &self,
         actor: &str,
         draft: &ServiceDraft,
-        routes: &[(String, String)],
+        routes: &[(String, String, bool)],
     ) -> Result<(Service, bool)> {
         self.write(async |conn| apply_service(conn, actor, draft, routes).await)
             .await

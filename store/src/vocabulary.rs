@@ -280,3 +280,15 @@ vocabulary! {
         Failed = "failed",
     }
 }
+
+vocabulary! {
+    /// Where a host's TLS certificate is.
+    CertificateStatus ("certificate status") {
+        /// An order is under way with the ACME server (the host serves its last certificate, if any).
+        Ordering = "ordering",
+        /// Issued; served by every router process until it is renewed.
+        Issued = "issued",
+        /// The last order failed (the reason is kept); a last certificate still serves until it expires.
+        Failed = "failed",
+    }
+}

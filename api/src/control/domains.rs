@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::extract::{Body, Path};
+use crate::extract::{Body, Path, Query};
 use crate::state::{AppState, DomainSettings};
 use crate::views::{Domain, DomainRecord};
 
@@ -31,8 +31,27 @@ pub struct DomainBody {
     path: Option<String>,
 }
 
+/// `?delete_certificate=true` on a removal: delete the host's certificate now (else it is kept
+/// until it expires, and serves again if the domain comes back).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Removal {
+    #[serde(default)]
+    delete_certificate: bool,
+}
+
+/// The row with its certificate, if it has one.
+async fn view_of(state: &AppState, row: enclii_store::Domain) -> Result<Domain, ApiError> {
+    let certificate = state.store.certificate(&row.host).await?;
+    Ok(view(&state.domains, row, certificate))
+}
+
 /// The row with the DNS records its owner creates.
-fn view(settings: &DomainSettings, row: enclii_store::Domain) -> Domain {
+fn view(
+    settings: &DomainSettings,
+    row: enclii_store::Domain,
+    certificate: Option<enclii_store::Certificate>,
+) -> Domain {
     let ownership = DomainRecord {
         kind: "TXT".into(),
         name: challenge_name(&row.host),
@@ -48,7 +67,7 @@ fn view(settings: &DomainSettings, row: enclii_store::Domain) -> Domain {
         name: row.host.clone(),
         value,
     };
-    Domain::new(row, ownership, target)
+    Domain::new(row, ownership, target, certificate)
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/domains", tag = "domains",
@@ -81,7 +100,7 @@ pub async fn add_domain(
         window: state.domains.verify_window,
     };
     let row = state.store.add_domain(&principal.subject, &new).await?;
-    Ok((StatusCode::CREATED, Json(view(&state.domains, row))))
+    Ok((StatusCode::CREATED, Json(view_of(&state, row).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/domains", tag = "domains",
@@ -93,7 +112,21 @@ pub async fn list_domains(
 ) -> Answer<Vec<Domain>> {
     principal.require(Permission::Read, Some(&project))?;
     let rows = state.store.list_domains(&project).await?;
-    Ok(Json(rows.into_iter().map(|row| view(&state.domains, row)).collect()))
+    let mut certificates: std::collections::HashMap<String, enclii_store::Certificate> = state
+        .store
+        .project_certificates(&project)
+        .await?
+        .into_iter()
+        .map(|c| (c.host.clone(), c))
+        .collect();
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| {
+                let certificate = certificates.remove(&row.host);
+                view(&state.domains, row, certificate)
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/domains/{id}", tag = "domains",
@@ -105,7 +138,7 @@ pub async fn get_domain(
     Path((project, id)): Path<(String, i64)>,
 ) -> Answer<Domain> {
     principal.require(Permission::Read, Some(&project))?;
-    Ok(Json(view(&state.domains, state.store.domain(&project, id).await?)))
+    Ok(Json(view_of(&state, state.store.domain(&project, id).await?).await?))
 }
 
 /// Checks the record again now, with a fresh deadline (a failed domain becomes pending again).
@@ -122,20 +155,25 @@ pub async fn verify_domain(
         .store
         .recheck_domain(&principal.subject, &project, id, state.domains.verify_window)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state.domains, row))))
+    Ok((StatusCode::ACCEPTED, Json(view_of(&state, row).await?)))
 }
 
-/// Removes the domain and its route (a serving domain stops being routed at the service's next
-/// deploy).
+/// Removes the domain and its route (a serving domain stops being routed at once); its
+/// certificate is kept until it expires unless `delete_certificate=true`.
 #[utoipa::path(delete, path = "/v1/projects/{project}/domains/{id}", tag = "domains",
-    params(("project" = String, Path, description = "Project slug"), ("id" = i64, Path, description = "Domain id")),
+    params(("project" = String, Path, description = "Project slug"), ("id" = i64, Path, description = "Domain id"),
+           Removal),
     responses((status = 204)))]
 pub async fn delete_domain(
     State(state): State<AppState>,
     principal: Principal,
     Path((project, id)): Path<(String, i64)>,
+    Query(removal): Query<Removal>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Permission::Routes, Some(&project))?;
-    state.store.delete_domain(&principal.subject, &project, id).await?;
+    state
+        .store
+        .delete_domain(&principal.subject, &project, id, removal.delete_certificate)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,16 +26,28 @@ pub struct RouteBody {
     host: String,
     #[serde(default = "root_path")]
     path: String,
-    #[serde(default = "default_tls")]
-    tls: bool,
+    /// `{redirect: false}` keeps plain HTTP once the host has a certificate (default: redirect
+    /// to HTTPS). A bare `true`/`false` is read as `redirect` (the earlier form).
+    #[serde(default)]
+    tls: Option<RouteTlsBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum RouteTlsBody {
+    Redirect(bool),
+    Options {
+        #[serde(default = "yes")]
+        redirect: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn root_path() -> String {
     "/".into()
-}
-
-fn default_tls() -> bool {
-    true
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/routes", tag = "routes",
@@ -61,7 +73,10 @@ pub async fn add_route(
         service: req.service,
         host: req.host.to_ascii_lowercase(),
         path: req.path,
-        tls: req.tls,
+        tls: match req.tls {
+            None => true,
+            Some(RouteTlsBody::Redirect(redirect) | RouteTlsBody::Options { redirect }) => redirect,
+        },
     };
     Ok((
         StatusCode::CREATED,

@@ -112,11 +112,11 @@ async fn apply(
     for (index, route) in spec.spec.routes.iter().enumerate() {
         super::check_not_platform_host(state, &format!("spec.routes[{index}].host"), &route.host)?;
     }
-    let routes: Vec<(String, String)> = spec
+    let routes: Vec<(String, String, bool)> = spec
         .spec
         .routes
         .iter()
-        .map(|r| (r.host.clone(), r.path.clone()))
+        .map(|r| (r.host.clone(), r.path.clone(), r.redirects_to_https()))
         .collect();
     let (service, created) = state.store.apply_service(&principal.subject, &draft, &routes).await?;
     Ok((created, service.into()))

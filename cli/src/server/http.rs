@@ -80,6 +80,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `axum::serve(…).with_graceful_shutdown(…)` does. Requests carry the client's
 /// `ConnectInfo<SocketAddr>`.
 pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits, shutdown: CancellationToken) {
+    serve_with(listener, app, limits, None, shutdown).await;
+}
+
+/// [`serve`] over TLS: each connection's handshake must end within the header timeout.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, app, limits, Some(acceptor), shutdown).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let per_ip = Arc::new(PerIp::new(limits.max_conns_per_ip));
     let connections = TaskTracker::new();
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
@@ -106,9 +128,21 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits,
             drop(stream);
             continue;
         };
-        let (app, builder, shutdown) = (app.clone(), builder.clone(), shutdown.clone());
+        let (app, builder, shutdown, tls) = (app.clone(), builder.clone(), shutdown.clone(), tls.clone());
         connections.spawn(async move {
-            connection(stream, remote, app, &builder, limits, shutdown).await;
+            let clock = Arc::new(Clock::new());
+            let stream = Metered {
+                stream,
+                clock: clock.clone(),
+            };
+            match tls {
+                None => connection(stream, clock, remote, app, &builder, limits, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, clock, remote, app, &builder, limits, shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake not complete within the header timeout"),
+                },
+            }
             drop(slot);
         });
     }
@@ -119,19 +153,16 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits,
 
 /// Serves one connection until it ends, its client is too slow or idle, or shutdown has let its
 /// request in flight finish.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    clock: Arc<Clock>,
     remote: SocketAddr,
     app: axum::Router,
     builder: &Builder<TokioExecutor>,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let clock = Arc::new(Clock::new());
-    let io = TokioIo::new(Metered {
-        stream,
-        clock: clock.clone(),
-    });
+    let io = TokioIo::new(stream);
     let requests = clock.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);

@@ -207,6 +207,29 @@ pub struct Route {
     pub host: String,
     #[serde(default = "default_route_path")]
     pub path: String,
+    /// `tls: {redirect: false}` keeps plain HTTP answering once the host has a certificate
+    /// (by default it redirects to HTTPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+}
+
+impl Route {
+    /// Whether plain HTTP redirects to HTTPS once the host has a certificate.
+    pub fn redirects_to_https(&self) -> bool {
+        self.tls.as_ref().is_none_or(|tls| tls.redirect)
+    }
+}
+
+/// A route's HTTPS behaviour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTls {
+    #[serde(default = "yes")]
+    pub redirect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_route_path() -> String {

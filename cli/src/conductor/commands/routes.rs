@@ -25,9 +25,10 @@ pub enum RoutesCommand {
         /// The service's environment (default: its own).
         #[arg(long = "env")]
         environment: Option<String>,
-        /// Serve plain HTTP only (Kubernetes: no certificate).
-        #[arg(long)]
-        no_tls: bool,
+        /// Keep answering plain HTTP once the host has a certificate (by default plain HTTP
+        /// redirects to HTTPS).
+        #[arg(long, alias = "no-tls")]
+        no_redirect: bool,
     },
     /// The project's routes.
     List,
@@ -49,14 +50,14 @@ pub(super) async fn routes(settings: &Settings, command: RoutesCommand) -> Done 
             path: prefix,
             service,
             environment,
-            no_tls,
+            no_redirect,
         } => {
             let body = json!({"host": host, "path": prefix, "service": service,
-                              "environment": environment, "tls": !no_tls});
+                              "environment": environment, "tls": {"redirect": !no_redirect}});
             let route = client.post(&path, &body).await?;
             emit(settings.output, &route, |r| {
                 outln!(
-                    "route {}: {}{} → {} ({}); reaches the service at its next deploy",
+                    "route {}: {}{} → {} ({}); applied now if the service runs, else at its next deploy",
                     cell(&r["id"]),
                     cell(&r["host"]),
                     cell(&r["path"]),

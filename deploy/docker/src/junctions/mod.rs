@@ -5,13 +5,19 @@
 //! per release (for the canary analysis, kept in memory for [`window::RETAINED_SECS`]) and exports
 //! them as Prometheus metrics. A request no backend answers is a 502 and counts as an error of
 //! the release it was sent to; a paused service answers 503.
+//!
+//! With TLS on ([`Junctions::enable_tls`]) a second listener serves [`Junctions::tls_app`] with
+//! the certificates of [`tls::Certificates`]; the plain listener then answers ACME HTTP-01
+//! challenges and redirects a host that has a certificate to HTTPS (308), unless its route says
+//! `tls: {redirect: false}`.
 
+pub mod tls;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -57,8 +63,16 @@ pub struct Binding {
 #[derive(Default)]
 struct Table {
     services: BTreeMap<ServiceKey, Binding>,
-    /// host → (path prefix, service), longest prefix first.
-    hosts: HashMap<String, Vec<(String, ServiceKey)>>,
+    /// host → routes, longest path prefix first.
+    hosts: HashMap<String, Vec<HostRoute>>,
+}
+
+/// One route of a host in the index.
+struct HostRoute {
+    path: String,
+    key: ServiceKey,
+    /// Plain HTTP is redirected to HTTPS once the host has a certificate.
+    redirect: bool,
 }
 
 impl Table {
@@ -67,28 +81,39 @@ impl Table {
         for (key, binding) in &self.services {
             for route in &binding.routes {
                 let entry = self.hosts.entry(route.host.to_ascii_lowercase()).or_default();
-                entry.push((route.path.clone(), key.clone()));
+                entry.push(HostRoute {
+                    path: route.path.clone(),
+                    key: key.clone(),
+                    redirect: route.tls,
+                });
             }
         }
         for routes in self.hosts.values_mut() {
-            routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then_with(|| a.path.cmp(&b.path)));
         }
     }
 
     /// The service for `host` and `path`: the host's own routes, else a wildcard one label up
     /// (`*.example.com` serves `app.example.com`, not `a.b.example.com`).
-    fn lookup(&self, host: &str, path: &str) -> Option<&ServiceKey> {
+    fn lookup(&self, host: &str, path: &str) -> Option<&HostRoute> {
         let in_host = |host: &str| {
             self.hosts
                 .get(host)?
                 .iter()
-                .find(|(prefix, _)| path_matches(prefix, path))
-                .map(|(_, key)| key)
+                .find(|route| path_matches(&route.path, path))
         };
         in_host(host).or_else(|| {
             let (_, parent) = host.split_once('.')?;
             in_host(&format!("*.{parent}"))
         })
+    }
+
+    /// Whether `host` has any route (its own or a wildcard's).
+    fn routes_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.hosts.contains_key(&format!("*.{parent}")))
     }
 }
 
@@ -106,6 +131,8 @@ pub struct Junctions {
     client: Client<HttpConnector, Body>,
     /// `http://` plus the port suffix URLs are printed with, e.g. `:8080` (empty for port 80).
     port_suffix: String,
+    /// HTTPS, once enabled at start.
+    tls: OnceLock<tls::Tls>,
 }
 
 impl Junctions {
@@ -126,22 +153,44 @@ impl Junctions {
             } else {
                 format!(":{public_port}")
             },
+            tls: OnceLock::new(),
         })
     }
 
-    /// The URL a route serves on.
+    /// Turns HTTPS on (once; later calls are ignored): serve [`Self::tls_app`] on a TLS listener
+    /// with `tls.certificates`' server configuration.
+    pub fn enable_tls(&self, tls: tls::Tls) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// The URL a route serves on: `https://` once its host has a certificate (and its route
+    /// redirects plain HTTP there).
     pub fn url(&self, route: &RouteBinding) -> String {
-        format!("http://{}{}{}", route.host, self.port_suffix, route.path)
+        match self.tls.get() {
+            Some(tls) if route.tls && tls.certificates.has(&route.host) => {
+                format!("https://{}{}{}", route.host, tls.port_suffix, route.path)
+            }
+            _ => format!("http://{}{}{}", route.host, self.port_suffix, route.path),
+        }
+    }
+
+    /// Whether `host` has a route here (a TLS request for it without a certificate may order one).
+    pub fn routes_host(&self, host: &str) -> bool {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .routes_host(&host.to_ascii_lowercase())
     }
 
     /// Refuses routes another service already holds (same host and path), naming the holder.
     pub fn check_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<()> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         for route in routes {
-            if let Some((_, holder)) = table
+            if let Some(holder) = table
                 .hosts
                 .get(&route.host.to_ascii_lowercase())
-                .and_then(|paths| paths.iter().find(|(path, holder)| *path == route.path && holder != key))
+                .and_then(|paths| paths.iter().find(|held| held.path == route.path && held.key != *key))
+                .map(|held| &held.key)
             {
                 return Err(DeployError::Refused(format!(
                     "route {}{} is already bound to service `{}` in environment `{}`; remove that route first or choose another host",
@@ -212,17 +261,30 @@ impl Junctions {
             .remove(&(key.clone(), release));
     }
 
-    /// The router as an axum app: serve it with `axum::serve`.
+    /// The router for the plain-HTTP listener.
     pub fn app(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(proxy).with_state(self.clone())
+        self.entry(false)
+    }
+
+    /// The router for the TLS listener (see [`Self::enable_tls`]).
+    pub fn tls_app(self: &Arc<Self>) -> axum::Router {
+        self.entry(true)
+    }
+
+    fn entry(self: &Arc<Self>, secure: bool) -> axum::Router {
+        axum::Router::new().fallback(proxy).with_state(Entry {
+            junctions: self.clone(),
+            secure,
+        })
     }
 
     /// Picks the release and replica for a request.
     fn pick(&self, host: &str, path: &str) -> Pick {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        let Some(key) = table.lookup(host, path) else {
+        let Some(route) = table.lookup(host, path) else {
             return Pick::NoRoute;
         };
+        let (key, redirect) = (&route.key, route.redirect);
         let binding = &table.services[key];
         if binding.paused {
             return Pick::Paused;
@@ -248,8 +310,16 @@ impl Junctions {
             release: backends.release,
             track,
             addrs: rotate(&backends.addrs, n),
+            redirect,
         }
     }
+}
+
+/// Which listener a request came in on.
+#[derive(Clone)]
+struct Entry {
+    junctions: Arc<Junctions>,
+    secure: bool,
 }
 
 fn rotate(addrs: &[SocketAddr], n: usize) -> Vec<SocketAddr> {
@@ -267,6 +337,8 @@ enum Pick {
         track: Track,
         /// Replicas in the order to try them.
         addrs: Vec<SocketAddr>,
+        /// The route redirects plain HTTP to HTTPS (when the host has a certificate).
+        redirect: bool,
     },
 }
 
@@ -294,9 +366,40 @@ fn request_host(request: &Request) -> String {
     host.to_ascii_lowercase()
 }
 
-async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Response {
+/// The ACME HTTP-01 answer for a `/.well-known/acme-challenge/<token>` request on the plain
+/// listener with TLS on; `None` for any other request.
+async fn acme_answer(junctions: &Junctions, path: &str) -> Option<Response> {
+    let tls = junctions.tls.get()?;
+    let token = path.strip_prefix("/.well-known/acme-challenge/")?;
+    if !tls::is_token(token) {
+        return Some(plain(StatusCode::NOT_FOUND, "not a challenge token"));
+    }
+    Some(match tls.challenges.answer(token).await {
+        Some(answer) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], answer).into_response(),
+        None => plain(StatusCode::NOT_FOUND, "no challenge with this token"),
+    })
+}
+
+/// `308` to the same URL over HTTPS, when the host has a certificate.
+fn to_https(junctions: &Junctions, request: &Request, host: &str) -> Option<Response> {
+    let tls = junctions.tls.get()?;
+    if !tls.certificates.has(host) {
+        return None;
+    }
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{host}{}{target}", tls.port_suffix)).ok()?;
+    Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
+}
+
+async fn proxy(State(entry): State<Entry>, request: Request) -> Response {
+    let junctions = &entry.junctions;
     let host = request_host(&request);
     let path = request.uri().path().to_string();
+    if !entry.secure
+        && let Some(answer) = acme_answer(junctions, &path).await
+    {
+        return answer;
+    }
     let (key, release, track, addrs) = match junctions.pick(&host, &path) {
         Pick::NoRoute => return plain(StatusCode::NOT_FOUND, &format!("no route for {host}{path}")),
         Pick::Paused => {
@@ -316,10 +419,19 @@ async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Res
             release,
             track,
             addrs,
-        } => (key, release, track, addrs),
+            redirect,
+        } => {
+            if redirect
+                && !entry.secure
+                && let Some(redirected) = to_https(junctions, &request, &host)
+            {
+                return redirected;
+            }
+            (key, release, track, addrs)
+        }
     };
     let started = Instant::now();
-    let response = forward(&junctions, request, &host, &addrs).await;
+    let response = forward(junctions, request, &host, &addrs, entry.secure).await;
     let elapsed = started.elapsed();
     let error = response.status().is_server_error();
     junctions.window(&key, release).record(error, elapsed);
@@ -342,7 +454,7 @@ async fn proxy(State(junctions): State<Arc<Junctions>>, request: Request) -> Res
 
 /// Sends the request to the first replica that accepts the connection. Only a request whose
 /// body is empty is retried on another replica: a streamed body cannot be sent twice.
-async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[SocketAddr]) -> Response {
+async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[SocketAddr], secure: bool) -> Response {
     let (mut parts, body) = request.into_parts();
     let retryable = parts.method.is_idempotent() && body_is_empty(&parts.headers);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -358,9 +470,10 @@ async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[S
     if let Ok(value) = HeaderValue::from_str(host) {
         parts.headers.insert("x-forwarded-host", value);
     }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
     let mut body = Some(body);
     let mut last_error = String::new();
     for addr in addrs {
@@ -420,10 +533,11 @@ mod tests {
             })
         });
         let table = j.table.read().unwrap();
-        assert_eq!(table.lookup("shop.test", "/api/orders"), Some(&api));
-        assert_eq!(table.lookup("shop.test", "/api"), Some(&api));
-        assert_eq!(table.lookup("shop.test", "/apiary"), Some(&web));
-        assert_eq!(table.lookup("other.test", "/"), None);
+        let lookup = |host, path| table.lookup(host, path).map(|r| &r.key);
+        assert_eq!(lookup("shop.test", "/api/orders"), Some(&api));
+        assert_eq!(lookup("shop.test", "/api"), Some(&api));
+        assert_eq!(lookup("shop.test", "/apiary"), Some(&web));
+        assert_eq!(lookup("other.test", "/"), None);
     }
 
     #[test]
@@ -444,10 +558,12 @@ mod tests {
             })
         });
         let table = j.table.read().unwrap();
-        assert_eq!(table.lookup("app.shop.test", "/"), Some(&app));
-        assert_eq!(table.lookup("blog.shop.test", "/x"), Some(&any));
-        assert_eq!(table.lookup("a.blog.shop.test", "/"), None);
-        assert_eq!(table.lookup("shop.test", "/"), None);
+        let lookup = |host, path| table.lookup(host, path).map(|r| &r.key);
+        assert_eq!(lookup("app.shop.test", "/"), Some(&app));
+        assert_eq!(lookup("blog.shop.test", "/x"), Some(&any));
+        assert_eq!(lookup("a.blog.shop.test", "/"), None);
+        assert_eq!(lookup("shop.test", "/"), None);
+        assert!(table.routes_host("blog.shop.test") && !table.routes_host("shop.test"));
     }
 
     #[test]
