@@ -18,6 +18,9 @@
 //!   `promote` applies;
 //! - one-off runs: a `batch/v1` `Job` `<service>-<job>-<run>-<attempt>` (backoffLimit 0).
 //!
+//! Routes changed without a deploy (`apply_routes`) rewrite the running tracks' Ingresses (and
+//! the stable Ingress a pending promotion holds) from the same rendering a deploy uses.
+//!
 //! Before anything is applied, the workload's demand is checked against the environment's quota
 //! ([`enclii_deploy_contract::Workload::check_quota`]); a deploy waits for its rollout and puts back what it changed
 //! when the rollout does not become healthy in time.

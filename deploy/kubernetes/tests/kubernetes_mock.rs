@@ -9,6 +9,8 @@
 //! Nothing here proves that a real cluster accepts the requests or runs the pods.
 
 mod common;
+#[path = "kubernetes_mock/routes.rs"]
+mod routes;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -86,14 +88,18 @@ fn mock_manifests_of_a_canary_at_10_percent() {
 #[test]
 fn mock_manifests_pass_kubernetes_validate_strict() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = [("full-spec.yaml", full_spec_yaml()), ("canary.yaml", canary_yaml())]
-        .into_iter()
-        .map(|(name, yaml)| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, yaml).unwrap();
-            path
-        })
-        .collect();
+    let files: Vec<PathBuf> = [
+        ("full-spec.yaml", full_spec_yaml()),
+        ("canary.yaml", canary_yaml()),
+        ("live-routes.yaml", routes::live_routes_yaml()),
+    ]
+    .into_iter()
+    .map(|(name, yaml)| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    })
+    .collect();
     let output = Command::new("kubernetes-validate")
         .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
         .args(&files)
@@ -107,10 +113,10 @@ fn mock_manifests_pass_kubernetes_validate_strict() {
         output.status.success(),
         "kubernetes-validate failed:\n{stdout}\n{stderr}"
     );
-    // 2 files: 12 + 4 documents, each reported as valid.
+    // 3 files: 12 + 4 + 1 documents, each reported as valid.
     assert_eq!(
         stdout.matches(" passed for resource ").count(),
-        16,
+        17,
         "every document validated:\n{stdout}\n{stderr}"
     );
     assert!(

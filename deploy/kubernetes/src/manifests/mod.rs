@@ -33,7 +33,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use self::canary::canary_objects;
+pub use self::canary::{canary_objects, promotion};
+pub use self::ingress::{IngressInput, canary_ingress, stable_ingress};
 pub use self::jobs::job_run;
 pub use self::namespace::environment_objects;
 pub use self::workload::{service_config_objects, stable_objects};
@@ -55,6 +56,8 @@ pub const MANAGER: &str = "enclii";
 pub const ANNOTATION_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 pub const ANNOTATION_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 const ANNOTATION_CLUSTER_ISSUER: &str = "cert-manager.io/cluster-issuer";
+/// `"false"` on a stable Ingress with a plain-HTTP route (see [`stable_ingress`]).
+pub const ANNOTATION_SSL_REDIRECT: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 const ANNOTATION_SECRETS_HASH: &str = "enclii.dev/secrets-hash";
 /// The key of the canary's ConfigMap holding the stable objects `promote` applies.
 pub const PROMOTION_KEY: &str = "stable.json";
@@ -191,6 +194,27 @@ pub fn labels(workload: &Workload, track: Track) -> BTreeMap<String, String> {
         labels.insert(LABEL_GIT_SHA.into(), workload.git_sha.clone());
     }
     labels
+}
+
+/// The labels Enclii sets (see [`labels`]) among an object's labels as read from the cluster:
+/// a rewrite of one of the track's objects carries them and no one else's.
+pub fn own_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    const OWN: [&str; 9] = [
+        LABEL_NAME,
+        LABEL_MANAGED_BY,
+        LABEL_PROJECT,
+        LABEL_ENVIRONMENT,
+        LABEL_SERVICE,
+        LABEL_RELEASE,
+        LABEL_TRACK,
+        LABEL_COST_CENTER,
+        LABEL_GIT_SHA,
+    ];
+    labels
+        .iter()
+        .filter(|(k, _)| OWN.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn is_label_value(v: &str) -> bool {

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use super::ingress::ingress;
+use super::ingress::{IngressInput, stable_ingress};
 use super::jobs::cron_job;
 use super::{
     ANNOTATION_SECRETS_HASH, MAX_NAME, PROBE_FAILURE_THRESHOLD, PROBE_PERIOD_SECONDS, PROBE_TIMEOUT_SECONDS,
@@ -84,7 +84,7 @@ pub fn stable_objects(workload: &Workload, config: &KubernetesConfig) -> StableO
     StableObjects {
         deployment: deployment(workload, Track::Stable, &name, replicas),
         service: service(workload, Track::Stable, &name),
-        ingress: ingress(workload, config, &name, &name, None),
+        ingress: stable_ingress(&IngressInput::of_workload(workload, Track::Stable), config),
         autoscaler: autoscaler(workload, &name),
         cron_jobs: workload.spec.jobs.iter().map(|job| cron_job(workload, job)).collect(),
     }

@@ -102,14 +102,7 @@ impl KubernetesTarget {
                 "release {release} is not the canary of {key}"
             )));
         }
-        let stable: StableObjects = pending
-            .data
-            .as_ref()
-            .and_then(|d| d.get(manifests::PROMOTION_KEY))
-            .and_then(|json| serde_json::from_str(json).ok())
-            .ok_or_else(|| {
-                DeployError::kubernetes_message(format!("ConfigMap {ns}/{canary} holds no valid stable objects"))
-            })?;
+        let stable = stored_promotion(&pending)?;
         let previous = self.get_opt::<Deployment>(&ns, &manifests::stable_name(key)).await?;
         self.roll_out_stable(key, release, &stable, previous).await?;
         Ok(())
@@ -127,4 +120,20 @@ impl KubernetesTarget {
         }
         self.remove_canary(&ns, &name).await
     }
+}
+
+/// The stable objects a canary's ConfigMap holds for `promote`.
+pub(super) fn stored_promotion(pending: &ConfigMap) -> Result<StableObjects> {
+    pending
+        .data
+        .as_ref()
+        .and_then(|d| d.get(manifests::PROMOTION_KEY))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| {
+            DeployError::kubernetes_message(format!(
+                "ConfigMap {}/{} holds no valid stable objects",
+                pending.namespace().unwrap_or_default(),
+                pending.name_any()
+            ))
+        })
 }

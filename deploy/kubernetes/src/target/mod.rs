@@ -4,7 +4,8 @@
 //!
 //! The [`Target`] implementation delegates to its parts: server-side apply and the service-wide
 //! writes (`apply`), deploys and rollout polling/undo (`rollout`), ingress-nginx canaries
-//! (`canary`), PromQL and pod metrics (`metrics`), one-off jobs (`jobs`), runtime logs (`logs`).
+//! (`canary`), routes applied without a deploy (`routes`), PromQL and pod metrics (`metrics`),
+//! one-off jobs (`jobs`), runtime logs (`logs`).
 
 mod apply;
 mod canary;
@@ -12,6 +13,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod rollout;
+mod routes;
 #[cfg(test)]
 mod tests;
 
@@ -20,8 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enclii_deploy_contract::{
-    DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Removal, Rollout, ServiceKey,
-    ServiceStatus, Target, Track, Usage, Workload,
+    DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Removal, Rollout, RouteBinding,
+    ServiceKey, ServiceStatus, Target, Track, Usage, Workload,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PatchParams;
@@ -107,6 +109,10 @@ impl Target for KubernetesTarget {
 
     async fn run_job(&self, workload: &Workload, run: &JobRunSpec, log: UnboundedSender<String>) -> Result<i64> {
         self.run_job_to_end(workload, run, log).await
+    }
+
+    async fn apply_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<bool> {
+        self.apply_service_routes(key, routes).await
     }
 
     async fn usage(&self, key: &ServiceKey) -> Result<Usage> {
