@@ -639,6 +639,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
             cost_every: Duration::from_secs(args.cost_every_seconds.max(10)),
             preview_ttl: Duration::from_secs(args.preview_ttl_hours * 3600),
             renew_certificates_before: args.tls.renew_before(),
+            certificates_every: args.tls.check_every(),
             ..Default::default()
         };
         let (store, token) = (store.clone(), shutdown.clone());

@@ -50,6 +50,10 @@ pub struct TlsArgs {
     /// Certificates are renewed this many days before they expire.
     #[arg(long = "cert-renew-days", env = "ENCLII_CERT_RENEW_DAYS", default_value_t = 30)]
     renew_days: u64,
+    /// How often the scheduler looks for certificates due an order (renewals, verified domains
+    /// without one, failed orders an hour on).
+    #[arg(long = "cert-check-seconds", env = "ENCLII_CERT_CHECK_SECONDS", default_value_t = 60)]
+    check_seconds: u64,
     /// Certificates ordered per hour on the first TLS request of a generated host (previews,
     /// `ENCLII_BASE_DOMAIN` hosts), at most; `0` orders none that way.
     #[arg(
@@ -130,6 +134,10 @@ impl TlsArgs {
             public_port,
         ));
         Ok((config, certificates, misses))
+    }
+
+    pub fn check_every(&self) -> Duration {
+        Duration::from_secs(self.check_seconds.max(1))
     }
 
     pub fn on_demand_per_hour(&self) -> u32 {

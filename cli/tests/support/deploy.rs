@@ -42,6 +42,22 @@ pub struct Platform {
     pub router: String,
     pub url: String,
     pub project: &'static str,
+    /// The server's settings (to restart it with: see `pipeline::restart`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Platform {
+    /// Restarts the server on its data directory with its settings, `changed` ones replaced.
+    pub fn restart(&mut self, changed: &[(&str, &str)]) {
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !changed.iter().any(|(c, _)| c == k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend_from_slice(changed);
+        super::pipeline::restart(&mut self.server, &env);
+    }
 }
 
 /// A server deploying to the Docker engine, with project `project` (unique per test: the tests
@@ -52,8 +68,11 @@ pub fn platform(project: &'static str, spec: Value) -> Platform {
 
 /// [`platform`] with the service at home in `environment` and extra server settings.
 pub fn platform_in(project: &'static str, environment: &str, spec: Value, settings: &[(&str, &str)]) -> Platform {
-    let port = free_port();
-    let router = format!("127.0.0.1:{port}");
+    // The router's address: the caller's (`ENCLII_ROUTER_LISTEN` in `settings`), else a free port.
+    let router = match settings.iter().find(|(k, _)| *k == "ENCLII_ROUTER_LISTEN") {
+        Some((_, listen)) => listen.to_string(),
+        None => format!("127.0.0.1:{}", free_port()),
+    };
     let (url, _) = repository(&files(&app_files("v1")));
     let mut env = vec![
         ("ENCLII_DEPLOY_TARGET", "docker"),
@@ -63,6 +82,7 @@ pub fn platform_in(project: &'static str, environment: &str, spec: Value, settin
     ];
     env.extend_from_slice(settings);
     let server = server(&env);
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let (status, body) = call(&server, "POST", "/v1/projects", json!({"slug": project}));
     assert_eq!(status, 201, "{body}");
     let mut document = json!({
@@ -80,6 +100,7 @@ pub fn platform_in(project: &'static str, environment: &str, spec: Value, settin
         router,
         url,
         project,
+        env,
     }
 }
 

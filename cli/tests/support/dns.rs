@@ -22,6 +22,9 @@ impl TestDns {
         let child = Command::new("pebble-challtestsrv")
             .args(["-dns01", &resolver, "-management", &management])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            // Every other name is 127.0.0.1 (its default) and has no AAAA record, so Pebble's
+            // HTTP-01 validations reach the router on the loopback interface.
+            .args(["-defaultIPv6", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -43,6 +46,14 @@ impl TestDns {
         self.manage(
             "set-txt",
             &serde_json::json!({"host": format!("{name}."), "value": value}),
+        );
+    }
+
+    /// Points `name` at `address` (an A record) instead of the default 127.0.0.1.
+    pub fn set_a(&self, name: &str, address: &str) {
+        self.manage(
+            "add-a",
+            &serde_json::json!({"host": format!("{name}."), "addresses": [address]}),
         );
     }
 

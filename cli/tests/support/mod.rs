@@ -1,6 +1,7 @@
 //! Helpers shared by the binary's tests: start `enclii server`, talk HTTP to it, wait for it.
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod deploy;
 pub mod dns;
 pub mod pipeline;

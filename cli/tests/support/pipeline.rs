@@ -130,6 +130,22 @@ impl Drop for Server {
 pub fn server(extra: &[(&str, &str)]) -> Server {
     base_image();
     let data = data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    let (child, addr) = launch_on(&data, extra);
+    Server { child, addr, data }
+}
+
+/// Stops `server` and starts it again on its data directory with `extra` settings (as a server
+/// restarted by its operator): its API address changes.
+pub fn restart(server: &mut Server, extra: &[(&str, &str)]) {
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (child, addr) = launch_on(&server.data, extra);
+    server.child = child;
+    server.addr = addr;
+}
+
+fn launch_on(data: &std::path::Path, extra: &[(&str, &str)]) -> (Child, String) {
     let bucket = format!(
         "enclii-test-{}",
         data.file_name().unwrap().to_string_lossy().replace('_', "-")
@@ -151,10 +167,13 @@ pub fn server(extra: &[(&str, &str)]) -> Server {
         ("ENCLII_BUILD_STEPS", "auto"),
     ];
     env.extend_from_slice(extra);
-    std::fs::create_dir_all(&data).unwrap();
-    let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let (child, addr) = launch(&[], &env, Stdio::from(log));
-    Server { child, addr, data }
+    // Appended to, so that a restarted server's log follows its first life's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    launch(&[], &env, Stdio::from(log))
 }
 
 pub fn call(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
