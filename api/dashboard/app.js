@@ -352,11 +352,16 @@ async function projectView(project) {
   );
 }
 
-/** Custom domains: state (with what the last check found) and, until proven, the records to create. */
+/** Custom domains: state (with what the last check found), certificate, and the records to create. */
 function domainTable(project, domains) {
   const record = (r) => h("div", { class: "mono" }, `${r.type} ${r.name} → ${r.value}`);
+  const tls = (c) =>
+    c
+      ? [badge(c.status), c.not_after ? h("div", {}, `until ${when(c.not_after)}`) : null,
+         c.error ? h("div", { class: "waiting" }, c.error) : null]
+      : "—";
   return table(
-    ["Host", "Service", "Environment", "State", "DNS records", ""],
+    ["Host", "Service", "Environment", "State", "HTTPS", "DNS records", ""],
     domains.map((d) =>
       h(
         "tr",
@@ -365,6 +370,7 @@ function domainTable(project, domains) {
         h("td", {}, d.service),
         h("td", {}, d.environment),
         h("td", {}, badge(d.status), d.detail ? h("div", { class: "waiting" }, d.detail) : null),
+        h("td", { dataset: { certificate: d.certificate?.status ?? "none" } }, tls(d.certificate)),
         h("td", {}, d.status === "verified" ? null : record(d.ownership), record(d.target)),
         h(
           "td",

@@ -123,6 +123,8 @@ fn an_operator_watches_a_pipeline_and_retries_a_dead_job_in_the_browser() {
     assert!(seen["stepLog"].as_str().unwrap().trim().len() > 10, "{seen}");
     // A pending custom domain shows the record that proves it, and "Check now" queued a check.
     let domain_row = seen["domainRow"].as_str().unwrap();
+    // Pending and never ordered: its HTTPS cell says so.
+    assert_eq!(seen["domainCertificate"], "none", "{seen}");
     assert!(
         domain_row.contains("pending") && domain_row.contains("TXT _enclii-challenge.shop.example.com"),
         "{seen}"

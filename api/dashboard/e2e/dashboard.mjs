@@ -94,6 +94,7 @@ try {
   await shot(page, "03-project");
   const domainRow = 'tr[data-domain="shop.example.com"]';
   seen.domainRow = await page.textContent(domainRow);
+  seen.domainCertificate = await page.getAttribute(`${domainRow} td[data-certificate]`, "data-certificate");
   await page.click(`${domainRow} button`);
   await page.waitForFunction(() => document.querySelector("#flash")?.textContent.includes("Check now: done"));
   seen.domainChecked = await page.textContent("#flash");

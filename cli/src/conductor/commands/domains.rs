@@ -33,11 +33,15 @@ pub enum DomainsCommand {
         /// The domain's id (see `domains ls`).
         id: i64,
     },
-    /// Remove a domain and its route.
+    /// Remove a domain and its route (its certificate is kept until it expires, unless
+    /// --delete-certificate).
     #[command(alias = "remove")]
     Rm {
         /// The domain's id.
         id: i64,
+        /// Delete the host's TLS certificate now too.
+        #[arg(long)]
+        delete_certificate: bool,
     },
 }
 
@@ -59,9 +63,15 @@ fn records(domain: &Value) -> String {
 }
 
 fn state(domain: &Value) -> String {
-    match domain["detail"].as_str() {
+    let status = match domain["detail"].as_str() {
         Some(detail) => format!("{}: {detail}", cell(&domain["status"])),
         None => cell(&domain["status"]),
+    };
+    let certificate = &domain["certificate"];
+    match (certificate["status"].as_str(), certificate["error"].as_str()) {
+        (None, _) => status,
+        (Some("failed"), Some(error)) => format!("{status}; certificate failed: {}", cell(&json!(error))),
+        (Some(state), _) => format!("{status}; certificate {state}"),
     }
 }
 
@@ -97,7 +107,16 @@ pub(super) async fn domains(settings: &Settings, command: DomainsCommand) -> Don
             emit(settings.output, &list, |l| {
                 table(
                     l,
-                    &["id", "host", "path", "service", "environment", "status", "TXT record"],
+                    &[
+                        "id",
+                        "host",
+                        "path",
+                        "service",
+                        "environment",
+                        "status",
+                        "certificate",
+                        "TXT record",
+                    ],
                     &[
                         "/id",
                         "/host",
@@ -105,6 +124,7 @@ pub(super) async fn domains(settings: &Settings, command: DomainsCommand) -> Don
                         "/service",
                         "/environment",
                         "/status",
+                        "/certificate/status",
                         "/ownership/name",
                     ],
                 )
@@ -116,11 +136,19 @@ pub(super) async fn domains(settings: &Settings, command: DomainsCommand) -> Don
                 outln!("domain {id} ({}): {}\n{}", cell(&d["host"]), state(d), records(d))
             });
         }
-        DomainsCommand::Rm { id } => {
-            client.delete(&format!("{path}/{id}"), &[]).await?;
-            emit(settings.output, &json!({"id": id, "removed": true}), |_| {
-                outln!("domain {id} and its route removed")
-            });
+        DomainsCommand::Rm { id, delete_certificate } => {
+            let query = [("delete_certificate", delete_certificate.to_string())];
+            client.delete(&format!("{path}/{id}"), &query).await?;
+            emit(
+                settings.output,
+                &json!({"id": id, "removed": true}),
+                |_| match delete_certificate {
+                    true => outln!("domain {id}, its route and its certificate removed"),
+                    false => {
+                        outln!("domain {id} and its route removed (its certificate, if any, is kept until it expires)")
+                    }
+                },
+            );
         }
     }
     Ok(())

@@ -278,13 +278,20 @@ impl Junctions {
         })
     }
 
-    /// Picks the release and replica for a request.
-    fn pick(&self, host: &str, path: &str) -> Pick {
+    /// Picks the release and replica for a request (`secure`: it came over TLS).
+    fn pick(&self, host: &str, path: &str, secure: bool) -> Pick {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         let Some(route) = table.lookup(host, path) else {
             return Pick::NoRoute;
         };
-        let (key, redirect) = (&route.key, route.redirect);
+        if route.redirect
+            && !secure
+            && let Some(tls) = self.tls.get()
+            && tls.certificates.has(host)
+        {
+            return Pick::ToHttps;
+        }
+        let key = &route.key;
         let binding = &table.services[key];
         if binding.paused {
             return Pick::Paused;
@@ -310,7 +317,6 @@ impl Junctions {
             release: backends.release,
             track,
             addrs: rotate(&backends.addrs, n),
-            redirect,
         }
     }
 }
@@ -329,6 +335,8 @@ fn rotate(addrs: &[SocketAddr], n: usize) -> Vec<SocketAddr> {
 
 enum Pick {
     NoRoute,
+    /// Plain HTTP for a host with a certificate whose route redirects.
+    ToHttps,
     Paused,
     NoBackend(ServiceKey),
     Backend {
@@ -337,8 +345,6 @@ enum Pick {
         track: Track,
         /// Replicas in the order to try them.
         addrs: Vec<SocketAddr>,
-        /// The route redirects plain HTTP to HTTPS (when the host has a certificate).
-        redirect: bool,
     },
 }
 
@@ -380,15 +386,17 @@ async fn acme_answer(junctions: &Junctions, path: &str) -> Option<Response> {
     })
 }
 
-/// `308` to the same URL over HTTPS, when the host has a certificate.
-fn to_https(junctions: &Junctions, request: &Request, host: &str) -> Option<Response> {
-    let tls = junctions.tls.get()?;
-    if !tls.certificates.has(host) {
-        return None;
-    }
+/// `308` to the same URL over HTTPS.
+fn to_https(junctions: &Junctions, request: &Request, host: &str) -> Response {
+    let suffix = junctions.tls.get().map_or("", |tls| tls.port_suffix.as_str());
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = HeaderValue::from_str(&format!("https://{host}{}{target}", tls.port_suffix)).ok()?;
-    Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
+    match HeaderValue::from_str(&format!("https://{host}{suffix}{target}")) {
+        Ok(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => plain(
+            StatusCode::BAD_REQUEST,
+            "the request's host or path cannot be redirected",
+        ),
+    }
 }
 
 async fn proxy(State(entry): State<Entry>, request: Request) -> Response {
@@ -400,8 +408,9 @@ async fn proxy(State(entry): State<Entry>, request: Request) -> Response {
     {
         return answer;
     }
-    let (key, release, track, addrs) = match junctions.pick(&host, &path) {
+    let (key, release, track, addrs) = match junctions.pick(&host, &path, entry.secure) {
         Pick::NoRoute => return plain(StatusCode::NOT_FOUND, &format!("no route for {host}{path}")),
+        Pick::ToHttps => return to_https(junctions, &request, &host),
         Pick::Paused => {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -419,16 +428,7 @@ async fn proxy(State(entry): State<Entry>, request: Request) -> Response {
             release,
             track,
             addrs,
-            redirect,
-        } => {
-            if redirect
-                && !entry.secure
-                && let Some(redirected) = to_https(junctions, &request, &host)
-            {
-                return redirected;
-            }
-            (key, release, track, addrs)
-        }
+        } => (key, release, track, addrs),
     };
     let started = Instant::now();
     let response = forward(junctions, request, &host, &addrs, entry.secure).await;
@@ -585,6 +585,92 @@ mod tests {
         assert_eq!(j.url(&route("shop.test", "/")), "http://shop.test/");
     }
 
+    struct Answers;
+
+    #[async_trait::async_trait]
+    impl tls::ChallengeAnswers for Answers {
+        async fn answer(&self, token: &str) -> Option<String> {
+            (token == "tok_0123456789abcdef").then(|| format!("{token}.thumbprint"))
+        }
+    }
+
+    fn request(host: &str, uri: &str) -> Request {
+        axum::http::Request::builder()
+            .uri(uri)
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_tls_plain_http_answers_challenges_and_redirects_hosts_with_a_certificate() {
+        let j = Junctions::new(80);
+        let (chain, key) = tls::tests::self_signed(&["secure.test", "open.test"]);
+        let file = ("test".to_string(), chain.into_bytes(), key.into_bytes());
+        let (certificates, _misses) = tls::Certificates::new(&[file]).unwrap();
+        j.enable_tls(tls::Tls::new(certificates, Arc::new(Answers), 8443));
+        let key = ServiceKey::new("p", "prod", "web");
+        let redirecting = |host: &str| RouteBinding {
+            tls: true,
+            ..route(host, "/")
+        };
+        j.update(&key, |b| {
+            *b = Some(Binding {
+                routes: vec![
+                    redirecting("secure.test"),
+                    route("open.test", "/"),
+                    redirecting("bare.test"),
+                ],
+                paused: true,
+                ..Binding::default()
+            })
+        });
+        let plain = Entry {
+            junctions: j.clone(),
+            secure: false,
+        };
+        let answer = proxy(
+            State(plain.clone()),
+            request("any.test", "/.well-known/acme-challenge/tok_0123456789abcdef"),
+        )
+        .await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(answer.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"tok_0123456789abcdef.thumbprint");
+        let unknown = proxy(
+            State(plain.clone()),
+            request("any.test", "/.well-known/acme-challenge/tok_unknown_0123456"),
+        )
+        .await;
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+        // A host with a certificate is sent to HTTPS, path and query kept; over TLS it is served.
+        let redirected = proxy(State(plain.clone()), request("secure.test", "/a/b?c=1")).await;
+        assert_eq!(redirected.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            redirected.headers()[header::LOCATION],
+            "https://secure.test:8443/a/b?c=1"
+        );
+        let secure = Entry {
+            junctions: j.clone(),
+            secure: true,
+        };
+        let served = proxy(State(secure), request("secure.test", "/a/b?c=1")).await;
+        assert_eq!(
+            served.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "proxied (the service is paused)"
+        );
+        // `tls: {redirect: false}` and hosts without a certificate stay on plain HTTP.
+        for host in ["open.test", "bare.test"] {
+            let response = proxy(State(plain.clone()), request(host, "/")).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{host}");
+        }
+        assert_eq!(j.url(&redirecting("secure.test")), "https://secure.test:8443/");
+        assert_eq!(j.url(&redirecting("bare.test")), "http://bare.test/");
+        assert_eq!(j.url(&route("open.test", "/")), "http://open.test/");
+    }
+
     #[test]
     fn canary_weight_splits_traffic() {
         let j = Junctions::new(80);
@@ -604,7 +690,7 @@ mod tests {
             })
         });
         let canary = (0..5000)
-            .filter(|_| matches!(j.pick("a.test", "/"), Pick::Backend { release: 2, .. }))
+            .filter(|_| matches!(j.pick("a.test", "/", false), Pick::Backend { release: 2, .. }))
             .count();
         assert!((800..1200).contains(&canary), "{canary} of 5000 went to the 20% canary");
     }

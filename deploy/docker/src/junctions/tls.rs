@@ -211,3 +211,73 @@ pub(crate) fn is_token(token: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `names`: (chain PEM, key PEM).
+    pub(crate) fn self_signed(names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::generate_simple_self_signed(names).unwrap();
+        (cert.cert.pem(), cert.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_file_serves_the_names_it_holds_and_a_host_s_own_wins() {
+        let (chain, key) = self_signed(&["*.files.test"]);
+        let file = ("the file".to_string(), chain.into_bytes(), key.into_bytes());
+        let (certificates, _misses) = Certificates::new(&[file]).unwrap();
+        assert!(certificates.has("a.files.test") && certificates.has("B.files.test"));
+        assert!(
+            !certificates.has("files.test") && !certificates.has("a.b.files.test") && !certificates.has("other.test")
+        );
+
+        let (chain, key) = self_signed(&["a.files.test"]);
+        let own = certificates.replace(&[("a.files.test".into(), chain.clone(), key.clone())]);
+        assert!(own.is_empty(), "{own:?}");
+        let served = certificates.for_host("a.files.test").unwrap();
+        let expected = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            served.cert[0], expected,
+            "the host's own certificate wins over the file's"
+        );
+
+        // One that does not load is named; the others keep serving.
+        let errors = certificates.replace(&[
+            ("broken.test".into(), "not pem".into(), key.clone()),
+            ("a.files.test".into(), chain, key),
+        ]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().starts_with("broken.test:"), "{}", errors[0]);
+        assert!(certificates.has("a.files.test") && !certificates.has("broken.test"));
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_is_refused_with_the_file_named() {
+        let (chain, _) = self_signed(&["a.test"]);
+        let (_, other_key) = self_signed(&["b.test"]);
+        let error = Certificates::new(&[(
+            "ENCLII_ROUTER_TLS_CERT `x.pem`".into(),
+            chain.into_bytes(),
+            other_key.into_bytes(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("ENCLII_ROUTER_TLS_CERT `x.pem`: the key does not match"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn challenge_tokens_are_base64url_of_a_sane_length() {
+        assert!(is_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        assert!(!is_token("short"));
+        assert!(!is_token("../../etc/passwd-and-more-characters"));
+        assert!(!is_token(&"a".repeat(300)));
+    }
+}
