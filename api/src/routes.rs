@@ -72,6 +72,7 @@ fn v1() -> OpenApiRouter<AppState> {
             control::services::delete_service
         ))
         .routes(routes!(control::services::spec_versions))
+        .routes(routes!(control::services::service_events))
         .routes(routes!(control::releases::list_project_releases))
         .routes(routes!(
             control::releases::list_releases,

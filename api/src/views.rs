@@ -339,6 +339,30 @@ impl Domain {
     }
 }
 
+/// What a replica did on its own between deploys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReplicaEvent {
+    pub id: i64,
+    pub environment: String,
+    pub release: i64,
+    /// The container (or pod) name.
+    pub replica: String,
+    /// `exited` (restarted by the engine) or `liveness_failed` (restarted after its probe failed).
+    pub kind: enclii_store::ReplicaEventKind,
+    pub detail: String,
+    pub created_at: i64,
+}
+
+from_row!(ReplicaEvent {
+    id,
+    environment,
+    release,
+    replica,
+    kind,
+    detail,
+    created_at
+});
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RoleBinding {
     pub subject: String,

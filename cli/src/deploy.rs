@@ -149,6 +149,7 @@ impl DeployArgs {
         docker_host: &str,
         data_dir: &Path,
         registry_login: Option<RegistryLogin>,
+        events: Arc<dyn enclii_deploy_contract::ReplicaEvents>,
     ) -> anyhow::Result<Option<DeployTarget>> {
         match self.target {
             TargetKind::None => Ok(None),
@@ -176,6 +177,7 @@ impl DeployArgs {
                 let mut config = DockerTargetConfig::new(data_dir.join("junctions.json"));
                 config.health_timeout = Duration::from_secs(self.health_timeout_seconds.max(1));
                 config.registry_login = registry_login;
+                config.events = Some(events);
                 match DockerTarget::connect(docker_host, junctions.clone(), config).await {
                     Ok(target) => Ok(Some(DeployTarget {
                         target,

@@ -440,8 +440,9 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
                         username,
                         password: password.expose().to_string(),
                     });
+            let events = Arc::new(enclii_deploy::events::StoreReplicaEvents(store.clone()));
             args.deploy
-                .connect(args.build.docker_host(), args.data_dir()?, registry_login)
+                .connect(args.build.docker_host(), args.data_dir()?, registry_login, events)
                 .await?
         }
         false => None,

@@ -146,6 +146,28 @@ fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted
     wait_until(Duration::from_secs(30), "the restarted replica served", || {
         get(&p.router, "api.liveness.test", "/") == (200, "v1".into())
     });
+    // The restart is in the service's history, with the probe's failure.
+    let restarted = events(server, "api");
+    let event = restarted
+        .iter()
+        .find(|e| e["kind"] == "liveness_failed")
+        .unwrap_or_else(|| panic!("no liveness event in {restarted:?}"));
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("liveness probe 2 times") && detail.contains("restarted"),
+        "{event}"
+    );
+    assert!(
+        event["replica"]
+            .as_str()
+            .unwrap()
+            .starts_with("enclii-liveness-prod-api-r"),
+        "{event}"
+    );
+    assert!(
+        !restarted.iter().any(|e| e["kind"] == "exited"),
+        "a liveness restart is not also an exit: {restarted:?}"
+    );
 
     // A second service whose process exits 2 s after it started serving: restarted, counted.
     let mut spec = json!({
@@ -165,6 +187,38 @@ fn a_replica_failing_its_liveness_probe_is_restarted_and_a_crash_loop_is_counted
     wait_until(Duration::from_secs(60), "the crash loop counted", || {
         runtime(server, "liveness", "crashy")["restarts"].as_u64().unwrap_or(0) >= 2
     });
+    // Each exit is in its history, with the exit code; the CLI lists them.
+    wait_until(Duration::from_secs(30), "the exits recorded", || {
+        events(server, "crashy")
+            .iter()
+            .filter(|e| e["kind"] == "exited" && e["detail"].as_str().unwrap().contains("code 1"))
+            .count()
+            >= 2
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enclii"))
+        .args(["events", "crashy", "--limit", "5"])
+        .env_remove("ENCLII_PROFILE")
+        .env("ENCLII_CONFIG", server.data.join("cli.toml"))
+        .env("ENCLII_SERVER", format!("http://{}", server.addr))
+        .env("ENCLII_TOKEN", support::TOKEN)
+        .env("ENCLII_PROJECT", "liveness")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("exited") && text.contains("exited with code 1"), "{text}");
+}
+
+/// The service's replica events (`GET …/services/{s}/events`), newest first.
+fn events(server: &support::pipeline::Server, service: &str) -> Vec<serde_json::Value> {
+    let (status, body) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/liveness/services/{service}/events"),
+        serde_json::Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
 }
 
 /// Builds the platform's head commit and deploys it; returns the release, serving.

@@ -10,6 +10,7 @@
 
 pub mod certificates;
 pub mod domains;
+pub mod events;
 pub mod handlers;
 mod routes;
 pub mod timetable;

@@ -458,6 +458,12 @@ impl Scheduler {
             Ok(lines) => info!(lines, "pruned job log lines past retention"),
             Err(e) => warn!(error = %e, "could not prune job logs"),
         }
+        // Replicas' exits and liveness restarts stay a month: the service's history, not job output.
+        match self.store.prune_replica_events(Duration::from_secs(30 * 86_400)).await {
+            Ok(0) => {}
+            Ok(events) => info!(events, "pruned replica events past retention"),
+            Err(e) => warn!(error = %e, "could not prune replica events"),
+        }
     }
 
     /// Gives the lease up so that another scheduler can lead at once.

@@ -292,3 +292,13 @@ vocabulary! {
         Failed = "failed",
     }
 }
+
+vocabulary! {
+    /// What a replica did on its own, between deploys.
+    ReplicaEventKind ("replica event kind") {
+        /// Its process exited; the engine started it again.
+        Exited = "exited",
+        /// It failed its liveness probe `failureThreshold` times in a row and was restarted.
+        LivenessFailed = "liveness_failed",
+    }
+}

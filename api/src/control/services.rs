@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use enclii_domain::pipeline::repository_key;
 use enclii_domain::spec::{ServiceSpec, SpecFormat};
 use enclii_store::ServiceDraft;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
@@ -223,4 +223,31 @@ pub async fn spec_versions(
             })
             .collect(),
     ))
+}
+
+/// `?limit=` on a service's events (default 100, at most 500).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    limit: Option<i64>,
+}
+
+/// What the service's replicas did on their own between deploys, newest first: exits the engine
+/// restarted, restarts after failed liveness probes (Docker target).
+#[utoipa::path(get, path = "/v1/projects/{project}/services/{service}/events", tag = "services",
+    params(("project" = String, Path, description = "Project slug"), ("service" = String, Path, description = "Service name"),
+           EventsQuery),
+    responses((status = 200, body = [crate::views::ReplicaEvent])))]
+pub async fn service_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((project, name)): Path<(String, String)>,
+    Query(query): Query<EventsQuery>,
+) -> Answer<Vec<crate::views::ReplicaEvent>> {
+    principal.require(Permission::Read, Some(&project))?;
+    let events = state
+        .store
+        .replica_events(&project, &name, query.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(crate::views::all(events)))
 }

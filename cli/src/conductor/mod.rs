@@ -124,6 +124,9 @@ pub enum Command {
     Logs(commands::LogsArgs),
     /// Services as they run: release, replicas, health, P95 latency, error rate.
     Ps(commands::PsArgs),
+    /// What a service's replicas did on their own: exits the engine restarted, restarts after
+    /// failed liveness probes (newest first).
+    Events(commands::EventsArgs),
     /// Secrets (Lockbox): set, list, remove. Values are never printed.
     #[command(subcommand)]
     Secrets(commands::SecretsCommand),

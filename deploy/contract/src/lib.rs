@@ -12,4 +12,4 @@ pub mod target;
 
 pub use error::{BoxError, DeployError};
 pub use model::*;
-pub use target::{Removal, Target};
+pub use target::{Removal, ReplicaEvents, Target};

@@ -149,6 +149,28 @@ pub struct ReleaseStatus {
     pub restarts: Option<u32>,
 }
 
+/// What happened to a running replica on its own, between deploys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaEventKind {
+    /// Its process exited; the engine started it again (restart policy).
+    Exited,
+    /// It failed its liveness probe `failureThreshold` times in a row; it was restarted.
+    LivenessFailed,
+}
+
+/// One replica's event, for the service's history (see [`crate::target::ReplicaEvents`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEvent {
+    pub key: ServiceKey,
+    pub release: i64,
+    /// The replica (container or pod) name.
+    pub replica: String,
+    pub kind: ReplicaEventKind,
+    /// What was seen: the exit code, the probe's failure.
+    pub detail: String,
+}
+
 /// A one-off run of one of the service's jobs (`spec.jobs`), with the workload's image and
 /// environment.
 #[derive(Clone, Debug, PartialEq, Eq)]

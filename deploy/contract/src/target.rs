@@ -7,8 +7,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
 use crate::model::{
-    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Rollout, RouteBinding, ServiceKey, ServiceStatus,
-    Usage, Workload,
+    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReplicaEvent, Rollout, RouteBinding, ServiceKey,
+    ServiceStatus, Usage, Workload,
 };
 
 /// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
@@ -32,6 +32,14 @@ impl Removal {
             Removal::Service { keep_volumes } | Removal::Environment { keep_volumes } => keep_volumes,
         }
     }
+}
+
+/// Where a target reports what its replicas did on their own (exits, failed liveness probes):
+/// the server records them in the service's history. Recording never fails the target: a sink
+/// that cannot write logs and drops the event.
+#[async_trait]
+pub trait ReplicaEvents: Send + Sync {
+    async fn record(&self, event: ReplicaEvent);
 }
 
 /// A place releases run: a single Docker engine, or a Kubernetes cluster.

@@ -12,8 +12,9 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
     CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use enclii_deploy_contract::ReplicaEvents;
 use enclii_deploy_contract::error::{DeployError, Result};
-use enclii_deploy_contract::model::ServiceKey;
+use enclii_deploy_contract::model::{ReplicaEvent, ServiceKey};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -47,7 +48,7 @@ impl std::fmt::Debug for RegistryLogin {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DockerTargetConfig {
     /// How long a new release may take to pass its readiness probe.
     pub health_timeout: Duration,
@@ -56,6 +57,20 @@ pub struct DockerTargetConfig {
     /// The address replicas' ports are published on (the router connects there).
     pub publish_ip: IpAddr,
     pub registry_login: Option<RegistryLogin>,
+    /// Where replicas' exits and failed liveness probes are reported (the service's history).
+    pub events: Option<Arc<dyn ReplicaEvents>>,
+}
+
+impl std::fmt::Debug for DockerTargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerTargetConfig")
+            .field("health_timeout", &self.health_timeout)
+            .field("state_file", &self.state_file)
+            .field("publish_ip", &self.publish_ip)
+            .field("registry_login", &self.registry_login)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
 }
 
 impl DockerTargetConfig {
@@ -65,6 +80,7 @@ impl DockerTargetConfig {
             state_file,
             publish_ip: IpAddr::from([127, 0, 0, 1]),
             registry_login: None,
+            events: None,
         }
     }
 }
@@ -86,10 +102,33 @@ pub struct DockerTarget {
     pub(crate) volume_bytes: std::sync::Mutex<HashMap<ServiceKey, u64>>,
     /// Liveness of the replicas with a liveness probe, by container name (`liveness.rs`).
     pub(crate) liveness: std::sync::Mutex<HashMap<String, crate::liveness::Liveness>>,
+    /// Replicas this process is restarting after a failed liveness probe: their `die` is not an
+    /// exit of their own (`watch.rs`).
+    pub(crate) restarting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) fn docker_error(what: &str) -> impl Fn(bollard::errors::Error) -> DeployError + '_ {
     move |e| DeployError::docker(format!("{what}: {e}"), e)
+}
+
+impl DockerTarget {
+    /// Reports a replica's event to the configured sink, if any.
+    pub(crate) async fn report(&self, event: ReplicaEvent) {
+        if let Some(events) = &self.config.events {
+            events.record(event).await;
+        }
+    }
+
+    /// Whether the binding serves `release` with this replica's generation (a replica of an
+    /// older generation, or of a release no longer served, is on its way out).
+    pub(crate) fn serves(&self, key: &ServiceKey, release: i64, name: &str) -> bool {
+        self.junctions.binding(key).is_some_and(|b| {
+            b.stable.iter().chain(b.canary.iter().map(|(c, _)| c)).any(|backends| {
+                backends.release == release
+                    && (backends.generation.is_empty() || name.contains(&format!("-g{}-", backends.generation)))
+            })
+        })
+    }
 }
 
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -123,6 +162,7 @@ impl DockerTarget {
             changes: tokio::sync::Mutex::new(()),
             volume_bytes: std::sync::Mutex::new(HashMap::new()),
             liveness: std::sync::Mutex::new(HashMap::new()),
+            restarting: std::sync::Mutex::new(std::collections::HashSet::new()),
         };
         target.restore().await?;
         let target = Arc::new(target);

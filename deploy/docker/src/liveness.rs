@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use enclii_deploy_contract::error::Result;
-use enclii_deploy_contract::model::ServiceKey;
+use enclii_deploy_contract::model::{ReplicaEvent, ReplicaEventKind, ServiceKey};
 use enclii_domain::spec::Probe;
 use tracing::warn;
 
@@ -65,7 +65,7 @@ impl DockerTarget {
             for release in releases {
                 for (name, _, running) in self.containers(&key, Some(release)).await? {
                     if running {
-                        self.probe_replica(&key, &name, liveness).await?;
+                        self.probe_replica(&key, release, &name, liveness).await?;
                     }
                     probed.push(name);
                 }
@@ -80,7 +80,7 @@ impl DockerTarget {
     }
 
     /// Probes one replica if its period has passed; restarts it at the failure threshold.
-    async fn probe_replica(&self, key: &ServiceKey, name: &str, liveness: &Probe) -> Result<()> {
+    async fn probe_replica(&self, key: &ServiceKey, release: i64, name: &str, liveness: &Probe) -> Result<()> {
         let period = Duration::from_secs(u64::from(liveness.period_seconds.unwrap_or(DEFAULT_PERIOD_SECS)));
         let due = {
             let mut states = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,6 +125,19 @@ impl DockerTarget {
             let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
                 .t(5)
                 .build();
+            self.restarting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string());
+            // Recorded before the restart, which may take the stop timeout.
+            self.report(ReplicaEvent {
+                key: key.clone(),
+                release,
+                replica: name.to_string(),
+                kind: ReplicaEventKind::LivenessFailed,
+                detail: format!("failed its liveness probe {threshold} times in a row ({why}); restarted"),
+            })
+            .await;
             self.docker
                 .restart_container(name, Some(options))
                 .await

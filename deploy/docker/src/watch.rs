@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::EventsOptionsBuilder;
 use enclii_deploy_contract::error::Result;
-use enclii_deploy_contract::model::ServiceKey;
+use enclii_deploy_contract::model::{ReplicaEvent, ReplicaEventKind, ServiceKey};
 use futures::StreamExt;
 use tracing::{info, warn};
 
@@ -141,6 +141,28 @@ impl DockerTarget {
     }
 }
 
+impl DockerTarget {
+    /// A serving replica's process ended on its own (not a removal, not this process's liveness
+    /// restart): its restart policy starts it again; the exit goes to the service's history.
+    async fn exited(&self, key: &ServiceKey, release: i64, attributes: &HashMap<String, String>) {
+        let Some(name) = attributes.get("name") else { return };
+        let ours = self.restarting.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        if ours || !self.serves(key, release, name) {
+            return;
+        }
+        let code = attributes.get("exitCode").map_or("unknown", String::as_str);
+        warn!(service = %key, replica = %name, exit_code = code, "a replica exited; the engine restarts it");
+        self.report(ReplicaEvent {
+            key: key.clone(),
+            release,
+            replica: name.clone(),
+            kind: ReplicaEventKind::Exited,
+            detail: format!("exited with code {code}; restarted by the engine"),
+        })
+        .await;
+    }
+}
+
 /// Subscribes to the engine's replica events and follows them; `true` when the stream ended
 /// (the engine went away), `false` when the target was dropped.
 async fn follow_until_the_stream_ends(target: &Weak<DockerTarget>) -> bool {
@@ -171,10 +193,13 @@ async fn follow_until_the_stream_ends(target: &Weak<DockerTarget>) -> bool {
                 };
                 let Some(this) = target.upgrade() else { return false };
                 let labels = event.actor.and_then(|a| a.attributes).unwrap_or_default();
-                if let Some((key, release)) = replica_of(&labels)
-                    && let Err(e) = this.refresh_backends(&key, release).await
-                {
-                    warn!(service = %key, release, error = %e, "could not re-read the replicas' addresses");
+                if let Some((key, release)) = replica_of(&labels) {
+                    if event.action.as_deref() == Some("die") {
+                        this.exited(&key, release, &labels).await;
+                    }
+                    if let Err(e) = this.refresh_backends(&key, release).await {
+                        warn!(service = %key, release, error = %e, "could not re-read the replicas' addresses");
+                    }
                 }
             }
             _ = sweep.tick() => {

@@ -1,4 +1,5 @@
-//! `enclii logs` and `ps`: a service's runtime log and its services as they run.
+//! `enclii logs`, `ps` and `events`: a service's runtime log, its services as they run, and what
+//! its replicas did on their own.
 
 use clap::Args;
 use serde_json::Value;
@@ -6,7 +7,7 @@ use serde_json::Value;
 use crate::conductor::OutputFormat;
 use crate::conductor::client::Client;
 use crate::conductor::config::Settings;
-use crate::conductor::output::{cell, emit, items, outln, print_rows, printable, rows};
+use crate::conductor::output::{cell, emit, items, outln, print_rows, printable, rows, time};
 
 use super::{Done, project_path, service_path};
 
@@ -118,6 +119,36 @@ pub(super) async fn ps(settings: &Settings, args: PsArgs) -> Done {
             ],
             rows,
         );
+    });
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// The service.
+    service: String,
+    /// How many, newest first (at most 500).
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+}
+
+pub(super) async fn events(settings: &Settings, args: EventsArgs) -> Done {
+    let client = Client::new(settings)?;
+    let project = settings.project()?;
+    let path = format!("{}/events", service_path(&project, &args.service));
+    let events = client.get_query(&path, &[("limit", args.limit.to_string())]).await?;
+    emit(settings.output, &events, |events| {
+        let rows = rows(events, |e| {
+            vec![
+                time(&e["created_at"]),
+                cell(&e["environment"]),
+                cell(&e["release"]),
+                cell(&e["replica"]),
+                cell(&e["kind"]),
+                cell(&e["detail"]),
+            ]
+        });
+        print_rows(&["when", "env", "release", "replica", "event", "detail"], rows);
     });
     Ok(())
 }

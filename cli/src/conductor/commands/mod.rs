@@ -37,8 +37,8 @@ pub use init::InitArgs;
 use init::init;
 pub use jobs::JobsCommand;
 use jobs::jobs;
-pub use logs::{LogsArgs, PsArgs};
-use logs::{logs, ps};
+pub use logs::{EventsArgs, LogsArgs, PsArgs};
+use logs::{events, logs, ps};
 pub use queue::QueueCommand;
 use queue::queue;
 pub use routes::RoutesCommand;
@@ -63,6 +63,7 @@ pub async fn run<C: CommandFactory>(global: Global, command: Command) -> anyhow:
         Command::Deploy(args) => deploy(&settings, args).await,
         Command::Logs(args) => logs(&settings, args).await,
         Command::Ps(args) => ps(&settings, args).await,
+        Command::Events(args) => events(&settings, args).await,
         Command::Secrets(command) => secrets(&settings, command).await,
         Command::Scale(args) => scale(&settings, args).await,
         Command::Routes(command) => routes(&settings, command).await,
