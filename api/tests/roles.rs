@@ -139,6 +139,13 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/v1/projects/shop/services/api/events",
+            "/v1/projects/{project}/services/{service}/events",
+            None,
+            Project(Read),
+        ),
+        case(
+            "GET",
             "/v1/projects/shop/releases",
             "/v1/projects/{project}/releases",
             None,
