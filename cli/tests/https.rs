@@ -145,7 +145,9 @@ fn verified_domains_get_acme_certificates_served_over_https_through_the_router_a
         issued["certificate"]["not_after"].as_i64().unwrap() > chrono_now_ms(),
         "{issued}"
     );
-    let root = acme.issuer_root();
+    // Kept beside the test's own files: Pebble's directory goes when it stops.
+    let root = files.join("pebble-issuer.pem").display().to_string();
+    std::fs::copy(acme.issuer_root(), &root).unwrap();
     wait_until(Duration::from_secs(10), "the certificate served", || {
         https_get(&tls, "secure.example", "/", &root).is_ok()
     });
@@ -235,6 +237,36 @@ fn verified_domains_get_acme_certificates_served_over_https_through_the_router_a
     for action in ["certificate.order", "certificate.issue", "certificate.fail"] {
         assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
     }
+
+    // The ACME server goes down: the next renewal's attempts fail and say so on the domain (the
+    // queue retries them), and the host keeps its certificate.
+    let serving = served_serial(&tls, "secure.example");
+    let pebble_log = acme.log();
+    drop(acme);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let retrying = loop {
+        let view = domain(&p, id);
+        let error = view["certificate"]["error"].as_str().unwrap_or_default().to_string();
+        if view["certificate"]["status"] == "ordering" && error.contains("could not be reached") {
+            break view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry noted: {view}\n{pebble_log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        retrying["certificate"]["error"].as_str().unwrap().contains("retrying"),
+        "{retrying}"
+    );
+    assert_eq!(
+        served_serial(&tls, "secure.example"),
+        serving,
+        "the last certificate still serves"
+    );
+    let (status, _) = https_get(&tls, "secure.example", "/", &root).unwrap();
+    assert_eq!(status, 200);
 
     // Removed with its certificate on request: no longer routed, no longer served.
     let (status, body) = call(

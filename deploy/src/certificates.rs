@@ -213,10 +213,12 @@ impl CertificateIssuer {
             Ok(outcome) => outcome,
             Err(OrderError::Refused(reason)) => OrderOutcome::Failed(reason),
             Err(OrderError::Unreachable(reason)) if !ctx.is_last_attempt() => {
-                return Err(Failure(JobError::Retry(format!(
-                    "the ACME server at {} could not be reached: {reason}",
-                    self.config.directory
-                ))));
+                let reason = format!(
+                    "attempt {} of {}: the ACME server at {} could not be reached: {reason}; retrying",
+                    ctx.job.attempt, ctx.job.policy.max_attempts, self.config.directory
+                );
+                self.store.note_certificate_retry(&job.host, job.order, &reason).await?;
+                return Err(Failure(JobError::Retry(reason)));
             }
             Err(OrderError::Unreachable(reason)) => OrderOutcome::Failed(format!(
                 "the ACME server at {} could not be reached after {} attempts: {reason}",

@@ -303,6 +303,19 @@ impl Store {
             .await
     }
 
+    /// Keeps why an attempt of order `order` failed (it will be retried) on the host's row, for
+    /// the user, without ending the order.
+    pub async fn note_certificate_retry(&self, host: &str, order: i64, reason: &str) -> Result<()> {
+        self.write(async |conn| {
+            query("UPDATE certificates SET error = $1 WHERE host = $2 AND orders = $3 AND status = $4")
+                .binds((reason, host, order, CertificateStatus::Ordering))
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// The host's row if `order` is its current, unfinished order (else the job is stale).
     pub async fn certificate_order(&self, host: &str, order: i64) -> Result<Option<Certificate>> {
         self.read(async |conn| current_order(conn, host, order).await).await
