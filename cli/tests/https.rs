@@ -3,7 +3,8 @@
 //! own router, and serves them on its TLS listener. From `POST …/domains` to a page fetched over
 //! HTTPS with Pebble's root trusted; plain HTTP redirected unless the route says
 //! `tls: {redirect: false}`; a certificate file for hosts its names cover; an unverified host
-//! neither routed nor served; a failed order visible with the ACME server's reason; a restarted
+//! neither routed nor served; a generated host's certificate ordered on its first TLS request; a
+//! failed order visible with the ACME server's reason; a restarted
 //! server serving its stored certificates without ordering again; renewal (the renewal window
 //! set past the certificate's lifetime, the clock we control); and removal with the certificate.
 
@@ -131,6 +132,7 @@ fn verified_domains_get_acme_certificates_served_over_https_through_the_router_a
             ("ENCLII_ROUTER_TLS_CERT", file_cert.as_str()),
             ("ENCLII_ROUTER_TLS_KEY", file_key.as_str()),
             ("ENCLII_CERT_CHECK_SECONDS", "1"),
+            ("ENCLII_BASE_DOMAIN", "apps.example"),
         ],
     );
     let release = ready_release(&p, &head(&p));
@@ -155,6 +157,15 @@ fn verified_domains_get_acme_certificates_served_over_https_through_the_router_a
     assert_eq!(status, 200, "{body}");
     let first_serial = served_serial(&tls, "secure.example");
     assert!(first_serial.starts_with("serial="), "{first_serial}");
+
+    // A generated host gets its certificate on its first TLS request (which fails; the next work).
+    let generated = format!("api.{PROJECT}.apps.example");
+    https_get(&tls, &generated, "/", &root).expect_err("no certificate before the first request");
+    wait_until(
+        Duration::from_secs(60),
+        "the generated host's certificate on first use",
+        || https_get(&tls, &generated, "/", &root).is_ok_and(|(status, _)| status == 200),
+    );
 
     // Plain HTTP to a host with a certificate is redirected to the same URL over HTTPS.
     let response = head_of(&router, "secure.example", "/orders");
