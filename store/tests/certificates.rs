@@ -6,6 +6,7 @@
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -259,19 +260,6 @@ async fn the_acme_account_is_kept_once_and_challenges_expire(db: Db) {
         None,
         "an expired answer is gone"
     );
-}
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-    };
 }
 
 on_both_databases!(

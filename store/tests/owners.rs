@@ -5,6 +5,7 @@
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
+#[macro_use]
 mod support;
 
 use enclii_store::{AuditFilter, Store, StoreError, TokenRecord};
@@ -154,19 +155,6 @@ async fn recover_owner_makes_a_subject_owner_again_with_a_new_token(db: Db) {
         ["token.create", "role.bind", "token.create", "role.bind"],
         "newest first"
     );
-}
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-    };
 }
 
 on_both_databases!(

@@ -5,6 +5,7 @@
 
 #[path = "../../queue/tests/common/mod.rs"]
 mod common;
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -486,19 +487,6 @@ async fn idle_previews_expire_once(db: Db) {
     let pipeline = store.queue().pipeline(first.id).await.unwrap().unwrap();
     assert_eq!(pipeline.name, "preview-teardown");
     assert!(store.deployed_services().await.unwrap().is_empty(), "nothing deployed");
-}
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-    };
 }
 
 on_both_databases!(

@@ -33,3 +33,19 @@ pub async fn open_store(db: Db) -> (Store, Option<common::TestDatabase>) {
     .unwrap();
     (store, guard)
 }
+
+/// `on_both_databases!(a, b)`: tests `postgres::a`, `sqlite::a`, … each calling `a(Db::…)` of the
+/// including file (which imports `Db`) on a multi-threaded runtime.
+#[allow(unused_macros)]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Sqlite).await })*
+        }
+    };
+}

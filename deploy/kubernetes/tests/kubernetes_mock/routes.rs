@@ -41,6 +41,16 @@ fn hosts(ingress: &Value) -> Vec<&str> {
 
 /// The first deploy of release 42 (as `mock_deploy_shift_promote_abort_pause_and_remove`);
 /// returns the Deployment as the server stores it.
+/// `apply_routes`' reads when the stable release runs and no canary does.
+async fn expect_stable_alone(handle: &mut Handle) {
+    expect(handle, "GET", &format!("{APPS}/deployments/api"))
+        .await
+        .reply(200, stable_deployment(42));
+    expect(handle, "GET", &format!("{APPS}/deployments/api-canary"))
+        .await
+        .not_found();
+}
+
 async fn expect_first_deploy(handle: &mut Handle) -> Value {
     expect(handle, "GET", &format!("{APPS}/deployments/api"))
         .await
@@ -106,12 +116,7 @@ async fn mock_apply_routes_without_routes_deletes_the_ingress() {
     let (target, handle) = mock_target(config());
     let server = tokio::spawn(async move {
         let mut handle = handle;
-        expect(&mut handle, "GET", &format!("{APPS}/deployments/api"))
-            .await
-            .reply(200, stable_deployment(42));
-        expect(&mut handle, "GET", &format!("{APPS}/deployments/api-canary"))
-            .await
-            .not_found();
+        expect_stable_alone(&mut handle).await;
         expect_delete(&mut handle, &format!("{NETWORKING}/ingresses/api"), true).await;
         handle
     });
@@ -146,12 +151,7 @@ async fn mock_apply_routes_with_a_plain_http_route_turns_the_https_redirect_off(
     let (target, handle) = mock_target(config());
     let server = tokio::spawn(async move {
         let mut handle = handle;
-        expect(&mut handle, "GET", &format!("{APPS}/deployments/api"))
-            .await
-            .reply(200, stable_deployment(42));
-        expect(&mut handle, "GET", &format!("{APPS}/deployments/api-canary"))
-            .await
-            .not_found();
+        expect_stable_alone(&mut handle).await;
         let ingress = expect_apply(&mut handle, &format!("{NETWORKING}/ingresses/api")).await;
         assert_eq!(hosts(&ingress), ["api.example.dev", "status.example.com"]);
         assert_eq!(
