@@ -74,6 +74,9 @@ pub struct DomainSettings {
     /// The router's public hostname or IP address (`ENCLII_ROUTER_PUBLIC_ADDRESS`): the CNAME or
     /// A record a domain's users create. `None`: the instructions name this host's public address.
     pub router_address: Option<String>,
+    /// HTTPS is on (`ENCLII_ROUTER_TLS_LISTEN` with an ACME directory): a re-check of a verified
+    /// domain without a working certificate orders one now.
+    pub orders_certificates: bool,
 }
 
 impl Default for DomainSettings {
@@ -81,6 +84,7 @@ impl Default for DomainSettings {
         Self {
             verify_window: std::time::Duration::from_secs(72 * 3600),
             router_address: None,
+            orders_certificates: false,
         }
     }
 }

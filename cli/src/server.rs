@@ -483,7 +483,7 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         runtime: connected.as_ref().map(|c| c.target.clone()),
         preview_domain: args.deploy.deployer_config().preview_domain,
         base_domain: args.deploy.deployer_config().base_domain,
-        domains: args.domains.settings(),
+        domains: args.domains.settings(args.tls.acme().is_some()),
     };
     let limits = enclii_api::ClientLimits {
         auth_failures: RateLimit {

@@ -219,6 +219,19 @@ fn verified_domains_get_acme_certificates_served_over_https_through_the_router_a
     let error = failed["certificate"]["error"].as_str().unwrap();
     assert!(error.contains("127.0.0.2") || error.contains("connection"), "{failed}");
     assert!(failed["certificate"]["not_after"].is_null(), "{failed}");
+    // DNS fixed, "check now" orders again at once (not an hour later).
+    dns.clear_a("astray.example");
+    let (status, body) = call(
+        &p.server,
+        "POST",
+        &format!("/v1/projects/{PROJECT}/domains/{astray}/verify"),
+        Value::Null,
+    );
+    assert_eq!(status, 202, "{body}");
+    let fixed = certificate(&p, &acme, astray, "the order after the fix", |c| {
+        c["status"] == "issued"
+    });
+    assert_eq!(fixed["certificate"]["orders"], 2, "{fixed}");
 
     // Restarted, the server serves what the store holds without ordering again.
     p.restart(&[]);

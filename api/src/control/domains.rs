@@ -141,7 +141,8 @@ pub async fn get_domain(
     Ok(Json(view_of(&state, state.store.domain(&project, id).await?).await?))
 }
 
-/// Checks the record again now, with a fresh deadline (a failed domain becomes pending again).
+/// Checks the record again now, with a fresh deadline (a failed domain becomes pending again); a
+/// verified, routed one whose certificate failed (or never was ordered) gets a new order now.
 #[utoipa::path(post, path = "/v1/projects/{project}/domains/{id}/verify", tag = "domains",
     params(("project" = String, Path, description = "Project slug"), ("id" = i64, Path, description = "Domain id")),
     responses((status = 202, body = Domain, description = "a check is queued (a routed, verified domain is returned as it is)")))]
@@ -155,6 +156,19 @@ pub async fn verify_domain(
         .store
         .recheck_domain(&principal.subject, &project, id, state.domains.verify_window)
         .await?;
+    if state.domains.orders_certificates
+        && row.status == enclii_store::DomainStatus::Verified
+        && row.route_id.is_some()
+        && !row.host.starts_with("*.")
+    {
+        let certificate = state.store.certificate(&row.host).await?;
+        if certificate.is_none_or(|c| c.status == enclii_store::CertificateStatus::Failed) {
+            state
+                .store
+                .request_certificate(&principal.subject, &project, &row.host)
+                .await?;
+        }
+    }
     Ok((StatusCode::ACCEPTED, Json(view_of(&state, row).await?)))
 }
 

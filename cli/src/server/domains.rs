@@ -26,10 +26,11 @@ impl DomainArgs {
         DnsResolver::parse(&self.dns_resolver).map_err(anyhow::Error::msg)
     }
 
-    pub fn settings(&self) -> enclii_api::DomainSettings {
+    pub fn settings(&self, orders_certificates: bool) -> enclii_api::DomainSettings {
         enclii_api::DomainSettings {
             verify_window: Duration::from_secs(self.verify_seconds),
             router_address: self.router_public_address.clone(),
+            orders_certificates,
         }
     }
 }

@@ -57,6 +57,11 @@ impl TestDns {
         );
     }
 
+    /// Back to the default address (127.0.0.1).
+    pub fn clear_a(&self, name: &str) {
+        self.manage("clear-a", &serde_json::json!({"host": format!("{name}.")}));
+    }
+
     pub fn clear_txt(&self, name: &str) {
         self.manage("clear-txt", &serde_json::json!({"host": format!("{name}.")}));
     }
