@@ -375,7 +375,8 @@ function domainTable(project, domains) {
         h(
           "td",
           {},
-          d.status === "verified"
+          // Verified: checking again only orders a certificate whose last order failed.
+          d.status === "verified" && d.certificate?.status !== "failed"
             ? null
             : action("Check now", null, () => api("POST", `/v1/projects/${enc(project)}/domains/${d.id}/verify`), render),
         ),
