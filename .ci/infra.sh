@@ -14,9 +14,13 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # skopeo: one of the real clients the embedded registry's tests drive (registry/tests/clients.rs).
 command -v skopeo >/dev/null || need_apt+=(skopeo)
-# pebble-challtestsrv (Debian's pebble package, Let's Encrypt's test ACME server and its DNS): the name
-# server custom domains' ownership checks ask in the tests (cli/tests/domains.rs).
+# pebble and pebble-challtestsrv (Debian's pebble package, Let's Encrypt's test ACME server and its
+# DNS): the ACME server of the HTTPS tests (cli/tests/https.rs) and the name server custom
+# domains' ownership checks ask (cli/tests/domains.rs).
 command -v pebble-challtestsrv >/dev/null || need_apt+=(pebble)
+# openssl: the HTTPS tests' throwaway CAs (Pebble's own listener, a certificate file) and reading
+# the serial of the certificate the router serves (cli/tests/https.rs).
+command -v openssl >/dev/null || need_apt+=(openssl)
 # The dashboard's browser test: Debian's Chromium (playwright-core cannot download a browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
