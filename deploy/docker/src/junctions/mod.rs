@@ -457,6 +457,7 @@ async fn proxy(State(entry): State<Entry>, request: Request) -> Response {
 async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[SocketAddr], secure: bool) -> Response {
     let (mut parts, body) = request.into_parts();
     let retryable = parts.method.is_idempotent() && body_is_empty(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let client_addr = parts
         .extensions
@@ -485,7 +486,11 @@ async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[S
         *attempt.uri_mut() = uri;
         *attempt.headers_mut() = parts.headers.clone();
         match junctions.client.request(attempt).await {
-            Ok(response) => return response.map(Body::new),
+            Ok(response) => {
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, Body::new(body));
+            }
             Err(e) => {
                 last_error = e.to_string();
                 if !(retryable && e.is_connect()) {
@@ -496,6 +501,34 @@ async fn forward(junctions: &Junctions, request: Request, host: &str, addrs: &[S
     }
     tracing::warn!(%host, error = %last_error, "no replica answered");
     plain(StatusCode::BAD_GATEWAY, "the service did not answer")
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1): the
+/// client's connection and the replica's are separate. Without this a replica's
+/// `Connection: close` closed the client's kept-alive connection (a new TLS handshake per
+/// request), and a client's stopped the router reusing its connection to the replica.
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
 }
 
 fn body_is_empty(headers: &axum::http::HeaderMap) -> bool {
@@ -669,6 +702,19 @@ mod tests {
         assert_eq!(j.url(&redirecting("secure.test")), "https://secure.test:8443/");
         assert_eq!(j.url(&redirecting("bare.test")), "http://bare.test/");
         assert_eq!(j.url(&route("open.test", "/")), "http://open.test/");
+    }
+
+    #[test]
+    fn connection_headers_stay_on_their_side_of_the_router() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key(header::CONTENT_TYPE));
     }
 
     #[test]
