@@ -1,5 +1,5 @@
 # Shared by loadtest/pipeline-bench.sh and loadtest/deploy-bench.sh (sourced from the repository's
-# root): starts the infrastructure (.ci/infra.sh), builds `enclii` (debug), makes the busybox base
+# root): starts the infrastructure (.ci/infra.sh), builds `enclii` (debug, or BENCH_PROFILE), makes the busybox base
 # image, and defines the helpers below. Sets: bin, work (a temp dir, removed on exit), token, secret.
 #   bench_server [VAR=value …]   starts `enclii server` with the registry, S3, file:// git and the
 #                                webhook secret (plus the extra env); sets pid, api and H (curl args)
@@ -10,8 +10,10 @@
 #                                server is stopped, before $work is removed)
 source .ci/infra.sh >&2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/enclii/target}"
-cargo build -q -p enclii >&2
-bin="$CARGO_TARGET_DIR/debug/enclii"
+# BENCH_PROFILE=release measures the binary the image ships (Dockerfile) instead of the debug one
+# README command 1 runs.
+cargo build -q -p enclii --profile "${BENCH_PROFILE:-dev}" >&2
+bin="$CARGO_TARGET_DIR/$([ "${BENCH_PROFILE:-dev}" = dev ] && echo debug || echo "$BENCH_PROFILE")/enclii"
 work=$(mktemp -d /tmp/enclii-bench.XXXXXX)
 token=enclii_pat_benchtoken00_0123456789abcdefghijABCDEFGHIJ0123456789abc
 secret=bench-webhook-secret
