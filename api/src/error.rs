@@ -133,6 +133,12 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(detail) => {
                 ApiError::bad_request("invalid_request", detail, "fix the request and send it again")
             }
+            StoreError::Unproven(detail) => ApiError::forbidden(
+                detail,
+                "prove the host first: `enclii domains add <host> --service <service>` (POST \
+                 /v1/projects/{project}/domains) prints the TXT record to publish; once it is verified, the \
+                 domain routes itself and any route on it or under it needs no further proof",
+            ),
             StoreError::Unavailable(cause) => ApiError::Unavailable(cause.to_string()),
             StoreError::Queue(q) => q.into(),
             other => ApiError::Internal(other.to_string()),

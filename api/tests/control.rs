@@ -338,7 +338,7 @@ async fn routes_refuse_conflicts(db: Db) {
         .admin(
             "POST",
             "/v1/projects/shop/routes",
-            Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#),
+            Some(r#"{"service":"api","host":"api.shop.test","path":"/"}"#),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
@@ -346,7 +346,7 @@ async fn routes_refuse_conflicts(db: Db) {
         .admin(
             "POST",
             "/v1/projects/blog/routes",
-            Some(r#"{"service":"api","host":"api.shop.dev","path":"/"}"#),
+            Some(r#"{"service":"api","host":"api.shop.test","path":"/"}"#),
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
@@ -368,7 +368,7 @@ async fn routes_refuse_conflicts(db: Db) {
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("host"))
     );
     // A spec claiming a taken route is refused as a whole.
-    let yaml = service_yaml("blog", "api", "org/blog") + "  routes: [ { host: api.shop.dev, path: / } ]\n";
+    let yaml = service_yaml("blog", "api", "org/blog") + "  routes: [ { host: api.shop.test, path: / } ]\n";
     let r = t.apply_yaml(&t.admin, "blog", &yaml).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
     assert!(r.body["detail"].as_str().unwrap().starts_with("spec.routes[0]:"));
@@ -695,10 +695,10 @@ async fn deleting_an_environment_cancels_its_work_and_leaves_nothing_behind(db: 
     let deploy_job = deployment.body["job_id"].as_i64().unwrap();
     for (body, status) in [
         (
-            r#"{"service":"api","environment":"stage","host":"api.stage.shop.dev"}"#,
+            r#"{"service":"api","environment":"stage","host":"api.stage.shop.test"}"#,
             StatusCode::CREATED,
         ),
-        (r#"{"service":"api","host":"api.shop.dev"}"#, StatusCode::CREATED),
+        (r#"{"service":"api","host":"api.shop.test"}"#, StatusCode::CREATED),
     ] {
         assert_eq!(
             t.admin("POST", "/v1/projects/shop/routes", Some(body)).await.status,
@@ -825,7 +825,7 @@ async fn deleting_an_environment_cancels_its_work_and_leaves_nothing_behind(db: 
         .iter()
         .map(|r| r["host"].as_str().unwrap())
         .collect();
-    assert_eq!(hosts, ["api.shop.dev"]);
+    assert_eq!(hosts, ["api.shop.test"]);
     let scope = SecretScope {
         project: "shop".into(),
         environment: Some("stage".into()),

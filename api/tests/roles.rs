@@ -261,7 +261,7 @@ fn cases() -> Vec<Case> {
             "POST",
             "/v1/projects/shop/routes",
             "/v1/projects/{project}/routes",
-            Some(r#"{"service":"api","host":"www.shop.dev"}"#),
+            Some(r#"{"service":"api","host":"www.shop.test"}"#),
             Project(Routes),
         ),
         case(
@@ -282,7 +282,7 @@ fn cases() -> Vec<Case> {
             "POST",
             "/v1/projects/shop/domains",
             "/v1/projects/{project}/domains",
-            Some(r#"{"service":"api","host":"new.shop.dev"}"#),
+            Some(r#"{"service":"api","host":"new.shop.test"}"#),
             Project(Routes),
         ),
         case(
@@ -581,14 +581,14 @@ async fn fixture(t: &TestApi) -> Fixture {
         .admin(
             "POST",
             "/v1/projects/shop/routes",
-            Some(r#"{"service":"api","host":"api.shop.dev"}"#),
+            Some(r#"{"service":"api","host":"api.shop.test"}"#),
         )
         .await;
     let domain = t
         .admin(
             "POST",
             "/v1/projects/shop/domains",
-            Some(r#"{"service":"api","host":"app.shop.dev"}"#),
+            Some(r#"{"service":"api","host":"app.shop.test"}"#),
         )
         .await;
     let service = t.admin("GET", "/v1/projects/shop/services/api", None).await;

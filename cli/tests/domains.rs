@@ -3,7 +3,7 @@
 //! (`pebble-challtestsrv`, see `support/dns.rs`). A domain is routed only once its TXT record
 //! holds its token; a wildcard is proven on its apex; a domain never proven fails at its deadline
 //! with what the last check found; hosts that are invalid, the platform's, or another project's are
-//! refused with a named reason. With the Docker target, a verified domain answers through the
+//! refused with a named reason; a route needs a host its project proved. With the Docker target, a verified domain answers through the
 //! router and an unverified one does not.
 
 mod support;
@@ -239,6 +239,101 @@ fn domains_are_routed_only_once_their_owner_proves_them_in_dns() {
         assert!(actions.contains(&action), "{action} not in {actions:?}");
     }
     assert!(!audit.to_string().contains(&token), "the audit trail holds no token");
+}
+
+/// A route (`POST …/routes`, `enclii routes add`, a spec's `routes`) is accepted only on a host the
+/// project has proven: a verified domain of its own on the host or above it, or a name reserved
+/// from public DNS. The test zone `shop.io` is served only by the test DNS server.
+#[test]
+fn routes_need_a_host_the_project_proved_and_reserved_names_need_none() {
+    let dns = TestDns::start();
+    let server = server(&dns, &[]);
+    service(&server, "shop", "web");
+    service(&server, "rival", "web");
+    let route = |project: &str, host: &str| {
+        call(
+            &server,
+            "POST",
+            &format!("/v1/projects/{project}/routes"),
+            json!({"service": "web", "host": host}),
+        )
+    };
+    let spec_with_route = |host: &str| {
+        json!({
+            "apiVersion": "enclii.dev/v1", "kind": "Service",
+            "metadata": {"project": "shop", "environment": "prod", "name": "web"},
+            "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
+                     "runtime": {"ports": [3000]}, "routes": [{"host": host}]}
+        })
+    };
+
+    // Unproven: refused with what, where and how, and nothing stored.
+    let (status, body) = route("shop", "api.shop.io");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("host: project `shop` has not proven it owns host `api.shop.io`"),
+        "{body}"
+    );
+    assert!(body["hint"].as_str().unwrap().contains("enclii domains add"), "{body}");
+    let (code, out, err) = enclii(&server, &["routes", "add", "--host", "api.shop.io", "--service", "web"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("has not proven it owns host `api.shop.io`"), "{err}");
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/v1/projects/shop/services",
+        spec_with_route("www.shop.io"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("spec.routes[0].host:"),
+        "{body}"
+    );
+    let (_, web) = call(&server, "GET", "/v1/projects/shop/services/web", Value::Null);
+    assert_eq!(web["spec_version"], 1, "nothing half-applied: {web}");
+    assert!(routed_hosts(&server, "shop").is_empty());
+
+    // Proving the apex covers it and everything under it, for this project only.
+    let (status, added) = call(
+        &server,
+        "POST",
+        "/v1/projects/shop/domains",
+        json!({"host": "shop.io", "service": "web"}),
+    );
+    assert_eq!(status, 201, "{added}");
+    let id = added["id"].as_i64().unwrap();
+    dns.set_txt(
+        "_enclii-challenge.shop.io",
+        added["ownership"]["value"].as_str().unwrap(),
+    );
+    enclii(&server, &["domains", "verify", &id.to_string()]);
+    wait_until(Duration::from_secs(30), "verification", || {
+        domain(&server, "shop", id)["status"] == "verified"
+    });
+    let (status, body) = route("shop", "api.shop.io");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/v1/projects/shop/services",
+        spec_with_route("*.stage.shop.io"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        routed_hosts(&server, "shop"),
+        ["*.stage.shop.io", "api.shop.io", "shop.io"]
+    );
+    let (status, body) = route("rival", "rival.shop.io");
+    assert_eq!(status, 403, "another project's proof is not this one's: {body}");
+
+    // Names nobody can register need no proof.
+    for host in ["rival.test", "app.localhost", "www.example.com", "svc.internal"] {
+        let (status, body) = route("rival", host);
+        assert_eq!(status, 201, "{host}: {body}");
+    }
 }
 
 #[test]

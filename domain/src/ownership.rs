@@ -35,6 +35,35 @@ pub fn is_under(name: &str, domain: &str) -> bool {
     name == domain || name.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
 }
 
+/// Whether `host` lies under a name reserved from public DNS, which nobody can register and so
+/// nobody can prove: RFC 2606 (`test`, `example`, `invalid`, `localhost`, `example.com`/`.net`/
+/// `.org`), RFC 6761/6762 (`local`), RFC 8375 (`home.arpa`) and ICANN's private-use `internal`.
+/// Routes on these hosts need no proof of ownership; no public CA issues certificates for them.
+pub fn is_reserved_host(host: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "test",
+        "example",
+        "invalid",
+        "localhost",
+        "local",
+        "internal",
+        "home.arpa",
+        "example.com",
+        "example.net",
+        "example.org",
+    ];
+    let name = host.strip_prefix("*.").unwrap_or(host).trim_end_matches('.');
+    RESERVED.iter().any(|reserved| is_under(name, reserved))
+}
+
+/// Whether a verified domain `proven` vouches for `host`: the proof of `proven` is the TXT record
+/// on its apex (see [`challenge_name`]), the record a zone's owner controls, so it covers the apex
+/// and every name under it, wildcards included.
+pub fn proof_covers(proven: &str, host: &str) -> bool {
+    let apex = proven.strip_prefix("*.").unwrap_or(proven);
+    is_under(host.strip_prefix("*.").unwrap_or(host), apex)
+}
+
 /// A fresh ownership token: what the TXT record must hold.
 pub fn new_token() -> String {
     use rand::Rng;
@@ -70,6 +99,48 @@ mod tests {
         assert!(is_under("a.example.com", "example.com"));
         assert!(is_under("example.com", "example.com."));
         assert!(!is_under("badexample.com", "example.com"));
+    }
+
+    #[test]
+    fn reserved_names_are_the_registries_own() {
+        for host in [
+            "app.test",
+            "*.shop.test",
+            "localhost",
+            "api.localhost",
+            "example.com",
+            "www.example.org",
+            "x.internal",
+            "nas.home.arpa",
+            "printer.local",
+            "a.invalid",
+            "b.example",
+        ] {
+            assert!(is_reserved_host(host), "{host}");
+        }
+        for host in [
+            "api.example.dev",
+            "test.com",
+            "myexample.com",
+            "example.com.evil.io",
+            "internal.io",
+            "arpa",
+        ] {
+            assert!(!is_reserved_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_proof_covers_its_apex_and_everything_under_it() {
+        assert!(proof_covers("shop.io", "shop.io"));
+        assert!(proof_covers("shop.io", "api.shop.io"));
+        assert!(proof_covers("shop.io", "*.stage.shop.io"));
+        assert!(proof_covers("*.shop.io", "shop.io"));
+        assert!(proof_covers("*.shop.io", "a.b.shop.io"));
+        assert!(proof_covers("api.shop.io", "v2.api.shop.io"));
+        assert!(!proof_covers("api.shop.io", "shop.io"));
+        assert!(!proof_covers("api.shop.io", "www.shop.io"));
+        assert!(!proof_covers("shop.io", "myshop.io"));
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub enum StoreError {
     /// The request is well-formed but not acceptable in the current state.
     #[error("{0}")]
     Invalid(String),
+    /// A route names a host the project has not proven it owns (no verified domain covers it).
+    #[error("{0}")]
+    Unproven(String),
     /// The database could not be reached; a retry may succeed.
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use enclii_domain::jobs::RouteSync;
+use enclii_domain::ownership::{is_reserved_host, proof_covers};
 use enclii_queue::NewJob;
 
 use crate::audit::{audit, change};
@@ -27,6 +28,27 @@ pub(crate) fn route_owner(route: &Route, asking_project: &str) -> String {
     } else {
         "another project".into()
     }
+}
+
+/// Refuses a new route on `host` unless the project has proven it owns it: a verified domain of
+/// the project on the host or above it (see [`proof_covers`]), or a name reserved from public DNS
+/// (see [`is_reserved_host`]). Without this, a project could route any host it likes, including
+/// one that another tenant's users trust. `place` says where the host was given.
+pub(crate) async fn require_proven_host(conn: &mut Conn<'_>, project: &str, host: &str, place: &str) -> Result<()> {
+    if is_reserved_host(host) {
+        return Ok(());
+    }
+    let proven: Vec<String> = query_scalar("SELECT host FROM domains WHERE project = $1 AND status = $2")
+        .binds((project, DomainStatus::Verified))
+        .fetch_all(&mut *conn)
+        .await?;
+    if proven.iter().any(|domain| proof_covers(domain, host)) {
+        return Ok(());
+    }
+    Err(StoreError::Unproven(format!(
+        "{place}: project `{project}` has not proven it owns host `{host}`: no verified domain of the project \
+         is `{host}` or a domain above it"
+    )))
 }
 
 pub(crate) async fn find_route(conn: &mut Conn<'_>, host: &str, path: &str) -> Result<Option<Route>> {
@@ -83,6 +105,7 @@ pub(crate) async fn add_route(conn: &mut Conn<'_>, actor: &str, new: &NewRoute) 
             route_owner(&route, &new.project)
         )));
     }
+    require_proven_host(conn, &new.project, &new.host, "host").await?;
     let route = insert_route(
         conn,
         &new.project,

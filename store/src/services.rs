@@ -9,7 +9,7 @@ use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::projects::{get_environment, require_project};
 use crate::repositories::hold_repository;
-use crate::routes::{find_route, insert_route, route_label, route_owner, sync_routes};
+use crate::routes::{find_route, insert_route, require_proven_host, route_label, route_owner, sync_routes};
 use crate::{Store, now_ms};
 
 /// Creates or updates a service from its spec; every apply is a new spec version. Routes in the
@@ -66,6 +66,7 @@ pub(crate) async fn apply_service(
                 )));
             }
             None => {
+                require_proven_host(conn, project, host, &format!("spec.routes[{index}].host")).await?;
                 insert_route(conn, project, &draft.environment, name, host, path, *redirect).await?;
             }
         }

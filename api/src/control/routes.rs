@@ -52,7 +52,9 @@ fn root_path() -> String {
 
 #[utoipa::path(post, path = "/v1/projects/{project}/routes", tag = "routes",
     params(("project" = String, Path, description = "Project slug")), request_body = RouteBody,
-    responses((status = 201, body = Route), (status = 409, body = crate::Problem, description = "host and path taken")))]
+    responses((status = 201, body = Route), (status = 409, body = crate::Problem, description = "host and path taken"),
+              (status = 403, body = crate::Problem, content_type = "application/problem+json",
+               description = "the caller may not change routes, or no verified domain of the project covers the host (see docs/domains.md)")))]
 pub async fn add_route(
     State(state): State<AppState>,
     principal: Principal,

@@ -125,7 +125,9 @@ async fn apply(
 #[utoipa::path(post, path = "/v1/projects/{project}/services", tag = "services",
     params(("project" = String, Path, description = "Project slug")),
     request_body(content = String, description = "A Service Spec", content_type = "application/yaml"),
-    responses((status = 201, body = ServiceView), (status = 422, body = crate::Problem)))]
+    responses((status = 201, body = ServiceView), (status = 422, body = crate::Problem),
+              (status = 403, body = crate::Problem, content_type = "application/problem+json",
+               description = "the caller may not apply specs, or a new route's host is not covered by a verified domain of the project")))]
 pub async fn create_service(
     State(state): State<AppState>,
     principal: Principal,

@@ -13,7 +13,9 @@ use super::{Done, project_path};
 pub enum RoutesCommand {
     /// Route a host (and path prefix) to a service.
     Add {
-        /// The host name, e.g. shop.example.com.
+        /// The host name, e.g. shop.example.com: a verified custom domain of the project must
+        /// cover it (`enclii domains add`), unless it is a reserved name such as `*.test` or
+        /// `*.localhost`.
         #[arg(long)]
         host: String,
         /// The path prefix.
