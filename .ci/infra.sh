@@ -72,5 +72,8 @@ if ! curl -sf http://127.0.0.1:8014/ >/dev/null; then
 fi
 curl -sf http://127.0.0.1:8014/ >/dev/null ||
   { echo "the S3 server did not start; see /tmp/enclii-s3.log" >&2; return 1; }
+# Stand-ins for the official postgres:15 and redis:7 images and an app image with their clients.
+/usr/bin/docker image inspect enclii-test/postgres:15 enclii-test/redis:7 enclii-test/addon-client:latest >/dev/null 2>&1 ||
+  { log "building the add-on images"; bash "$(dirname "${BASH_SOURCE[0]}")/addon-images.sh" || return 1; }
 echo "Docker engine, registry (127.0.0.1:5000) and S3 server (127.0.0.1:8014) are up"
 
