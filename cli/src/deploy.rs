@@ -58,6 +58,14 @@ pub struct DeployArgs {
     /// `*.<domain>` at the router. Unset: no such hosts.
     #[arg(long = "base-domain", env = "ENCLII_BASE_DOMAIN")]
     base_domain: Option<String>,
+    /// After an add-on's credentials are rotated, how long the previous login keeps working while
+    /// the services that read the add-on roll to the new one; then it is disabled.
+    #[arg(
+        long = "addon-retire-seconds",
+        env = "ENCLII_ADDON_RETIRE_SECONDS",
+        default_value_t = 600
+    )]
+    addon_retire_seconds: u64,
     /// How long a new release may take to pass its readiness probe (Docker) or to roll out
     /// (Kubernetes).
     #[arg(
@@ -139,6 +147,7 @@ impl DeployArgs {
                 .as_deref()
                 .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
                 .filter(|d| !d.is_empty()),
+            addon_retire_after: std::time::Duration::from_secs(self.addon_retire_seconds),
         }
     }
 

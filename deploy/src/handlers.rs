@@ -37,6 +37,9 @@ pub struct DeployerConfig {
     /// Every other deployment answers on `<service>.<project>.<base_domain>` in the service's home
     /// environment and `<service>-<environment>.<project>.<base_domain>` elsewhere.
     pub base_domain: Option<String>,
+    /// After an add-on's rotation, how long the previous login keeps working while services
+    /// roll to the new one.
+    pub addon_retire_after: std::time::Duration,
 }
 
 impl Default for DeployerConfig {
@@ -44,6 +47,7 @@ impl Default for DeployerConfig {
         Self {
             preview_domain: "preview.localhost".into(),
             base_domain: None,
+            addon_retire_after: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -65,6 +69,12 @@ pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii
         .register_typed::<jobs::PreviewTeardown, _>(Handle(deployer.clone()))
         .register_typed::<jobs::Teardown, _>(Handle(deployer.clone()));
     crate::routes::register(registry, deployer.clone());
+    crate::addons::register(
+        registry,
+        deployer.store.clone(),
+        deployer.target.clone(),
+        deployer.config.addon_retire_after,
+    );
     crate::timetable::register(registry, deployer, prices);
 }
 
@@ -207,7 +217,11 @@ impl Deployer {
             }
         }
         let routes = route_bindings(routes);
-        let secrets = secrets(&key, &spec, plan)?;
+        let mut secrets = secrets(&key, &spec, plan)?;
+        secrets.extend(crate::addons::addon_env(&*self.target, &key, &spec.spec, &plan.addons)?);
+        let mut spec = spec;
+        // Their values are in the secrets now (a plain `env` entry would win over them on Kubernetes).
+        spec.spec.env.retain(|var| var.from_addon.is_none());
         let mib = |v: Option<i64>| v.map(|m| m.max(0) as u64 * 1024 * 1024);
         Ok(Workload {
             release: release.id,
@@ -359,6 +373,11 @@ impl Deployer {
         let analysis = spec.spec.deploy.analysis.clone();
         let workload = match self.workload(&deployment, &plan, spec).await {
             Ok(w) => w,
+            // Something it reads is on its way (an add-on provisioning): the attempt is retried.
+            Err(Failure(JobError::Retry(why))) if !ctx.is_last_attempt() => {
+                log.line(format!("waiting: {why}"));
+                return Err(Failure(JobError::Retry(why)));
+            }
             Err(e) => return Err(self.fail(&deployment, e.to_string(), e).await),
         };
         let rollout = match (deployment.strategy.as_str(), steps.first()) {
@@ -599,23 +618,29 @@ fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Ve
     let all = &plan.secrets;
     let value = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let mut out = Vec::new();
+    let imported: Vec<&String> = spec
+        .spec
+        .env_from
+        .iter()
+        .filter_map(|f| f.secret_ref.as_ref())
+        .collect();
     for (index, from) in spec.spec.env_from.iter().enumerate() {
-        if is_platform_secret(&from.secret_ref) || spec.spec.build.secrets.contains(&from.secret_ref) {
+        let Some(secret_ref) = &from.secret_ref else { continue };
+        if is_platform_secret(secret_ref) || spec.spec.build.secrets.contains(secret_ref) {
             return Err(JobError::Abort(format!(
-                "spec.envFrom[{index}].secretRef: `{}` is a platform or build secret and is never given to a \
-                 running service; store what the service needs under another name",
-                from.secret_ref
+                "spec.envFrom[{index}].secretRef: `{secret_ref}` is a platform or build secret and is never given \
+                 to a running service; store what the service needs under another name"
             )));
         }
-        let (_, bytes) = all.iter().find(|(name, _)| *name == from.secret_ref).ok_or_else(|| {
+        let (_, bytes) = all.iter().find(|(name, _)| name == secret_ref).ok_or_else(|| {
             JobError::Abort(format!(
-                "spec.envFrom[{index}].secretRef: secret `{}` does not exist for {key}; set it with \
-                 `enclii secrets set {}=… --service {} --env {}`",
-                from.secret_ref, from.secret_ref, key.service, key.environment
+                "spec.envFrom[{index}].secretRef: secret `{secret_ref}` does not exist for {key}; set it with \
+                 `enclii secrets set {secret_ref}=… --service {} --env {}`",
+                key.service, key.environment
             ))
         })?;
         out.push(SecretEnv {
-            name: from.secret_ref.clone(),
+            name: secret_ref.clone(),
             entries: dotenv(&value(bytes)),
         });
     }
@@ -624,7 +649,7 @@ fn secrets(key: &ServiceKey, spec: &ServiceSpec, plan: &DeployPlan) -> Result<Ve
         .iter()
         .filter(|(name, _)| scoped.iter().any(|m| m.name == *name))
         .filter(|(name, _)| !is_platform_secret(name) && !spec.spec.build.secrets.contains(name))
-        .filter(|(name, _)| !spec.spec.env_from.iter().any(|f| f.secret_ref == *name))
+        .filter(|(name, _)| !imported.contains(&name))
         .filter(|(name, _)| enclii_domain::spec::validate_env_name(name).is_ok())
         .map(|(name, bytes)| (name.clone(), SecretValue::new(value(bytes))))
         .collect();

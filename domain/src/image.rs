@@ -19,6 +19,26 @@ pub fn pinned(reference: &str, digest: &str) -> String {
     format!("{}@{digest}", image_name(reference))
 }
 
+/// Checks an image reference given literally (an add-on's `image`): `name[:tag][@digest]` of
+/// letters, digits and `._-/:@`, at most 512 characters.
+pub fn validate_reference(reference: &str) -> Result<(), String> {
+    if reference.is_empty() || reference.len() > 512 {
+        return Err(format!(
+            "must be an image reference of 1 to 512 characters, such as `postgres:16` (got {} characters)",
+            reference.len()
+        ));
+    }
+    match reference
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "must be an image reference such as `postgres:16` or `registry.example/db:1`; {c:?} is not allowed"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

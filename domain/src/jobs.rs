@@ -192,6 +192,39 @@ pub struct CertOrder {
 }
 job_kind!(CertOrder, "cert-order", policy(3, 6, 300, 30));
 
+/// Start (or converge) an add-on on the deploy target at credentials generation `generation`: the
+/// first generation creates it; a later one (a rotation) adds the new login beside the old and
+/// rolls the services that use the add-on. A job of a generation no longer current does nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonProvision {
+    pub addon: i64,
+    pub generation: i64,
+}
+job_kind!(AddonProvision, "addon-provision", policy(3, 6, 600, 10));
+
+/// Disable the login of generation `generation - 1` once the services rolled to `generation`
+/// (enqueued by a rotation, after a grace period).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonRetire {
+    pub addon: i64,
+    pub generation: i64,
+}
+job_kind!(AddonRetire, "addon-retire", policy(3, 6, 120, 10));
+
+/// Remove a deleted add-on's container (or Kubernetes objects), and its data unless kept. Its row
+/// is already gone; idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonRemove {
+    pub environment: String,
+    pub name: String,
+    #[serde(default)]
+    pub keep_data: bool,
+}
+job_kind!(AddonRemove, "addon-remove", policy(2, 10, 300, 10));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +260,9 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (DomainVerify::KIND, DomainVerify::policy()),
         (RouteSync::KIND, RouteSync::policy()),
         (CertOrder::KIND, CertOrder::policy()),
+        (AddonProvision::KIND, AddonProvision::policy()),
+        (AddonRetire::KIND, AddonRetire::policy()),
+        (AddonRemove::KIND, AddonRemove::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
@@ -270,6 +306,9 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         DomainVerify::KIND => decode::<DomainVerify>(payload),
         RouteSync::KIND => decode::<RouteSync>(payload),
         CertOrder::KIND => decode::<CertOrder>(payload),
+        AddonProvision::KIND => decode::<AddonProvision>(payload),
+        AddonRetire::KIND => decode::<AddonRetire>(payload),
+        AddonRemove::KIND => decode::<AddonRemove>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
         other => Err(JobPayloadError::UnknownKind {

@@ -3,6 +3,7 @@
 //! validation) and the GitHub webhook payloads Enclii reacts to. The control plane's data model
 //! joins this crate with the API issue.
 
+pub mod addons;
 pub mod credentials;
 pub mod dotenv;
 pub mod github;

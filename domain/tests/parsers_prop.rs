@@ -220,8 +220,8 @@ prop_compose! {
                 },
                 health: Health::default(),
                 routes: hosts.into_iter().map(|host| Route { host, path: "/".into(), tls: None }).collect(),
-                env: env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
-                env_from: secrets.into_iter().map(|secret_ref| EnvFrom { secret_ref }).collect(),
+                env: env.into_iter().map(|(name, value)| EnvVar { name, value, from_addon: None }).collect(),
+                env_from: secrets.into_iter().map(EnvFrom::secret).collect(),
                 volumes: volumes
                     .into_iter()
                     .map(|(name, (size, class))| Volume { mount_path: format!("/mnt/{name}"), name, size, class })

@@ -491,6 +491,7 @@ pub(crate) async fn deploy_plan(
         routes: service_routes(conn, &key).await?,
         secrets: service_secrets(conn, master, &key).await?,
         service_scoped: list_secrets(conn, &key.project, None, Some(&key.service)).await?,
+        addons: crate::addons::environment_addons(conn, master, &key.project, &key.environment).await?,
     })
 }
 

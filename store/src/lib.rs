@@ -14,6 +14,7 @@
 //! [`db::Conn`], written once for both databases, and the `Store` methods that run them in a
 //! transaction (or on a pooled connection, for reads) sit beside them.
 
+mod addons;
 mod audit;
 mod certificates;
 mod db;
@@ -52,6 +53,7 @@ use enclii_queue::postgres::PostgresQueue;
 use enclii_queue::sqlite::SqliteQueue;
 use sqlx::migrate::Migrator;
 
+pub use addons::{Addon, AddonAccess, NewAddon, ProvisionOutcome};
 pub use certificates::{ACME_ACTOR, Certificate, OrderOutcome, ServingCertificate};
 pub use db::Dialect;
 pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};

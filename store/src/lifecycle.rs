@@ -5,7 +5,7 @@
 //! from the target; they are idempotent and visible in the queue (`GET /v1/jobs/{id}`) while they
 //! run. An environment goes only once no service is at home in it.
 
-use enclii_domain::jobs::{PreviewTeardown, Teardown};
+use enclii_domain::jobs::{AddonRemove, PreviewTeardown, Teardown};
 use enclii_queue::{JobFilter, JobKind, JobRecord, JobState, NewJob};
 use serde_json::json;
 
@@ -106,6 +106,7 @@ pub(crate) async fn delete_project(
 ) -> Result<Vec<i64>> {
     require_project(conn, slug).await?;
     let placements = placements(conn, slug, None, None).await?;
+    crate::addons::remove_addons_of(conn, slug, None, keep_volumes).await?;
     query("DELETE FROM projects WHERE slug = $1")
         .bind(slug)
         .execute(&mut *conn)
@@ -203,6 +204,7 @@ pub(crate) async fn delete_environment(
     .await?;
     // Routes and secrets go with it: an environment created again under the name starts empty.
     forget_environment(conn, project, name).await?;
+    crate::addons::remove_addons_of(conn, project, Some(name), keep_volumes).await?;
     let teardown = enqueue_teardowns(conn, project, placements, true, keep_volumes).await?;
     let entity = format!("{project}/{name}");
     let diff = json!({"keep_volumes": keep_volumes, "teardown_jobs": teardown, "cancelled_jobs": cancelled});
@@ -217,7 +219,7 @@ pub(crate) async fn delete_environment(
 
 /// Kinds a deletion never cancels: they remove what was deployed (what the deletion wants done,
 /// and idempotent), and a removal that an earlier deletion queued has no other job to finish it.
-const REMOVALS: [&str; 2] = [Teardown::KIND, PreviewTeardown::KIND];
+const REMOVALS: [&str; 3] = [Teardown::KIND, PreviewTeardown::KIND, AddonRemove::KIND];
 
 /// The queued and running work a deletion cancels first, told by what each job's payload names.
 enum Work {

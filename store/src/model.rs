@@ -195,6 +195,8 @@ pub struct DeployPlan {
     pub secrets: Vec<(String, Vec<u8>)>,
     /// The service-scoped secrets (any environment), as [`crate::Store::list_secrets`] lists them.
     pub service_scoped: Vec<SecretMeta>,
+    /// The environment's add-ons with their current credentials, for `fromAddon`/`envFrom: addon`.
+    pub addons: Vec<crate::AddonAccess>,
 }
 
 /// A change of a deployment's progress.

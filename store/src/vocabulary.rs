@@ -302,3 +302,15 @@ vocabulary! {
         LivenessFailed = "liveness_failed",
     }
 }
+
+vocabulary! {
+    /// Where an add-on is on the deploy target.
+    AddonStatus ("add-on status") {
+        /// Being started (or converged to new credentials) by an `addon-provision` job.
+        Provisioning = "provisioning",
+        /// Serving: its services connect with the current credentials.
+        Ready = "ready",
+        /// Provisioning failed; `detail` says why. Rotating or re-creating tries again.
+        Failed = "failed",
+    }
+}

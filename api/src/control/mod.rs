@@ -1,9 +1,10 @@
 //! The control plane's REST resources, one module each: projects, environments, services (from
 //! Service Specs), releases (with pipeline runs and deliveries), deployments and rollback,
-//! secrets, routes, custom domains, members, tokens and the audit trail. Each handler authorises the caller for
+//! secrets, routes, custom domains, add-ons, members, tokens and the audit trail. Each handler authorises the caller for
 //! one permission on one project, validates, and makes one store call (one transaction, audited).
 //! This module holds what they share: the answer types and field validation errors.
 
+pub mod addons;
 pub mod audit;
 pub mod deployments;
 pub mod domains;

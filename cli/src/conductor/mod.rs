@@ -139,6 +139,9 @@ pub enum Command {
     /// Custom domains: add (with the DNS records that prove you own it), list, verify, remove.
     #[command(subcommand)]
     Domains(commands::DomainsCommand),
+    /// Add-ons (PostgreSQL, Redis): create, list, credentials, rotate, connect, remove.
+    #[command(subcommand)]
+    Addons(commands::AddonsCommand),
     /// A service's jobs (spec.jobs): run one now, list runs.
     #[command(subcommand)]
     Jobs(commands::JobsCommand),

@@ -68,12 +68,23 @@ pub fn platform(project: &'static str, spec: Value) -> Platform {
 
 /// [`platform`] with the service at home in `environment` and extra server settings.
 pub fn platform_in(project: &'static str, environment: &str, spec: Value, settings: &[(&str, &str)]) -> Platform {
+    platform_with(project, environment, &files(&app_files("v1")), spec, settings)
+}
+
+/// [`platform_in`] building another app: `app` are its repository's files.
+pub fn platform_with(
+    project: &'static str,
+    environment: &str,
+    app: &[(&str, &str)],
+    spec: Value,
+    settings: &[(&str, &str)],
+) -> Platform {
     // The router's address: the caller's (`ENCLII_ROUTER_LISTEN` in `settings`), else a free port.
     let router = match settings.iter().find(|(k, _)| *k == "ENCLII_ROUTER_LISTEN") {
         Some((_, listen)) => listen.to_string(),
         None => format!("127.0.0.1:{}", free_port()),
     };
-    let (url, _) = repository(&files(&app_files("v1")));
+    let (url, _) = repository(app);
     let mut env = vec![
         ("ENCLII_DEPLOY_TARGET", "docker"),
         ("ENCLII_ROUTER_LISTEN", router.as_str()),
@@ -123,11 +134,24 @@ pub fn get(router: &str, host: &str, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    (status, body.trim().to_string())
+}
+
+/// A chunked body's data (a CGI's answer has no length: the router streams it in chunks).
+fn dechunk(mut rest: &str) -> String {
+    let mut data = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        data.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    data
 }
 
 /// The commit the service's repository is at.
@@ -224,10 +248,12 @@ pub fn remove_containers(project: &str) {
     for id in out.lines().filter(|l| !l.trim().is_empty()) {
         let _ = Command::new(DOCKER).args(["rm", "-f", id]).output();
     }
-    let volumes =
-        run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name=enclii-{project}-")]));
-    for volume in volumes.lines().filter(|l| !l.trim().is_empty()) {
-        let _ = Command::new(DOCKER).args(["volume", "rm", "-f", volume]).output();
+    // Its services' volumes and its add-ons' data.
+    for prefix in [format!("enclii-{project}-"), format!("enclii-addon-{project}-")] {
+        let volumes = run(Command::new(DOCKER).args(["volume", "ls", "-q", "--filter", &format!("name={prefix}")]));
+        for volume in volumes.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = Command::new(DOCKER).args(["volume", "rm", "-f", volume]).output();
+        }
     }
     // Its environments' networks: the engine has room for a few dozen bridge networks only.
     let networks = run(Command::new(DOCKER).args([

@@ -329,3 +329,31 @@ pub struct LogRequest {
 
 /// The lines of every replica of a service, merged as they arrive (each replica's in order).
 pub type LogLines = futures::stream::BoxStream<'static, crate::error::Result<RuntimeLogLine>>;
+
+/// An add-on: `name` in one project environment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AddonKey {
+    pub project: String,
+    pub environment: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for AddonKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "add-on {}/{}/{}", self.project, self.environment, self.name)
+    }
+}
+
+/// An add-on to run: its image and the login it must accept. Never logged whole (`Debug` of
+/// the credentials hides the passwords).
+#[derive(Clone, Debug)]
+pub struct AddonWorkload {
+    pub key: AddonKey,
+    pub kind: enclii_domain::addons::AddonKind,
+    pub image: String,
+    /// The data volume's size, where the target enforces one (Kubernetes: the PVC's request).
+    pub size_bytes: Option<u64>,
+    pub credentials: enclii_domain::addons::AddonCredentials,
+    /// The login before the last rotation, valid until retired.
+    pub previous: Option<enclii_domain::addons::AddonCredentials>,
+}

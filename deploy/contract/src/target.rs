@@ -5,11 +5,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::error::Result;
+use crate::error::{DeployError, Result};
 use crate::model::{
-    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReplicaEvent, Rollout, RouteBinding, ServiceKey,
-    ServiceStatus, Usage, Workload,
+    AddonKey, AddonWorkload, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReplicaEvent, Rollout,
+    RouteBinding, ServiceKey, ServiceStatus, Usage, Workload,
 };
+use enclii_domain::addons::{AddonEndpoint, AddonKind};
 
 /// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
 /// does), so the queue retries it like any failed run.
@@ -92,6 +93,43 @@ pub trait Target: Send + Sync + 'static {
     async fn apply_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<bool> {
         let _ = (key, routes);
         Ok(false)
+    }
+
+    /// Where the services of the add-on's environment reach it (a name on the environment's
+    /// network and the kind's port).
+    fn addon_endpoint(&self, key: &AddonKey, kind: AddonKind) -> AddonEndpoint {
+        AddonEndpoint::on_network(&key.name, kind)
+    }
+
+    /// Where the add-on answers from outside its network, if anywhere: on Docker its port
+    /// published on the node's loopback (for `enclii addons connect` on the node).
+    async fn addon_published(&self, key: &AddonKey) -> Result<Option<std::net::SocketAddr>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Runs the add-on unless it runs (with its data kept across restarts), makes the login of
+    /// `addon.credentials` exist with that password — beside `addon.previous`, which keeps working
+    /// — and returns once it accepts that login. Idempotent.
+    async fn provision_addon(&self, addon: &AddonWorkload) -> Result<()> {
+        let _ = addon;
+        Err(DeployError::Refused(format!(
+            "the {} target does not run add-ons; run the database elsewhere and give its URL as a secret",
+            self.name()
+        )))
+    }
+
+    /// Disables the login `user` (a previous generation's, after a rotation), authenticating as
+    /// the current one. Idempotent.
+    async fn retire_addon_login(&self, addon: &AddonWorkload, user: &str) -> Result<()> {
+        let _ = (addon, user);
+        Ok(())
+    }
+
+    /// Removes the add-on, and its data unless `keep_data`. Idempotent.
+    async fn remove_addon(&self, key: &AddonKey, keep_data: bool) -> Result<()> {
+        let _ = (key, keep_data);
+        Ok(())
     }
 
     /// The service's resource usage now, for cost sampling.

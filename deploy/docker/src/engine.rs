@@ -99,6 +99,9 @@ pub struct DockerTarget {
     pub(crate) config: DockerTargetConfig,
     /// Deploys, shifts and removals run one at a time: each reads and rewrites the table.
     pub(crate) changes: tokio::sync::Mutex<()>,
+    /// Environment networks are created one at a time (`network.rs`): the engine does not refuse
+    /// a second network of the same name.
+    pub(crate) networks: tokio::sync::Mutex<()>,
     pub(crate) volume_bytes: std::sync::Mutex<HashMap<ServiceKey, u64>>,
     /// Liveness of the replicas with a liveness probe, by container name (`liveness.rs`).
     pub(crate) liveness: std::sync::Mutex<HashMap<String, crate::liveness::Liveness>>,
@@ -160,6 +163,7 @@ impl DockerTarget {
             junctions,
             config,
             changes: tokio::sync::Mutex::new(()),
+            networks: tokio::sync::Mutex::new(()),
             volume_bytes: std::sync::Mutex::new(HashMap::new()),
             liveness: std::sync::Mutex::new(HashMap::new()),
             restarting: std::sync::Mutex::new(std::collections::HashSet::new()),

@@ -12,10 +12,12 @@
 //! change and reloaded (with the replicas' current ports) at start-up; while the target lives it
 //! follows the engine's container events (a replica restarted on a new port, an engine restart)
 //! and sweeps away replicas no binding serves (`watch.rs`); replicas with a liveness probe are probed
-//! and restarted after failing it (`liveness.rs`).
+//! and restarted after failing it (`liveness.rs`). Add-ons (PostgreSQL, Redis) are containers of
+//! their own on the environment's network, managed through `docker exec` (`addons.rs`).
 
 pub mod junctions;
 
+mod addons;
 mod engine;
 mod jobs;
 mod liveness;

@@ -19,13 +19,17 @@ impl DockerTarget {
         format!("enclii-{}-{}", key.project, key.environment)
     }
 
-    /// Creates the environment's network unless it exists; returns its name.
+    /// Creates the environment's network unless it exists; returns its name. The engine accepts
+    /// two networks of one name (and then refuses to attach to either, "ambiguous"), so creation
+    /// is serialised in this process, and a duplicate another process made is removed (the
+    /// oldest stays).
     pub(crate) async fn ensure_network(&self, key: &ServiceKey) -> Result<String> {
         let name = Self::network_name(key);
-        match self.docker.inspect_network(&name, None).await {
-            Ok(_) => return Ok(name),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(docker_error("inspecting the environment's network")(e)),
+        let _one_at_a_time = self.networks.lock().await;
+        let existing = self.networks_named(&name).await?;
+        if !existing.is_empty() {
+            self.remove_duplicates(&name, existing).await?;
+            return Ok(name);
         }
         let request = NetworkCreateRequest {
             name: name.clone(),
@@ -40,13 +44,45 @@ impl DockerTarget {
             ..Default::default()
         };
         match self.docker.create_network(request).await {
-            Ok(_) => {
-                info!(network = %name, "created the environment's network");
-                Ok(name)
-            }
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(name),
-            Err(e) => Err(docker_error("creating the environment's network")(e)),
+            Ok(_) => info!(network = %name, "created the environment's network"),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {}
+            Err(e) => return Err(docker_error("creating the environment's network")(e)),
         }
+        let existing = self.networks_named(&name).await?;
+        self.remove_duplicates(&name, existing).await?;
+        Ok(name)
+    }
+
+    /// The networks named exactly `name` (the engine's filter matches substrings), oldest first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<bollard::models::Network>> {
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&HashMap::from([("name".to_string(), vec![name.to_string()])]))
+            .build();
+        let mut networks: Vec<_> = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(docker_error("listing networks"))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect();
+        networks.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(networks)
+    }
+
+    async fn remove_duplicates(&self, name: &str, networks: Vec<bollard::models::Network>) -> Result<()> {
+        for duplicate in networks.iter().skip(1).filter_map(|n| n.id.as_deref()) {
+            match self.docker.remove_network(duplicate).await {
+                Ok(()) => info!(network = %name, id = duplicate, "removed a duplicate of the environment's network"),
+                Err(e) if is_not_found(&e) => {}
+                // In use: something attached to it already; attaching by name fails until it goes.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 403 | 409, ..
+                }) => {}
+                Err(e) => return Err(docker_error("removing a duplicate network")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// How a container of `key` joins its environment's network: under `alias` when given.

@@ -1,5 +1,5 @@
 //! [`Target`] for [`DockerTarget`]: deploys, canary shifts and promotion, pause and removal;
-//! one-off job runs (`jobs.rs`), usage and runtime logs (`observe.rs`).
+//! one-off job runs (`jobs.rs`), usage and runtime logs (`observe.rs`), add-ons (`addons.rs`).
 
 use std::time::Duration;
 
@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bollard::query_parameters::{RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder};
 use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{
-    DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout, RouteBinding, ServiceKey,
-    ServiceStatus, Track, Usage, Workload,
+    AddonKey, AddonWorkload, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, ReleaseStatus, Rollout,
+    RouteBinding, ServiceKey, ServiceStatus, Track, Usage, Workload,
 };
 use enclii_deploy_contract::target::{Removal, Target};
 use tokio::sync::mpsc::UnboundedSender;
@@ -268,5 +268,21 @@ impl Target for DockerTarget {
 
     async fn logs(&self, key: &ServiceKey, request: LogRequest) -> Result<LogLines> {
         self.replica_logs(key, request).await
+    }
+
+    async fn provision_addon(&self, addon: &AddonWorkload) -> Result<()> {
+        self.provision_addon_container(addon).await
+    }
+
+    async fn addon_published(&self, key: &AddonKey) -> Result<Option<std::net::SocketAddr>> {
+        self.addon_published_addr(key).await
+    }
+
+    async fn retire_addon_login(&self, addon: &AddonWorkload, user: &str) -> Result<()> {
+        self.retire_addon(addon, user).await
+    }
+
+    async fn remove_addon(&self, key: &AddonKey, keep_data: bool) -> Result<()> {
+        self.remove_addon_container(key, keep_data).await
     }
 }

@@ -30,8 +30,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use rules::{
-    is_platform_host, parse_cpu_millis, parse_duration, parse_memory_bytes, validate_cron, validate_env_name,
-    validate_environment_name, validate_git_ref, validate_git_url, validate_hostname, validate_slug,
+    is_platform_host, parse_cpu_millis, parse_duration, parse_memory_bytes, validate_addon_key, validate_cron,
+    validate_env_name, validate_environment_name, validate_git_ref, validate_git_url, validate_hostname, validate_slug,
 };
 pub use text::{MAX_GIT_REF, MAX_URL_PATH, validate_display_name, validate_url_path, validate_word};
 pub use types::*;

@@ -102,6 +102,19 @@ pub fn validate_absolute_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks `fromAddon.key`: a key every add-on kind has, or PostgreSQL's `database` (a Redis
+/// add-on without it is refused at deploy time, naming the add-on).
+pub fn validate_addon_key(key: &str) -> Result<(), String> {
+    const KEYS: [&str; 6] = ["url", "host", "port", "user", "password", "database"];
+    if KEYS.contains(&key) {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown add-on key `{key}`; expected one of: {}",
+        KEYS.join(", ")
+    ))
+}
+
 /// Whether `host` (a route's host, maybe a `*.` wildcard) would take traffic meant for the hosts
 /// Enclii generates under `preview_domain` (`<service>-preview-<n>.<preview_domain>`): the
 /// domain itself, any host under it, or a wildcard that covers it (`*.localhost` covers

@@ -68,7 +68,7 @@ fn the_product_example_parses_with_every_field() {
     );
     assert_eq!(s.spec.routes[0].host, "api.example.dev");
     assert_eq!(s.spec.env[0].value, "production");
-    assert_eq!(s.spec.env_from[0].secret_ref, "api-prod");
+    assert_eq!(s.spec.env_from[0].secret_ref.as_deref(), Some("api-prod"));
     assert_eq!(s.spec.volumes[0].size_bytes(), Some(10 << 30));
     assert_eq!(s.spec.jobs[0].schedule, "0 2 * * *");
     assert_eq!(
@@ -435,6 +435,44 @@ fn env_rules() {
         v["spec"]["envFrom"][0]["secretRef"] = "Api_Prod".into()
     });
     accepts(|v| v["spec"]["env"] = serde_json::json!([{"name": "_A1"}, {"name": "a", "value": ""}]));
+}
+
+#[test]
+fn addon_references() {
+    rejects(
+        "spec.env[0]",
+        "either `value` or `fromAddon`",
+        |v| {
+            v["spec"]["env"] =
+                serde_json::json!([{"name": "DB", "value": "x", "fromAddon": {"name": "db", "key": "url"}}])
+        },
+    );
+    rejects("spec.env[0].fromAddon.key", "expected one of: url, host", |v| {
+        v["spec"]["env"] = serde_json::json!([{"name": "DB", "fromAddon": {"name": "db", "key": "uri"}}])
+    });
+    rejects("spec.envFrom[0]", "exactly one of `secretRef`", |v| {
+        v["spec"]["envFrom"] = serde_json::json!([{"secretRef": "a", "addon": "db"}])
+    });
+    rejects("spec.envFrom[0]", "exactly one of `secretRef`", |v| {
+        v["spec"]["envFrom"] = serde_json::json!([{}])
+    });
+    rejects("spec.envFrom[0].addon", "invalid character", |v| {
+        v["spec"]["envFrom"] = serde_json::json!([{"addon": "My_DB"}])
+    });
+    accepts(|v| {
+        v["spec"]["env"] = serde_json::json!([{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}]);
+        v["spec"]["envFrom"] = serde_json::json!([{"addon": "cache"}, {"addon": "db"}, {"secretRef": "api-prod"}]);
+    });
+    let mut spec = example();
+    spec.spec.env_from = vec![EnvFrom {
+        addon: Some("cache".into()),
+        ..EnvFrom::default()
+    }];
+    spec.spec.env[0].from_addon = Some(AddonKeyRef {
+        name: "db".into(),
+        key: "url".into(),
+    });
+    assert_eq!(spec.spec.addons(), ["cache", "db"]);
 }
 
 #[test]

@@ -236,20 +236,61 @@ fn default_route_path() -> String {
     "/".into()
 }
 
-/// An environment variable. A YAML number or boolean value is kept as its string.
+/// An environment variable: a value (a YAML number or boolean is kept as its string), or one key
+/// of an add-on's connection (`fromAddon: {name: db, key: url}`), resolved at deploy time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
     #[serde(default, deserialize_with = "scalar")]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_addon: Option<AddonKeyRef>,
 }
 
-/// Import every key of a secret as environment variables.
+/// One key of an add-on of the service's environment: `url`, `host`, `port`, `user`,
+/// `password` and (PostgreSQL) `database`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddonKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Import variables: every key of a secret (`secretRef`), or an add-on's standard connection
+/// variables (`addon`: `DATABASE_URL`, `PGHOST`, … or `REDIS_URL`, `REDISHOST`, …). Exactly one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvFrom {
-    pub secret_ref: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addon: Option<String>,
+}
+
+impl EnvFrom {
+    /// A secret import.
+    pub fn secret(name: impl Into<String>) -> Self {
+        Self {
+            secret_ref: Some(name.into()),
+            addon: None,
+        }
+    }
+}
+
+impl Spec {
+    /// Every add-on the service reads, by name, once each.
+    pub fn addons(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .env
+            .iter()
+            .filter_map(|e| e.from_addon.as_ref().map(|a| a.name.as_str()))
+            .chain(self.env_from.iter().filter_map(|e| e.addon.as_deref()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -166,11 +166,22 @@ fn spec(c: &mut Checker, s: &Spec) {
         c.each(&s.env, |c, _, e| {
             c.check("name", rules::validate_env_name(&e.name));
             c.check("name", seen.check(e.name.as_str(), || format!("variable {}", e.name)));
+            if let Some(addon) = &e.from_addon {
+                if !e.value.is_empty() {
+                    c.error("give either `value` or `fromAddon`, not both");
+                }
+                c.field("fromAddon", |c| {
+                    c.check("name", rules::validate_slug(&addon.name));
+                    c.check("key", rules::validate_addon_key(&addon.key));
+                });
+            }
         });
     });
     c.field("envFrom", |c| {
-        c.each(&s.env_from, |c, _, e| {
-            c.check("secretRef", rules::validate_slug(&e.secret_ref))
+        c.each(&s.env_from, |c, _, e| match (&e.secret_ref, &e.addon) {
+            (Some(secret), None) => c.check("secretRef", rules::validate_slug(secret)),
+            (None, Some(addon)) => c.check("addon", rules::validate_slug(addon)),
+            _ => c.error("give exactly one of `secretRef` (a secret's name) or `addon` (an add-on's name)"),
         });
     });
     c.field("volumes", |c| {

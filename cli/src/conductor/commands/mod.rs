@@ -1,5 +1,6 @@
 //! The Conductor's commands: arguments and what each one asks the API.
 
+mod addons;
 mod auth;
 mod cost;
 mod deploy;
@@ -25,6 +26,8 @@ use super::client::segment;
 use super::config::Settings;
 use super::{Command, Failure, Global, exit};
 
+pub use addons::AddonsCommand;
+use addons::addons;
 pub use auth::AuthCommand;
 use auth::auth;
 pub use cost::CostArgs;
@@ -68,6 +71,7 @@ pub async fn run<C: CommandFactory>(global: Global, command: Command) -> anyhow:
         Command::Scale(args) => scale(&settings, args).await,
         Command::Routes(command) => routes(&settings, command).await,
         Command::Domains(command) => domains(&settings, command).await,
+        Command::Addons(command) => addons(&settings, command).await,
         Command::Jobs(command) => jobs(&settings, command).await,
         Command::Rollback(args) => rollback(&settings, args).await,
         Command::Releases(args) => releases(&settings, args).await,

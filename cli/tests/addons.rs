@@ -1,0 +1,281 @@
+//! Add-ons end to end (issue 17) on the Docker target: a real PostgreSQL and a real Redis run
+//! as containers of the test's engine — stand-ins built from Debian's packages with the official
+//! images' interface (`.ci/addon-images.sh`: `enclii-test/postgres:15`, `enclii-test/redis:7`),
+//! since no registry is reachable here — and a service built on `enclii-test/addon-client`
+//! (busybox httpd with `psql` and `redis-cli`) writes and reads them through CGI scripts, reading
+//! `DATABASE_URL` (`fromAddon`) and `REDIS_URL` (`envFrom: addon`). Credentials are revealed only
+//! by the audited call; a rotation rolls the service without a failed request and retires the
+//! old login; an add-on a service reads is not deleted without `force`.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::deploy::{Cleanup, deploy, get, head, platform_with, ready_release, wait_status};
+use support::pipeline::{DOCKER, call, run, wait_until};
+
+const CLIENT_IMAGE: &str = "enclii-test/addon-client:latest";
+
+/// A CGI script: runs `command` (which reads `$Q`, the query string) and answers its output,
+/// `500` when it fails.
+fn cgi(command: &str) -> String {
+    format!(
+        "#!/bin/sh\nQ=\"$QUERY_STRING\"\nif out=$({command} 2>&1); then\n  printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$out\"\nelse\n  printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n%s\\n' \"$out\"\nfi\n"
+    )
+}
+
+fn app() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Dockerfile",
+            format!(
+                "FROM {CLIENT_IMAGE}\nCOPY www /www\nRUN chmod -R +x /www/cgi-bin\n\
+                 CMD [\"httpd\", \"-f\", \"-p\", \"3000\", \"-h\", \"/www\"]\n"
+            ),
+        ),
+        ("www/healthz", "ok\n".into()),
+        (
+            "www/cgi-bin/add",
+            cgi(
+                "psql \"$DATABASE_URL\" -qtA -v ON_ERROR_STOP=1 -c \"CREATE TABLE IF NOT EXISTS notes (v text)\" -c \"INSERT INTO notes VALUES ('$Q')\" && echo added",
+            ),
+        ),
+        (
+            "www/cgi-bin/count",
+            cgi("psql \"$DATABASE_URL\" -qtAc \"SELECT count(*) FROM notes\""),
+        ),
+        (
+            "www/cgi-bin/whoami",
+            cgi("psql \"$DATABASE_URL\" -qtAc \"SELECT current_user\""),
+        ),
+        (
+            "www/cgi-bin/remember",
+            cgi("redis-cli --no-auth-warning -u \"$REDIS_URL\" SET \"$Q\" 1 | grep -x OK"),
+        ),
+        (
+            "www/cgi-bin/recall",
+            cgi("redis-cli --no-auth-warning -u \"$REDIS_URL\" EXISTS \"$Q\""),
+        ),
+    ]
+}
+
+fn addon(server: &support::pipeline::Server, project: &str, name: &str) -> Value {
+    let (status, body) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{project}/environments/prod/addons/{name}"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn wait_ready(server: &support::pipeline::Server, project: &str, name: &str, generation: i64) -> Value {
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(180), &format!("add-on {name} ready"), || {
+        last = addon(server, project, name);
+        assert_ne!(last["status"], "failed", "{last}");
+        last["status"] == "ready" && last["generation"] == generation
+    });
+    last
+}
+
+#[test]
+fn services_use_postgres_and_redis_addons_and_a_rotation_rolls_them_without_a_failed_request() {
+    const PROJECT: &str = "addonsdb";
+    let _cleanup = Cleanup(PROJECT);
+    support::deploy::remove_containers(PROJECT);
+    let files = app();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let spec = json!({
+        "env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}],
+        "envFrom": [{"addon": "cache"}],
+        "routes": [{"host": "notes.addonsdb.test"}]
+    });
+    let p = platform_with(PROJECT, "prod", &files, spec, &[("ENCLII_ADDON_RETIRE_SECONDS", "2")]);
+    let server = &p.server;
+    let addons = format!("/v1/projects/{PROJECT}/environments/prod/addons");
+
+    // Bad input, each with a named reason and nothing stored.
+    for (body, status, says) in [
+        (
+            json!({"name": "db", "kind": "mysql"}),
+            422,
+            "expected one of: postgres, redis",
+        ),
+        (
+            json!({"name": "db", "kind": "postgres", "version": "9"}),
+            422,
+            "not offered",
+        ),
+        (json!({"name": "Db!", "kind": "postgres"}), 422, "name"),
+        (json!({"name": "db", "kind": "redis", "size": "lots"}), 422, "size"),
+        (
+            json!({"name": "db", "kind": "redis", "image": "no spaces please"}),
+            422,
+            "image",
+        ),
+    ] {
+        let (got, answer) = call(server, "POST", &addons, body.clone());
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer.to_string().contains(says), "{body}: {answer}");
+    }
+    let (status, body) = call(
+        server,
+        "POST",
+        &format!("/v1/projects/{PROJECT}/environments/nope/addons"),
+        json!({"name": "db", "kind": "postgres"}),
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // A deploy before the add-ons exist is refused, naming the field and how to fix it.
+    let release = ready_release(&p, &head(&p));
+    let refused = deploy(&p, release, "deployments");
+    let refused = wait_status(server, refused["id"].as_i64().unwrap(), &["failed"], None);
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("spec.envFrom[0].addon: add-on `cache` does not exist")
+            && detail.contains("enclii addons create"),
+        "{refused}"
+    );
+
+    for (name, kind, image, version) in [
+        ("db", "postgres", "enclii-test/postgres:15", "15"),
+        ("cache", "redis", "enclii-test/redis:7", "7"),
+    ] {
+        let (status, created) = call(
+            server,
+            "POST",
+            &addons,
+            json!({"name": name, "kind": kind, "image": image, "version": version}),
+        );
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["status"], "provisioning");
+        assert_eq!(created["host"], format!("{name}.internal"));
+        assert!(created.get("password").is_none(), "{created}");
+    }
+    let (status, again) = call(server, "POST", &addons, json!({"name": "db", "kind": "redis"}));
+    assert_eq!(status, 409, "{again}");
+    let db = wait_ready(server, PROJECT, "db", 1);
+    assert_eq!(db["services"], json!(["api"]), "{db}");
+    wait_ready(server, PROJECT, "cache", 1);
+
+    // The service writes rows and keys through them.
+    let deployment = deploy(&p, release, "deployments");
+    wait_status(server, deployment["id"].as_i64().unwrap(), &["succeeded"], None);
+    let host = "notes.addonsdb.test";
+    for note in ["first", "second"] {
+        assert_eq!(
+            get(&p.router, host, &format!("/cgi-bin/add?{note}")),
+            (200, "added".into())
+        );
+    }
+    assert_eq!(get(&p.router, host, "/cgi-bin/count"), (200, "2".into()));
+    assert_eq!(get(&p.router, host, "/cgi-bin/whoami"), (200, "app".into()));
+    assert_eq!(get(&p.router, host, "/cgi-bin/remember?k1"), (200, "OK".into()));
+    assert_eq!(get(&p.router, host, "/cgi-bin/recall?k1"), (200, "1".into()));
+
+    // Credentials only from the audited call; never in the container's command or the add-on's view.
+    let (status, credentials) = call(server, "GET", &format!("{addons}/db/credentials"), Value::Null);
+    assert_eq!(status, 200, "{credentials}");
+    let password = credentials["password"].as_str().unwrap().to_string();
+    assert_eq!(password.len(), 32);
+    assert_eq!(
+        credentials["variables"]["DATABASE_URL"],
+        format!("postgres://app:{password}@db.internal:5432/app")
+    );
+    let outside = credentials["external_url"].as_str().unwrap().to_string();
+    assert!(
+        outside.starts_with(&format!("postgres://app:{password}@127.0.0.1:")),
+        "{outside}"
+    );
+    let (_, listed) = call(server, "GET", &format!("/v1/projects/{PROJECT}/addons"), Value::Null);
+    assert!(!listed.to_string().contains(&password), "{listed}");
+    let (_, cache_credentials) = call(server, "GET", &format!("{addons}/cache/credentials"), Value::Null);
+    let redis_password = cache_credentials["password"].as_str().unwrap();
+    let inspect = run(Command::new(DOCKER).args(["inspect", "enclii-addon-addonsdb-prod-cache"]));
+    assert!(
+        !inspect.contains(redis_password),
+        "the Redis container holds only the password's hash"
+    );
+    let (_, audit) = call(server, "GET", &format!("/v1/audit?project={PROJECT}"), Value::Null);
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("addon.credentials") && audit.contains("addon.create"),
+        "{audit}"
+    );
+    assert!(!audit.contains(&password), "the audit trail holds no password");
+    // From the node, the published port takes the login (the host's psql).
+    let select = |url: &str| {
+        Command::new("psql")
+            .args([url, "-qtAc", "SELECT count(*) FROM notes"])
+            .output()
+            .unwrap()
+    };
+    let out = select(&outside);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+
+    // Rotation: the new login is applied, the service rolls to it, and no request fails meanwhile.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (router, stop, sent, failed) = (p.router.clone(), stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = get(&router, host, "/cgi-bin/count");
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 || body != "2" {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed during rotation: {status} {body}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let (status, rotated) = call(server, "POST", &format!("{addons}/db/rotate"), Value::Null);
+    assert_eq!(status, 202, "{rotated}");
+    assert_eq!(rotated["generation"], 2);
+    wait_ready(server, PROJECT, "db", 2);
+    wait_until(Duration::from_secs(120), "the service rolled to the new login", || {
+        get(&p.router, host, "/cgi-bin/whoami") == (200, "app_alt".into())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 10, "the client kept calling");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the rotation"
+    );
+    // After the grace period the old login no longer works; the new one does.
+    wait_until(Duration::from_secs(60), "the old login retired", || {
+        !select(&outside).status.success()
+    });
+    let (_, fresh) = call(server, "GET", &format!("{addons}/db/credentials"), Value::Null);
+    assert_ne!(fresh["password"], password.as_str());
+    let out = select(fresh["external_url"].as_str().unwrap());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+
+    // An add-on a service reads is not deleted without force; with it, it is gone from the engine.
+    let (status, body) = call(server, "DELETE", &format!("{addons}/db"), Value::Null);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("`api`"), "{body}");
+    let (status, body) = call(server, "DELETE", &format!("{addons}/cache?force=true"), Value::Null);
+    assert_eq!(status, 204, "{body}");
+    wait_until(Duration::from_secs(60), "the container removed", || {
+        run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "name=enclii-addon-addonsdb-prod-cache"])).is_empty()
+    });
+    let volumes = run(Command::new(DOCKER).args([
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        "name=enclii-addon-addonsdb-prod-cache",
+    ]));
+    assert!(volumes.is_empty(), "its data went with it: {volumes}");
+}
