@@ -1,0 +1,216 @@
+//! Add-ons in the control-plane store, on PostgreSQL and on SQLite: generated credentials sealed
+//! and opened only for the job of the current generation; a rotation keeps the previous login
+//! until it is retired, and a job of an older generation records nothing; deletion is refused
+//! while a service reads the add-on (naming it) unless forced; an environment's deletion takes its
+//! add-ons; nothing the audit trail holds reveals a password.
+
+#[path = "../../queue/tests/common/mod.rs"]
+mod common;
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use enclii_domain::addons::AddonKind;
+use enclii_store::{AddonStatus, AuditFilter, NewAddon, ProvisionOutcome, ServiceDraft, Store, StoreError};
+use support::Db;
+
+const GRACE: Duration = Duration::from_secs(600);
+
+/// Project `shop` with service `web` at home in `prod`, whose spec reads add-on `db`.
+async fn shop(db: Db) -> (Store, Option<common::TestDatabase>) {
+    let (store, guard) = support::open_store(db).await;
+    store.create_project("user:admin", "shop", "Shop").await.unwrap();
+    let spec = serde_json::json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": "shop", "environment": "prod", "name": "web"},
+        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
+                 "runtime": {"ports": [3000]}, "envFrom": [{"addon": "db"}]},
+    });
+    let draft = ServiceDraft {
+        project: "shop".into(),
+        name: "web".into(),
+        environment: "prod".into(),
+        repository: Some("github.com/org/shop".into()),
+        branch: Some("main".into()),
+        spec: spec.to_string(),
+    };
+    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    (store, guard)
+}
+
+fn new_addon(environment: &str, name: &str, kind: AddonKind) -> NewAddon {
+    NewAddon {
+        project: "shop".into(),
+        environment: environment.into(),
+        name: name.into(),
+        kind,
+        version: kind.default_version().into(),
+        image: kind.default_image(kind.default_version()),
+        size_mib: Some(1024),
+    }
+}
+
+async fn rotations_keep_the_previous_login_until_retired_and_stale_jobs_change_nothing(db: Db) {
+    let (store, _guard) = shop(db).await;
+    let addon = store
+        .create_addon("user:dev", &new_addon("prod", "db", AddonKind::Postgres))
+        .await
+        .unwrap();
+    assert_eq!((addon.status, addon.generation), (AddonStatus::Provisioning, 1));
+    let first = store
+        .addon_for_job(addon.id, 1)
+        .await
+        .unwrap()
+        .expect("generation 1 is current");
+    assert_eq!(first.credentials.user, "app");
+    assert_eq!(first.credentials.database.as_deref(), Some("app"));
+    assert_eq!(first.credentials.password.len(), 32);
+    assert!(first.previous.is_none());
+
+    // Rotating while provisioning is refused; once ready it is not.
+    let refused = store.rotate_addon("user:dev", "shop", "prod", "db").await.unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    assert!(
+        store
+            .record_addon_provision("system:addons", addon.id, 1, &ProvisionOutcome::Ready, GRACE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.addon("shop", "prod", "db").await.unwrap().status,
+        AddonStatus::Ready
+    );
+    let rotated = store.rotate_addon("user:dev", "shop", "prod", "db").await.unwrap();
+    assert_eq!((rotated.status, rotated.generation), (AddonStatus::Provisioning, 2));
+
+    // The job of generation 1 is stale now: it reads nothing and records nothing.
+    assert!(store.addon_for_job(addon.id, 1).await.unwrap().is_none());
+    let failed = ProvisionOutcome::Failed("late".into());
+    assert!(
+        !store
+            .record_addon_provision("system:addons", addon.id, 1, &failed, GRACE)
+            .await
+            .unwrap()
+    );
+    let second = store.addon_for_job(addon.id, 2).await.unwrap().unwrap();
+    assert_eq!(second.credentials.user, "app_alt");
+    assert_ne!(second.credentials.password, first.credentials.password);
+    let previous = second.previous.expect("the previous login is kept during the rotation");
+    assert_eq!(previous, first.credentials);
+
+    assert!(
+        store
+            .record_addon_provision("system:addons", addon.id, 2, &ProvisionOutcome::Ready, GRACE)
+            .await
+            .unwrap()
+    );
+    store.record_addon_retired(addon.id, 2).await.unwrap();
+    assert!(
+        store
+            .addon_for_job(addon.id, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .previous
+            .is_none()
+    );
+
+    // A third rotation returns to the first role, with a fresh password.
+    store.rotate_addon("user:dev", "shop", "prod", "db").await.unwrap();
+    let third = store.addon_for_job(addon.id, 3).await.unwrap().unwrap();
+    assert_eq!(third.credentials.user, "app");
+    assert_ne!(third.credentials.password, first.credentials.password);
+
+    // The user's read is audited; no audit event holds a password.
+    let revealed = store
+        .reveal_addon_credentials("user:dev", "shop", "prod", "db")
+        .await
+        .unwrap();
+    assert_eq!(revealed.credentials, third.credentials);
+    let events = store
+        .list_audit(&AuditFilter {
+            project: Some("shop".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    for action in ["addon.create", "addon.ready", "addon.rotate", "addon.credentials"] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    let trail = serde_json::to_string(&events).unwrap();
+    for password in [
+        &first.credentials.password,
+        &second.credentials.password,
+        &third.credentials.password,
+    ] {
+        assert!(!trail.contains(password.as_str()), "the audit trail holds a password");
+    }
+}
+
+async fn deletion_names_the_readers_and_an_environment_takes_its_addons(db: Db) {
+    let (store, _guard) = shop(db).await;
+    store
+        .create_addon("user:dev", &new_addon("prod", "db", AddonKind::Postgres))
+        .await
+        .unwrap();
+    let taken = store
+        .create_addon("user:dev", &new_addon("prod", "db", AddonKind::Redis))
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
+    let missing = store
+        .create_addon("user:dev", &new_addon("nope", "db", AddonKind::Redis))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+
+    let refused = store
+        .delete_addon("user:dev", "shop", "prod", "db", false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Conflict(why) if why.contains("`web`") && why.contains("force=true")),
+        "{refused}"
+    );
+    assert_eq!(
+        store.list_addons("shop", None).await.unwrap().len(),
+        1,
+        "nothing removed"
+    );
+    store
+        .delete_addon("user:dev", "shop", "prod", "db", true, false)
+        .await
+        .unwrap();
+    assert!(store.list_addons("shop", None).await.unwrap().is_empty());
+
+    // An add-on nobody reads goes without force; another environment's is not `web`'s. (A
+    // project starts with dev, stage and prod.)
+    store
+        .create_addon("user:dev", &new_addon("stage", "db", AddonKind::Redis))
+        .await
+        .unwrap();
+    store
+        .create_addon("user:dev", &new_addon("stage", "cache", AddonKind::Redis))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.addon_readers("shop", "stage", "db").await.unwrap(),
+        Vec::<String>::new()
+    );
+    store
+        .delete_addon("user:dev", "shop", "stage", "cache", false, true)
+        .await
+        .unwrap();
+    store
+        .delete_environment("user:admin", "shop", "stage", false)
+        .await
+        .unwrap();
+    assert!(store.list_addons("shop", Some("stage")).await.unwrap().is_empty());
+}
+
+on_both_databases!(
+    rotations_keep_the_previous_login_until_retired_and_stale_jobs_change_nothing,
+    deletion_names_the_readers_and_an_environment_takes_its_addons,
+);
