@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::deploy::{Cleanup, deploy, get, head, platform_with, ready_release, wait_status};
+use support::deploy::{Cleanup, deploy, get, head, platform_with, pull_request, ready_release, wait_status, webhook};
 use support::pipeline::{DOCKER, call, run, wait_until};
 
 const CLIENT_IMAGE: &str = "enclii-test/addon-client:latest";
@@ -278,4 +278,80 @@ fn services_use_postgres_and_redis_addons_and_a_rotation_rolls_them_without_a_fa
         "name=enclii-addon-addonsdb-prod-cache",
     ]));
     assert!(volumes.is_empty(), "its data went with it: {volumes}");
+}
+
+/// A pull request's preview gets its own instance of each add-on its service reads — empty, with
+/// its own login, never the parent environment's data — and closing it takes them away.
+#[test]
+fn a_preview_gets_its_own_addons_and_loses_them_with_the_pull_request() {
+    const PROJECT: &str = "addonspr";
+    let _cleanup = Cleanup(PROJECT);
+    support::deploy::remove_containers(PROJECT);
+    let files = app();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let spec = json!({"env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}]});
+    let p = platform_with(PROJECT, "prod", &files, spec, &[]);
+    let server = &p.server;
+    let (status, created) = call(
+        server,
+        "POST",
+        &format!("/v1/projects/{PROJECT}/environments/prod/addons"),
+        json!({"name": "db", "kind": "postgres", "image": "enclii-test/postgres:15", "version": "15"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    wait_ready(server, PROJECT, "db", 1);
+
+    let sha = head(&p);
+    run(Command::new("git")
+        .args(["branch", "-f", "feature", &sha])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    webhook(server, "addons-pr-open", &pull_request(&p.url, "opened", 8, &sha));
+    let host = "api-preview-8.preview.localhost";
+    wait_until(Duration::from_secs(240), "the preview answers", || {
+        get(&p.router, host, "/healthz").0 == 200
+    });
+    assert_eq!(get(&p.router, host, "/cgi-bin/add?preview"), (200, "added".into()));
+    assert_eq!(get(&p.router, host, "/cgi-bin/count"), (200, "1".into()));
+    let (_, previews) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{PROJECT}/addons?environment=preview-8"),
+        Value::Null,
+    );
+    assert_eq!(previews[0]["name"], "db", "{previews}");
+    assert_eq!(
+        previews[0]["image"], "enclii-test/postgres:15",
+        "like the parent's: {previews}"
+    );
+    let (_, parent) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{PROJECT}/environments/prod/addons/db/credentials"),
+        Value::Null,
+    );
+    let (_, own) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{PROJECT}/environments/preview-8/addons/db/credentials"),
+        Value::Null,
+    );
+    assert_ne!(parent["password"], own["password"], "the preview has its own login");
+    // The parent's database never saw the preview's rows.
+    let out = Command::new("psql")
+        .args([
+            parent["external_url"].as_str().unwrap(),
+            "-qtAc",
+            "SELECT to_regclass('notes') IS NULL",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{out:?}");
+
+    webhook(server, "addons-pr-close", &pull_request(&p.url, "closed", 8, &sha));
+    wait_until(Duration::from_secs(90), "the preview's add-on removed", || {
+        run(Command::new(DOCKER).args(["ps", "-aq", "--filter", "name=enclii-addon-addonspr-preview-8-db"])).is_empty()
+    });
+    let (_, left) = call(server, "GET", &format!("/v1/projects/{PROJECT}/addons"), Value::Null);
+    assert_eq!(left.as_array().unwrap().len(), 1, "only the parent's remains: {left}");
+    assert_eq!(addon(server, PROJECT, "db")["status"], "ready");
 }

@@ -8,13 +8,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::TOKEN;
 use support::deploy::*;
 use support::pipeline::*;
 
@@ -174,36 +171,6 @@ fn a_spec_over_the_environment_quota_is_refused_and_nothing_runs() {
          lower spec.runtime.replicas.max or spec.runtime.memory, or raise the quota"
     );
     assert_eq!(replicas_of(p.project, release), 0);
-}
-
-fn webhook(server: &Server, delivery: &str, body: &str) -> Value {
-    let signature = enclii_auth::github_signature::hmac_sha256_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/webhooks/github HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-         X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 2"), "{response}");
-    serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
-fn pull_request(url: &str, action: &str, number: u64, sha: &str) -> String {
-    json!({
-        "action": action, "number": number,
-        "repository": {"full_name": "org/shop", "clone_url": url, "html_url": url},
-        "pull_request": {"number": number, "merged": false,
-                         "head": {"sha": sha, "ref": "feature", "repo": {"clone_url": url}},
-                         "base": {"sha": "0".repeat(40), "ref": "main"}}
-    })
-    .to_string()
 }
 
 #[test]

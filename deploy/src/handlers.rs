@@ -21,14 +21,17 @@ use enclii_domain::secrets::is_platform_secret;
 use enclii_domain::spec::{DeployStrategy, ServiceSpec};
 use enclii_queue::NewJob;
 use enclii_store::{
-    DeployPlan, Deployment, DeploymentStatus, DeploymentUpdate, JobLog, SignaturePolicy, Store, StoreError,
-    Supersession,
+    AddonStatus, DeployPlan, Deployment, DeploymentStatus, DeploymentUpdate, JobLog, SignaturePolicy, Store,
+    StoreError, Supersession,
 };
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::{info, warn};
 
 /// Who the deployer is in the audit trail.
 const ACTOR: &str = "system:deployer";
+
+/// How long a deploy waits for the add-ons it reads to finish provisioning.
+const ADDON_WAIT: Duration = Duration::from_secs(180);
 
 #[derive(Clone, Debug)]
 pub struct DeployerConfig {
@@ -349,7 +352,25 @@ impl Deployer {
         } else {
             deployment.clone()
         };
-        let plan = self.store.deploy_plan(&deployment).await?;
+        let home = &spec.metadata.environment;
+        if deployment.environment.starts_with("preview-") && deployment.environment != *home {
+            let created = self
+                .store
+                .ensure_preview_addons(
+                    ACTOR,
+                    &deployment.project,
+                    &deployment.environment,
+                    home,
+                    &spec.spec.addons(),
+                )
+                .await?;
+            if !created.is_empty() {
+                log.line(format!(
+                    "the preview's own add-ons, like {home}'s: {created:?} (provisioning)"
+                ));
+            }
+        }
+        let plan = self.plan_with_addons(&deployment, &spec, log).await?;
         let release = &plan.release;
         log.line(format!(
             "== deploy release {} ({}) of {}/{} to {} on {} · {} · attempt {}/{}",
@@ -580,6 +601,37 @@ impl Deployer {
 }
 
 impl Deployer {
+    /// The deploy plan, once every add-on the spec reads in the deployment's environment has
+    /// finished provisioning (a new one, or a preview's own, takes seconds): waited for here, up
+    /// to [`ADDON_WAIT`], rather than spending the job's attempts.
+    async fn plan_with_addons(
+        &self,
+        deployment: &Deployment,
+        spec: &ServiceSpec,
+        log: &JobLog,
+    ) -> Result<DeployPlan, Failure> {
+        let reads = spec.spec.addons();
+        let deadline = tokio::time::Instant::now() + ADDON_WAIT;
+        let mut said = false;
+        loop {
+            let plan = self.store.deploy_plan(deployment).await?;
+            let provisioning: Vec<&str> = plan
+                .addons
+                .iter()
+                .filter(|a| reads.contains(&a.addon.name.as_str()) && a.addon.status == AddonStatus::Provisioning)
+                .map(|a| a.addon.name.as_str())
+                .collect();
+            if provisioning.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(plan);
+            }
+            if !said {
+                log.line(format!("waiting for add-on(s) {provisioning:?} to be ready"));
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Removes a deleted service from the target (its rows went with the deletion).
     async fn remove_deleted(&self, job: jobs::Teardown, ctx: &JobContext) -> Result<(), Failure> {
         let key = ServiceKey::new(&ctx.job.project, &job.environment, &job.service);

@@ -462,6 +462,42 @@ pub(crate) async fn remove_addons_of(
     remove_addon_rows(conn, project, &addons, keep_data).await
 }
 
+/// A preview's own add-ons: each of `names` (those the service's spec reads) that the preview
+/// environment lacks is created there like the home environment's of that name — same kind,
+/// version, image and size; its own credentials and empty data — and provisioned. Returns the
+/// names created. A preview never reads its parent's data.
+pub(crate) async fn ensure_preview_addons(
+    conn: &mut Conn<'_>,
+    key: &MasterKey,
+    actor: &str,
+    project: &str,
+    preview: &str,
+    home: &str,
+    names: &[&str],
+) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for name in names {
+        if find_addon(conn, project, preview, name).await?.is_some() {
+            continue;
+        }
+        let Some(parent) = find_addon(conn, project, home, name).await? else {
+            continue;
+        };
+        let new = NewAddon {
+            project: project.to_string(),
+            environment: preview.to_string(),
+            name: parent.name.clone(),
+            kind: parent.kind()?,
+            version: parent.version.clone(),
+            image: parent.image.clone(),
+            size_mib: parent.size_mib,
+        };
+        create_addon(conn, key, actor, &new).await?;
+        created.push(parent.name);
+    }
+    Ok(created)
+}
+
 /// Every add-on of the environment with its credentials, for a deploy that reads them.
 pub(crate) async fn environment_addons(
     conn: &mut Conn<'_>,
@@ -490,6 +526,20 @@ impl Store {
     }
     pub async fn addon(&self, project: &str, environment: &str, name: &str) -> Result<Addon> {
         self.read(async |conn| get_addon(conn, project, environment, name).await)
+            .await
+    }
+    /// Creates in preview environment `preview` the add-ons of `names` it lacks, like the home
+    /// environment's (see `ensure_preview_addons`); returns the names created.
+    pub async fn ensure_preview_addons(
+        &self,
+        actor: &str,
+        project: &str,
+        preview: &str,
+        home: &str,
+        names: &[&str],
+    ) -> Result<Vec<String>> {
+        let key = &self.key;
+        self.write(async |conn| ensure_preview_addons(conn, key, actor, project, preview, home, names).await)
             .await
     }
     /// The add-on's services: those whose spec reads it.

@@ -419,7 +419,15 @@ pub(crate) async fn tear_down_deployments(
 /// Removes an environment's rows: its routes and custom domains, its secrets (every scope within
 /// it) and the environment itself. Returns whether the environment was there. Its deployments, releases and
 /// job runs stay as history; no service may be at home in it (the foreign key refuses).
-pub(crate) async fn forget_environment(conn: &mut Conn<'_>, project: &str, environment: &str) -> Result<bool> {
+pub(crate) async fn forget_environment(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    keep_addon_data: bool,
+) -> Result<bool> {
+    // Before the environment's row: its add-on rows go with it (a foreign key), and their
+    // removal jobs are made from them.
+    crate::addons::remove_addons_of(conn, project, Some(environment), keep_addon_data).await?;
     for statement in [
         "DELETE FROM routes WHERE project = $1 AND environment = $2",
         "DELETE FROM domains WHERE project = $1 AND environment = $2",
@@ -466,7 +474,7 @@ pub(crate) async fn forget_preview(conn: &mut Conn<'_>, actor: &str, key: &Servi
     .await?;
     let mut diff = json!({"service": service});
     if still_running == 0 {
-        diff["environment_removed"] = json!(forget_environment(conn, project, environment).await?);
+        diff["environment_removed"] = json!(forget_environment(conn, project, environment, false).await?);
     }
     let entity = format!("{project}/{environment}");
     audit(

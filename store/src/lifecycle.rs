@@ -203,8 +203,7 @@ pub(crate) async fn delete_environment(
     .execute(&mut *conn)
     .await?;
     // Routes and secrets go with it: an environment created again under the name starts empty.
-    forget_environment(conn, project, name).await?;
-    crate::addons::remove_addons_of(conn, project, Some(name), keep_volumes).await?;
+    forget_environment(conn, project, name, keep_volumes).await?;
     let teardown = enqueue_teardowns(conn, project, placements, true, keep_volumes).await?;
     let entity = format!("{project}/{name}");
     let diff = json!({"keep_volumes": keep_volumes, "teardown_jobs": teardown, "cancelled_jobs": cancelled});

@@ -12,6 +12,7 @@ mod support;
 use std::time::Duration;
 
 use enclii_domain::addons::AddonKind;
+use enclii_queue::JobFilter;
 use enclii_store::{AddonStatus, AuditFilter, NewAddon, ProvisionOutcome, ServiceDraft, Store, StoreError};
 use support::Db;
 
@@ -208,6 +209,34 @@ async fn deletion_names_the_readers_and_an_environment_takes_its_addons(db: Db) 
         .await
         .unwrap();
     assert!(store.list_addons("shop", Some("stage")).await.unwrap().is_empty());
+    // Every add-on deleted, alone or with its environment, has its removal job.
+    let removals = store
+        .queue()
+        .list_jobs(&JobFilter {
+            kind: Some("addon-remove".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut removed: Vec<(String, String, bool)> = removals
+        .iter()
+        .map(|job| {
+            let p = &job.payload;
+            (
+                p["environment"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+                p["keep_data"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    removed.sort();
+    let expected = [("prod", "db", false), ("stage", "cache", true), ("stage", "db", false)];
+    assert_eq!(
+        removed,
+        expected.map(|(e, n, k)| (e.to_string(), n.to_string(), k)),
+        "{removals:?}"
+    );
 }
 
 on_both_databases!(
