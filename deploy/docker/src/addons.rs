@@ -35,6 +35,8 @@ pub(crate) const LABEL_ADDON: &str = "dev.enclii.addon";
 const OUTPUT_LIMIT: usize = 64 * 1024;
 /// How long an add-on may take to accept connections (a first PostgreSQL start runs initdb).
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often a starting add-on is checked (each check is one `docker exec`).
+const POLL: Duration = Duration::from_millis(200);
 
 /// What one command in the add-on's container printed and how it ended.
 pub(crate) struct Exec {
@@ -282,7 +284,7 @@ impl DockerTarget {
                     READY_TIMEOUT.as_secs()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -412,7 +414,7 @@ impl DockerTarget {
         self.admin(&name, addon.kind, &logins, &work).await?;
         // Right after the final start PostgreSQL may still say "starting up" for a moment.
         let mut last = String::new();
-        for _ in 0..20 {
+        for _ in 0..50 {
             let exec = self.login_works(&name, addon.kind, current).await?;
             let ok = match addon.kind {
                 AddonKind::Postgres => exec.code == 0 && exec.output == "1",
@@ -423,7 +425,7 @@ impl DockerTarget {
                 return Ok(());
             }
             last = exec.output;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(POLL).await;
         }
         Err(DeployError::Refused(format!(
             "{name} does not accept login `{}` after setting it: {last}",
