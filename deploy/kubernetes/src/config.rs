@@ -22,6 +22,9 @@ pub struct KubernetesConfig {
     pub rollout_timeout: Duration,
     /// How often rollout and job status are polled.
     pub poll_interval: Duration,
+    /// The cluster's DNS domain: services reach an add-on at
+    /// `<service>.<namespace>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
 }
 
 impl Default for KubernetesConfig {
@@ -42,6 +45,7 @@ impl Default for KubernetesConfig {
             .to_vec(),
             rollout_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
+            cluster_domain: "cluster.local".into(),
         }
     }
 }

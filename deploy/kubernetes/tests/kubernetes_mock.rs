@@ -8,6 +8,8 @@
 //!
 //! Nothing here proves that a real cluster accepts the requests or runs the pods.
 
+#[path = "kubernetes_mock/addons.rs"]
+mod addons;
 mod common;
 #[path = "kubernetes_mock/routes.rs"]
 mod routes;
@@ -92,6 +94,7 @@ fn mock_manifests_pass_kubernetes_validate_strict() {
         ("full-spec.yaml", full_spec_yaml()),
         ("canary.yaml", canary_yaml()),
         ("live-routes.yaml", routes::live_routes_yaml()),
+        ("addons.yaml", addons::addons_yaml()),
     ]
     .into_iter()
     .map(|(name, yaml)| {
@@ -113,10 +116,10 @@ fn mock_manifests_pass_kubernetes_validate_strict() {
         output.status.success(),
         "kubernetes-validate failed:\n{stdout}\n{stderr}"
     );
-    // 3 files: 12 + 4 + 1 documents, each reported as valid.
+    // 4 files: 12 + 4 + 1 + 10 documents, each reported as valid.
     assert_eq!(
         stdout.matches(" passed for resource ").count(),
-        17,
+        27,
         "every document validated:\n{stdout}\n{stderr}"
     );
     assert!(

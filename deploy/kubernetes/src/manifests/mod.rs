@@ -13,7 +13,10 @@
 //!   annotation, so a rotated secret rolls the pods (one at a time, without downtime).
 //! - **Volumes** are `ReadWriteOnce` PVCs named `<service>-<volume>`: replicas sharing one must
 //!   land on the same node. Cron and one-off job pods do not mount them.
+//! - **Add-ons** (`addons`) are a StatefulSet, headless Service and seed Secret each, beside
+//!   the environment's services; logins change through admin `Job`s, never pod exec.
 
+mod addons;
 mod canary;
 mod ingress;
 mod jobs;
@@ -33,6 +36,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::addons::{
+    AddonObjects, AddonTask, AdminRun, DEFAULT_ADDON_SIZE, LABEL_ADDON, addon_admin_secret_name, addon_documents,
+    addon_environment_key, addon_host, addon_job_name, addon_labels, addon_name, addon_namespace, addon_objects,
+    addon_pod_name, addon_selector, admin_run, admin_work, check_login_name, redis_acl, sha256_hex,
+};
 pub use self::canary::{canary_objects, promotion};
 pub use self::ingress::{IngressInput, canary_ingress, stable_ingress};
 pub use self::jobs::job_run;

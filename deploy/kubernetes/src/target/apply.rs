@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{KubernetesTarget, Result, api_error, apply_params, is_not_found, update_params};
-use crate::manifests;
+use crate::manifests::{self, EnvironmentObjects};
 
 impl KubernetesTarget {
     pub(super) fn api<K>(&self, ns: &str) -> Api<K>
@@ -87,6 +87,19 @@ impl KubernetesTarget {
     /// The namespace, its quota and policies, then the service's secrets and volumes.
     pub(super) async fn apply_environment(&self, workload: &Workload) -> Result<()> {
         let env = manifests::environment_objects(&workload.key, &workload.quota, &self.config);
+        self.apply_environment_objects(&env).await?;
+        let config = manifests::service_config_objects(workload);
+        for secret in &config.secrets {
+            self.apply_secret(secret).await?;
+        }
+        for claim in &config.volumes {
+            self.apply(claim).await?;
+        }
+        Ok(())
+    }
+
+    /// The namespace, then its quota (when it has one) and network policies.
+    pub(super) async fn apply_environment_objects(&self, env: &EnvironmentObjects) -> Result<()> {
         let name = env.namespace.name_any();
         Api::<Namespace>::all(self.client.clone())
             .patch(&name, &apply_params(), &Patch::Apply(&env.namespace))
@@ -98,19 +111,12 @@ impl KubernetesTarget {
         for policy in &env.network_policies {
             self.apply(policy).await?;
         }
-        let config = manifests::service_config_objects(workload);
-        for secret in &config.secrets {
-            self.apply_secret(secret).await?;
-        }
-        for claim in &config.volumes {
-            self.apply(claim).await?;
-        }
         Ok(())
     }
 
     /// Like [`Self::apply`], but a failure never carries the server's message, which could
     /// quote the values.
-    async fn apply_secret(&self, secret: &Secret) -> Result<()> {
+    pub(super) async fn apply_secret(&self, secret: &Secret) -> Result<()> {
         let ns = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
         match self

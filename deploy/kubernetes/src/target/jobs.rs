@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{JOB_TIMEOUT_EXIT_CODE, KubernetesTarget, Result, api_error};
 use crate::manifests;
 
-const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+pub(super) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 impl KubernetesTarget {
     pub(super) async fn run_job_to_end(

@@ -5,8 +5,9 @@
 //! The [`Target`] implementation delegates to its parts: server-side apply and the service-wide
 //! writes (`apply`), deploys and rollout polling/undo (`rollout`), ingress-nginx canaries
 //! (`canary`), routes applied without a deploy (`routes`), PromQL and pod metrics (`metrics`),
-//! one-off jobs (`jobs`), runtime logs (`logs`).
+//! one-off jobs (`jobs`), runtime logs (`logs`), add-ons and their admin runs (`addons`).
 
+mod addons;
 mod apply;
 mod canary;
 mod jobs;
@@ -21,10 +22,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use enclii_deploy_contract::model::{AddonKey, AddonWorkload};
 use enclii_deploy_contract::{
     DeployError, DeployOutcome, JobRunSpec, LogLines, LogRequest, ReleaseMetrics, Removal, Rollout, RouteBinding,
     ServiceKey, ServiceStatus, Target, Track, Usage, Workload,
 };
+use enclii_domain::addons::{AddonEndpoint, AddonKind};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PatchParams;
 use kube::{Client, ResourceExt};
@@ -113,6 +116,24 @@ impl Target for KubernetesTarget {
 
     async fn apply_routes(&self, key: &ServiceKey, routes: &[RouteBinding]) -> Result<bool> {
         self.apply_service_routes(key, routes).await
+    }
+
+    /// The add-on's headless Service in the cluster's DNS, e.g.
+    /// `enclii-addon-db.enclii-shop-prod.svc.cluster.local`.
+    fn addon_endpoint(&self, key: &AddonKey, kind: AddonKind) -> AddonEndpoint {
+        self.addon_endpoint_of(key, kind)
+    }
+
+    async fn provision_addon(&self, addon: &AddonWorkload) -> Result<()> {
+        self.provision_addon_objects(addon).await
+    }
+
+    async fn retire_addon_login(&self, addon: &AddonWorkload, user: &str) -> Result<()> {
+        self.retire_addon(addon, user).await
+    }
+
+    async fn remove_addon(&self, key: &AddonKey, keep_data: bool) -> Result<()> {
+        self.remove_addon_objects(key, keep_data).await
     }
 
     async fn usage(&self, key: &ServiceKey) -> Result<Usage> {

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use enclii_deploy_contract::model::{AddonKey, AddonWorkload};
 use enclii_deploy_contract::{Quota, RouteBinding, SecretEnv, SecretValue, ServiceKey, Workload};
+use enclii_domain::addons::{AddonCredentials, AddonKind};
 use enclii_domain::spec::{EXAMPLE, ServiceSpec, SpecFormat};
 use http::{Request, Response};
 use kube::client::Body;
@@ -69,6 +71,95 @@ pub fn minimal_workload(release: i64) -> Workload {
         routes: Vec::new(),
         quota: Quota::default(),
     }
+}
+
+/// A login of the add-on fixtures (fixture passwords, not secrets).
+pub fn addon_login(user: &str, password: &str, kind: AddonKind) -> AddonCredentials {
+    AddonCredentials {
+        user: user.into(),
+        password: password.into(),
+        database: (kind == AddonKind::Postgres).then(|| "app".into()),
+    }
+}
+
+/// Add-on `name` of the example environment: generation 1 (login `app`), or with `rotated` the
+/// generation after (login `app_alt`, `app` still valid).
+pub fn addon_workload(kind: AddonKind, name: &str, rotated: bool) -> AddonWorkload {
+    let first = addon_login("app", "fixture-pw-gen1", kind);
+    let (credentials, previous) = if rotated {
+        (addon_login("app_alt", "fixture-pw-gen2", kind), Some(first))
+    } else {
+        (first, None)
+    };
+    AddonWorkload {
+        key: AddonKey {
+            project: "solarpunk-saas".into(),
+            environment: "prod".into(),
+            name: name.into(),
+        },
+        kind,
+        image: kind.default_image(kind.default_version()),
+        size_bytes: (kind == AddonKind::Postgres).then_some(5 << 30),
+        credentials,
+        previous,
+    }
+}
+
+/// `stateful_set` as the API server reports it: observed, its pod created at the update
+/// revision, `ready` of its 1 replica ready.
+pub fn stateful_set_status(mut stateful_set: Value, ready: i64) -> Value {
+    let name = stateful_set["metadata"]["name"].as_str().unwrap().to_string();
+    stateful_set["metadata"]["generation"] = json!(1);
+    stateful_set["metadata"]["uid"] = json!(format!("uid-{name}"));
+    let revision = format!("{name}-6c5b8d9f4d");
+    stateful_set["status"] = json!({
+        "observedGeneration": 1, "replicas": 1, "readyReplicas": ready, "availableReplicas": ready,
+        "currentReplicas": 1, "updatedReplicas": 1, "currentRevision": revision,
+        "updateRevision": revision, "collisionCount": 0
+    });
+    if ready == 0 {
+        stateful_set["status"].as_object_mut().unwrap().remove("readyReplicas");
+        stateful_set["status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("availableReplicas");
+    }
+    stateful_set
+}
+
+/// How a `Job` stands in [`job_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobPhase {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// `job` as the API server reports it (batch/v1 on 1.33: `SuccessCriteriaMet` / `FailureTarget`
+/// precede `Complete` / `Failed`).
+pub fn job_status(mut job: Value, phase: JobPhase) -> Value {
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    job["metadata"]["uid"] = json!(format!("uid-{name}"));
+    job["metadata"]["generation"] = json!(1);
+    let at = "2026-12-07T10:00:00Z";
+    let condition = |kind: &str, reason: &str, message: &str| {
+        json!({"type": kind, "status": "True", "reason": reason, "message": message,
+               "lastProbeTime": at, "lastTransitionTime": at})
+    };
+    job["status"] = match phase {
+        JobPhase::Running => json!({"startTime": at, "active": 1, "ready": 0, "uncountedTerminatedPods": {}}),
+        JobPhase::Succeeded => json!({
+            "startTime": at, "completionTime": at, "succeeded": 1, "ready": 0, "uncountedTerminatedPods": {},
+            "conditions": [condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
+                           condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods")]
+        }),
+        JobPhase::Failed => json!({
+            "startTime": at, "failed": 1, "ready": 0, "uncountedTerminatedPods": {},
+            "conditions": [condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+                           condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]
+        }),
+    };
+    job
 }
 
 /// One request the target made, decoded, with the means to answer it.
