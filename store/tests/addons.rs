@@ -13,31 +13,14 @@ use std::time::Duration;
 
 use enclii_domain::addons::AddonKind;
 use enclii_queue::JobFilter;
-use enclii_store::{AddonStatus, AuditFilter, NewAddon, ProvisionOutcome, ServiceDraft, Store, StoreError};
+use enclii_store::{AddonStatus, AuditFilter, NewAddon, ProvisionOutcome, Store, StoreError};
 use support::Db;
 
 const GRACE: Duration = Duration::from_secs(600);
 
 /// Project `shop` with service `web` at home in `prod`, whose spec reads add-on `db`.
 async fn shop(db: Db) -> (Store, Option<common::TestDatabase>) {
-    let (store, guard) = support::open_store(db).await;
-    store.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1", "kind": "Service",
-        "metadata": {"project": "shop", "environment": "prod", "name": "web"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
-                 "runtime": {"ports": [3000]}, "envFrom": [{"addon": "db"}]},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "web".into(),
-        environment: "prod".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
-    (store, guard)
+    support::shop_with_web(db, serde_json::json!({"envFrom": [{"addon": "db"}]})).await
 }
 
 fn new_addon(environment: &str, name: &str, kind: AddonKind) -> NewAddon {

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use enclii_store::{CertificateStatus, DomainCheck, DomainCheckOutcome, NewDomain, OrderOutcome, ServiceDraft, Store};
+use enclii_store::{CertificateStatus, DomainCheck, DomainCheckOutcome, NewDomain, OrderOutcome, Store};
 use support::Db;
 
 const DAY: i64 = 86_400_000;
@@ -21,24 +21,7 @@ fn now_ms() -> i64 {
 }
 
 async fn shop(db: Db) -> (Store, Option<common::TestDatabase>) {
-    let (store, guard) = support::open_store(db).await;
-    store.create_project("user:admin", "shop", "Shop").await.unwrap();
-    let spec = serde_json::json!({
-        "apiVersion": "enclii.dev/v1", "kind": "Service",
-        "metadata": {"project": "shop", "environment": "prod", "name": "web"},
-        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
-                 "runtime": {"ports": [3000]}},
-    });
-    let draft = ServiceDraft {
-        project: "shop".into(),
-        name: "web".into(),
-        environment: "prod".into(),
-        repository: Some("github.com/org/shop".into()),
-        branch: Some("main".into()),
-        spec: spec.to_string(),
-    };
-    store.apply_service("user:dev", &draft, &[]).await.unwrap();
-    (store, guard)
+    support::shop_with_web(db, serde_json::json!({})).await
 }
 
 /// A domain proven (and so routed) now.

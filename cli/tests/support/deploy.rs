@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::free_port;
 use super::pipeline::*;
-use super::{TOKEN, free_port};
 
 pub const WEBHOOK_SECRET: &str = "deploy-test-webhook-secret";
 
@@ -280,21 +280,14 @@ impl Drop for Cleanup {
 /// Delivers a signed GitHub `pull_request` event; the answer's body.
 pub fn webhook(server: &Server, delivery: &str, body: &str) -> Value {
     let signature = enclii_auth::github_signature::hmac_sha256_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/webhooks/github HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-         X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 2"), "{response}");
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    let headers = [
+        ("X-GitHub-Event", "pull_request".to_string()),
+        ("X-GitHub-Delivery", delivery.to_string()),
+        ("X-Hub-Signature-256", format!("sha256={signature}")),
+    ];
+    let (status, _, answer) = request(server, "POST", "/v1/webhooks/github", &headers, body);
+    assert!((200..300).contains(&status), "{status} {answer}");
+    answer
 }
 
 /// A `pull_request` event of the repository at `url` (its head on branch `feature`).

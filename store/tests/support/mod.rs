@@ -34,6 +34,34 @@ pub async fn open_store(db: Db) -> (Store, Option<common::TestDatabase>) {
     (store, guard)
 }
 
+/// [`open_store`] with project `shop` and its service `web` at home in `prod` (repository
+/// `github.com/org/shop`), whose spec's `spec` is the defaults merged with `spec`.
+pub async fn shop_with_web(db: Db, spec: serde_json::Value) -> (Store, Option<common::TestDatabase>) {
+    let (store, guard) = open_store(db).await;
+    store.create_project("user:admin", "shop", "Shop").await.unwrap();
+    let mut document = serde_json::json!({
+        "apiVersion": "enclii.dev/v1", "kind": "Service",
+        "metadata": {"project": "shop", "environment": "prod", "name": "web"},
+        "spec": {"source": {"git": {"repository": "https://github.com/org/shop", "branch": "main"}},
+                 "runtime": {"ports": [3000]}},
+    });
+    if let serde_json::Value::Object(extra) = spec {
+        for (key, value) in extra {
+            document["spec"][key] = value;
+        }
+    }
+    let draft = enclii_store::ServiceDraft {
+        project: "shop".into(),
+        name: "web".into(),
+        environment: "prod".into(),
+        repository: Some("github.com/org/shop".into()),
+        branch: Some("main".into()),
+        spec: document.to_string(),
+    };
+    store.apply_service("user:dev", &draft, &[]).await.unwrap();
+    (store, guard)
+}
+
 /// `on_both_databases!(a, b)`: tests `postgres::a`, `sqlite::a`, … each calling `a(Db::…)` of the
 /// including file (which imports `Db`) on a multi-threaded runtime.
 #[allow(unused_macros)]
