@@ -136,7 +136,7 @@ pub(crate) fn register(registry: &mut Registry, store: Arc<Store>, target: Arc<d
 }
 
 /// The variables the spec reads from add-ons, as one secret environment per add-on
-/// (`addon-<name>`): `envFrom: [{addon}]` gives the kind's standard variables, `fromAddon` one
+/// (`<service>-addon-<name>`): `envFrom: [{addon}]` gives the kind's standard variables, `fromAddon` one
 /// key under the variable's own name. A missing add-on, or one that failed, refuses the deploy
 /// naming the field; one still provisioning is waited for (the deploy is retried).
 pub(crate) fn addon_env(
@@ -175,7 +175,8 @@ pub(crate) fn addon_env(
                 access.kind.keys().join(", ")
             ))
         })?;
-        let name = format!("addon-{}", access.addon.name);
+        // Per service: on Kubernetes each SecretEnv is a Secret object its service owns.
+        let name = format!("{}-addon-{}", key.service, access.addon.name);
         let entry = (variable.to_string(), SecretValue::new(value));
         match out.iter_mut().find(|s| s.name == name) {
             Some(secret) => secret.entries.push(entry),

@@ -18,6 +18,11 @@
 //!   `promote` applies;
 //! - one-off runs: a `batch/v1` `Job` `<service>-<job>-<run>-<attempt>` (backoffLimit 0).
 //!
+//! Per add-on (`enclii-addon-<name>` in the environment's namespace, labelled
+//! `dev.enclii.addon=<name>`): a seed `Secret`, a headless `Service`, a one-replica `StatefulSet`
+//! with a `data` claim; logins change through admin `Job`s (`…-login`, `…-retire`), each reading
+//! a `Secret` of its name, never through pod exec (see [`manifests::addon_objects`]).
+//!
 //! Routes changed without a deploy (`apply_routes`) rewrite the running tracks' Ingresses (and
 //! the stable Ingress a pending promotion holds) from the same rendering a deploy uses.
 //!

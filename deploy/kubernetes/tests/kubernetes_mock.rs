@@ -88,13 +88,18 @@ fn mock_manifests_of_a_canary_at_10_percent() {
 }
 
 #[test]
+fn mock_manifests_of_addons_and_their_converge_runs() {
+    insta::assert_snapshot!("addons", addons::addons_yaml());
+}
+
+#[test]
 fn mock_manifests_pass_kubernetes_validate_strict() {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = [
         ("full-spec.yaml", full_spec_yaml()),
         ("canary.yaml", canary_yaml()),
         ("live-routes.yaml", routes::live_routes_yaml()),
-        ("addons.yaml", addons::addons_yaml()),
+        ("addons.yaml", addons::addons_json()),
     ]
     .into_iter()
     .map(|(name, yaml)| {

@@ -37,9 +37,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::addons::{
-    AddonObjects, AddonTask, AdminRun, DEFAULT_ADDON_SIZE, LABEL_ADDON, addon_admin_secret_name, addon_documents,
-    addon_environment_key, addon_host, addon_job_name, addon_labels, addon_name, addon_namespace, addon_objects,
-    addon_pod_name, addon_selector, admin_run, admin_work, check_login_name, redis_acl, sha256_hex,
+    AddonObjects, AddonTask, AdminRun, DEFAULT_ADDON_SIZE, LABEL_ADDON, addon_documents, addon_environment_key,
+    addon_host, addon_job_name, addon_labels, addon_name, addon_namespace, addon_objects, addon_pod_name,
+    addon_selector, admin_run, admin_work, check_login_name, redis_acl, sha256_hex,
 };
 pub use self::canary::{canary_objects, promotion};
 pub use self::ingress::{IngressInput, canary_ingress, stable_ingress};
