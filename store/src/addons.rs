@@ -195,18 +195,26 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
         .await?;
     let diff = json!({"kind": addon.kind, "version": addon.version, "image": addon.image,
                       "size_mib": addon.size_mib, "environment": addon.environment});
-    audit(
-        conn,
-        actor,
-        change("addon.create", "addon", &entity(&addon), Some(&addon.project), diff),
-    )
-    .await?;
+    audit_addon(conn, actor, "addon.create", &addon, diff).await?;
     conn.enqueue(provision_job(&addon)?).await?;
     Ok(addon)
 }
 
-fn entity(addon: &Addon) -> String {
-    format!("{}/{}/{}", addon.project, addon.environment, addon.name)
+/// Records `action` on the add-on (`<project>/<environment>/<name>`) in the audit trail.
+async fn audit_addon(
+    conn: &mut Conn<'_>,
+    actor: &str,
+    action: &str,
+    addon: &Addon,
+    diff: serde_json::Value,
+) -> Result<()> {
+    let entity = format!("{}/{}/{}", addon.project, addon.environment, addon.name);
+    audit(
+        conn,
+        actor,
+        change(action, "addon", &entity, Some(&addon.project), diff),
+    )
+    .await
 }
 
 pub(crate) async fn list_addons(conn: &mut Conn<'_>, project: &str, environment: Option<&str>) -> Result<Vec<Addon>> {
@@ -250,18 +258,8 @@ pub(crate) async fn reveal_credentials(
     name: &str,
 ) -> Result<AddonAccess> {
     let addon = get_addon(conn, project, environment, name).await?;
-    audit(
-        conn,
-        actor,
-        change(
-            "addon.credentials",
-            "addon",
-            &entity(&addon),
-            Some(project),
-            json!({"generation": addon.generation}),
-        ),
-    )
-    .await?;
+    let diff = json!({"generation": addon.generation});
+    audit_addon(conn, actor, "addon.credentials", &addon, diff).await?;
     access(conn, key, addon).await
 }
 
@@ -302,18 +300,8 @@ pub(crate) async fn rotate_addon(
     ))
     .fetch_one(&mut *conn)
     .await?;
-    audit(
-        conn,
-        actor,
-        change(
-            "addon.rotate",
-            "addon",
-            &entity(&addon),
-            Some(project),
-            json!({"generation": {"from": generation - 1, "to": generation}}),
-        ),
-    )
-    .await?;
+    let diff = json!({"generation": {"from": generation - 1, "to": generation}});
+    audit_addon(conn, actor, "addon.rotate", &addon, diff).await?;
     conn.enqueue(provision_job(&addon)?).await?;
     Ok(addon)
 }
@@ -379,12 +367,7 @@ pub(crate) async fn record_provision(
         _ => "addon.ready",
     };
     let diff = json!({"generation": generation, "detail": detail, "rolled_deployments": rolled});
-    audit(
-        conn,
-        actor,
-        change(action, "addon", &entity(&addon), Some(&addon.project), diff),
-    )
-    .await?;
+    audit_addon(conn, actor, action, &addon, diff).await?;
     Ok(true)
 }
 
@@ -419,12 +402,7 @@ pub(crate) async fn delete_addon(
     }
     remove_addon_rows(conn, project, std::slice::from_ref(&addon), keep_data).await?;
     let diff = json!({"kind": addon.kind, "keep_data": keep_data, "forced_despite": readers});
-    audit(
-        conn,
-        actor,
-        change("addon.delete", "addon", &entity(&addon), Some(project), diff),
-    )
-    .await?;
+    audit_addon(conn, actor, "addon.delete", &addon, diff).await?;
     Ok(addon)
 }
 
