@@ -94,7 +94,16 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(control::domains::verify_domain))
         .routes(routes!(control::addons::list_addons))
         .routes(routes!(control::addons::create_addon))
-        .routes(routes!(control::addons::get_addon, control::addons::delete_addon))
+        .routes(routes!(
+            control::addons::get_addon,
+            control::addons::delete_addon,
+            control::addon_backups::change_addon
+        ))
+        .routes(routes!(
+            control::addon_backups::create_backup,
+            control::addon_backups::list_backups
+        ))
+        .routes(routes!(control::addon_backups::restore_backup))
         .routes(routes!(control::addons::addon_credentials))
         .routes(routes!(control::addons::rotate_addon))
         .routes(routes!(control::repositories::list_repositories))

@@ -37,17 +37,6 @@ impl RegistryConfig {
     }
 }
 
-/// The S3-compatible store for source archives, logs and SBOMs.
-#[derive(Clone, Debug)]
-pub struct S3Config {
-    /// `http://127.0.0.1:8014`; `None` uses AWS's endpoint for the region.
-    pub endpoint: Option<String>,
-    pub region: String,
-    pub bucket: String,
-    pub access_key: String,
-    pub secret_key: Secret,
-}
-
 /// Not `Debug`: it holds the signing key.
 #[derive(Clone)]
 pub struct BuildConfig {
@@ -73,7 +62,7 @@ pub struct BuildConfig {
     pub build_memory_bytes: Option<u64>,
     pub registry: RegistryConfig,
     /// Where source archives, logs and SBOMs are kept.
-    pub artefacts: crate::ArtefactConfig,
+    pub artefacts: enclii_artefacts::ArtefactConfig,
     /// How long archived logs and source archives are kept (SBOMs stay with their releases).
     pub artefact_retention: Duration,
     /// Signs images unless the project has its own `COSIGN_PRIVATE_KEY` secret.

@@ -43,3 +43,12 @@ impl From<enclii_store::StoreError> for StepError {
         StepError::transient(format!("control-plane store: {e}"))
     }
 }
+
+impl From<enclii_artefacts::ArtefactError> for StepError {
+    fn from(e: enclii_artefacts::ArtefactError) -> Self {
+        StepError {
+            retryable: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}

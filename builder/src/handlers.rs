@@ -182,6 +182,7 @@ impl BuildSteps {
         self.artefacts
             .prune(&["logs/", "sources/"], self.config.artefact_retention)
             .await
+            .map_err(StepError::from)
     }
 
     /// `run` is what the step's payload says its run builds: the release is the run's only if it

@@ -7,7 +7,6 @@
 //! (cosign format) run in parallel on the pushed digest. Each step records its timings, its log
 //! (live in the database, archived in the artefact store) and, on its last failed attempt, the release's failure.
 
-mod artefacts;
 mod config;
 mod detect;
 mod docker;
@@ -20,9 +19,9 @@ mod run;
 mod sbom;
 mod workspace;
 
-pub use artefacts::{ArtefactConfig, ArtefactStore, StoredArtefact};
-pub use config::{BuildConfig, RegistryConfig, S3Config};
+pub use config::{BuildConfig, RegistryConfig};
 pub use docker::{engine_version, image_name, image_reference};
+pub use enclii_artefacts::{ArtefactConfig, ArtefactStore, S3Config, StoredArtefact};
 pub use enclii_store::JobLog;
 pub use error::StepError;
 pub use handlers::{BuildSteps, lockbox_secret, project_signing_key, register};

@@ -148,6 +148,7 @@ impl DeployArgs {
                 .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
                 .filter(|d| !d.is_empty()),
             addon_retire_after: std::time::Duration::from_secs(self.addon_retire_seconds),
+            artefacts: None,
         }
     }
 

@@ -502,12 +502,12 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     let worker = match args.runs(ServerRole::Worker) {
         true => {
             let deployer = connected.map(|connected| {
-                let deployer = enclii_deploy::Deployer::new(
-                    store.clone(),
-                    connected.target,
-                    api_signatures.clone(),
-                    args.deploy.deployer_config(),
-                );
+                let config = enclii_deploy::DeployerConfig {
+                    artefacts: Some(args.build.artefacts(&args.data_dir)),
+                    ..args.deploy.deployer_config()
+                };
+                let deployer =
+                    enclii_deploy::Deployer::new(store.clone(), connected.target, api_signatures.clone(), config);
                 (Arc::new(deployer), args.deploy.prices())
             });
             let config = WorkerConfig {

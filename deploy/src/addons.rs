@@ -19,7 +19,7 @@ use tracing::info;
 use crate::handlers::{Failure, job_error};
 
 /// Who provisions add-ons in the audit trail.
-const ACTOR: &str = "system:addons";
+pub(crate) const ACTOR: &str = "system:addons";
 
 fn addon_key(access: &AddonAccess) -> AddonKey {
     AddonKey {
@@ -29,7 +29,7 @@ fn addon_key(access: &AddonAccess) -> AddonKey {
     }
 }
 
-fn workload(access: &AddonAccess) -> AddonWorkload {
+pub(crate) fn workload(access: &AddonAccess) -> AddonWorkload {
     AddonWorkload {
         key: addon_key(access),
         kind: access.kind,

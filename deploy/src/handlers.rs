@@ -43,6 +43,8 @@ pub struct DeployerConfig {
     /// After an add-on's rotation, how long the previous login keeps working while services
     /// roll to the new one.
     pub addon_retire_after: std::time::Duration,
+    /// Where add-on backups are kept; `None` refuses backups and restores with that reason.
+    pub artefacts: Option<enclii_artefacts::ArtefactConfig>,
 }
 
 impl Default for DeployerConfig {
@@ -51,6 +53,7 @@ impl Default for DeployerConfig {
             preview_domain: "preview.localhost".into(),
             base_domain: None,
             addon_retire_after: std::time::Duration::from_secs(600),
+            artefacts: None,
         }
     }
 }
@@ -77,6 +80,12 @@ pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii
         deployer.store.clone(),
         deployer.target.clone(),
         deployer.config.addon_retire_after,
+    );
+    crate::addon_backups::register(
+        registry,
+        deployer.store.clone(),
+        deployer.target.clone(),
+        deployer.config.artefacts.clone(),
     );
     crate::timetable::register(registry, deployer, prices);
 }

@@ -8,6 +8,7 @@
 //! `cert-order` (their certificates from an ACME server) live here too: they make routes and
 //! what the routers serve, though they need no target.
 
+mod addon_backups;
 mod addons;
 pub mod certificates;
 pub mod domains;

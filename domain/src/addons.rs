@@ -75,6 +75,14 @@ impl AddonKind {
             self.versions().join(", ")
         ))
     }
+
+    /// The backup format: `pg_dump`'s custom format, or Redis's RDB snapshot.
+    pub fn backup_format(self) -> &'static str {
+        match self {
+            AddonKind::Postgres => "pgdump",
+            AddonKind::Redis => "rdb",
+        }
+    }
 }
 
 impl fmt::Display for AddonKind {
@@ -253,5 +261,38 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(!format!("{:?}", creds()).contains("pw\""));
+    }
+}
+
+/// The most backups an add-on's schedule keeps.
+pub const MAX_BACKUPS_KEPT: u32 = 366;
+
+/// An add-on's backup schedule: a 5-field cron expression (UTC) and how many completed backups
+/// to keep (the oldest beyond that are deleted after each new one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// e.g. `0 3 * * *` (every day at 03:00 UTC).
+    pub schedule: String,
+    /// Completed backups to keep, 1 to 366 (default 7).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+impl BackupPolicy {
+    /// Checks the schedule and the count; the error names the field and what to write.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::spec::validate_cron(&self.schedule).map_err(|e| format!("backup.schedule: {e}"))?;
+        if !(1..=MAX_BACKUPS_KEPT).contains(&self.keep) {
+            return Err(format!(
+                "backup.keep: {} is out of range; keep between 1 and {MAX_BACKUPS_KEPT} backups",
+                self.keep
+            ));
+        }
+        Ok(())
     }
 }

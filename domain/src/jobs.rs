@@ -225,6 +225,25 @@ pub struct AddonRemove {
 }
 job_kind!(AddonRemove, "addon-remove", policy(2, 10, 300, 10));
 
+/// Stream backup `backup` of an add-on (`pg_dump -Fc`, or an RDB snapshot of Redis) to the
+/// artefact store, sealed with the backup's own data key. Its row says which add-on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonBackup {
+    pub backup: i64,
+}
+job_kind!(AddonBackup, "addon-backup", policy(3, 4, 3600, 10));
+
+/// Restore backup `backup` into the add-on with id `addon` (its own, or another of its kind),
+/// after checking the stored artefact's SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonRestore {
+    pub backup: i64,
+    pub addon: i64,
+}
+job_kind!(AddonRestore, "addon-restore", policy(2, 3, 3600, 10));
+
 /// Sample a service's resource usage for cost showback.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +282,8 @@ pub fn kinds() -> Vec<(&'static str, JobPolicy)> {
         (AddonProvision::KIND, AddonProvision::policy()),
         (AddonRetire::KIND, AddonRetire::policy()),
         (AddonRemove::KIND, AddonRemove::policy()),
+        (AddonBackup::KIND, AddonBackup::policy()),
+        (AddonRestore::KIND, AddonRestore::policy()),
         (JobRun::KIND, JobRun::policy()),
         (Ping::KIND, Ping::policy()),
     ]
@@ -309,6 +330,8 @@ fn check(kind: &str, payload: &serde_json::Value) -> Result<JobPolicy, JobPayloa
         AddonProvision::KIND => decode::<AddonProvision>(payload),
         AddonRetire::KIND => decode::<AddonRetire>(payload),
         AddonRemove::KIND => decode::<AddonRemove>(payload),
+        AddonBackup::KIND => decode::<AddonBackup>(payload),
+        AddonRestore::KIND => decode::<AddonRestore>(payload),
         JobRun::KIND => decode::<JobRun>(payload),
         Ping::KIND => decode::<Ping>(payload),
         other => Err(JobPayloadError::UnknownKind {

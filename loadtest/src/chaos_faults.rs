@@ -361,9 +361,13 @@ async fn restart_redis(start_s: f64) -> (String, bool, String) {
     ("redis 127.0.0.1:6379".into(), up, note)
 }
 
+/// How long the cut waits for a worker that holds a job.
+const GIVE_UP_S: u64 = 90;
+
 /// Cuts a worker off from the database for lease + 4 s: preferably one that has just started a
 /// build another worker can take over (not slot 0, the only one that deploys); after 20 s any.
-/// A job another fault hit already is not aimed at again (a build has two attempts).
+/// A job another fault hit already is not aimed at again (a build has two attempts). Waits up to
+/// `GIVE_UP_S` for a worker that holds a job: after a Redis restart the storm can be quiet a while.
 async fn cut_worker(
     platform: &mut Platform,
     http: &Http,
@@ -374,10 +378,13 @@ async fn cut_worker(
     let others: BTreeSet<u32> = platform.slots.iter().skip(1).filter_map(|s| s.pid()).collect();
     let (prefer_build, give_up) = (
         Instant::now() + Duration::from_secs(20),
-        Instant::now() + Duration::from_secs(30),
+        Instant::now() + Duration::from_secs(GIVE_UP_S),
     );
-    let mut chosen = None;
+    // The worker and the jobs it holds come from one listing: a job listed a moment after the
+    // choice may have ended in between, and a cut worker that holds nothing proves nothing.
+    let mut chosen: Option<(u32, BTreeMap<i64, String>, DateTime<Utc>)> = None;
     while chosen.is_none() && Instant::now() < give_up {
+        let listed = Utc::now();
         let jobs = running_jobs(http, None).await;
         // A build that started within the last second still runs when the worker stops its jobs.
         let fresh = |j: &&Running| {
@@ -389,20 +396,21 @@ async fn cut_worker(
             .filter(fresh)
             .find(|j| j.kind == "build" && others.contains(&j.pid) && !hit.contains(&j.id));
         let any = jobs.iter().find(|j| others.contains(&j.pid));
-        chosen = build.or(any.filter(|_| Instant::now() >= prefer_build)).map(|j| j.pid);
+        chosen = build.or(any.filter(|_| Instant::now() >= prefer_build)).map(|picked| {
+            let held = jobs
+                .iter()
+                .filter(|j| j.pid == picked.pid)
+                .map(|j| (j.id, j.kind.clone()))
+                .collect();
+            (picked.pid, held, listed)
+        });
         if chosen.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let pid = chosen.or_else(|| others.first().copied()).unwrap_or(0);
+    let (pid, held, listed) =
+        chosen.unwrap_or_else(|| (others.first().copied().unwrap_or(0), BTreeMap::new(), Utc::now()));
     let slot = platform.slot_of_pid(pid).unwrap_or(1.min(platform.slots.len() - 1));
-    let listed = Utc::now();
-    let held: BTreeMap<i64, String> = running_jobs(http, None)
-        .await
-        .into_iter()
-        .filter(|j| j.pid == pid)
-        .map(|j| (j.id, j.kind))
-        .collect();
     let cut_for = Duration::from_secs(lease_s + 4);
     eprintln!(
         "chaos: {:6.1}s worker{slot} (pid {pid}) cut off from the database for {} s, holding jobs {:?}",

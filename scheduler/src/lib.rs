@@ -136,6 +136,8 @@ pub struct TickReport {
     pub orphaned_deployments: usize,
     /// Certificates ordered (new, renewed, or ordered again after a failure).
     pub certificate_orders: usize,
+    /// Scheduled add-on backups started.
+    pub backups: usize,
 }
 
 impl Scheduler {
@@ -199,6 +201,9 @@ impl Scheduler {
         }
         report.leading = true;
         self.sync_and_fire(now_ms, &mut report).await;
+        if self.is_leader() {
+            self.fire_backups(now_ms, &mut report).await;
+        }
         if self.is_leader() {
             self.sample_costs(now_ms, &mut report).await;
         }
@@ -328,6 +333,19 @@ impl Scheduler {
                     paused = env.name != "prod", "budget exceeded this month"),
                 Err(e) => warn!(error = %e, project = %env.project, environment = %env.name, "budget check failed"),
             }
+        }
+    }
+
+    /// Starts the add-on backups whose schedule is due (missed fires are not replayed).
+    async fn fire_backups(&self, now_ms: i64, report: &mut TickReport) {
+        match self.store.fire_due_backups(now_ms).await {
+            Ok(started) => {
+                report.backups += started.len();
+                for backup in started {
+                    info!(backup, "scheduled add-on backup started");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot start the add-on backups due; will try again"),
         }
     }
 

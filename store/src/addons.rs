@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use enclii_domain::addons::{AddonCredentials, AddonKind};
+use enclii_domain::addons::{AddonCredentials, AddonKind, BackupPolicy};
 use enclii_domain::jobs::{AddonProvision, AddonRemove, AddonRetire};
 use enclii_queue::NewJob;
 use serde::Serialize;
@@ -42,13 +42,16 @@ pub struct Addon {
     pub ready_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The backup schedule (5-field cron, UTC), if any, and how many completed backups it keeps.
+    pub backup_schedule: Option<String>,
+    pub backup_keep: Option<i64>,
 }
 
 /// The columns of [`Addon`] (the sealed credentials stay in the database).
 macro_rules! columns {
     () => {
         "id, project, environment, name, kind, version, image, size_mib, status, detail, generation, ready_at, \
-         created_at, updated_at"
+         created_at, updated_at, backup_schedule, backup_keep"
     };
 }
 
@@ -69,6 +72,8 @@ pub struct NewAddon {
     pub version: String,
     pub image: String,
     pub size_mib: Option<i64>,
+    /// Scheduled backups, validated by the caller.
+    pub backup: Option<BackupPolicy>,
 }
 
 /// An add-on with its current credentials and, during a rotation, the previous ones (what the
@@ -134,14 +139,14 @@ pub(crate) async fn get_addon(conn: &mut Conn<'_>, project: &str, environment: &
     })
 }
 
-async fn addon_by_id(conn: &mut Conn<'_>, id: i64) -> Result<Option<Addon>> {
+pub(crate) async fn addon_by_id(conn: &mut Conn<'_>, id: i64) -> Result<Option<Addon>> {
     query_as::<Addon>(concat!("SELECT ", columns!(), " FROM addons WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
 }
 
-async fn access(conn: &mut Conn<'_>, key: &MasterKey, addon: Addon) -> Result<AddonAccess> {
+pub(crate) async fn access(conn: &mut Conn<'_>, key: &MasterKey, addon: Addon) -> Result<AddonAccess> {
     let (sealed, previous): (String, Option<String>) =
         query_as("SELECT credentials, previous_credentials FROM addons WHERE id = $1")
             .bind(addon.id)
@@ -170,8 +175,8 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
     // The sealed credentials are bound to the row's id, known only after the insert.
     let addon = query_as::<Addon>(concat!(
         "INSERT INTO addons (project, environment, name, kind, version, image, size_mib, status, credentials,
-                             created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $9) RETURNING ",
+                             created_at, updated_at, backup_schedule, backup_keep, backup_next_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $9, $10, $11, $12) RETURNING ",
         columns!(),
         ""
     ))
@@ -185,6 +190,11 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
         new.size_mib,
         AddonStatus::Provisioning,
         now,
+        new.backup.as_ref().map(|b| b.schedule.as_str()),
+        new.backup.as_ref().map(|b| i64::from(b.keep)),
+        new.backup
+            .as_ref()
+            .and_then(|b| crate::timetable::next_fire(&b.schedule, now)),
     ))
     .fetch_one(&mut *conn)
     .await?;
@@ -194,14 +204,15 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
         .execute(&mut *conn)
         .await?;
     let diff = json!({"kind": addon.kind, "version": addon.version, "image": addon.image,
-                      "size_mib": addon.size_mib, "environment": addon.environment});
+                      "size_mib": addon.size_mib, "environment": addon.environment,
+                      "backup": {"schedule": addon.backup_schedule, "keep": addon.backup_keep}});
     audit_addon(conn, actor, "addon.create", &addon, diff).await?;
     conn.enqueue(provision_job(&addon)?).await?;
     Ok(addon)
 }
 
 /// Records `action` on the add-on (`<project>/<environment>/<name>`) in the audit trail.
-async fn audit_addon(
+pub(crate) async fn audit_addon(
     conn: &mut Conn<'_>,
     actor: &str,
     action: &str,
@@ -469,6 +480,8 @@ pub(crate) async fn ensure_preview_addons(
             version: parent.version.clone(),
             image: parent.image.clone(),
             size_mib: parent.size_mib,
+            // A preview's data is short-lived: no schedule of its own.
+            backup: None,
         };
         create_addon(conn, key, actor, &new).await?;
         created.push(parent.name);

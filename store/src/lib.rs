@@ -14,6 +14,7 @@
 //! [`db::Conn`], written once for both databases, and the `Store` methods that run them in a
 //! transaction (or on a pooled connection, for reads) sit beside them.
 
+mod addon_backups;
 mod addons;
 mod audit;
 mod certificates;
@@ -53,6 +54,7 @@ use enclii_queue::postgres::PostgresQueue;
 use enclii_queue::sqlite::SqliteQueue;
 use sqlx::migrate::Migrator;
 
+pub use addon_backups::{AddonBackupRecord, BACKUP_SCHEDULER, BackupOutcome, BackupWork, RestoreRequest, RestoreWork};
 pub use addons::{Addon, AddonAccess, NewAddon, ProvisionOutcome};
 pub use certificates::{ACME_ACTOR, Certificate, OrderOutcome, ServingCertificate};
 pub use db::Dialect;

@@ -314,3 +314,27 @@ vocabulary! {
         Failed = "failed",
     }
 }
+
+vocabulary! {
+    /// Where an add-on backup is.
+    BackupStatus ("backup status") {
+        /// Asked for; an `addon-backup` job streams it to the artefact store.
+        Running = "running",
+        /// Stored in full, with its size and SHA-256: restorable.
+        Completed = "completed",
+        /// It did not finish; `detail` says why. Nothing restorable was kept.
+        Failed = "failed",
+    }
+}
+
+vocabulary! {
+    /// Why an add-on backup was taken.
+    BackupTrigger ("backup trigger") {
+        /// Asked for by a user (`POST …/backups`).
+        Manual = "manual",
+        /// The add-on's `backup.schedule` fired.
+        Scheduled = "scheduled",
+        /// Taken before a forced deletion of the add-on.
+        Final = "final",
+    }
+}

@@ -1,11 +1,12 @@
 //! Add-ons (PostgreSQL, Redis) of a project environment: create, list, show, credentials
-//! (audited), rotate, delete. See `enclii_store::Addon` for the states.
+//! (audited), rotate, delete. See `enclii_store::Addon` for the states; backups and restores are
+//! in `addon_backups`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use enclii_deploy_contract::model::AddonKey;
-use enclii_domain::addons::{AddonEndpoint, AddonKind, connection_value, standard_variables};
+use enclii_domain::addons::{AddonEndpoint, AddonKind, BackupPolicy, connection_value, standard_variables};
 use enclii_domain::spec::{parse_memory_bytes, validate_slug};
 use enclii_store::{AddonStatus, NewAddon};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,37 @@ pub struct AddonBody {
     image: Option<String>,
     /// The data volume's size, e.g. `10Gi` (a PVC request on Kubernetes; not enforced on Docker).
     size: Option<String>,
+    /// Scheduled backups (none by default; on-demand backups work either way).
+    backup: Option<BackupSchedule>,
+}
+
+/// An add-on's backup schedule.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSchedule {
+    /// A 5-field cron expression in UTC, e.g. `0 3 * * *`.
+    pub schedule: String,
+    /// Completed backups to keep (1–366, default 7); older ones are deleted after each backup.
+    #[schema(minimum = 1, maximum = 366)]
+    pub keep: Option<u32>,
+}
+
+impl BackupSchedule {
+    /// The policy, or a 422 naming the field.
+    pub(super) fn policy(self) -> Result<BackupPolicy, ApiError> {
+        let policy = BackupPolicy {
+            schedule: self.schedule,
+            keep: self.keep.unwrap_or(7),
+        };
+        policy.validate().map_err(|message| {
+            ApiError::invalid(
+                message.clone(),
+                "give `backup: {schedule: \"0 3 * * *\", keep: 7}` (a 5-field cron in UTC, 1 to 366 kept)",
+                vec![field("backup", message)],
+            )
+        })?;
+        Ok(policy)
+    }
 }
 
 /// An add-on, without its credentials.
@@ -56,6 +88,8 @@ pub struct Addon {
     pub port: u16,
     /// The services whose spec reads it (`fromAddon`, `envFrom: addon`).
     pub services: Vec<String>,
+    /// Its backup schedule, if any.
+    pub backup: Option<BackupSchedule>,
     pub ready_at: Option<i64>,
     pub created_at: i64,
 }
@@ -110,14 +144,19 @@ fn endpoint(state: &AppState, row: &enclii_store::Addon, kind: AddonKind) -> Add
     }
 }
 
-async fn view(state: &AppState, row: enclii_store::Addon) -> Result<Addon, ApiError> {
+pub(super) async fn view(state: &AppState, row: enclii_store::Addon) -> Result<Addon, ApiError> {
     let kind = row.kind()?;
     let at = endpoint(state, &row, kind);
     let services = state
         .store
         .addon_readers(&row.project, &row.environment, &row.name)
         .await?;
+    let backup = row.backup_schedule.clone().map(|schedule| BackupSchedule {
+        schedule,
+        keep: row.backup_keep.and_then(|k| u32::try_from(k).ok()),
+    });
     Ok(Addon {
+        backup,
         host: at.host,
         port: at.port,
         services,
@@ -163,6 +202,7 @@ fn new_addon(project: String, environment: String, req: AddonBody) -> Result<New
             Some(i64::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(i64::MAX))
         }
     };
+    let backup = req.backup.map(BackupSchedule::policy).transpose()?;
     Ok(NewAddon {
         project,
         environment,
@@ -171,6 +211,7 @@ fn new_addon(project: String, environment: String, req: AddonBody) -> Result<New
         version,
         image,
         size_mib,
+        backup,
     })
 }
 

@@ -4,6 +4,7 @@
 //! one permission on one project, validates, and makes one store call (one transaction, audited).
 //! This module holds what they share: the answer types and field validation errors.
 
+pub mod addon_backups;
 pub mod addons;
 pub mod audit;
 pub mod deployments;

@@ -11,6 +11,7 @@ use crate::model::{
     RouteBinding, ServiceKey, ServiceStatus, Usage, Workload,
 };
 use enclii_domain::addons::{AddonEndpoint, AddonKind};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The exit code [`Target::run_job`] reports for a run stopped at its timeout (as `timeout(1)`
 /// does), so the queue retries it like any failed run.
@@ -130,6 +131,27 @@ pub trait Target: Send + Sync + 'static {
     async fn remove_addon(&self, key: &AddonKey, keep_data: bool) -> Result<()> {
         let _ = (key, keep_data);
         Ok(())
+    }
+
+    /// Writes a backup of the add-on's data into `sink`: `pg_dump`'s custom format for
+    /// PostgreSQL, an RDB snapshot for Redis. Returns once the dump is complete and the tool
+    /// exited cleanly, `sink` shut down; an error means what was written is not a backup.
+    async fn backup_addon(&self, addon: &AddonWorkload, sink: &mut (dyn AsyncWrite + Send + Unpin)) -> Result<()> {
+        let _ = (addon, sink);
+        Err(DeployError::Refused(format!(
+            "the {} target does not back up add-ons",
+            self.name()
+        )))
+    }
+
+    /// Replaces the add-on's data with the backup read from `source` (what
+    /// [`backup_addon`](Self::backup_addon) wrote), then returns once it serves again.
+    async fn restore_addon(&self, addon: &AddonWorkload, source: &mut (dyn AsyncRead + Send + Unpin)) -> Result<()> {
+        let _ = (addon, source);
+        Err(DeployError::Refused(format!(
+            "the {} target does not restore add-ons",
+            self.name()
+        )))
     }
 
     /// The service's resource usage now, for cost sampling.

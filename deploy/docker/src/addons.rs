@@ -44,7 +44,7 @@ pub(crate) struct Exec {
     pub output: String,
 }
 
-fn container_name(key: &AddonKey) -> String {
+pub(crate) fn container_name(key: &AddonKey) -> String {
     format!("enclii-addon-{}-{}-{}", key.project, key.environment, key.name)
 }
 
@@ -196,9 +196,11 @@ impl DockerTarget {
                 Some(vec![
                     "sh".to_string(),
                     "-c".to_string(),
-                    "[ -s /data/users.acl ] || printf '%s' \"$ENCLII_ACL\" > /data/users.acl; \
-                     exec docker-entrypoint.sh redis-server --aclfile /data/users.acl --appendonly yes"
-                        .to_string(),
+                    format!(
+                        "[ -s /data/users.acl ] || printf '%s' \"$ENCLII_ACL\" > /data/users.acl; {}\
+                         exec docker-entrypoint.sh redis-server --aclfile /data/users.acl --appendonly yes",
+                        crate::addon_backups::REDIS_RESTORE_ON_START
+                    ),
                 ]),
             ),
         };
@@ -254,7 +256,7 @@ impl DockerTarget {
 
     /// Polls until the server answers on its TCP port inside the container (a PostgreSQL being
     /// initialised listens on its socket only, so this is the final server).
-    async fn wait_addon_up(&self, name: &str, kind: AddonKind) -> Result<()> {
+    pub(crate) async fn wait_addon_up(&self, name: &str, kind: AddonKind) -> Result<()> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             let probe = match kind {
@@ -360,7 +362,7 @@ impl DockerTarget {
     }
 
     /// Whether the current login works over TCP, as a service would connect.
-    async fn login_works(&self, name: &str, kind: AddonKind, login: &AddonCredentials) -> Result<Exec> {
+    pub(crate) async fn login_works(&self, name: &str, kind: AddonKind, login: &AddonCredentials) -> Result<Exec> {
         match kind {
             AddonKind::Postgres => {
                 let database = login.database.as_deref().unwrap_or("app");
@@ -412,10 +414,16 @@ impl DockerTarget {
             AddonKind::Redis => format!("ACL SETUSER {}\nACL SAVE", redis_acl(current)),
         };
         self.admin(&name, addon.kind, &logins, &work).await?;
+        self.await_login(&name, addon).await
+    }
+
+    /// Returns once the add-on accepts its current login over TCP, as a service would connect.
+    pub(crate) async fn await_login(&self, name: &str, addon: &AddonWorkload) -> Result<()> {
+        let current = &addon.credentials;
         // Right after the final start PostgreSQL may still say "starting up" for a moment.
         let mut last = String::new();
         for _ in 0..50 {
-            let exec = self.login_works(&name, addon.kind, current).await?;
+            let exec = self.login_works(name, addon.kind, current).await?;
             let ok = match addon.kind {
                 AddonKind::Postgres => exec.code == 0 && exec.output == "1",
                 AddonKind::Redis => exec.output == "PONG",

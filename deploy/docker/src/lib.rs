@@ -17,6 +17,7 @@
 
 pub mod junctions;
 
+mod addon_backups;
 mod addons;
 mod engine;
 mod jobs;

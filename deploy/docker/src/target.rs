@@ -2,6 +2,7 @@
 //! one-off job runs (`jobs.rs`), usage and runtime logs (`observe.rs`), add-ons (`addons.rs`).
 
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use async_trait::async_trait;
 use bollard::query_parameters::{RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder};
@@ -280,6 +281,14 @@ impl Target for DockerTarget {
 
     async fn retire_addon_login(&self, addon: &AddonWorkload, user: &str) -> Result<()> {
         self.retire_addon(addon, user).await
+    }
+
+    async fn backup_addon(&self, addon: &AddonWorkload, sink: &mut (dyn AsyncWrite + Send + Unpin)) -> Result<()> {
+        self.backup_addon_container(addon, sink).await
+    }
+
+    async fn restore_addon(&self, addon: &AddonWorkload, source: &mut (dyn AsyncRead + Send + Unpin)) -> Result<()> {
+        self.restore_addon_container(addon, source).await
     }
 
     async fn remove_addon(&self, key: &AddonKey, keep_data: bool) -> Result<()> {

@@ -1,5 +1,5 @@
-//! The artefact store: source archives, archived job logs and SBOMs, by key
-//! (`sources/…`, `logs/…`, `sboms/…`). Two backends behind one interface:
+//! The artefact store: source archives, archived job logs, SBOMs and backups, by key
+//! (`sources/…`, `logs/…`, `sboms/…`, `backups/…`). Two backends behind one interface:
 //! - an S3-compatible bucket, for several hosts sharing one store;
 //! - a directory (`<data-dir>/artefacts`), the one-node default when no bucket is configured.
 //!
@@ -13,7 +13,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::{S3Config, StepError};
+use crate::{ArtefactError, S3Config};
 
 /// Where artefacts are kept (`ENCLII_S3_BUCKET`, or the data directory without it).
 #[derive(Clone, Debug)]
@@ -45,26 +45,26 @@ pub struct StoredArtefact {
     pub modified: SystemTime,
 }
 
-fn s3_error(what: &str, key: &str, e: impl std::fmt::Display) -> StepError {
+pub(crate) fn s3_error(what: &str, key: &str, e: impl std::fmt::Display) -> ArtefactError {
     // aws-sdk errors print as "service error"; the source chain holds the cause.
-    StepError::transient(format!(
+    ArtefactError::Unavailable(format!(
         "artefact store: {what} `{key}` failed: {e}; check ENCLII_S3_* settings and that the S3 server is up"
     ))
 }
 
-fn dir_error(what: &str, path: &Path, e: impl std::fmt::Display) -> StepError {
-    StepError::transient(format!(
+pub(crate) fn dir_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ArtefactError {
+    ArtefactError::Unavailable(format!(
         "artefact store: {what} {} failed: {e}; check that the data directory is writable and not full",
         path.display()
     ))
 }
 
 /// The path of `key` under `root`, or an error when the key is not a plain relative path.
-fn contained(root: &Path, key: &str) -> Result<PathBuf, StepError> {
+pub(crate) fn contained(root: &Path, key: &str) -> Result<PathBuf, ArtefactError> {
     let relative = Path::new(key);
     let plain = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
     if !plain {
-        return Err(StepError::fatal(format!(
+        return Err(ArtefactError::BadKey(format!(
             "artefact store: the key `{key}` is not a relative path of plain names"
         )));
     }
@@ -73,7 +73,7 @@ fn contained(root: &Path, key: &str) -> Result<PathBuf, StepError> {
 
 impl ArtefactStore {
     /// Opens the store: creates the bucket or the directory when it does not exist yet.
-    pub async fn connect(config: &ArtefactConfig) -> Result<Self, StepError> {
+    pub async fn connect(config: &ArtefactConfig) -> Result<Self, ArtefactError> {
         match config {
             ArtefactConfig::S3(s3) => Self::connect_s3(s3).await,
             ArtefactConfig::Directory(root) => {
@@ -85,7 +85,7 @@ impl ArtefactStore {
         }
     }
 
-    async fn connect_s3(config: &S3Config) -> Result<Self, StepError> {
+    async fn connect_s3(config: &S3Config) -> Result<Self, ArtefactError> {
         let credentials = Credentials::new(&config.access_key, config.secret_key.expose(), None, None, "enclii");
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -109,7 +109,7 @@ impl ArtefactStore {
     }
 
     /// Stores `body` under `key`; returns its URI (`s3://bucket/key` or `file:///…/key`).
-    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<String, StepError> {
+    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<String, ArtefactError> {
         match self {
             ArtefactStore::S3 { client, bucket } => {
                 client
@@ -142,7 +142,7 @@ impl ArtefactStore {
         Ok(self.uri(key))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StepError> {
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, ArtefactError> {
         match self {
             ArtefactStore::S3 { client, bucket } => {
                 let object = client
@@ -167,7 +167,7 @@ impl ArtefactStore {
     }
 
     /// Removes `key`; a key that is already gone is not an error.
-    pub async fn delete(&self, key: &str) -> Result<(), StepError> {
+    pub async fn delete(&self, key: &str) -> Result<(), ArtefactError> {
         match self {
             ArtefactStore::S3 { client, bucket } => {
                 client
@@ -191,7 +191,7 @@ impl ArtefactStore {
     }
 
     /// Every artefact whose key starts with `prefix` (a folder such as `logs/`).
-    pub async fn list(&self, prefix: &str) -> Result<Vec<StoredArtefact>, StepError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<StoredArtefact>, ArtefactError> {
         match self {
             ArtefactStore::S3 { client, bucket } => {
                 let mut found = Vec::new();
@@ -222,14 +222,14 @@ impl ArtefactStore {
                 let root = root.clone();
                 tokio::task::spawn_blocking(move || list_directory(&root, &start))
                     .await
-                    .map_err(|e| StepError::transient(format!("artefact store: listing stopped: {e}")))?
+                    .map_err(|e| ArtefactError::Unavailable(format!("artefact store: listing stopped: {e}")))?
             }
         }
     }
 
     /// Deletes the artefacts under each prefix last written before `now - retention`; returns
     /// how many went. Per-key failures are logged and skipped (the next pass retries them).
-    pub async fn prune(&self, prefixes: &[&str], retention: Duration) -> Result<usize, StepError> {
+    pub async fn prune(&self, prefixes: &[&str], retention: Duration) -> Result<usize, ArtefactError> {
         let cutoff = SystemTime::now()
             .checked_sub(retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -241,7 +241,7 @@ impl ArtefactStore {
                 }
                 match self.delete(&artefact.key).await {
                     Ok(()) => deleted += 1,
-                    Err(e) => tracing::warn!(key = %artefact.key, error = %e.message, "could not prune an artefact"),
+                    Err(e) => tracing::warn!(key = %artefact.key, error = %e, "could not prune an artefact"),
                 }
             }
         }
@@ -258,7 +258,7 @@ impl ArtefactStore {
 
 /// Files under `start`, keyed relative to `root` with `/` separators; half-written files
 /// (`*.partial-*`) are not artefacts. A missing `start` is an empty listing.
-fn list_directory(root: &Path, start: &Path) -> Result<Vec<StoredArtefact>, StepError> {
+fn list_directory(root: &Path, start: &Path) -> Result<Vec<StoredArtefact>, ArtefactError> {
     let mut found = Vec::new();
     let mut pending = vec![start.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -356,7 +356,7 @@ mod tests {
             .unwrap();
         for key in ["../escape", "/etc/passwd", "logs/../../x", ""] {
             let e = store.put(key, vec![], "text/plain").await.unwrap_err();
-            assert!(e.message.contains("not a relative path"), "{key}: {}", e.message);
+            assert!(e.to_string().contains("not a relative path"), "{key}: {e}");
         }
         std::fs::remove_dir_all(root).unwrap();
     }
