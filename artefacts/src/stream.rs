@@ -196,21 +196,23 @@ impl PendingArtefact {
                 upload_id,
                 parts,
             } => {
-                client
+                let completed = client
                     .complete_multipart_upload()
                     .bucket(&bucket)
                     .key(&self.key)
                     .upload_id(&upload_id)
                     .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                     .send()
-                    .await
-                    .map_err(|e| {
-                        s3_error(
-                            "completing the upload of",
-                            &self.key,
-                            aws_sdk_s3::error::DisplayErrorContext(e),
-                        )
-                    })?;
+                    .await;
+                if let Err(e) = completed {
+                    // Some S3-compatible servers (moto 5) answer a successful completion with a
+                    // document the SDK cannot parse: the object, whole, is what counts.
+                    let stored = client.head_object().bucket(&bucket).key(&self.key).send().await;
+                    let whole = stored.is_ok_and(|head| head.content_length() == Some(self.size as i64));
+                    if !whole {
+                        return Err(s3_error("completing the upload of", &self.key, sdk_message(&e)));
+                    }
+                }
             }
             Pending::Directory { partial, path } => {
                 if let Err(e) = tokio::fs::rename(&partial, &path).await {
@@ -272,4 +274,16 @@ impl Drop for PendingArtefact {
             Pending::Done => {}
         }
     }
+}
+
+/// The SDK error's own message and causes, cut short (its `Debug` and `DisplayErrorContext`
+/// repeat the whole response).
+fn sdk_message<E: std::error::Error>(e: &E) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message.chars().take(400).collect()
 }

@@ -15,74 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::addons::{addon, app, wait_ready};
 use support::deploy::{Cleanup, deploy, get, head, platform_with, pull_request, ready_release, wait_status, webhook};
 use support::pipeline::{DOCKER, call, run, wait_until};
-
-const CLIENT_IMAGE: &str = "enclii-test/addon-client:latest";
-
-/// A CGI script: runs `command` (which reads `$Q`, the query string) and answers its output,
-/// `500` when it fails.
-fn cgi(command: &str) -> String {
-    format!(
-        "#!/bin/sh\nQ=\"$QUERY_STRING\"\nif out=$({command} 2>&1); then\n  printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$out\"\nelse\n  printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n%s\\n' \"$out\"\nfi\n"
-    )
-}
-
-fn app() -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "Dockerfile",
-            format!(
-                "FROM {CLIENT_IMAGE}\nCOPY www /www\nRUN chmod -R +x /www/cgi-bin\n\
-                 CMD [\"httpd\", \"-f\", \"-p\", \"3000\", \"-h\", \"/www\"]\n"
-            ),
-        ),
-        ("www/healthz", "ok\n".into()),
-        (
-            "www/cgi-bin/add",
-            cgi(
-                "psql \"$DATABASE_URL\" -qtA -v ON_ERROR_STOP=1 -c \"CREATE TABLE IF NOT EXISTS notes (v text)\" -c \"INSERT INTO notes VALUES ('$Q')\" && echo added",
-            ),
-        ),
-        (
-            "www/cgi-bin/count",
-            cgi("psql \"$DATABASE_URL\" -qtAc \"SELECT count(*) FROM notes\""),
-        ),
-        (
-            "www/cgi-bin/whoami",
-            cgi("psql \"$DATABASE_URL\" -qtAc \"SELECT current_user\""),
-        ),
-        (
-            "www/cgi-bin/remember",
-            cgi("redis-cli --no-auth-warning -u \"$REDIS_URL\" SET \"$Q\" 1 | grep -x OK"),
-        ),
-        (
-            "www/cgi-bin/recall",
-            cgi("redis-cli --no-auth-warning -u \"$REDIS_URL\" EXISTS \"$Q\""),
-        ),
-    ]
-}
-
-fn addon(server: &support::pipeline::Server, project: &str, name: &str) -> Value {
-    let (status, body) = call(
-        server,
-        "GET",
-        &format!("/v1/projects/{project}/environments/prod/addons/{name}"),
-        Value::Null,
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn wait_ready(server: &support::pipeline::Server, project: &str, name: &str, generation: i64) -> Value {
-    let mut last = Value::Null;
-    wait_until(Duration::from_secs(180), &format!("add-on {name} ready"), || {
-        last = addon(server, project, name);
-        assert_ne!(last["status"], "failed", "{last}");
-        last["status"] == "ready" && last["generation"] == generation
-    });
-    last
-}
 
 #[test]
 fn services_use_postgres_and_redis_addons_and_a_rotation_rolls_them_without_a_failed_request() {

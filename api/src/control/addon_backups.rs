@@ -131,7 +131,7 @@ pub async fn list_backups(
     responses((status = 202, body = RestoreAccepted, description = "the restore job runs; it checks the backup's SHA-256 first"),
               (status = 404, body = crate::Problem, description = "no such backup of this add-on"),
               (status = 409, body = crate::Problem, description = "the backup is not completed, or the add-on not ready"),
-              (status = 422, body = crate::Problem, description = "the backup's kind differs from the add-on's")))]
+              (status = 400, body = crate::Problem, description = "the backup's kind differs from the add-on's")))]
 pub async fn restore_backup(
     State(state): State<AppState>,
     principal: Principal,

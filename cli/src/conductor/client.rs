@@ -174,6 +174,10 @@ impl Client {
         self.json(self.request(Method::PUT, path).json(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.json(self.request(Method::PATCH, path).json(body)).await
+    }
+
     /// Sends a Service Spec as YAML.
     pub async fn send_spec(&self, method: Method, path: &str, yaml: String) -> Result<Value, Failure> {
         let request = self

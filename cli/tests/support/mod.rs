@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod acme;
+pub mod addons;
 pub mod deploy;
 pub mod dns;
 pub mod pipeline;

@@ -30,6 +30,57 @@ pub enum AddonsCommand {
         /// The data volume's size, e.g. 10Gi (Kubernetes).
         #[arg(long)]
         size: Option<String>,
+        /// Back it up on this schedule (5-field cron, UTC), e.g. "0 3 * * *".
+        #[arg(long)]
+        backup_schedule: Option<String>,
+        /// How many scheduled backups to keep (default 7).
+        #[arg(long, requires = "backup_schedule")]
+        backup_keep: Option<u32>,
+    },
+    /// Back an add-on up now (`pg_dump` or an RDB snapshot, encrypted, to the artefact store).
+    Backup {
+        name: String,
+        #[arg(long = "env", default_value = "prod")]
+        environment: String,
+        /// Wait until it is stored (or failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// An add-on's backups, newest first.
+    Backups {
+        name: String,
+        #[arg(long = "env", default_value = "prod")]
+        environment: String,
+    },
+    /// Restore a backup into the add-on (or, with --into, another add-on of its kind).
+    Restore {
+        name: String,
+        #[arg(long = "env", default_value = "prod")]
+        environment: String,
+        /// The backup's id (see `enclii addons backups`).
+        #[arg(long)]
+        backup: i64,
+        /// Restore into this add-on of the environment instead.
+        #[arg(long)]
+        into: Option<String>,
+        /// Wait until the restore job ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Set or remove an add-on's backup schedule.
+    Schedule {
+        name: String,
+        #[arg(long = "env", default_value = "prod")]
+        environment: String,
+        /// 5-field cron, UTC, e.g. "0 3 * * *".
+        #[arg(long, required_unless_present = "off")]
+        schedule: Option<String>,
+        /// How many backups to keep (default 7).
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Remove the schedule.
+        #[arg(long, conflicts_with = "schedule")]
+        off: bool,
     },
     /// The project's add-ons (one environment with --env).
     #[command(alias = "list")]
@@ -71,7 +122,7 @@ pub enum AddonsCommand {
     },
 }
 
-fn addon_path(project: &str, environment: &str, name: &str) -> String {
+pub(super) fn addon_path(project: &str, environment: &str, name: &str) -> String {
     format!(
         "{}/environments/{}/addons/{}",
         project_path(project),
@@ -80,7 +131,7 @@ fn addon_path(project: &str, environment: &str, name: &str) -> String {
     )
 }
 
-fn state(addon: &Value) -> String {
+pub(super) fn state(addon: &Value) -> String {
     match addon["detail"].as_str() {
         Some(detail) => format!("{}: {detail}", cell(&addon["status"])),
         None => cell(&addon["status"]),
@@ -98,13 +149,17 @@ pub(super) async fn addons(settings: &Settings, command: AddonsCommand) -> Done 
             version,
             image,
             size,
+            backup_schedule,
+            backup_keep,
         } => {
             let path = format!(
                 "{}/environments/{}/addons",
                 project_path(&project),
                 segment(&environment)
             );
-            let body = json!({"name": name, "kind": kind, "version": version, "image": image, "size": size});
+            let backup = backup_schedule.map(|schedule| json!({"schedule": schedule, "keep": backup_keep}));
+            let body = json!({"name": name, "kind": kind, "version": version, "image": image, "size": size,
+                              "backup": backup});
             let addon = client.post(&path, &body).await?;
             emit(settings.output, &addon, |a| {
                 outln!(
@@ -206,6 +261,44 @@ pub(super) async fn addons(settings: &Settings, command: AddonsCommand) -> Done 
                 }
                 Err(_) => outln!("{client_program} is not installed here; connect with:\n{url}"),
             }
+        }
+        AddonsCommand::Backup {
+            name,
+            environment,
+            wait,
+        } => super::addon_backups::backup(settings, &client, &project, &environment, &name, wait).await?,
+        AddonsCommand::Backups { name, environment } => {
+            super::addon_backups::list(settings, &client, &project, &environment, &name).await?
+        }
+        AddonsCommand::Restore {
+            name,
+            environment,
+            backup,
+            into,
+            wait,
+        } => {
+            let restore = super::addon_backups::Restore { backup, into, wait };
+            super::addon_backups::restore(settings, &client, &project, &environment, &name, restore).await?
+        }
+        AddonsCommand::Schedule {
+            name,
+            environment,
+            schedule,
+            keep,
+            off,
+        } => {
+            let policy = (!off).then(|| json!({"schedule": schedule, "keep": keep}));
+            let addon = client
+                .patch(&addon_path(&project, &environment, &name), &json!({"backup": policy}))
+                .await?;
+            emit(settings.output, &addon, |a| match a["backup"]["schedule"].as_str() {
+                Some(schedule) => outln!(
+                    "add-on {}: backed up on `{schedule}` (UTC), keeping {}",
+                    cell(&a["name"]),
+                    cell(&a["backup"]["keep"])
+                ),
+                None => outln!("add-on {}: no scheduled backups", cell(&a["name"])),
+            });
         }
         AddonsCommand::Rm {
             name,

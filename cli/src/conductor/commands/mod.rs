@@ -1,5 +1,6 @@
 //! The Conductor's commands: arguments and what each one asks the API.
 
+mod addon_backups;
 mod addons;
 mod auth;
 mod cost;
