@@ -11,9 +11,12 @@ mod support;
 
 use std::time::Duration;
 
-use enclii_domain::addons::AddonKind;
+use enclii_domain::addons::{AddonKind, BackupPolicy};
 use enclii_queue::JobFilter;
-use enclii_store::{AddonStatus, AuditFilter, NewAddon, ProvisionOutcome, Store, StoreError};
+use enclii_store::{
+    AddonStatus, AuditFilter, BACKUP_SCHEDULER, BackupOutcome, BackupStatus, BackupTrigger, NewAddon, ProvisionOutcome,
+    Store, StoreError,
+};
 use support::Db;
 
 const GRACE: Duration = Duration::from_secs(600);
@@ -32,6 +35,7 @@ fn new_addon(environment: &str, name: &str, kind: AddonKind) -> NewAddon {
         version: kind.default_version().into(),
         image: kind.default_image(kind.default_version()),
         size_mib: Some(1024),
+        backup: None,
     }
 }
 
@@ -222,7 +226,174 @@ async fn deletion_names_the_readers_and_an_environment_takes_its_addons(db: Db) 
     );
 }
 
+/// A ready add-on `name` of `kind` in `prod`, backed up on `schedule`, keeping `keep`.
+async fn ready_addon(store: &Store, name: &str, kind: AddonKind, backup: Option<BackupPolicy>) -> enclii_store::Addon {
+    let new = NewAddon {
+        backup,
+        ..new_addon("prod", name, kind)
+    };
+    let addon = store.create_addon("user:dev", &new).await.unwrap();
+    store
+        .record_addon_provision("system:addons", addon.id, 1, &ProvisionOutcome::Ready, GRACE)
+        .await
+        .unwrap();
+    store.addon("shop", "prod", name).await.unwrap()
+}
+
+fn completed(n: u64) -> BackupOutcome {
+    BackupOutcome::Completed {
+        size_bytes: 100 + n,
+        plain_bytes: n,
+        sha256: format!("{n:064}"),
+    }
+}
+
+async fn backups_keep_their_sealed_key_restore_only_when_complete_and_schedules_fire_once(db: Db) {
+    let (store, _guard) = shop(db).await;
+    let policy = BackupPolicy {
+        schedule: "0 3 * * *".into(),
+        keep: 2,
+    };
+    let addon = ready_addon(&store, "db", AddonKind::Postgres, Some(policy.clone())).await;
+    assert_eq!(
+        (addon.backup_schedule.as_deref(), addon.backup_keep),
+        (Some("0 3 * * *"), Some(2))
+    );
+    ready_addon(&store, "cache", AddonKind::Redis, None).await;
+
+    // A backup is `running` with its own data key and artefact key, and a job.
+    let first = store.backup_addon("user:dev", "shop", "prod", "db").await.unwrap();
+    assert_eq!(
+        (first.status, first.trigger),
+        (BackupStatus::Running, BackupTrigger::Manual)
+    );
+    assert_eq!(
+        first.artefact_key,
+        format!("backups/shop/prod/db/{}.pgdump.sealed", first.id)
+    );
+    let work = store.backup_for_job(first.id).await.unwrap().unwrap();
+    assert_eq!(work.data_key.len(), 32);
+    assert_eq!(work.addon.unwrap().addon.name, "db");
+    let jobs = store
+        .queue()
+        .list_jobs(&JobFilter {
+            kind: Some("addon-backup".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+
+    // Not restorable until completed; then only into an add-on of its kind.
+    let running = store
+        .restore_addon("user:dev", "shop", "prod", "db", first.id, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(running, StoreError::Conflict(_)), "{running}");
+    assert!(
+        store
+            .record_addon_backup(first.id, &completed(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .record_addon_backup(first.id, &BackupOutcome::Failed("late".into()))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a backup no longer running records nothing"
+    );
+    let listed = store.addon_backups("shop", "prod", "db").await.unwrap();
+    assert_eq!(
+        (listed[0].status, listed[0].sha256.clone()),
+        (BackupStatus::Completed, Some(format!("{:064}", 1)))
+    );
+    let wrong = store
+        .restore_addon("user:dev", "shop", "prod", "db", first.id, Some("cache"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&wrong, StoreError::Invalid(m) if m.contains("postgres backup")),
+        "{wrong}"
+    );
+    let elsewhere = store
+        .restore_addon("user:dev", "shop", "prod", "cache", first.id, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(elsewhere, StoreError::NotFound(_)), "{elsewhere}");
+    let restore = store
+        .restore_addon("user:dev", "shop", "prod", "db", first.id, None)
+        .await
+        .unwrap();
+    let target = store.restore_for_job(restore.backup, addon.id).await.unwrap().unwrap();
+    assert_eq!(
+        (target.into.addon.name.as_str(), target.data_key),
+        ("db", work.data_key.clone())
+    );
+
+    // Keep 2: the third completed backup hands back the oldest to prune.
+    let second = store.backup_addon("user:dev", "shop", "prod", "db").await.unwrap();
+    assert!(
+        store
+            .record_addon_backup(second.id, &completed(2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let third = store.backup_addon("user:dev", "shop", "prod", "db").await.unwrap();
+    let excess = store.record_addon_backup(third.id, &completed(3)).await.unwrap();
+    assert_eq!(excess.iter().map(|b| b.id).collect::<Vec<_>>(), [first.id]);
+    store.forget_addon_backups(&[first.id]).await.unwrap();
+    let ids: Vec<i64> = store
+        .addon_backups("shop", "prod", "db")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, [third.id, second.id]);
+
+    // The schedule fires once per due time, whoever asks twice.
+    let tomorrow = chrono::Utc::now().timestamp_millis() + 2 * 86_400_000;
+    let started = store.fire_due_backups(tomorrow).await.unwrap();
+    assert_eq!(started.len(), 1);
+    assert!(store.fire_due_backups(tomorrow).await.unwrap().is_empty());
+    let scheduled = &store.addon_backups("shop", "prod", "db").await.unwrap()[0];
+    assert_eq!(
+        (scheduled.id, scheduled.trigger, scheduled.requested_by.as_str()),
+        (started[0], BackupTrigger::Scheduled, BACKUP_SCHEDULER)
+    );
+    store
+        .set_addon_backup_policy("user:dev", "shop", "prod", "db", None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .fire_due_backups(tomorrow + 2 * 86_400_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Audited, without key material.
+    let audit = store
+        .list_audit(&AuditFilter {
+            project: Some("shop".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    for action in ["addon.backup", "addon.restore", "addon.backup_policy"] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+}
+
 on_both_databases!(
     rotations_keep_the_previous_login_until_retired_and_stale_jobs_change_nothing,
     deletion_names_the_readers_and_an_environment_takes_its_addons,
+    backups_keep_their_sealed_key_restore_only_when_complete_and_schedules_fire_once,
 );
