@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::addons::{app, wait_ready};
-use support::deploy::{Cleanup, deploy, get, head, platform_with, ready_release, wait_status};
+use support::deploy::{Cleanup, deploy, get, head, platform_with, pull_request, ready_release, wait_status, webhook};
 use support::pipeline::{DOCKER, Server, call, run, wait_until};
 
 const PROJECT: &str = "addonsbk";
@@ -47,11 +47,20 @@ fn bucket(server: &Server) -> String {
 }
 
 fn backups_path(addon: &str) -> String {
-    format!("/v1/projects/{PROJECT}/environments/prod/addons/{addon}/backups")
+    backups_of(PROJECT, addon)
+}
+
+fn backups_of(project: &str, addon: &str) -> String {
+    format!("/v1/projects/{project}/environments/prod/addons/{addon}/backups")
 }
 
 /// Backs `addon` up and waits until the backup completed.
 fn back_up(server: &Server, addon: &str) -> Value {
+    back_up_in(server, PROJECT, addon)
+}
+
+fn back_up_in(server: &Server, project: &str, addon: &str) -> Value {
+    let backups_path = |addon: &str| backups_of(project, addon);
     let (status, started) = call(server, "POST", &backups_path(addon), Value::Null);
     assert_eq!(status, 202, "{started}");
     assert_eq!(started["status"], "running", "{started}");
@@ -280,4 +289,100 @@ fn backups_of_postgres_and_redis_restore_lost_rows_and_keys_and_a_damaged_backup
         );
     }
     assert!(!text.contains(credentials["password"].as_str().unwrap()));
+}
+
+/// The rows of `notes` in add-on `db` of `environment`, read inside its container.
+fn notes_in(project: &str, environment: &str) -> String {
+    run(Command::new(DOCKER).args([
+        "exec",
+        &format!("enclii-addon-{project}-{environment}-db"),
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "app",
+        "-qtAc",
+        "SELECT string_agg(v, ',' ORDER BY v) FROM notes",
+    ]))
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn a_preview_with_seed_addons_starts_from_the_parents_latest_backup_and_never_writes_to_it() {
+    const SEEDED: &str = "addonseed";
+    let _cleanup = Cleanup(SEEDED);
+    support::deploy::remove_containers(SEEDED);
+    let files = app();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let spec = json!({
+        "env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}],
+        "previews": {"seedAddons": true}
+    });
+    let p = platform_with(SEEDED, "prod", &files, spec, &[]);
+    let server = &p.server;
+    let (_, service) = call(
+        server,
+        "GET",
+        &format!("/v1/projects/{SEEDED}/services/api"),
+        Value::Null,
+    );
+    assert_eq!(
+        service["spec"]["spec"]["previews"],
+        json!({"seedAddons": true}),
+        "{service}"
+    );
+    let (status, created) = call(
+        server,
+        "POST",
+        &format!("/v1/projects/{SEEDED}/environments/prod/addons"),
+        json!({"name": "db", "kind": "postgres", "image": "enclii-test/postgres:15", "version": "15"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    wait_ready(server, SEEDED, "db", 1);
+    let parent = format!("enclii-addon-{SEEDED}-prod-db");
+    let sql = |statement: &str| {
+        run(Command::new(DOCKER).args(["exec", &parent, "psql", "-U", "app", "-d", "app", "-qc", statement]));
+    };
+    sql("CREATE TABLE notes (v text)");
+    sql("INSERT INTO notes VALUES ('a'), ('b')");
+    back_up_in(server, SEEDED, "db");
+    // Written after the backup: the preview does not see it.
+    sql("INSERT INTO notes VALUES ('c')");
+
+    let sha = head(&p);
+    run(Command::new("git")
+        .args(["branch", "-f", "feature", &sha])
+        .current_dir(p.url.strip_prefix("file://").unwrap()));
+    webhook(server, "seed-pr-open", &pull_request(&p.url, "opened", 5, &sha));
+    let host = "api-preview-5.preview.localhost";
+    wait_until(Duration::from_secs(240), "the preview answers", || {
+        get(&p.router, host, "/healthz").0 == 200
+    });
+    let (_, audit) = call(
+        server,
+        "GET",
+        &format!("/v1/audit?project={SEEDED}&limit=200"),
+        Value::Null,
+    );
+    let seeded = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "addon.create" && e["entity"].as_str().is_some_and(|t| t.contains("preview-5")))
+        .cloned()
+        .unwrap_or_default();
+    assert!(seeded["diff"]["seed_backup"].is_i64(), "{seeded}");
+    assert_eq!(
+        get(&p.router, host, "/cgi-bin/count"),
+        (200, "2".into()),
+        "seeded from the backup"
+    );
+    assert_eq!(get(&p.router, host, "/cgi-bin/add?preview"), (200, "added".into()));
+    assert_eq!(notes_in(SEEDED, "preview-5"), "a,b,preview");
+    assert_eq!(
+        notes_in(SEEDED, "prod"),
+        "a,b,c",
+        "the parent never sees the preview's writes"
+    );
 }

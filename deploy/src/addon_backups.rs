@@ -28,7 +28,7 @@ const PIPE: usize = 256 * 1024;
 
 /// Why a backup or restore attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum StageError {
+pub(crate) enum StageError {
     #[error("{0}")]
     Target(#[from] DeployError),
     #[error("{0}")]
@@ -37,16 +37,31 @@ enum StageError {
     Sealing(#[from] SealError),
     #[error("{0}")]
     Checksum(String),
+    #[error("{doing}: {source}")]
+    During {
+        doing: String,
+        #[source]
+        source: Box<StageError>,
+    },
 }
 
 impl StageError {
+    /// The same failure, said to have happened while `doing`.
+    pub(crate) fn context(self, doing: String) -> Self {
+        StageError::During {
+            doing,
+            source: Box::new(self),
+        }
+    }
+
     /// Whether another attempt may pass (the store or the engine hiccupped).
-    fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             StageError::Target(e) => !e.is_permanent(),
             StageError::Artefacts(e) => e.is_transient(),
             StageError::Sealing(SealError::Read(_) | SealError::Write(_)) => true,
             StageError::Sealing(SealError::Corrupt(_)) | StageError::Checksum(_) => false,
+            StageError::During { source, .. } => source.is_transient(),
         }
     }
 }
@@ -58,16 +73,51 @@ struct Backups {
     artefacts: Option<ArtefactConfig>,
 }
 
+async fn artefact_store(config: Option<&ArtefactConfig>) -> Result<ArtefactStore, StageError> {
+    let config = config.ok_or_else(|| {
+        StageError::Target(DeployError::Refused(
+            "this worker has no artefact store configured for backups; set ENCLII_S3_BUCKET or run it with a data \
+             directory"
+                .into(),
+        ))
+    })?;
+    Ok(ArtefactStore::connect(config).await?)
+}
+
+/// Checks the stored artefact against the record, then download → open → restore.
+pub(crate) async fn restore_from(
+    target: &dyn Target,
+    artefacts: Option<&ArtefactConfig>,
+    work: &enclii_store::RestoreWork,
+) -> Result<(), StageError> {
+    let artefacts = artefact_store(artefacts).await?;
+    let backup = &work.backup;
+    let (size, sha256) = sealed::digest(artefacts.get_stream(&backup.artefact_key).await?).await?;
+    let recorded = (backup.size_bytes.unwrap_or(-1), backup.sha256.as_deref().unwrap_or(""));
+    if (size as i64, sha256.as_str()) != recorded {
+        return Err(StageError::Checksum(format!(
+            "backup {} fails its checksum: the stored artefact {} has SHA-256 {sha256} ({size} bytes), the backup \
+             recorded {} ({} bytes); it was altered or damaged — restore another backup",
+            backup.id, backup.artefact_key, recorded.1, recorded.0
+        )));
+    }
+    let key = DataKey::from_bytes(&work.data_key)?;
+    let source = artefacts.get_stream(&backup.artefact_key).await?;
+    let (plain_in, mut plain_out) = tokio::io::duplex(PIPE);
+    let workload = workload(&work.into);
+    let open = async { Ok::<_, StageError>(sealed::open(&key, source, plain_in).await?) };
+    let load = async {
+        target.restore_addon(&workload, &mut plain_out).await?;
+        Ok::<_, StageError>(())
+    };
+    let (bytes, ()) = tokio::try_join!(open, load)?;
+    info!(backup = backup.id, addon = %work.into.addon.name, bytes, "add-on restored");
+    Ok(())
+}
+
 impl Backups {
     async fn artefact_store(&self) -> Result<ArtefactStore, StageError> {
-        let config = self.artefacts.as_ref().ok_or_else(|| {
-            StageError::Target(DeployError::Refused(
-                "this worker has no artefact store configured for backups; set ENCLII_S3_BUCKET or run it with a data \
-                 directory"
-                    .into(),
-            ))
-        })?;
-        Ok(ArtefactStore::connect(config).await?)
+        artefact_store(self.artefacts.as_ref()).await
     }
 
     async fn backup(&self, job: AddonBackup, ctx: &JobContext) -> Result<(), Failure> {
@@ -177,7 +227,7 @@ impl Backups {
             );
             return Ok(());
         };
-        match self.stream_restore(&work).await {
+        match restore_from(self.target.as_ref(), self.artefacts.as_ref(), &work).await {
             Ok(()) => {
                 self.store
                     .record_addon_restore(ACTOR, job.backup, job.addon, None)
@@ -193,33 +243,6 @@ impl Backups {
                 Err(JobError::Abort(why).into())
             }
         }
-    }
-
-    /// Checks the stored artefact against the record, then download → open → restore.
-    async fn stream_restore(&self, work: &enclii_store::RestoreWork) -> Result<(), StageError> {
-        let artefacts = self.artefact_store().await?;
-        let backup = &work.backup;
-        let (size, sha256) = sealed::digest(artefacts.get_stream(&backup.artefact_key).await?).await?;
-        let recorded = (backup.size_bytes.unwrap_or(-1), backup.sha256.as_deref().unwrap_or(""));
-        if (size as i64, sha256.as_str()) != recorded {
-            return Err(StageError::Checksum(format!(
-                "backup {} fails its checksum: the stored artefact {} has SHA-256 {sha256} ({size} bytes), the backup \
-                 recorded {} ({} bytes); it was altered or damaged — restore another backup",
-                backup.id, backup.artefact_key, recorded.1, recorded.0
-            )));
-        }
-        let key = DataKey::from_bytes(&work.data_key)?;
-        let source = artefacts.get_stream(&backup.artefact_key).await?;
-        let (plain_in, mut plain_out) = tokio::io::duplex(PIPE);
-        let workload = workload(&work.into);
-        let open = async { Ok::<_, StageError>(sealed::open(&key, source, plain_in).await?) };
-        let load = async {
-            self.target.restore_addon(&workload, &mut plain_out).await?;
-            Ok::<_, StageError>(())
-        };
-        let (bytes, ()) = tokio::try_join!(open, load)?;
-        info!(backup = backup.id, addon = %work.into.addon.name, bytes, "add-on restored");
-        Ok(())
     }
 }
 

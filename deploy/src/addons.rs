@@ -16,7 +16,9 @@ use enclii_store::{AddonAccess, AddonStatus, ProvisionOutcome, Store};
 use enclii_worker::{JobContext, JobError, Registry, TypedHandler};
 use tracing::info;
 
+use crate::addon_backups::{StageError, restore_from};
 use crate::handlers::{Failure, job_error};
+use enclii_artefacts::ArtefactConfig;
 
 /// Who provisions add-ons in the audit trail.
 pub(crate) const ACTOR: &str = "system:addons";
@@ -46,6 +48,8 @@ struct Addons {
     target: Arc<dyn Target>,
     /// How long the login before a rotation keeps working after the new one is applied.
     retire_after: Duration,
+    /// Where backups are kept (a preview's add-on may start from one).
+    artefacts: Option<ArtefactConfig>,
 }
 
 impl Addons {
@@ -59,7 +63,13 @@ impl Addons {
             return Ok(());
         };
         let outcome = match self.target.provision_addon(&workload(&access)).await {
-            Ok(()) => ProvisionOutcome::Ready,
+            Ok(()) => match self.seed(&access, job.generation).await {
+                Ok(()) => ProvisionOutcome::Ready,
+                Err(e) if e.is_transient() && !ctx.is_last_attempt() => {
+                    return Err(JobError::Retry(e.to_string()).into());
+                }
+                Err(e) => ProvisionOutcome::Failed(e.to_string()),
+            },
             // A refusal (no such image, a login the server refuses) does not heal by retrying;
             // neither does any failure on the last attempt: say why on the add-on.
             Err(e) if e.is_permanent() || ctx.is_last_attempt() => ProvisionOutcome::Failed(e.to_string()),
@@ -72,6 +82,27 @@ impl Addons {
             ProvisionOutcome::Ready => Ok(()),
             ProvisionOutcome::Failed(why) => Err(JobError::Abort(why).into()),
         }
+    }
+
+    /// A preview's add-on made with `seedAddons` is restored from the parent's backup on its
+    /// first provisioning, before it is ready (and before the preview's services start).
+    async fn seed(&self, access: &AddonAccess, generation: i64) -> Result<(), StageError> {
+        let Some(backup) = access.addon.seed_backup.filter(|_| generation == 1) else {
+            return Ok(());
+        };
+        let Some(work) = self.store.restore_for_job(backup, access.addon.id).await.map_err(|e| {
+            StageError::Target(enclii_deploy_contract::error::DeployError::Refused(format!(
+                "reading backup {backup} to seed from: {e}"
+            )))
+        })?
+        else {
+            return Ok(());
+        };
+        restore_from(self.target.as_ref(), self.artefacts.as_ref(), &work)
+            .await
+            .map_err(|e| e.context(format!("seeding from backup {backup} of {}", work.backup.environment)))?;
+        info!(addon = %access.addon.name, environment = %access.addon.environment, backup, "preview add-on seeded");
+        Ok(())
     }
 
     async fn retire(&self, job: AddonRetire) -> Result<(), Failure> {
@@ -123,11 +154,18 @@ impl TypedHandler<AddonRemove> for Addons {
 }
 
 /// Registers `addon-provision`, `addon-retire` and `addon-remove`.
-pub(crate) fn register(registry: &mut Registry, store: Arc<Store>, target: Arc<dyn Target>, retire_after: Duration) {
+pub(crate) fn register(
+    registry: &mut Registry,
+    store: Arc<Store>,
+    target: Arc<dyn Target>,
+    retire_after: Duration,
+    artefacts: Option<ArtefactConfig>,
+) {
     let addons = Addons {
         store,
         target,
         retire_after,
+        artefacts,
     };
     registry
         .register_typed::<AddonProvision, _>(addons.clone())

@@ -80,6 +80,7 @@ pub fn register(registry: &mut Registry, deployer: Arc<Deployer>, prices: enclii
         deployer.store.clone(),
         deployer.target.clone(),
         deployer.config.addon_retire_after,
+        deployer.config.artefacts.clone(),
     );
     crate::addon_backups::register(
         registry,
@@ -371,6 +372,7 @@ impl Deployer {
                     &deployment.environment,
                     home,
                     &spec.spec.addons(),
+                    spec.spec.previews.seed_addons,
                 )
                 .await?;
             if !created.is_empty() {

@@ -233,6 +233,7 @@ prop_compose! {
                     steps,
                     analysis: Analysis { max_error_rate, window, max_p95_latency: None },
                 },
+                previews: Previews { seed_addons: auto_build },
             },
         };
         (spec, ports)

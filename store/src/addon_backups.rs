@@ -201,6 +201,23 @@ pub(crate) async fn list_backups(
     .await
 }
 
+/// The id of the newest completed backup of add-on `name` in `environment`, if any.
+pub(crate) async fn latest_completed(
+    conn: &mut Conn<'_>,
+    project: &str,
+    environment: &str,
+    name: &str,
+) -> Result<Option<i64>> {
+    let latest: Option<(i64,)> = query_as(
+        "SELECT id FROM addon_backups WHERE project = $1 AND environment = $2 AND addon = $3 AND status = $4
+         ORDER BY id DESC LIMIT 1",
+    )
+    .binds((project, environment, name, BackupStatus::Completed))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(latest.map(|(id,)| id))
+}
+
 pub(crate) async fn backup_for_job(conn: &mut Conn<'_>, key: &MasterKey, id: i64) -> Result<Option<BackupWork>> {
     let Some(backup) = backup_by_id(conn, id).await? else {
         return Ok(None);

@@ -45,13 +45,15 @@ pub struct Addon {
     /// The backup schedule (5-field cron, UTC), if any, and how many completed backups it keeps.
     pub backup_schedule: Option<String>,
     pub backup_keep: Option<i64>,
+    /// The parent's backup a preview's add-on is restored from before it is ready.
+    pub seed_backup: Option<i64>,
 }
 
 /// The columns of [`Addon`] (the sealed credentials stay in the database).
 macro_rules! columns {
     () => {
         "id, project, environment, name, kind, version, image, size_mib, status, detail, generation, ready_at, \
-         created_at, updated_at, backup_schedule, backup_keep"
+         created_at, updated_at, backup_schedule, backup_keep, seed_backup"
     };
 }
 
@@ -74,6 +76,8 @@ pub struct NewAddon {
     pub size_mib: Option<i64>,
     /// Scheduled backups, validated by the caller.
     pub backup: Option<BackupPolicy>,
+    /// A backup (of the same kind) to restore before it is ready.
+    pub seed_backup: Option<i64>,
 }
 
 /// An add-on with its current credentials and, during a rotation, the previous ones (what the
@@ -175,8 +179,8 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
     // The sealed credentials are bound to the row's id, known only after the insert.
     let addon = query_as::<Addon>(concat!(
         "INSERT INTO addons (project, environment, name, kind, version, image, size_mib, status, credentials,
-                             created_at, updated_at, backup_schedule, backup_keep, backup_next_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $9, $10, $11, $12) RETURNING ",
+                             created_at, updated_at, backup_schedule, backup_keep, backup_next_at, seed_backup)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $9, $10, $11, $12, $13) RETURNING ",
         columns!(),
         ""
     ))
@@ -196,6 +200,7 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
             .as_ref()
             .and_then(|b| crate::timetable::next_fire(&b.schedule, now)),
     ))
+    .bind(new.seed_backup)
     .fetch_one(&mut *conn)
     .await?;
     let credentials = AddonCredentials::generate(new.kind, addon.generation);
@@ -205,7 +210,8 @@ pub(crate) async fn create_addon(conn: &mut Conn<'_>, key: &MasterKey, actor: &s
         .await?;
     let diff = json!({"kind": addon.kind, "version": addon.version, "image": addon.image,
                       "size_mib": addon.size_mib, "environment": addon.environment,
-                      "backup": {"schedule": addon.backup_schedule, "keep": addon.backup_keep}});
+                      "backup": {"schedule": addon.backup_schedule, "keep": addon.backup_keep},
+                      "seed_backup": addon.seed_backup});
     audit_addon(conn, actor, "addon.create", &addon, diff).await?;
     conn.enqueue(provision_job(&addon)?).await?;
     Ok(addon)
@@ -454,7 +460,8 @@ pub(crate) async fn remove_addons_of(
 /// A preview's own add-ons: each of `names` (those the service's spec reads) that the preview
 /// environment lacks is created there like the home environment's of that name — same kind,
 /// version, image and size; its own credentials and empty data — and provisioned. Returns the
-/// names created. A preview never reads its parent's data.
+/// names created. A preview never reads its parent's data — unless `seed`: then each starts from
+/// the parent's latest completed backup, when there is one (restored before it is ready).
 pub(crate) async fn ensure_preview_addons(
     conn: &mut Conn<'_>,
     key: &MasterKey,
@@ -463,6 +470,7 @@ pub(crate) async fn ensure_preview_addons(
     preview: &str,
     home: &str,
     names: &[&str],
+    seed: bool,
 ) -> Result<Vec<String>> {
     let mut created = Vec::new();
     for name in names {
@@ -482,6 +490,10 @@ pub(crate) async fn ensure_preview_addons(
             size_mib: parent.size_mib,
             // A preview's data is short-lived: no schedule of its own.
             backup: None,
+            seed_backup: match seed {
+                true => crate::addon_backups::latest_completed(conn, project, home, name).await?,
+                false => None,
+            },
         };
         create_addon(conn, key, actor, &new).await?;
         created.push(parent.name);
@@ -528,9 +540,10 @@ impl Store {
         preview: &str,
         home: &str,
         names: &[&str],
+        seed: bool,
     ) -> Result<Vec<String>> {
         let key = &self.key;
-        self.write(async |conn| ensure_preview_addons(conn, key, actor, project, preview, home, names).await)
+        self.write(async |conn| ensure_preview_addons(conn, key, actor, project, preview, home, names, seed).await)
             .await
     }
     /// The add-on's services: those whose spec reads it.

@@ -59,6 +59,24 @@ pub struct Spec {
     pub autoscaling: Autoscaling,
     #[serde(default)]
     pub deploy: Deploy,
+    #[serde(default, skip_serializing_if = "Previews::is_default")]
+    pub previews: Previews,
+}
+
+/// How the service's pull-request previews are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Previews {
+    /// A preview's own add-ons start from the parent environment's latest completed backup of
+    /// each (instead of empty).
+    #[serde(default)]
+    pub seed_addons: bool,
+}
+
+impl Previews {
+    fn is_default(&self) -> bool {
+        *self == Previews::default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

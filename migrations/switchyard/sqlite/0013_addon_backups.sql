@@ -7,6 +7,8 @@
 ALTER TABLE addons ADD COLUMN backup_schedule TEXT;
 ALTER TABLE addons ADD COLUMN backup_keep BIGINT;
 ALTER TABLE addons ADD COLUMN backup_next_at BIGINT;
+-- A preview's add-on made with `spec.previews.seedAddons`: the parent's backup it starts from.
+ALTER TABLE addons ADD COLUMN seed_backup BIGINT;
 
 CREATE TABLE addon_backups (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
