@@ -36,6 +36,7 @@ fn new_addon(environment: &str, name: &str, kind: AddonKind) -> NewAddon {
         image: kind.default_image(kind.default_version()),
         size_mib: Some(1024),
         backup: None,
+        seed_backup: None,
     }
 }
 

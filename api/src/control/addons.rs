@@ -212,6 +212,7 @@ fn new_addon(project: String, environment: String, req: AddonBody) -> Result<New
         image,
         size_mib,
         backup,
+        seed_backup: None,
     })
 }
 
