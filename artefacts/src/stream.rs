@@ -18,6 +18,28 @@ use crate::{ArtefactError, ArtefactStore};
 
 /// The size of one multipart part (S3 wants at least 5 MiB for all parts but the last).
 const PART: usize = 8 * 1024 * 1024;
+/// Parts uploaded at once.
+const IN_FLIGHT: usize = 4;
+
+type PartSent = (
+    i32,
+    Result<
+        aws_sdk_s3::operation::upload_part::UploadPartOutput,
+        aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::upload_part::UploadPartError>,
+    >,
+);
+
+/// A finished part upload as the part to list at completion, or why it failed.
+fn joined(done: Option<Result<PartSent, tokio::task::JoinError>>, key: &str) -> Result<CompletedPart, ArtefactError> {
+    let (number, sent) = done
+        .ok_or_else(|| s3_error("upload of", key, "no part upload was running"))?
+        .map_err(|e| s3_error("upload of a part of", key, e))?;
+    let sent = sent.map_err(|e| s3_error("upload of a part of", key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    Ok(CompletedPart::builder()
+        .set_e_tag(sent.e_tag().map(str::to_string))
+        .part_number(number)
+        .build())
+}
 
 /// An uploaded stream not yet visible under its key: [`commit`](Self::commit) publishes it,
 /// dropping it (or [`abort`](Self::abort)) throws it away.
@@ -136,6 +158,8 @@ impl PendingArtefact {
         &self.key
     }
 
+    /// Reads `reader` in parts and uploads up to [`IN_FLIGHT`] of them at a time (the next part
+    /// is read while the previous ones travel), so memory stays at `IN_FLIGHT + 1` parts.
     async fn upload_parts(&mut self, reader: &mut (impl AsyncRead + Unpin)) -> Result<(), ArtefactError> {
         let Pending::S3 {
             client,
@@ -146,7 +170,8 @@ impl PendingArtefact {
         else {
             return Ok(());
         };
-        loop {
+        let mut in_flight = tokio::task::JoinSet::new();
+        for number in 1.. {
             let mut part = Vec::with_capacity(PART);
             (&mut *reader)
                 .take(PART as u64)
@@ -154,37 +179,32 @@ impl PendingArtefact {
                 .await
                 .map_err(|e| s3_error("reading what to upload to", &self.key, e))?;
             // An upload needs one part, even an empty one.
-            if part.is_empty() && !parts.is_empty() {
-                return Ok(());
+            if part.is_empty() && number > 1 {
+                break;
             }
-            let (number, length) = (parts.len() as i32 + 1, part.len());
-            let sent = client
+            while in_flight.len() >= IN_FLIGHT {
+                parts.push(joined(in_flight.join_next().await, &self.key)?);
+            }
+            let length = part.len();
+            let send = client
                 .upload_part()
                 .bucket(bucket.as_str())
                 .key(&self.key)
                 .upload_id(upload_id.as_str())
                 .part_number(number)
                 .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|e| {
-                    s3_error(
-                        "upload of a part of",
-                        &self.key,
-                        aws_sdk_s3::error::DisplayErrorContext(e),
-                    )
-                })?;
-            parts.push(
-                CompletedPart::builder()
-                    .set_e_tag(sent.e_tag().map(str::to_string))
-                    .part_number(number)
-                    .build(),
-            );
+                .send();
+            in_flight.spawn(async move { (number, send.await) });
             self.size += length as u64;
             if length < PART {
-                return Ok(());
+                break;
             }
         }
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(joined(Some(done), &self.key)?);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        Ok(())
     }
 
     /// Makes the upload visible under its key.

@@ -19,11 +19,8 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::info;
 
-use crate::addons::{Exec, container_name};
+use crate::addons::{Exec, OUTPUT_LIMIT, container_name};
 use crate::engine::DockerTarget;
-
-/// The most of a streamed exec's standard error kept for the error message.
-const STDERR_LIMIT: usize = 16 * 1024;
 
 /// Part of the Redis container's start script: a complete `/data/restore.rdb` (renamed there
 /// only after it passed `redis-check-rdb`) replaces the data as the base of a new append-only
@@ -46,9 +43,9 @@ const REDIS_RECEIVE: &str = "p=/data/restore.rdb.part; cat > \"$p\" && \
 
 impl DockerTarget {
     /// Runs `cmd` in `container`, feeding `stdin` from `source` and streaming its standard
-    /// output into `sink` (both optional); returns the exit code and (the first 16 KiB of) its
+    /// output into `sink` (both optional); returns the exit code and (the first 64 KiB of) its
     /// standard error, plus its standard output when there is no sink.
-    async fn exec_streaming(
+    pub(crate) async fn exec_streaming(
         &self,
         container: &str,
         cmd: &[&str],
@@ -105,7 +102,7 @@ impl DockerTarget {
                             })?;
                         }
                     }
-                    other if text.len() < STDERR_LIMIT => text.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+                    other if text.len() < OUTPUT_LIMIT => text.push_str(&String::from_utf8_lossy(&other.into_bytes())),
                     _ => {}
                 }
             }

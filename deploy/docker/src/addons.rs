@@ -20,9 +20,7 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveVolumeOptio
 use enclii_deploy_contract::error::{DeployError, Result};
 use enclii_deploy_contract::model::{AddonKey, AddonWorkload, ServiceKey};
 use enclii_domain::addons::{AddonCredentials, AddonEndpoint, AddonKind};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tracing::info;
 
 use crate::engine::{
@@ -32,7 +30,7 @@ use crate::engine::{
 /// Names the add-on on its container and volume.
 pub(crate) const LABEL_ADDON: &str = "dev.enclii.addon";
 /// The most of an exec's output kept (the rest is dropped).
-const OUTPUT_LIMIT: usize = 64 * 1024;
+pub(crate) const OUTPUT_LIMIT: usize = 64 * 1024;
 /// How long an add-on may take to accept connections (a first PostgreSQL start runs initdb).
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often a starting add-on is checked (each check is one `docker exec`).
@@ -93,58 +91,11 @@ impl DockerTarget {
         env: Vec<String>,
         stdin: Option<&[u8]>,
     ) -> Result<Exec> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
-        let options = CreateExecOptions {
-            cmd: Some(cmd.iter().map(|c| c.to_string()).collect()),
-            env: Some(env),
-            attach_stdin: Some(stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let what = format!("running `{}` in {container}", cmd.first().copied().unwrap_or_default());
-        let created = self
-            .docker
-            .create_exec(container, options)
-            .await
-            .map_err(|e| DeployError::docker(format!("{what}: {e}"), e))?;
-        let mut output = String::new();
-        match self
-            .docker
-            .start_exec(&created.id, None)
-            .await
-            .map_err(|e| DeployError::docker(format!("{what}: {e}"), e))?
-        {
-            StartExecResults::Attached {
-                output: mut stream,
-                mut input,
-            } => {
-                if let Some(bytes) = stdin {
-                    input
-                        .write_all(bytes)
-                        .await
-                        .map_err(|e| DeployError::docker_message(format!("{what}: {e}")))?;
-                    input.shutdown().await.ok();
-                }
-                drop(input);
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| DeployError::docker(format!("{what}: {e}"), e))?;
-                    if output.len() < OUTPUT_LIMIT {
-                        output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-                    }
-                }
-            }
-            StartExecResults::Detached => {}
-        }
-        let inspect = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .map_err(|e| DeployError::docker(format!("{what}: {e}"), e))?;
-        Ok(Exec {
-            code: inspect.exit_code.unwrap_or(-1),
-            output: output.trim().to_string(),
-        })
+        let mut input = stdin;
+        let source = input
+            .as_mut()
+            .map(|bytes| bytes as &mut (dyn tokio::io::AsyncRead + Send + Unpin));
+        self.exec_streaming(container, cmd, env, source, None).await
     }
 
     /// Creates and starts the add-on's container unless it exists (started again if stopped).
