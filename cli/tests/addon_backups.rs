@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::addons::{app, wait_ready};
-use support::deploy::{Cleanup, deploy, get, head, platform_with, pull_request, ready_release, wait_status, webhook};
+use support::addons::{addon_platform, wait_ready};
+use support::deploy::{deploy, get, head, pull_request, ready_release, wait_status, webhook};
 use support::pipeline::{DOCKER, Server, call, run, wait_until};
 
 const PROJECT: &str = "addonsbk";
@@ -99,16 +99,12 @@ fn restore(server: &Server, addon: &str, backup: &Value) -> (String, String) {
 
 #[test]
 fn backups_of_postgres_and_redis_restore_lost_rows_and_keys_and_a_damaged_backup_is_refused() {
-    let _cleanup = Cleanup(PROJECT);
-    support::deploy::remove_containers(PROJECT);
-    let files = app();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     let spec = json!({
         "env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}],
         "envFrom": [{"addon": "cache"}],
         "routes": [{"host": HOST}]
     });
-    let p = platform_with(PROJECT, "prod", &files, spec, &[]);
+    let (_cleanup, p) = addon_platform(PROJECT, spec, &[]);
     let server = &p.server;
     let addons = format!("/v1/projects/{PROJECT}/environments/prod/addons");
 
@@ -311,15 +307,11 @@ fn notes_in(project: &str, environment: &str) -> String {
 #[test]
 fn a_preview_with_seed_addons_starts_from_the_parents_latest_backup_and_never_writes_to_it() {
     const SEEDED: &str = "addonseed";
-    let _cleanup = Cleanup(SEEDED);
-    support::deploy::remove_containers(SEEDED);
-    let files = app();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     let spec = json!({
         "env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}],
         "previews": {"seedAddons": true}
     });
-    let p = platform_with(SEEDED, "prod", &files, spec, &[]);
+    let (_cleanup, p) = addon_platform(SEEDED, spec, &[]);
     let server = &p.server;
     let (_, service) = call(
         server,

@@ -15,23 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::addons::{addon, app, wait_ready};
-use support::deploy::{Cleanup, deploy, get, head, platform_with, pull_request, ready_release, wait_status, webhook};
+use support::addons::{addon, addon_platform, wait_ready};
+use support::deploy::{deploy, get, head, pull_request, ready_release, wait_status, webhook};
 use support::pipeline::{DOCKER, call, run, wait_until};
 
 #[test]
 fn services_use_postgres_and_redis_addons_and_a_rotation_rolls_them_without_a_failed_request() {
     const PROJECT: &str = "addonsdb";
-    let _cleanup = Cleanup(PROJECT);
-    support::deploy::remove_containers(PROJECT);
-    let files = app();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     let spec = json!({
         "env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}],
         "envFrom": [{"addon": "cache"}],
         "routes": [{"host": "notes.addonsdb.test"}]
     });
-    let p = platform_with(PROJECT, "prod", &files, spec, &[("ENCLII_ADDON_RETIRE_SECONDS", "2")]);
+    let (_cleanup, p) = addon_platform(PROJECT, spec, &[("ENCLII_ADDON_RETIRE_SECONDS", "2")]);
     let server = &p.server;
     let addons = format!("/v1/projects/{PROJECT}/environments/prod/addons");
 
@@ -220,12 +216,8 @@ fn services_use_postgres_and_redis_addons_and_a_rotation_rolls_them_without_a_fa
 #[test]
 fn a_preview_gets_its_own_addons_and_loses_them_with_the_pull_request() {
     const PROJECT: &str = "addonspr";
-    let _cleanup = Cleanup(PROJECT);
-    support::deploy::remove_containers(PROJECT);
-    let files = app();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     let spec = json!({"env": [{"name": "DATABASE_URL", "fromAddon": {"name": "db", "key": "url"}}]});
-    let p = platform_with(PROJECT, "prod", &files, spec, &[]);
+    let (_cleanup, p) = addon_platform(PROJECT, spec, &[]);
     let server = &p.server;
     let (status, created) = call(
         server,

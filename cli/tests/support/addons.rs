@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::deploy::{Cleanup, Platform, platform_with, remove_containers};
 use super::pipeline::{call, wait_until};
 
 pub const CLIENT_IMAGE: &str = "enclii-test/addon-client:latest";
@@ -70,4 +71,15 @@ pub fn wait_ready(server: &super::pipeline::Server, project: &str, name: &str, g
         last["status"] == "ready" && last["generation"] == generation
     });
     last
+}
+
+/// The client service of [`app`] in `project`'s `prod`, `spec` merged into its spec, on a fresh
+/// platform with `env`; the project's containers are removed before, and after (the [`Cleanup`],
+/// dropped after the platform).
+pub fn addon_platform(project: &'static str, spec: Value, env: &[(&str, &str)]) -> (Cleanup, Platform) {
+    let cleanup = Cleanup(project);
+    remove_containers(project);
+    let files = app();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    (cleanup, platform_with(project, "prod", &files, spec, env))
 }
