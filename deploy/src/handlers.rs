@@ -368,11 +368,13 @@ impl Deployer {
                 .store
                 .ensure_preview_addons(
                     ACTOR,
-                    &deployment.project,
-                    &deployment.environment,
-                    home,
-                    &spec.spec.addons(),
-                    spec.spec.previews.seed_addons,
+                    &enclii_store::PreviewAddons {
+                        project: &deployment.project,
+                        preview: &deployment.environment,
+                        home,
+                        names: &spec.spec.addons(),
+                        seed: spec.spec.previews.seed_addons,
+                    },
                 )
                 .await?;
             if !created.is_empty() {

@@ -90,6 +90,20 @@ pub struct AddonAccess {
     pub previous: Option<AddonCredentials>,
 }
 
+/// The add-ons a preview environment needs: those of `names` its home environment has.
+#[derive(Clone, Copy, Debug)]
+pub struct PreviewAddons<'a> {
+    pub project: &'a str,
+    /// The preview environment (`preview-<n>`).
+    pub preview: &'a str,
+    /// The service's home environment, whose add-ons the preview's are made like.
+    pub home: &'a str,
+    /// The add-ons the service's spec reads.
+    pub names: &'a [&'a str],
+    /// Start each from the home add-on's latest completed backup (`spec.previews.seedAddons`).
+    pub seed: bool,
+}
+
 /// How an `addon-provision` job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProvisionOutcome {
@@ -466,12 +480,15 @@ pub(crate) async fn ensure_preview_addons(
     conn: &mut Conn<'_>,
     key: &MasterKey,
     actor: &str,
-    project: &str,
-    preview: &str,
-    home: &str,
-    names: &[&str],
-    seed: bool,
+    wanted: &PreviewAddons<'_>,
 ) -> Result<Vec<String>> {
+    let PreviewAddons {
+        project,
+        preview,
+        home,
+        names,
+        seed,
+    } = *wanted;
     let mut created = Vec::new();
     for name in names {
         if find_addon(conn, project, preview, name).await?.is_some() {
@@ -533,17 +550,9 @@ impl Store {
     }
     /// Creates in preview environment `preview` the add-ons of `names` it lacks, like the home
     /// environment's (see `ensure_preview_addons`); returns the names created.
-    pub async fn ensure_preview_addons(
-        &self,
-        actor: &str,
-        project: &str,
-        preview: &str,
-        home: &str,
-        names: &[&str],
-        seed: bool,
-    ) -> Result<Vec<String>> {
+    pub async fn ensure_preview_addons(&self, actor: &str, wanted: &PreviewAddons<'_>) -> Result<Vec<String>> {
         let key = &self.key;
-        self.write(async |conn| ensure_preview_addons(conn, key, actor, project, preview, home, names, seed).await)
+        self.write(async |conn| ensure_preview_addons(conn, key, actor, wanted).await)
             .await
     }
     /// The add-on's services: those whose spec reads it.

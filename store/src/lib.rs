@@ -55,7 +55,7 @@ use enclii_queue::sqlite::SqliteQueue;
 use sqlx::migrate::Migrator;
 
 pub use addon_backups::{AddonBackupRecord, BACKUP_SCHEDULER, BackupOutcome, BackupWork, RestoreRequest, RestoreWork};
-pub use addons::{Addon, AddonAccess, NewAddon, ProvisionOutcome};
+pub use addons::{Addon, AddonAccess, NewAddon, PreviewAddons, ProvisionOutcome};
 pub use certificates::{ACME_ACTOR, Certificate, OrderOutcome, ServingCertificate};
 pub use db::Dialect;
 pub use deployment_orphans::{DeploymentOrphan, DeploymentOrphanReason, DeploymentPass, DeploymentSettlement};
