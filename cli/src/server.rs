@@ -1,6 +1,8 @@
 //! `enclii server`: one process that runs any of the api, worker and scheduler roles; and
-//! `enclii server recover-owner`, which gives the platform an Owner again.
+//! `enclii server recover-owner`, which gives the platform an Owner again; `backup` and
+//! `restore`, the control plane's own backups (`server/backup.rs`).
 
+mod backup;
 mod builds;
 mod domains;
 mod files;
@@ -133,6 +135,8 @@ pub struct ServerArgs {
     domains: domains::DomainArgs,
     #[command(flatten)]
     tls: tls::TlsArgs,
+    #[command(flatten)]
+    backups: backup::ScheduleArgs,
     #[command(subcommand)]
     command: Option<ServerCommand>,
 }
@@ -143,6 +147,12 @@ pub enum ServerCommand {
     /// no Owner can sign in. Uses the server's database (same --data-dir / --database-url and
     /// ENCLII_* variables); audited as `operator:recover-owner`.
     RecoverOwner(owner::RecoverOwnerArgs),
+    /// Take a control-plane snapshot now (the SQLite database, consistent while the server runs,
+    /// and the data directory's keys) to the artefact store or `--to` a file, and say where.
+    Backup(backup::BackupArgs),
+    /// Bring a data directory back from a snapshot (`--from <file | control-plane/<key> |
+    /// latest>`), or a PostgreSQL database from a pg_dump file (with --database-url).
+    Restore(backup::RestoreArgs),
 }
 
 impl ServerArgs {
@@ -349,17 +359,31 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     enclii_signing::install_crypto_provider();
     match &args.command {
         Some(ServerCommand::RecoverOwner(recover)) => recover_owner(&args, recover).await,
+        Some(ServerCommand::Backup(backup)) => {
+            let _telemetry = command_telemetry(&args, "backup")?;
+            backup::backup(&args, backup).await
+        }
+        Some(ServerCommand::Restore(restore)) => {
+            let _telemetry = command_telemetry(&args, "restore")?;
+            backup::restore(&args, restore).await
+        }
         None => start(args).await,
     }
 }
 
-/// `enclii server recover-owner`: one transaction on the server's database, one token printed.
-async fn recover_owner(args: &ServerArgs, recover: &owner::RecoverOwnerArgs) -> anyhow::Result<()> {
-    let _telemetry = enclii_telemetry::init(&enclii_telemetry::Config {
+/// Logs of a one-off `enclii server` command (no trace export).
+fn command_telemetry(args: &ServerArgs, role: &str) -> anyhow::Result<enclii_telemetry::Telemetry> {
+    enclii_telemetry::init(&enclii_telemetry::Config {
         json: args.log_json,
         otlp_endpoint: None,
-        role: "recover-owner".into(),
-    })?;
+        role: role.into(),
+    })
+    .map_err(Into::into)
+}
+
+/// `enclii server recover-owner`: one transaction on the server's database, one token printed.
+async fn recover_owner(args: &ServerArgs, recover: &owner::RecoverOwnerArgs) -> anyhow::Result<()> {
+    let _telemetry = command_telemetry(args, "recover-owner")?;
     // Recovery seals and opens nothing: the store needs a key to open, not the right one, and a
     // missing one is not generated (that is the server's first start).
     let key = args.existing_master_key()?.unwrap_or_else(MasterKey::generate);
@@ -536,6 +560,11 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
         }
         false => None,
     };
+    // Control-plane snapshots (scheduler role): the schedule, or why there is none.
+    let backups = match args.runs(ServerRole::Scheduler) {
+        true => Some(backup::Schedule::plan(&args)?),
+        false => None,
+    };
     // Nothing below can stop the start: only now is the first Owner created, and its token is
     // printed right after.
     let bootstrap_token = match args.runs(ServerRole::Api) {
@@ -617,6 +646,9 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
     if args.runs(ServerRole::Api) {
         summary.push(("dashboard", format!("http://{addr}/ui/")));
     }
+    if let Some((_, line)) = &backups {
+        summary.push(("backups", line.clone()));
+    }
     if let Some(token) = bootstrap_token {
         // Shown once, on stdout only: it is never logged.
         announce(&format!("bootstrap admin token (shown once; keep it safe): {token}"));
@@ -648,6 +680,9 @@ async fn start(args: ServerArgs) -> anyhow::Result<()> {
             enclii_scheduler::run(store, config, token).await;
             Ok(())
         });
+    }
+    if let Some((Some(schedule), _)) = backups {
+        tasks.spawn(backup::every(schedule, shutdown.clone()));
     }
     let mut result = Ok(());
     while let Some(done) = tasks.join_next().await {
