@@ -7,37 +7,16 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::addons::{addon_platform, wait_ready};
 use support::deploy::{deploy, get, head, pull_request, ready_release, wait_status, webhook};
-use support::pipeline::{DOCKER, Server, call, run, wait_until};
+use support::pipeline::{DOCKER, Server, call, run, s3_request, wait_until};
 
 const PROJECT: &str = "addonsbk";
 const HOST: &str = "notes.addonsbk.test";
-
-/// A raw S3 request to the test's moto server (which does not check signatures): status and body.
-fn s3(method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let endpoint = support::pipeline::s3();
-    let addr = endpoint.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let status = String::from_utf8_lossy(&response[9..12]).parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
 
 fn bucket(server: &Server) -> String {
     format!(
@@ -167,7 +146,7 @@ fn backups_of_postgres_and_redis_restore_lost_rows_and_keys_and_a_damaged_backup
     }
     // Sealed at rest: the stored RDB does not show the key it holds.
     let object = format!("/{}/{}", bucket(server), cache_backup["artefact_key"].as_str().unwrap());
-    let (status, stored) = s3("GET", &object, &[]);
+    let (status, stored) = s3_request("GET", &object, &[]);
     assert_eq!(status, 200);
     assert_eq!(stored.len() as i64, cache_backup["size_bytes"].as_i64().unwrap());
     assert!(
@@ -246,10 +225,10 @@ fn backups_of_postgres_and_redis_restore_lost_rows_and_keys_and_a_damaged_backup
 
     // A backup altered in the bucket is refused by its checksum; the data stays as it is.
     let db_object = format!("/{}/{}", bucket(server), db_backup["artefact_key"].as_str().unwrap());
-    let (_, mut altered) = s3("GET", &db_object, &[]);
+    let (_, mut altered) = s3_request("GET", &db_object, &[]);
     let middle = altered.len() / 2;
     altered[middle] ^= 0x01;
-    assert_eq!(s3("PUT", &db_object, &altered).0, 200);
+    assert_eq!(s3_request("PUT", &db_object, &altered).0, 200);
     assert_eq!(get(&p.router, HOST, "/cgi-bin/add?third"), (200, "added".into()));
     let (state, error) = restore(server, "db", &db_backup);
     assert_eq!(state, "dead", "{error}");
@@ -262,7 +241,7 @@ fn backups_of_postgres_and_redis_restore_lost_rows_and_keys_and_a_damaged_backup
     let (_, list) = call(server, "GET", &backups_path("db"), Value::Null);
     let ids: Vec<&Value> = list.as_array().unwrap().iter().map(|b| &b["id"]).collect();
     assert_eq!(ids, [&fourth["id"], &third["id"]], "{list}");
-    let (status, _) = s3("GET", &db_object, &[]);
+    let (status, _) = s3_request("GET", &db_object, &[]);
     assert_eq!(status, 404, "the pruned backup's artefact is gone");
 
     // The audit trail names each backup and restore, and no secret.

@@ -407,24 +407,10 @@ fn a_restore_whose_secrets_would_not_open_is_refused() {
     }
 }
 
-/// A raw S3 request to the test's moto server (which does not check signatures).
+/// A GET from the test's S3 server: the status and the body as text.
 fn s3_get(path: &str) -> (u16, String) {
-    let endpoint = support::pipeline::s3();
-    let host = endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (status, body) = support::pipeline::s3_request("GET", path, &[]);
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The snapshot keys in `bucket`, oldest first.
